@@ -1,0 +1,25 @@
+"""hwloop: hardware-in-the-loop latency modelling and hardware-aware compression search.
+
+Data flows one way: model → workloads → device → store → predictor → search →
+compressed model → device. Heavy subpackages are imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_predictor"]
+
+
+def load_predictor(path: Any) -> Any:
+    """Load a saved latency predictor (see :mod:`hwloop.predict`).
+
+    Example:
+        >>> import hwloop  # doctest: +SKIP
+        >>> hwloop.load_predictor("measurements/local-cpu/predictor.json").predict_model(model, x)  # doctest: +SKIP
+    """
+    from hwloop.predict import load_predictor as _load
+
+    return _load(path)

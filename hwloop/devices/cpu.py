@@ -1,0 +1,174 @@
+"""``cpu`` backend: PyTorch on the local CPU, timed with ``time.perf_counter_ns``.
+
+The thread count is fixed for the duration of :meth:`CpuDevice.measure` (and restored
+after) and is part of the fingerprint, since latency depends on it.
+
+Example:
+    >>> from hwloop.devices.cpu import CpuDevice
+    >>> from hwloop.devices.base import MeasureRequest, TimingConfig
+    >>> from hwloop.workload import LayerSpec
+    >>> dev = CpuDevice(threads=1)
+    >>> spec = LayerSpec("conv2d", (1, 8, 16, 16), out_channels=8, kernel=3, padding=1)
+    >>> [r.ok for r in dev.measure([MeasureRequest.for_layer(spec)], TimingConfig(repeats=3))]
+    [True]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from hwloop.devices._timing import MeasureTimeout, PerfCounterTimer, Timer, time_fn
+from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig, summarize
+from hwloop.errors import ConfigError, HwloopError
+from hwloop.workload import build_layer, make_inputs
+
+__all__ = ["CpuDevice", "cpu_model_name", "prepare_request", "time_model_layers"]
+
+
+def cpu_model_name() -> str:
+    """The CPU's marketing name from ``/proc/cpuinfo`` (falls back to ``platform.processor``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def prepare_request(req: MeasureRequest, device: str = "cpu") -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """Build the module and inputs a request times, on ``device``."""
+    if req.layer is not None:
+        mod = build_layer(req.layer).to(device)
+        return mod, make_inputs(req.layer, device=device)
+    assert req.model is not None
+    model = req.model.build().to(device)
+    return model, (req.model.example_input(device),)
+
+
+_LEAF_TYPES = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.modules.batchnorm._BatchNorm, torch.nn.ReLU,
+               torch.nn.ReLU6, torch.nn.MaxPool2d, torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d)
+
+
+def time_model_layers(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], timing: TimingConfig,
+                      clock: Callable[[], Any], elapsed_ms: Callable[[Any, Any], float],
+                      sync: Callable[[], None] | None = None) -> dict[str, float]:
+    """Per-leaf-module in-context times (median ms) over ``timing.repeats`` whole-model runs.
+
+    ``clock()`` returns a timestamp token (``perf_counter_ns`` on CPU, a recorded CUDA event
+    on GPU); ``elapsed_ms(a, b)`` turns two tokens into milliseconds after the run. No host
+    synchronisation happens between modules.
+    """
+    names = {m: n for n, m in model.named_modules() if isinstance(m, _LEAF_TYPES)}
+    marks: list[tuple[str, Any, Any]] = []
+    starts: dict[torch.nn.Module, Any] = {}
+
+    def pre(mod: torch.nn.Module, _inp: Any) -> None:
+        starts[mod] = clock()
+
+    def post(mod: torch.nn.Module, _inp: Any, _out: Any) -> None:
+        marks.append((names[mod], starts.pop(mod), clock()))
+
+    handles = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
+    samples: dict[str, list[float]] = {}
+    try:
+        with torch.inference_mode():
+            for _ in range(max(1, timing.warmup)):
+                model(*inputs)
+            for _ in range(timing.repeats):
+                marks.clear()
+                model(*inputs)
+                if sync:
+                    sync()
+                run: dict[str, float] = {}
+                for n, a, b in marks:
+                    run[n] = run.get(n, 0.0) + elapsed_ms(a, b)
+                for n, v in run.items():
+                    samples.setdefault(n, []).append(v)
+    finally:
+        for h in handles:
+            h.remove()
+    import statistics
+
+    return {n: statistics.median(v) for n, v in samples.items()}
+
+
+class CpuDevice:
+    """PyTorch on the local CPU.
+
+    Args:
+        name: the device's name (its profile's name).
+        threads: intra-op thread count used while measuring (default: all cores).
+        timing: default :class:`TimingConfig` for :meth:`measure`.
+    """
+
+    backend = "cpu"
+
+    def __init__(self, name: str = "local-cpu", threads: int | None = None, timing: TimingConfig | None = None,
+                 **_ignored: Any) -> None:
+        n = threads if threads is not None else (os.cpu_count() or 1)
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"threads={threads!r} must be a positive integer")
+        self.name = name
+        self.threads = n
+        self.timing = timing or TimingConfig()
+
+    def fingerprint(self) -> DeviceFingerprint:
+        return DeviceFingerprint(
+            name=self.name, backend=self.backend,
+            identity={"cpu": cpu_model_name(), "machine": platform.machine(), "threads": self.threads,
+                      "torch": torch.__version__.split("+")[0], "cores": os.cpu_count()},
+            info={"hostname": platform.node(), "python": platform.python_version(),
+                  "mkldnn": bool(torch.backends.mkldnn.is_available()), "os": platform.platform()})
+
+    def _timer(self) -> Timer:
+        return PerfCounterTimer()
+
+    def _measure_one(self, req: MeasureRequest, timing: TimingConfig) -> MeasureResult:
+        model, inputs = prepare_request(req)
+        with torch.inference_mode():
+            fn = lambda: model(*inputs)  # noqa: E731
+            res = time_fn(fn, timing, self._timer(), request_key=req.key)
+        if req.kind == "model_layers":
+            per = time_model_layers(model, inputs, timing, time.perf_counter_ns, lambda a, b: (b - a) / 1e6)
+            res = summarize(res.samples_ms, timing, request_key=req.key, attempts=res.attempts, per_layer_ms=per,
+                            extra=dict(res.extra))
+        return res
+
+    def measure(self, requests: Sequence[MeasureRequest], timing: TimingConfig | None = None) -> list[MeasureResult]:
+        """Time each request; one result per request, failures as ``MeasureResult.error``."""
+        t = timing or self.timing
+        if t.mode != "eager":
+            raise ConfigError(f"the cpu backend supports mode 'eager' only, not {t.mode!r}")
+        out: list[MeasureResult] = []
+        with _threads(self.threads):
+            for req in requests:
+                try:
+                    out.append(self._measure_one(req, t))
+                except MeasureTimeout as e:
+                    out.append(MeasureResult.failure(req.key, t, f"timeout: {e}"))
+                except (HwloopError, RuntimeError, ValueError, TypeError, MemoryError) as e:
+                    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    out.append(MeasureResult.failure(req.key, t, f"{type(e).__name__}: {msg}"))
+        return out
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,43 @@
+"""Shared fixtures and ``require_*`` gates (hardware/services are skipped with a reason)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def _has_tvm() -> bool:
+    try:
+        import tvm  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+require_cuda = pytest.mark.skipif(not _has_cuda(), reason="needs an NVIDIA GPU with CUDA")
+require_tvm = pytest.mark.skipif(not _has_tvm(), reason="needs apache-tvm (pip install hwloop[tvm])")
+require_sshd = pytest.mark.skipif(shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists(),
+                                  reason="needs OpenSSH server (Debian openssh-server)")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs with the repo's device profiles but writes nothing into the checkout."""
+    monkeypatch.setenv("HWLOOP_DEVICES_DIR", str(REPO / "devices"))
+    monkeypatch.setenv("HWLOOP_HOME", str(tmp_path / "hwloop-home"))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
