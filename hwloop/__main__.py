@@ -1,0 +1,5 @@
+import sys
+
+from hwloop.cli import main
+
+sys.exit(main())

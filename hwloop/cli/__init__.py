@@ -1,0 +1,58 @@
+"""The ``hwloop`` command line (typer + rich).
+
+Every error a user can cause ends as one line on stderr and exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import click
+import typer
+
+from hwloop.cli._app import app
+from hwloop.errors import HwloopError
+
+__all__ = ["app", "main"]
+
+
+def _load_commands() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def fail(msg: str) -> None:
+    """Print ``error: msg`` on stderr and exit 2."""
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hwloop`` script; returns the exit status."""
+    _load_commands()
+    cmd = typer.main.get_command(app)
+    try:
+        rv = cmd.main(args=argv, prog_name="hwloop", standalone_mode=False)
+    except HwloopError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 1
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
