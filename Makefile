@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine (nothing but Python 3.11 needed):
+#   make demo   — create .venv, install hwloop, profile small CNNs on the local CPU into SQLite
+#   make test   — the same set-up plus test tools (and, as root, Debian's openssh-server and postgresql), then pytest
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.hwloop-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup sysdeps bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[all]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/hwloop demo
+
+# Debian packages the real-component tests use (sshd, PostgreSQL 15, ip netns); skipped when not root.
+sysdeps:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  if [ ! -x /usr/sbin/sshd ] || [ ! -d /usr/lib/postgresql ] || ! command -v ip >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server postgresql iproute2 >/dev/null; \
+	  fi; \
+	else echo "note: not root; tests needing sshd/PostgreSQL skip unless they are installed"; fi
+
+test: $(STAMP) sysdeps
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/hwloop bench --help
+
+clean:
+	rm -rf $(VENV) .pytest_cache

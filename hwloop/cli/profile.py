@@ -1,0 +1,94 @@
+"""``hwloop profile MODEL --device NAME`` and ``hwloop demo``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from hwloop.cli._app import app
+from hwloop.cli._common import console, parse_model_ref, timing_with
+
+
+def _fmt(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.4f}"
+
+
+def print_report(rep: Any, *, top: int | None = None) -> None:
+    """Print a :class:`hwloop.profiling.ProfileReport` as a rich table plus the whole-model line."""
+    table = Table(title=f"{rep.model.label} on {rep.device_name} (fingerprint {rep.fingerprint_key})")
+    for col, just in (("#", "right"), ("layer", "left"), ("op", "left"), ("output", "left"), ("MMACs", "right"),
+                      ("isolated ms", "right"), ("in-context ms", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    rows = rep.rows if top is None else rep.rows[:top]
+    for i, r in enumerate(rows):
+        table.add_row(str(i), r.spec.name, r.spec.op + (f"/{r.spec.variant}" if r.spec.variant else ""),
+                      "x".join(map(str, r.spec.out_shape)), f"{r.spec.macs / 1e6:.3f}", _fmt(r.isolated_ms),
+                      _fmt(r.in_context_ms))
+    console.print(table)
+    if top is not None and len(rep.rows) > top:
+        console.print(f"... {len(rep.rows) - top} more layers (use --all)")
+    ratio = rep.isolated_sum_ms / rep.model_ms if rep.model_ms and not math.isnan(rep.model_ms) else float("nan")
+    console.print(f"[bold]whole model: {_fmt(rep.model_ms)} ms[/bold] (CV {rep.model_cv:.1%}); "
+                  f"sum of isolated layers: {rep.isolated_sum_ms:.4f} ms ({ratio:.0%} of the whole model); "
+                  f"{rep.workload.macs / 1e6:.2f} MMACs, {rep.workload.params:,} params, "
+                  f"{len(rep.workload.layers)} ops traced via {rep.workload.method}")
+    console.print(f"measured {rep.measured} jobs, reused {rep.reused} from the store"
+                  + (f" ({rep.store_url})" if rep.store_url else ""))
+    for e in rep.errors:
+        console.print(f"[red]failed[/red] {e}")
+
+
+def run_profile(model: str, device: str, store: str | None, kwargs: str | None, input_shape: str | None, batch: int,
+                dtype: str, repeats: int | None, warmup: int | None, no_store: bool, show_all: bool) -> Any:
+    from hwloop.devices.profiles import create_device, load_profile
+    from hwloop.profiling import profile_model
+
+    ref = parse_model_ref(model, kwargs, input_shape, batch, dtype)
+    prof = load_profile(device)
+    timing = timing_with(prof.timing, repeats=repeats, warmup=warmup)
+    st = None
+    if not no_store:
+        from hwloop.store import MeasurementStore
+
+        st = MeasurementStore(store)
+    dev = create_device(prof)
+    try:
+        rep = profile_model(ref, dev, st, timing)
+    finally:
+        dev.close()
+        if st is not None:
+            st.close()
+    print_report(rep, top=None if show_all else 40)
+    return rep
+
+
+@app.command("profile")
+def profile(
+    model: str = typer.Argument(..., help="built-in model (small_cnn, resnet20, resnet56, vgg16, mobilenetv2) "
+                                          "or package.module:factory"),
+    device: str = typer.Option("local-cpu", "--device", "-d", help="device name or profile path"),
+    store: str = typer.Option(None, "--store", help="store URL or SQLite path (default ~/.hwloop/measurements.db)"),
+    kwargs: str = typer.Option(None, "--kwargs", help="model factory kwargs as JSON"),
+    input_shape: str = typer.Option(None, "--input-shape", help="per-sample input shape, e.g. 3,32,32"),
+    batch: int = typer.Option(1, "--batch", min=1),
+    dtype: str = typer.Option("float32", "--dtype"),
+    repeats: int = typer.Option(None, "--repeats", help="timed samples per job"),
+    warmup: int = typer.Option(None, "--warmup"),
+    no_store: bool = typer.Option(False, "--no-store", help="measure without storing"),
+    show_all: bool = typer.Option(False, "--all", help="print every layer"),
+) -> None:
+    """Profile a model: per-layer table (isolated and in context) and whole-model latency."""
+    run_profile(model, device, store, kwargs, input_shape, batch, dtype, repeats, warmup, no_store, show_all)
+
+
+@app.command("demo")
+def demo(
+    store: str = typer.Option(None, "--store", help="store URL or SQLite path (default ~/.hwloop/measurements.db)"),
+    device: str = typer.Option("local-cpu", "--device", "-d"),
+) -> None:
+    """The main job on the embedded default: profile small CNNs on the local CPU into SQLite."""
+    for name in ("small_cnn", "resnet20"):
+        run_profile(name, device, store, None, None, 1, "float32", None, None, False, name == "small_cnn")
