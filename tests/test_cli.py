@@ -1,0 +1,59 @@
+"""The CLI: commands run, and every bad input is one line on stderr with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hwloop.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hwloop", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+
+
+def test_devices_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["devices", "list"]) == 0
+    assert "local-cpu" in capsys.readouterr().out
+    assert main(["devices", "show", "local-cpu", "--json", "--probe"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["backend"] == "cpu" and out["fingerprint"]["backend"] == "cpu"
+    assert len(out["fingerprint"]["key"]) == 16
+
+
+def test_env_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["env", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["packages"]["torch"]
+    assert rep["local_cpu_fingerprint"]["identity"]["threads"] >= 1
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["devices", "show", "nope"], "device 'nope' is unknown"),
+    (["profile", "nonexistent_model", "--no-store"], "model 'nonexistent_model' is unknown"),
+    (["profile", "small_cnn", "--no-store", "--kwargs", "{bad"], "--kwargs"),
+    (["profile", "small_cnn", "--no-store", "--input-shape", "3,a"], "--input-shape"),
+    (["profile", "small_cnn", "--no-store", "--repeats", "-3"], "repeats=-3"),
+    (["profile", "small_cnn", "--no-store", "--device", "missing.toml"], "does not exist"),
+    (["profile", "small_cnn", "--no-store", "--dtype", "int3"], "dtype 'int3' is unknown"),
+])
+def test_bad_input_exits_2_with_one_line(args: list[str], fragment: str) -> None:
+    p = run_cli(*args)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, p.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in p.stderr
+
+
+def test_profile_without_store_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "small_cnn", "--no-store", "--repeats", "3", "--warmup", "1", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "whole model:" in out and "features.0" in out
