@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,12 +25,23 @@ from typing import Any
 
 import torch
 
-from hwloop.devices._timing import MeasureTimeout, PerfCounterTimer, Timer, time_fn
+from hwloop.devices._timing import Deadline, MeasureTimeout, PerfCounterTimer, Timer, time_fn
 from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig, summarize
-from hwloop.errors import ConfigError, HwloopError
+from hwloop.errors import ConfigError
 from hwloop.workload import build_layer, make_inputs
 
-__all__ = ["CpuDevice", "cpu_model_name", "prepare_request", "time_model_layers"]
+__all__ = ["CpuDevice", "cpu_model_name", "prepare_request", "time_model_layers", "error_message"]
+
+
+def error_message(e: BaseException) -> str:
+    """One line describing an exception, for :meth:`MeasureResult.failure`.
+
+    Example:
+        >>> error_message(ValueError("bad shape\\nmore detail"))
+        'ValueError: bad shape'
+    """
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def cpu_model_name() -> str:
@@ -70,12 +82,24 @@ _LEAF_TYPES = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.modules.batchnorm._Bat
 
 def time_model_layers(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], timing: TimingConfig,
                       clock: Callable[[], Any], elapsed_ms: Callable[[Any, Any], float],
-                      sync: Callable[[], None] | None = None) -> dict[str, float]:
+                      sync: Callable[[], None] | None = None,
+                      check: Callable[[], None] | None = None) -> dict[str, float]:
     """Per-leaf-module in-context times (median ms) over ``timing.repeats`` whole-model runs.
 
     ``clock()`` returns a timestamp token (``perf_counter_ns`` on CPU, a recorded CUDA event
     on GPU); ``elapsed_ms(a, b)`` turns two tokens into milliseconds after the run. No host
-    synchronisation happens between modules.
+    synchronisation happens between modules. Names are the ``named_modules`` names of the
+    timed leaves (conv, linear, batchnorm, activations, pooling); a module called twice in one
+    forward pass is summed. ``check`` (e.g. :meth:`Deadline.check`) runs after every pass.
+
+    Example:
+        >>> import time, torch
+        >>> from hwloop.devices.base import TimingConfig
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        >>> per = time_model_layers(net, (torch.randn(1, 3, 8, 8),), TimingConfig(warmup=1, repeats=3),
+        ...                         time.perf_counter_ns, lambda a, b: (b - a) / 1e6)
+        >>> sorted(per)
+        ['0', '1']
     """
     names = {m: n for n, m in model.named_modules() if isinstance(m, _LEAF_TYPES)}
     marks: list[tuple[str, Any, Any]] = []
@@ -93,6 +117,10 @@ def time_model_layers(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], 
         with torch.inference_mode():
             for _ in range(max(1, timing.warmup)):
                 model(*inputs)
+                if check:
+                    check()
+            if sync:
+                sync()
             for _ in range(timing.repeats):
                 marks.clear()
                 model(*inputs)
@@ -103,11 +131,11 @@ def time_model_layers(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], 
                     run[n] = run.get(n, 0.0) + elapsed_ms(a, b)
                 for n, v in run.items():
                     samples.setdefault(n, []).append(v)
+                if check:
+                    check()
     finally:
         for h in handles:
             h.remove()
-    import statistics
-
     return {n: statistics.median(v) for n, v in samples.items()}
 
 
@@ -125,7 +153,7 @@ class CpuDevice:
     def __init__(self, name: str = "local-cpu", threads: int | None = None, timing: TimingConfig | None = None,
                  **_ignored: Any) -> None:
         n = threads if threads is not None else (os.cpu_count() or 1)
-        if not isinstance(n, int) or n < 1:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"threads={threads!r} must be a positive integer")
         self.name = name
         self.threads = n
@@ -142,19 +170,30 @@ class CpuDevice:
     def _timer(self) -> Timer:
         return PerfCounterTimer()
 
-    def _measure_one(self, req: MeasureRequest, timing: TimingConfig) -> MeasureResult:
+    def _measure_one(self, req: MeasureRequest, timing: TimingConfig, deadline: Deadline) -> MeasureResult:
         model, inputs = prepare_request(req)
+        deadline.check()
+        extra = {"threads": self.threads}
         with torch.inference_mode():
             fn = lambda: model(*inputs)  # noqa: E731
-            res = time_fn(fn, timing, self._timer(), request_key=req.key)
+            res = time_fn(fn, timing, self._timer(), request_key=req.key, extra=extra, deadline=deadline)
         if req.kind == "model_layers":
-            per = time_model_layers(model, inputs, timing, time.perf_counter_ns, lambda a, b: (b - a) / 1e6)
+            per = time_model_layers(model, inputs, timing, time.perf_counter_ns, lambda a, b: (b - a) / 1e6,
+                                    check=deadline.check)
             res = summarize(res.samples_ms, timing, request_key=req.key, attempts=res.attempts, per_layer_ms=per,
                             extra=dict(res.extra))
         return res
 
     def measure(self, requests: Sequence[MeasureRequest], timing: TimingConfig | None = None) -> list[MeasureResult]:
-        """Time each request; one result per request, failures as ``MeasureResult.error``."""
+        """Time each request; one result per request, in order, failures as ``MeasureResult.error``.
+
+        Each request (build + timing) runs under ``timing.timeout_s``, checked between calls.
+        Any exception a request raises (a layer that cannot be built, a model factory that
+        fails, an unsupported dtype...) becomes that request's error; the next request still runs.
+
+        Raises:
+            ConfigError: ``timing.mode`` is not ``eager`` (the whole batch is malformed).
+        """
         t = timing or self.timing
         if t.mode != "eager":
             raise ConfigError(f"the cpu backend supports mode 'eager' only, not {t.mode!r}")
@@ -162,12 +201,11 @@ class CpuDevice:
         with _threads(self.threads):
             for req in requests:
                 try:
-                    out.append(self._measure_one(req, t))
+                    out.append(self._measure_one(req, t, Deadline(t.timeout_s)))
                 except MeasureTimeout as e:
                     out.append(MeasureResult.failure(req.key, t, f"timeout: {e}"))
-                except (HwloopError, RuntimeError, ValueError, TypeError, MemoryError) as e:
-                    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    out.append(MeasureResult.failure(req.key, t, f"{type(e).__name__}: {msg}"))
+                except Exception as e:  # noqa: BLE001 - a failure is data, the sweep goes on
+                    out.append(MeasureResult.failure(req.key, t, error_message(e)))
         return out
 
     def close(self) -> None:
