@@ -41,3 +41,25 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HWLOOP_DEVICES_DIR", str(REPO / "devices"))
     monkeypatch.setenv("HWLOOP_HOME", str(tmp_path / "hwloop-home"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():  # type: ignore[no-untyped-def]
+    """URL of a throw-away PostgreSQL 15 server's admin database (tests/pg.py); skipped when unavailable.
+
+    Tests create their own databases with ``pg.create_database(postgres_url)``.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hwloop_tests_pg", Path(__file__).with_name("pg.py"))
+    assert spec is not None and spec.loader is not None
+    pg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pg)
+    reason = pg.pg_available()
+    if reason:
+        pytest.skip(reason)
+    server = pg.PostgresServer.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
