@@ -1,0 +1,106 @@
+"""``hwloop sweep SPEC --device NAME [--device NAME2 ...]``: measure a sweep spec, resumably."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from hwloop.cli._app import app
+from hwloop.errors import ConfigError
+
+__all__ = ["sweep"]
+
+
+def _summary_table(summary: Any, title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("device", "measured", "skipped", "failed", "wall s", "error"):
+        table.add_column(col, justify="right" if col not in ("device", "error") else "left")
+    for name, st in summary.per_device.items():
+        table.add_row(name, str(st["measured"]), str(st["skipped"]), str(st["failed"]), f"{st['wall_s']:.1f}",
+                      st.get("error") or "")
+    if len(summary.per_device) > 1:
+        table.add_row("total", str(summary.measured), str(summary.skipped), str(summary.failed),
+                      f"{summary.wall_s:.1f}", "", style="bold")
+    return table
+
+
+@app.command("sweep")
+def sweep(
+    spec: Path = typer.Argument(..., help="sweep spec TOML (see docs/store.md)"),
+    device: list[str] = typer.Option(["local-cpu"], "--device", "-d",
+                                     help="device name or profile path; repeat for a farm (one thread each)"),
+    store: str = typer.Option(None, "--store", help="store URL or SQLite path (default ~/.hwloop/measurements.db)"),
+    repeats: int = typer.Option(None, "--repeats", help="override timing repeats"),
+    warmup: int = typer.Option(None, "--warmup", help="override timing warm-up runs"),
+    limit: int = typer.Option(None, "--limit", help="only the first N requests of the spec"),
+    batch_size: int = typer.Option(8, "--batch-size", help="requests per device.measure call"),
+    retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed",
+                                      help="re-measure requests whose stored row is a failure"),
+    adaptive: bool = typer.Option(False, "--adaptive", help="pick what to measure by predictor uncertainty"),
+    budget: int = typer.Option(None, "--budget", help="measurements for --adaptive"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+    log_stored: bool = typer.Option(False, "--log-stored",
+                                    help="print one 'stored device=… workload=… timing=… status=…' line per "
+                                         "committed result on stdout"),
+) -> None:
+    """Measure every request of SPEC that the store lacks, on one or several devices."""
+    from hwloop.cli._common import console
+    from hwloop.devices.profiles import create_device, load_profile
+    from hwloop.store import MeasurementStore
+    from hwloop.sweep import SweepSpec, run_farm
+
+    sp = SweepSpec.from_toml(spec)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit} must be >= 1")
+    if adaptive and (budget is None or budget < 1):
+        raise ConfigError("--adaptive needs --budget N (N >= 1 measurements)")
+    if adaptive and len(device) != 1:
+        raise ConfigError(f"--adaptive runs on one device, got {len(device)}: {', '.join(device)}")
+    if len(set(device)) != len(device):
+        raise ConfigError(f"--device names must be distinct, got {', '.join(device)}")
+    profiles = [load_profile(d) for d in device]
+    overrides = {k: v for k, v in {"repeats": repeats, "warmup": warmup}.items() if v is not None}
+    timings = {p.name: sp.timing_for(p.timing) for p in profiles}
+    if overrides:
+        from hwloop.devices.base import TimingConfig
+
+        timings = {n: TimingConfig.from_dict({**t.to_dict(), **overrides}) for n, t in timings.items()}
+    handler = None
+    if log_stored:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log = logging.getLogger("hwloop.sweep")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    st = MeasurementStore(store)
+    devs: list[Any] = []
+    try:
+        devs = [create_device(p) for p in profiles]
+        if adaptive:
+            try:
+                from hwloop.predict.adaptive import run_adaptive_sweep
+            except ImportError as e:
+                raise ConfigError(f"--adaptive needs hwloop.predict.adaptive, which cannot be imported ({e})") from e
+            result = run_adaptive_sweep(sp, devs[0], st, budget=budget, timing=timings[devs[0].name])
+            console.print(result)
+            return
+        reqs = sp.requests()
+        if limit is not None:
+            reqs = reqs[:limit]
+        summary = run_farm(reqs, devs, st, progress=progress, batch_size=batch_size, retry_failed=retry_failed,
+                           timings=timings)
+    finally:
+        for d in devs:
+            d.close()
+        st.close()
+        if handler is not None:
+            logging.getLogger("hwloop.sweep").removeHandler(handler)
+    console.print(_summary_table(summary, f"sweep {sp.name}: {len(reqs)} requests → {st!r}"))
+    if summary.errors:
+        raise typer.Exit(1)
