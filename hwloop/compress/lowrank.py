@@ -1,0 +1,109 @@
+"""Low-rank factorisation: a conv ``k×k in→out`` becomes ``k×k in→r`` then ``1×1 r→out``.
+
+The factors come from the truncated SVD of the weight reshaped to ``(out, in·k·k)``:
+``W ≈ U·diag(σ)·Vᵀ``. :func:`factorize` returns the two real layers (an
+``nn.Sequential``) plus the singular values, which initialise a
+:class:`~hwloop.compress.gates.RankGate`; :func:`merge` multiplies two factors back
+into one dense layer. Linear layers factorise the same way (``in→r`` then ``r→out``).
+
+Example:
+    >>> import torch
+    >>> from hwloop.compress.lowrank import factorize
+    >>> conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+    >>> seq, sigma = factorize(conv)
+    >>> x = torch.randn(1, 4, 5, 5)
+    >>> bool(torch.allclose(seq(x), conv(x), atol=1e-4)), sigma.numel()
+    (True, 6)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hwloop.errors import CompressionError
+
+__all__ = ["factorize", "merge", "full_rank", "is_factorizable"]
+
+
+def is_factorizable(module: nn.Module) -> bool:
+    """Whether :func:`factorize` supports ``module`` (dense conv with groups=1, or linear)."""
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1
+                                              and module.padding_mode == "zeros"
+                                              and isinstance(module.padding, tuple))
+
+
+def full_rank(module: nn.Module) -> int:
+    """``min(out, in·k·k)``: the rank at which factorisation is exact."""
+    w = module.weight
+    return int(min(w.shape[0], w[0].numel()))
+
+
+def factorize(module: nn.Module, rank: int | None = None, *, split: str = "right"
+              ) -> tuple[nn.Sequential, torch.Tensor]:
+    """Replace a dense conv/linear by its rank-``rank`` truncated SVD as two layers.
+
+    Args:
+        module: an ``nn.Conv2d`` (groups=1) or ``nn.Linear``.
+        rank: kept rank (default: full rank, exact up to float error).
+        split: where ``σ`` goes: ``right`` (into the second layer) or ``none`` (factors stay
+            orthonormal; the caller applies ``σ`` as gate values between the layers).
+
+    Returns:
+        ``(nn.Sequential(first, second), sigma)`` with ``sigma`` the kept singular values.
+    """
+    if not is_factorizable(module):
+        raise CompressionError(f"cannot factorise {type(module).__name__}; only dense Conv2d (groups=1) and Linear")
+    full = full_rank(module)
+    r = full if rank is None else int(rank)
+    if not 1 <= r <= full:
+        raise CompressionError(f"rank={rank!r} must be in [1, {full}] for this layer")
+    if split not in ("right", "none"):
+        raise CompressionError(f"split {split!r} is unknown; allowed: right, none")
+    w = module.weight.detach().float()
+    out_c = w.shape[0]
+    u, s, vh = torch.linalg.svd(w.reshape(out_c, -1), full_matrices=False)
+    u, s, vh = u[:, :r], s[:r], vh[:r]
+    second_w = u * s if split == "right" else u
+    bias = module.bias is not None
+    first: nn.Module
+    second: nn.Module
+    if isinstance(module, nn.Conv2d):
+        first = nn.Conv2d(module.in_channels, r, module.kernel_size, module.stride, module.padding,
+                          module.dilation, groups=1, bias=False)
+        first.weight.data.copy_(vh.reshape(r, *w.shape[1:]))
+        second = nn.Conv2d(r, out_c, 1, bias=bias)
+        second.weight.data.copy_(second_w.reshape(out_c, r, 1, 1))
+    else:
+        first = nn.Linear(w.shape[1], r, bias=False)
+        first.weight.data.copy_(vh)
+        second = nn.Linear(r, out_c, bias=bias)
+        second.weight.data.copy_(second_w)
+    if bias:
+        assert module.bias is not None
+        second.bias.data.copy_(module.bias.detach())
+    seq = nn.Sequential(first, second).to(module.weight.dtype)
+    return seq, s.clone()
+
+
+def merge(seq: nn.Sequential) -> nn.Module:
+    """Multiply a factorised pair (as made by :func:`factorize`) back into one dense layer."""
+    if len(seq) != 2:
+        raise CompressionError(f"merge needs a 2-layer factorised Sequential, got {len(seq)} layers")
+    first, second = seq[0], seq[1]
+    b = second.weight.detach().reshape(second.weight.shape[0], -1)
+    a = first.weight.detach().reshape(first.weight.shape[0], -1)
+    w = b @ a
+    dense: nn.Module
+    if isinstance(first, nn.Conv2d) and isinstance(second, nn.Conv2d):
+        dense = nn.Conv2d(first.in_channels, second.out_channels, first.kernel_size, first.stride, first.padding,
+                          first.dilation, bias=second.bias is not None)
+        dense.weight.data.copy_(w.reshape(second.out_channels, *first.weight.shape[1:]))
+    elif isinstance(first, nn.Linear) and isinstance(second, nn.Linear):
+        dense = nn.Linear(first.in_features, second.out_features, bias=second.bias is not None)
+        dense.weight.data.copy_(w)
+    else:
+        raise CompressionError("merge needs two Conv2d or two Linear layers")
+    if second.bias is not None:
+        dense.bias.data.copy_(second.bias.detach())
+    return dense.to(first.weight.dtype)

@@ -1,0 +1,362 @@
+"""Differentiable latency for the search loss: the ℓ1/ℓ2 surrogate and the learned predictor.
+
+Both implementations of :class:`LatencyModel` take the *effective sizes* of a gated model
+(``ch:<group>`` widths and ranks, ``bits:<layer>`` bit-widths, as 0-d tensors or floats)
+and return a 0-d tensor that gradients flow through.
+
+* :class:`SurrogateLatency` — the polynomial of Nasery et al. (2023) from
+  :func:`hwloop.predict.surrogate.surrogate_cost_torch` (MACs, optionally scaled by bits
+  and a per-device ms/MAC constant). ``bits_aware=False`` is the FLOPs-only baseline.
+* :class:`PredictorLatency` — any fitted predictor (``predict(specs) -> ms``) made
+  differentiable: each layer is predicted once on a grid of input widths × output widths ×
+  bit-widths and interpolated multilinearly at the continuous sizes, so at grid points
+  (every integer when the grid step is 1) it equals the predictor. The predictor's
+  whole-model calibration (``aggregator_``) maps the per-layer sum to model latency.
+
+:func:`select_latency_model` picks the learned model when a predictor file is given or the
+store has measurements of the target device, else the surrogate, and says which and why.
+
+Example:
+    >>> from hwloop.models import ModelRef
+    >>> from hwloop.search.space import SearchSpace
+    >>> from hwloop.search.latency import SurrogateLatency
+    >>> space = SearchSpace.from_ref(ModelRef("small_cnn"))
+    >>> lat = SurrogateLatency(space)
+    >>> half = {k: v / 2 for k, v in space.full_sizes().items()}
+    >>> bool(lat(half) < lat(space.full_sizes()))
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from hwloop.compress.plan import CompressionPlan
+from hwloop.errors import SearchError
+from hwloop.search.space import LayerSlot, SearchSpace
+from hwloop.workload import LayerSpec
+
+__all__ = ["LatencyModel", "SurrogateLatency", "PredictorLatency", "select_latency_model", "interp_grid",
+           "grid_points"]
+
+Sizes = Mapping[str, "torch.Tensor | float"]
+
+
+@runtime_checkable
+class LatencyModel(Protocol):
+    """What the search needs from a latency model.
+
+    Attributes:
+        kind: ``surrogate`` or ``predictor``.
+        unit: what the numbers are (``ms`` or ``MMAC``).
+    """
+
+    kind: str
+    unit: str
+
+    def __call__(self, sizes: Sizes, dense: frozenset[str] = frozenset()) -> torch.Tensor: ...
+
+    def original(self) -> float: ...
+
+    def plan_latency(self, plan: CompressionPlan) -> float: ...
+
+
+def _t(v: torch.Tensor | float) -> torch.Tensor:
+    return v if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+
+
+class _SlotLatency:
+    """Shared plumbing: which slots count for a given set of dense (unfactorised) layers."""
+
+    kind = "base"
+    unit = "ms"
+
+    def __init__(self, space: SearchSpace, a_bits: int | None = None) -> None:
+        self.space = space
+        self.a_bits = a_bits if a_bits is not None else space.options.a_bits
+
+    def active_slots(self, dense: frozenset[str]) -> list[LayerSlot]:
+        out = []
+        for s in self.space.slots:
+            if s.factor_of is not None and s.factor_of in dense:
+                if s.dense is not None:
+                    out.append(s.dense)
+                continue
+            out.append(s)
+        return out
+
+    def original(self) -> float:
+        """Latency of the uncompressed model (every factorised layer dense, full widths, top bits)."""
+        return float(self(self.space.full_sizes(), frozenset(self.space.lowrank)).detach())
+
+    def plan_latency(self, plan: CompressionPlan) -> float:
+        """Latency of a plan's hard sizes."""
+        sizes, dense = self.space.sizes_of_plan(plan)
+        return float(self(sizes, dense).detach())
+
+    def __call__(self, sizes: Sizes, dense: frozenset[str] = frozenset()) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _slot_size(slot: LayerSlot, sizes: Sizes) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    cin = _t(sizes[f"ch:{slot.in_key}"]) if slot.in_key else None
+    cout = _t(sizes[f"ch:{slot.out_key}"]) if slot.out_key else None
+    bits = _t(sizes[f"bits:{slot.bits_key}"]) if slot.bits_key and f"bits:{slot.bits_key}" in sizes else None
+    return cin, cout, bits
+
+
+class SurrogateLatency(_SlotLatency):
+    """ℓ1/ℓ2 surrogate: MACs as a polynomial in the effective sizes (see the module docstring).
+
+    Args:
+        space: the search space.
+        bits_aware: multiply compute by ``w_bits · a_bits / 32²`` (False: FLOPs only).
+        scale_ms_per_mac: ms per MAC (e.g. a fitted ``SurrogatePredictor.scale``); None reports MMACs.
+        include_elementwise: also count batch-norm layers (one op per element).
+    """
+
+    kind = "surrogate"
+
+    def __init__(self, space: SearchSpace, *, bits_aware: bool = False, scale_ms_per_mac: float | None = None,
+                 include_elementwise: bool = False, a_bits: int | None = None) -> None:
+        super().__init__(space, a_bits)
+        self.bits_aware = bits_aware
+        self.scale = scale_ms_per_mac
+        self.include_elementwise = include_elementwise
+        self.unit = "ms" if scale_ms_per_mac is not None else "MMAC"
+        from hwloop.predict.surrogate import surrogate_terms
+
+        self._terms: dict[str, dict[str, float]] = {}
+        for s in list(space.slots) + [s.dense for s in space.slots if s.dense is not None]:
+            t = surrogate_terms([s.spec])
+            self._terms[s.name] = {k: float(v[0]) for k, v in t.items()}
+
+    def __call__(self, sizes: Sizes, dense: frozenset[str] = frozenset()) -> torch.Tensor:
+        from hwloop.predict.surrogate import surrogate_cost_torch
+
+        n_in, n_out, c, kind, wb, ab = [], [], [], [], [], []
+        for s in self.active_slots(dense):
+            if s.spec.op == "batchnorm" and not self.include_elementwise:
+                continue
+            t = self._terms[s.name]
+            cin, cout, bits = _slot_size(s, sizes)
+            k = int(t["kind"])
+            if s.depthwise:
+                n_in.append(cout if cout is not None else torch.tensor(t["n_in"]))
+            elif k == 3:
+                n_in.append(cin if cin is not None else torch.tensor(t["n_in"]))
+            else:
+                n_in.append(cin if cin is not None else torch.tensor(t["n_in"]))
+            n_out.append(cout if cout is not None else torch.tensor(t["n_out"]))
+            c.append(t["c"])
+            kind.append(k)
+            wb.append(bits if bits is not None else torch.tensor(t["w_bits"] if k == 3 else 32.0))
+            ab.append(float(self.a_bits) if (self.a_bits and bits is not None) else 32.0)
+        if not c:
+            return torch.zeros(())
+        args = dict(kind=torch.tensor(kind))
+        if self.bits_aware:
+            args.update(w_bits=torch.stack([_t(x).float() for x in wb]), a_bits=torch.tensor(ab))
+        cost = surrogate_cost_torch(torch.stack([_t(x).float() for x in n_in]),
+                                    torch.stack([_t(x).float() for x in n_out]), torch.tensor(c), **args)
+        return cost * self.scale if self.scale is not None else cost / 1e6
+
+
+def grid_points(size: int, max_points: int) -> list[int]:
+    """Integer grid over ``1..size``: every integer if ``size <= max_points``, else ~``max_points`` evenly
+    spaced integers (always including 1 and ``size``)."""
+    if size <= max_points:
+        return list(range(1, size + 1))
+    pts = np.unique(np.round(np.linspace(1, size, max_points)).astype(int))
+    return [int(p) for p in pts]
+
+
+def interp_grid(table: torch.Tensor, grids: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Multilinear interpolation of ``table`` (shape ``len(g) for g in grids``) at points ``xs``.
+
+    Values outside a grid are clamped to its ends; at grid points the table value is
+    returned exactly. Differentiable in ``xs``.
+
+    Example:
+        >>> t = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+        >>> g = torch.tensor([1.0, 2.0])
+        >>> float(interp_grid(t, [g, g], [torch.tensor(1.5), torch.tensor(2.0)]))
+        2.0
+    """
+    out = table
+    for d, (g, x) in enumerate(zip(grids, xs)):
+        if g.numel() == 1:
+            out = out.select(0, 0)
+            continue
+        xc = x.clamp(float(g[0]), float(g[-1]))
+        i = int(torch.searchsorted(g, xc.detach().reshape(1), right=True).item()) - 1
+        i = min(max(i, 0), g.numel() - 2)
+        w = (xc - g[i]) / (g[i + 1] - g[i])
+        lo, hi = out.select(0, i), out.select(0, i + 1)
+        out = lo + w * (hi - lo)
+    return out
+
+
+class PredictorLatency(_SlotLatency):
+    """A fitted predictor made differentiable by per-layer grids (see the module docstring).
+
+    Args:
+        space: the search space.
+        predictor: an object with ``predict(list[LayerSpec]) -> np.ndarray`` in ms (optionally an
+            ``aggregator_`` with ``coef_`` for whole-model calibration).
+        max_grid_points: grid points per channel dimension (every integer up to this size).
+        calibrated: use the predictor's whole-model calibration when it has one.
+        progress: show a progress bar while the grids are predicted.
+    """
+
+    kind = "predictor"
+    unit = "ms"
+
+    def __init__(self, space: SearchSpace, predictor: Any, *, max_grid_points: int = 65, calibrated: bool = True,
+                 a_bits: int | None = None, progress: bool = False) -> None:
+        super().__init__(space, a_bits)
+        if not callable(getattr(predictor, "predict", None)):
+            raise SearchError(f"predictor {type(predictor).__name__} has no predict(specs) method")
+        self.predictor = predictor
+        self.max_grid_points = max_grid_points
+        agg = getattr(predictor, "aggregator_", None) if calibrated else None
+        coef = getattr(agg, "coef_", None)
+        self.coef = [float(c) for c in coef] if coef is not None else None
+        self._tables: dict[str, tuple[torch.Tensor, list[torch.Tensor], list[str]]] = {}
+        slots = list(space.slots) + [s.dense for s in space.slots if s.dense is not None]
+        self._build(slots, progress)
+
+    def _axes(self, slot: LayerSlot) -> list[tuple[str, list[int]]]:
+        axes: list[tuple[str, list[int]]] = []
+        groups = {g.key: g.channels for g in self.space.graph.groups}
+        if slot.depthwise or slot.spec.op == "batchnorm":
+            if slot.out_key:
+                axes.append(("out", grid_points(groups[slot.out_key], self.max_grid_points)))
+        else:
+            if slot.in_key:
+                axes.append(("in", grid_points(groups[slot.in_key], self.max_grid_points)))
+            if slot.out_key:
+                axes.append(("out", grid_points(groups[slot.out_key], self.max_grid_points)))
+        if slot.bits_key and slot.bits_key in self.space.bit_layers:
+            axes.append(("bits", list(self.space.options.bit_levels)))
+        return axes
+
+    def _spec(self, slot: LayerSlot, point: Mapping[str, int]) -> LayerSpec:
+        bits = point.get("bits")
+        if slot.depthwise or slot.spec.op == "batchnorm":
+            return slot.spec_at(None, point.get("out"), bits, self.a_bits if bits else None)
+        return slot.spec_at(point.get("in"), point.get("out"), bits, self.a_bits if bits else None)
+
+    def _build(self, slots: Sequence[LayerSlot], progress: bool) -> None:
+        import itertools
+
+        from tqdm.auto import tqdm
+
+        cache: dict[tuple[Any, ...], torch.Tensor] = {}
+        for slot in tqdm(slots, desc="latency grids", disable=not progress, leave=False):
+            axes = self._axes(slot)
+            names = [a for a, _ in axes]
+            grids = [torch.tensor(g, dtype=torch.float64) for _, g in axes]
+            sig = (slot.spec.replace(name="").key, slot.depthwise, tuple((a, tuple(g)) for a, g in axes))
+            if sig not in cache:
+                pts = list(itertools.product(*[g for _, g in axes])) if axes else [()]
+                specs = [self._spec(slot, dict(zip(names, p))) for p in pts]
+                ms = np.asarray(self.predictor.predict(specs), dtype=np.float64).reshape(-1)
+                if ms.shape[0] != len(specs) or not np.all(np.isfinite(ms)):
+                    raise SearchError(f"predictor returned {ms.shape[0]} values (finite: "
+                                      f"{bool(np.all(np.isfinite(ms)))}) for {len(specs)} layer specs")
+                cache[sig] = torch.tensor(ms).reshape([len(g) for _, g in axes] or [])
+            self._tables[slot.name] = (cache[sig], grids, names)
+
+    def layer_ms(self, slot: LayerSlot, sizes: Sizes) -> torch.Tensor:
+        """Interpolated latency (ms) of one slot at ``sizes``."""
+        table, grids, names = self._tables[slot.name]
+        cin, cout, bits = _slot_size(slot, sizes)
+        vals = {"in": cin, "out": cout, "bits": bits}
+        xs = [_t(vals[n]).double() for n in names]
+        return interp_grid(table, grids, xs)
+
+    def __call__(self, sizes: Sizes, dense: frozenset[str] = frozenset()) -> torch.Tensor:
+        compute = torch.zeros((), dtype=torch.float64)
+        elem = torch.zeros((), dtype=torch.float64)
+        n = 0
+        for s in self.active_slots(dense):
+            v = self.layer_ms(s, sizes)
+            if s.spec.op == "batchnorm":
+                elem = elem + v
+            else:
+                compute = compute + v
+            n += 1
+        if self.coef is None:
+            total = compute + elem
+        else:
+            a_c, a_e, _a_o, b, c = self.coef
+            total = a_c * compute + a_e * elem + b * n + c
+        return total.float()
+
+
+def select_latency_model(space: SearchSpace, *, predictor: Any = None, predictor_path: str | None = None,
+                         store: str | None = None, device: str | None = None, objective: str = "auto",
+                         log: Callable[[str], None] | None = None, progress: bool = False,
+                         max_grid_points: int = 65) -> LatencyModel:
+    """The latency model for a search, and a log line saying which one and why.
+
+    Args:
+        space: the search space.
+        predictor: an already loaded/fitted predictor.
+        predictor_path: a predictor file saved by ``hwloop predictor fit``.
+        store: a measurement store URL to fit a predictor from (when it has data for ``device``).
+        device: the target device name.
+        objective: ``auto`` (learned when available, else surrogate), ``learned`` (error if none),
+            ``surrogate`` (bits-aware MACs) or ``flops`` (MACs only, ignores bits).
+        log: called with one line describing the choice.
+    """
+    say = log or (lambda _m: None)
+    if objective not in ("auto", "learned", "surrogate", "flops"):
+        raise SearchError(f"latency objective {objective!r} is unknown; allowed: auto, learned, surrogate, flops")
+    if objective == "flops":
+        say("latency model: FLOPs-only surrogate (MACs; ignores bit-widths and the device)")
+        return SurrogateLatency(space, bits_aware=False)
+    if objective == "surrogate":
+        say("latency model: l1/l2 surrogate (bit-scaled MACs), as requested")
+        return SurrogateLatency(space, bits_aware=True)
+    reason = "no predictor file or store given"
+    if predictor is None and predictor_path:
+        from hwloop.predict.io import load_predictor
+
+        predictor = load_predictor(predictor_path)
+        reason = f"predictor file {predictor_path}"
+    elif predictor is None and store and device:
+        predictor, reason = _fit_from_store(store, device, say)
+    elif predictor is not None:
+        reason = f"given {type(predictor).__name__}"
+    if predictor is not None:
+        say(f"latency model: learned predictor ({type(predictor).__name__}; {reason}) interpolated on per-layer grids")
+        return PredictorLatency(space, predictor, progress=progress, max_grid_points=max_grid_points)
+    if objective == "learned":
+        raise SearchError(f"objective 'learned' needs a predictor: {reason}")
+    say(f"latency model: l1/l2 surrogate (bit-scaled MACs) because {reason}")
+    return SurrogateLatency(space, bits_aware=True)
+
+
+def _fit_from_store(store: str, device: str, say: Callable[[str], None]) -> tuple[Any, str]:
+    from hwloop.predict.io import load_training_data
+    from hwloop.predict.learned import XGBoostPredictor
+
+    try:
+        data = load_training_data(store, device=device, progress=False)
+    except Exception as e:  # no store, no rows for the device, schema issues: fall back with the reason
+        return None, f"the store {store} has no usable data for device {device!r} ({str(e).splitlines()[0]})"
+    if data.n_layers < 20:
+        return None, f"the store has only {data.n_layers} layer measurements for {device!r} (need >= 20)"
+    pred = XGBoostPredictor(n_estimators=300, fingerprint=data.fingerprint, mode=data.mode).fit(
+        list(data.layer_specs), data.layer_ms)
+    if data.n_models >= 3:
+        pred.fit_aggregator(list(data.workloads), data.model_ms)
+    say(f"fitted XGBoost on {data.n_layers} layers from {store} for {device}")
+    return pred, f"{data.n_layers} stored layer measurements of {device}"
