@@ -50,11 +50,15 @@ def postgres_url():  # type: ignore[no-untyped-def]
     Tests create their own databases with ``pg.create_database(postgres_url)``.
     """
     import importlib.util
+    import sys
 
-    spec = importlib.util.spec_from_file_location("hwloop_tests_pg", Path(__file__).with_name("pg.py"))
-    assert spec is not None and spec.loader is not None
-    pg = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pg)
+    pg = sys.modules.get("pg")
+    if pg is None or not hasattr(pg, "PostgresServer"):
+        spec = importlib.util.spec_from_file_location("pg", Path(__file__).with_name("pg.py"))
+        assert spec is not None and spec.loader is not None
+        pg = importlib.util.module_from_spec(spec)
+        sys.modules["pg"] = pg
+        spec.loader.exec_module(pg)
     reason = pg.pg_available()
     if reason:
         pytest.skip(reason)

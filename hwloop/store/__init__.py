@@ -226,13 +226,16 @@ class MeasurementStore:
                                               created_at=_now()).on_conflict_do_nothing(index_elements=["key"])
         conn.execute(stmt)
 
-    def _upsert(self, conn: sa.Connection, row: Mapping[str, Any]) -> bool:
+    def _upsert(self, conn: sa.Connection, row: Mapping[str, Any], *, failure_replaces_failure: bool = True) -> bool:
         ins = self._insert(measurements_t).values(**row)
+        if row["error"] is not None and not failure_replaces_failure:
+            stmt = ins.on_conflict_do_nothing(index_elements=["device_key", "workload_key", "timing_key"])
+            return conn.execute(stmt.returning(measurements_t.c.id)).first() is not None
         stmt = ins.on_conflict_do_update(
             index_elements=["device_key", "workload_key", "timing_key"],
             set_={c: getattr(ins.excluded, c) for c in _UPDATABLE},
-            where=measurements_t.c.error.is_not(None))
-        return bool(conn.execute(stmt).rowcount)
+            where=measurements_t.c.error.is_not(None)).returning(measurements_t.c.id)
+        return conn.execute(stmt).first() is not None  # no row comes back when an ok row was kept
 
     # ------------------------------------------------------------------ writing
     def add(self, fp: DeviceFingerprint, req: MeasureRequest, res: MeasureResult) -> bool:
@@ -370,7 +373,9 @@ class MeasurementStore:
         return write_frame(self.to_dataframe(ok_only=False), Path(path))
 
     def import_(self, path: str | os.PathLike[str]) -> int:
-        """Add the rows of a ``.parquet``/``.csv`` export; rows whose key holds an ok row are skipped.
+        """Add the rows of a ``.parquet``/``.csv`` export, deduplicated by key.
+
+        An ok row from the file replaces a stored failure; otherwise a key already stored is kept.
 
         Returns:
             The number of rows written. All rows go in one transaction.
@@ -383,7 +388,7 @@ class MeasurementStore:
             for fp in fps:
                 self._ensure_device(conn, fp)
             for row in rows:
-                added += self._upsert(conn, row)
+                added += self._upsert(conn, row, failure_replaces_failure=False)
         return added
 
 
