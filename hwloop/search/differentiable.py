@@ -1,0 +1,280 @@
+"""Differentiable hardware-aware compression search: the latency model inside the loss.
+
+``loss = task loss + λ · latency(sizes)/latency₀`` where ``sizes`` are the gates' effective
+sizes (widths, ranks, bits). Give either a fixed ``lam`` or a ``target`` (latency as a
+fraction of the original): then λ follows dual ascent, ``λ ← max(0, λ + η·(L/L₀ − target)/target)``
+once per step, so users state the budget, not λ. Schedule: (optional pretraining) →
+search → extract (widths read off the gates, rounded up to the device tile when that costs
+no latency; factorised layers merged back when dense is not slower) → fine-tune (with the
+chosen bits fake-quantized) → the caller measures on the device.
+
+Example:
+    >>> from hwloop.search.train import make_task
+    >>> from hwloop.search.space import SearchSpace
+    >>> from hwloop.search.latency import SurrogateLatency
+    >>> from hwloop.search.differentiable import SearchConfig, differentiable_search
+    >>> task = make_task("digits", "small_cnn")
+    >>> space = SearchSpace.from_ref(task.ref)
+    >>> res = differentiable_search(space, SurrogateLatency(space), task.train, task.eval_fn,
+    ...                             SearchConfig(search_epochs=2, finetune_epochs=1, target=0.5))
+    >>> res.predicted / res.original <= 0.55
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hwloop.compress.gated import GatedModel, extract, quantized_weights
+from hwloop.compress.plan import CompressionPlan
+from hwloop.errors import SearchError
+from hwloop.search.latency import LatencyModel
+from hwloop.search.space import SearchSpace
+from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
+
+__all__ = ["SearchConfig", "SearchResult", "differentiable_search", "round_widths_to_tile"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Objective and schedule of a differentiable search.
+
+    Attributes:
+        search_epochs / finetune_epochs: schedule length (pretraining is the caller's, see the pipeline).
+        lr: SGD learning rate of the weights (cosine decay per phase).
+        gate_lr: Adam learning rate of the gates.
+        momentum / weight_decay: SGD settings (no weight decay on gates).
+        lam: fixed λ (used when ``target`` is None) or the initial λ of dual ascent.
+        target: latency budget as a fraction of the original (e.g. 0.5), or None.
+        dual_lr: dual-ascent step size per optimiser step.
+        keep_rule: ``effective`` (top ``ceil(s(a))`` gates) or ``nonzero``.
+        tile: round widths up to a multiple of this when that costs no predicted latency.
+        merge_lowrank: merge a factorised layer back when dense is not slower.
+        max_steps: cap on steps per epoch (None: the whole loader).
+        seed: torch seed.
+    """
+
+    search_epochs: int = 3
+    finetune_epochs: int = 2
+    lr: float = 0.05
+    gate_lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lam: float = 1.0
+    target: float | None = None
+    dual_lr: float = 0.05
+    keep_rule: str = "effective"
+    tile: int = 1
+    merge_lowrank: bool = True
+    max_steps: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for n in ("search_epochs", "finetune_epochs"):
+            v = getattr(self, n)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise SearchError(f"{n}={v!r} must be an integer >= 0")
+        for n in ("lr", "gate_lr", "dual_lr"):
+            v = getattr(self, n)
+            if not isinstance(v, (int, float)) or not v > 0:
+                raise SearchError(f"{n}={v!r} must be a positive number")
+        if self.lam < 0:
+            raise SearchError(f"lam={self.lam} must be >= 0")
+        if self.target is not None and not 0.0 < self.target <= 1.0:
+            raise SearchError(f"target={self.target} must be a fraction of the original latency in (0, 1]")
+        if self.keep_rule not in ("effective", "nonzero"):
+            raise SearchError(f"keep_rule={self.keep_rule!r} is unknown; allowed: effective, nonzero")
+        if not isinstance(self.tile, int) or self.tile < 1:
+            raise SearchError(f"tile={self.tile!r} must be a positive int")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SearchError(f"max_steps={self.max_steps} must be >= 1 or None")
+
+
+@dataclass
+class SearchResult:
+    """What a search returns.
+
+    Attributes:
+        model: the compressed, fine-tuned plain ``nn.Module``.
+        plan: its :class:`CompressionPlan`.
+        original / predicted: latency-model values of the original and the extracted model.
+        soft_final: latency-model value at the gates' continuous sizes at the end of the search.
+        accuracy: ``eval_fn(model)`` after fine-tuning (None without ``eval_fn``).
+        accuracy_extracted: ``eval_fn`` right after extraction, before fine-tuning.
+        history: one dict per epoch (loss, task loss, latency ratio, λ, accuracy).
+        seconds: wall time per phase (``search``, ``extract``, ``finetune``).
+        sizes: per-layer chosen sizes (group widths, ranks, bits) vs original.
+    """
+
+    model: nn.Module
+    plan: CompressionPlan
+    original: float
+    predicted: float
+    soft_final: float
+    accuracy: float | None
+    accuracy_extracted: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _hard_sizes(gm: GatedModel, widths: Mapping[str, int] | None = None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for g in gm.space.graph.groups:
+        gate = gm.channel_gates.get(g.key)
+        out[f"ch:{g.key}"] = float(gate.hard_size() if gate is not None else g.channels)
+    for n, b in gm.bit_gates.items():
+        out[f"bits:{n}"] = float(b.hard_size())
+    for k, v in (widths or {}).items():
+        out[f"ch:{k}"] = float(v)
+    return out
+
+
+def round_widths_to_tile(gm: GatedModel, latency: LatencyModel, tile: int) -> dict[str, int]:
+    """Each group's hard width, rounded up to a multiple of ``tile`` when the latency model says
+    that costs nothing (the device pads partial tiles anyway)."""
+    widths = {k: g.hard_size() for k, g in gm.channel_gates.items()}
+    if tile <= 1:
+        return widths
+    for key, w in list(widths.items()):
+        up = min(gm.channel_gates[key].max_size, math.ceil(w / tile) * tile)
+        if up == w:
+            continue
+        base = float(latency(_hard_sizes(gm, widths)).detach())
+        trial = {**widths, key: up}
+        if float(latency(_hard_sizes(gm, trial)).detach()) <= base * (1 + 1e-9):
+            widths = trial
+    return widths
+
+
+def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loader: DataLoader[Any],
+                          eval_fn: Callable[[nn.Module], float] | None, config: SearchConfig, *,
+                          model: nn.Module | None = None, log: Callable[[str], None] | None = None,
+                          progress: bool = False) -> SearchResult:
+    """Search, extract and fine-tune (see the module docstring).
+
+    Args:
+        space: the search space (its model is the starting point unless ``model`` is given).
+        latency: a :class:`~hwloop.search.latency.LatencyModel` built on ``space``.
+        train_loader: training batches ``(x, y)`` for cross-entropy.
+        eval_fn: ``model -> accuracy`` (any score, higher is better), or None.
+        config: :class:`SearchConfig`.
+        model: starting weights (default: the space's model).
+        log: called with one line per epoch and per phase.
+        progress: show tqdm progress bars.
+    """
+    from tqdm.auto import tqdm
+
+    say = log or (lambda _m: None)
+    torch.manual_seed(config.seed)
+    gm = GatedModel(space, model)
+    gm.train()
+    l0 = latency.original()
+    if not l0 > 0:
+        raise SearchError(f"the latency model gives {l0} for the original model; it must be positive")
+    opt_w = make_optimizer(gm.weight_parameters(), config.lr, config.momentum, config.weight_decay)
+    opt_g = torch.optim.Adam(gm.gate_parameters(), lr=config.gate_lr)
+    lam = float(config.lam)
+    loss_fn = nn.CrossEntropyLoss()
+    steps = min(len(train_loader), config.max_steps) if config.max_steps else len(train_loader)
+    total, step = config.search_epochs * steps, 0
+    history: list[dict[str, float]] = []
+    mode = f"target {config.target:.0%} of original (dual ascent)" if config.target else f"fixed lambda {lam}"
+    say(f"search: {config.search_epochs} epochs x {steps} steps, {mode}, latency0 = {l0:.4g} {latency.unit} "
+        f"({latency.kind})")
+    t0 = time.perf_counter()
+    ratio = 1.0
+    for ep in range(config.search_epochs):
+        sums = {"loss": 0.0, "task": 0.0, "ratio": 0.0}
+        n = 0
+        for i, (x, y) in enumerate(tqdm(train_loader, desc=f"search {ep + 1}/{config.search_epochs}",
+                                        disable=not progress, leave=False, total=steps)):
+            if i >= steps:
+                break
+            for grp in opt_w.param_groups:
+                grp["lr"] = cosine_lr(config.lr, step, total)
+            task = loss_fn(gm(x), y)
+            lat = latency(gm.sizes())
+            ratio_t = lat / l0
+            loss = task + lam * ratio_t
+            opt_w.zero_grad(set_to_none=True)
+            opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_w.step()
+            opt_g.step()
+            gm.project_()
+            ratio = float(ratio_t.detach())
+            if config.target is not None:
+                lam = max(0.0, lam + config.dual_lr * (ratio - config.target) / config.target)
+            sums["loss"] += float(loss.detach())
+            sums["task"] += float(task.detach())
+            sums["ratio"] += ratio
+            n += 1
+            step += 1
+        rec = {"epoch": ep + 1, **{k: v / max(1, n) for k, v in sums.items()}, "lambda": lam,
+               "ratio_end": ratio}
+        if eval_fn is not None:
+            rec["accuracy"] = float(eval_fn(gm))
+        history.append(rec)
+        say("search epoch {epoch}: loss {loss:.4f} task {task:.4f} latency ratio {ratio_end:.3f} lambda {lam:.3f}"
+            .format(lam=lam, **rec) + (f" acc {rec['accuracy']:.2f}" if "accuracy" in rec else ""))
+    t_search = time.perf_counter() - t0
+    soft = float(latency(gm.sizes()).detach())
+
+    t1 = time.perf_counter()
+    gm.eval()
+    widths = round_widths_to_tile(gm, latency, config.tile)
+    hard = _hard_sizes(gm, widths)
+
+    def merge_if(layer: str, rank: int) -> bool:
+        if not config.merge_lowrank:
+            return False
+        with torch.no_grad():
+            dense_sizes = dict(hard)
+            return float(latency(dense_sizes, frozenset({layer}))) <= float(latency(dense_sizes))
+
+    meta = {"latency_kind": latency.kind, "latency_unit": latency.unit, "original": l0,
+            "config": asdict(config)}
+    net, plan = extract(gm, widths=widths, rule=config.keep_rule, merge_if=merge_if, meta=meta)
+    predicted = latency.plan_latency(plan)
+    t_extract = time.perf_counter() - t1
+    acc_x = float(eval_fn(net)) if eval_fn is not None else None
+    say(f"extracted: predicted {predicted:.4g} {latency.unit} = {predicted / l0:.3f} x original"
+        + (f", accuracy before fine-tune {acc_x:.2f}" if acc_x is not None else ""))
+
+    t2 = time.perf_counter()
+    if config.finetune_epochs:
+        with quantized_weights(net, plan.w_bits):
+            train_epochs(net, train_loader, config.finetune_epochs, config.lr, momentum=config.momentum,
+                         weight_decay=config.weight_decay, progress=progress, desc="fine-tune",
+                         max_steps=config.max_steps)
+    net.eval()
+    t_ft = time.perf_counter() - t2
+    acc = float(eval_fn(net)) if eval_fn is not None else None
+    if acc is not None:
+        say(f"fine-tuned: accuracy {acc:.2f}")
+    sizes = _size_table(space, plan)
+    return SearchResult(model=net, plan=plan, original=l0, predicted=predicted, soft_final=soft, accuracy=acc,
+                        accuracy_extracted=acc_x, history=history,
+                        seconds={"search": t_search, "extract": t_extract, "finetune": t_ft}, sizes=sizes)
+
+
+def _size_table(space: SearchSpace, plan: CompressionPlan) -> dict[str, dict[str, float]]:
+    sizes, dense = space.sizes_of_plan(plan)
+    out: dict[str, dict[str, float]] = {}
+    for g in space.graph.groups:
+        layer = g.key.split(":", 1)[1] if g.kind == "rank" else g.key
+        if g.kind == "rank" and layer in dense:
+            continue
+        out[f"{g.kind}:{layer}"] = {"chosen": sizes[f"ch:{g.key}"], "original": float(g.channels)}
+    for n in space.bit_layers:
+        out[f"bits:{n}"] = {"chosen": sizes[f"bits:{n}"], "original": float(space.options.bit_levels[-1])}
+    return out

@@ -1,0 +1,155 @@
+"""Truth on the device: measure a search result, set predicted against measured, write the run directory.
+
+:func:`measure_compressed` times a compressed model on any device. Quantized plans (or
+the ``asic`` backend) are sent as one layer request per conv/linear/... of the extracted
+model with ``w_bits``/``a_bits`` from the plan, and summed; otherwise as one whole-model
+request through ``ModelRef("hwloop.compress:from_plan", {"plan": ...})`` so remote
+devices can rebuild it from JSON. :func:`write_report` writes ``metrics.json``, the plan +
+safetensors weights, and two PNGs (latency vs accuracy, per-layer chosen sizes).
+
+Example:
+    >>> from hwloop.compress import CompressionPlan, from_plan
+    >>> from hwloop.search.report import measure_compressed
+    >>> plan = CompressionPlan(base={"name": "small_cnn"}, widths={"features.3": 8}, w_bits={"features.3": 4})
+    >>> m = measure_compressed("asic-tpu32", from_plan(plan.to_dict()), plan)
+    >>> m["latency_ms"] > 0, m["method"]
+    (True, 'layers')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwloop.compress.plan import CompressionPlan
+from hwloop.errors import DeviceError, SearchError
+
+__all__ = ["layer_specs_with_bits", "measure_compressed", "predict_compressed", "write_report", "plot_report"]
+
+
+def layer_specs_with_bits(model: nn.Module, example: torch.Tensor, plan: CompressionPlan | None) -> list[Any]:
+    """The extracted model's layer specs, with the plan's ``w_bits``/``a_bits`` set on quantized layers."""
+    import warnings
+
+    from hwloop.workload import WorkloadWarning, extract_layers
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WorkloadWarning)
+        specs = extract_layers(model, example)
+    if plan is None or not plan.w_bits:
+        return specs
+    out = []
+    for s in specs:
+        b = plan.w_bits.get(s.name)
+        out.append(s.replace(w_bits=b, a_bits=plan.a_bits, out_shape=s.out_shape) if b is not None else s)
+    return out
+
+
+def measure_compressed(device: str | Any, model: nn.Module, plan: CompressionPlan | None, *,
+                       example: torch.Tensor | None = None, method: str = "auto", timing: Any = None
+                       ) -> dict[str, Any]:
+    """Measure ``model`` (the result of ``plan``) on ``device`` (a name or a Device).
+
+    Returns:
+        ``{"latency_ms", "method", "device", "n_requests", "failed"}``.
+    """
+    from hwloop.devices import MeasureRequest, create_device
+    from hwloop.models import ModelRef
+
+    dev = create_device(device) if isinstance(device, str) else device
+    backend = getattr(dev, "backend", "")
+    if example is None:
+        if plan is None:
+            raise SearchError("measure_compressed needs an example input or a plan with a base model")
+        example = plan.model_ref.example_input()
+    if method == "auto":
+        method = "layers" if (backend == "asic" or (plan is not None and plan.w_bits) or plan is None
+                              or plan.base is None) else "model"
+    if method not in ("layers", "model"):
+        raise SearchError(f"measure method {method!r} is unknown; allowed: auto, layers, model")
+    if method == "model":
+        assert plan is not None
+        base = plan.model_ref
+        ref = ModelRef("hwloop.compress:from_plan", {"plan": plan.to_dict()}, input_shape=base.input_shape,
+                       batch=base.batch, dtype=base.dtype)
+        res = dev.measure([MeasureRequest.for_model(ref)], timing)
+        if not res[0].ok:
+            raise DeviceError(f"device {dev.name!r} failed to measure the compressed model: {res[0].error}")
+        return {"latency_ms": float(res[0].latency_ms), "method": "model", "device": dev.name, "n_requests": 1,
+                "failed": 0}
+    specs = [s for s in layer_specs_with_bits(model, example, plan) if s.op != "other"]
+    results = dev.measure([MeasureRequest.for_layer(s) for s in specs], timing)
+    failed = [r.error for r in results if not r.ok]
+    if failed:
+        raise DeviceError(f"device {dev.name!r} failed {len(failed)} of {len(specs)} layers, e.g. {failed[0]}")
+    return {"latency_ms": float(sum(r.latency_ms for r in results)), "method": "layers", "device": dev.name,
+            "n_requests": len(specs), "failed": 0}
+
+
+def predict_compressed(predictor: Any, model: nn.Module, example: torch.Tensor, plan: CompressionPlan | None
+                       ) -> float:
+    """A predictor's whole-model latency (calibrated aggregation when fitted) of the extracted model."""
+    specs = [s for s in layer_specs_with_bits(model, example, plan) if s.op != "other"]
+    if hasattr(predictor, "predict_workload"):
+        return float(predictor.predict_workload(specs))
+    return float(sum(predictor.predict(specs)))
+
+
+def write_report(run_dir: str | Path, metrics: Mapping[str, Any], history: Sequence[Mapping[str, float]],
+                 sizes: Mapping[str, Mapping[str, float]]) -> Path:
+    """Write ``metrics.json`` and the PNG plots into ``run_dir``; returns the metrics path."""
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    doc = {"metrics": dict(metrics), "history": [dict(h) for h in history], "sizes": {k: dict(v) for k, v in sizes.items()}}
+    path = d / "metrics.json"
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
+    plot_report(d, metrics, sizes)
+    return path
+
+
+def plot_report(run_dir: Path, metrics: Mapping[str, Any], sizes: Mapping[str, Mapping[str, float]]) -> None:
+    """``latency_vs_accuracy.png`` (original/baseline vs searched, predicted and measured) and
+    ``layer_sizes.png`` (chosen vs original size per layer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    pts = [("original", metrics.get("original_measured_ms"), metrics.get("original_accuracy"), "tab:gray"),
+           ("baseline (same budget)", metrics.get("original_measured_ms"), metrics.get("baseline_accuracy"), "k"),
+           ("searched", metrics.get("measured_ms"), metrics.get("accuracy"), "tab:red")]
+    for label, x, y, c in pts:
+        if x is not None and y is not None and math.isfinite(float(x)) and math.isfinite(float(y)):
+            ax.scatter([x], [y], label=label, color=c, s=50)
+    if metrics.get("predicted_ms") is not None and metrics.get("accuracy") is not None:
+        ax.scatter([metrics["predicted_ms"]], [metrics["accuracy"]], marker="x", color="tab:red",
+                   label="searched (predicted)")
+    ax.set_xlabel(f"latency on {metrics.get('device', 'device')} (ms)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(str(metrics.get("name", "search")))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "latency_vs_accuracy.png", dpi=120)
+    plt.close(fig)
+
+    names = list(sizes)
+    if names:
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.32 * len(names)), 4))
+        xs = range(len(names))
+        ax.bar(xs, [sizes[n]["original"] for n in names], color="lightgray", label="original")
+        ax.bar(xs, [sizes[n]["chosen"] for n in names], color="tab:blue", label="chosen")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.set_ylabel("channels / rank / bits")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(run_dir / "layer_sizes.png", dpi=120)
+        plt.close(fig)

@@ -1,0 +1,198 @@
+"""Search specs: one TOML file (``search/*.toml``) says model, data, device, predictor, budget, schedule.
+
+Example spec::
+
+    name = "digits-small-cnn"
+    seed = 0
+    [model]            # a built-in name or "package.module:factory"; checkpoint: safetensors weights
+    name = "small_cnn"
+    [data]             # task: digits | cifar10; limits take a fixed random subset
+    task = "digits"
+    batch_size = 64
+    [device]           # measured after the search; measure = false skips it
+    name = "local-cpu"
+    [predictor]        # objective: auto | learned | surrogate | flops
+    objective = "auto"
+    [budget]           # target: fraction of the original latency (dual ascent), or a fixed lambda
+    target = 0.5
+    [space]
+    bits = false
+    [schedule]
+    pretrain_epochs = 2
+    search_epochs = 3
+    finetune_epochs = 2
+
+Example:
+    >>> from hwloop.search.spec import SearchSpec
+    >>> spec = SearchSpec.from_dict({"name": "t", "model": {"name": "small_cnn"}, "data": {"task": "digits"}})
+    >>> spec.schedule.search_epochs, spec.budget.target
+    (3, 0.5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwloop.errors import SearchError
+
+__all__ = ["ModelSection", "DataSection", "DeviceSection", "PredictorSection", "BudgetSection", "ScheduleSection",
+           "SpaceSection", "SearchSpec", "load_spec"]
+
+
+def _check(section: str, cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(d, Mapping):
+        raise SearchError(f"[{section}] must be a table, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    extra = set(d) - known
+    if extra:
+        raise SearchError(f"[{section}] has unknown key(s) {sorted(extra)}; allowed: {sorted(known)}")
+    return dict(d)
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "small_cnn"
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class DataSection:
+    task: str = "digits"
+    batch_size: int = 64
+    train_limit: int | None = None
+    val_limit: int | None = None
+    root: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise SearchError(f"[data] batch_size={self.batch_size!r} must be a positive int")
+        for n in ("train_limit", "val_limit"):
+            v = getattr(self, n)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise SearchError(f"[data] {n}={v!r} must be a positive int")
+
+
+@dataclass(frozen=True)
+class DeviceSection:
+    name: str = "local-cpu"
+    measure: bool = True
+    repeats: int | None = None
+
+
+@dataclass(frozen=True)
+class PredictorSection:
+    objective: str = "auto"
+    path: str | None = None
+    store: str | None = None
+    max_grid_points: int = 65
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("auto", "learned", "surrogate", "flops"):
+            raise SearchError(f"[predictor] objective={self.objective!r} is unknown; "
+                              "allowed: auto, learned, surrogate, flops")
+
+
+@dataclass(frozen=True)
+class BudgetSection:
+    target: float | None = 0.5
+    lam: float = 1.0
+    dual_lr: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.target is not None and not 0 < self.target <= 1:
+            raise SearchError(f"[budget] target={self.target!r} must be a fraction of the original latency in (0, 1]")
+        if self.lam < 0:
+            raise SearchError(f"[budget] lam={self.lam!r} must be >= 0")
+
+
+@dataclass(frozen=True)
+class SpaceSection:
+    channels: bool = True
+    lowrank: bool | list[str] = False
+    bits: bool = False
+    bit_levels: list[int] = field(default_factory=lambda: [2, 4, 8])
+    a_bits: int | None = None
+    min_keep_ratio: float = 0.05
+    tile: int = 1
+
+
+@dataclass(frozen=True)
+class ScheduleSection:
+    pretrain_epochs: int = 0
+    search_epochs: int = 3
+    finetune_epochs: int = 2
+    lr: float = 0.05
+    gate_lr: float = 0.02
+    weight_decay: float = 5e-4
+    max_steps: int | None = None
+    keep_rule: str = "effective"
+    baseline: bool = False
+
+    def __post_init__(self) -> None:
+        for n in ("pretrain_epochs", "search_epochs", "finetune_epochs"):
+            v = getattr(self, n)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise SearchError(f"[schedule] {n}={v!r} must be an integer >= 0")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A whole search run (see the module docstring)."""
+
+    name: str
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    device: DeviceSection = field(default_factory=DeviceSection)
+    predictor: PredictorSection = field(default_factory=PredictorSection)
+    budget: BudgetSection = field(default_factory=BudgetSection)
+    space: SpaceSection = field(default_factory=SpaceSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    seed: int = 0
+    path: str | None = None
+
+    _SECTIONS = {"model": ModelSection, "data": DataSection, "device": DeviceSection, "predictor": PredictorSection,
+                 "budget": BudgetSection, "space": SpaceSection, "schedule": ScheduleSection}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> SearchSpec:
+        where = path or "search spec"
+        allowed = {"name", "seed", *cls._SECTIONS}
+        extra = set(d) - allowed
+        if extra:
+            raise SearchError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
+        if not isinstance(d.get("name"), str) or not d["name"]:
+            raise SearchError(f"{where}: 'name' must be a non-empty string")
+        kw: dict[str, Any] = {}
+        for sec, sc in cls._SECTIONS.items():
+            try:
+                kw[sec] = sc(**_check(sec, sc, d.get(sec, {})))
+            except TypeError as e:
+                raise SearchError(f"{where}: [{sec}] {e}") from e
+        seed = d.get("seed", 0)
+        if not isinstance(seed, int):
+            raise SearchError(f"{where}: seed={seed!r} must be an int")
+        return cls(name=d["name"], seed=seed, path=path, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, "seed": self.seed}
+        for sec in self._SECTIONS:
+            d[sec] = dataclasses.asdict(getattr(self, sec))
+        return d
+
+
+def load_spec(path: str | Path) -> SearchSpec:
+    """Read and validate a search spec TOML file."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise SearchError(f"search spec {p} does not exist") from e
+    except tomllib.TOMLDecodeError as e:
+        raise SearchError(f"search spec {p} is not valid TOML: {e}") from e
+    return SearchSpec.from_dict(data, str(p))

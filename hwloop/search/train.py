@@ -1,0 +1,143 @@
+"""Training helpers and built-in tasks (model + data + evaluation) for the search.
+
+Built-in tasks:
+
+* ``digits`` — scikit-learn's 8×8 digits with ``small_cnn`` (CPU, seconds);
+* ``cifar10`` — CIFAR-10 (JPEG) with ``resnet20``, ``resnet56``, ``vgg16`` or ``mobilenetv2``;
+  ``train_limit``/``val_limit`` take a fixed random subset for reduced schedules.
+
+Example:
+    >>> from hwloop.search.train import make_task, train_epochs, evaluate
+    >>> task = make_task("digits", "small_cnn", batch_size=64)
+    >>> model = task.ref.build().train()
+    >>> _ = train_epochs(model, task.train, epochs=1, lr=0.05)
+    >>> evaluate(model, task.val) > 30.0
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from hwloop.errors import SearchError
+from hwloop.models import ModelRef
+
+__all__ = ["Task", "TASKS", "make_task", "train_epochs", "evaluate", "make_optimizer", "cosine_lr"]
+
+#: task name -> models it supports.
+TASKS = {"digits": ("small_cnn",), "cifar10": ("resnet20", "resnet56", "vgg16", "mobilenetv2", "small_cnn")}
+
+
+@dataclass
+class Task:
+    """A model to compress, its data and how to score it.
+
+    Attributes:
+        name: the data set name.
+        ref: the model's :class:`ModelRef` (batch 1, for latency).
+        train / val: data loaders.
+        eval_fn: ``model -> accuracy in %`` on the validation loader.
+    """
+
+    name: str
+    ref: ModelRef
+    train: DataLoader[Any]
+    val: DataLoader[Any]
+    eval_fn: Callable[[nn.Module], float]
+
+
+def _subset(loader: DataLoader[Any], limit: int | None, seed: int, shuffle: bool) -> DataLoader[Any]:
+    if limit is None or limit >= len(loader.dataset):  # type: ignore[arg-type]
+        return loader
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(loader.dataset), generator=g)[:limit].tolist()  # type: ignore[arg-type]
+    return DataLoader(Subset(loader.dataset, idx), batch_size=loader.batch_size, shuffle=shuffle,
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None)
+
+
+def make_task(name: str, model: str, *, batch_size: int = 64, train_limit: int | None = None,
+              val_limit: int | None = None, seed: int = 0, model_kwargs: dict[str, Any] | None = None,
+              data_root: str | None = None) -> Task:
+    """Build a built-in task (see the module docstring)."""
+    if name not in TASKS:
+        raise SearchError(f"task {name!r} is unknown; allowed: {', '.join(TASKS)}")
+    if model not in TASKS[name]:
+        raise SearchError(f"model {model!r} is not available for task {name!r}; allowed: {', '.join(TASKS[name])}")
+    from hwloop.data import make_loaders
+
+    kwargs = dict(model_kwargs or {})
+    if name == "digits":
+        ref = ModelRef(model, kwargs, input_shape=(1, 8, 8))
+    else:
+        if model == "small_cnn":
+            kwargs.setdefault("in_channels", 3)
+        ref = ModelRef(model, kwargs, input_shape=(3, 32, 32))
+    train, val = make_loaders(name, batch_size, root=data_root, seed=seed)
+    train = _subset(train, train_limit, seed, shuffle=True)
+    val = _subset(val, val_limit, seed + 1, shuffle=False)
+    return Task(name=name, ref=ref, train=train, val=val, eval_fn=lambda m: evaluate(m, val))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader[Any]) -> float:
+    """Top-1 accuracy (%) of ``model`` on ``loader`` (the model's train/eval mode is restored)."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += int(y.numel())
+    model.train(was)
+    return 100.0 * correct / max(1, total)
+
+
+def make_optimizer(params: Any, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4
+                   ) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, the usual CIFAR recipe."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine decay from ``base`` to 0 over ``total`` steps."""
+    return base * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+def train_epochs(model: nn.Module, loader: DataLoader[Any], epochs: int, lr: float, *, momentum: float = 0.9,
+                 weight_decay: float = 5e-4, progress: bool = False, desc: str = "train",
+                 max_steps: int | None = None) -> dict[str, float]:
+    """Plain supervised training with cosine LR; returns ``{"loss": last epoch mean, "seconds": wall}``."""
+    if epochs < 0:
+        raise SearchError(f"epochs={epochs} must be >= 0")
+    from tqdm.auto import tqdm
+
+    model.train()
+    opt = make_optimizer(model.parameters(), lr, momentum, weight_decay)
+    steps_per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
+    total, step, t0, mean = epochs * steps_per_epoch, 0, time.perf_counter(), float("nan")
+    loss_fn = nn.CrossEntropyLoss()
+    for ep in range(epochs):
+        running, n = 0.0, 0
+        for i, (x, y) in enumerate(tqdm(loader, desc=f"{desc} {ep + 1}/{epochs}", disable=not progress,
+                                        leave=False, total=steps_per_epoch)):
+            if i >= steps_per_epoch:
+                break
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(lr, step, total)
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += float(loss.detach())
+            n += 1
+            step += 1
+        mean = running / max(1, n)
+    model.eval()
+    return {"loss": mean, "seconds": time.perf_counter() - t0}
