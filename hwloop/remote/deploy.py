@@ -46,8 +46,16 @@ def build_wheel(out_dir: Path) -> Path:
     if not (root / "pyproject.toml").is_file():
         raise ConfigError(f"hwloop {__version__} is not running from a source checkout ({root}); pass --wheel "
                           "with the wheel of this exact version")
+    import shutil
+
+    src = out_dir / "src"  # build from a copy: setuptools writes build/ and *.egg-info next to the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (root / name).is_file():
+            shutil.copy2(root / name, src / name)
+    shutil.copytree(root / "hwloop", src / "hwloop", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out_dir),
-           str(root)]
+           str(src)]
     p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -120,6 +128,10 @@ def deploy(profile: Any, *, wheel: str | Path | None = None, offline: bool = Fal
             venv = f"{rdir}/venv"
             say(f"creating {venv} (system site packages visible: the board's torch)")
             _run(client, [cfg.python, "-m", "venv", "--system-site-packages", venv], "creating the venv")
+            # venv (Python < 3.12) seeds its own old setuptools, which would shadow the system one that
+            # the board's torch requires; drop it so the system packages show through
+            _run(client, [f"{venv}/bin/python", "-m", "pip", "uninstall", "-y", "-q", "setuptools"],
+                 "removing the venv's seeded setuptools")
             pip = [f"{venv}/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
             if offline:
                 pip.append("--no-index")
