@@ -1,0 +1,220 @@
+"""``hwloop predictor fit|eval|show`` and ``hwloop predict MODEL --predictor FILE``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from hwloop.cli._app import app, predictor_app
+from hwloop.cli._common import console, err_console
+from hwloop.errors import ConfigError
+
+_KINDS = "auto, xgboost, surrogate, ridge_macs, random_forest, gradient_boosting, lookup"
+
+
+def _default_out(device: str, mode: str) -> Path:
+    home = Path(os.environ.get("HWLOOP_HOME") or Path.home() / ".hwloop").expanduser()
+    return home / "predictors" / f"{device}-{mode}.json"
+
+
+def _source(store: str | None, data: str | None) -> str:
+    if store and data:
+        raise ConfigError("give either --store URL or --data DIR, not both")
+    if data:
+        return data
+    from hwloop.store import default_store_url, normalize_url
+
+    return normalize_url(store) if store else default_store_url()
+
+
+def _device_fingerprint(name: str) -> Any:
+    """The fingerprint of a device profile (probed when the backend opens here, else name/backend only)."""
+    from hwloop.devices.base import DeviceFingerprint
+    from hwloop.devices.profiles import create_device, load_profile
+    from hwloop.errors import HwloopError
+
+    prof = load_profile(name)
+    try:
+        dev = create_device(prof)
+        try:
+            return dev.fingerprint()
+        finally:
+            dev.close()
+    except (HwloopError, OSError, RuntimeError):
+        return DeviceFingerprint(name=prof.name, backend=prof.backend)
+
+
+def _metrics_table(metrics: dict[str, Any], title: str) -> Any:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in ("protocol", "n", "MAPE %", "RMSE ms", "±5 %", "±10 %", "Spearman ρ"):
+        t.add_column(c, justify="right" if c != "protocol" else "left")
+    rows = [("layers, random split", metrics.get("layers_random_split")),
+            ("unseen models, raw sum", metrics.get("models_raw_sum")),
+            ("unseen models, calibrated", metrics.get("models_calibrated"))]
+    for g, v in (metrics.get("per_group") or {}).items():
+        rows.append((f"  {g} (calibrated)", v["calibrated"]))
+    for name, m in rows:
+        if not m:
+            continue
+        t.add_row(name, str(m["n"]), f"{m['mape']:.1f}", f"{m['rmse_ms']:.4f}", f"{100 * m['acc5']:.1f}",
+                  f"{100 * m['acc10']:.1f}", "—" if m["spearman"] is None else f"{m['spearman']:.3f}")
+    return t
+
+
+@predictor_app.command("fit")
+def fit_cmd(
+    device: str = typer.Option(..., "--device", help="device name (or fingerprint key) whose data to fit"),
+    store: str = typer.Option(None, "--store", help="store URL or path (default: $HWLOOP_HOME/measurements.db)"),
+    data: str = typer.Option(None, "--data", help="a measurement directory instead of the store"),
+    kind: str = typer.Option("auto", "--kind", help=f"predictor kind: {_KINDS}"),
+    mode: str = typer.Option(None, "--mode", help="execution mode to fit (default: the data's)"),
+    statistic: str = typer.Option("min", "--statistic", help="timing statistic to predict: min or median"),
+    out: Path = typer.Option(None, "--out", help="predictor JSON path (default $HWLOOP_HOME/predictors/...)"),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="evaluate and store metrics in the file"),
+    plot: Path = typer.Option(None, "--plot", help="parity plot PNG (with --eval)"),
+) -> None:
+    """Fit DEVICE's predictor: the learned one when the store holds its layers, the ℓ1/ℓ2 surrogate otherwise."""
+    from hwloop.errors import PredictorError, StoreError
+    from hwloop.predict import PREDICTOR_KINDS
+    from hwloop.predict.fitting import fit_predictor
+    from hwloop.predict.io import TrainingData, load_training_data
+
+    if kind != "auto" and kind not in PREDICTOR_KINDS:
+        raise ConfigError(f"--kind {kind!r} is unknown; allowed: {_KINDS}")
+    src = _source(store, data)
+    try:
+        td = load_training_data(src, device=device, mode=mode, statistic=statistic)
+    except (PredictorError, StoreError) as e:
+        if "no measurements" not in str(e) and "has no rows" not in str(e) and "has no data" not in str(e):
+            raise
+        err_console.print(f"no measurements of {device!r} in {src}")
+        td = TrainingData(_device_fingerprint(device), mode or "eager", (), [], statistic=statistic)
+    p = fit_predictor(td, kind, evaluate=evaluate, plot_path=plot)
+    console.print(f"[bold]{p.kind}[/bold] predictor for {td.fingerprint.name} ({td.mode}): {p.kind_reason_}")
+    path = p.save(out or _default_out(td.fingerprint.name, td.mode))
+    if p.metrics_:
+        console.print(_metrics_table(p.metrics_, f"{p.kind} on {td.fingerprint.name}"))
+    agg = getattr(p, "aggregator_", None)
+    if agg is not None:
+        console.print(f"whole-model calibration on {agg.n_models_} models; raw sum / measured = "
+                      f"{agg.raw_sum_ratio_:.3f} (median)")
+    console.print(f"saved {path}")
+
+
+@predictor_app.command("eval")
+def eval_cmd(
+    predictor: Path = typer.Argument(..., help="predictor JSON file"),
+    store: str = typer.Option(None, "--store", help="store URL or path (default: $HWLOOP_HOME/measurements.db)"),
+    data: str = typer.Option(None, "--data", help="a measurement directory instead of the store"),
+    plot: Path = typer.Option(None, "--plot", help="parity plot PNG"),
+    folds: int = typer.Option(5, "--folds", help="folds for leave-models-out"),
+    save: bool = typer.Option(True, "--save/--no-save", help="write the metrics into the predictor's metadata"),
+) -> None:
+    """Evaluate a predictor's kind on its device's data: random layer split, unseen models, per group."""
+    from hwloop.predict import load_predictor, make_predictor
+    from hwloop.predict.evaluate import evaluate_predictor
+    from hwloop.predict.io import load_training_data
+
+    p = load_predictor(predictor)
+    if folds < 2:
+        raise ConfigError(f"--folds {folds} must be >= 2")
+    dev = p.fingerprint.key if p.fingerprint is not None else None
+    td = load_training_data(_source(store, data), device=dev, mode=p.mode,
+                            statistic=getattr(p, "target_statistic_", None) or "min")
+    params = p.get_params()
+    metrics = evaluate_predictor(lambda: make_predictor(p.kind, fingerprint=p.fingerprint, mode=p.mode, **params),
+                                 td, folds=folds, plot_path=plot)
+    console.print(_metrics_table(metrics, f"{p.kind} on {td.fingerprint.name} ({td.mode})"))
+    if save:
+        p.metrics_ = metrics
+        p.save(predictor)
+        console.print(f"metrics saved in {predictor}")
+    if plot:
+        console.print(f"parity plot: {plot}")
+
+
+@predictor_app.command("show")
+def show_cmd(
+    predictor: Path = typer.Argument(..., help="predictor JSON file"),
+    as_json: bool = typer.Option(False, "--json", help="print the metadata as JSON"),
+) -> None:
+    """Show a predictor file's metadata (checked: schema version and hashes)."""
+    from hwloop.predict.io import load_predictor
+
+    p = load_predictor(predictor)
+    meta = p.metadata_
+    if as_json:
+        print(json.dumps(meta, indent=1, sort_keys=True))
+        return
+    fp = meta.get("fingerprint") or {}
+    console.print(f"[bold]{meta['predictor']}[/bold] predictor  schema v{meta['schema_version']}  "
+                  f"hwloop {meta['hwloop_version']}  created {meta.get('created')}")
+    console.print(f"device {fp.get('name', '?')} ({fp.get('key', '?')})  mode {meta['mode']}  "
+                  f"target {meta.get('target_statistic') or 'latency'} ms")
+    console.print(f"trained on {meta['n_train']} layers (data hash {meta['training_data_hash']}); "
+                  f"{len(meta['features'])} features")
+    agg = meta.get("aggregator")
+    if agg:
+        coef = ", ".join(f"{n}={c:.4g}" for n, c in zip(agg["features"], agg["coef"]))
+        console.print(f"aggregation ({agg['method']}, {agg['n_models']} models): {coef}")
+    if meta.get("metrics"):
+        console.print(_metrics_table(meta["metrics"], "metrics"))
+
+
+@app.command("predict")
+def predict_cmd(
+    model: str = typer.Argument(..., help="built-in model name or 'package.module:factory'"),
+    predictor: Path = typer.Option(..., "--predictor", help="predictor JSON file"),
+    kwargs: str = typer.Option(None, "--kwargs", help="model kwargs as a JSON object"),
+    input_shape: str = typer.Option(None, "--input-shape", help="per-sample input shape, e.g. 3,32,32"),
+    batch: int = typer.Option(1, "--batch", help="batch size"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16"),
+    device: str = typer.Option(None, "--device", help="device the prediction is for (warns on mismatch)"),
+    layers: bool = typer.Option(False, "--layers", help="also list the per-op predictions"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Predict MODEL's whole-model latency with a saved predictor."""
+    import warnings
+
+    from hwloop.cli._common import parse_model_ref
+    from hwloop.predict import PredictorWarning, load_predictor
+
+    p = load_predictor(predictor)
+    ref = parse_model_ref(model, kwargs, input_shape, batch, dtype)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PredictorWarning)
+        if device is not None:
+            p.check_device(_device_fingerprint(device))
+        wl = p.trace(ref.build(), ref.example_input())
+        cal = p.predict_workload(wl)
+        raw = p.predict_workload(wl, calibrated=False)
+    for w in caught:
+        if issubclass(w.category, PredictorWarning):
+            err_console.print(f"warning: {w.message}")
+    per = p.predict(wl) if layers else None
+    if as_json:
+        out: dict[str, Any] = {"model": ref.to_dict(), "latency_ms": cal, "raw_sum_ms": raw,
+                               "calibrated": getattr(p, "aggregator_", None) is not None,
+                               "device": p.fingerprint.name if p.fingerprint else None, "mode": p.mode}
+        if per is not None:
+            out["layers"] = [{"name": s.name, "op": s.op, "latency_ms": float(v)} for s, v in zip(wl.layers, per)]
+        print(json.dumps(out, indent=1))
+        return
+    what = "calibrated" if getattr(p, "aggregator_", None) is not None else "sum of ops (no calibration fitted)"
+    console.print(f"{ref.label} batch {ref.batch} {ref.dtype}: [bold]{cal:.4f} ms[/bold] ({what}; raw sum "
+                  f"{raw:.4f} ms) on {p.fingerprint.name if p.fingerprint else '?'} ({p.mode})")
+    if per is not None:
+        from rich.table import Table
+
+        t = Table()
+        for c in ("layer", "op", "ms"):
+            t.add_column(c)
+        for s, v in zip(wl.layers, per):
+            t.add_row(s.name, s.op, f"{v:.4f}")
+        console.print(t)

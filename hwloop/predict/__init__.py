@@ -1,0 +1,69 @@
+"""Latency predictors: how long will this layer / this model take on this device?
+
+* :class:`SurrogatePredictor` — the ℓ1/ℓ2 surrogate (no data needed; one fitted constant
+  per device when a few measurements exist) and its differentiable form
+  :func:`surrogate_cost_torch` used by search.
+* :class:`XGBoostPredictor` (default learned predictor) and the baselines
+  :class:`RidgeMacsPredictor`, :class:`RandomForestPredictor`,
+  :class:`GradientBoostingPredictor`, :class:`LookupTablePredictor` — all the same contract.
+* Whole-model calibration (:mod:`hwloop.predict.aggregate`), evaluation
+  (:mod:`hwloop.predict.evaluate`), adaptive sampling (:mod:`hwloop.predict.adaptive`) and
+  files (:func:`load_predictor`).
+
+Heavy libraries (xgboost, scikit-learn, torch) are imported only when used.
+
+Example:
+    >>> import hwloop
+    >>> p = hwloop.load_predictor("measurements/local-cpu/predictor.json")  # doctest: +SKIP
+    >>> p.predict_model(model, example)  # doctest: +SKIP
+    1.23
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "BasePredictor", "LatencyPredictor", "PredictorWarning",
+    "SurrogatePredictor", "surrogate_cost_torch", "surrogate_terms", "l1_l2_width",
+    "XGBoostPredictor", "RidgeMacsPredictor", "RandomForestPredictor", "GradientBoostingPredictor",
+    "LookupTablePredictor", "Aggregator", "load_predictor", "save_predictor", "load_training_data",
+    "TrainingData", "regression_metrics", "evaluate_predictor", "make_predictor", "PREDICTOR_KINDS",
+]
+
+_WHERE = {
+    "BasePredictor": "base", "LatencyPredictor": "base", "PredictorWarning": "base",
+    "SurrogatePredictor": "surrogate", "surrogate_cost_torch": "surrogate", "surrogate_terms": "surrogate",
+    "l1_l2_width": "surrogate",
+    "XGBoostPredictor": "learned", "RidgeMacsPredictor": "learned", "RandomForestPredictor": "learned",
+    "GradientBoostingPredictor": "learned", "LookupTablePredictor": "learned",
+    "Aggregator": "aggregate", "load_predictor": "io", "save_predictor": "io", "load_training_data": "io",
+    "TrainingData": "io", "regression_metrics": "evaluate", "evaluate_predictor": "evaluate",
+}
+
+#: names accepted by :func:`make_predictor` (and ``hwloop predictor fit --kind``)
+PREDICTOR_KINDS = ("xgboost", "surrogate", "ridge_macs", "random_forest", "gradient_boosting", "lookup")
+
+
+def make_predictor(kind: str, **kwargs: Any) -> Any:
+    """A new, unfitted predictor of ``kind`` (one of :data:`PREDICTOR_KINDS`).
+
+    Example:
+        >>> from hwloop.predict import make_predictor
+        >>> type(make_predictor("ridge_macs")).__name__
+        'RidgeMacsPredictor'
+    """
+    from hwloop.errors import PredictorError
+    from hwloop.predict.io import PREDICTORS
+
+    if kind not in PREDICTORS:
+        raise PredictorError(f"predictor kind {kind!r} is unknown; allowed: {', '.join(PREDICTOR_KINDS)}")
+    mod, _, cls = PREDICTORS[kind].partition(":")
+    return getattr(importlib.import_module(mod), cls)(**kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"hwloop.predict.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'hwloop.predict' has no attribute {name!r}")

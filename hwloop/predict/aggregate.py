@@ -1,0 +1,107 @@
+"""Whole-model calibration: from per-op predictions to a whole-model latency.
+
+Summing isolated layer timings is wrong whenever the runtime fuses, overlaps or adds
+per-op overhead (GPUs especially). :class:`Aggregator` is fitted on whole models the
+store measured. Its ``linear`` model is
+
+    latency_ms = a_compute · Σ pred(conv/linear/matmul) + a_elem · Σ pred(bn/act/pool/add)
+                 + a_other · Σ pred(other) + b · n_ops + c
+
+with all coefficients non-negative (a fusion discount is ``a < 1``, launch overhead is
+``b``, fixed framework cost is ``c``), fitted by non-negative least squares on *relative*
+error so small and large models count alike. ``scale`` fits one multiplicative constant.
+
+Example:
+    >>> import numpy as np
+    >>> from hwloop.predict.aggregate import Aggregator
+    >>> ops = np.array([0, 4, 0]); ms = np.array([1.0, 0.1, 2.0])
+    >>> agg = Aggregator("scale").fit([(ops, ms)] * 3, np.array([6.2, 6.2, 6.2]))
+    >>> round(agg.predict_one(ops, ms), 2)
+    6.2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from hwloop.errors import PredictorError
+from hwloop.workload import OP_KINDS
+
+__all__ = ["Aggregator", "AGG_METHODS", "agg_features"]
+
+AGG_METHODS = ("linear", "scale")
+_GROUP = {"conv2d": 0, "linear": 0, "matmul": 0, "batchnorm": 1, "activation": 1, "pooling": 1, "add": 1,
+          "other": 2}
+_OP_GROUP = np.array([_GROUP[o] for o in OP_KINDS])
+AGG_FEATURES = ("sum_compute_ms", "sum_elementwise_ms", "sum_other_ms", "n_ops", "const")
+
+
+def agg_features(ops: np.ndarray, ms: np.ndarray) -> np.ndarray:
+    """The row of :data:`AGG_FEATURES` for one model (op codes and per-op predictions)."""
+    g = _OP_GROUP[np.asarray(ops, dtype=np.int64)] if len(ops) else np.zeros(0, dtype=np.int64)
+    sums = np.bincount(g, weights=np.asarray(ms, dtype=np.float64), minlength=3)[:3]
+    return np.array([sums[0], sums[1], sums[2], float(len(ops)), 1.0])
+
+
+class Aggregator:
+    """Per-device whole-model calibration (see the module docstring).
+
+    Args:
+        method: ``"linear"`` or ``"scale"``.
+    """
+
+    def __init__(self, method: str = "linear") -> None:
+        if method not in AGG_METHODS:
+            raise PredictorError(f"aggregation method {method!r} is unknown; allowed: {', '.join(AGG_METHODS)}")
+        self.method = method
+
+    def fit(self, per_model: Sequence[tuple[np.ndarray, np.ndarray]], latencies_ms: np.ndarray) -> Aggregator:
+        """Fit on ``(op_codes, per_op_ms)`` of each measured model and its measured latency.
+
+        Returns:
+            self
+        """
+        y = np.asarray(latencies_ms, dtype=np.float64)
+        if len(per_model) != len(y) or len(y) == 0:
+            raise PredictorError(f"aggregator needs one latency per model; got {len(per_model)} models, {len(y)} "
+                                 "latencies (at least 1)")
+        x = np.stack([agg_features(o, m) for o, m in per_model])
+        if self.method == "scale":
+            ratio = np.log(y) - np.log(np.maximum(x[:, :3].sum(axis=1), 1e-12))
+            coef = np.zeros(len(AGG_FEATURES))
+            coef[:3] = float(np.exp(np.median(ratio)))
+        else:
+            from scipy.optimize import nnls
+
+            # relative error: divide each row by its target; scale columns for conditioning
+            a = x / y[:, None]
+            col = np.maximum(np.abs(a).max(axis=0), 1e-12)
+            sol, _ = nnls(a / col, np.ones(len(y)), maxiter=2000)
+            coef = sol / col
+        self.coef_ = coef
+        self.n_models_ = int(len(y))
+        self.raw_sum_ratio_ = float(np.median(x[:, :3].sum(axis=1) / y))
+        return self
+
+    def predict_one(self, ops: np.ndarray, ms: np.ndarray) -> float:
+        """Calibrated latency (ms) of one model."""
+        if not hasattr(self, "coef_"):
+            raise PredictorError("aggregator is not fitted")
+        return float(agg_features(ops, ms) @ self.coef_)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "features": list(AGG_FEATURES), "coef": [float(c) for c in self.coef_],
+                "n_models": self.n_models_, "raw_sum_ratio": self.raw_sum_ratio_}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Aggregator:
+        if list(d.get("features", [])) != list(AGG_FEATURES):
+            raise PredictorError(f"aggregator features {d.get('features')} differ from {list(AGG_FEATURES)}")
+        agg = cls(str(d["method"]))
+        agg.coef_ = np.asarray(d["coef"], dtype=np.float64)
+        agg.n_models_ = int(d["n_models"])
+        agg.raw_sum_ratio_ = float(d["raw_sum_ratio"])
+        return agg

@@ -1,0 +1,145 @@
+"""Engineered layer features: a raw spec table, then vectorised derived features.
+
+Two steps so batch prediction is fast: :func:`spec_table` turns ``LayerSpec`` objects
+into a float64 array with :data:`RAW_COLUMNS` (one Python pass), and
+:func:`features_from_table` derives every model feature (:data:`FEATURE_NAMES`) with
+numpy only. A table can also come straight from a DataFrame that already has the raw
+columns (:func:`table_from_frame`), skipping the Python pass.
+
+Example:
+    >>> from hwloop.workload import LayerSpec
+    >>> from hwloop.predict.features import spec_table, features_from_table, FEATURE_NAMES
+    >>> t = spec_table([LayerSpec("conv2d", (1, 8, 16, 16), out_channels=16, kernel=3, padding=1)])
+    >>> x = features_from_table(t)
+    >>> x.shape == (1, len(FEATURE_NAMES))
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hwloop.errors import PredictorError
+from hwloop.workload import DTYPES, OP_KINDS, LayerSpec
+
+__all__ = ["RAW_COLUMNS", "FEATURE_NAMES", "VARIANTS", "FEATURE_SCHEMA", "spec_table", "features_from_table",
+           "featurize", "table_from_frame", "specs_from_any"]
+
+#: version of the feature definition; saved with every predictor
+FEATURE_SCHEMA = 1
+VARIANTS = ("", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "max", "avg",
+            "adaptive_avg")
+_VAR = {v: i for i, v in enumerate(VARIANTS)}
+_OP = {o: i for i, o in enumerate(OP_KINDS)}
+
+RAW_COLUMNS = ("op", "variant", "dtype_bytes", "is_bf16", "batch", "in_channels", "out_channels", "in_h", "in_w",
+               "out_h", "out_w", "kernel_h", "kernel_w", "stride", "padding", "groups", "bias", "rank", "w_bits",
+               "a_bits", "in_elements", "out_elements", "macs", "params", "bytes_moved")
+_R = {c: i for i, c in enumerate(RAW_COLUMNS)}
+
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"op_{o}" for o in OP_KINDS),
+    "variant", "dtype_bytes", "is_bf16", "batch", "in_channels", "out_channels", "in_h", "in_w", "out_h", "out_w",
+    "kernel_h", "kernel_w", "stride", "padding", "groups", "bias", "rank", "w_bits", "a_bits", "bits_product",
+    "depthwise", "in_per_group", "log2_macs", "log2_bytes", "log2_params", "log2_in_elements",
+    "log2_out_elements", "arithmetic_intensity", "out_spatial",
+    "cin_mod8", "cin_mod16", "cin_mod32", "cin_mod64", "cout_mod8", "cout_mod16", "cout_mod32", "cout_mod64",
+    "rank_mod8", "rank_mod16",
+)
+
+
+def _hw(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 4:
+        return shape[2], shape[3]
+    if len(shape) == 3:
+        return shape[1], 1
+    return 1, 1
+
+
+def _raw_row(s: LayerSpec) -> tuple[float, ...]:
+    ih, iw = _hw(s.in_shape)
+    oh, ow = _hw(s.out_shape)
+    return (_OP[s.op], _VAR.get(s.variant, len(VARIANTS)), DTYPES[s.dtype], s.dtype == "bfloat16", s.batch,
+            s.in_channels, s.out_channels, ih, iw, oh, ow, s.kernel[0], s.kernel[1], s.stride[0], s.padding[0],
+            s.groups, s.bias, s.rank or 0, s.w_bits or 0, s.a_bits or 0, s.in_elements, s.out_elements, s.macs,
+            s.params, s.bytes_moved)
+
+
+def spec_table(specs: Sequence[LayerSpec]) -> np.ndarray:
+    """The raw table (``len(specs)`` × ``len(RAW_COLUMNS)``, float64) of layer specs.
+
+    Raises:
+        PredictorError: an element is not a :class:`LayerSpec`.
+    """
+    try:
+        rows = [_raw_row(s) for s in specs]
+    except AttributeError as e:
+        bad = next(s for s in specs if not isinstance(s, LayerSpec))
+        raise PredictorError(f"expected LayerSpec objects, got {type(bad).__name__}") from e
+    if not rows:
+        return np.zeros((0, len(RAW_COLUMNS)))
+    return np.asarray(rows, dtype=np.float64)
+
+
+def features_from_table(t: np.ndarray) -> np.ndarray:
+    """Every feature in :data:`FEATURE_NAMES` from a raw table (vectorised, float32)."""
+    t = np.asarray(t, dtype=np.float64)
+    if t.ndim != 2 or t.shape[1] != len(RAW_COLUMNS):
+        raise PredictorError(f"a raw spec table needs {len(RAW_COLUMNS)} columns, got shape {t.shape}")
+    n = t.shape[0]
+    c = lambda name: t[:, _R[name]]  # noqa: E731
+    onehot = np.zeros((n, len(OP_KINDS)))
+    if n:
+        onehot[np.arange(n), c("op").astype(np.int64)] = 1.0
+    cin, cout, rank, groups = c("in_channels"), c("out_channels"), c("rank"), c("groups")
+    native_bits = 8 * c("dtype_bytes")
+    wb = np.where(c("w_bits") > 0, c("w_bits"), native_bits)
+    ab = np.where(c("a_bits") > 0, c("a_bits"), native_bits)
+    macs, nbytes = c("macs"), c("bytes_moved")
+    cols = [
+        onehot, c("variant"), c("dtype_bytes"), c("is_bf16"), c("batch"), cin, cout, c("in_h"), c("in_w"),
+        c("out_h"), c("out_w"), c("kernel_h"), c("kernel_w"), c("stride"), c("padding"), groups, c("bias"), rank,
+        c("w_bits"), c("a_bits"), wb * ab, ((groups > 1) & (groups == cin)).astype(np.float64),
+        cin / np.maximum(groups, 1), np.log2(macs + 1), np.log2(nbytes + 1), np.log2(c("params") + 1),
+        np.log2(c("in_elements") + 1), np.log2(c("out_elements") + 1), macs / np.maximum(nbytes, 1),
+        c("out_h") * c("out_w"),
+        cin % 8, cin % 16, cin % 32, cin % 64, cout % 8, cout % 16, cout % 32, cout % 64, rank % 8, rank % 16,
+    ]
+    out = np.column_stack([x if x.ndim == 2 else x[:, None] for x in cols]).astype(np.float32)
+    return out
+
+
+def featurize(specs: Sequence[LayerSpec]) -> np.ndarray:
+    """``features_from_table(spec_table(specs))``."""
+    return features_from_table(spec_table(specs))
+
+
+def specs_from_any(x: Any) -> list[LayerSpec]:
+    """Layer specs from a list of specs, a ``Workload`` or a store DataFrame (``spec_json`` column)."""
+    if hasattr(x, "layers") and not hasattr(x, "columns"):
+        return list(x.layers)
+    if hasattr(x, "columns"):
+        if "spec_json" not in x.columns:
+            raise PredictorError(f"a DataFrame needs a 'spec_json' column (store rows of kind 'layer'), "
+                                 f"got columns {list(x.columns)[:8]}")
+        out = []
+        for v in x["spec_json"]:
+            d = json.loads(v) if isinstance(v, str) else v
+            out.append(LayerSpec.from_dict(d))
+        return out
+    specs = list(x)
+    for s in specs:
+        if not isinstance(s, LayerSpec):
+            raise PredictorError(f"expected LayerSpec objects, got {type(s).__name__}")
+    return specs
+
+
+def table_from_frame(df: Any) -> np.ndarray:
+    """The raw table of a DataFrame: its :data:`RAW_COLUMNS` if all present (fast), else its specs."""
+    if all(col in df.columns for col in RAW_COLUMNS):
+        return df[list(RAW_COLUMNS)].to_numpy(dtype=np.float64)
+    return spec_table(specs_from_any(df))

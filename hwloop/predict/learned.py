@@ -1,0 +1,360 @@
+"""Learned layer predictors: XGBoost (default) and scikit-learn / lookup-table baselines.
+
+Every predictor here regresses log-latency on the engineered features of
+:mod:`hwloop.predict.features` and shares the :class:`~hwloop.predict.base.BasePredictor`
+contract. Saved forms are portable: XGBoost's own UBJ format; scikit-learn models as their
+parameters (ridge coefficients, tree arrays in safetensors) evaluated with numpy, never pickle.
+
+Example:
+    >>> import numpy as np
+    >>> from hwloop.workload import LayerSpec
+    >>> from hwloop.predict.learned import RidgeMacsPredictor
+    >>> specs = [LayerSpec("linear", (1, n), out_channels=n) for n in (16, 32, 64, 128)]
+    >>> p = RidgeMacsPredictor().fit(specs, [s.macs * 1e-6 + 0.01 for s in specs])
+    >>> p.predict(specs).shape
+    (4,)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from hwloop.errors import PredictorError
+from hwloop.predict.base import BasePredictor
+from hwloop.predict.features import RAW_COLUMNS, features_from_table
+from hwloop.workload import OP_KINDS
+
+__all__ = ["XGBoostPredictor", "RidgeMacsPredictor", "RandomForestPredictor", "GradientBoostingPredictor",
+           "LookupTablePredictor", "export_sklearn_trees", "predict_tree_arrays"]
+
+_R = {c: i for i, c in enumerate(RAW_COLUMNS)}
+
+
+class XGBoostPredictor(BasePredictor):
+    """Gradient-boosted trees (XGBoost) on engineered features; target log-latency.
+
+    Args:
+        n_estimators: boosting rounds.
+        max_depth: tree depth.
+        learning_rate: shrinkage.
+        subsample / colsample_bytree: row / column sampling per tree.
+        min_child_weight: minimum hessian per leaf.
+        n_jobs: threads for training and prediction.
+        seed: random seed.
+    """
+
+    kind = "xgboost"
+    model_ext = "ubj"
+
+    def __init__(self, n_estimators: int = 600, max_depth: int = 7, learning_rate: float = 0.05,
+                 subsample: float = 0.8, colsample_bytree: float = 0.8, min_child_weight: float = 1.0,
+                 n_jobs: int = 2, seed: int = 0, fingerprint: Any = None, mode: str = "eager") -> None:
+        super().__init__(fingerprint, mode)
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.min_child_weight = min_child_weight
+        self.n_jobs = n_jobs
+        self.seed = seed
+
+    def _fit_table(self, table: np.ndarray, y_ms: np.ndarray) -> None:
+        import xgboost as xgb
+
+        params = {"objective": "reg:squarederror", "max_depth": self.max_depth, "eta": self.learning_rate,
+                  "subsample": self.subsample, "colsample_bytree": self.colsample_bytree,
+                  "min_child_weight": self.min_child_weight, "nthread": self.n_jobs, "seed": self.seed,
+                  "tree_method": "hist"}
+        dm = xgb.DMatrix(features_from_table(table), label=np.log(y_ms))
+        self.booster_ = xgb.train(params, dm, num_boost_round=self.n_estimators)
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        """Latency (ms) from a feature matrix (:data:`FEATURE_NAMES` columns): the fastest path."""
+        self._check_fitted()
+        return np.exp(self.booster_.inplace_predict(np.asarray(x, dtype=np.float32)).astype(np.float64))
+
+    def _predict_table(self, table: np.ndarray) -> np.ndarray:
+        return self.predict_features(features_from_table(table))
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes | None]:
+        return {}, {}, bytes(self.booster_.save_raw("ubj"))
+
+    def _set_state(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray], native: bytes | None) -> None:
+        import xgboost as xgb
+
+        if native is None:
+            raise PredictorError("an XGBoost predictor file needs its .ubj model beside it")
+        self.booster_ = xgb.Booster(params={"nthread": self.n_jobs})
+        try:
+            self.booster_.load_model(bytearray(native))
+        except xgb.core.XGBoostError as e:
+            raise PredictorError(f"XGBoost model is corrupt: {str(e).splitlines()[0]}") from e
+
+
+class RidgeMacsPredictor(BasePredictor):
+    """Baseline: ridge regression of log-latency on log-MACs, log-bytes and op kind.
+
+    Args:
+        alpha: L2 penalty.
+    """
+
+    kind = "ridge_macs"
+
+    def __init__(self, alpha: float = 1e-3, fingerprint: Any = None, mode: str = "eager") -> None:
+        super().__init__(fingerprint, mode)
+        self.alpha = alpha
+
+    @staticmethod
+    def _x(table: np.ndarray) -> np.ndarray:
+        n = table.shape[0]
+        onehot = np.zeros((n, len(OP_KINDS)))
+        onehot[np.arange(n), table[:, _R["op"]].astype(np.int64)] = 1.0
+        lm = np.log(table[:, _R["macs"]] + 1.0)
+        return np.column_stack([lm, onehot, onehot * lm[:, None]])
+
+    def _fit_table(self, table: np.ndarray, y_ms: np.ndarray) -> None:
+        from sklearn.linear_model import Ridge
+
+        r = Ridge(alpha=self.alpha).fit(self._x(table), np.log(y_ms))
+        self.coef_ = np.asarray(r.coef_, dtype=np.float64)
+        self.intercept_ = float(r.intercept_)
+
+    def _predict_table(self, table: np.ndarray) -> np.ndarray:
+        return np.exp(self._x(table) @ self.coef_ + self.intercept_)
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes | None]:
+        return {"coef_": self.coef_.tolist(), "intercept_": self.intercept_}, {}, None
+
+    def _set_state(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray], native: bytes | None) -> None:
+        self.coef_ = np.asarray(state["coef_"], dtype=np.float64)
+        self.intercept_ = float(state["intercept_"])
+
+
+def export_sklearn_trees(estimators: Any) -> dict[str, np.ndarray]:
+    """Portable arrays of fitted scikit-learn regression trees (concatenated, global node ids)."""
+    lefts, rights, feats, thrs, vals, roots = [], [], [], [], [], []
+    off = 0
+    depth = 0
+    for est in estimators:
+        t = est.tree_
+        left = t.children_left.astype(np.int64)
+        right = t.children_right.astype(np.int64)
+        lefts.append(np.where(left >= 0, left + off, -1))
+        rights.append(np.where(right >= 0, right + off, -1))
+        feats.append(np.maximum(t.feature, 0).astype(np.int64))
+        thrs.append(t.threshold.astype(np.float64))
+        vals.append(t.value.reshape(t.node_count, -1)[:, 0].astype(np.float64))
+        roots.append(off)
+        depth = max(depth, int(t.max_depth))
+        off += t.node_count
+    return {"left": np.concatenate(lefts), "right": np.concatenate(rights), "feature": np.concatenate(feats),
+            "threshold": np.concatenate(thrs), "value": np.concatenate(vals), "roots": np.asarray(roots),
+            "max_depth": np.asarray([depth])}
+
+
+def predict_tree_arrays(arrays: Mapping[str, np.ndarray], x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Per-tree leaf values, shape (n_trees, n_rows), of :func:`export_sklearn_trees` arrays (numpy only)."""
+    x = np.asarray(x, dtype=np.float32)  # scikit-learn compares float32 features with float64 thresholds
+    left, right, feat, thr, val = (arrays[k] for k in ("left", "right", "feature", "threshold", "value"))
+    roots = arrays["roots"]
+    depth = int(arrays["max_depth"][0])
+    out = np.empty((len(roots), x.shape[0]))
+    for s in range(0, x.shape[0], chunk):
+        xs = x[s:s + chunk]
+        rows = np.arange(xs.shape[0])[None, :]
+        node = np.repeat(roots[:, None], xs.shape[0], axis=1)
+        for _ in range(depth):
+            lc = left[node]
+            go_left = xs[rows, feat[node]] <= thr[node]
+            node = np.where(lc < 0, node, np.where(go_left, lc, right[node]))
+        out[:, s:s + chunk] = val[node]
+    return out
+
+
+class _SklearnTrees(BasePredictor):
+    """Shared fit/predict/state of the scikit-learn tree ensembles (evaluated from exported arrays)."""
+
+    def _make(self) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _combine(self, per_tree: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _fit_table(self, table: np.ndarray, y_ms: np.ndarray) -> None:
+        x = features_from_table(table)
+        est = self._make().fit(x, np.log(y_ms))
+        self._from_estimator(est)
+        check = self._combine(predict_tree_arrays(self.trees_, x[:64]))
+        if not np.allclose(check, est.predict(x[:64]), rtol=1e-6, atol=1e-9):
+            raise PredictorError(f"exported {self.kind} trees disagree with scikit-learn; refusing to use them")
+
+    def _from_estimator(self, est: Any) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _predict_table(self, table: np.ndarray) -> np.ndarray:
+        return np.exp(self._combine(predict_tree_arrays(self.trees_, features_from_table(table))))
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes | None]:
+        return {"base_": getattr(self, "base_", 0.0)}, dict(self.trees_), None
+
+    def _set_state(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray], native: bytes | None) -> None:
+        need = {"left", "right", "feature", "threshold", "value", "roots", "max_depth"}
+        if need - set(arrays):
+            raise PredictorError(f"tree arrays {sorted(need - set(arrays))} are missing from the predictor file")
+        self.trees_ = {k: np.asarray(arrays[k]) for k in need}
+        self.base_ = float(state.get("base_", 0.0))
+
+
+class RandomForestPredictor(_SklearnTrees):
+    """Baseline: scikit-learn random forest on engineered features (log-latency target).
+
+    Args:
+        n_estimators: trees.
+        max_depth: tree depth limit (None: unlimited).
+        min_samples_leaf: minimum rows per leaf.
+        seed: random seed.
+    """
+
+    kind = "random_forest"
+
+    def __init__(self, n_estimators: int = 100, max_depth: int | None = 18, min_samples_leaf: int = 1,
+                 seed: int = 0, fingerprint: Any = None, mode: str = "eager") -> None:
+        super().__init__(fingerprint, mode)
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.min_samples_leaf = min_samples_leaf
+        self.seed = seed
+
+    def _make(self) -> Any:
+        from sklearn.ensemble import RandomForestRegressor
+
+        return RandomForestRegressor(n_estimators=self.n_estimators, max_depth=self.max_depth,
+                                     min_samples_leaf=self.min_samples_leaf, random_state=self.seed, n_jobs=1)
+
+    def _from_estimator(self, est: Any) -> None:
+        self.trees_ = export_sklearn_trees(est.estimators_)
+        self.base_ = 0.0
+
+    def _combine(self, per_tree: np.ndarray) -> np.ndarray:
+        return per_tree.mean(axis=0)
+
+
+class GradientBoostingPredictor(_SklearnTrees):
+    """Baseline: scikit-learn gradient boosting on engineered features (log-latency target).
+
+    Args:
+        n_estimators: boosting stages.
+        max_depth: tree depth.
+        learning_rate: shrinkage.
+        seed: random seed.
+    """
+
+    kind = "gradient_boosting"
+
+    def __init__(self, n_estimators: int = 300, max_depth: int = 5, learning_rate: float = 0.1, seed: int = 0,
+                 fingerprint: Any = None, mode: str = "eager") -> None:
+        super().__init__(fingerprint, mode)
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.seed = seed
+
+    def _make(self) -> Any:
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        return GradientBoostingRegressor(n_estimators=self.n_estimators, max_depth=self.max_depth,
+                                         learning_rate=self.learning_rate, random_state=self.seed)
+
+    def _from_estimator(self, est: Any) -> None:
+        self.trees_ = export_sklearn_trees(est.estimators_[:, 0])
+        self.trees_["value"] = self.trees_["value"] * est.learning_rate
+        self.base_ = float(np.asarray(est.init_.constant_).reshape(-1)[0])
+
+    def _combine(self, per_tree: np.ndarray) -> np.ndarray:
+        return self.base_ + per_tree.sum(axis=0)
+
+
+_KEY_COLS = ("op", "variant", "kernel_h", "stride", "batch", "dtype_bytes", "out_h")
+
+
+class LookupTablePredictor(BasePredictor):
+    """Baseline: a lookup table with log-log interpolation over MACs.
+
+    Layers are grouped by (op, variant, kernel, stride, depthwise, low-rank, batch, dtype,
+    output size); within a group latency is interpolated in log-MACs (extrapolated with the
+    op's global log-log slope). Unseen groups use the op's global log-log line.
+    """
+
+    kind = "lookup"
+
+    def __init__(self, fingerprint: Any = None, mode: str = "eager") -> None:
+        super().__init__(fingerprint, mode)
+
+    @staticmethod
+    def _keys(table: np.ndarray) -> np.ndarray:
+        cols = [table[:, _R[c]] for c in _KEY_COLS]
+        dw = (table[:, _R["groups"]] > 1) & (table[:, _R["groups"]] == table[:, _R["in_channels"]])
+        return np.column_stack([*cols, dw, table[:, _R["rank"]] > 0]).astype(np.int64)
+
+    def _fit_table(self, table: np.ndarray, y_ms: np.ndarray) -> None:
+        keys = self._keys(table)
+        lx, ly = np.log(table[:, _R["macs"]] + 1.0), np.log(y_ms)
+        op = table[:, _R["op"]].astype(np.int64)
+        line = np.zeros((len(OP_KINDS), 2))
+        line[:, 1] = float(np.median(ly))
+        for o in np.unique(op):
+            m = op == o
+            if m.sum() >= 2 and np.ptp(lx[m]) > 0:
+                line[o] = np.polyfit(lx[m], ly[m], 1)
+            else:
+                line[o] = (0.0, float(np.mean(ly[m])))
+        uk, inv = np.unique(keys, axis=0, return_inverse=True)
+        order = np.lexsort((lx, inv.reshape(-1)))
+        self.op_line_ = line
+        self.group_keys_ = uk
+        self.point_group_ = inv.reshape(-1)[order]
+        self.point_x_ = lx[order]
+        self.point_y_ = ly[order]
+
+    def _predict_table(self, table: np.ndarray) -> np.ndarray:
+        keys = self._keys(table)
+        lx = np.log(table[:, _R["macs"]] + 1.0)
+        op = table[:, _R["op"]].astype(np.int64)
+        out = self.op_line_[op, 0] * lx + self.op_line_[op, 1]
+        index = {tuple(k): i for i, k in enumerate(self.group_keys_.tolist())}
+        starts = np.searchsorted(self.point_group_, np.arange(len(self.group_keys_)))
+        ends = np.searchsorted(self.point_group_, np.arange(len(self.group_keys_)), side="right")
+        uk, inv = np.unique(keys, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        for j, k in enumerate(uk.tolist()):
+            g = index.get(tuple(k))
+            if g is None:
+                continue
+            rows = inv == j
+            xs, ys = self.point_x_[starts[g]:ends[g]], self.point_y_[starts[g]:ends[g]]
+            q = lx[rows]
+            pred = np.interp(q, xs, ys)
+            slope = self.op_line_[op[rows], 0]
+            pred = np.where(q < xs[0], ys[0] + slope * (q - xs[0]), pred)
+            pred = np.where(q > xs[-1], ys[-1] + slope * (q - xs[-1]), pred)
+            out[rows] = pred
+        return np.exp(out)
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes | None]:
+        return {}, {"op_line": self.op_line_, "group_keys": self.group_keys_, "point_group": self.point_group_,
+                    "point_x": self.point_x_, "point_y": self.point_y_}, None
+
+    def _set_state(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray], native: bytes | None) -> None:
+        try:
+            self.op_line_ = np.asarray(arrays["op_line"])
+            self.group_keys_ = np.asarray(arrays["group_keys"])
+            self.point_group_ = np.asarray(arrays["point_group"])
+            self.point_x_ = np.asarray(arrays["point_x"])
+            self.point_y_ = np.asarray(arrays["point_y"])
+        except KeyError as e:
+            raise PredictorError(f"lookup-table array {e.args[0]!r} is missing from the predictor file") from e
+
