@@ -15,8 +15,8 @@ Array ops (conv, depthwise, dense, matmul) are GEMMs ``M×K · K×N`` repeated o
   buffer (halved by double buffering), the op is tiled and the other operand is re-read once
   per tile; the cheaper loop order is taken. Weights are read at ``w_bits``, activations
   read and written at ``a_bits``, biases at 32 bits.
-* **Overlap**: with double buffering, ``cycles = max(compute + first load + last write-back,
-  memory + one fold)``; without, ``compute + memory``. Every op adds ``op_overhead_cycles``.
+* **Overlap**: with double buffering, ``cycles = max(compute + first fold's load + last fold's
+  write-back, memory + one fold)``; without, ``compute + memory``. Every op adds ``op_overhead_cycles``.
 
 Vector ops (pooling, elementwise) stream through the vector unit (``max(compute, memory)``
 plus DRAM latency); host ops pay the host's throughput, the transfer and a hand-off cost;
@@ -168,8 +168,13 @@ def cost_arrays(a: dict[str, np.ndarray], acc: AcceleratorSpec) -> dict[str, np.
     arr_dram = np.where(w_outer, traffic_w_outer, traffic_i_outer)
     arr_mem = np.minimum(mem_w_outer, mem_i_outer)
     if db:
-        first_load = (np.minimum(w_bytes, wcap) + np.minimum(i_bytes, icap) + b_bytes) / bpc + lat
-        last_write = np.minimum(o_bytes, ocap) / bpc
+        # pipeline prologue/epilogue: the first fold's operands arrive before compute starts and the
+        # last fold's outputs leave after it ends (one array-sized slice of K and N over M rows)
+        fold_w = np.minimum(np.minimum(w_bytes, wcap), rows * ce * wb / 8)
+        fold_i = np.minimum(np.minimum(i_bytes, icap), m * rows * ab / 8)
+        fold_o = np.minimum(np.minimum(o_bytes, ocap), m * np.minimum(n, ce) * ab / 8)
+        first_load = (fold_w + fold_i + b_bytes) / bpc + lat
+        last_write = fold_o / bpc
         arr_total = np.maximum(compute + first_load + last_write, arr_mem + np.minimum(compute, one_fold))
     else:
         arr_total = compute + arr_mem
