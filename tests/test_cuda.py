@@ -191,3 +191,17 @@ def test_gpu_fingerprint() -> None:
     assert fp.identity["cuda"] == torch.version.cuda and fp.identity["driver"] != ""
     assert fp.info["memory_total_mib"] > 0
     assert CudaDevice(cudnn_benchmark=False).fingerprint().key != fp.key
+
+
+@no_cuda
+def test_cli_reports_the_missing_gpu_in_one_line() -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    p = subprocess.run([sys.executable, "-m", "hwloop", "devices", "show", "local-gpu", "--probe"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == ["error: device 'local-gpu' needs CUDA but torch reports no GPU "
+                                             "(torch.cuda.is_available() is False); use --device local-cpu"]
