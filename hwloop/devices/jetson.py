@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ClockState", "JetsonFacts", "is_jetson", "parse_model", "parse_tegra_release", "jetpack_for_l4t",
-           "parse_nvpmodel", "parse_jetson_clocks", "read_jetson_facts", "TEGRA_RELEASE", "L4T_TO_JETPACK"]
+           "parse_nvpmodel", "parse_jetson_clocks", "facts_from_text", "read_jetson_facts", "TEGRA_RELEASE", "L4T_TO_JETPACK"]
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 _MODEL_PATHS = (Path("/proc/device-tree/model"), Path("/sys/firmware/devicetree/base/model"))
@@ -95,6 +95,11 @@ class ClockState:
         """Pinned at its maximum (what ``jetson_clocks`` does)."""
         return self.min_hz == self.max_hz == self.current_hz and self.max_hz > 0
 
+    @property
+    def at_max(self) -> bool:
+        """Running at its maximum (EMC is pinned by an override, its MinFreq stays low)."""
+        return self.current_hz == self.max_hz and self.max_hz > 0
+
 
 def _freqs(line: str) -> tuple[int, int, int] | None:
     vals = dict(re.findall(r"(MinFreq|MaxFreq|CurrentFreq)=(\d+)", line))
@@ -154,13 +159,12 @@ class JetsonFacts:
 
     @property
     def clocks_locked(self) -> bool | None:
-        """True when GPU, EMC and every online CPU sit at their maximum (``jetson_clocks`` on)."""
+        """True when GPU and every online CPU are pinned at max and EMC runs at max (``jetson_clocks`` on)."""
         if not self.clocks or self.clocks.get("gpu") is None:
             return None
         doms = [self.clocks["gpu"], *(self.clocks.get("cpu") or [])]
-        if self.clocks.get("emc") is not None:
-            doms.append(self.clocks["emc"])
-        return all(d.locked for d in doms)
+        emc = self.clocks.get("emc")
+        return all(d.locked for d in doms) and (emc is None or emc.at_max)
 
     def identity(self) -> dict[str, Any]:
         """Fields that define the device (enter the fingerprint key)."""
@@ -207,14 +211,19 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def read_jetson_facts(release_file: Path = TEGRA_RELEASE) -> JetsonFacts:
-    """Gather the facts on a Jetson (files + ``nvpmodel -q`` + ``jetson_clocks --show``)."""
-    model = next((parse_model(t) for p in _MODEL_PATHS if (t := _read(p))), None)
-    l4t = parse_tegra_release(_read(release_file) or "")
-    nv_name, nv_id = parse_nvpmodel(_run(["nvpmodel", "-q"]) or "")
-    clocks_txt = _run(["jetson_clocks", "--show"])
-    clocks = parse_jetson_clocks(clocks_txt) if clocks_txt else None
+def facts_from_text(model: str | None, tegra_release: str | None, nvpmodel_q: str | None,
+                    jetson_clocks_show: str | None) -> JetsonFacts:
+    """:class:`JetsonFacts` from the raw texts (None where a file or command was unavailable)."""
+    l4t = parse_tegra_release(tegra_release or "")
+    nv_name, nv_id = parse_nvpmodel(nvpmodel_q or "")
+    clocks = parse_jetson_clocks(jetson_clocks_show) if jetson_clocks_show else None
     if nv_name is None and clocks:
         nv_name = clocks.get("nvpmodel")
-    return JetsonFacts(model=model, l4t=l4t, jetpack=jetpack_for_l4t(l4t), nvpmodel=nv_name, nvpmodel_id=nv_id,
-                       clocks=clocks)
+    return JetsonFacts(model=parse_model(model) if model else None, l4t=l4t, jetpack=jetpack_for_l4t(l4t),
+                       nvpmodel=nv_name, nvpmodel_id=nv_id, clocks=clocks)
+
+
+def read_jetson_facts(release_file: Path = TEGRA_RELEASE) -> JetsonFacts:
+    """Gather the facts on a Jetson (files + ``nvpmodel -q`` + ``jetson_clocks --show``, fixed argv)."""
+    model = next((t for p in _MODEL_PATHS if (t := _read(p))), None)
+    return facts_from_text(model, _read(release_file), _run(["nvpmodel", "-q"]), _run(["jetson_clocks", "--show"]))
