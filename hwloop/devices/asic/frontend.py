@@ -43,8 +43,8 @@ __all__ = ["PATTERN_PREFIX", "asic_patterns", "import_model", "partition", "grap
            "tir_gemm_macs", "VIEW_OPS"]
 
 PATTERN_PREFIX = "hwloop_asic"
-#: relax ops that only re-label memory (free on the accelerator).
-VIEW_OPS = ("relax.reshape", "relax.squeeze", "relax.expand_dims", "relax.flatten")
+#: relax ops that only re-label memory (free on the accelerator; a broadcast is a strided read).
+VIEW_OPS = ("relax.reshape", "relax.squeeze", "relax.expand_dims", "relax.flatten", "relax.broadcast_to")
 _ACTS = {"relu": "relax.nn.relu", "clip": "relax.clip"}
 _POOL_OPS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d", "relax.mean")
 _ELTWISE_OPS = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
