@@ -4,8 +4,9 @@ Each pass runs :func:`hwloop.sweep.run_sweep` into its own fresh SQLite store (s
 really measure), then the two stores' frames are joined by workload key. Reported: the median,
 90th percentile and max of ``|a - b| / mean(a, b)``, the share of layers within 5%, and the
 Spearman rank correlation (plus the median difference of ``min_ms`` and the machine's load
-average, since other processes sharing the cores dominate the noise). Writes ``report.json`` and ``repeatability.png`` (pass 1 vs pass 2,
-log-log) to ``--out``; exits 1 when the median exceeds ``--threshold``.
+average, since other processes sharing the cores dominate the noise). Writes ``report.json`` and
+``repeatability.png`` (pass 1 vs pass 2, log-log) to ``--out``; exits 1 when the median exceeds
+``--threshold``.
 
 Usage::
 
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
           f"p90={100 * report['p90_rel_diff']:.2f}% max={100 * report['max_rel_diff']:.2f}% "
           f"within5%={100 * report['share_within_5pct']:.0f}% spearman={report['spearman']:.4f} "
           f"(min_ms: median|diff|={100 * report['median_rel_diff_of_min_ms']:.2f}%) "
-          f"load={report['loadavg_1min_before_after']} on {report['cores']} cores wall={report['wall_s']}s -> {'PASS' if report['pass'] else 'FAIL'} (threshold "
+          f"load={report['loadavg_1min_before_after']} on {report['cores']} cores wall={report['wall_s']}s "
+          f"-> {'PASS' if report['pass'] else 'FAIL'} (threshold "
           f"{100 * args.threshold:.0f}%)")
     print(f"wrote {out / 'report.json'} and {out / 'repeatability.png'}")
     return 0 if report["pass"] else 1

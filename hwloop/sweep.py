@@ -38,12 +38,13 @@ import math
 import queue
 import threading
 import time
-import tomllib
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import tomllib
 
 from hwloop.devices.base import Device, MeasureRequest, MeasureResult, TimingConfig
 from hwloop.errors import ConfigError, DeviceError, HwloopError, WorkloadError

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import pg
 import pytest
 
-import pg
 from hwloop.store import MeasurementStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ import sqlite3
 from pathlib import Path
 
 import pandas as pd
+import pg
 import pytest
 import sqlalchemy as sa
 
-import pg
 from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig, summarize
 from hwloop.errors import StoreError
 from hwloop.models import ModelRef
@@ -209,12 +209,13 @@ def _v0_fill(url: str) -> list[MeasureRequest]:
         for i, r in enumerate(reqs):
             res = ok(r, 1.0 + i)
             c.execute(sa.text(
-                "INSERT INTO results (id, device_key, device_name, backend, fingerprint_json, workload_key, timing_key, "
-                "kind, op, latency_ms, min_ms, max_ms, iqr_ms, cv, unstable, attempts, error, samples_json, "
-                "spec_json, model_json, timing_json, created_at) VALUES (:id, :dk, :dn, 'cpu', :fp, :wk, :tk, 'layer', "
-                "'conv2d', :lat, :lo, :hi, 0.1, 0.05, :u, 1, NULL, :s, :spec, NULL, :t, '2025-01-01T00:00:00+00:00')"),
-                {"id": i + 1, "dk": FP_A.key, "dn": FP_A.name, "fp": json.dumps(FP_A.to_dict()), "wk": r.key, "tk": T.key,
-                 "lat": res.latency_ms, "lo": res.min_ms, "hi": res.max_ms, "u": False,
+                "INSERT INTO results (id, device_key, device_name, backend, fingerprint_json, workload_key, "
+                "timing_key, kind, op, latency_ms, min_ms, max_ms, iqr_ms, cv, unstable, attempts, error, "
+                "samples_json, spec_json, model_json, timing_json, created_at) VALUES (:id, :dk, :dn, 'cpu', :fp, "
+                ":wk, :tk, 'layer', 'conv2d', :lat, :lo, :hi, 0.1, 0.05, :u, 1, NULL, :s, :spec, NULL, :t, "
+                "'2025-01-01T00:00:00+00:00')"),
+                {"id": i + 1, "dk": FP_A.key, "dn": FP_A.name, "fp": json.dumps(FP_A.to_dict()), "wk": r.key,
+                 "tk": T.key, "lat": res.latency_ms, "lo": res.min_ms, "hi": res.max_ms, "u": False,
                  "s": json.dumps(list(res.samples_ms)), "spec": json.dumps(r.layer.to_dict()),  # type: ignore[union-attr]
                  "t": json.dumps(T.to_dict())})
     eng.dispose()

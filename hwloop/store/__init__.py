@@ -436,7 +436,8 @@ def specs_from_frame(df: pd.DataFrame) -> list[LayerSpec]:
 
     Example:
         >>> import pandas as pd
-        >>> specs_from_frame(pd.DataFrame({"spec_json": ['{"op": "linear", "in_shape": [1, 8], "out_channels": 4}']}))[0].macs
+        >>> df = pd.DataFrame({"spec_json": ['{"op": "linear", "in_shape": [1, 8], "out_channels": 4}']})
+        >>> specs_from_frame(df)[0].macs
         32
     """
     from hwloop.workload import LayerSpec

@@ -7,7 +7,7 @@ Version history:
 * **v1**: ``meta`` (``schema_version``), ``devices`` (key, name, backend, fingerprint JSON)
   and ``measurements`` with a unique constraint on (device_key, workload_key, timing_key).
 
-:data:`MIGRATIONS` maps a version to the function upgrading it to the next one; every
+``_MIGRATIONS`` maps a version to the function upgrading it to the next one; every
 upgrade runs inside the same transaction as the version bump, so a crash leaves the old
 version intact.
 """
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from hwloop.errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "metadata", "meta_t", "devices_t", "measurements_t", "V0_DDL",
+__all__ = ["SCHEMA_VERSION", "metadata", "meta_t", "devices_t", "measurements_t", "V0_DDL",
            "detect_version", "ensure_schema"]
 
 SCHEMA_VERSION = 1
@@ -140,7 +140,7 @@ def _upgrade_0_to_1(conn: sa.Connection) -> None:
 
 
 #: from_version -> function upgrading a connection's schema to from_version + 1.
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {0: _upgrade_0_to_1}
+_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {0: _upgrade_0_to_1}
 
 
 def ensure_schema(conn: sa.Connection, url: str) -> int:
@@ -162,9 +162,9 @@ def ensure_schema(conn: sa.Connection, url: str) -> int:
                          "upgrade hwloop to open it")
     v = found
     while v < SCHEMA_VERSION:
-        if v not in MIGRATIONS:
-            raise StoreError(f"store {url} has schema version {v} and no upgrade path; allowed: {sorted(MIGRATIONS)}")
-        MIGRATIONS[v](conn)
+        if v not in _MIGRATIONS:
+            raise StoreError(f"store {url} has schema version {v} and no upgrade path; allowed: {sorted(_MIGRATIONS)}")
+        _MIGRATIONS[v](conn)
         v += 1
     if found < SCHEMA_VERSION:
         conn.execute(meta_t.delete().where(meta_t.c.key == "schema_version"))
