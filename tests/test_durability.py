@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pg
@@ -138,7 +137,6 @@ def test_four_processes_writing_one_store_lose_no_rows(tmp_path: Path, backend: 
                  for w in range(4)]
         for p in procs:
             assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr.read()  # type: ignore[union-attr]
-        t0 = time.monotonic()
         go.touch()
         outs = [p.communicate(timeout=300) for p in procs]
         assert [p.returncode for p in procs] == [0] * 4, [e for _, e in outs]
@@ -146,7 +144,6 @@ def test_four_processes_writing_one_store_lose_no_rows(tmp_path: Path, backend: 
         with MeasurementStore(url) as st:
             assert st.count() == 4 * n + shared
             assert sum(written) == st.count()  # every shared key was written by exactly one process
-        assert time.monotonic() - t0 < 300
     finally:
         if admin is not None:
             pg.drop_database(admin, url)

@@ -87,7 +87,8 @@ def sweep(
                 from hwloop.predict.adaptive import run_adaptive_sweep
             except ImportError as e:
                 raise ConfigError(f"--adaptive needs hwloop.predict.adaptive, which cannot be imported ({e})") from e
-            result = run_adaptive_sweep(sp, devs[0], st, budget=budget, timing=timings[devs[0].name])
+            result = run_adaptive_sweep(sp, devs[0], st, budget=budget, timing=timings[devs[0].name],
+                                        progress=progress)
             console.print(result)
             return
         reqs = sp.requests()
