@@ -398,3 +398,97 @@ def test_deploy_installs_this_version_in_a_venv_and_handshakes(sshd: Sshd, tmp_p
     assert str(out["hwloop_path"]).startswith(str(rdir / "venv")), out["hwloop_path"]
     assert (rdir / "wheels" / out["wheel"]).is_file()
     assert any("uploading" in s for s in steps)
+
+
+# ----------------------------------------------------------------------------- network namespace
+HOST_SIDE = r"""
+import json, sys
+from hwloop.devices.base import MeasureRequest, TimingConfig
+from hwloop.remote import RemoteDevice
+from hwloop.store import MeasurementStore
+from hwloop.sweep import run_sweep
+conn, store_path, progress, reqs = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+timing = TimingConfig.from_dict(json.loads(sys.argv[5]))
+dev = RemoteDevice("netns-board", timing=timing, connection=conn)
+log = open(progress, "a")
+def on_result(req, res, stored):
+    log.write(req.key + "\n"); log.flush()
+s = run_sweep([MeasureRequest.from_dict(r) for r in reqs], dev, MeasurementStore(store_path), timing,
+              progress=False, batch_size=len(reqs), on_result=on_result)
+dev.close()
+print(json.dumps({"measured": s.measured, "failed": s.failed, "reconnects": dev.reconnects}))
+"""
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture()
+def netns_pair():  # type: ignore[no-untyped-def]
+    """Two namespaces we create (board, host) joined by a veth pair; addresses exist only inside them."""
+    tag = f"{os.getpid() % 100000}"
+    board, host = f"hwlb{tag}", f"hwlh{tag}"
+    if _ip("netns", "add", board).returncode != 0:
+        pytest.skip("ip netns is not permitted here (needs root and iproute2)")
+    try:
+        if _ip("netns", "add", host).returncode != 0:
+            pytest.skip("ip netns add failed for the second namespace")
+        sub = 200 if os.getpid() % 2 else 201
+        steps = [
+            ("link", "add", "vh", "netns", host, "type", "veth", "peer", "name", "vb", "netns", board),
+            ("-n", host, "addr", "add", f"10.{sub}.0.1/30", "dev", "vh"),
+            ("-n", board, "addr", "add", f"10.{sub}.0.2/30", "dev", "vb"),
+            ("-n", host, "link", "set", "vh", "up"), ("-n", board, "link", "set", "vb", "up"),
+            ("-n", host, "link", "set", "lo", "up"), ("-n", board, "link", "set", "lo", "up"),
+        ]
+        for st in steps:
+            p = _ip(*st)
+            if p.returncode != 0:
+                pytest.skip(f"cannot set up the veth pair: ip {' '.join(st)}: {p.stderr.strip()}")
+        yield board, host, f"10.{sub}.0.2"
+    finally:
+        _ip("netns", "del", host)
+        _ip("netns", "del", board)
+
+
+@pytest.mark.slow
+def test_link_cut_inside_network_namespaces_resumes(netns_pair: tuple[str, str, str], tmp_path: Path) -> None:
+    import json
+
+    from hwloop.store import MeasurementStore
+
+    board_ns, host_ns, addr = netns_pair
+    srv = Sshd(tmp_path / "sshd", host=addr, port=2222, netns=board_ns)
+    srv.start()
+    reqs = layer_reqs(16)
+    progress = tmp_path / "progress.txt"
+    progress.write_text("")
+    conn = srv.connection(heartbeat_timeout_s=3.0, connect_timeout_s=2.0, backoff_s=0.5, backoff_max_s=2.0,
+                          max_reconnects=20)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(["ip", "netns", "exec", host_ns, sys.executable, "-c", HOST_SIDE, json.dumps(conn),
+                             str(tmp_path / "m.db"), str(progress), json.dumps([r.to_dict() for r in reqs]),
+                             json.dumps(SLOW.to_dict())], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        end = time.monotonic() + 90
+        while len(progress.read_text().split()) < 3 and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        assert _ip("-n", host_ns, "link", "set", "vh", "down").returncode == 0  # cut the board's link
+        time.sleep(4.0)
+        assert _ip("-n", host_ns, "link", "set", "vh", "up").returncode == 0
+        out, err = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        srv.stop()
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["measured"] == len(reqs) and summary["reconnects"] >= 1, (summary, err[-2000:])
+    seen = progress.read_text().split()
+    assert collections.Counter(seen) == collections.Counter(r.key for r in reqs)
+    with MeasurementStore(tmp_path / "m.db") as st:
+        assert st.count(ok_only=True) == len(reqs) == st.count()
