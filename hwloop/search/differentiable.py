@@ -2,8 +2,8 @@
 
 ``loss = task loss + λ · latency(sizes)/latency₀`` where ``sizes`` are the gates' effective
 sizes (widths, ranks, bits). Give either a fixed ``lam`` or a ``target`` (latency as a
-fraction of the original): then λ follows dual ascent, ``λ ← max(0, λ + η·(L/L₀ − target)/target)``
-once per step, so users state the budget, not λ. Schedule: (optional pretraining) →
+fraction of the original): then λ follows dual ascent on ``log λ``,
+``λ ← λ·exp(η·(L/(L₀·target) − 1))`` once per step, so users state the budget, not λ. Schedule: (optional pretraining) →
 search → extract (widths read off the gates, rounded up to the device tile when that costs
 no latency; factorised layers merged back when dense is not slower) → fine-tune (with the
 chosen bits fake-quantized) → the caller measures on the device.
@@ -40,7 +40,7 @@ from hwloop.search.latency import LatencyModel
 from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
 
-__all__ = ["SearchConfig", "SearchResult", "differentiable_search", "round_widths_to_tile"]
+__all__ = ["SearchConfig", "SearchResult", "differentiable_search", "enforce_budget", "round_widths_to_tile"]
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,12 @@ class SearchConfig:
     search_epochs: int = 3
     finetune_epochs: int = 2
     lr: float = 0.05
-    gate_lr: float = 0.02
+    gate_lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lam: float = 1.0
     target: float | None = None
-    dual_lr: float = 0.05
+    dual_lr: float = 0.1
     keep_rule: str = "effective"
     tile: int = 1
     merge_lowrank: bool = True
@@ -86,8 +86,8 @@ class SearchConfig:
             v = getattr(self, n)
             if not isinstance(v, (int, float)) or not v > 0:
                 raise SearchError(f"{n}={v!r} must be a positive number")
-        if self.lam < 0:
-            raise SearchError(f"lam={self.lam} must be >= 0")
+        if self.lam < 0 or (self.target is not None and self.lam <= 0):
+            raise SearchError(f"lam={self.lam} must be >= 0 (> 0 with a target: it is the initial lambda)")
         if self.target is not None and not 0.0 < self.target <= 1.0:
             raise SearchError(f"target={self.target} must be a fraction of the original latency in (0, 1]")
         if self.keep_rule not in ("effective", "nonzero"):
@@ -155,6 +155,40 @@ def round_widths_to_tile(gm: GatedModel, latency: LatencyModel, tile: int) -> di
     return widths
 
 
+def enforce_budget(gm: GatedModel, latency: LatencyModel, widths: Mapping[str, int], budget: float,
+                   max_iters: int = 10_000) -> dict[str, int]:
+    """Shrink group widths until the latency model's value at the hard sizes is within ``budget``.
+
+    Dual ascent approaches the target from either side; this final projection guarantees it.
+    Each step removes the smallest-gate channels (about 5% of a group, at least one) from the
+    group with the best latency saving per unit of removed gate mass (relative to the group's
+    total); groups stop at their ``min_keep``.
+    """
+    w = dict(widths)
+    current = float(latency(_hard_sizes(gm, w)).detach())
+    for _ in range(max_iters):
+        if current <= budget:
+            break
+        best: tuple[float, float, str, int] | None = None
+        for key, gate in gm.channel_gates.items():
+            n = w[key]
+            step = max(1, math.ceil(0.05 * n))
+            new = max(gate.min_keep, n - step)
+            if new == n:
+                continue
+            vals = torch.sort(gate.values().detach().abs(), descending=True).values
+            removed = float(vals[new:n].sum()) / max(float(vals.sum()), 1e-12)
+            lat = float(latency(_hard_sizes(gm, {**w, key: new})).detach())
+            score = (current - lat) / (removed + 1e-6)
+            if best is None or (score, -removed) > (best[0], -best[1]):
+                best = (score, removed, key, new)
+        if best is None:
+            break
+        w[best[2]] = best[3]
+        current = float(latency(_hard_sizes(gm, w)).detach())
+    return w
+
+
 def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loader: DataLoader[Any],
                           eval_fn: Callable[[nn.Module], float] | None, config: SearchConfig, *,
                           model: nn.Module | None = None, log: Callable[[str], None] | None = None,
@@ -191,6 +225,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
     say(f"search: {config.search_epochs} epochs x {steps} steps, {mode}, latency0 = {l0:.4g} {latency.unit} "
         f"({latency.kind})")
     t0 = time.perf_counter()
+    t_eval = 0.0  # per-epoch evaluation is reporting, not search cost
     ratio = 1.0
     for ep in range(config.search_epochs):
         sums = {"loss": 0.0, "task": 0.0, "ratio": 0.0}
@@ -212,8 +247,8 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
             opt_g.step()
             gm.project_()
             ratio = float(ratio_t.detach())
-            if config.target is not None:
-                lam = max(0.0, lam + config.dual_lr * (ratio - config.target) / config.target)
+            if config.target is not None:  # dual ascent on log(lambda): scale-free, fast in short schedules
+                lam = min(1e4, max(1e-4, lam * math.exp(config.dual_lr * (ratio / config.target - 1.0))))
             sums["loss"] += float(loss.detach())
             sums["task"] += float(task.detach())
             sums["ratio"] += ratio
@@ -222,16 +257,24 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
         rec = {"epoch": ep + 1, **{k: v / max(1, n) for k, v in sums.items()}, "lambda": lam,
                "ratio_end": ratio}
         if eval_fn is not None:
+            te = time.perf_counter()
             rec["accuracy"] = float(eval_fn(gm))
+            t_eval += time.perf_counter() - te
         history.append(rec)
         say("search epoch {epoch}: loss {loss:.4f} task {task:.4f} latency ratio {ratio_end:.3f} lambda {lam:.3f}"
             .format(lam=lam, **rec) + (f" acc {rec['accuracy']:.2f}" if "accuracy" in rec else ""))
-    t_search = time.perf_counter() - t0
+    t_search = time.perf_counter() - t0 - t_eval
     soft = float(latency(gm.sizes()).detach())
 
     t1 = time.perf_counter()
     gm.eval()
     widths = round_widths_to_tile(gm, latency, config.tile)
+    if config.target is not None:
+        before = float(latency(_hard_sizes(gm, widths)).detach())
+        widths = enforce_budget(gm, latency, widths, config.target * l0)
+        after = float(latency(_hard_sizes(gm, widths)).detach())
+        if after < before:
+            say(f"budget: hard sizes gave {before / l0:.3f} x original; shrank widths to {after / l0:.3f} x")
     hard = _hard_sizes(gm, widths)
 
     def merge_if(layer: str, rank: int) -> bool:

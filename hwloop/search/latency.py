@@ -41,7 +41,7 @@ from hwloop.errors import SearchError
 from hwloop.search.space import LayerSlot, SearchSpace
 from hwloop.workload import LayerSpec
 
-__all__ = ["LatencyModel", "SurrogateLatency", "PredictorLatency", "select_latency_model", "interp_grid",
+__all__ = ["LatencyModel", "SurrogateLatency", "PredictorLatency", "select_latency_model", "interp_grid", "sample_layer_specs",
            "grid_points"]
 
 Sizes = Mapping[str, "torch.Tensor | float"]
@@ -202,8 +202,36 @@ def interp_grid(table: torch.Tensor, grids: Sequence[torch.Tensor], xs: Sequence
     return out
 
 
+def _coarse_monotone(table: torch.Tensor, grids: Sequence[torch.Tensor], names: Sequence[str], points: int
+                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The table's monotone envelope (running max along every axis) sampled at ~``points`` nodes per
+    channel axis (bit axes keep every level): the source of the search gradient."""
+    env = table
+    for d in range(env.dim()):
+        env = torch.cummax(env, dim=d).values
+    idx_per_axis: list[torch.Tensor] = []
+    cgrids: list[torch.Tensor] = []
+    for g, n in zip(grids, names):
+        if n == "bits" or g.numel() <= points:
+            idx = torch.arange(g.numel())
+        else:
+            idx = torch.unique(torch.round(torch.linspace(0, g.numel() - 1, points)).long())
+        idx_per_axis.append(idx)
+        cgrids.append(g[idx])
+    for d, idx in enumerate(idx_per_axis):
+        env = env.index_select(d, idx)
+    return env, cgrids
+
+
 class PredictorLatency(_SlotLatency):
     """A fitted predictor made differentiable by per-layer grids (see the module docstring).
+
+    The *value* is the multilinear interpolation of the fine grid (equal to the predictor at
+    grid points). Device latency is often a staircase in channels (tiles), whose piecewise-linear
+    interpolation is flat almost everywhere; so by default the *gradient* comes from a coarse
+    monotone envelope of the same table (``grad_points`` nodes per channel axis, secant slopes),
+    a straight-through estimator: ``value + (coarse − coarse.detach())``. ``grad_points=None``
+    uses the fine grid's own gradient.
 
     Args:
         space: the search space.
@@ -212,14 +240,18 @@ class PredictorLatency(_SlotLatency):
         max_grid_points: grid points per channel dimension (every integer up to this size).
         calibrated: use the predictor's whole-model calibration when it has one.
         progress: show a progress bar while the grids are predicted.
+        grad_points: nodes per channel axis of the gradient's coarse monotone table (None: fine grid).
     """
 
     kind = "predictor"
     unit = "ms"
 
     def __init__(self, space: SearchSpace, predictor: Any, *, max_grid_points: int = 65, calibrated: bool = True,
-                 a_bits: int | None = None, progress: bool = False) -> None:
+                 a_bits: int | None = None, progress: bool = False, grad_points: int | None = 3) -> None:
         super().__init__(space, a_bits)
+        if grad_points is not None and grad_points < 2:
+            raise SearchError(f"grad_points={grad_points} must be >= 2 or None")
+        self.grad_points = grad_points
         if not callable(getattr(predictor, "predict", None)):
             raise SearchError(f"predictor {type(predictor).__name__} has no predict(specs) method")
         self.predictor = predictor
@@ -228,6 +260,7 @@ class PredictorLatency(_SlotLatency):
         coef = getattr(agg, "coef_", None)
         self.coef = [float(c) for c in coef] if coef is not None else None
         self._tables: dict[str, tuple[torch.Tensor, list[torch.Tensor], list[str]]] = {}
+        self._coarse: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         slots = list(space.slots) + [s.dense for s in space.slots if s.dense is not None]
         self._build(slots, progress)
 
@@ -272,6 +305,8 @@ class PredictorLatency(_SlotLatency):
                                       f"{bool(np.all(np.isfinite(ms)))}) for {len(specs)} layer specs")
                 cache[sig] = torch.tensor(ms).reshape([len(g) for _, g in axes] or [])
             self._tables[slot.name] = (cache[sig], grids, names)
+            if self.grad_points is not None:
+                self._coarse[slot.name] = _coarse_monotone(cache[sig], grids, names, self.grad_points)
 
     def layer_ms(self, slot: LayerSlot, sizes: Sizes) -> torch.Tensor:
         """Interpolated latency (ms) of one slot at ``sizes``."""
@@ -279,7 +314,12 @@ class PredictorLatency(_SlotLatency):
         cin, cout, bits = _slot_size(slot, sizes)
         vals = {"in": cin, "out": cout, "bits": bits}
         xs = [_t(vals[n]).double() for n in names]
-        return interp_grid(table, grids, xs)
+        value = interp_grid(table, grids, xs)
+        if self.grad_points is None or slot.name not in self._coarse:
+            return value
+        ctable, cgrids = self._coarse[slot.name]
+        smooth = interp_grid(ctable, cgrids, xs)
+        return value + (smooth - smooth.detach())
 
     def __call__(self, sizes: Sizes, dense: frozenset[str] = frozenset()) -> torch.Tensor:
         compute = torch.zeros((), dtype=torch.float64)
@@ -360,3 +400,31 @@ def _fit_from_store(store: str, device: str, say: Callable[[str], None]) -> tupl
         pred.fit_aggregator(list(data.workloads), data.model_ms)
     say(f"fitted XGBoost on {data.n_layers} layers from {store} for {device}")
     return pred, f"{data.n_layers} stored layer measurements of {device}"
+
+
+def sample_layer_specs(space: SearchSpace, n: int, rng: Any, *, a_bits: int | None = None) -> list[LayerSpec]:
+    """``n`` random layers the search will ask about: each slot of ``space`` at random input/output widths
+    and bit-widths (for measuring a device and fitting a predictor on the space's own layers).
+
+    Args:
+        space: the search space.
+        n: how many specs.
+        rng: ``numpy.random.Generator``.
+        a_bits: activation bits recorded on quantized specs (default: the space's).
+    """
+    groups = {g.key: g.channels for g in space.graph.groups}
+    slots = list(space.slots) + [s.dense for s in space.slots if s.dense is not None]
+    ab = a_bits if a_bits is not None else space.options.a_bits
+    out: list[LayerSpec] = []
+    for _ in range(n):
+        s = slots[int(rng.integers(len(slots)))]
+        cin = int(rng.integers(1, groups[s.in_key] + 1)) if s.in_key else None
+        cout = int(rng.integers(1, groups[s.out_key] + 1)) if s.out_key else None
+        bits = None
+        if s.bits_key and s.bits_key in space.bit_layers:
+            bits = int(rng.choice(list(space.options.bit_levels)))
+        if s.depthwise or s.spec.op == "batchnorm":
+            out.append(s.spec_at(None, cout, bits, ab if bits else None))
+        else:
+            out.append(s.spec_at(cin, cout, bits, ab if bits else None))
+    return out

@@ -102,7 +102,7 @@ class PredictorSection:
 class BudgetSection:
     target: float | None = 0.5
     lam: float = 1.0
-    dual_lr: float = 0.05
+    dual_lr: float = 0.1
 
     def __post_init__(self) -> None:
         if self.target is not None and not 0 < self.target <= 1:
@@ -128,7 +128,7 @@ class ScheduleSection:
     search_epochs: int = 3
     finetune_epochs: int = 2
     lr: float = 0.05
-    gate_lr: float = 0.02
+    gate_lr: float = 0.05
     weight_decay: float = 5e-4
     max_steps: int | None = None
     keep_rule: str = "effective"
