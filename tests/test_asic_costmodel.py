@@ -11,15 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwloop.devices.asic import AccelOp, AcceleratorSpec, OpGraph, cost_graph, cost_layer, cost_layers
+from hwloop.devices.asic import AcceleratorSpec, AccelOp, OpGraph, cost_graph, cost_layer, cost_layers
 from hwloop.devices.profiles import load_profile
 from hwloop.errors import ConfigError, WorkloadError
 from hwloop.workload import LayerSpec
 
 # A 4x4 weight-stationary array whose memory is (practically) free and instant, so that
 # total cycles equal the compute cycles of the closed forms below.
-FREE_MEM = dict(rows=4, cols=4, pe_bits=8, op_overhead_cycles=0.0, dram_latency_ns=0.0, dram_gbps=1e9,
-                clock_mhz=100.0)
+FREE_MEM = {"rows": 4, "cols": 4, "pe_bits": 8, "op_overhead_cycles": 0.0, "dram_latency_ns": 0.0,
+            "dram_gbps": 1e9, "clock_mhz": 100.0}
 WS = AcceleratorSpec(dataflow="weight_stationary", **FREE_MEM)  # type: ignore[arg-type]
 SHIPPED = [AcceleratorSpec.from_dict(load_profile(p).spec) for p in ("asic-tpu32", "asic-eyeriss")]
 # weight-stationary fold = M + rows + cols - 2 = M + 6 cycles; + rows (4) for the first weight load.

@@ -29,5 +29,18 @@ from hwloop.devices.asic.device import AsicDevice, NoiseModel
 from hwloop.devices.asic.opgraph import AccelOp, OpGraph, ops_from_layer
 from hwloop.devices.asic.spec import DATAFLOWS, AcceleratorSpec
 
-__all__ = ["AsicDevice", "NoiseModel", "AcceleratorSpec", "DATAFLOWS", "AccelOp", "OpGraph", "ops_from_layer",
-           "OpCost", "GraphCost", "cost_layer", "cost_layers", "cost_graph", "COST_MODEL_VERSION"]
+__all__ = [
+    "COST_MODEL_VERSION",
+    "DATAFLOWS",
+    "AccelOp",
+    "AcceleratorSpec",
+    "AsicDevice",
+    "GraphCost",
+    "NoiseModel",
+    "OpCost",
+    "OpGraph",
+    "cost_graph",
+    "cost_layer",
+    "cost_layers",
+    "ops_from_layer",
+]

@@ -44,7 +44,7 @@ from hwloop.devices.asic.spec import AcceleratorSpec
 from hwloop.errors import WorkloadError
 from hwloop.workload import LayerSpec
 
-__all__ = ["OpCost", "GraphCost", "cost_layer", "cost_layers", "cost_graph", "COST_MODEL_VERSION", "BOUNDS"]
+__all__ = ["BOUNDS", "COST_MODEL_VERSION", "GraphCost", "OpCost", "cost_graph", "cost_layer", "cost_layers"]
 
 #: bumped whenever the model's numbers change (enters the device fingerprint).
 COST_MODEL_VERSION = 1

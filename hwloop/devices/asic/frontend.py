@@ -39,8 +39,16 @@ from hwloop.models import ModelRef
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
 
-__all__ = ["PATTERN_PREFIX", "asic_patterns", "import_model", "partition", "graph_from_relax", "lower_model",
-           "tir_gemm_macs", "VIEW_OPS"]
+__all__ = [
+    "PATTERN_PREFIX",
+    "VIEW_OPS",
+    "asic_patterns",
+    "graph_from_relax",
+    "import_model",
+    "lower_model",
+    "partition",
+    "tir_gemm_macs",
+]
 
 PATTERN_PREFIX = "hwloop_asic"
 #: relax ops that only re-label memory (free on the accelerator; a broadcast is a strided read).
@@ -188,7 +196,7 @@ def import_model(ref: ModelRef) -> tuple[tvm.IRModule, dict[str, str]]:
         with torch.no_grad():
             ep = torch.export.export(model, (x,))
         mod = from_exported_program(ep, keep_params_as_input=True)
-    except Exception as e:  # noqa: BLE001 - export/import fail in many library-specific ways
+    except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WorkloadError(f"cannot import {ref.label} into TVM Relax: {first}") from e
     names = {s.arg.name: s.target for s in ep.graph_signature.input_specs
@@ -390,6 +398,6 @@ def tir_gemm_macs(mod: tvm.IRModule) -> list[int]:
                 continue
             if fname not in cache:
                 flops = estimate_tir_flops(tvm.IRModule({"main": leg[gv]}))
-                cache[fname] = int(round(flops / 2))
+                cache[fname] = round(flops / 2)
             out.append(cache[fname])
     return out

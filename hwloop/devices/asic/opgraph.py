@@ -33,8 +33,16 @@ import numpy as np
 from hwloop.errors import WorkloadError
 from hwloop.workload import LayerSpec
 
-__all__ = ["AccelOp", "OpGraph", "ops_from_layer", "ARRAY_KINDS", "VECTOR_KINDS", "OP_KINDS", "UNITS",
-           "VECTOR_ACTIVATIONS"]
+__all__ = [
+    "ARRAY_KINDS",
+    "OP_KINDS",
+    "UNITS",
+    "VECTOR_ACTIVATIONS",
+    "VECTOR_KINDS",
+    "AccelOp",
+    "OpGraph",
+    "ops_from_layer",
+]
 
 ARRAY_KINDS = ("conv2d", "depthwise", "dense", "matmul")
 VECTOR_KINDS = ("pool", "eltwise")

@@ -21,7 +21,7 @@ from torch import nn
 from hwloop.models import ModelRef
 from hwloop.workload import LayerSpec
 
-__all__ = ["resnet18", "resnet18_ref", "resnet18_conv_layers"]
+__all__ = ["resnet18", "resnet18_conv_layers", "resnet18_ref"]
 
 
 def resnet18_ref(batch: int = 1) -> ModelRef:
@@ -53,7 +53,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0) -> None:
         super().__init__()
-        w = [max(8, int(round(c * width_mult))) for c in (64, 128, 256, 512)]
+        w = [max(8, round(c * width_mult)) for c in (64, 128, 256, 512)]
         self.conv1 = nn.Conv2d(3, w[0], 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(w[0])
         self.relu = nn.ReLU()

@@ -25,7 +25,7 @@ from typing import Any
 
 from hwloop.errors import ConfigError
 
-__all__ = ["AcceleratorSpec", "DATAFLOWS"]
+__all__ = ["DATAFLOWS", "AcceleratorSpec"]
 
 #: supported array dataflows (how the GEMM/conv loops map onto the PE array).
 DATAFLOWS = ("weight_stationary", "output_stationary", "row_stationary")
