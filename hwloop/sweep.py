@@ -497,7 +497,11 @@ def _run(requests: Sequence[MeasureRequest], devices: Sequence[Device], store: M
         todo_reqs = store.missing(fps[first], requests, timings[first], retry_failed=retry_failed)
         n_unique = len({r.key for r in requests})
         todo: queue.Queue = queue.Queue()
-        for b in _batches(todo_reqs, batch_size):
+        # A streaming device (measure_iter, e.g. a remote agent) stores each result on arrival, so bigger
+        # batches cost no durability and save a round trip per batch; shared queues keep batches moderate.
+        streaming = all(callable(getattr(devices[i], "measure_iter", None)) for i in members)
+        bs = batch_size if not streaming else max(batch_size, 64 if len(members) > 1 else len(todo_reqs) or 1)
+        for b in _batches(todo_reqs, bs):
             todo.put(b)
         label = "+".join(names[i] for i in members)
         bar = tqdm(total=len(todo_reqs), desc=label, unit="meas", position=pos, disable=not progress, leave=True)
