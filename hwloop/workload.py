@@ -164,6 +164,17 @@ class LayerSpec:
         else:
             if self.in_channels == 0 and len(self.in_shape) >= 2:
                 set_(self, "in_channels", self.in_shape[1])
+            if self.op == "pooling" and self.variant in ("max", "avg"):
+                if len(self.in_shape) != 4:
+                    raise WorkloadError(f"{self.variant} pooling needs an NCHW in_shape, got {self.in_shape}")
+                h, w = self.in_shape[2:]
+                oh = (h + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1
+                ow = (w + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1
+                if oh < 1 or ow < 1 or 2 * max(self.padding) > max(self.kernel):
+                    raise WorkloadError(f"{self.variant} pooling kernel {self.kernel} (padding {self.padding}) "
+                                        f"does not fit input {self.in_shape}")
+                if not self.out_shape:
+                    set_(self, "out_shape", self.in_shape[:2] + (oh, ow))
             if not self.out_shape:
                 set_(self, "out_shape", self.in_shape)
             if self.out_channels == 0 and len(self.out_shape) >= 2:

@@ -316,3 +316,12 @@ def test_make_inputs_is_seeded() -> None:
     (b,) = make_inputs(CONV, seed=1)
     (c,) = make_inputs(CONV, seed=2)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_pooling_shape_is_derived_and_impossible_pooling_rejected() -> None:
+    from hwloop.errors import WorkloadError
+    from hwloop.workload import LayerSpec
+
+    assert LayerSpec("pooling", (1, 8, 8, 8), kernel=2, stride=2, variant="max").out_shape == (1, 8, 4, 4)
+    with pytest.raises(WorkloadError, match="does not fit input"):
+        LayerSpec("pooling", (1, 8, 2, 2), kernel=5, variant="max")
