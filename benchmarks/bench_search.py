@@ -1,0 +1,238 @@
+"""Benchmark of the differentiable hardware-aware search (issue 7); docs/search.md quotes its output.
+
+One run measures, on one task/model/device:
+
+1. **Learned latency model**: layers of random compressed variants of the model (random widths
+   and bit-widths drawn from the shared search space) are measured on the device and an
+   XGBoost predictor is fitted on them (hardware in the loop; no pickles, saved as JSON/UBJ).
+2. **Baseline**: the unpruned model trained for the whole schedule (pretrain + search +
+   fine-tune epochs), timed, scored and measured on the device.
+3. **Predictor-driven search**: pretrain → search with the learned latency in the loss and a
+   latency target (dual ascent) → extract → fine-tune, timed; measured on the device.
+4. **FLOPs-only search**: the same pretrained weights and schedule, but the loss uses MACs only
+   (it ignores bit-widths and the device's tiles), at a MACs target; measured on the device.
+
+It prints a Markdown report (and writes ``report.json``, ``report.md`` and
+``latency_vs_accuracy.png`` to ``--out``): cost ratio (search run / baseline training),
+measured latency reduction and accuracy drop versus the baseline, predicted vs measured
+latency, and the two search points against each other.
+
+Reduced schedule (2 shared CPU cores; what docs/search.md quotes)::
+
+    python benchmarks/bench_search.py --train-limit 5000 --val-limit 2000 --epochs 3,3,3
+
+Full schedule (a GPU-class machine; CIFAR-10 with all 50k images)::
+
+    python benchmarks/bench_search.py --full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from hwloop.compress.extract import save_compressed  # noqa: E402
+from hwloop.compress.plan import CompressionPlan  # noqa: E402
+from hwloop.devices import MeasureRequest, create_device  # noqa: E402
+from hwloop.search.differentiable import SearchConfig, differentiable_search  # noqa: E402
+from hwloop.search.latency import PredictorLatency, SurrogateLatency  # noqa: E402
+from hwloop.search.report import layer_specs_with_bits, measure_compressed, predict_compressed  # noqa: E402
+from hwloop.search.space import SearchSpace, SpaceOptions  # noqa: E402
+from hwloop.search.train import make_task, train_epochs  # noqa: E402
+from hwloop.workload import WorkloadWarning, extract_layers  # noqa: E402
+
+
+def record_and_fit(space: SearchSpace, device: str, n_models: int, seed: int, out: Path) -> tuple[object, dict]:
+    """Measure the layers of ``n_models`` random compressed variants on ``device``; fit XGBoost on them."""
+    from tqdm.auto import tqdm
+
+    from hwloop.predict.learned import XGBoostPredictor
+
+    rng = np.random.default_rng(seed)
+    dev = create_device(device)
+    specs, ms = [], []
+    t0 = time.perf_counter()
+    for _ in tqdm(range(n_models), desc=f"recording {device}", leave=False):
+        cfg = space.sample(rng)
+        net, plan = space.compress(cfg)
+        layer_specs = [s for s in layer_specs_with_bits(net, space.example, plan) if s.op != "other"]
+        res = dev.measure([MeasureRequest.for_layer(s) for s in layer_specs])
+        for s, r in zip(layer_specs, res):
+            if r.ok:
+                specs.append(s)
+                ms.append(r.latency_ms)
+    rec_s = time.perf_counter() - t0
+    n = len(specs)
+    idx = rng.permutation(n)
+    cut = int(0.8 * n)
+    pred = XGBoostPredictor(n_estimators=400, max_depth=6, n_jobs=2, fingerprint=dev.fingerprint(),
+                            mode="asic" if getattr(dev, "backend", "") == "asic" else "eager")
+    y = np.asarray(ms)
+    pred.fit([specs[i] for i in idx[:cut]], y[idx[:cut]])
+    test = pred.predict([specs[i] for i in idx[cut:]])
+    ape = np.abs(test / y[idx[cut:]] - 1)
+    pred.fit(specs, y)
+    pred.save(out / "predictor.json")
+    info = {"layers": n, "models": n_models, "record_s": rec_s, "holdout_mape": float(ape.mean()),
+            "holdout_within_10pct": float((ape <= 0.10).mean())}
+    return pred, info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="cifar10")
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--device", default="asic-tpu32")
+    ap.add_argument("--train-limit", type=int, default=5000)
+    ap.add_argument("--val-limit", type=int, default=2000)
+    ap.add_argument("--epochs", default="3,3,3", help="pretrain,search,finetune epochs")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--target", type=float, default=0.45, help="latency target (fraction of the original)")
+    ap.add_argument("--flops-target", type=float, default=None, help="MACs target of the FLOPs-only search "
+                    "(default: the MACs ratio the predictor-driven search reached)")
+    ap.add_argument("--record-models", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--full", action="store_true", help="full schedule: all CIFAR-10, epochs 20,100,40")
+    ap.add_argument("--out", default="search/results/bench_cifar10_resnet20_asic")
+    args = ap.parse_args()
+    if args.full:
+        args.train_limit, args.val_limit, args.epochs = None, None, "20,100,40"
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    warnings.simplefilter("ignore", WorkloadWarning)
+    pre, srch, ft = (int(x) for x in args.epochs.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_lines: list[str] = []
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+        log_lines.append(msg)
+
+    task = make_task(args.task, args.model, batch_size=args.batch_size, train_limit=args.train_limit,
+                     val_limit=args.val_limit, seed=args.seed)
+    opts = SpaceOptions(bits=True, a_bits=8, tile=32 if args.device.startswith("asic-tpu") else 1)
+    space = SearchSpace.from_ref(task.ref, opts)
+    pred, pinfo = record_and_fit(space, args.device, args.record_models, args.seed, out)
+    say(f"predictor: {pinfo['layers']} layers of {pinfo['models']} random variants measured on {args.device} in "
+        f"{pinfo['record_s']:.1f} s; hold-out MAPE {pinfo['holdout_mape']:.1%}, within 10%: "
+        f"{pinfo['holdout_within_10pct']:.1%}")
+    example = task.ref.example_input()
+
+    # --- baseline: the unpruned model trained for the same schedule length
+    base = task.ref.build().train()
+    rb = train_epochs(base, task.train, pre + srch + ft, args.lr, progress=True, desc="baseline")
+    acc_base = task.eval_fn(base)
+    orig_plan = CompressionPlan(base=task.ref.to_dict())
+    m_base = measure_compressed(args.device, base, orig_plan, example=example, method="layers")["latency_ms"]
+    p_base = predict_compressed(pred, base, example, None)
+    say(f"baseline: {pre + srch + ft} epochs in {rb['seconds']:.1f} s, accuracy {acc_base:.2f}%, "
+        f"measured {m_base:.4f} ms, predicted {p_base:.4f} ms")
+
+    # --- shared pretraining
+    model = task.ref.build().train()
+    rp = train_epochs(model, task.train, pre, args.lr, progress=True, desc="pretrain") if pre else {"seconds": 0.0}
+    acc_pre = task.eval_fn(model)
+    say(f"pretrained {pre} epochs in {rp['seconds']:.1f} s, accuracy {acc_pre:.2f}%")
+
+    results = {}
+    for label in ("predictor", "flops"):
+        sp = SearchSpace.from_ref(task.ref, opts, model=model)
+        lat: PredictorLatency | SurrogateLatency
+        if label == "flops":
+            lat = SurrogateLatency(sp, bits_aware=False)
+            target = args.flops_target or results["predictor"]["macs"] / results["predictor"]["original_macs"]
+        else:
+            lat, target = PredictorLatency(sp, pred, progress=True), args.target
+        cfg = SearchConfig(search_epochs=srch, finetune_epochs=ft, lr=args.lr, target=target, tile=opts.tile,
+                           seed=args.seed)
+        res = differentiable_search(sp, lat, task.train, task.eval_fn, cfg, log=lambda m, lb=label: say(f"[{lb}] {m}"),
+                                    progress=True)
+        save_compressed(res.model, res.plan, out / label)
+        meas = measure_compressed(args.device, res.model, res.plan, example=example, method="layers")["latency_ms"]
+        predicted = predict_compressed(pred, res.model, example, res.plan)
+        macs = sum(s.macs for s in extract_layers(res.model, example) if s.op in ("conv2d", "linear"))
+        omacs = sum(s.macs for s in extract_layers(model, example) if s.op in ("conv2d", "linear"))
+        total_s = rp["seconds"] + sum(res.seconds.values())
+        results[label] = {
+            "target": target, "accuracy": res.accuracy, "accuracy_extracted": res.accuracy_extracted,
+            "measured_ms": meas, "predicted_ms": predicted, "prediction_error": predicted / meas - 1,
+            "measured_reduction": 1 - meas / m_base, "accuracy_drop": acc_base - (res.accuracy or 0.0),
+            "macs": macs, "original_macs": omacs, "params": sum(p.numel() for p in res.model.parameters()),
+            "seconds": {"pretrain": rp["seconds"], **res.seconds, "total": total_s},
+            "cost_ratio": total_s / rb["seconds"], "plan": res.plan.to_dict(), "sizes": res.sizes,
+        }
+        say(f"[{label}] measured {meas:.4f} ms ({1 - meas / m_base:.1%} lower than baseline), predicted "
+            f"{predicted:.4f} ms ({predicted / meas - 1:+.1%}), accuracy {res.accuracy:.2f}% "
+            f"(baseline {acc_base:.2f}%), MACs {macs / omacs:.1%}, wall {total_s:.1f} s = "
+            f"{total_s / rb['seconds']:.2f} x baseline training")
+
+    report = {"args": vars(args), "predictor": pinfo, "baseline": {"accuracy": acc_base, "measured_ms": m_base,
+              "predicted_ms": p_base, "seconds": rb["seconds"], "pretrained_accuracy": acc_pre}, "runs": results,
+              "torch_threads": torch.get_num_threads()}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+    md = markdown(report)
+    (out / "report.md").write_text(md, encoding="utf-8")
+    (out / "bench.log").write_text("\n".join(log_lines) + "\n", encoding="utf-8")
+    plot(report, out / "latency_vs_accuracy.png")
+    print()
+    print(md)
+    return 0
+
+
+def markdown(r: dict) -> str:
+    b = r["baseline"]
+    a = r["args"]
+    lines = [f"### {a['model']} on {a['task']} (train {a['train_limit'] or 'all'}, val {a['val_limit'] or 'all'}), "
+             f"device {a['device']}, epochs pretrain,search,finetune = {a['epochs']}", "",
+             f"predictor: XGBoost on {r['predictor']['layers']} measured layers, hold-out MAPE "
+             f"{r['predictor']['holdout_mape']:.1%} ({r['predictor']['holdout_within_10pct']:.0%} within 10%)", "",
+             "| run | accuracy % | Δacc vs baseline | measured ms | vs baseline | predicted ms | pred. error | MACs | "
+             "params | wall s | cost vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| unpruned baseline | {b['accuracy']:.2f} | – | {b['measured_ms']:.4f} | – | {b['predicted_ms']:.4f} | "
+             f"{b['predicted_ms'] / b['measured_ms'] - 1:+.1%} | 100% | – | {b['seconds']:.1f} | 1.00 |"]
+    for label, x in r["runs"].items():
+        lines.append(f"| {label}-driven search (target {x['target']:.2f}) | {x['accuracy']:.2f} | "
+                     f"{-x['accuracy_drop']:+.2f} | {x['measured_ms']:.4f} | {-x['measured_reduction']:+.1%} | "
+                     f"{x['predicted_ms']:.4f} | {x['prediction_error']:+.1%} | {x['macs'] / x['original_macs']:.1%} |"
+                     f" {x['params']} | {x['seconds']['total']:.1f} | {x['cost_ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    b = r["baseline"]
+    ax.scatter([b["measured_ms"]], [b["accuracy"]], color="k", label="unpruned (same epochs)")
+    colors = {"predictor": "tab:red", "flops": "tab:blue"}
+    for label, x in r["runs"].items():
+        ax.scatter([x["measured_ms"]], [x["accuracy"]], color=colors.get(label, "gray"), label=f"{label}-driven")
+        ax.scatter([x["predicted_ms"]], [x["accuracy"]], color=colors.get(label, "gray"), marker="x")
+    ax.set_xlabel(f"latency on {r['args']['device']} (ms; x = predicted)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
