@@ -1,4 +1,4 @@
-"""Record the local-CPU predictor data set into ``measurements/local-cpu/``.
+"""Record a predictor data set: the local CPU (default) or any device profile (``--device``).
 
 Layers (isolated): every unique op of random-width built-in models (seed 1) plus random
 layers from a broad grid. Whole models (seed 2, so their widths differ from the layer
@@ -10,12 +10,17 @@ Raw results are appended as JSON lines (one ``{"fingerprint", "request", "result
 the arguments of ``MeasurementStore.add``) to ``--raw`` (default ``$HWLOOP_HOME/record-local-cpu``),
 so an interrupted run resumes where it stopped. At the end they are written to ``--out`` as
 store exports: ``measurements.parquet`` (import with ``hwloop data import``) and
-``repeat.parquet`` (the second measurement of the subset), plus ``workloads.jsonl`` (the
-traced workload of every measured model, so fitting needs no torch.export).
+``repeat.parquet`` (the second measurement of the subset), plus ``workloads.jsonl.gz`` (the
+traced workload of every measured model, gzipped, so fitting needs no torch.export).
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/record_cpu_dataset.py [--out measurements/local-cpu] [--quick]
+    python benchmarks/record_cpu_dataset.py --device asic-tpu32 --out measurements/asic-tpu32
+
+``local-cpu`` is measured with one thread (``CpuDevice(threads=1)``) and the timings below;
+other devices use their profile's timing, and accelerators (backend ``asic``) also get
+quantised layer variants (``w_bits``/``a_bits`` in 2–8).
 """
 
 from __future__ import annotations
@@ -36,12 +41,59 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from hwloop.devices.base import MeasureRequest, TimingConfig  # noqa: E402
-from hwloop.devices.cpu import CpuDevice  # noqa: E402
+from hwloop.devices._timing import Timer, time_fn  # noqa: E402
+from hwloop.devices.base import DeviceFingerprint, MeasureResult, summarize  # noqa: E402
+from hwloop.devices.cpu import CpuDevice, prepare_request, time_model_layers  # noqa: E402
+from hwloop.devices.profiles import create_device  # noqa: E402
 from hwloop.predict.sampling import random_layer_specs, random_model_refs, unique_specs  # noqa: E402
 from hwloop.workload import WorkloadWarning, extract_workload  # noqa: E402
 
 LAYER_TIMING = TimingConfig(warmup=3, repeats=25, min_repeat_ms=1.0, max_cv=0.08, max_retries=1, timeout_s=60)
 MODEL_TIMING = TimingConfig(warmup=3, repeats=40, min_repeat_ms=0.5, max_cv=0.08, max_retries=1, timeout_s=120)
+
+
+class ThreadCpuTimer(Timer):
+    """Milliseconds of CPU time of the calling thread per call (``CLOCK_THREAD_CPUTIME_ID``)."""
+
+    def time(self, fn, number: int) -> float:  # noqa: ANN001
+        t0 = time.thread_time_ns()
+        for _ in range(number):
+            fn()
+        return (time.thread_time_ns() - t0) / 1e6 / number
+
+
+class ThreadCpuDevice(CpuDevice):
+    """``CpuDevice(threads=1)`` timed by the measuring thread's CPU time instead of the wall clock.
+
+    With one intra-op thread every op runs on the calling thread, so its CPU time equals the
+    wall-clock latency on an idle core — but, unlike the wall clock, it does not count the
+    time other users' processes hold the core. On a shared machine that is the difference
+    between a whole-model timing that reproduces and one that varies 2× between sessions.
+    The clock is part of the fingerprint identity.
+    """
+
+    def __init__(self, name: str = "local-cpu", **kw) -> None:  # noqa: ANN003
+        super().__init__(name=name, threads=1, **kw)
+
+    def fingerprint(self) -> DeviceFingerprint:
+        fp = super().fingerprint()
+        return DeviceFingerprint(fp.name, fp.backend, {**fp.identity, "clock": "thread_cpu_time"}, fp.info)
+
+    def _timer(self) -> Timer:
+        return ThreadCpuTimer()
+
+    def _measure_one(self, req: MeasureRequest, timing: TimingConfig, deadline=None) -> MeasureResult:  # noqa: ANN001
+        model, inputs = prepare_request(req)
+        kw = {"deadline": deadline} if deadline is not None else {}
+        with torch.inference_mode():
+            res = time_fn(lambda: model(*inputs), timing, self._timer(), request_key=req.key,
+                          extra={"threads": 1, "clock": "thread_cpu_time"}, **kw)
+        if req.kind == "model_layers":
+            ck = {"check": deadline.check} if deadline is not None else {}
+            per = time_model_layers(model, inputs, timing, time.thread_time_ns, lambda a, b: (b - a) / 1e6, **ck)
+            res = summarize(res.samples_ms, timing, request_key=req.key, attempts=res.attempts, per_layer_ms=per,
+                            extra=dict(res.extra))
+        return res
 
 
 def _done(path: Path) -> set[str]:
@@ -78,11 +130,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="measurements/local-cpu")
     ap.add_argument("--export-only", action="store_true", help="only convert the raw log to store exports")
+    ap.add_argument("--device", default="local-cpu", help="device profile name")
+    ap.add_argument("--clock", default="thread", choices=("thread", "wall"),
+                    help="local-cpu only: thread CPU time (default; robust on a shared machine) or wall clock")
+    ap.add_argument("--random-layers", type=int, default=1500, help="layers drawn from the random grid")
+    ap.add_argument("--models", type=int, default=16, help="whole models per family at batch 1")
+    ap.add_argument("--models-b2", type=int, default=6, help="whole models per family at batch 2")
     ap.add_argument("--raw", default=None, help="folder of the resumable JSON-lines log")
     ap.add_argument("--quick", action="store_true", help="a tiny data set (for a smoke test)")
     args = ap.parse_args()
     home = Path(os.environ.get("HWLOOP_HOME") or Path.home() / ".hwloop").expanduser()
-    raw = Path(args.raw) if args.raw else home / ("record-local-cpu" + ("-quick" if args.quick else ""))
+    tag = f"{args.device}-wallclock" if args.device == "local-cpu" and args.clock == "wall" else args.device
+    raw = Path(args.raw) if args.raw else home / (f"record-{tag}" + ("-quick" if args.quick else ""))
     raw.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", WorkloadWarning)
@@ -96,8 +155,8 @@ def main() -> None:
 
     # whole models (seed 2) and their workloads
     rng2 = np.random.default_rng(2)
-    models = random_model_refs(max(2, int(16 * scale)), rng2, batch=1)
-    models += random_model_refs(max(1, int(6 * scale)), rng2, batch=2, include_default=False)
+    models = random_model_refs(max(2, int(args.models * scale)), rng2, batch=1)
+    models += random_model_refs(max(1, int(args.models_b2 * scale)), rng2, batch=2, include_default=False)
     wpath = raw / "workloads.jsonl"
     have = set()
     if wpath.exists():
@@ -114,20 +173,26 @@ def main() -> None:
     specs = []
     for ref in tqdm(pool_models, desc="trace layer pool", unit="model"):
         specs += [s for s in extract_workload(ref.build(), ref.example_input()).layers if s.op != "other"]
-    specs += random_layer_specs(int(1500 * scale), rng1)
+    if args.device == "local-cpu":
+        dev = ThreadCpuDevice("local-cpu") if args.clock == "thread" else CpuDevice(name="local-cpu", threads=1)
+        layer_t, model_t = LAYER_TIMING, MODEL_TIMING
+    else:
+        dev = create_device(args.device)
+        layer_t = model_t = dev.timing  # type: ignore[attr-defined]
+    bits = ((None, None), (8, 8), (4, 8), (2, 8), (4, 4)) if dev.fingerprint().backend == "asic" else ((None, None),)
+    specs += random_layer_specs(int(args.random_layers * scale), rng1, bits=bits)
     specs = unique_specs(specs)
     order = rng1.permutation(len(specs))
     specs = [specs[i] for i in order]
     print(f"{len(specs)} unique layers, {len(models)} models")
 
-    dev = CpuDevice(name="local-cpu", threads=1)
-    _measure(dev, [MeasureRequest.for_layer(s) for s in specs], raw / "layers.jsonl", LAYER_TIMING, "layers")
+    _measure(dev, [MeasureRequest.for_layer(s) for s in specs], raw / "layers.jsonl", layer_t, "layers")
     _measure(dev, [MeasureRequest.for_model(m, per_layer=True) for m in models], raw / "models.jsonl",
-             MODEL_TIMING, "models")
+             model_t, "models")
     rep = [MeasureRequest.for_layer(specs[i]) for i in rng1.choice(len(specs), min(300, len(specs)), replace=False)]
-    _measure(dev, rep, raw / "repeat.jsonl", LAYER_TIMING, "repeat layers")
+    _measure(dev, rep, raw / "repeat.jsonl", layer_t, "repeat layers")
     rep = [MeasureRequest.for_model(models[i], per_layer=True) for i in range(0, len(models), 4)]
-    _measure(dev, rep, raw / "repeat.jsonl", MODEL_TIMING, "repeat models")
+    _measure(dev, rep, raw / "repeat.jsonl", model_t, "repeat models")
     export(raw, out)
     print(f"done in {time.time() - t0:.0f} s")
 
@@ -154,7 +219,11 @@ def export(raw: Path, out: Path) -> None:
                            MeasureResult.from_dict(rec["result"]))
             n = st.export(out / target)
         print(f"wrote {n} rows to {out / target}")
-    shutil.copyfile(raw / "workloads.jsonl", out / "workloads.jsonl")
+    import gzip
+
+    with open(raw / "workloads.jsonl", "rb") as src, open(out / "workloads.jsonl.gz", "wb") as f, \
+            gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as dst:
+        shutil.copyfileobj(src, dst)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "depthwise", "in_per_group", "log2_macs", "log2_bytes", "log2_params", "log2_in_elements",
     "log2_out_elements", "arithmetic_intensity", "out_spatial",
     "cin_mod8", "cin_mod16", "cin_mod32", "cin_mod64", "cout_mod8", "cout_mod16", "cout_mod32", "cout_mod64",
-    "rank_mod8", "rank_mod16",
+    "rank_mod8", "rank_mod16", "pad_ratio8", "pad_ratio16", "pad_ratio32", "pad_ratio64", "log2_padded_macs32",
+    "gemm_m", "gemm_k", "gemm_n", "log2_gemm_m", "log2_gemm_k", "log2_gemm_n",
+    "folds16", "folds32", "folds64", "log2_fold_work16", "log2_fold_work32", "log2_fold_work64",
+    "lowrank_folds16", "lowrank_folds32", "lowrank_folds64",
 )
 
 
@@ -85,6 +88,35 @@ def spec_table(specs: Sequence[LayerSpec]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
+def _pad(c: np.ndarray, t: int) -> np.ndarray:
+    """Tile waste: channels rounded up to a multiple of ``t``, divided by channels (1 when aligned)."""
+    c = np.maximum(c, 1)
+    return np.ceil(c / t) * t / c
+
+
+def _gemm(t: np.ndarray) -> list[np.ndarray]:
+    """GEMM view ``M×K · K×N`` (per group) and array-fold counts for 16/32/64-wide arrays.
+
+    conv: M = batch·out positions, K = in/groups·kernel area, N = out/groups (× groups folds);
+    linear/matmul: M = rows, K = in, N = out; low-rank: N = rank, plus the second factor's folds
+    (rank × out); other ops: M = elements.
+    """
+    c = {n: t[:, _R[n]] for n in RAW_COLUMNS}
+    op = c["op"].astype(np.int64)
+    g = np.maximum(c["groups"], 1)
+    conv, dense = op == 0, (op == 1) | (op == 2)
+    rank = c["rank"]
+    m = np.where(conv, c["batch"] * c["out_h"] * c["out_w"],
+                 np.where(dense, c["in_elements"] / np.maximum(c["in_channels"], 1), c["out_elements"]))
+    k = np.where(conv, c["in_channels"] / g * c["kernel_h"] * c["kernel_w"], np.where(dense, c["in_channels"], 1))
+    n = np.where(conv | dense, np.where(rank > 0, rank, c["out_channels"] / np.where(conv, g, 1)), 1)
+    reps = np.where(conv, g, 1)
+    out = [m, k, n, np.log2(m + 1), np.log2(k + 1), np.log2(n + 1)]
+    folds = [np.ceil(k / w) * np.ceil(n / w) * reps for w in (16, 32, 64)]
+    second = [np.where(rank > 0, np.ceil(rank / w) * np.ceil(c["out_channels"] / w), 0) for w in (16, 32, 64)]
+    return out + folds + [np.log2(f * (m + 2 * w) + 1) for f, w in zip(folds, (16, 32, 64))] + second
+
+
 def features_from_table(t: np.ndarray) -> np.ndarray:
     """Every feature in :data:`FEATURE_NAMES` from a raw table (vectorised, float32)."""
     t = np.asarray(t, dtype=np.float64)
@@ -108,6 +140,9 @@ def features_from_table(t: np.ndarray) -> np.ndarray:
         np.log2(c("in_elements") + 1), np.log2(c("out_elements") + 1), macs / np.maximum(nbytes, 1),
         c("out_h") * c("out_w"),
         cin % 8, cin % 16, cin % 32, cin % 64, cout % 8, cout % 16, cout % 32, cout % 64, rank % 8, rank % 16,
+        *(_pad(cin, t) * _pad(cout, t) for t in (8, 16, 32, 64)),
+        np.log2(macs * _pad(cin, 32) * _pad(cout, 32) + 1),
+        *_gemm(t),
     ]
     out = np.column_stack([x if x.ndim == 2 else x[:, None] for x in cols]).astype(np.float32)
     return out

@@ -258,10 +258,13 @@ class TrainingData:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
+    import gzip
+
+    gz = path.with_name(path.name + ".gz")
+    if not path.exists() and not gz.exists():
         return []
     out = []
-    with open(path, encoding="utf-8") as f:
+    with (open(path, encoding="utf-8") if path.exists() else gzip.open(gz, "rt", encoding="utf-8")) as f:
         for line in f:
             if not line.strip():
                 continue
@@ -365,7 +368,7 @@ def load_training_data(source: Any, *, device: str | None = None, mode: str | No
     Args:
         source: a store URL (``sqlite:///...``, ``postgresql://...``) or a directory holding a store
             export ``measurements.parquet`` (or ``layers.jsonl``/``models.jsonl``), plus optionally
-            ``workloads.jsonl`` (traced workloads, so models need not be traced again).
+            ``workloads.jsonl[.gz]`` (traced workloads, so models need not be traced again).
         device: device name (or fingerprint key) to select.
         mode: execution mode to select (default: whatever the data holds).
         statistic: ``"min"`` (the minimum over timed samples: the uncontended latency, robust on a

@@ -37,8 +37,8 @@ def _ch(rng: Any, lo: int = 4, hi: int = 512) -> int:
     return max(1, c)
 
 
-def random_layer_specs(n: int, rng: Any, *, batches: Sequence[int] = (1, 2), dtype: str = "float32"
-                       ) -> list[LayerSpec]:
+def random_layer_specs(n: int, rng: Any, *, batches: Sequence[int] = (1, 2), dtype: str = "float32",
+                       bits: Sequence[tuple[int | None, int | None]] = ((None, None),)) -> list[LayerSpec]:
     """``n`` random layers covering the op kinds of CIFAR-sized CNNs.
 
     Args:
@@ -46,6 +46,7 @@ def random_layer_specs(n: int, rng: Any, *, batches: Sequence[int] = (1, 2), dty
         rng: a ``numpy.random.Generator``.
         batches: batch sizes to draw from.
         dtype: element type of every spec.
+        bits: ``(w_bits, a_bits)`` choices drawn uniformly for conv2d/linear specs.
 
     Returns:
         Specs of kinds conv2d (dense 3×3/1×1, depthwise, low-rank), linear, batchnorm,
@@ -97,6 +98,9 @@ def random_layer_specs(n: int, rng: Any, *, batches: Sequence[int] = (1, 2), dty
                 out.append(LayerSpec("add", (b, cin, hw, hw), dtype=dtype))
         except Exception:  # noqa: BLE001 - an invalid random combination is simply redrawn
             continue
+        if len(bits) > 1 and out[-1].op in ("conv2d", "linear"):
+            wb, ab = bits[int(rng.integers(len(bits)))]
+            out[-1] = out[-1].replace(w_bits=wb, a_bits=ab, out_shape=out[-1].out_shape)
     return out
 
 
