@@ -289,7 +289,7 @@ def from_plan(plan: Mapping[str, Any], weights: str | None = None) -> nn.Module:
 
         try:
             state = load_file(str(weights))
-        except (OSError, Exception) as e:  # safetensors raises its own error types
+        except Exception as e:  # OSError or safetensors' own error types
             raise CompressionError(f"cannot read weights {weights!r}: {e}") from e
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

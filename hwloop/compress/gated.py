@@ -151,14 +151,7 @@ class GatedModel(nn.Module):
 
     # ------------------------------------------------------------------ hooks
     def _attach(self) -> None:
-        for g in self.space.graph.groups:
-            gate = self.channel_gates.get(g.key)
-            if gate is None:
-                continue
-            for site in g.sites:
-                mod = get_module(self.net, site)
-                self._handles.append(mod.register_forward_hook(
-                    lambda m, i, o, gate=gate: o * _broadcast(gate.values(), o)))
+        self._attach_hooks()
         for name, bg in self.bit_gates.items():
             parametrize.register_parametrization(get_module(self.net, name), "weight", GatedWeight(bg))
 
@@ -208,7 +201,7 @@ class GatedModel(nn.Module):
             net = copy.deepcopy(self.net)
         finally:
             self._handles.clear()
-            self._reattach_hooks()
+            self._attach_hooks()
         for name, w in state.items():
             mod = get_module(net, name)
             parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
@@ -216,7 +209,8 @@ class GatedModel(nn.Module):
                 mod.weight.copy_(w)
         return net
 
-    def _reattach_hooks(self) -> None:
+    def _attach_hooks(self) -> None:
+        """Multiply each group's gate into the outputs of its sites."""
         for g in self.space.graph.groups:
             gate = self.channel_gates.get(g.key)
             if gate is None:

@@ -146,12 +146,8 @@ class SurrogateLatency(_SlotLatency):
             t = self._terms[s.name]
             cin, cout, bits = _slot_size(s, sizes)
             k = int(t["kind"])
-            if s.depthwise:
-                n_in.append(cout if cout is not None else torch.tensor(t["n_in"]))
-            elif k == 3:
-                n_in.append(cin if cin is not None else torch.tensor(t["n_in"]))
-            else:
-                n_in.append(cin if cin is not None else torch.tensor(t["n_in"]))
+            width_in = cout if s.depthwise else cin  # a depthwise conv's cost follows its (shared) width
+            n_in.append(width_in if width_in is not None else torch.tensor(t["n_in"]))
             n_out.append(cout if cout is not None else torch.tensor(t["n_out"]))
             c.append(t["c"])
             kind.append(k)

@@ -45,19 +45,21 @@ def space_options(spec: SearchSpec) -> SpaceOptions:
                         a_bits=s.a_bits, min_keep_ratio=s.min_keep_ratio, tile=s.tile)
 
 
-def _logger(run_dir: Path, echo: Callable[[str], None] | None) -> Callable[[str], None]:
-    log_path = run_dir / "search.log"
-    fh = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed by the returned closure's owner
+class _RunLog:
+    """Appends timestamped lines to ``search.log`` in the run directory (and echoes them)."""
 
-    def say(msg: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {msg}"
-        fh.write(line + "\n")
-        fh.flush()
-        if echo:
-            echo(msg)
+    def __init__(self, path: Path, echo: Callable[[str], None] | None) -> None:
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._echo = echo
 
-    say.close = fh.close  # type: ignore[attr-defined]
-    return say
+    def __call__(self, msg: str) -> None:
+        self._fh.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+        self._fh.flush()
+        if self._echo:
+            self._echo(msg)
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def run_spec(spec: SearchSpec, run_dir: str | Path, *, progress: bool = True, echo: Callable[[str], None] | None = None,
@@ -65,11 +67,11 @@ def run_spec(spec: SearchSpec, run_dir: str | Path, *, progress: bool = True, ec
     """Run ``spec`` and write everything into ``run_dir``; returns the metrics dict."""
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say = _logger(out, echo)
+    say = _RunLog(out / "search.log", echo)
     try:
         return _run(spec, out, say, progress, predictor)
     finally:
-        say.close()  # type: ignore[attr-defined]
+        say.close()
 
 
 def _run(spec: SearchSpec, out: Path, say: Callable[[str], None], progress: bool, predictor: Any) -> dict[str, Any]:

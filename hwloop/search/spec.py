@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from types import MappingProxyType
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,8 +157,9 @@ class SearchSpec:
     seed: int = 0
     path: str | None = None
 
-    _SECTIONS = {"model": ModelSection, "data": DataSection, "device": DeviceSection, "predictor": PredictorSection,
-                 "budget": BudgetSection, "space": SpaceSection, "schedule": ScheduleSection}
+    _SECTIONS = MappingProxyType({"model": ModelSection, "data": DataSection, "device": DeviceSection,
+                                  "predictor": PredictorSection, "budget": BudgetSection, "space": SpaceSection,
+                                  "schedule": ScheduleSection})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> SearchSpec:
