@@ -167,3 +167,25 @@ def test_run_compare_small_end_to_end(tmp_path: Path) -> None:
     # a second run reuses the finished studies (resume) and gives the same Optuna candidates
     again = run_compare(spec, tmp_path / "out", progress=False)
     assert again["methods"]["tpe"]["hypervolume"] == pytest.approx(t["hypervolume"])
+
+
+@require_tvm
+@pytest.mark.timeout(300)
+def test_optuna_vs_differentiable_notebook_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO / "notebooks" / "optuna_vs_differentiable.ipynb", as_version=4)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    t0 = time.perf_counter()
+    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    elapsed = time.perf_counter() - t0
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "compute ratio TPE / differentiable" in text and "measured" in text
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2
+    print(f"notebook executed in {elapsed:.1f} s")
