@@ -197,3 +197,33 @@ def test_cli_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     err = capsys.readouterr().err
     assert "target" in err and "Traceback" not in err
     assert main(["search", "space", "nope_model"]) == 2
+
+
+class _UserNet(torch.nn.Module):
+    """A user model with a residual add and no ModelRef: the Python API must handle it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 12, 3, padding=1)
+        self.a = torch.nn.Conv2d(12, 12, 3, padding=1)
+        self.b = torch.nn.Conv2d(12, 12, 3, padding=1)
+        self.head = torch.nn.Linear(12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        h = torch.relu(h + self.b(torch.relu(self.a(h))))
+        return self.head(h.mean((2, 3)))
+
+
+def test_python_api_on_a_user_model() -> None:
+    task = make_task("digits", "small_cnn", batch_size=64, train_limit=512)
+    torch.manual_seed(0)
+    net = _UserNet()
+    space = SearchSpace(net, torch.randn(1, 1, 8, 8), SpaceOptions(lowrank=("a",)))
+    assert {d.name for d in space.dimensions()} == {"width:stem", "rank:a", "width:a"}
+    assert set(space.graph.group("stem").out_layers) >= {"stem", "b"}   # tied through the residual add
+    res = differentiable_search(space, SurrogateLatency(space), task.train, task.eval_fn,
+                                SearchConfig(search_epochs=2, finetune_epochs=1, target=0.5))
+    assert res.plan.base is None and res.predicted <= 0.5 * res.original
+    out = res.model(torch.randn(3, 1, 8, 8))
+    assert out.shape == (3, 10)
