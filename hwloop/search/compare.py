@@ -477,6 +477,10 @@ def run_compare(spec: CompareSpec, out_dir: str | Path, *, progress: bool = True
     summary = summarize_candidates(cands, unit=spec.unit, reference=(spec.reference_accuracy, spec.budget),
                                    baseline=spec.baseline, targets=spec.targets or (spec.budget,))
     summary["latency"] = "measured" if spec.measure else "predicted"
+    summary["ratio_by_unit"] = {
+        u: summarize_candidates(cands, unit=u, reference=(spec.reference_accuracy, spec.budget),
+                                baseline=spec.baseline, targets=spec.targets or (spec.budget,))[
+            "compute_ratio_baseline_over_differentiable"] for u in ("train_images", "epochs", "wall_s")}
     full = ComputeLedger(ledger.records)
     full.extend(dataclasses.replace(c.compute, phase=f"{c.method}:{c.setting}", trial=None) for c in cands)
     full.save(out / "ledger.json")
