@@ -62,6 +62,14 @@ class _RunLog:
         self._fh.close()
 
 
+def _default_store() -> str | None:
+    """The default measurement store's URL when its file exists (``$HWLOOP_HOME/measurements.db``)."""
+    from hwloop.store import default_store_url
+
+    url = default_store_url()
+    return url if Path(url.removeprefix("sqlite:///")).is_file() else None
+
+
 def run_spec(spec: SearchSpec, run_dir: str | Path, *, progress: bool = True, echo: Callable[[str], None] | None = None,
              predictor: Any = None) -> dict[str, Any]:
     """Run ``spec`` and write everything into ``run_dir``; returns the metrics dict."""
@@ -102,7 +110,7 @@ def _run(spec: SearchSpec, out: Path, say: Callable[[str], None], progress: bool
 
     space = SearchSpace.from_ref(task.ref, space_options(spec), model=model)
     lat = select_latency_model(space, predictor=predictor, predictor_path=spec.predictor.path,
-                               store=spec.predictor.store, device=spec.device.name,
+                               store=spec.predictor.store or _default_store(), device=spec.device.name,
                                objective=spec.predictor.objective, log=say, progress=progress,
                                max_grid_points=spec.predictor.max_grid_points)
     cfg = SearchConfig(search_epochs=sch.search_epochs, finetune_epochs=sch.finetune_epochs, lr=sch.lr,
