@@ -9,13 +9,12 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import require_tvm
 
 from hwloop.cli import main
 from hwloop.errors import ConfigError
 from hwloop.search.compare import CompareSpec, run_compare
 from hwloop.search.pareto import hypervolume_2d
-
-from conftest import require_tvm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,7 +144,8 @@ def test_run_compare_small_end_to_end(tmp_path: Path) -> None:
     for f in ("candidates.csv", "summary.md", "summary.json", "ledger.json", "fronts.png", "hv_vs_compute.png",
               "pretrained.safetensors", "optuna.db"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
-    rows = list(csv.DictReader(open(out / "candidates.csv", encoding="utf-8")))
+    with open(out / "candidates.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
     assert [r["method"] for r in rows].count("differentiable") == 2
     assert [r["method"] for r in rows].count("tpe") == 3 and [r["method"] for r in rows].count("random") == 3
     for m in ("differentiable", "tpe", "random"):

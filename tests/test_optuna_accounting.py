@@ -49,11 +49,10 @@ def test_phase_times_wall_clock_and_counts() -> None:
 def test_phase_records_even_when_block_raises() -> None:
     clock = FakeClock()
     led = ComputeLedger(clock=clock)
-    with pytest.raises(RuntimeError):
-        with led.phase("train", trial=0) as p:
-            p.train_images += 10
-            clock.t += 2
-            raise RuntimeError("diverged")
+    with pytest.raises(RuntimeError), led.phase("train", trial=0) as p:
+        p.train_images += 10
+        clock.t += 2
+        raise RuntimeError("diverged")
     assert led.total().train_images == 10 and led.total().wall_s == 2.0
 
 

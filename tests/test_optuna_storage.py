@@ -14,8 +14,17 @@ from pathlib import Path
 import pytest
 
 from hwloop.errors import ConfigError, SearchError, StoreError
-from hwloop.search.optuna_search import (StudySettings, create_study, load_study, mask_url, open_storage,
-                                         parse_storage_url, run_worker, study_status, trial_rows)
+from hwloop.search.optuna_search import (
+    StudySettings,
+    create_study,
+    load_study,
+    mask_url,
+    open_storage,
+    parse_storage_url,
+    run_worker,
+    study_status,
+    trial_rows,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -73,8 +73,14 @@ def optuna_search(
     from hwloop.errors import ConfigError
     from hwloop.search.baselines import LATENCY_SOURCES
     from hwloop.search.compare import CompareSpec, _pretrain
-    from hwloop.search.optuna_search import (SAMPLERS, StudySettings, create_study, parse_storage_url, run_worker,
-                                             study_status)
+    from hwloop.search.optuna_search import (
+        SAMPLERS,
+        StudySettings,
+        create_study,
+        parse_storage_url,
+        run_worker,
+        study_status,
+    )
     from hwloop.search.spec import load_spec
 
     if sampler not in SAMPLERS:

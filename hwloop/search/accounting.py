@@ -36,7 +36,7 @@ from typing import Any
 
 from hwloop.errors import ConfigError
 
-__all__ = ["COMPUTE_UNITS", "ComputeRecord", "PhaseCounter", "ComputeLedger"]
+__all__ = ["COMPUTE_UNITS", "ComputeLedger", "ComputeRecord", "PhaseCounter"]
 
 #: The quantities a record counts; each can be the x-axis of a hypervolume-vs-compute curve.
 COMPUTE_UNITS = ("wall_s", "device_s", "train_images", "epochs", "device_measurements")

@@ -41,8 +41,15 @@ from hwloop.errors import ConfigError, SearchError
 from hwloop.search.accounting import ComputeLedger
 from hwloop.search.space import SearchSpace
 
-__all__ = ["CompressionObjective", "compression_objective", "suggest_config", "config_from_plan", "finetune",
-           "LATENCY_SOURCES", "MODES"]
+__all__ = [
+    "LATENCY_SOURCES",
+    "MODES",
+    "CompressionObjective",
+    "compression_objective",
+    "config_from_plan",
+    "finetune",
+    "suggest_config",
+]
 
 LATENCY_SOURCES = ("predictor", "measure")
 MODES = ("pareto", "accuracy")

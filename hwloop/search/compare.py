@@ -43,17 +43,18 @@ import dataclasses
 import json
 import math
 import time
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from hwloop.errors import ConfigError, SearchError
 from hwloop.search.accounting import COMPUTE_UNITS, ComputeLedger, ComputeRecord
 from hwloop.search.baselines import LATENCY_SOURCES
 from hwloop.search.optuna_search import PRUNERS, SAMPLERS
-from hwloop.search.pareto import compute_to_reach, hypervolume_2d, hypervolume_curve, pareto_front
+from hwloop.search.pareto import compute_to_reach, hypervolume_curve, pareto_front
 
 __all__ = ["CompareSpec", "load_compare_spec", "run_compare", "summarize_candidates"]
 
@@ -367,8 +368,8 @@ def _write_outputs(out: Path, spec: CompareSpec, cands: Sequence[_Candidate], su
                                                   **summary}, indent=1, default=float) + "\n", encoding="utf-8")
     unit = summary["unit"]
     lines = [f"# {spec.name}: differentiable search vs Optuna", "",
-             f"Hypervolume reference: accuracy {summary['reference'][0]:g} %, latency {summary['reference'][1]:g} x "
-             f"original{'' if original_ms is None else f' ({original_ms:.4g} ms measured)'}; compute in {unit}.", "",
+             (f"Hypervolume reference: accuracy {summary['reference'][0]:g} %, latency {summary['reference'][1]:g} x "
+              f"original{'' if original_ms is None else f' ({original_ms:.4g} ms measured)'}; compute in {unit}."), "",
              f"| method | candidates | hypervolume | total {unit} | {unit} to reach {summary['baseline']}'s best HV |",
              "|---|---:|---:|---:|---:|"]
     for m, r in summary["methods"].items():
@@ -376,8 +377,8 @@ def _write_outputs(out: Path, spec: CompareSpec, cands: Sequence[_Candidate], su
         lines.append(f"| {m} | {r['n_valid']}/{r['n_candidates']} | {r['hypervolume']:.4g} | "
                      f"{r['compute_total']:.4g} | {'not reached' if reach is None else f'{reach:.4g}'} |")
     ratio = summary["compute_ratio_baseline_over_differentiable"]
-    lines += ["", f"Compute ratio ({summary['baseline']} / differentiable, to reach {summary['baseline']}'s best "
-                  f"hypervolume): {'n/a (not reached)' if ratio is None else f'{ratio:.2f}x'}", "",
+    lines += ["", (f"Compute ratio ({summary['baseline']} / differentiable, to reach {summary['baseline']}'s best "
+                   f"hypervolume): {'n/a (not reached)' if ratio is None else f'{ratio:.2f}x'}"), "",
               "| method | " + " | ".join(f"best acc @ <= {t}" for t in next(iter(summary["methods"].values()))
                                          ["best_accuracy_at_target"]) + " |",
               "|---|" + "---:|" * len(next(iter(summary["methods"].values()))["best_accuracy_at_target"])]

@@ -50,9 +50,27 @@ from hwloop.search.accounting import ComputeLedger
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-__all__ = ["SAMPLERS", "PRUNERS", "OBJECTIVES", "DEFAULT_STORAGE", "StudySettings", "StudyStatus", "WorkerReport",
-           "ObjectiveFn", "parse_storage_url", "mask_url", "open_storage", "make_sampler", "make_pruner",
-           "create_study", "load_study", "run_worker", "study_status", "recover_stale_trials", "trial_rows"]
+__all__ = [
+    "DEFAULT_STORAGE",
+    "OBJECTIVES",
+    "PRUNERS",
+    "SAMPLERS",
+    "ObjectiveFn",
+    "StudySettings",
+    "StudyStatus",
+    "WorkerReport",
+    "create_study",
+    "load_study",
+    "make_pruner",
+    "make_sampler",
+    "mask_url",
+    "open_storage",
+    "parse_storage_url",
+    "recover_stale_trials",
+    "run_worker",
+    "study_status",
+    "trial_rows",
+]
 
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("none", "median", "halving", "hyperband")
@@ -103,7 +121,7 @@ def parse_storage_url(url: str | None) -> tuple[str, str]:
             return "postgresql", "postgresql+psycopg://" + rest
     if low.startswith("journal:"):
         path = u[len("journal:"):]
-        path = path[2:] if path.startswith("//") else path
+        path = path.removeprefix("//")
         if not path:
             raise ConfigError(f"storage URL {u!r} names no file; use journal:FILE")
         return "journal", path
@@ -509,7 +527,7 @@ class _Heartbeat:
         while not self._stop.wait(self._interval):
             self._storage.record_heartbeat(self._trial_id)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -619,7 +637,7 @@ def _run_one(study: optuna.Study, trial_id: int, fn: ObjectiveFn, worker_id: str
             values = [float(v) for v in fn(trial, ledger)]
         except optuna.TrialPruned:
             state = TrialState.PRUNED
-        except Exception as e:  # a failed trial is data, not a crash of the worker
+        except Exception as e:  # noqa: BLE001 - a failed trial is data, not a crash of the worker
             state = TrialState.FAIL
             error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         wall = time.perf_counter() - t0

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from hwloop.errors import ConfigError
 
-__all__ = ["pareto_front", "hypervolume_2d", "HvPoint", "hypervolume_curve", "compute_to_reach"]
+__all__ = ["HvPoint", "compute_to_reach", "hypervolume_2d", "hypervolume_curve", "pareto_front"]
 
 Point = Sequence[float]
 
@@ -99,9 +99,7 @@ def hypervolume_2d(points: Sequence[Point], reference: Point, *, maximize: Seque
     area = 0.0
     best_first = ra
     for i, (a, b) in enumerate(pts):
-        if a < best_first:
-            # strip between this second-objective value and the next improvement
-            best_first = a
+        best_first = min(best_first, a)  # strip between this second-objective value and the next one
         nxt = pts[i + 1][1] if i + 1 < len(pts) else rb
         area += (ra - best_first) * (nxt - b)
     return area
