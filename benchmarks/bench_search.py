@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 import warnings
@@ -38,18 +37,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from hwloop.compress.extract import save_compressed  # noqa: E402
-from hwloop.compress.plan import CompressionPlan  # noqa: E402
-from hwloop.devices import MeasureRequest, create_device  # noqa: E402
-from hwloop.search.differentiable import SearchConfig, differentiable_search  # noqa: E402
-from hwloop.search.latency import PredictorLatency, SurrogateLatency  # noqa: E402
-from hwloop.search.report import layer_specs_with_bits, measure_compressed, predict_compressed  # noqa: E402
-from hwloop.search.space import SearchSpace, SpaceOptions  # noqa: E402
-from hwloop.search.train import make_task, train_epochs  # noqa: E402
-from hwloop.workload import WorkloadWarning, extract_layers  # noqa: E402
+from hwloop.compress.extract import save_compressed
+from hwloop.compress.plan import CompressionPlan
+from hwloop.devices import MeasureRequest, create_device
+from hwloop.search.differentiable import SearchConfig, differentiable_search
+from hwloop.search.latency import PredictorLatency, SurrogateLatency
+from hwloop.search.report import layer_specs_with_bits, measure_compressed, predict_compressed
+from hwloop.search.space import SearchSpace, SpaceOptions
+from hwloop.search.train import make_task, train_epochs
+from hwloop.workload import WorkloadWarning, extract_layers
 
 
 def record_and_fit(space: SearchSpace, device: str, n_models: int, seed: int, out: Path) -> tuple[object, dict]:
@@ -195,15 +194,15 @@ def main() -> int:
 def markdown(r: dict) -> str:
     b = r["baseline"]
     a = r["args"]
-    lines = [f"### {a['model']} on {a['task']} (train {a['train_limit'] or 'all'}, val {a['val_limit'] or 'all'}), "
-             f"device {a['device']}, epochs pretrain,search,finetune = {a['epochs']}", "",
-             f"predictor: XGBoost on {r['predictor']['layers']} measured layers, hold-out MAPE "
-             f"{r['predictor']['holdout_mape']:.1%} ({r['predictor']['holdout_within_10pct']:.0%} within 10%)", "",
-             "| run | accuracy % | Δacc vs baseline | measured ms | vs baseline | predicted ms | pred. error | MACs | "
-             "params | wall s | cost vs baseline |",
+    lines = [(f"### {a['model']} on {a['task']} (train {a['train_limit'] or 'all'}, val {a['val_limit'] or 'all'}), "
+              f"device {a['device']}, epochs pretrain,search,finetune = {a['epochs']}"), "",
+             (f"predictor: XGBoost on {r['predictor']['layers']} measured layers, hold-out MAPE "
+              f"{r['predictor']['holdout_mape']:.1%} ({r['predictor']['holdout_within_10pct']:.0%} within 10%)"), "",
+             ("| run | accuracy % | Δacc vs baseline | measured ms | vs baseline | predicted ms | pred. error | MACs | "
+              "params | wall s | cost vs baseline |"),
              "|---|---|---|---|---|---|---|---|---|---|---|",
-             f"| unpruned baseline | {b['accuracy']:.2f} | – | {b['measured_ms']:.4f} | – | {b['predicted_ms']:.4f} | "
-             f"{b['predicted_ms'] / b['measured_ms'] - 1:+.1%} | 100% | – | {b['seconds']:.1f} | 1.00 |"]
+             (f"| unpruned baseline | {b['accuracy']:.2f} | – | {b['measured_ms']:.4f} | – | {b['predicted_ms']:.4f} | "
+              f"{b['predicted_ms'] / b['measured_ms'] - 1:+.1%} | 100% | – | {b['seconds']:.1f} | 1.00 |")]
     for label, x in r["runs"].items():
         lines.append(f"| {label}-driven search (target {x['target']:.2f}) | {x['accuracy']:.2f} | "
                      f"{-x['accuracy_drop']:+.2f} | {x['measured_ms']:.4f} | {-x['measured_reduction']:+.1%} | "

@@ -161,7 +161,7 @@ def test_mobilenetv2_depthwise_and_residual_groups() -> None:
     ref = ModelRef("mobilenetv2", {"width_mult": 0.5})
     space = SearchSpace.from_ref(ref)
     cfg = {d.name: 0.5 for d in space.dimensions()}
-    net, plan = space.compress(cfg)
+    net, _plan = space.compress(cfg)
     assert net(ref.example_input()).shape == (1, 10)
     for m in net.modules():
         if isinstance(m, torch.nn.Conv2d) and m.groups > 1:

@@ -14,7 +14,7 @@ import typer
 
 from hwloop.cli._app import search_app
 
-__all__ = ["run", "space", "show"]
+__all__ = ["run", "show", "space"]
 
 
 @search_app.command("run")
@@ -59,7 +59,7 @@ def _print_summary(m: dict) -> None:
     t.add_column("metric")
     t.add_column("original", justify="right")
     t.add_column("searched", justify="right")
-    fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
     t.add_row("accuracy %", fmt(m.get("original_accuracy")), fmt(m.get("accuracy")))
     t.add_row(f"latency model ({m.get('latency_unit')})", fmt(m.get("model_original")), fmt(m.get("model_predicted")))
     if "predicted_ms" in m:

@@ -32,8 +32,21 @@ from hwloop.compress.lowrank import factorize
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import CompressionError
 
-__all__ = ["ChannelGroup", "ModelGraph", "analyze", "group_key", "get_module", "set_module", "compress_",
-           "from_plan", "apply_bits_", "prune_groups_", "save_compressed", "load_compressed", "output_layers"]
+__all__ = [
+    "ChannelGroup",
+    "ModelGraph",
+    "analyze",
+    "apply_bits_",
+    "compress_",
+    "from_plan",
+    "get_module",
+    "group_key",
+    "load_compressed",
+    "output_layers",
+    "prune_groups_",
+    "save_compressed",
+    "set_module",
+]
 
 _WEIGHTED = (nn.Conv2d, nn.Linear)
 

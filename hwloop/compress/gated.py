@@ -44,7 +44,7 @@ from hwloop.errors import CompressionError
 if TYPE_CHECKING:  # pragma: no cover
     from hwloop.search.space import SearchSpace
 
-__all__ = ["GatedModel", "extract", "GatedWeight", "FixedQuant", "quantized_weights"]
+__all__ = ["FixedQuant", "GatedModel", "GatedWeight", "extract", "quantized_weights"]
 
 
 class GatedWeight(nn.Module):
@@ -71,7 +71,7 @@ class FixedQuant(nn.Module):
         return fake_quant(w, self.bits)
 
 
-class quantized_weights:  # noqa: N801 - used as a context manager
+class quantized_weights:
     """Context manager: train ``model`` with its listed weights fake-quantized; on exit the
     quantized values are baked in (the model stays a plain ``nn.Module``).
 
@@ -93,7 +93,7 @@ class quantized_weights:  # noqa: N801 - used as a context manager
                 parametrize.register_parametrization(get_module(self.model, name), "weight", FixedQuant(bits))
         return self.model
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for name, bits in self.w_bits.items():
             mod = get_module(self.model, name)
             if bits < 32 and parametrize.is_parametrized(mod, "weight"):

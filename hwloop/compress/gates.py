@@ -40,7 +40,7 @@ from torch import nn
 
 from hwloop.errors import CompressionError
 
-__all__ = ["Gate", "ChannelGate", "RankGate", "BitGate", "effective_size", "fake_quant", "BIT_LEVELS"]
+__all__ = ["BIT_LEVELS", "BitGate", "ChannelGate", "Gate", "RankGate", "effective_size", "fake_quant"]
 
 BIT_LEVELS: tuple[int, ...] = (2, 4, 8)
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from hwloop.errors import CompressionError
 
-__all__ = ["factorize", "merge", "full_rank", "is_factorizable"]
+__all__ = ["factorize", "full_rank", "is_factorizable", "merge"]
 
 
 def is_factorizable(module: nn.Module) -> bool:

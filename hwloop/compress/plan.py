@@ -28,7 +28,7 @@ from typing import Any
 from hwloop.errors import CompressionError
 from hwloop.models import ModelRef
 
-__all__ = ["CompressionPlan", "PLAN_VERSION"]
+__all__ = ["PLAN_VERSION", "CompressionPlan"]
 
 PLAN_VERSION = 1
 

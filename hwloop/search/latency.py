@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -41,8 +40,15 @@ from hwloop.errors import SearchError
 from hwloop.search.space import LayerSlot, SearchSpace
 from hwloop.workload import LayerSpec
 
-__all__ = ["LatencyModel", "SurrogateLatency", "PredictorLatency", "select_latency_model", "interp_grid", "sample_layer_specs",
-           "grid_points"]
+__all__ = [
+    "LatencyModel",
+    "PredictorLatency",
+    "SurrogateLatency",
+    "grid_points",
+    "interp_grid",
+    "sample_layer_specs",
+    "select_latency_model",
+]
 
 Sizes = Mapping[str, "torch.Tensor | float"]
 
@@ -155,7 +161,7 @@ class SurrogateLatency(_SlotLatency):
             ab.append(float(self.a_bits) if (self.a_bits and bits is not None) else 32.0)
         if not c:
             return torch.zeros(())
-        args = dict(kind=torch.tensor(kind))
+        args: dict[str, Any] = {"kind": torch.tensor(kind)}
         if self.bits_aware:
             args.update(w_bits=torch.stack([_t(x).float() for x in wb]), a_bits=torch.tensor(ab))
         cost = surrogate_cost_torch(torch.stack([_t(x).float() for x in n_in]),
@@ -386,7 +392,7 @@ def _fit_from_store(store: str, device: str, say: Callable[[str], None]) -> tupl
 
     try:
         data = load_training_data(store, device=device, progress=False)
-    except Exception as e:  # no store, no rows for the device, schema issues: fall back with the reason
+    except Exception as e:  # noqa: BLE001 - no store, no rows, schema issues: fall back and log the reason
         return None, f"the store {store} has no usable data for device {device!r} ({str(e).splitlines()[0]})"
     if data.n_layers < 20:
         return None, f"the store has only {data.n_layers} layer measurements for {device!r} (need >= 20)"

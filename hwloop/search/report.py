@@ -30,7 +30,7 @@ from torch import nn
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import DeviceError, SearchError
 
-__all__ = ["layer_specs_with_bits", "measure_compressed", "predict_compressed", "write_report", "plot_report"]
+__all__ = ["layer_specs_with_bits", "measure_compressed", "plot_report", "predict_compressed", "write_report"]
 
 
 def layer_specs_with_bits(model: nn.Module, example: torch.Tensor, plan: CompressionPlan | None) -> list[Any]:

@@ -45,7 +45,7 @@ from hwloop.errors import SearchError
 from hwloop.models import ModelRef
 from hwloop.workload import LayerSpec
 
-__all__ = ["SpaceOptions", "Dimension", "LayerSlot", "SearchSpace"]
+__all__ = ["Dimension", "LayerSlot", "SearchSpace", "SpaceOptions"]
 
 
 @dataclass(frozen=True)
@@ -159,9 +159,7 @@ def _eligible_lowrank(model: nn.Module, first: str | None, ignored: Sequence[str
     for n, m in model.named_modules():
         if n == first or n in ignored or not is_factorizable(m):
             continue
-        if isinstance(m, nn.Conv2d) and m.kernel_size[0] * m.kernel_size[1] > 1:
-            out.append(n)
-        elif isinstance(m, nn.Linear):
+        if isinstance(m, nn.Conv2d) and m.kernel_size[0] * m.kernel_size[1] > 1 or isinstance(m, nn.Linear):
             out.append(n)
     return out
 
@@ -382,7 +380,7 @@ class SearchSpace:
                 sizes[f"ch:{g.key}"] = float(plan.widths.get(g.key, g.channels))
         dense = frozenset(n for n in self.lowrank if n not in plan.lowrank)
         for n in self.bit_layers:
-            parent, _, last = n.rpartition(".")
+            parent = n.rpartition(".")[0]
             if parent in dense:
                 b = plan.w_bits.get(parent)
             else:

@@ -32,17 +32,27 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-from types import MappingProxyType
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
+
+import tomllib
 
 from hwloop.errors import SearchError
 
-__all__ = ["ModelSection", "DataSection", "DeviceSection", "PredictorSection", "BudgetSection", "ScheduleSection",
-           "SpaceSection", "SearchSpec", "load_spec"]
+__all__ = [
+    "BudgetSection",
+    "DataSection",
+    "DeviceSection",
+    "ModelSection",
+    "PredictorSection",
+    "ScheduleSection",
+    "SearchSpec",
+    "SpaceSection",
+    "load_spec",
+]
 
 
 def _check(section: str, cls: type, d: Mapping[str, Any]) -> dict[str, Any]:

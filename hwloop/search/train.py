@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from hwloop.errors import SearchError
 from hwloop.models import ModelRef
 
-__all__ = ["Task", "TASKS", "make_task", "train_epochs", "evaluate", "make_optimizer", "cosine_lr"]
+__all__ = ["TASKS", "Task", "cosine_lr", "evaluate", "make_optimizer", "make_task", "train_epochs"]
 
 #: task name -> models it supports.
 TASKS = {"digits": ("small_cnn",), "cifar10": ("resnet20", "resnet56", "vgg16", "mobilenetv2", "small_cnn")}
