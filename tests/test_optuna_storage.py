@@ -254,3 +254,31 @@ def test_postgresql_two_workers_no_trial_lost_or_duplicated(pg_admin_url: str, t
     assert per_worker[0] and per_worker[1], "both workers should have taken trials"
     study, _ = load_study("pg-pair", url)
     _check_exact(study, n, distinct_params=False)
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_optuna_dashboard_opens_the_study(tmp_path: Path, storage: str) -> None:
+    """optuna-dashboard (optional package) serves hwloop's studies straight from the storage."""
+    import io
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    dashboard = pytest.importorskip("optuna_dashboard")
+    url = f"sqlite:///{tmp_path}/s.db" if storage == "sqlite" else f"journal:{tmp_path}/s.journal"
+    create_study("dash", url, _settings("random", n=3))
+    run_worker("dash", url, objective=lambda trial, ledger: [trial.suggest_float("x", 0, 1), 1.0], progress=False)
+    app = dashboard.wsgi(open_storage(url))
+
+    def get(path: str) -> dict:  # type: ignore[type-arg]
+        env: dict = {}
+        setup_testing_defaults(env)
+        env.update({"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()})
+        status: list[str] = []
+        body = b"".join(app(env, lambda s, h, *a: status.append(s)))
+        assert status and status[0].startswith("200"), (path, status)
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["dash"]
+    detail = get(f"/api/studies/{studies[0]['study_id']}")
+    assert len(detail["trials"]) == 3 and {t["state"] for t in detail["trials"]} == {"Complete"}
