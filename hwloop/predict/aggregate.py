@@ -4,12 +4,13 @@ Summing isolated layer timings is wrong whenever the runtime fuses, overlaps or 
 per-op overhead (GPUs especially). :class:`Aggregator` is fitted on whole models the
 store measured. Its ``linear`` model is
 
-    latency_ms = a_compute · Σ pred(conv/linear/matmul) + a_elem · Σ pred(bn/act/pool/add)
-                 + a_other · Σ pred(other) + b · n_ops + c
+    latency_ms = Σ_k a_k · Σ pred(ops of kind k) + b · n_ops + c
 
-with all coefficients non-negative (a fusion discount is ``a < 1``, launch overhead is
-``b``, fixed framework cost is ``c``), fitted by non-negative least squares on *relative*
-error so small and large models count alike. ``scale`` fits one multiplicative constant.
+over the kinds conv2d, depthwise conv2d, linear, matmul, batchnorm, activation, pooling,
+add and other, with all coefficients non-negative (a fusion discount is ``a_k < 1`` — e.g.
+batchnorm folded into the conv on an accelerator gives ``a_batchnorm ≈ 0`` — per-op launch
+overhead is ``b``, fixed framework cost is ``c``), fitted by non-negative least squares on
+*relative* error so small and large models count alike. ``scale`` fits one constant.
 
 Example:
     >>> import numpy as np
@@ -33,17 +34,21 @@ from hwloop.workload import OP_KINDS
 __all__ = ["Aggregator", "AGG_METHODS", "agg_features"]
 
 AGG_METHODS = ("linear", "scale")
-_GROUP = {"conv2d": 0, "linear": 0, "matmul": 0, "batchnorm": 1, "activation": 1, "pooling": 1, "add": 1,
-          "other": 2}
-_OP_GROUP = np.array([_GROUP[o] for o in OP_KINDS])
-AGG_FEATURES = ("sum_compute_ms", "sum_elementwise_ms", "sum_other_ms", "n_ops", "const")
+#: op code used for depthwise convolutions (one past :data:`~hwloop.workload.OP_KINDS`)
+DEPTHWISE_CODE = len(OP_KINDS)
+_SUM_KINDS = (*OP_KINDS, "conv2d_depthwise")
+AGG_FEATURES = (*(f"sum_{k}_ms" for k in _SUM_KINDS), "n_ops", "const")
+_N = len(_SUM_KINDS)
 
 
 def agg_features(ops: np.ndarray, ms: np.ndarray) -> np.ndarray:
-    """The row of :data:`AGG_FEATURES` for one model (op codes and per-op predictions)."""
-    g = _OP_GROUP[np.asarray(ops, dtype=np.int64)] if len(ops) else np.zeros(0, dtype=np.int64)
-    sums = np.bincount(g, weights=np.asarray(ms, dtype=np.float64), minlength=3)[:3]
-    return np.array([sums[0], sums[1], sums[2], float(len(ops)), 1.0])
+    """The row of :data:`AGG_FEATURES` for one model: per-kind sums of per-op predictions, op count, 1.
+
+    ``ops`` are :data:`~hwloop.workload.OP_KINDS` indices, with :data:`DEPTHWISE_CODE` for depthwise convs.
+    """
+    o = np.asarray(ops, dtype=np.int64)
+    sums = np.bincount(o, weights=np.asarray(ms, dtype=np.float64), minlength=_N)[:_N] if len(o) else np.zeros(_N)
+    return np.concatenate([sums, [float(len(o)), 1.0]])
 
 
 class Aggregator:
@@ -70,9 +75,9 @@ class Aggregator:
                                  "latencies (at least 1)")
         x = np.stack([agg_features(o, m) for o, m in per_model])
         if self.method == "scale":
-            ratio = np.log(y) - np.log(np.maximum(x[:, :3].sum(axis=1), 1e-12))
+            ratio = np.log(y) - np.log(np.maximum(x[:, :_N].sum(axis=1), 1e-12))
             coef = np.zeros(len(AGG_FEATURES))
-            coef[:3] = float(np.exp(np.median(ratio)))
+            coef[:_N] = float(np.exp(np.median(ratio)))
         else:
             from scipy.optimize import nnls
 
@@ -83,7 +88,7 @@ class Aggregator:
             coef = sol / col
         self.coef_ = coef
         self.n_models_ = int(len(y))
-        self.raw_sum_ratio_ = float(np.median(x[:, :3].sum(axis=1) / y))
+        self.raw_sum_ratio_ = float(np.median(x[:, :_N].sum(axis=1) / y))
         return self
 
     def predict_one(self, ops: np.ndarray, ms: np.ndarray) -> float:

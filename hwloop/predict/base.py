@@ -170,12 +170,22 @@ class BasePredictor:
         return self
 
     def layer_predictions(self, layers: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``(op_codes, per_op_ms)`` for a workload or list of specs (ops of kind ``other`` included)."""
+        """``(op_codes, per_op_ms)`` for a workload or list of specs (ops of kind ``other`` included).
+
+        Codes index :data:`~hwloop.workload.OP_KINDS`; depthwise convs get
+        :data:`~hwloop.predict.aggregate.DEPTHWISE_CODE`.
+        """
+        from hwloop.predict.aggregate import DEPTHWISE_CODE
+        from hwloop.predict.features import RAW_COLUMNS
+
         specs = specs_from_any(layers)
         table = spec_table(specs)
         if table.shape[0] == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        return table[:, 0].astype(np.int64), self.predict(table)
+        ops = table[:, 0].astype(np.int64)
+        g, cin = table[:, RAW_COLUMNS.index("groups")], table[:, RAW_COLUMNS.index("in_channels")]
+        ops[(ops == 0) & (g > 1) & (g == cin)] = DEPTHWISE_CODE
+        return ops, self.predict(table)
 
     def predict_workload(self, layers: Any, *, calibrated: bool = True) -> float:
         """Whole-model latency (ms) of a workload: per-op predictions through the aggregation model.

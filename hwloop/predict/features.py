@@ -52,6 +52,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "gemm_m", "gemm_k", "gemm_n", "log2_gemm_m", "log2_gemm_k", "log2_gemm_n",
     "folds16", "folds32", "folds64", "log2_fold_work16", "log2_fold_work32", "log2_fold_work64",
     "lowrank_folds16", "lowrank_folds32", "lowrank_folds64",
+    "log2_work_k32_n32", "log2_work_k32_n64", "log2_work_k32_n128", "log2_work_k16_n16", "log2_work_k64_n64",
 )
 
 
@@ -99,7 +100,8 @@ def _gemm(t: np.ndarray) -> list[np.ndarray]:
 
     conv: M = batch·out positions, K = in/groups·kernel area, N = out/groups (× groups folds);
     linear/matmul: M = rows, K = in, N = out; low-rank: N = rank, plus the second factor's folds
-    (rank × out); other ops: M = elements.
+    (rank × out); other ops: M = elements. ``log2_work_kA_nB``: streamed rows × folds of an A×B array
+    (B > A models low-bit weights packed several per processing element).
     """
     c = {n: t[:, _R[n]] for n in RAW_COLUMNS}
     op = c["op"].astype(np.int64)
@@ -114,7 +116,9 @@ def _gemm(t: np.ndarray) -> list[np.ndarray]:
     out = [m, k, n, np.log2(m + 1), np.log2(k + 1), np.log2(n + 1)]
     folds = [np.ceil(k / w) * np.ceil(n / w) * reps for w in (16, 32, 64)]
     second = [np.where(rank > 0, np.ceil(rank / w) * np.ceil(c["out_channels"] / w), 0) for w in (16, 32, 64)]
-    return out + folds + [np.log2(f * (m + 2 * w) + 1) for f, w in zip(folds, (16, 32, 64))] + second
+    work = [np.log2(np.ceil(k / a) * np.ceil(n / b) * reps * (m + a + b) + 1)
+            for a, b in ((32, 32), (32, 64), (32, 128), (16, 16), (64, 64))]
+    return out + folds + [np.log2(f * (m + 2 * w) + 1) for f, w in zip(folds, (16, 32, 64))] + second + work
 
 
 def features_from_table(t: np.ndarray) -> np.ndarray:
