@@ -37,18 +37,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import torch
+from tqdm import tqdm
 
-from hwloop.devices._tvm_import import hwloop_home  # noqa: E402
-from hwloop.devices.base import MeasureRequest, TimingConfig  # noqa: E402
-from hwloop.devices.cpu import CpuDevice  # noqa: E402
-from hwloop.devices.tvm import TvmDevice  # noqa: E402
-from hwloop.models import ModelRef  # noqa: E402
-from hwloop.predict.sampling import random_layer_specs  # noqa: E402
-from hwloop.store import MeasurementStore  # noqa: E402
-from hwloop.workload import LayerSpec  # noqa: E402
+from hwloop.devices._tvm_import import hwloop_home
+from hwloop.devices.base import MeasureRequest, TimingConfig
+from hwloop.devices.cpu import CpuDevice
+from hwloop.devices.tvm import TvmDevice
+from hwloop.models import ModelRef
+from hwloop.predict.sampling import random_layer_specs
+from hwloop.store import MeasurementStore
+from hwloop.workload import LayerSpec
 
 TIMING = TimingConfig(warmup=2, repeats=15, min_repeat_ms=2.0, max_cv=0.1, max_retries=1, timeout_s=120)
 TARGET = {"kind": "llvm", "mcpu": "native"}
@@ -105,7 +105,7 @@ def main() -> None:
                 (res,) = dev.measure([req], timings[k])
                 st.add(fps[k], req, res)
                 if k.startswith("tvm"):
-                    dev._compiled.clear()  # noqa: SLF001 - free each executable once timed (memory)
+                    dev._compiled.clear()
         args.out.mkdir(parents=True, exist_ok=True)
         n = st.export(args.out / "layers.parquet")
         df = st.to_dataframe(ok_only=False)
@@ -119,7 +119,7 @@ def main() -> None:
     plot(df, fps, args.out / "tvm_vs_torch.png")
 
 
-def _pivot(df, fps):  # noqa: ANN001, ANN202
+def _pivot(df, fps):
     keymap = {fp.key: name for name, fp in fps.items()}
     df = df[df["device_key"].isin(keymap)].copy()
     df["dev"] = df["device_key"].map(keymap)
@@ -127,7 +127,7 @@ def _pivot(df, fps):  # noqa: ANN001, ANN202
     return ok.pivot_table(index=["workload_key", "op", "kind"], columns="dev", values="latency_ms").dropna()
 
 
-def summarize_frame(df, fps) -> dict:  # noqa: ANN001
+def summarize_frame(df, fps) -> dict:
     p = _pivot(df, fps).reset_index()
     out: dict = {"failures": {k: int(((df["device_key"] == fp.key) & df["error"].notna()).sum())
                               for k, fp in fps.items()}}
@@ -137,7 +137,7 @@ def summarize_frame(df, fps) -> dict:  # noqa: ANN001
             continue
         r_unt = sub["tvm-untuned"] / sub["torch-cpu"]
         r_tun = sub["tvm-tuned"] / sub["torch-cpu"]
-        out[label] = {"n": int(len(sub)),
+        out[label] = {"n": len(sub),
                       "median_ms": {c: round(float(sub[c].median()), 4) for c in ("torch-cpu", "tvm-untuned", "tvm-tuned")},
                       "untuned_over_torch_median": round(float(statistics.median(r_unt)), 2),
                       "tuned_over_torch_median": round(float(statistics.median(r_tun)), 2),
@@ -146,7 +146,7 @@ def summarize_frame(df, fps) -> dict:  # noqa: ANN001
     return out
 
 
-def plot(df, fps, path: Path) -> None:  # noqa: ANN001
+def plot(df, fps, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import require_tvm
+
 from hwloop.devices.base import MeasureRequest, TimingConfig
 from hwloop.errors import ConfigError, DeviceUnavailableError
 from hwloop.models import ModelRef
@@ -40,7 +40,7 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _dev(**kw):  # noqa: ANN003, ANN202
+def _dev(**kw):
     from hwloop.devices.tvm import TvmDevice
 
     return TvmDevice(name="tvm-test", **kw)
@@ -93,7 +93,7 @@ def test_unsupported_op_is_a_failure_result_not_an_exception() -> None:
     assert res[1].ok
 
 
-def test_fingerprint_identity_separates_tuned_from_untuned(tmp_path) -> None:  # noqa: ANN001
+def test_fingerprint_identity_separates_tuned_from_untuned(tmp_path) -> None:
     untuned, tuned = _dev(), _dev(tune_trials=8, work_dir=tmp_path)
     a, b = untuned.fingerprint(), tuned.fingerprint()
     assert a.identity["tune_trials"] == 0 and b.identity["tune_trials"] == 8
@@ -103,7 +103,7 @@ def test_fingerprint_identity_separates_tuned_from_untuned(tmp_path) -> None:  #
 
 
 @pytest.mark.slow
-def test_tuning_twice_reuses_the_database_on_disk(tmp_path) -> None:  # noqa: ANN001
+def test_tuning_twice_reuses_the_database_on_disk(tmp_path) -> None:
     req = MeasureRequest.for_layer(CONV)
     first = _dev(tune_trials=8, tune_population=16, work_dir=tmp_path)
     (r1,) = first.measure([req], FAST)
@@ -154,7 +154,7 @@ def test_profile_creates_a_tvm_device() -> None:
     ({"opt_level": 5}, "opt_level=5"),
     ({"target": 3}, "target 3"),
 ])
-def test_bad_options_are_config_errors(kw, match) -> None:  # noqa: ANN001
+def test_bad_options_are_config_errors(kw, match) -> None:
     with pytest.raises(ConfigError, match=match):
         _dev(**kw)
 

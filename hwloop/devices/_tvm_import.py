@@ -21,8 +21,16 @@ from typing import Any
 
 from hwloop.errors import ConfigError, DeviceUnavailableError, WorkloadError
 
-__all__ = ["require_tvm", "tvm_version", "make_target", "target_string", "torch_to_relax", "fuse_for_tuning",
-           "hwloop_home", "INSTALL_HINT"]
+__all__ = [
+    "INSTALL_HINT",
+    "fuse_for_tuning",
+    "hwloop_home",
+    "make_target",
+    "require_tvm",
+    "target_string",
+    "torch_to_relax",
+    "tvm_version",
+]
 
 INSTALL_HINT = "pip install 'hwloop[tvm]'"
 

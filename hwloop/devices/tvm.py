@@ -53,7 +53,7 @@ from hwloop.devices._tvm_import import (
 from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig, summarize
 from hwloop.errors import ConfigError, DeviceUnavailableError, HwloopError
 
-__all__ = ["TvmDevice", "TuneStats"]
+__all__ = ["TuneStats", "TvmDevice"]
 
 _ACCEPTED_MODES = ("eager", "tvm")
 
@@ -365,7 +365,7 @@ class TvmDevice:
                 c = self.compiled(req)
             except DeviceUnavailableError:
                 raise
-            except Exception as e:  # a failed import/build/tune is data: unsupported ops, TVM errors, ...
+            except Exception as e:  # noqa: BLE001 - a failed import/build/tune is data (TVM raises many types)
                 out.append(MeasureResult.failure(req.key, t, f"build failed: {_first_line(e)}", **base))
                 continue
             extra: dict[str, Any] = {**base, "build_s": round(c.build_s, 3)}
