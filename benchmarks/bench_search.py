@@ -101,6 +101,7 @@ def main() -> int:
     ap.add_argument("--flops-target", type=float, default=None, help="MACs target of the FLOPs-only search "
                     "(default: the MACs ratio the predictor-driven search reached)")
     ap.add_argument("--record-models", type=int, default=60)
+    ap.add_argument("--predictor", default=None, help="reuse a saved predictor instead of recording and fitting")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full", action="store_true", help="full schedule: all CIFAR-10, epochs 20,100,40")
@@ -124,7 +125,14 @@ def main() -> int:
                      val_limit=args.val_limit, seed=args.seed)
     opts = SpaceOptions(bits=True, a_bits=8, tile=32 if args.device.startswith("asic-tpu") else 1)
     space = SearchSpace.from_ref(task.ref, opts)
-    pred, pinfo = record_and_fit(space, args.device, args.record_models, args.seed, out)
+    if args.predictor:
+        from hwloop.predict.io import load_predictor
+
+        pred = load_predictor(args.predictor)
+        pinfo = {"layers": int(pred.n_train_), "models": 0, "record_s": 0.0, "holdout_mape": float("nan"),
+                 "holdout_within_10pct": float("nan"), "reused": args.predictor}
+    else:
+        pred, pinfo = record_and_fit(space, args.device, args.record_models, args.seed, out)
     say(f"predictor: {pinfo['layers']} layers of {pinfo['models']} random variants measured on {args.device} in "
         f"{pinfo['record_s']:.1f} s; hold-out MAPE {pinfo['holdout_mape']:.1%}, within 10%: "
         f"{pinfo['holdout_within_10pct']:.1%}")
