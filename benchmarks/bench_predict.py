@@ -1,7 +1,7 @@
 """Predictor benchmark: accuracy per device, baselines side by side, adaptive sampling, throughput.
 
-For every measurement directory (default: those under ``measurements/`` holding a
-``measurements.parquet``) it prints
+For every measurement directory (default: ``measurements/local-cpu`` and
+``measurements/asic-tpu32``) it prints
 
 1. the measurement noise floor (a repeated subset, when ``repeat.parquet`` exists);
 2. every predictor kind side by side on (a) a random 80/20 split of layers and (b) unseen
@@ -39,6 +39,8 @@ from hwloop.predict.evaluate import evaluate_models, evaluate_layer_split, model
 from hwloop.predict.fitting import fit_predictor  # noqa: E402
 from hwloop.predict.io import load_training_data  # noqa: E402
 
+#: the data sets this benchmark fits and ships predictors for (measurements/asic is the ASIC owner's)
+DEFAULT_DIRS = ("local-cpu", "asic-tpu32")
 KINDS = ("xgboost", "gradient_boosting", "random_forest", "lookup", "ridge_macs", "surrogate")
 
 
@@ -197,23 +199,31 @@ def bench_throughput(d: Path, args: argparse.Namespace) -> dict:
     x = features_from_table(table)
     p.predict_features(x[:1000])
 
+    cpu: list[float] = []
+
     def best_of(fn, k: int = 3) -> float:  # noqa: ANN001
-        ts = []
+        ts, cs = [], []
         for _ in range(k):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn()
             ts.append(time.perf_counter() - t)
+            cs.append(time.process_time() - c)
+        cpu.append(min(cs))
         return min(ts)
+
+    import os
 
     t_feat = best_of(lambda: p.predict_features(x))
     t_table = best_of(lambda: p.predict(table))
     t_specs = best_of(lambda: p.predict(specs * 10), k=2)
+    load = os.getloadavg()[0]
     print(f"\n=== throughput ({d / 'predictor.json'}, {p.booster_.num_boosted_rounds()} trees, "
-          f"torch/xgboost threads: {torch.get_num_threads()}/{p.n_jobs})")
-    print(f"  {n:,} layers from a feature matrix:   {n / t_feat:12,.0f} predictions/s ({t_feat:.3f} s)")
-    print(f"  {n:,} layers from a raw spec table:   {n / t_table:12,.0f} predictions/s ({t_table:.3f} s)")
-    print(f"  {len(specs) * 10:,} LayerSpec objects (Python pass): {len(specs) * 10 / t_specs:12,.0f} "
-          f"predictions/s ({t_specs:.3f} s)")
+          f"torch/xgboost threads: {torch.get_num_threads()}/{p.n_jobs}; load average {load:.1f} on "
+          f"{os.cpu_count()} cores)")
+    for label, m, t, c in ((f"{n:,} layers from a feature matrix", n, t_feat, cpu[0]),
+                           (f"{n:,} layers from a raw spec table", n, t_table, cpu[1]),
+                           (f"{len(specs) * 10:,} LayerSpec objects (Python pass)", len(specs) * 10, t_specs, cpu[2])):
+        print(f"  {label:44s} {m / t:12,.0f} predictions/s wall ({t:.3f} s); {c:.3f} CPU-s in this process")
     net, ex = resnet18(), torch.randn(1, 3, 224, 224)
     t = time.perf_counter()
     with warnings.catch_warnings():
@@ -237,16 +247,16 @@ def main() -> None:
     ap.add_argument("--statistic", default="min", choices=("min", "median"))
     ap.add_argument("--quick", action="store_true", help="fewer predictors and samples (smoke test)")
     ap.add_argument("--no-save", action="store_true", help="do not write predictor.json / parity.png")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: adaptive,throughput")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: devices,adaptive,throughput")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     args = ap.parse_args()
     torch.set_num_threads(1)
     root = Path(__file__).resolve().parents[1] / "measurements"
-    dirs = args.dirs or sorted(p.parent for p in root.glob("*/measurements.parquet"))
+    dirs = args.dirs or [root / n for n in DEFAULT_DIRS if (root / n / "measurements.parquet").exists()]
     if not dirs:
         raise SystemExit("no measurement directories found (record one with benchmarks/record_cpu_dataset.py)")
-    res: dict = {"devices": {str(d): bench_device(d, args) for d in dirs}}
     skip = set(args.skip.split(","))
+    res: dict = {"devices": {str(d): bench_device(d, args) for d in dirs} if "devices" not in skip else {}}
     if "adaptive" not in skip:
         res["adaptive"] = bench_adaptive(dirs[0], args)
     if "throughput" not in skip and (dirs[0] / "predictor.json").exists():

@@ -48,7 +48,7 @@ def test_cli_fit_show_predict_eval(cpu_store: str, tmp_path: Path, capsys: pytes
     png = tmp_path / "parity.png"
     assert main(["predictor", "fit", "--device", "local-cpu", "--store", cpu_store, "--out", str(out),
                  "--plot", str(png), "--statistic", "median"]) == 0
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "xgboost" in text and "learned predictor" in text and out.exists() and out.with_suffix(".ubj").exists()
     assert png.read_bytes()[:4] == b"\x89PNG"
     meta = json.loads(out.read_text())
@@ -85,7 +85,7 @@ def test_cli_fit_without_data_picks_the_surrogate(tmp_path: Path, capsys: pytest
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     out = tmp_path / "asic.json"
     assert main(["predictor", "fit", "--device", "asic-tpu32", "--store", url, "--out", str(out)]) == 0
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
     assert "surrogate" in text and "nominal scale" in text
     meta = json.loads(out.read_text())
     assert meta["predictor"] == "surrogate" and meta["fingerprint"]["name"] == "asic-tpu32"
