@@ -103,10 +103,11 @@ def test_cli_optuna_two_workers_then_resume_extends(tmp_path: Path, capsys: pyte
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the extra worker is `python -m hwloop search worker`
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     spec = tmp_path / "s.toml"
-    spec.write_text(SPEC_TOML.replace("{channels}", "true"))
+    spec.write_text(SPEC_TOML.replace("{channels}", "true").replace("pretrain_epochs = 0", "pretrain_epochs = 1"))
     url = f"journal:{tmp_path}/studies.journal"
     code, _, err = _cli(capsys, "search", "optuna", str(spec), "--sampler", "random", "--n-trials", "4",
-                        "--workers", "2", "--storage", url, "--target", "0.8", "--no-progress")
+                        "--workers", "2", "--storage", url, "--target", "0.8", "--no-progress",
+                        "--out", str(tmp_path / "run"))
     assert code == 0, err
     from hwloop.search.optuna_search import load_study, study_status, trial_rows
 
@@ -114,6 +115,8 @@ def test_cli_optuna_two_workers_then_resume_extends(tmp_path: Path, capsys: pyte
     st = study_status(study)
     assert st.n_finished == 4 and st.counts.get("WAITING", 0) == 0
     assert settings.objective["name"] == "compression"
+    ckpt = Path(settings.objective["params"]["checkpoint"])
+    assert ckpt.is_file() and ckpt.parent == tmp_path / "run"  # pre-trained once, shared
     rows = trial_rows(study)
     done = [r for r in rows if r["state"] == "COMPLETE"]
     for r in done:
@@ -121,7 +124,7 @@ def test_cli_optuna_two_workers_then_resume_extends(tmp_path: Path, capsys: pyte
         assert r["user_attrs"]["compute"]["records"]
     # resume with a larger count: a plain worker finishes the 2 new slots
     code, _, err = _cli(capsys, "search", "optuna", str(spec), "--sampler", "random", "--n-trials", "6",
-                        "--storage", url, "--target", "0.8", "--no-run")
+                        "--storage", url, "--target", "0.8", "--no-run", "--out", str(tmp_path / "run"))
     assert code == 0, err
     code, out, err = _cli(capsys, "search", "worker", "--study", "tiny-random", "--storage", url, "--no-progress")
     assert code == 0, err

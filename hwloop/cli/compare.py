@@ -97,8 +97,11 @@ def optuna_search(
     cs = CompareSpec(name=s.name, search=search, seed=s.seed, samplers=(sampler,), baseline=sampler)
     from hwloop.search.accounting import ComputeLedger
 
-    ckpt = _pretrain(cs, Path(out or Path("runs") / name), ComputeLedger(), lambda m: console.print(m), progress) \
-        if (s.schedule.pretrain_epochs or s.model.checkpoint) else None
+    ckpt = None
+    if s.schedule.pretrain_epochs or s.model.checkpoint:
+        run_dir = Path(out or Path("runs") / name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = _pretrain(cs, run_dir, ComputeLedger(), lambda m: console.print(m), progress)
     if ckpt:
         ckpt = str(Path(ckpt).resolve())
     mode = "pareto" if pruner == "none" else "accuracy"
