@@ -30,14 +30,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
-from hwloop.predict import make_predictor  # noqa: E402
-from hwloop.predict.evaluate import evaluate_models, evaluate_layer_split, model_group, parity_plot  # noqa: E402
-from hwloop.predict.fitting import fit_predictor  # noqa: E402
-from hwloop.predict.io import load_training_data  # noqa: E402
+from hwloop.predict import make_predictor
+from hwloop.predict.evaluate import evaluate_layer_split, evaluate_models, model_group, parity_plot
+from hwloop.predict.fitting import fit_predictor
+from hwloop.predict.io import load_training_data
 
 #: the data sets this benchmark fits and ships predictors for (measurements/asic is the ASIC owner's)
 DEFAULT_DIRS = ("local-cpu", "asic-tpu32")
@@ -88,7 +88,7 @@ def bench_device(d: Path, args: argparse.Namespace) -> dict:
     best = None
     for kind in KINDS if not args.quick else ("xgboost", "ridge_macs", "surrogate"):
         t = time.time()
-        split = evaluate_layer_split(lambda: make_predictor(kind), data.layer_specs, data.layer_ms, seed=0)
+        split = evaluate_layer_split(lambda kind=kind: make_predictor(kind), data.layer_specs, data.layer_ms, seed=0)
         full = make_predictor(kind).fit(list(data.layer_specs), data.layer_ms)
         mod = evaluate_models(full, data.workloads, data.model_ms, groups, folds=5, seed=0)
         print(f"  {kind:18s} | {fmt(split['metrics'])} | {fmt(mod['raw'])} | {fmt(mod['calibrated'])}"
@@ -138,7 +138,7 @@ def bench_adaptive(d: Path, args: argparse.Namespace) -> dict:
     def measure(batch: list) -> np.ndarray:  # the simulated device: recorded timings
         return lat[[index[id(s)] for s in batch]]
 
-    def make():  # noqa: ANN202
+    def make():
         return make_predictor("xgboost", n_estimators=300)
 
     full = len(specs) if not args.quick else 600
@@ -201,7 +201,7 @@ def bench_throughput(d: Path, args: argparse.Namespace) -> dict:
 
     cpu: list[float] = []
 
-    def best_of(fn, k: int = 3) -> float:  # noqa: ANN001
+    def best_of(fn, k: int = 3) -> float:
         ts, cs = [], []
         for _ in range(k):
             t, c = time.perf_counter(), time.process_time()

@@ -28,25 +28,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
 
-import sys
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import torch
+from tqdm import tqdm
 
-from hwloop.devices.base import MeasureRequest, TimingConfig  # noqa: E402
-from hwloop.devices._timing import Timer, time_fn  # noqa: E402
-from hwloop.devices.base import DeviceFingerprint, MeasureResult, summarize  # noqa: E402
-from hwloop.devices.cpu import CpuDevice, prepare_request, time_model_layers  # noqa: E402
-from hwloop.devices.profiles import create_device  # noqa: E402
-from hwloop.predict.sampling import random_layer_specs, random_model_refs, unique_specs  # noqa: E402
-from hwloop.workload import WorkloadWarning, extract_workload  # noqa: E402
+from hwloop.devices._timing import Timer, time_fn
+from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig, summarize
+from hwloop.devices.cpu import CpuDevice, prepare_request, time_model_layers
+from hwloop.devices.profiles import create_device
+from hwloop.predict.sampling import random_layer_specs, random_model_refs, unique_specs
+from hwloop.workload import WorkloadWarning, extract_workload
 
 LAYER_TIMING = TimingConfig(warmup=3, repeats=25, min_repeat_ms=1.0, max_cv=0.08, max_retries=1, timeout_s=60)
 MODEL_TIMING = TimingConfig(warmup=3, repeats=40, min_repeat_ms=0.5, max_cv=0.08, max_retries=1, timeout_s=120)
@@ -55,7 +53,7 @@ MODEL_TIMING = TimingConfig(warmup=3, repeats=40, min_repeat_ms=0.5, max_cv=0.08
 class ThreadCpuTimer(Timer):
     """Milliseconds of CPU time of the calling thread per call (``CLOCK_THREAD_CPUTIME_ID``)."""
 
-    def time(self, fn, number: int) -> float:  # noqa: ANN001
+    def time(self, fn, number: int) -> float:
         t0 = time.thread_time_ns()
         for _ in range(number):
             fn()
@@ -72,7 +70,7 @@ class ThreadCpuDevice(CpuDevice):
     The clock is part of the fingerprint identity.
     """
 
-    def __init__(self, name: str = "local-cpu", **kw) -> None:  # noqa: ANN003
+    def __init__(self, name: str = "local-cpu", **kw) -> None:
         super().__init__(name=name, threads=1, **kw)
 
     def fingerprint(self) -> DeviceFingerprint:
@@ -82,7 +80,7 @@ class ThreadCpuDevice(CpuDevice):
     def _timer(self) -> Timer:
         return ThreadCpuTimer()
 
-    def _measure_one(self, req: MeasureRequest, timing: TimingConfig, deadline=None) -> MeasureResult:  # noqa: ANN001
+    def _measure_one(self, req: MeasureRequest, timing: TimingConfig, deadline=None) -> MeasureResult:
         model, inputs = prepare_request(req)
         kw = {"deadline": deadline} if deadline is not None else {}
         with torch.inference_mode():
@@ -109,7 +107,7 @@ def _done(path: Path) -> set[str]:
     return keys
 
 
-def _append(f, fp: dict, req: MeasureRequest, res) -> None:  # noqa: ANN001
+def _append(f, fp: dict, req: MeasureRequest, res) -> None:
     f.write(json.dumps({"request_key": req.key, "fingerprint": fp, "request": req.to_dict(),
                         "result": res.to_dict()}) + "\n")
     f.flush()

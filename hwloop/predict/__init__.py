@@ -25,11 +25,27 @@ import importlib
 from typing import Any
 
 __all__ = [
-    "BasePredictor", "LatencyPredictor", "PredictorWarning",
-    "SurrogatePredictor", "surrogate_cost_torch", "surrogate_terms", "l1_l2_width",
-    "XGBoostPredictor", "RidgeMacsPredictor", "RandomForestPredictor", "GradientBoostingPredictor",
-    "LookupTablePredictor", "Aggregator", "load_predictor", "save_predictor", "load_training_data",
-    "TrainingData", "regression_metrics", "evaluate_predictor", "make_predictor", "PREDICTOR_KINDS",
+    "PREDICTOR_KINDS",
+    "Aggregator",
+    "BasePredictor",
+    "GradientBoostingPredictor",
+    "LatencyPredictor",
+    "LookupTablePredictor",
+    "PredictorWarning",
+    "RandomForestPredictor",
+    "RidgeMacsPredictor",
+    "SurrogatePredictor",
+    "TrainingData",
+    "XGBoostPredictor",
+    "evaluate_predictor",
+    "l1_l2_width",
+    "load_predictor",
+    "load_training_data",
+    "make_predictor",
+    "regression_metrics",
+    "save_predictor",
+    "surrogate_cost_torch",
+    "surrogate_terms",
 ]
 
 _WHERE = {

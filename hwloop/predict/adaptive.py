@@ -27,8 +27,15 @@ import numpy as np
 
 from hwloop.errors import ConfigError, PredictorError
 
-__all__ = ["AdaptiveResult", "AdaptiveRound", "AdaptiveSummary", "adaptive_sample", "ensemble_spread",
-           "run_adaptive_sweep", "STRATEGIES"]
+__all__ = [
+    "STRATEGIES",
+    "AdaptiveResult",
+    "AdaptiveRound",
+    "AdaptiveSummary",
+    "adaptive_sample",
+    "ensemble_spread",
+    "run_adaptive_sweep",
+]
 
 STRATEGIES = ("spread", "random")
 
@@ -127,7 +134,7 @@ def adaptive_sample(pool: Sequence[Any], measure: Callable[[list[Any]], np.ndarr
     chosen: list[int] = []
     ys: list[float] = []
     history: list[AdaptiveRound] = []
-    n0 = max(2, int(round(budget * init_frac))) if strategy == "spread" else budget
+    n0 = max(2, round(budget * init_frac)) if strategy == "spread" else budget
     sizes = [min(n0, budget)]
     rest = budget - sizes[0]
     for r in range(rounds):

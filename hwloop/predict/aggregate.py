@@ -31,7 +31,7 @@ import numpy as np
 from hwloop.errors import PredictorError
 from hwloop.workload import OP_KINDS
 
-__all__ = ["Aggregator", "AGG_METHODS", "agg_features"]
+__all__ = ["AGG_METHODS", "Aggregator", "agg_features"]
 
 AGG_METHODS = ("linear", "scale")
 #: op code used for depthwise convolutions (one past :data:`~hwloop.workload.OP_KINDS`)
@@ -87,7 +87,7 @@ class Aggregator:
             sol, _ = nnls(a / col, np.ones(len(y)), maxiter=2000)
             coef = sol / col
         self.coef_ = coef
-        self.n_models_ = int(len(y))
+        self.n_models_ = len(y)
         self.raw_sum_ratio_ = float(np.median(x[:, :_N].sum(axis=1) / y))
         return self
 

@@ -31,7 +31,7 @@ import numpy as np
 from hwloop.errors import NotFittedError, PredictorError
 from hwloop.predict.features import spec_table, specs_from_any, table_from_frame
 
-__all__ = ["BasePredictor", "PredictorWarning", "LatencyPredictor", "data_hash"]
+__all__ = ["BasePredictor", "LatencyPredictor", "PredictorWarning", "data_hash"]
 
 
 class PredictorWarning(UserWarning):

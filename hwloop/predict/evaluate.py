@@ -27,8 +27,15 @@ import numpy as np
 
 from hwloop.errors import PredictorError
 
-__all__ = ["regression_metrics", "group_metrics", "evaluate_layer_split", "evaluate_models",
-           "evaluate_predictor", "parity_plot", "format_metrics"]
+__all__ = [
+    "evaluate_layer_split",
+    "evaluate_models",
+    "evaluate_predictor",
+    "format_metrics",
+    "group_metrics",
+    "parity_plot",
+    "regression_metrics",
+]
 
 
 def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
@@ -72,7 +79,7 @@ def evaluate_layer_split(make: Callable[[], Any], specs: Sequence[Any], y_ms: An
     table = spec_table(list(specs))
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(y))
-    n_test = max(1, int(round(test_frac * len(y))))
+    n_test = max(1, round(test_frac * len(y)))
     test, train = perm[:n_test], perm[n_test:]
     p = make().fit(table[train], y[train])
     yp = p.predict(table[test])

@@ -26,8 +26,17 @@ import numpy as np
 from hwloop.errors import PredictorError
 from hwloop.workload import DTYPES, OP_KINDS, LayerSpec
 
-__all__ = ["RAW_COLUMNS", "FEATURE_NAMES", "VARIANTS", "FEATURE_SCHEMA", "spec_table", "features_from_table",
-           "featurize", "table_from_frame", "specs_from_any"]
+__all__ = [
+    "FEATURE_NAMES",
+    "FEATURE_SCHEMA",
+    "RAW_COLUMNS",
+    "VARIANTS",
+    "features_from_table",
+    "featurize",
+    "spec_table",
+    "specs_from_any",
+    "table_from_frame",
+]
 
 #: version of the feature definition; saved with every predictor
 FEATURE_SCHEMA = 1
@@ -127,7 +136,7 @@ def features_from_table(t: np.ndarray) -> np.ndarray:
     if t.ndim != 2 or t.shape[1] != len(RAW_COLUMNS):
         raise PredictorError(f"a raw spec table needs {len(RAW_COLUMNS)} columns, got shape {t.shape}")
     n = t.shape[0]
-    c = lambda name: t[:, _R[name]]  # noqa: E731
+    c = lambda name: t[:, _R[name]]
     onehot = np.zeros((n, len(OP_KINDS)))
     if n:
         onehot[np.arange(n), c("op").astype(np.int64)] = 1.0

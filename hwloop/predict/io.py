@@ -39,8 +39,17 @@ import numpy as np
 from hwloop.errors import PredictorError
 from hwloop.predict.features import FEATURE_NAMES, FEATURE_SCHEMA
 
-__all__ = ["SCHEMA_VERSION", "STATISTICS", "PREDICTORS", "save_predictor", "load_predictor", "read_metadata", "TrainingData",
-           "load_training_data", "metadata_hash"]
+__all__ = [
+    "PREDICTORS",
+    "SCHEMA_VERSION",
+    "STATISTICS",
+    "TrainingData",
+    "load_predictor",
+    "load_training_data",
+    "metadata_hash",
+    "read_metadata",
+    "save_predictor",
+]
 
 SCHEMA_VERSION = 1
 #: timing statistics a predictor can be trained on
@@ -92,8 +101,9 @@ def _jsonable(x: Any) -> Any:
 
 def save_predictor(p: Any, path: Any) -> Path:
     """Write predictor ``p`` to ``path`` (metadata JSON) plus its model files; returns ``path``."""
-    import hwloop
     from safetensors.numpy import save
+
+    import hwloop
 
     path = Path(path)
     if path.suffix != ".json":

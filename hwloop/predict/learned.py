@@ -27,8 +27,15 @@ from hwloop.predict.base import BasePredictor
 from hwloop.predict.features import RAW_COLUMNS, features_from_table
 from hwloop.workload import OP_KINDS
 
-__all__ = ["XGBoostPredictor", "RidgeMacsPredictor", "RandomForestPredictor", "GradientBoostingPredictor",
-           "LookupTablePredictor", "export_sklearn_trees", "predict_tree_arrays"]
+__all__ = [
+    "GradientBoostingPredictor",
+    "LookupTablePredictor",
+    "RandomForestPredictor",
+    "RidgeMacsPredictor",
+    "XGBoostPredictor",
+    "export_sklearn_trees",
+    "predict_tree_arrays",
+]
 
 _R = {c: i for i, c in enumerate(RAW_COLUMNS)}
 

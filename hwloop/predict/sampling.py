@@ -31,9 +31,9 @@ def _ch(rng: Any, lo: int = 4, hi: int = 512) -> int:
     """Channel count: log-uniform, half of the time rounded to a multiple of 8."""
     import numpy as np
 
-    c = int(round(float(np.exp(rng.uniform(np.log(lo), np.log(hi))))))
+    c = round(float(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
     if rng.random() < 0.5:
-        c = max(8, int(round(c / 8)) * 8)
+        c = max(8, round(c / 8) * 8)
     return max(1, c)
 
 
@@ -96,7 +96,7 @@ def random_layer_specs(n: int, rng: Any, *, batches: Sequence[int] = (1, 2), dty
                                          stride=2, variant="max", dtype=dtype))
             else:
                 out.append(LayerSpec("add", (b, cin, hw, hw), dtype=dtype))
-        except Exception:  # noqa: BLE001 - an invalid random combination is simply redrawn
+        except Exception:  # noqa: BLE001, S112 - an invalid random combination is simply redrawn
             continue
         if len(bits) > 1 and out[-1].op in ("conv2d", "linear"):
             wb, ab = bits[int(rng.integers(len(bits)))]

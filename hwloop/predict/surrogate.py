@@ -43,8 +43,18 @@ from hwloop.errors import PredictorError
 from hwloop.predict.base import BasePredictor
 from hwloop.predict.features import RAW_COLUMNS, spec_table, specs_from_any
 
-__all__ = ["SurrogatePredictor", "surrogate_terms", "surrogate_cost", "surrogate_cost_torch", "l1_l2_width",
-           "NOMINAL_MS_PER_MAC", "KIND_DENSE", "KIND_DEPTHWISE", "KIND_LOWRANK", "KIND_ELEMENTWISE"]
+__all__ = [
+    "KIND_DENSE",
+    "KIND_DEPTHWISE",
+    "KIND_ELEMENTWISE",
+    "KIND_LOWRANK",
+    "NOMINAL_MS_PER_MAC",
+    "SurrogatePredictor",
+    "l1_l2_width",
+    "surrogate_cost",
+    "surrogate_cost_torch",
+    "surrogate_terms",
+]
 
 KIND_DENSE, KIND_DEPTHWISE, KIND_LOWRANK, KIND_ELEMENTWISE = 0, 1, 2, 3
 #: 1 GMAC/s: the no-data scale
@@ -56,7 +66,7 @@ def surrogate_terms(x: Any) -> dict[str, np.ndarray]:
     """Per-layer surrogate terms of specs (or a raw table): ``kind, c, n_in, n_out, rank, k2, w_bits, a_bits,
     native_bits`` as float64 arrays (``kind`` int64)."""
     t = x if isinstance(x, np.ndarray) else spec_table(specs_from_any(x))
-    col = lambda n: t[:, _R[n]]  # noqa: E731
+    col = lambda n: t[:, _R[n]]
     op = col("op").astype(np.int64)  # OP_KINDS order: conv2d, linear, matmul, ...
     cin, cout, rank, groups, batch = col("in_channels"), col("out_channels"), col("rank"), col("groups"), col("batch")
     hw = col("out_h") * col("out_w")
