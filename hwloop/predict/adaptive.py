@@ -72,6 +72,15 @@ class AdaptiveSummary:
     rounds: tuple[AdaptiveRound, ...]
     strategy: str
 
+    def __str__(self) -> str:
+        last = self.rounds[-1].mean_spread if self.rounds else float("nan")
+        return (f"adaptive ({self.strategy}): measured {self.measured} of budget {self.budget} from "
+                f"{self.candidates} candidates in {len(self.rounds)} rounds, {self.failed} failed; "
+                f"last round's mean ensemble spread {last:.3f} (log-ms)")
+
+    def __rich__(self) -> str:
+        return str(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {"candidates": self.candidates, "budget": self.budget, "measured": self.measured,
                 "failed": self.failed, "strategy": self.strategy,
