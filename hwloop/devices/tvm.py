@@ -249,8 +249,6 @@ class TvmDevice:
         new_trials = 0
         if todo:
             lg = logging.getLogger("tvm.s_tir.meta_schedule")
-            if lg.level == logging.NOTSET:
-                lg.setLevel(logging.WARNING)  # MetaSchedule's console handler follows this level; files keep INFO
             builder, runner = self._tuning_tools()
             old_env = os.environ.get("TVM_NUM_THREADS")
             os.environ["TVM_NUM_THREADS"] = str(self.threads)  # read by the runner's worker processes
@@ -262,6 +260,9 @@ class TvmDevice:
                     strategy = ms.search_strategy.EvolutionarySearch(
                         population_size=self.tune_population, init_min_unmeasured=min(50, self.tune_population // 2),
                         genetic_num_iters=2)
+                    # MetaSchedule sizes its console handler from this level (and resets it to DEBUG when it
+                    # configures logging), so quiet it before every call; work_dir/logs keeps the full log
+                    lg.setLevel(logging.WARNING)
                     ctxs, weights = ri.extracted_tasks_to_tune_contexts([task], str(wd), strategy=strategy)
                     before = _n_records(db, task.dispatched[0])
                     ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(wd), max_trials_global=budget,
