@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwloop.compress.extract import ModelGraph, analyze, compress_, get_module, set_module
+from hwloop.compress.extract import ModelGraph, analyze, compress_, get_module, output_layers, set_module
 from hwloop.compress.gates import BIT_LEVELS
 from hwloop.compress.lowrank import factorize, full_rank, is_factorizable
 from hwloop.compress.plan import CompressionPlan
@@ -184,8 +184,6 @@ class SearchSpace:
         weighted = [n for n, m in base.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         if not weighted:
             raise SearchError("the model has no Conv2d or Linear layer to compress")
-        from hwloop.compress.extract import output_layers
-
         ignored = list(self.options.ignored) if self.options.ignored is not None else output_layers(base, example)
         self.ignored: tuple[str, ...] = tuple(ignored)
         first = weighted[0]
@@ -223,34 +221,15 @@ class SearchSpace:
     # ------------------------------------------------------------------ structure
     @staticmethod
     def _specs(model: nn.Module, example: torch.Tensor) -> dict[str, LayerSpec]:
-        specs: dict[str, LayerSpec] = {}
-        handles = []
-        dtype = str(example.dtype).replace("torch.", "")
+        """Conv/linear/batch-norm specs by module name (``extract_workload``'s forward-hook path)."""
+        import warnings
 
-        def hook(mod: nn.Module, inp: Any, out: Any, name: str) -> None:
-            x = inp[0]
-            ins, outs = tuple(x.shape), tuple(out.shape)
-            if isinstance(mod, nn.Conv2d):
-                specs[name] = LayerSpec("conv2d", ins, outs, mod.in_channels, mod.out_channels,
-                                        kernel=mod.kernel_size, stride=mod.stride, padding=mod.padding,
-                                        dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None,
-                                        dtype=dtype, name=name)
-            elif isinstance(mod, nn.Linear):
-                specs[name] = LayerSpec("linear", ins, outs, mod.in_features, mod.out_features,
-                                        bias=mod.bias is not None, dtype=dtype, name=name)
-            else:
-                specs[name] = LayerSpec("batchnorm", ins, outs, dtype=dtype, name=name)
+        from hwloop.workload import WorkloadWarning, extract_workload
 
-        for n, m in model.named_modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
-                handles.append(m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n)))
-        try:
-            with torch.no_grad():
-                model(example)
-        finally:
-            for h in handles:
-                h.remove()
-        return specs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", WorkloadWarning)
+            wl = extract_workload(model, example, method="hooks")
+        return {s.name: s for s in wl.layers if s.op in ("conv2d", "linear", "batchnorm")}
 
     def _make_slots(self, model: nn.Module, example: torch.Tensor) -> tuple[LayerSlot, ...]:
         specs = self._specs(model, example)
