@@ -500,7 +500,12 @@ def _run(requests: Sequence[MeasureRequest], devices: Sequence[Device], store: M
         # A streaming device (measure_iter, e.g. a remote agent) stores each result on arrival, so bigger
         # batches cost no durability and save a round trip per batch; shared queues keep batches moderate.
         streaming = all(callable(getattr(devices[i], "measure_iter", None)) for i in members)
-        bs = batch_size if not streaming else max(batch_size, 64 if len(members) > 1 else len(todo_reqs) or 1)
+        if not streaming:
+            bs = batch_size
+        elif len(members) == 1:
+            bs = max(batch_size, len(todo_reqs))
+        else:  # several devices share this queue: batches small enough that every one gets work
+            bs = max(batch_size, min(64, len(todo_reqs) // (2 * len(members))))
         for b in _batches(todo_reqs, bs):
             todo.put(b)
         label = "+".join(names[i] for i in members)

@@ -89,8 +89,10 @@ def test_failing_request_is_an_error_result_and_the_next_still_runs(factory: str
 
 
 def test_layer_whose_forward_fails_is_an_error_result() -> None:
-    # a valid spec whose module raises at run time: a 5x5 max-pool over a 2x2 input
-    bad = LayerSpec("pooling", (1, 2, 2, 2), kernel=5, variant="max")
+    # a spec whose module raises at run time: LayerSpec now rejects a 5x5 max-pool over a 2x2 input,
+    # so forge one past validation (as a spec from an older hwloop or a foreign store could be)
+    bad = LayerSpec("pooling", (1, 2, 2, 2), kernel=1, variant="max")
+    object.__setattr__(bad, "kernel", (5, 5))
     res = CpuDevice(threads=1).measure([MeasureRequest.for_layer(bad), MeasureRequest.for_layer(conv())], FAST)
     assert res[0].error is not None and res[0].error.startswith("RuntimeError:")
     assert "too small" in res[0].error
