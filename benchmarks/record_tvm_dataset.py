@@ -112,7 +112,9 @@ def main() -> None:
     for d in devices.values():
         d.close()
     summary = summarize_frame(df, fps)
-    summary.update({"rows": n, "layers": len(specs), "trials_per_function": args.trials,
+    complete = int((_pivot(df, fps).reset_index()["kind"] == "layer").sum())
+    summary.update({"rows": n, "layers_requested": len(specs), "layers_on_all_three": complete,
+                    "trials_per_function": args.trials,
                     "population": args.population, "record_s": round(time.time() - t0, 1)})
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
