@@ -57,3 +57,19 @@ def test_profile_without_store_prints_table(capsys: pytest.CaptureFixture[str]) 
     assert main(["profile", "small_cnn", "--no-store", "--repeats", "3", "--warmup", "1", "--all"]) == 0
     out = capsys.readouterr().out
     assert "whole model:" in out and "features.0" in out
+
+
+def test_bench_list_and_unknown_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "list"]) == 0
+    assert "bench_harness" in capsys.readouterr().out
+    assert main(["bench", "run", "no_such_bench"]) == 2
+    assert "benchmark 'no_such_bench' is unknown" in capsys.readouterr().err
+
+
+def test_cuda_device_without_gpu_is_one_line_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    p = run_cli("profile", "small_cnn", "--no-store", "--device", "local-gpu")
+    assert p.returncode == 2 and "needs CUDA" in p.stderr and "Traceback" not in p.stderr
