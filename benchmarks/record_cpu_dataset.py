@@ -18,7 +18,9 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/record_cpu_dataset.py [--out measurements/local-cpu] [--quick]
     python benchmarks/record_cpu_dataset.py --device asic-tpu32 --out measurements/asic-tpu32
 
-``local-cpu`` is measured with one thread (``CpuDevice(threads=1)``) and the timings below;
+``local-cpu`` is measured with one thread and the thread CPU clock
+(``CpuDevice(threads=1, clock="thread_cpu")``, the ``local-cpu-threadclock`` profile; ``--clock wall``
+for the wall clock) and the timings below;
 other devices use their profile's timing, and accelerators (backend ``asic``) also get
 quantised layer variants (``w_bits``/``a_bits`` in 2–8).
 """
@@ -39,59 +41,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hwloop.devices._timing import Timer, time_fn
-from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig, summarize
-from hwloop.devices.cpu import CpuDevice, prepare_request, time_model_layers
+from hwloop.devices.base import MeasureRequest, TimingConfig
+from hwloop.devices.cpu import CpuDevice
 from hwloop.devices.profiles import create_device
 from hwloop.predict.sampling import random_layer_specs, random_model_refs, unique_specs
 from hwloop.workload import WorkloadWarning, extract_workload
 
 LAYER_TIMING = TimingConfig(warmup=3, repeats=25, min_repeat_ms=1.0, max_cv=0.08, max_retries=1, timeout_s=60)
 MODEL_TIMING = TimingConfig(warmup=3, repeats=40, min_repeat_ms=0.5, max_cv=0.08, max_retries=1, timeout_s=120)
-
-
-class ThreadCpuTimer(Timer):
-    """Milliseconds of CPU time of the calling thread per call (``CLOCK_THREAD_CPUTIME_ID``)."""
-
-    def time(self, fn, number: int) -> float:
-        t0 = time.thread_time_ns()
-        for _ in range(number):
-            fn()
-        return (time.thread_time_ns() - t0) / 1e6 / number
-
-
-class ThreadCpuDevice(CpuDevice):
-    """``CpuDevice(threads=1)`` timed by the measuring thread's CPU time instead of the wall clock.
-
-    With one intra-op thread every op runs on the calling thread, so its CPU time equals the
-    wall-clock latency on an idle core — but, unlike the wall clock, it does not count the
-    time other users' processes hold the core. On a shared machine that is the difference
-    between a whole-model timing that reproduces and one that varies 2× between sessions.
-    The clock is part of the fingerprint identity.
-    """
-
-    def __init__(self, name: str = "local-cpu", **kw) -> None:
-        super().__init__(name=name, threads=1, **kw)
-
-    def fingerprint(self) -> DeviceFingerprint:
-        fp = super().fingerprint()
-        return DeviceFingerprint(fp.name, fp.backend, {**fp.identity, "clock": "thread_cpu_time"}, fp.info)
-
-    def _timer(self) -> Timer:
-        return ThreadCpuTimer()
-
-    def _measure_one(self, req: MeasureRequest, timing: TimingConfig, deadline=None) -> MeasureResult:
-        model, inputs = prepare_request(req)
-        kw = {"deadline": deadline} if deadline is not None else {}
-        with torch.inference_mode():
-            res = time_fn(lambda: model(*inputs), timing, self._timer(), request_key=req.key,
-                          extra={"threads": 1, "clock": "thread_cpu_time"}, **kw)
-        if req.kind == "model_layers":
-            ck = {"check": deadline.check} if deadline is not None else {}
-            per = time_model_layers(model, inputs, timing, time.thread_time_ns, lambda a, b: (b - a) / 1e6, **ck)
-            res = summarize(res.samples_ms, timing, request_key=req.key, attempts=res.attempts, per_layer_ms=per,
-                            extra=dict(res.extra))
-        return res
 
 
 def _done(path: Path) -> set[str]:
@@ -172,7 +129,8 @@ def main() -> None:
     for ref in tqdm(pool_models, desc="trace layer pool", unit="model"):
         specs += [s for s in extract_workload(ref.build(), ref.example_input()).layers if s.op != "other"]
     if args.device == "local-cpu":
-        dev = ThreadCpuDevice("local-cpu") if args.clock == "thread" else CpuDevice(name="local-cpu", threads=1)
+        clock = "thread_cpu" if args.clock == "thread" else "wall"
+        dev = CpuDevice(name="local-cpu", threads=1, clock=clock)
         layer_t, model_t = LAYER_TIMING, MODEL_TIMING
     else:
         dev = create_device(args.device)

@@ -165,6 +165,49 @@ def test_profile_creates_a_cpu_device() -> None:
     assert isinstance(dev, CpuDevice) and dev.timing.repeats == 20
 
 
+# --- the clock option ------------------------------------------------------------------------------
+def test_thread_cpu_clock_is_in_the_fingerprint_identity() -> None:
+    wall, tc = CpuDevice(threads=1).fingerprint(), CpuDevice(threads=1, clock="thread_cpu").fingerprint()
+    assert "clock" not in wall.identity  # wall-clock keys are unchanged by the option
+    assert tc.identity["clock"] == "thread_cpu_time" and tc.key != wall.key
+    assert {k: v for k, v in tc.identity.items() if k != "clock"} == wall.identity
+
+
+@pytest.mark.parametrize(("kw", "match"), [({"clock": "cycles"}, "clock='cycles'.*wall, thread_cpu"),
+                                           ({"clock": "thread_cpu", "threads": 2}, "threads = 1")])
+def test_bad_clock_options(kw: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        CpuDevice(**kw)
+
+
+def test_thread_cpu_clock_does_not_count_sleeping() -> None:
+    """A 5 ms sleep is 5 ms of wall time but ~0 ms of the measuring thread's CPU time."""
+    t = TimingConfig(warmup=0, repeats=3, number=1, max_cv=10.0, max_retries=0, timeout_s=30)
+    req = [MeasureRequest.for_model(ref("sleepy"))]
+    wall = CpuDevice(threads=1).measure(req, t)[0]
+    tc = CpuDevice(threads=1, clock="thread_cpu").measure(req, t)[0]
+    assert wall.ok and tc.ok, (wall.error, tc.error)
+    assert wall.min_ms >= 4.5
+    assert tc.min_ms < 2.0
+    assert tc.extra["clock"] == "thread_cpu_time" and "clock" not in wall.extra
+
+
+def test_thread_cpu_clock_times_compute_and_model_layers() -> None:
+    dev = CpuDevice(threads=1, clock="thread_cpu")
+    res = dev.measure([MeasureRequest.for_layer(conv(16, 16)),
+                       MeasureRequest.for_model(ModelRef("small_cnn"), per_layer=True)], FAST)
+    assert all(r.ok for r in res), [r.error for r in res]
+    assert res[0].min_ms > 0
+    assert res[1].per_layer_ms and all(v >= 0 for v in res[1].per_layer_ms.values())
+    assert sum(res[1].per_layer_ms.values()) <= res[1].max_ms * 1.5
+
+
+def test_threadclock_profile() -> None:
+    dev = create_device("local-cpu-threadclock")
+    assert isinstance(dev, CpuDevice) and dev.clock == "thread_cpu" and dev.threads == 1
+    assert dev.fingerprint().identity["clock"] == "thread_cpu_time"
+
+
 # --- the timing loop with a scripted clock --------------------------------------------------------
 class ScriptedTimer(Timer):
     """Returns prepared sample values (the timing loop's logic, not the clock, is under test)."""

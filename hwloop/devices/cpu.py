@@ -1,7 +1,10 @@
-"""``cpu`` backend: PyTorch on the local CPU, timed with ``time.perf_counter_ns``.
+"""``cpu`` backend: PyTorch on the local CPU, timed by the wall clock or the thread CPU clock.
 
 The thread count is fixed for the duration of :meth:`CpuDevice.measure` (and restored
-after) and is part of the fingerprint, since latency depends on it.
+after) and is part of the fingerprint, since latency depends on it. ``clock="wall"``
+(default) reads ``time.perf_counter_ns``; ``clock="thread_cpu"`` reads the measuring
+thread's CPU time (``CLOCK_THREAD_CPUTIME_ID``), which needs ``threads=1`` and does not
+count the time other processes hold the core (see :class:`CpuDevice`).
 
 Example:
     >>> from hwloop.devices.cpu import CpuDevice
@@ -30,7 +33,19 @@ from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult
 from hwloop.errors import ConfigError
 from hwloop.workload import build_layer, make_inputs
 
-__all__ = ["CpuDevice", "cpu_model_name", "prepare_request", "time_model_layers", "error_message"]
+__all__ = [
+    "CLOCKS",
+    "CpuDevice",
+    "ThreadCpuTimer",
+    "cpu_model_name",
+    "error_message",
+    "prepare_request",
+    "time_model_layers",
+]
+
+#: clocks of the cpu backend; the fingerprint identity value of each non-wall clock
+CLOCKS = ("wall", "thread_cpu")
+_CLOCK_IDENTITY = {"thread_cpu": "thread_cpu_time"}
 
 
 def error_message(e: BaseException) -> str:
@@ -54,6 +69,21 @@ def cpu_model_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+class ThreadCpuTimer(Timer):
+    """Milliseconds of CPU time of the calling thread per call (``CLOCK_THREAD_CPUTIME_ID``).
+
+    Example:
+        >>> ThreadCpuTimer().time(lambda: sum(range(1000)), 10) > 0
+        True
+    """
+
+    def time(self, fn: Callable[[], object], number: int) -> float:
+        t0 = time.thread_time_ns()
+        for _ in range(number):
+            fn()
+        return (time.thread_time_ns() - t0) / 1e6 / number
 
 
 @contextmanager
@@ -142,43 +172,72 @@ def time_model_layers(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], 
 class CpuDevice:
     """PyTorch on the local CPU.
 
+    ``clock="thread_cpu"`` times with the measuring thread's CPU time instead of the wall
+    clock. With one intra-op thread every op runs on the calling thread, so on an idle core
+    the two clocks agree; on a core shared with other users only the thread clock
+    reproduces (it does not count the time other processes hold the core). It therefore
+    requires ``threads=1`` (other threads' work would be missed), and it is recorded in the
+    fingerprint identity (``"clock": "thread_cpu_time"``), so its rows never mix with
+    wall-clock rows. The wall clock adds nothing to the identity (keys stay as before).
+
     Args:
         name: the device's name (its profile's name).
-        threads: intra-op thread count used while measuring (default: all cores).
+        threads: intra-op thread count used while measuring (default: all cores; 1 with
+            ``clock="thread_cpu"``).
         timing: default :class:`TimingConfig` for :meth:`measure`.
+        clock: ``"wall"`` (``time.perf_counter_ns``, default) or ``"thread_cpu"``.
+
+    Example:
+        >>> dev = CpuDevice(threads=1, clock="thread_cpu")
+        >>> dev.fingerprint().identity["clock"]
+        'thread_cpu_time'
     """
 
     backend = "cpu"
 
     def __init__(self, name: str = "local-cpu", threads: int | None = None, timing: TimingConfig | None = None,
-                 **_ignored: Any) -> None:
-        n = threads if threads is not None else (os.cpu_count() or 1)
+                 clock: str = "wall", **_ignored: Any) -> None:
+        if clock not in CLOCKS:
+            raise ConfigError(f"clock={clock!r} is unknown; allowed: {', '.join(CLOCKS)}")
+        default = 1 if clock == "thread_cpu" else (os.cpu_count() or 1)
+        n = threads if threads is not None else default
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"threads={threads!r} must be a positive integer")
+        if clock == "thread_cpu" and n != 1:
+            raise ConfigError(f"clock='thread_cpu' needs threads = 1 (got {n}): the thread clock counts only the "
+                              "measuring thread")
         self.name = name
         self.threads = n
+        self.clock = clock
         self.timing = timing or TimingConfig()
 
     def fingerprint(self) -> DeviceFingerprint:
+        identity: dict[str, Any] = {"cpu": cpu_model_name(), "machine": platform.machine(), "threads": self.threads,
+                                    "torch": torch.__version__.split("+")[0], "cores": os.cpu_count()}
+        if self.clock != "wall":
+            identity["clock"] = _CLOCK_IDENTITY[self.clock]
         return DeviceFingerprint(
-            name=self.name, backend=self.backend,
-            identity={"cpu": cpu_model_name(), "machine": platform.machine(), "threads": self.threads,
-                      "torch": torch.__version__.split("+")[0], "cores": os.cpu_count()},
+            name=self.name, backend=self.backend, identity=identity,
             info={"hostname": platform.node(), "python": platform.python_version(),
                   "mkldnn": bool(torch.backends.mkldnn.is_available()), "os": platform.platform()})
 
     def _timer(self) -> Timer:
-        return PerfCounterTimer()
+        return ThreadCpuTimer() if self.clock == "thread_cpu" else PerfCounterTimer()
+
+    def _clock_ns(self) -> Callable[[], int]:
+        return time.thread_time_ns if self.clock == "thread_cpu" else time.perf_counter_ns
 
     def _measure_one(self, req: MeasureRequest, timing: TimingConfig, deadline: Deadline) -> MeasureResult:
         model, inputs = prepare_request(req)
         deadline.check()
-        extra = {"threads": self.threads}
+        extra: dict[str, object] = {"threads": self.threads}
+        if self.clock != "wall":
+            extra["clock"] = _CLOCK_IDENTITY[self.clock]
         with torch.inference_mode():
-            fn = lambda: model(*inputs)  # noqa: E731
+            fn = lambda: model(*inputs)
             res = time_fn(fn, timing, self._timer(), request_key=req.key, extra=extra, deadline=deadline)
         if req.kind == "model_layers":
-            per = time_model_layers(model, inputs, timing, time.perf_counter_ns, lambda a, b: (b - a) / 1e6,
+            per = time_model_layers(model, inputs, timing, self._clock_ns(), lambda a, b: (b - a) / 1e6,
                                     check=deadline.check)
             res = summarize(res.samples_ms, timing, request_key=req.key, attempts=res.attempts, per_layer_ms=per,
                             extra=dict(res.extra))
