@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -76,21 +77,96 @@ def test_interp_grid_exact_at_nodes_and_linear_between() -> None:
 
 
 def test_predictor_latency_equals_predictor_at_integer_sizes(digits_space: SearchSpace) -> None:
+    from hwloop.search.report import layer_specs_with_bits
+
     pred = _asic_predictor(digits_space)
-    lat = PredictorLatency(digits_space, pred, calibrated=False)
+    lat = PredictorLatency(digits_space, pred, aggregate="sum")
+    assert {s.spec.op for s in lat.passive} == {"activation", "pooling"}
     rng = np.random.default_rng(3)
-    groups = {g.key: g.channels for g in digits_space.graph.groups}
-    for _ in range(5):
-        sizes = {f"ch:{k}": float(rng.integers(1, c + 1)) for k, c in groups.items()}
-        sizes.update({f"bits:{n}": float(rng.choice([2, 4, 8])) for n in digits_space.bit_layers})
-        specs = []
-        for s in digits_space.slots:
-            cin = int(sizes[f"ch:{s.in_key}"]) if s.in_key else None
-            cout = int(sizes[f"ch:{s.out_key}"]) if s.out_key else None
-            b = int(sizes[f"bits:{s.bits_key}"]) if s.bits_key else None
-            specs.append(s.spec_at(None, cout) if s.spec.op == "batchnorm" else s.spec_at(cin, cout, b, 8 if b else None))
-        want = float(np.sum(pred.predict(specs)))
-        assert float(lat(sizes)) == pytest.approx(want, rel=1e-5)
+    for _ in range(5):   # the value is the predictor summed over every op of the real extracted model
+        net, plan = digits_space.compress(digits_space.sample(rng))
+        specs = [s for s in layer_specs_with_bits(net, digits_space.example, plan) if s.op != "other"]
+        assert len(specs) == len(digits_space.slots) + len(lat.passive)
+        assert lat.plan_latency(plan) == pytest.approx(float(np.sum(pred.predict(specs))), rel=1e-5)
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (REPO / "measurements").glob("*/predictor.json")))
+def test_every_shipped_predictor_loads_into_the_search(folder: str) -> None:
+    """Each measurements/*/predictor.json drives the search's latency model, whatever its aggregation."""
+    from hwloop.predict import load_predictor
+    from hwloop.search.report import predict_compressed
+
+    path = REPO / "measurements" / folder / "predictor.json"
+    pred = load_predictor(path)
+    bits = pred.mode == "asic"
+    space = SearchSpace.from_ref(ModelRef("small_cnn"), SpaceOptions(bits=bits, a_bits=8 if bits else None))
+    lines: list[str] = []
+    lat = select_latency_model(space, predictor_path=str(path), log=lines.append)
+    assert isinstance(lat, PredictorLatency) and str(path) in lines[-1]
+    assert lat.aggregate == ("sum" if bits else "calibrated")
+    for cfg in (space.default_config(), space.sample(np.random.default_rng(0))):
+        net, plan = space.compress(cfg)   # the search's value equals the predictor's on the real model
+        want = predict_compressed(pred, net, space.example, plan, aggregate=lat.aggregate)
+        assert lat.plan_latency(plan) == pytest.approx(want, rel=1e-4)
+    sizes = {k: torch.tensor(v * 0.7, requires_grad=True) for k, v in space.full_sizes().items()}
+    lat(sizes).backward()
+    grads = [float(v.grad) for k, v in sizes.items() if k.startswith("ch:")]
+    assert all(math.isfinite(g) and g >= 0 for g in grads) and sum(grads) > 0
+
+
+def test_calibrated_aggregation_is_the_predictors_own(digits_space: SearchSpace) -> None:
+    """aggregate='calibrated' uses the aggregation object as is (any coefficients) and differentiates it."""
+    from hwloop.predict.surrogate import SurrogatePredictor
+    from hwloop.search.report import predict_compressed
+
+    space = SearchSpace.from_ref(ModelRef("small_cnn"))
+    pred = _asic_predictor(space, kind="surrogate")
+    models = [space.compress(space.sample(np.random.default_rng(i))) for i in range(4)]
+    specs = [[s for s in layer_specs(net, space) if s.op != "other"] for net, _ in models]
+    truth = np.array([2.0 * float(np.sum(pred.predict(s))) + 0.01 for s in specs])   # not a plain sum
+    pred.fit_aggregator(specs, truth)
+    lat = PredictorLatency(space, pred, aggregate="calibrated")
+    for (net, plan), sp in zip(models, specs):
+        assert lat.plan_latency(plan) == pytest.approx(pred.predict_workload(sp), rel=1e-5)
+        assert lat.plan_latency(plan) == pytest.approx(predict_compressed(pred, net, space.example, plan), rel=1e-5)
+    exact = PredictorLatency(space, pred, aggregate="calibrated", grad_points=None)   # the fine grid's gradient
+    base = {k: v * 0.5 + 0.25 for k, v in space.full_sizes().items()}   # inside grid cells: locally linear
+    sizes = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in base.items()}
+    exact(sizes).backward()
+    for k, v in sizes.items():   # autograd through the aggregation = central difference of its value
+        up, down = dict(base), dict(base)
+        up[k] += 0.1
+        down[k] -= 0.1
+        fd = (float(exact(up)) - float(exact(down))) / 0.2
+        assert float(v.grad) == pytest.approx(fd, rel=2e-2, abs=1e-9), k
+        assert fd > 0
+    with pytest.raises(SearchError, match="aggregate"):
+        PredictorLatency(space, SurrogatePredictor(), aggregate="calibrated")
+    with pytest.raises(SearchError, match="aggregate"):
+        PredictorLatency(space, pred, aggregate="mean")
+
+
+def layer_specs(net: torch.nn.Module, space: SearchSpace) -> list:
+    from hwloop.search.report import layer_specs_with_bits
+
+    return layer_specs_with_bits(net, space.example, None)
+
+
+def test_search_records_its_compute_in_a_ledger() -> None:
+    from hwloop.search.accounting import ComputeLedger
+
+    task = make_task("digits", "small_cnn", batch_size=64, train_limit=300)
+    space = SearchSpace.from_ref(task.ref)
+    led = ComputeLedger()
+    differentiable_search(space, SurrogateLatency(space), task.train, task.eval_fn,
+                          SearchConfig(search_epochs=2, finetune_epochs=1, target=0.5, max_steps=3), ledger=led, trial=7)
+    phases = led.by_phase()
+    assert list(phases) == ["search", "eval", "extract", "finetune"]
+    assert phases["search"].train_images == 2 * 3 * 64 and phases["search"].epochs == pytest.approx(2.0)
+    assert phases["finetune"].train_images == 3 * 64 and phases["finetune"].epochs == 1.0
+    assert len([r for r in led.records if r.phase == "eval"]) == 2 + 2   # per search epoch, extracted, fine-tuned
+    assert all(r.trial == 7 and r.wall_s > 0 for r in led.records)
+    assert led.total().device_measurements == 0 and led.total().device_s == 0.0
 
 
 def test_differentiable_latency_gradient_has_the_right_sign(digits_space: SearchSpace) -> None:
@@ -138,9 +214,10 @@ def test_search_meets_latency_target_within_budget(mode: str) -> None:
     task = make_task("digits", "small_cnn", batch_size=64)
     space = SearchSpace.from_ref(task.ref, SpaceOptions(bits=True, a_bits=8))
     lat = PredictorLatency(space, _asic_predictor(space))
-    # on this simulated ASIC the floor of small_cnn (every group at 1 channel, 2 bits) is ~54% of the original
+    # on this simulated ASIC the floor of small_cnn (every group at 1 channel, 2 bits; activations and pooling
+    # included) is ~59% of the original
     if mode == "target":   # large initial lambda, adapted by dual ascent; the budget is guaranteed at extraction
-        target, cfg = 0.7, SearchConfig(search_epochs=3, finetune_epochs=1, lam=20.0, target=0.7)
+        target, cfg = 0.8, SearchConfig(search_epochs=3, finetune_epochs=1, lam=20.0, target=0.8)
     else:                  # a fixed large lambda alone pushes latency well down within the same budget
         target, cfg = 0.85, SearchConfig(search_epochs=3, finetune_epochs=1, lam=20.0)
     res = differentiable_search(space, lat, task.train, task.eval_fn, cfg)

@@ -197,7 +197,8 @@ class CompressionObjective:
         self.latency = select_latency_model(self.space, predictor_path=self.spec.predictor.path,
                                             store=self.spec.predictor.store, device=self.spec.device.name,
                                             objective=self.spec.predictor.objective,
-                                            max_grid_points=self.spec.predictor.max_grid_points)
+                                            max_grid_points=self.spec.predictor.max_grid_points,
+                                            aggregate=self.spec.predictor.aggregate)
         self.original = float(self.latency.original())
         self._measured_original: float | None = None
 

@@ -195,13 +195,6 @@ class _Candidate:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _images_per_epoch(loader: Any, max_steps: int | None) -> int:
-    n = len(loader.dataset)
-    if max_steps is None or max_steps >= len(loader):
-        return int(n)
-    return int(max_steps * loader.batch_size)
-
-
 def _pretrain(spec: CompareSpec, out: Path, ledger: ComputeLedger, say: Callable[[str], None], progress: bool
               ) -> str | None:
     s = spec.search_spec()
@@ -221,10 +214,10 @@ def _pretrain(spec: CompareSpec, out: Path, ledger: ComputeLedger, say: Callable
     torch.manual_seed(s.seed)
     model = task.ref.build().train()
     with ledger.phase("pretrain") as ph:
-        train_epochs(model, task.train, s.schedule.pretrain_epochs, s.schedule.lr, weight_decay=s.schedule.weight_decay,
-                     progress=progress, desc="pretrain", max_steps=s.schedule.max_steps)
-        ph.train_images = s.schedule.pretrain_epochs * _images_per_epoch(task.train, s.schedule.max_steps)
-        ph.epochs = float(s.schedule.pretrain_epochs)
+        r = train_epochs(model, task.train, s.schedule.pretrain_epochs, s.schedule.lr,
+                         weight_decay=s.schedule.weight_decay, progress=progress, desc="pretrain",
+                         max_steps=s.schedule.max_steps)
+        ph.train_images, ph.epochs = int(r["images"]), r["epochs"]
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     say(f"pre-trained {s.schedule.pretrain_epochs} epochs (shared by every method, not charged): "
         f"accuracy {task.eval_fn(model):.2f}")
@@ -241,7 +234,6 @@ def _differentiable(spec: CompareSpec, obj: Any, ledger: ComputeLedger, say: Cal
     sch = s.schedule
     settings = [("target", t) for t in spec.targets] if spec.targets and not spec.lams else \
         [("lam", v) for v in spec.lams]
-    per_epoch = _images_per_epoch(obj.task.train, sch.max_steps)
     out: list[_Candidate] = []
     for i, (kind, v) in enumerate(tqdm(settings, desc="differentiable sweep", disable=not progress)):
         cfg = SearchConfig(search_epochs=sch.search_epochs, finetune_epochs=sch.finetune_epochs, lr=sch.lr,
@@ -249,13 +241,13 @@ def _differentiable(spec: CompareSpec, obj: Any, ledger: ComputeLedger, say: Cal
                            lam=v if kind == "lam" else s.budget.lam, target=v if kind == "target" else None,
                            dual_lr=s.budget.dual_lr, keep_rule=sch.keep_rule, tile=s.space.tile,
                            max_steps=sch.max_steps, seed=s.seed)
-        with ledger.phase("search", trial=i) as ph:
-            res = differentiable_search(obj.space, obj.latency, obj.task.train, obj.task.eval_fn, cfg)
-            ph.train_images = (sch.search_epochs + sch.finetune_epochs) * per_epoch
-            ph.epochs = float(sch.search_epochs + sch.finetune_epochs)
+        # no per-epoch evaluation: like an Optuna trial, each candidate is evaluated once, after fine-tuning
+        res = differentiable_search(obj.space, obj.latency, obj.task.train, None, cfg, ledger=ledger, trial=i)
+        with ledger.phase("eval", trial=i):
+            acc = float(obj.task.eval_fn(res.model))
         ratio = res.predicted / res.original
-        say(f"differentiable {kind}={v}: accuracy {res.accuracy:.2f}, predicted latency {ratio:.3f} x original")
-        out.append(_Candidate("differentiable", i, float(res.accuracy), ratio, res.plan.to_dict(),
+        say(f"differentiable {kind}={v}: accuracy {acc:.2f}, predicted latency {ratio:.3f} x original")
+        out.append(_Candidate("differentiable", i, acc, ratio, res.plan.to_dict(),
                               ledger.total(trial=i), setting=f"{kind}={v}"))
     return out
 
@@ -317,8 +309,10 @@ def _measure_all(spec: CompareSpec, obj: Any, cands: Sequence[_Candidate], ledge
             dt = time.perf_counter() - t0
             c.measured_ms = float(m["latency_ms"])
             c.latency_ratio = c.measured_ms / original
-            c.compute = c.compute + ComputeRecord("measure", wall_s=dt, device_s=dt,
-                                                  device_measurements=int(m["n_requests"]))
+            rec = ComputeRecord("measure", wall_s=dt, device_s=dt, device_measurements=int(m["n_requests"]))
+            c.compute = c.compute + rec
+            if c.method == "differentiable":   # its phases live in the run's ledger (Optuna's in each trial's)
+                ledger.extend([dataclasses.replace(rec, trial=c.index)])
     finally:
         dev.close()
     say(f"measured {sum(bool(c.plan) for c in cands)} candidates on {dev.name}; original {original:.4g} ms")
@@ -488,7 +482,8 @@ def run_compare(spec: CompareSpec, out_dir: str | Path, *, progress: bool = True
                                 baseline=spec.baseline, targets=spec.targets or (spec.budget,))[
             "compute_ratio_baseline_over_differentiable"] for u in ("train_images", "epochs", "wall_s")}
     full = ComputeLedger(ledger.records)
-    full.extend(dataclasses.replace(c.compute, phase=f"{c.method}:{c.setting}", trial=None) for c in cands)
+    full.extend(dataclasses.replace(c.compute, phase=f"{c.method}:{c.setting}", trial=None) for c in cands
+                if c.method != "differentiable")   # the differentiable runs' phases are already in `ledger`
     full.save(out / "ledger.json")
     _write_outputs(out, spec, cands, summary, original_ms)
     say(f"wrote {out}/summary.md, candidates.csv, fronts.png, hv_vs_compute.png")

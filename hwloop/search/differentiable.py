@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from hwloop.compress.gated import GatedModel, extract, quantized_weights
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import SearchError
+from hwloop.search.accounting import ComputeLedger
 from hwloop.search.latency import LatencyModel
 from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
@@ -192,7 +193,8 @@ def enforce_budget(gm: GatedModel, latency: LatencyModel, widths: Mapping[str, i
 def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loader: DataLoader[Any],
                           eval_fn: Callable[[nn.Module], float] | None, config: SearchConfig, *,
                           model: nn.Module | None = None, log: Callable[[str], None] | None = None,
-                          progress: bool = False) -> SearchResult:
+                          progress: bool = False, ledger: ComputeLedger | None = None,
+                          trial: int | None = None) -> SearchResult:
     """Search, extract and fine-tune (see the module docstring).
 
     Args:
@@ -204,10 +206,29 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
         model: starting weights (default: the space's model).
         log: called with one line per epoch and per phase.
         progress: show tqdm progress bars.
+        ledger: a :class:`~hwloop.search.accounting.ComputeLedger` that receives what each phase cost:
+            ``search`` (one record per epoch: training images and epochs actually processed, wall),
+            ``extract`` (wall), ``finetune`` (images, epochs, wall) and ``eval`` (wall of every
+            ``eval_fn`` call). The search itself sends nothing to a device (device time and
+            measurements are 0 here); callers add their ``measure`` records to the same ledger.
+        trial: the trial / sweep index recorded on every ledger entry.
+
+    Example:
+        >>> from hwloop.search.accounting import ComputeLedger
+        >>> from hwloop.search.train import make_task
+        >>> from hwloop.search.latency import SurrogateLatency
+        >>> task = make_task("digits", "small_cnn", train_limit=256)
+        >>> space = SearchSpace.from_ref(task.ref)
+        >>> led = ComputeLedger()
+        >>> _ = differentiable_search(space, SurrogateLatency(space), task.train, None,
+        ...                           SearchConfig(search_epochs=1, finetune_epochs=1, target=0.5), ledger=led)
+        >>> led.total(phase="search").train_images, led.total(phase="finetune").epochs
+        (256, 1.0)
     """
     from tqdm.auto import tqdm
 
     say = log or (lambda _m: None)
+    led = ledger if ledger is not None else ComputeLedger()
     torch.manual_seed(config.seed)
     gm = GatedModel(space, model)
     gm.train()
@@ -224,84 +245,95 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
     mode = f"target {config.target:.0%} of original (dual ascent)" if config.target else f"fixed lambda {lam}"
     say(f"search: {config.search_epochs} epochs x {steps} steps, {mode}, latency0 = {l0:.4g} {latency.unit} "
         f"({latency.kind})")
-    t0 = time.perf_counter()
-    t_eval = 0.0  # per-epoch evaluation is reporting, not search cost
+
+    def evaluate(net: nn.Module) -> float:
+        assert eval_fn is not None
+        with led.phase("eval", trial=trial):   # per-epoch evaluation is reporting, not search cost
+            return float(eval_fn(net))
+
+    t_search = 0.0
     ratio = 1.0
     for ep in range(config.search_epochs):
         sums = {"loss": 0.0, "task": 0.0, "ratio": 0.0}
         n = 0
-        for i, (x, y) in enumerate(tqdm(train_loader, desc=f"search {ep + 1}/{config.search_epochs}",
-                                        disable=not progress, leave=False, total=steps)):
-            if i >= steps:
-                break
-            for grp in opt_w.param_groups:
-                grp["lr"] = cosine_lr(config.lr, step, total)
-            task = loss_fn(gm(x), y)
-            lat = latency(gm.sizes())
-            ratio_t = lat / l0
-            loss = task + lam * ratio_t
-            opt_w.zero_grad(set_to_none=True)
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_w.step()
-            opt_g.step()
-            gm.project_()
-            ratio = float(ratio_t.detach())
-            if config.target is not None:  # dual ascent on log(lambda): scale-free, fast in short schedules
-                lam = min(1e4, max(1e-4, lam * math.exp(config.dual_lr * (ratio / config.target - 1.0))))
-            sums["loss"] += float(loss.detach())
-            sums["task"] += float(task.detach())
-            sums["ratio"] += ratio
-            n += 1
-            step += 1
+        t0 = time.perf_counter()
+        with led.phase("search", trial=trial) as ph:
+            for i, (x, y) in enumerate(tqdm(train_loader, desc=f"search {ep + 1}/{config.search_epochs}",
+                                            disable=not progress, leave=False, total=steps)):
+                if i >= steps:
+                    break
+                for grp in opt_w.param_groups:
+                    grp["lr"] = cosine_lr(config.lr, step, total)
+                task = loss_fn(gm(x), y)
+                lat = latency(gm.sizes())
+                ratio_t = lat / l0
+                loss = task + lam * ratio_t
+                opt_w.zero_grad(set_to_none=True)
+                opt_g.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_w.step()
+                opt_g.step()
+                gm.project_()
+                ratio = float(ratio_t.detach())
+                if config.target is not None:  # dual ascent on log(lambda): scale-free, fast in short schedules
+                    lam = min(1e4, max(1e-4, lam * math.exp(config.dual_lr * (ratio / config.target - 1.0))))
+                sums["loss"] += float(loss.detach())
+                sums["task"] += float(task.detach())
+                sums["ratio"] += ratio
+                ph.train_images += int(y.shape[0])
+                n += 1
+                step += 1
+            ph.epochs += n / max(1, steps)
+        t_search += time.perf_counter() - t0
         rec = {"epoch": ep + 1, **{k: v / max(1, n) for k, v in sums.items()}, "lambda": lam,
                "ratio_end": ratio}
         if eval_fn is not None:
-            te = time.perf_counter()
-            rec["accuracy"] = float(eval_fn(gm))
-            t_eval += time.perf_counter() - te
+            rec["accuracy"] = evaluate(gm)
         history.append(rec)
         say("search epoch {epoch}: loss {loss:.4f} task {task:.4f} latency ratio {ratio_end:.3f} lambda {lam:.3f}"
             .format(lam=lam, **rec) + (f" acc {rec['accuracy']:.2f}" if "accuracy" in rec else ""))
-    t_search = time.perf_counter() - t0 - t_eval
     soft = float(latency(gm.sizes()).detach())
 
     t1 = time.perf_counter()
-    gm.eval()
-    widths = round_widths_to_tile(gm, latency, config.tile)
-    if config.target is not None:
-        before = float(latency(_hard_sizes(gm, widths)).detach())
-        widths = enforce_budget(gm, latency, widths, config.target * l0)
-        after = float(latency(_hard_sizes(gm, widths)).detach())
-        if after < before:
-            say(f"budget: hard sizes gave {before / l0:.3f} x original; shrank widths to {after / l0:.3f} x")
-    hard = _hard_sizes(gm, widths)
+    with led.phase("extract", trial=trial):
+        gm.eval()
+        widths = round_widths_to_tile(gm, latency, config.tile)
+        if config.target is not None:
+            before = float(latency(_hard_sizes(gm, widths)).detach())
+            widths = enforce_budget(gm, latency, widths, config.target * l0)
+            after = float(latency(_hard_sizes(gm, widths)).detach())
+            if after < before:
+                say(f"budget: hard sizes gave {before / l0:.3f} x original; shrank widths to {after / l0:.3f} x")
+        hard = _hard_sizes(gm, widths)
 
-    def merge_if(layer: str, rank: int) -> bool:
-        if not config.merge_lowrank:
-            return False
-        with torch.no_grad():
-            dense_sizes = dict(hard)
-            return float(latency(dense_sizes, frozenset({layer}))) <= float(latency(dense_sizes))
+        def merge_if(layer: str, rank: int) -> bool:
+            if not config.merge_lowrank:
+                return False
+            with torch.no_grad():
+                dense_sizes = dict(hard)
+                return float(latency(dense_sizes, frozenset({layer}))) <= float(latency(dense_sizes))
 
-    meta = {"latency_kind": latency.kind, "latency_unit": latency.unit, "original": l0,
-            "config": asdict(config)}
-    net, plan = extract(gm, widths=widths, rule=config.keep_rule, merge_if=merge_if, meta=meta)
-    predicted = latency.plan_latency(plan)
+        meta = {"latency_kind": latency.kind, "latency_unit": latency.unit, "original": l0,
+                "config": asdict(config)}
+        net, plan = extract(gm, widths=widths, rule=config.keep_rule, merge_if=merge_if, meta=meta)
+        predicted = latency.plan_latency(plan)
     t_extract = time.perf_counter() - t1
-    acc_x = float(eval_fn(net)) if eval_fn is not None else None
+    acc_x = evaluate(net) if eval_fn is not None else None
     say(f"extracted: predicted {predicted:.4g} {latency.unit} = {predicted / l0:.3f} x original"
         + (f", accuracy before fine-tune {acc_x:.2f}" if acc_x is not None else ""))
 
     t2 = time.perf_counter()
-    if config.finetune_epochs:
-        with quantized_weights(net, plan.w_bits):
-            train_epochs(net, train_loader, config.finetune_epochs, config.lr, momentum=config.momentum,
-                         weight_decay=config.weight_decay, progress=progress, desc="fine-tune",
-                         max_steps=config.max_steps)
-    net.eval()
+    with led.phase("finetune", trial=trial) as ph:
+        if config.finetune_epochs:
+            with quantized_weights(net, plan.w_bits):
+                r = train_epochs(net, train_loader, config.finetune_epochs, config.lr, momentum=config.momentum,
+                                 weight_decay=config.weight_decay, progress=progress, desc="fine-tune",
+                                 max_steps=config.max_steps)
+            ph.train_images += int(r["images"])
+            ph.epochs += float(r["epochs"])
+        net.eval()
     t_ft = time.perf_counter() - t2
-    acc = float(eval_fn(net)) if eval_fn is not None else None
+    acc = evaluate(net) if eval_fn is not None else None
     if acc is not None:
         say(f"fine-tuned: accuracy {acc:.2f}")
     sizes = _size_table(space, plan)

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -41,9 +42,11 @@ from hwloop.search.space import LayerSlot, SearchSpace
 from hwloop.workload import LayerSpec
 
 __all__ = [
+    "AGGREGATE_MODES",
     "LatencyModel",
     "PredictorLatency",
     "SurrogateLatency",
+    "default_aggregate",
     "grid_points",
     "interp_grid",
     "sample_layer_specs",
@@ -51,6 +54,8 @@ __all__ = [
 ]
 
 Sizes = Mapping[str, "torch.Tensor | float"]
+#: how per-op predictions become a whole-model latency (see :class:`PredictorLatency`)
+AGGREGATE_MODES = ("auto", "sum", "calibrated")
 
 
 @runtime_checkable
@@ -225,6 +230,27 @@ def _coarse_monotone(table: torch.Tensor, grids: Sequence[torch.Tensor], names: 
     return env, cgrids
 
 
+def default_aggregate(space: SearchSpace, predictor: Any) -> str:
+    """How per-op predictions become a model latency, matching how the device is measured.
+
+    ``sum`` when the device is timed op by op — the ``asic`` execution mode or a space with
+    bit-widths, exactly the cases where :func:`~hwloop.search.report.measure_compressed` sums one
+    layer request per op — else ``calibrated`` when the predictor has a whole-model aggregation
+    (``aggregator_.predict_one``), else ``sum``.
+
+    Example:
+        >>> from hwloop.models import ModelRef
+        >>> from hwloop.predict import SurrogatePredictor
+        >>> default_aggregate(SearchSpace.from_ref(ModelRef("small_cnn")), SurrogatePredictor())
+        'sum'
+    """
+    if getattr(predictor, "mode", None) == "asic" or space.options.bits:
+        return "sum"
+    agg = getattr(predictor, "aggregator_", None)
+    has_ops = callable(getattr(predictor, "layer_predictions", None))
+    return "calibrated" if callable(getattr(agg, "predict_one", None)) and has_ops else "sum"
+
+
 class PredictorLatency(_SlotLatency):
     """A fitted predictor made differentiable by per-layer grids (see the module docstring).
 
@@ -235,41 +261,99 @@ class PredictorLatency(_SlotLatency):
     a straight-through estimator: ``value + (coarse − coarse.detach())``. ``grad_points=None``
     uses the fine grid's own gradient.
 
+    Whole-model latency covers every op the device runs: the searched conv/linear/batch-norm
+    slots and the space's :meth:`~hwloop.search.space.SearchSpace.passive_slots` (activations,
+    pooling, adds, whose size follows their channel group). ``aggregate="sum"`` adds the per-op
+    predictions (what a device timed op by op reports); ``"calibrated"`` passes them through the
+    predictor's own whole-model aggregation object (``aggregator_.predict_one(op_codes, ms)``,
+    whatever its coefficients): the value is exactly the aggregation's, its gradient per op kind a
+    finite difference of it. ``"auto"``: :func:`default_aggregate`.
+
     Args:
         space: the search space.
-        predictor: an object with ``predict(list[LayerSpec]) -> np.ndarray`` in ms (optionally an
-            ``aggregator_`` with ``coef_`` for whole-model calibration).
+        predictor: an object with ``predict(list[LayerSpec]) -> np.ndarray`` in ms (for
+            ``calibrated``, also ``layer_predictions`` and ``aggregator_``, as every hwloop predictor).
         max_grid_points: grid points per channel dimension (every integer up to this size).
-        calibrated: use the predictor's whole-model calibration when it has one.
+        aggregate: ``auto``, ``sum`` or ``calibrated`` (see above).
         progress: show a progress bar while the grids are predicted.
         grad_points: nodes per channel axis of the gradient's coarse monotone table (None: fine grid).
+        passive: include activations, pooling and adds (False: conv/linear/batch-norm only).
+
+    Example:
+        >>> from hwloop.models import ModelRef
+        >>> from hwloop.predict import SurrogatePredictor
+        >>> space = SearchSpace.from_ref(ModelRef("small_cnn"))
+        >>> lat = PredictorLatency(space, SurrogatePredictor())
+        >>> lat.aggregate, bool(lat.original() > 0)
+        ('sum', True)
     """
 
     kind = "predictor"
     unit = "ms"
 
-    def __init__(self, space: SearchSpace, predictor: Any, *, max_grid_points: int = 65, calibrated: bool = True,
-                 a_bits: int | None = None, progress: bool = False, grad_points: int | None = 3) -> None:
+    def __init__(self, space: SearchSpace, predictor: Any, *, max_grid_points: int = 65, aggregate: str = "auto",
+                 a_bits: int | None = None, progress: bool = False, grad_points: int | None = 3,
+                 passive: bool = True) -> None:
         super().__init__(space, a_bits)
         if grad_points is not None and grad_points < 2:
             raise SearchError(f"grad_points={grad_points} must be >= 2 or None")
+        if aggregate not in AGGREGATE_MODES:
+            raise SearchError(f"aggregate={aggregate!r} is unknown; allowed: {', '.join(AGGREGATE_MODES)}")
         self.grad_points = grad_points
         if not callable(getattr(predictor, "predict", None)):
             raise SearchError(f"predictor {type(predictor).__name__} has no predict(specs) method")
         self.predictor = predictor
         self.max_grid_points = max_grid_points
-        agg = getattr(predictor, "aggregator_", None) if calibrated else None
-        coef = getattr(agg, "coef_", None)
-        self.coef = [float(c) for c in coef] if coef is not None else None
+        self.aggregate = default_aggregate(space, predictor) if aggregate == "auto" else aggregate
+        self._agg: Any = None
         self._tables: dict[str, tuple[torch.Tensor, list[torch.Tensor], list[str]]] = {}
         self._coarse: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
-        slots = list(space.slots) + [s.dense for s in space.slots if s.dense is not None]
+        self.passive: tuple[LayerSlot, ...] = space.passive_slots() if passive else ()
+        slots = list(space.slots) + [s.dense for s in space.slots if s.dense is not None] + list(self.passive)
         self._build(slots, progress)
+        self._codes: dict[str, int] = {}
+        if self.aggregate == "calibrated":
+            self._agg = getattr(predictor, "aggregator_", None)
+            if not callable(getattr(self._agg, "predict_one", None)) or \
+                    not callable(getattr(predictor, "layer_predictions", None)):
+                raise SearchError(f"aggregate='calibrated' needs a predictor with a fitted whole-model aggregation "
+                                  f"(aggregator_.predict_one); {type(predictor).__name__} has none: use 'sum'")
+            codes = np.asarray(predictor.layer_predictions([s.spec for s in slots])[0]).reshape(-1)
+            if codes.shape[0] != len(slots):
+                raise SearchError(f"predictor.layer_predictions gave {codes.shape[0]} op codes for {len(slots)} ops")
+            self._codes = {s.name: int(c) for s, c in zip(slots, codes)}
+            self._aggregate_np(np.asarray([self._codes[s.name] for s in slots]), np.ones(len(slots)))
+
+    def _aggregate_np(self, codes: np.ndarray, ms: np.ndarray) -> float:
+        try:
+            v = float(self._agg.predict_one(codes, ms))
+        except Exception as e:  # a third-party aggregation object: say what failed, in one line
+            raise SearchError(f"the predictor's whole-model aggregation failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); use aggregate='sum'") from e
+        if not math.isfinite(v):
+            raise SearchError(f"the predictor's whole-model aggregation returned {v}; use aggregate='sum'")
+        return v
+
+    def _calibrated(self, codes: np.ndarray, ms: torch.Tensor) -> torch.Tensor:
+        """The aggregation's value at ``ms``; its derivative with respect to each op's ms is a finite
+        difference per op kind (every op of the kind moved by ``h``, divided by ``n_kind · h``), exact for
+        an aggregation linear in the per-kind sums."""
+        m = ms.detach().cpu().numpy().astype(np.float64)
+        value = self._aggregate_np(codes, m)
+        h = max(float(np.abs(m).mean()), 1e-9) * 1e-3
+        slope = np.zeros(len(m))
+        for k in np.unique(codes):
+            sel = codes == k
+            bumped = m.copy()
+            bumped[sel] += h
+            slope[sel] = (self._aggregate_np(codes, bumped) - value) / (h * int(sel.sum()))
+        w = torch.as_tensor(slope, dtype=ms.dtype)
+        return torch.tensor(value, dtype=ms.dtype) + (w * (ms - ms.detach())).sum()
 
     def _axes(self, slot: LayerSlot) -> list[tuple[str, list[int]]]:
         axes: list[tuple[str, list[int]]] = []
         groups = {g.key: g.channels for g in self.space.graph.groups}
-        if slot.depthwise or slot.spec.op == "batchnorm":
+        if slot.depthwise or slot.spec.op not in ("conv2d", "linear"):
             if slot.out_key:
                 axes.append(("out", grid_points(groups[slot.out_key], self.max_grid_points)))
         else:
@@ -283,7 +367,7 @@ class PredictorLatency(_SlotLatency):
 
     def _spec(self, slot: LayerSlot, point: Mapping[str, int]) -> LayerSpec:
         bits = point.get("bits")
-        if slot.depthwise or slot.spec.op == "batchnorm":
+        if slot.depthwise or slot.spec.op not in ("conv2d", "linear"):
             return slot.spec_at(None, point.get("out"), bits, self.a_bits if bits else None)
         return slot.spec_at(point.get("in"), point.get("out"), bits, self.a_bits if bits else None)
 
@@ -324,28 +408,19 @@ class PredictorLatency(_SlotLatency):
         return value + (smooth - smooth.detach())
 
     def __call__(self, sizes: Sizes, dense: frozenset[str] = frozenset()) -> torch.Tensor:
-        compute = torch.zeros((), dtype=torch.float64)
-        elem = torch.zeros((), dtype=torch.float64)
-        n = 0
-        for s in self.active_slots(dense):
-            v = self.layer_ms(s, sizes)
-            if s.spec.op == "batchnorm":
-                elem = elem + v
-            else:
-                compute = compute + v
-            n += 1
-        if self.coef is None:
-            total = compute + elem
+        slots = [*self.active_slots(dense), *self.passive]
+        ms = torch.stack([self.layer_ms(s, sizes).reshape(()) for s in slots])
+        if self.aggregate == "calibrated":
+            total = self._calibrated(np.asarray([self._codes[s.name] for s in slots]), ms)
         else:
-            a_c, a_e, _a_o, b, c = self.coef
-            total = a_c * compute + a_e * elem + b * n + c
+            total = ms.sum()
         return total.float()
 
 
 def select_latency_model(space: SearchSpace, *, predictor: Any = None, predictor_path: str | None = None,
                          store: str | None = None, device: str | None = None, objective: str = "auto",
                          log: Callable[[str], None] | None = None, progress: bool = False,
-                         max_grid_points: int = 65) -> LatencyModel:
+                         max_grid_points: int = 65, aggregate: str = "auto") -> LatencyModel:
     """The latency model for a search, and a log line saying which one and why.
 
     Args:
@@ -357,6 +432,16 @@ def select_latency_model(space: SearchSpace, *, predictor: Any = None, predictor
         objective: ``auto`` (learned when available, else surrogate), ``learned`` (error if none),
             ``surrogate`` (bits-aware MACs) or ``flops`` (MACs only, ignores bits).
         log: called with one line describing the choice.
+        progress: show a progress bar while a predictor's grids are built.
+        max_grid_points: grid points per channel axis of a predictor's tables.
+        aggregate: ``auto``, ``sum`` or ``calibrated`` (see :class:`PredictorLatency`).
+
+    Example:
+        >>> from hwloop.models import ModelRef
+        >>> space = SearchSpace.from_ref(ModelRef("small_cnn"))
+        >>> select_latency_model(space, log=print).kind
+        latency model: l1/l2 surrogate (bit-scaled MACs) because no predictor file or store given
+        'surrogate'
     """
     say = log or (lambda _m: None)
     if objective not in ("auto", "learned", "surrogate", "flops"):
@@ -378,8 +463,12 @@ def select_latency_model(space: SearchSpace, *, predictor: Any = None, predictor
     elif predictor is not None:
         reason = f"given {type(predictor).__name__}"
     if predictor is not None:
-        say(f"latency model: learned predictor ({type(predictor).__name__}; {reason}) interpolated on per-layer grids")
-        return PredictorLatency(space, predictor, progress=progress, max_grid_points=max_grid_points)
+        lat = PredictorLatency(space, predictor, progress=progress, max_grid_points=max_grid_points,
+                               aggregate=aggregate)
+        how = "summed over every op" if lat.aggregate == "sum" else "through its whole-model aggregation"
+        say(f"latency model: learned predictor ({type(predictor).__name__}; {reason}) interpolated on per-layer "
+            f"grids, {how}")
+        return lat
     if objective == "learned":
         raise SearchError(f"objective 'learned' needs a predictor: {reason}")
     say(f"latency model: l1/l2 surrogate (bit-scaled MACs) because {reason}")

@@ -112,7 +112,7 @@ def _run(spec: SearchSpec, out: Path, say: Callable[[str], None], progress: bool
     lat = select_latency_model(space, predictor=predictor, predictor_path=spec.predictor.path,
                                store=spec.predictor.store or _default_store(), device=spec.device.name,
                                objective=spec.predictor.objective, log=say, progress=progress,
-                               max_grid_points=spec.predictor.max_grid_points)
+                               max_grid_points=spec.predictor.max_grid_points, aggregate=spec.predictor.aggregate)
     cfg = SearchConfig(search_epochs=sch.search_epochs, finetune_epochs=sch.finetune_epochs, lr=sch.lr,
                        gate_lr=sch.gate_lr, weight_decay=sch.weight_decay, lam=spec.budget.lam,
                        target=spec.budget.target, dual_lr=spec.budget.dual_lr, keep_rule=sch.keep_rule,
@@ -135,8 +135,10 @@ def _run(spec: SearchSpec, out: Path, say: Callable[[str], None], progress: bool
     metrics["macs"] = sum(s.macs for s in extract_layers(res.model, example) if s.op in ("conv2d", "linear"))
     metrics["original_macs"] = sum(s.macs for s in extract_layers(model, example) if s.op in ("conv2d", "linear"))
     if isinstance(lat, PredictorLatency):
-        metrics["predicted_ms"] = predict_compressed(lat.predictor, res.model, example, res.plan)
-        metrics["original_predicted_ms"] = predict_compressed(lat.predictor, model, example, None)
+        metrics["predicted_ms"] = predict_compressed(lat.predictor, res.model, example, res.plan,
+                                                     aggregate=lat.aggregate)
+        metrics["original_predicted_ms"] = predict_compressed(lat.predictor, model, example, None,
+                                                              aggregate=lat.aggregate)
     if spec.device.measure:
         timing = None
         if spec.device.repeats:

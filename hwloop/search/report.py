@@ -92,11 +92,19 @@ def measure_compressed(device: str | Any, model: nn.Module, plan: CompressionPla
             "n_requests": len(specs), "failed": 0}
 
 
-def predict_compressed(predictor: Any, model: nn.Module, example: torch.Tensor, plan: CompressionPlan | None
-                       ) -> float:
-    """A predictor's whole-model latency (calibrated aggregation when fitted) of the extracted model."""
+def predict_compressed(predictor: Any, model: nn.Module, example: torch.Tensor, plan: CompressionPlan | None,
+                       *, aggregate: str = "calibrated") -> float:
+    """A predictor's whole-model latency of the extracted model (every op but reshapes).
+
+    Args:
+        aggregate: ``calibrated`` (the predictor's whole-model aggregation when it has one, via
+            ``predict_workload``) or ``sum`` (per-op predictions added: what :func:`measure_compressed`
+            reports when it times op by op); use the search's ``PredictorLatency.aggregate``.
+    """
+    if aggregate not in ("calibrated", "sum"):
+        raise SearchError(f"aggregate={aggregate!r} is unknown; allowed: calibrated, sum")
     specs = [s for s in layer_specs_with_bits(model, example, plan) if s.op != "other"]
-    if hasattr(predictor, "predict_workload"):
+    if aggregate == "calibrated" and hasattr(predictor, "predict_workload"):
         return float(predictor.predict_workload(specs))
     return float(sum(predictor.predict(specs)))
 

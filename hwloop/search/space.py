@@ -151,7 +151,8 @@ class LayerSlot:
             return s.replace(in_shape=(*s.in_shape[:-1], cin), out_channels=cout, **bits)
         c = cout if c_out is not None else cin
         shape = (s.in_shape[0], c, *s.in_shape[2:])
-        return s.replace(in_shape=shape, in_channels=c, out_channels=c)
+        out = (s.out_shape[0], c, *s.out_shape[2:]) if len(s.out_shape) >= 2 else ()
+        return s.replace(in_shape=shape, out_shape=out, in_channels=c, out_channels=c)
 
 
 def _eligible_lowrank(model: nn.Module, first: str | None, ignored: Sequence[str]) -> list[str]:
@@ -211,6 +212,7 @@ class SearchSpace:
         else:
             self.bit_layers = ()
         self.slots: tuple[LayerSlot, ...] = self._make_slots(base, example)
+        self._passive: tuple[LayerSlot, ...] | None = None
 
     @classmethod
     def from_ref(cls, ref: ModelRef, options: SpaceOptions | None = None, model: nn.Module | None = None
@@ -260,6 +262,37 @@ class SearchSpace:
                                    out_key=out_of.get(name), bits_key=name if name in bits else None,
                                    depthwise=dw, factor_of=factor_of, dense=dense))
         return tuple(slots)
+
+    def passive_slots(self) -> tuple[LayerSlot, ...]:
+        """The other ops the device runs (activations, pooling, adds), each tied to the channel group of
+        the conv/linear/batch-norm executed just before it when its channel count matches that group
+        (else fixed). Traced once, on first use (``extract_layers``: ``torch.export``, hooks fallback);
+        ``other`` ops (reshapes) are left out, as in :func:`~hwloop.search.report.measure_compressed`.
+        """
+        if self._passive is None:
+            import warnings
+
+            from hwloop.workload import WorkloadWarning, extract_layers
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", WorkloadWarning)
+                specs = extract_layers(copy.deepcopy(self.template).eval(), self.example)
+            by_name = {s.name: s for s in self.slots}
+            channels = {g.key: g.channels for g in self.graph.groups}
+            cur: str | None = None
+            out: list[LayerSlot] = []
+            for spec in specs:
+                if spec.op in ("conv2d", "linear", "batchnorm"):
+                    slot = by_name.get(spec.name)
+                    cur = slot.out_key if slot is not None else None
+                    continue
+                if spec.op == "other":
+                    continue
+                key = cur if cur is not None and len(spec.in_shape) >= 2 and \
+                    spec.in_shape[1] == channels.get(cur) else None
+                out.append(LayerSlot(f"{spec.name}#{len(out)}", spec, in_key=key, out_key=key))
+            self._passive = tuple(out)
+        return self._passive
 
     # ------------------------------------------------------------------ dimensions
     def min_keep(self, channels: int) -> int:

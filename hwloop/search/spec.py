@@ -102,11 +102,14 @@ class PredictorSection:
     path: str | None = None
     store: str | None = None
     max_grid_points: int = 65
+    aggregate: str = "auto"
 
     def __post_init__(self) -> None:
         if self.objective not in ("auto", "learned", "surrogate", "flops"):
             raise SearchError(f"[predictor] objective={self.objective!r} is unknown; "
                               "allowed: auto, learned, surrogate, flops")
+        if self.aggregate not in ("auto", "sum", "calibrated"):
+            raise SearchError(f"[predictor] aggregate={self.aggregate!r} is unknown; allowed: auto, sum, calibrated")
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,11 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 def train_epochs(model: nn.Module, loader: DataLoader[Any], epochs: int, lr: float, *, momentum: float = 0.9,
                  weight_decay: float = 5e-4, progress: bool = False, desc: str = "train",
                  max_steps: int | None = None) -> dict[str, float]:
-    """Plain supervised training with cosine LR; returns ``{"loss": last epoch mean, "seconds": wall}``."""
+    """Plain supervised training with cosine LR.
+
+    Returns:
+        ``{"loss": last epoch mean, "seconds": wall, "images": training images processed, "epochs": epochs}``.
+    """
     if epochs < 0:
         raise SearchError(f"epochs={epochs} must be >= 0")
     from tqdm.auto import tqdm
@@ -122,6 +126,7 @@ def train_epochs(model: nn.Module, loader: DataLoader[Any], epochs: int, lr: flo
     opt = make_optimizer(model.parameters(), lr, momentum, weight_decay)
     steps_per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
     total, step, t0, mean = epochs * steps_per_epoch, 0, time.perf_counter(), float("nan")
+    images = 0
     loss_fn = nn.CrossEntropyLoss()
     for ep in range(epochs):
         running, n = 0.0, 0
@@ -136,8 +141,9 @@ def train_epochs(model: nn.Module, loader: DataLoader[Any], epochs: int, lr: flo
             loss.backward()
             opt.step()
             running += float(loss.detach())
+            images += int(y.shape[0])
             n += 1
             step += 1
         mean = running / max(1, n)
     model.eval()
-    return {"loss": mean, "seconds": time.perf_counter() - t0}
+    return {"loss": mean, "seconds": time.perf_counter() - t0, "images": float(images), "epochs": float(epochs)}
