@@ -24,6 +24,11 @@ Reduced schedule (2 shared CPU cores; what docs/search.md quotes)::
 Full schedule (a GPU-class machine; CIFAR-10 with all 50k images)::
 
     python benchmarks/bench_search.py --full
+
+Fronts (issue 7's "against a FLOPs-only search with the same accuracy"): a sweep of targets for the
+predictor-driven and the FLOPs-only search, several seeds, both fronts in one PNG::
+
+    python benchmarks/bench_search.py --fronts --task digits --model small_cnn --epochs 3,3,2 --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -87,13 +92,158 @@ def record_and_fit(space: SearchSpace, device: str, n_models: int, seed: int, ou
     return pred, info
 
 
+def run_fronts(args: argparse.Namespace) -> int:
+    """Predictor-driven vs FLOPs-only search, each over a sweep of targets (and seeds), both measured.
+
+    Per seed the base model is pre-trained once and shared; every search starts from it with the same
+    schedule. The predictor-driven search uses the shipped (or given) learned predictor of the device
+    in the loss with a latency target; the FLOPs-only search uses MACs (it ignores bit-widths and
+    tiles) with a MACs target. Every extracted model is measured on the device (one layer request
+    per op with the plan's bits). Writes ``fronts.csv``, ``fronts.json``, ``fronts.md`` and
+    ``fronts.png`` (accuracy vs measured latency of both sweeps, Pareto fronts drawn).
+    """
+    from tqdm.auto import tqdm
+
+    from hwloop.predict.io import load_predictor
+    from hwloop.search.pareto import hypervolume_2d, pareto_front
+
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore", WorkloadWarning)
+    pre, srch, ft = (int(x) for x in args.epochs.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ppath = args.predictor or str(Path(__file__).resolve().parents[1] / "measurements" / args.device / "predictor.json")
+    pred = load_predictor(ppath)
+    sweeps = {"predictor": [float(t) for t in args.targets.split(",")],
+              "flops": [float(t) for t in args.flops_targets.split(",")]}
+    seeds = [int(x) for x in args.seeds.split(",")]
+    rows: list[dict] = []
+    t_all = time.perf_counter()
+    bar = tqdm(total=len(seeds) * sum(len(v) for v in sweeps.values()), desc="fronts")
+    for seed in seeds:
+        torch.manual_seed(seed)
+        task = make_task(args.task, args.model, batch_size=args.batch_size, train_limit=args.train_limit or None,
+                         val_limit=args.val_limit or None, seed=seed)
+        opts = SpaceOptions(bits=True, a_bits=8, tile=32 if args.device.startswith("asic-tpu") else 1)
+        model = task.ref.build().train()
+        if pre:
+            train_epochs(model, task.train, pre, args.lr)
+        example = task.ref.example_input()
+        acc0 = task.eval_fn(model)
+        m0 = measure_compressed(args.device, model, CompressionPlan(base=task.ref.to_dict()), example=example,
+                                method="layers")["latency_ms"]
+        omacs = sum(s.macs for s in extract_layers(model, example) if s.op in ("conv2d", "linear"))
+        rows.append({"seed": seed, "method": "original", "target": 1.0, "accuracy": acc0, "measured_ms": m0,
+                     "ratio": 1.0, "predicted_ratio": 1.0, "macs": 1.0, "mean_bits": 8.0, "wall_s": 0.0})
+        for method, targets in sweeps.items():
+            space = SearchSpace.from_ref(task.ref, opts, model=model)
+            lat = SurrogateLatency(space, bits_aware=False) if method == "flops" else PredictorLatency(space, pred)
+            for t in targets:
+                cfg = SearchConfig(search_epochs=srch, finetune_epochs=ft, lr=args.lr, target=t, tile=opts.tile,
+                                   seed=seed)
+                t0 = time.perf_counter()
+                res = differentiable_search(space, lat, task.train, None, cfg)
+                acc = task.eval_fn(res.model)
+                ms = measure_compressed(args.device, res.model, res.plan, example=example,
+                                        method="layers")["latency_ms"]
+                macs = sum(s.macs for s in extract_layers(res.model, example) if s.op in ("conv2d", "linear"))
+                bits = list(res.plan.w_bits.values())
+                rows.append({"seed": seed, "method": method, "target": t, "accuracy": acc, "measured_ms": ms,
+                             "ratio": ms / m0, "predicted_ratio": res.predicted / res.original,
+                             "macs": macs / omacs, "mean_bits": float(np.mean(bits)) if bits else 32.0,
+                             "wall_s": time.perf_counter() - t0})
+                bar.update(1)
+                bar.set_postfix_str(f"seed {seed} {method} {t}: acc {acc:.1f} ratio {ms / m0:.3f}")
+    bar.close()
+    ref = (args.reference_accuracy, 1.0)
+    summary: dict = {"args": vars(args), "predictor": ppath, "wall_s": time.perf_counter() - t_all,
+                     "torch_threads": torch.get_num_threads(), "hv": {}, "fronts": {}}
+    for method in sweeps:
+        pts = [(r["accuracy"], r["ratio"]) for r in rows if r["method"] == method]
+        summary["fronts"][method] = [pts[i] for i in pareto_front(pts)]
+        summary["hv"][method] = [hypervolume_2d([(r["accuracy"], r["ratio"]) for r in rows
+                                                 if r["method"] == method and r["seed"] == s], ref) for s in seeds]
+    import csv
+
+    with open(out / "fronts.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "fronts.json").write_text(json.dumps({**summary, "rows": rows}, indent=1, default=float) + "\n",
+                                     encoding="utf-8")
+    md = fronts_markdown(rows, summary, sweeps, seeds)
+    (out / "fronts.md").write_text(md, encoding="utf-8")
+    plot_fronts(rows, summary, args, out / "fronts.png")
+    print(md)
+    return 0
+
+
+def fronts_markdown(rows: list[dict], summary: dict, sweeps: dict, seeds: list[int]) -> str:
+    a = summary["args"]
+    lines = [(f"#### {a['model']} on {a['task']} (train {a['train_limit'] or 'all'}, val {a['val_limit'] or 'all'}), "
+              f"device {a['device']}, epochs pretrain,search,finetune = {a['epochs']}, seeds {a['seeds']}"), "",
+             "| method | target | accuracy % (mean ± sd) | measured latency / original | MACs | mean w-bits |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for method in ("original", *sweeps):
+        ts = sorted({r["target"] for r in rows if r["method"] == method})
+        for t in ts:
+            rs = [r for r in rows if r["method"] == method and r["target"] == t]
+            acc = np.array([r["accuracy"] for r in rs])
+            rat = np.array([r["ratio"] for r in rs])
+            lines.append(f"| {method} | {t:g} | {acc.mean():.2f} ± {acc.std():.2f} | {rat.mean():.3f} "
+                         f"({rat.min():.3f}–{rat.max():.3f}) | {np.mean([r['macs'] for r in rs]):.1%} | "
+                         f"{np.mean([r['mean_bits'] for r in rs]):.1f} |")
+    lines += ["", f"Hypervolume per seed (accuracy above {a['reference_accuracy']:g} % × latency below the original's):",
+              ""]
+    for method, hv in summary["hv"].items():
+        lines.append(f"* {method}: " + ", ".join(f"{v:.2f}" for v in hv) + f" (mean {np.mean(hv):.2f})")
+    lines += ["", "Lowest measured latency reaching an accuracy (all seeds pooled):", "",
+              "| accuracy ≥ | " + " | ".join(sweeps) + " |", "|---:|" + "---:|" * len(sweeps)]
+    accs = sorted({round(r["accuracy"]) for r in rows if r["method"] != "original"})
+    levels = np.unique(np.percentile(accs, [20, 40, 60, 80, 95]).round()) if accs else []
+    for lv in levels:
+        cells = []
+        for method in sweeps:
+            ok = [r["ratio"] for r in rows if r["method"] == method and r["accuracy"] >= lv]
+            cells.append(f"{min(ok):.3f}" if ok else "–")
+        lines.append(f"| {lv:g} % | " + " | ".join(cells) + " |")
+    lines += ["", f"wall {summary['wall_s']:.0f} s, torch threads {summary['torch_threads']}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_fronts(rows: list[dict], summary: dict, args: argparse.Namespace, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    colors = {"predictor": "tab:red", "flops": "tab:blue"}
+    labels = {"predictor": "learned-predictor search", "flops": "FLOPs-only search"}
+    for method, col in colors.items():
+        rs = [r for r in rows if r["method"] == method]
+        ax.scatter([r["ratio"] for r in rs], [r["accuracy"] for r in rs], color=col, alpha=0.5, s=22)
+        fr = sorted(summary["fronts"][method], key=lambda p: p[1])
+        ax.step([p[1] for p in fr], [p[0] for p in fr], where="post", color=col, label=f"{labels[method]} (front)")
+    o = [r for r in rows if r["method"] == "original"]
+    ax.scatter([1.0] * len(o), [r["accuracy"] for r in o], color="k", marker="*", s=60, label="original")
+    ax.set_xlabel(f"measured latency on {args.device} / original")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{args.model} on {args.task}: {len(summary['hv']['predictor'])} seed(s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="cifar10")
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--device", default="asic-tpu32")
-    ap.add_argument("--train-limit", type=int, default=5000)
-    ap.add_argument("--val-limit", type=int, default=2000)
+    ap.add_argument("--train-limit", type=int, default=5000, help="training images (0: all)")
+    ap.add_argument("--val-limit", type=int, default=2000, help="validation images (0: all)")
     ap.add_argument("--epochs", default="3,3,3", help="pretrain,search,finetune epochs")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
@@ -106,7 +256,17 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full", action="store_true", help="full schedule: all CIFAR-10, epochs 20,100,40")
     ap.add_argument("--out", default="search/results/bench_cifar10_resnet20_asic")
+    ap.add_argument("--fronts", action="store_true", help="sweep targets for both searches (and --seeds); plot "
+                    "both (accuracy, measured latency) fronts; uses the shipped predictor unless --predictor")
+    ap.add_argument("--targets", default="0.5,0.6,0.7,0.8,0.9", help="--fronts: latency targets of the "
+                    "predictor-driven search")
+    ap.add_argument("--flops-targets", default="0.1,0.2,0.35,0.5,0.7", help="--fronts: MACs targets of the "
+                    "FLOPs-only search")
+    ap.add_argument("--seeds", default="0", help="--fronts: comma-separated seeds (data subset, init, search)")
+    ap.add_argument("--reference-accuracy", type=float, default=10.0, help="--fronts: hypervolume reference")
     args = ap.parse_args()
+    if args.fronts:
+        return run_fronts(args)
     if args.full:
         args.train_limit, args.val_limit, args.epochs = None, None, "20,100,40"
     torch.set_num_threads(args.threads)
