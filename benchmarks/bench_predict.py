@@ -139,25 +139,30 @@ def bench_adaptive(d: Path, args: argparse.Namespace) -> dict:
         return lat[[index[id(s)] for s in batch]]
 
     def make():
-        return make_predictor("xgboost", n_estimators=300)
+        return make_predictor("xgboost")
 
     full = len(specs) if not args.quick else 600
+    rounds = 12
     print(f"\n=== adaptive vs random sampling on {d} (pool {len(specs)} layers, {n_test} held out; "
-          f"simulated device = recorded timings)")
+          f"simulated device = recorded timings; {rounds} rounds after a 30% random seed set; eval model: "
+          f"default xgboost)")
+    from hwloop.predict.evaluate import regression_metrics
+
     res = {}
-    for strategy, budget in (("random", full), ("random", full // 2), ("spread", full // 2), ("random", full // 4),
-                             ("spread", full // 4)):
+    plan = (("random", full), ("random", full // 2), ("diverse", full // 2), ("spread", full // 2),
+            ("random", full // 4), ("diverse", full // 4))
+    for strategy, budget in plan:
         accs = []
-        for seed in (0, 1):
-            r = adaptive_sample(specs, measure, budget, rounds=4, strategy=strategy, seed=seed, progress=False)
+        t = time.time()
+        for seed in args.seeds:
+            r = adaptive_sample(specs, measure, budget, rounds=rounds, strategy=strategy, seed=seed, progress=False)
             idx = list(r.indices)
             p = make().fit([specs[i] for i in idx], lat[idx])
-            from hwloop.predict.evaluate import regression_metrics
-
             accs.append(regression_metrics(test_ms, p.predict(test_specs))["acc10"])
-        res[f"{strategy}@{budget}"] = float(np.mean(accs))
+        res[f"{strategy}@{budget}"] = {"mean": float(np.mean(accs)), "per_seed": [float(a) for a in accs]}
         print(f"  {strategy:7s} budget {budget:5d} ({100 * budget / full:5.1f}%): held-out ±10% accuracy "
-              f"{100 * np.mean(accs):5.1f}% (seeds 0,1: {', '.join(f'{100 * a:.1f}' for a in accs)})")
+              f"{100 * np.mean(accs):5.1f}% (seeds {','.join(map(str, args.seeds))}: "
+              f"{', '.join(f'{100 * a:.1f}' for a in accs)})  ({time.time() - t:.0f} s)", flush=True)
     return res
 
 
@@ -186,44 +191,96 @@ def resnet18() -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)).eval()
 
 
+def columnar_batch(n: int, rng: np.random.Generator) -> dict:
+    """``n`` random layers as a columnar batch (numpy only; almost all distinct)."""
+    ops = rng.choice(np.array(["conv2d", "linear", "batchnorm", "activation", "pooling", "add"]), n,
+                     p=[0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
+    conv = ops == "conv2d"
+    cin = np.round(np.exp(rng.uniform(np.log(4), np.log(512), n))).astype(np.int64)
+    cout = np.round(np.exp(rng.uniform(np.log(4), np.log(512), n))).astype(np.int64)
+    dw = conv & (rng.random(n) < 0.15)
+    cout = np.where(dw, cin, cout)
+    k = rng.choice([1, 3], n)
+    rank = np.where(conv & ~dw & (rng.random(n) < 0.1), np.maximum(1, np.minimum(cin, cout) // 4), 0)
+    pool = ops == "pooling"
+    return {"op": ops, "batch": rng.choice([1, 2], n), "in_channels": cin, "out_channels": cout,
+            "in_h": (hw := rng.choice([4, 8, 16, 32], n)), "in_w": hw,
+            "kernel_h": np.where(conv, k, np.where(pool, 2, 1)), "padding": np.where(conv, k // 2, 0),
+            "stride": np.where(pool, 2, np.where(conv & (rng.random(n) < 0.2), 2, 1)),
+            "groups": np.where(dw, cin, 1), "rank": rank,
+            "variant": np.where(pool, "max", np.where(ops == "activation", "relu", ""))}
+
+
+def _timed(fn, k: int = 3) -> tuple[float, float]:
+    """(best wall s, CPU s of this process in that run) over ``k`` runs."""
+    best = (float("inf"), 0.0)
+    for _ in range(k):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        w = time.perf_counter() - t
+        if w < best[0]:
+            best = (w, time.process_time() - c)
+    return best
+
+
 def bench_throughput(d: Path, args: argparse.Namespace) -> dict:
+    import os
+
     from hwloop.predict import load_predictor
+    from hwloop.predict.columnar import table_from_columns
+    from hwloop.predict.evaluate import regression_metrics
     from hwloop.predict.features import features_from_table, spec_table
+    from hwloop.predict.learned import baseline_ms
     from hwloop.predict.sampling import random_layer_specs
 
     p = load_predictor(d / "predictor.json")
-    specs = random_layer_specs(2000, np.random.default_rng(7))
-    base = spec_table(specs)
     n = 1_000_000 if not args.quick else 100_000
-    table = np.tile(base, (n // len(base), 1))
-    x = features_from_table(table)
-    p.predict_features(x[:1000])
-
-    cpu: list[float] = []
-
-    def best_of(fn, k: int = 3) -> float:
-        ts, cs = [], []
-        for _ in range(k):
-            t, c = time.perf_counter(), time.process_time()
-            fn()
-            ts.append(time.perf_counter() - t)
-            cs.append(time.process_time() - c)
-        cpu.append(min(cs))
-        return min(ts)
-
-    import os
-
-    t_feat = best_of(lambda: p.predict_features(x))
-    t_table = best_of(lambda: p.predict(table))
-    t_specs = best_of(lambda: p.predict(specs * 10), k=2)
+    batch = columnar_batch(n, np.random.default_rng(7))
+    table = table_from_columns(batch)
+    distinct = len(np.unique(table, axis=0))
+    specs = random_layer_specs(2000, np.random.default_rng(7)) * 10
+    p.predict(table[:1000])
     load = os.getloadavg()[0]
-    print(f"\n=== throughput ({d / 'predictor.json'}, {p.booster_.num_boosted_rounds()} trees, "
-          f"torch/xgboost threads: {torch.get_num_threads()}/{p.n_jobs}; load average {load:.1f} on "
-          f"{os.cpu_count()} cores)")
-    for label, m, t, c in ((f"{n:,} layers from a feature matrix", n, t_feat, cpu[0]),
-                           (f"{n:,} layers from a raw spec table", n, t_table, cpu[1]),
-                           (f"{len(specs) * 10:,} LayerSpec objects (Python pass)", len(specs) * 10, t_specs, cpu[2])):
-        print(f"  {label:44s} {m / t:12,.0f} predictions/s wall ({t:.3f} s); {c:.3f} CPU-s in this process")
+    print(f"\n=== throughput ({d / 'predictor.json'}: {p.booster_.num_boosted_rounds()} trees of depth "
+          f"{p.max_depth}, baseline {p.baseline}; {p.n_jobs} worker threads; load average {load:.1f} on "
+          f"{os.cpu_count()} cores; {n:,} layers, {distinct:,} distinct)")
+    rows: list[tuple[str, int, float, float]] = []
+    sub = table[:200_000]
+    rows.append(("columnar batch -> raw table (numpy)", n, *_timed(lambda: table_from_columns(batch))))
+    def feats_and_baseline() -> None:
+        acc: dict = {}
+        features_from_table(sub, accel_out=acc)
+        baseline_ms(sub, p.baseline_coef_, acc)
+
+    rows.append(("raw table -> features + baseline (200k, 1 thread)", len(sub), *_timed(feats_and_baseline)))
+    x, mg = features_from_table(sub), np.log(baseline_ms(sub, p.baseline_coef_))
+    rows.append((f"XGBoost inplace_predict only (200k, {p.n_jobs} threads)", len(sub),
+                 *_timed(lambda: p.predict_features(x, mg))))
+    rows.append(("predict(columnar batch), end to end", n, *_timed(lambda: p.predict(batch))))
+    rows.append(("predict(raw table), end to end", n, *_timed(lambda: p.predict(table))))
+    rows.append((f"predict({len(specs):,} LayerSpec objects)", len(specs), *_timed(lambda: p.predict(specs), 2)))
+    rows.append(("  of which spec_table (Python pass)", len(specs), *_timed(lambda: spec_table(specs), 2)))
+    for label, m, w, c in rows:
+        print(f"  {label:52s} {m / w:12,.0f} /s wall ({w:.3f} s; {c:.3f} CPU-s = {m / max(c, 1e-9):11,.0f} per CPU-s)")
+    out: dict = {"rows": {label.strip(): {"n": m, "wall_s": w, "cpu_s": c} for label, m, w, c in rows}}
+
+    # what the 1M/s target costs: accuracy (80/20 split of this data) vs throughput per booster size
+    data = load_training_data(d, statistic=args.statistic, progress=False)
+    tab, y = spec_table(list(data.layer_specs)), data.layer_ms
+    perm = np.random.default_rng(0).permutation(len(y))
+    te, tr = perm[:len(y) // 5], perm[len(y) // 5:]
+    print(f"  booster size vs accuracy ({d.name}, random 20% of layers held out) and throughput "
+          f"(predict(raw table) of {n:,} layers):")
+    out["tradeoff"] = []
+    for trees, depth, lr in ((600, 7, 0.05), (200, 8, 0.1), (100, 8, 0.1), (50, 8, 0.2), (100, 6, 0.1), (30, 6, 0.3)):
+        q = make_predictor("xgboost", n_estimators=trees, max_depth=depth, learning_rate=lr).fit(tab[tr], y[tr])
+        acc = regression_metrics(y[te], q.predict(tab[te]))["acc10"]
+        w, c = _timed(lambda q=q: q.predict(table), 2)
+        print(f"    {trees:4d} trees, depth {depth}, lr {lr:<5}: ±10% {100 * acc:5.1f}%   {n / w:11,.0f} /s wall, "
+              f"{n / c:11,.0f} per CPU-s", flush=True)
+        out["tradeoff"].append({"trees": trees, "depth": depth, "lr": lr, "acc10": acc, "per_s_wall": n / w,
+                                "per_cpu_s": n / c})
+
     net, ex = resnet18(), torch.randn(1, 3, 224, 224)
     t = time.perf_counter()
     with warnings.catch_warnings():
@@ -231,14 +288,15 @@ def bench_throughput(d: Path, args: argparse.Namespace) -> dict:
         first = p.predict_model(net, ex)
     t_first = time.perf_counter() - t
     wl = p.trace(net, ex)
-    reps = [best_of(lambda: p.predict_workload(wl), k=1) for _ in range(50)]
-    reps_model = [best_of(lambda: p.predict_model(net, ex), k=1) for _ in range(20)]
+    reps = [_timed(lambda: p.predict_workload(wl), 1)[0] for _ in range(50)]
+    reps_model = [_timed(lambda: p.predict_model(net, ex), 1)[0] for _ in range(20)]
     print(f"  ResNet-18 (224x224, {len(wl.layers)} ops) predicted {first:.2f} ms: predict_workload "
           f"{1e3 * statistics.median(reps):.2f} ms (median of 50); predict_model {1e3 * statistics.median(reps_model):.2f}"
           f" ms with the trace cached, {t_first:.2f} s on the first call (torch.export trace)")
-    return {"feature_matrix_per_s": n / t_feat, "table_per_s": n / t_table, "specs_per_s": len(specs) * 10 / t_specs,
-            "resnet18_predict_workload_ms": 1e3 * statistics.median(reps),
-            "resnet18_predict_model_cached_ms": 1e3 * statistics.median(reps_model), "resnet18_first_call_s": t_first}
+    out.update({"resnet18_predict_workload_ms": 1e3 * statistics.median(reps),
+                "resnet18_predict_model_cached_ms": 1e3 * statistics.median(reps_model),
+                "resnet18_first_call_s": t_first})
+    return out
 
 
 def main() -> None:
@@ -249,6 +307,8 @@ def main() -> None:
     ap.add_argument("--no-save", action="store_true", help="do not write predictor.json / parity.png")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: devices,adaptive,throughput")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1],
+                    help="adaptive-sampling seeds (comma list)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     root = Path(__file__).resolve().parents[1] / "measurements"

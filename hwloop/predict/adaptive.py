@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +33,12 @@ __all__ = [
     "AdaptiveRound",
     "AdaptiveSummary",
     "adaptive_sample",
+    "diverse_top",
     "ensemble_spread",
     "run_adaptive_sweep",
 ]
 
-STRATEGIES = ("spread", "random")
+STRATEGIES = ("diverse", "spread", "random")
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,13 @@ class AdaptiveSummary:
     failed: int
     rounds: tuple[AdaptiveRound, ...]
     strategy: str
+    skipped: int = 0
 
     def __str__(self) -> str:
         last = self.rounds[-1].mean_spread if self.rounds else float("nan")
         return (f"adaptive ({self.strategy}): measured {self.measured} of budget {self.budget} from "
-                f"{self.candidates} candidates in {len(self.rounds)} rounds, {self.failed} failed; "
+                f"{self.candidates} candidates ({self.skipped} already stored, not re-measured) in "
+                f"{len(self.rounds)} rounds, {self.failed} failed; "
                 f"last round's mean ensemble spread {last:.3f} (log-ms)")
 
     def __rich__(self) -> str:
@@ -83,44 +86,89 @@ class AdaptiveSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidates": self.candidates, "budget": self.budget, "measured": self.measured,
-                "failed": self.failed, "strategy": self.strategy,
+                "failed": self.failed, "strategy": self.strategy, "skipped": self.skipped,
                 "rounds": [r.__dict__ for r in self.rounds]}
 
 
-def ensemble_spread(x_train: np.ndarray, y_log: np.ndarray, x_pool: np.ndarray, *, members: int = 5,
-                    n_estimators: int = 150, seed: int = 0) -> np.ndarray:
-    """Standard deviation of log-latency predictions of a bootstrap XGBoost ensemble on ``x_pool``."""
-    import xgboost as xgb
+def ensemble_spread(table_train: np.ndarray, y_ms: np.ndarray, table_pool: np.ndarray, *, members: int = 5,
+                    n_estimators: int = 100, seed: int = 0) -> np.ndarray:
+    """Disagreement of an ensemble about each pool row: the standard deviation of log-latency predictions.
+
+    Members are :class:`~hwloop.predict.learned.XGBoostPredictor` models (with their baseline, like the
+    predictor that will be fitted) that differ in bootstrap resample, random seed and row/column
+    subsampling.
+
+    Args:
+        table_train / y_ms: raw spec table of the measured layers and their latencies (ms).
+        table_pool: raw spec table of the candidates.
+        members / n_estimators: ensemble size and trees per member.
+        seed: random seed.
+    """
+    from hwloop.predict.learned import XGBoostPredictor
 
     rng = np.random.default_rng(seed)
     preds = []
     for m in range(members):
-        idx = rng.integers(0, len(y_log), len(y_log))
-        dm = xgb.DMatrix(x_train[idx], label=y_log[idx])
-        b = xgb.train({"max_depth": 6, "eta": 0.1, "subsample": 0.8, "colsample_bytree": 0.8, "nthread": 2,
-                       "seed": int(seed * 100 + m)}, dm, num_boost_round=n_estimators)
-        preds.append(b.inplace_predict(x_pool))
+        idx = rng.integers(0, len(y_ms), len(y_ms))
+        p = XGBoostPredictor(n_estimators=n_estimators, subsample=0.7, colsample_bytree=0.7,
+                             seed=int(seed * 100 + m), n_jobs=2).fit(table_train[idx], y_ms[idx])
+        preds.append(np.log(p.predict(table_pool)))
     return np.asarray(np.std(np.stack(preds), axis=0), dtype=np.float64)
 
 
+def diverse_top(spread: np.ndarray, x: np.ndarray, k: int, *, pool_factor: int = 4, seed: int = 0) -> np.ndarray:
+    """``k`` positions with high ``spread`` that are spread out in feature space (batch diversity).
+
+    Takes the ``pool_factor·k`` most uncertain candidates, clusters them into ``k`` groups (k-means on
+    standardised features) and returns the most uncertain candidate of each group, so one round does
+    not spend its batch on near-duplicates of one uncertain shape.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[0.0], [0.1], [10.0], [10.1]]); s = np.array([1.0, 0.9, 0.5, 0.4])
+        >>> sorted(diverse_top(s, x, 2).tolist())
+        [0, 2]
+    """
+    order = np.argsort(-spread, kind="stable")
+    if k >= len(spread):
+        return order
+    top = order[:min(len(spread), pool_factor * k)]
+    from sklearn.cluster import KMeans
+
+    z = x[top].astype(np.float64)
+    z = (z - z.mean(axis=0)) / np.maximum(z.std(axis=0), 1e-9)
+    labels = KMeans(n_clusters=k, n_init=1, random_state=seed, max_iter=50).fit_predict(z)
+    best: dict[int, int] = {}
+    for j, pos in enumerate(top):  # ``top`` is sorted by spread: the first seen in a cluster is its most uncertain
+        best.setdefault(int(labels[j]), int(pos))
+    picked = list(best.values())
+    if len(picked) < k:  # empty clusters: fill with the next most uncertain
+        rest = [int(i) for i in top if int(i) not in best.values()]
+        picked += rest[:k - len(picked)]
+    return np.asarray(picked[:k], dtype=np.int64)
+
+
 def adaptive_sample(pool: Sequence[Any], measure: Callable[[list[Any]], np.ndarray], budget: int, *,
-                    rounds: int = 5, init_frac: float = 0.3, strategy: str = "spread", members: int = 5,
-                    n_estimators: int = 150, seed: int = 0, eval_specs: Sequence[Any] | None = None,
+                    rounds: int = 8, init_frac: float = 0.3, strategy: str = "diverse", members: int = 5,
+                    n_estimators: int = 100, seed: int = 0, eval_specs: Sequence[Any] | None = None,
                     eval_ms: Any = None, make_eval: Callable[[], Any] | None = None,
-                    progress: bool = True) -> AdaptiveResult:
+                    known: Mapping[int, float] | None = None, progress: bool = True) -> AdaptiveResult:
     """Choose and measure ``budget`` specs from ``pool`` in ``rounds`` rounds.
 
     Args:
         pool: candidate ``LayerSpec`` objects.
         measure: callback returning latencies (ms; NaN for a failure) for a list of specs.
-        budget: number of measurements.
+        budget: number of new measurements.
         rounds: rounds after the random seed set (``init_frac`` of the budget).
         init_frac: fraction of the budget measured at random first.
-        strategy: ``"spread"`` (ensemble disagreement) or ``"random"`` (baseline).
+        strategy: ``"diverse"`` (ensemble disagreement, one pick per k-means cluster of the most
+            uncertain candidates), ``"spread"`` (the most uncertain candidates) or ``"random"``.
         members / n_estimators: size of the bootstrap ensemble.
         seed: random seed.
         eval_specs / eval_ms / make_eval: optional held-out set; each round a ``make_eval()``
             predictor is fitted on what was measured and its ±10% accuracy recorded.
+        known: pool index → latency (ms) already measured (e.g. stored earlier): used to fit the
+            ensemble, never measured again, not counted in the budget.
         progress: show a progress bar.
     """
     from tqdm import tqdm
@@ -134,32 +182,44 @@ def adaptive_sample(pool: Sequence[Any], measure: Callable[[list[Any]], np.ndarr
         raise ConfigError(f"--budget {budget!r} must be a positive integer")
     if not 0 < init_frac <= 1 or rounds < 1:
         raise ConfigError(f"init_frac={init_frac} must be in (0, 1] and rounds={rounds} >= 1")
-    budget = min(budget, len(pool))
-    if budget == 0:
-        raise PredictorError("the candidate pool is empty; nothing to measure")
+    known = dict(known or {})
+    if any(not 0 <= int(i) < len(pool) for i in known):
+        raise PredictorError(f"known indices must index the pool of {len(pool)} candidates")
+    budget = min(budget, len(pool) - len(known))
+    if budget <= 0:
+        raise PredictorError("the candidate pool is empty (or all of it is already measured); nothing to measure")
     rng = np.random.default_rng(seed)
     table = spec_table(list(pool))
     x_all = features_from_table(table)
+    prior_idx = np.asarray(sorted(known), dtype=np.int64)
+    prior_y = np.asarray([known[int(i)] for i in prior_idx], dtype=np.float64)
     chosen: list[int] = []
     ys: list[float] = []
     history: list[AdaptiveRound] = []
-    n0 = max(2, round(budget * init_frac)) if strategy == "spread" else budget
+    n0 = budget if strategy == "random" else max(2, round(budget * init_frac))
+    if strategy != "random" and len(prior_idx) >= n0:
+        n0 = 0  # what the store already holds is the seed set
     sizes = [min(n0, budget)]
     rest = budget - sizes[0]
     for r in range(rounds):
         sizes.append(rest // rounds + (1 if r < rest % rounds else 0))
     bar = tqdm(total=budget, desc=f"adaptive ({strategy})", unit="meas", disable=not progress)
     for r, k in enumerate(s for s in sizes if s > 0):
-        remaining = np.setdiff1d(np.arange(len(pool)), np.asarray(chosen, dtype=np.int64))
-        ok = np.isfinite(ys) if ys else np.zeros(0, dtype=bool)
+        taken = np.concatenate([prior_idx, np.asarray(chosen, dtype=np.int64)])
+        remaining = np.setdiff1d(np.arange(len(pool)), taken)
+        tr_idx = np.concatenate([prior_idx, np.asarray(chosen, dtype=np.int64)])
+        tr_y = np.concatenate([prior_y, np.asarray(ys, dtype=np.float64)])
+        ok = np.isfinite(tr_y) & (tr_y > 0)
         spread = np.zeros(len(remaining))
-        if r == 0 or strategy == "random" or ok.sum() < 4:
+        if strategy == "random" or ok.sum() < 4 or (r == 0 and n0 > 0):
             pick = rng.choice(remaining, size=min(k, len(remaining)), replace=False)
         else:
-            idx = np.asarray(chosen)[ok]
-            spread = ensemble_spread(x_all[idx], np.log(np.asarray(ys)[ok]), x_all[remaining], members=members,
+            spread = ensemble_spread(table[tr_idx[ok]], tr_y[ok], table[remaining], members=members,
                                      n_estimators=n_estimators, seed=seed + r)
-            pick = remaining[np.argsort(-spread, kind="stable")[:k]]
+            if strategy == "diverse":
+                pick = remaining[diverse_top(spread, x_all[remaining], k, seed=seed + r)]
+            else:
+                pick = remaining[np.argsort(-spread, kind="stable")[:k]]
         lat = np.asarray(measure([pool[i] for i in pick]), dtype=np.float64)
         if lat.shape != (len(pick),):
             raise PredictorError(f"measure returned {lat.shape} latencies for {len(pick)} specs")
@@ -168,44 +228,60 @@ def adaptive_sample(pool: Sequence[Any], measure: Callable[[list[Any]], np.ndarr
         bar.update(len(pick))
         acc = float("nan")
         if eval_specs is not None and make_eval is not None:
-            good = np.isfinite(ys)
-            p = make_eval().fit(table[np.asarray(chosen)[good]], np.asarray(ys)[good])
+            all_idx = np.concatenate([prior_idx, np.asarray(chosen, dtype=np.int64)])
+            all_y = np.concatenate([prior_y, np.asarray(ys)])
+            good = np.isfinite(all_y) & (all_y > 0)
+            p = make_eval().fit(table[all_idx[good]], all_y[good])
             acc = regression_metrics(np.asarray(eval_ms), p.predict(list(eval_specs)))["acc10"]
-        sel = spread[np.argsort(-spread)[:k]] if spread.any() else np.zeros(1)
+        sel = spread[np.isin(remaining, pick)] if spread.any() else np.zeros(1)
         history.append(AdaptiveRound(r, len(chosen), float(np.mean(sel)), acc))
     bar.close()
     return AdaptiveResult(tuple(chosen), np.asarray(ys), tuple(history), strategy)
 
 
 def run_adaptive_sweep(spec: Any, device: Any, store: Any, budget: int, timing: Any = None, *,
-                       rounds: int = 5, strategy: str = "spread", seed: int = 0,
+                       rounds: int = 8, strategy: str = "diverse", seed: int = 0,
                        progress: bool = True) -> AdaptiveSummary:
     """Measure ``budget`` of a sweep's layer requests, choosing them adaptively; results go to ``store``.
+
+    Requests the store already holds (an ok row for this device fingerprint and timing) are not
+    measured again: their latencies seed the ensemble and they do not count against ``budget``.
 
     Args:
         spec: a sweep spec with ``requests()`` (its ``layer`` requests are the candidate pool).
         device: a ``Device``.
-        store: a ``MeasurementStore`` (``add(fingerprint, request, result)``), or None.
-        budget: number of measurements.
-        timing: ``TimingConfig`` (default: the device's).
+        store: a ``MeasurementStore`` (``missing``, ``get``, ``add``), or None.
+        budget: number of new measurements.
+        timing: ``TimingConfig`` (default: the device's ``timing``, else ``TimingConfig()``).
         rounds / strategy / seed: see :func:`adaptive_sample`.
         progress: show a progress bar.
 
     Returns:
         An :class:`AdaptiveSummary`.
     """
-    from hwloop.devices.base import MeasureRequest
+    from hwloop.devices.base import MeasureRequest, TimingConfig
 
     reqs = [r for r in spec.requests() if r.kind == "layer"]
+    seen: set[str] = set()
+    reqs = [r for r in reqs if not (r.key in seen or seen.add(r.key))]  # type: ignore[func-returns-value]
     if not reqs:
         raise ConfigError("the sweep has no layer requests; adaptive sampling chooses among layers")
     fp = device.fingerprint()
+    t = timing if timing is not None else (getattr(device, "timing", None) or TimingConfig())
+    known: dict[int, float] = {}
+    if store is not None:
+        todo = {r.key for r in store.missing(fp, reqs, t)}
+        for i, r in enumerate(reqs):
+            if r.key not in todo:
+                res = store.get(fp.key, r.key, t.key)
+                if res is not None and res.ok:
+                    known[i] = float(res.latency_ms)
     failed = 0
 
     def measure(specs: list[Any]) -> np.ndarray:
         nonlocal failed
         rq = [MeasureRequest.for_layer(s) for s in specs]
-        results = device.measure(rq, timing) if timing is not None else device.measure(rq)
+        results = device.measure(rq, t)
         out = []
         for q, res in zip(rq, results):
             if store is not None:
@@ -217,6 +293,8 @@ def run_adaptive_sweep(spec: Any, device: Any, store: Any, budget: int, timing: 
                 out.append(float("nan"))
         return np.asarray(out)
 
+    if len(known) >= len(reqs):
+        return AdaptiveSummary(len(reqs), budget, 0, 0, (), strategy, skipped=len(known))
     res = adaptive_sample([r.layer for r in reqs], measure, budget, rounds=rounds, strategy=strategy, seed=seed,
-                          progress=progress)
-    return AdaptiveSummary(len(reqs), budget, len(res.indices), failed, res.rounds, strategy)
+                          known=known, progress=progress)
+    return AdaptiveSummary(len(reqs), budget, len(res.indices), failed, res.rounds, strategy, skipped=len(known))

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hwloop.errors import NotFittedError, PredictorError
-from hwloop.predict.features import spec_table, specs_from_any, table_from_frame
+from hwloop.predict.features import FEATURE_SCHEMA, features_from_table, spec_table, specs_from_any, table_from_frame
 
 __all__ = ["BasePredictor", "LatencyPredictor", "PredictorWarning", "data_hash"]
 
@@ -117,6 +117,7 @@ class BasePredictor:
             raise PredictorError(f"got {table.shape[0]} layers but {len(ys)} latencies; they must match")
         if table.shape[0] == 0:
             raise PredictorError("fit needs at least one measured layer")
+        self.feature_schema_ = FEATURE_SCHEMA
         self._fit_table(table, ys)
         self.n_train_ = int(table.shape[0])
         self.training_data_hash_ = data_hash(table, ys)
@@ -125,15 +126,24 @@ class BasePredictor:
         return self
 
     def _table(self, x: Any) -> np.ndarray:
-        if isinstance(x, np.ndarray):
+        if isinstance(x, np.ndarray) and x.dtype.names is None:
             return x
+        if isinstance(x, Mapping) or (isinstance(x, np.ndarray) and x.dtype.names is not None):
+            from hwloop.predict.columnar import table_from_columns
+
+            return table_from_columns(x)
         if hasattr(x, "columns"):
             return table_from_frame(x)
         return spec_table(specs_from_any(x))
 
+    def _features(self, table: np.ndarray) -> np.ndarray:
+        """Model features of a raw table, in the feature schema this predictor was fitted with."""
+        return features_from_table(table, getattr(self, "feature_schema_", FEATURE_SCHEMA))
+
     def predict(self, x: Any) -> np.ndarray:
         """Latency (ms) of each layer: a sequence of ``LayerSpec``, a ``Workload``, a store DataFrame,
-        or a raw table from :func:`~hwloop.predict.features.spec_table`."""
+        a raw table from :func:`~hwloop.predict.features.spec_table`, or a columnar batch (a mapping of
+        arrays or a structured array, see :func:`~hwloop.predict.columnar.table_from_columns`)."""
         self._check_fitted()
         table = self._table(x)
         if table.shape[0] == 0:

@@ -6,6 +6,14 @@ into a float64 array with :data:`RAW_COLUMNS` (one Python pass), and
 numpy only. A table can also come straight from a DataFrame that already has the raw
 columns (:func:`table_from_frame`), skipping the Python pass.
 
+Feature schema 2 (current) adds accelerator-style features to schema 1: GEMM folds over 16/32/64-wide
+arrays with low-bit weights packed into 8-bit processing elements and small groups placed side by
+side, the second GEMM of low-rank layers, bytes at the actual bit widths, DRAM traffic of a tiled op
+for buffer sizes 32 KiB–1 MiB, and CPU dispatch hints (pointwise conv, per-sample input size).
+:func:`baseline_terms` gives the non-negative linear-scale terms (work, traffic, elements) that
+:class:`~hwloop.predict.learned.XGBoostPredictor` fits per op kind as its baseline. Files written with
+schema 1 still load and use :data:`FEATURE_NAMES_V1` (``features_from_table(t, schema=1)``).
+
 Example:
     >>> from hwloop.workload import LayerSpec
     >>> from hwloop.predict.features import spec_table, features_from_table, FEATURE_NAMES
@@ -28,9 +36,13 @@ from hwloop.workload import DTYPES, OP_KINDS, LayerSpec
 
 __all__ = [
     "FEATURE_NAMES",
+    "FEATURE_NAMES_V1",
     "FEATURE_SCHEMA",
+    "FEATURE_SCHEMAS",
     "RAW_COLUMNS",
     "VARIANTS",
+    "baseline_terms",
+    "feature_names",
     "features_from_table",
     "featurize",
     "spec_table",
@@ -39,7 +51,9 @@ __all__ = [
 ]
 
 #: version of the feature definition; saved with every predictor
-FEATURE_SCHEMA = 1
+FEATURE_SCHEMA = 2
+#: feature schemas this hwloop can compute (files of any of them load)
+FEATURE_SCHEMAS = (1, 2)
 VARIANTS = ("", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "max", "avg",
             "adaptive_avg")
 _VAR = {v: i for i, v in enumerate(VARIANTS)}
@@ -50,7 +64,7 @@ RAW_COLUMNS = ("op", "variant", "dtype_bytes", "is_bf16", "batch", "in_channels"
                "a_bits", "in_elements", "out_elements", "macs", "params", "bytes_moved")
 _R = {c: i for i, c in enumerate(RAW_COLUMNS)}
 
-FEATURE_NAMES: tuple[str, ...] = (
+FEATURE_NAMES_V1: tuple[str, ...] = (
     *(f"op_{o}" for o in OP_KINDS),
     "variant", "dtype_bytes", "is_bf16", "batch", "in_channels", "out_channels", "in_h", "in_w", "out_h", "out_w",
     "kernel_h", "kernel_w", "stride", "padding", "groups", "bias", "rank", "w_bits", "a_bits", "bits_product",
@@ -62,6 +76,16 @@ FEATURE_NAMES: tuple[str, ...] = (
     "folds16", "folds32", "folds64", "log2_fold_work16", "log2_fold_work32", "log2_fold_work64",
     "lowrank_folds16", "lowrank_folds32", "lowrank_folds64",
     "log2_work_k32_n32", "log2_work_k32_n64", "log2_work_k32_n128", "log2_work_k16_n16", "log2_work_k64_n64",
+)
+_ARRAYS = (16, 32, 64)
+_CAPS_KIB = (32, 64, 128, 256, 512, 1024)
+FEATURE_NAMES: tuple[str, ...] = (
+    *FEATURE_NAMES_V1,
+    *(f"{n}{w}" for w in _ARRAYS for n in ("log2_packed_folds", "log2_packed_work", "log2_lowrank_work",
+                                           "log2_total_work", "log2_groups_per_fold")),
+    "log2_weight_bytes_at_bits", "log2_in_bytes_at_bits", "log2_out_bytes_at_bits", "weight_pack",
+    *(f"log2_tiled_traffic_{c}k" for c in _CAPS_KIB),
+    "pointwise", "log2_in_elements_per_sample", "in_elements_per_sample_gt_20480",
 )
 
 
@@ -130,11 +154,70 @@ def _gemm(t: np.ndarray) -> list[np.ndarray]:
     return out + folds + [np.log2(f * (m + 2 * w) + 1) for f, w in zip(folds, (16, 32, 64))] + second + work
 
 
-def features_from_table(t: np.ndarray) -> np.ndarray:
-    """Every feature in :data:`FEATURE_NAMES` from a raw table (vectorised, float32)."""
+def _accel(t: np.ndarray) -> dict[str, np.ndarray]:
+    """Schema-2 quantities (linear scale): packed fold work per array width, bytes at bits, tiled traffic."""
+    c = {n: t[:, _R[n]] for n in RAW_COLUMNS}
+    op = c["op"].astype(np.int64)
+    conv, dense = op == 0, (op == 1) | (op == 2)
+    g = np.maximum(c["groups"], 1)
+    rank, cin, cout = c["rank"], c["in_channels"], c["out_channels"]
+    m = np.where(conv, c["batch"] * c["out_h"] * c["out_w"],
+                 np.where(dense, c["in_elements"] / np.maximum(cin, 1), c["out_elements"]))
+    k = np.where(conv, cin / g * c["kernel_h"] * c["kernel_w"], np.where(dense, cin, 1))
+    n = np.where(conv | dense, np.where(rank > 0, rank, cout / np.where(conv, g, 1)), 1)
+    reps = np.where(conv, g, 1)
+    wb, ab, native = c["w_bits"], c["a_bits"], 8 * c["dtype_bytes"]
+    pack = np.where((wb > 0) & (wb < 8), np.clip(np.floor(8 / np.maximum(wb, 1)), 1, 4), 1.0)
+    out: dict[str, np.ndarray] = {}
+    for w in _ARRAYS:
+        ce = w * pack
+        gpf = np.where((k <= w) & (n <= ce), np.maximum(1, np.minimum(np.floor(w / k), np.floor(ce / n))), 1)
+        folds = np.ceil(k / w) * np.ceil(n / ce) * np.ceil(reps / gpf)
+        out[f"folds{w}"], out[f"gpf{w}"] = folds, gpf
+        out[f"work{w}"] = folds * (m + 2 * w - 2) + w
+        out[f"lowrank{w}"] = np.where(rank > 0, np.ceil(rank / w) * np.ceil(cout / ce) * (m + 2 * w - 2) + w, 0)
+    out["pack"] = pack
+    out["w_bytes"] = c["params"] * np.where(wb > 0, wb, native) / 8
+    out["i_bytes"] = c["in_elements"] * np.where(ab > 0, ab, native) / 8
+    out["o_bytes"] = c["out_elements"] * np.where(ab > 0, ab, native) / 8
+    for cap in _CAPS_KIB:
+        nw = np.maximum(1, np.ceil(out["w_bytes"] / (cap * 1024)))
+        ni = np.maximum(1, np.ceil(out["i_bytes"] / (cap * 1024)))
+        out[f"traffic{cap}"] = (np.minimum(out["w_bytes"] + out["i_bytes"] * nw, out["w_bytes"] * ni + out["i_bytes"])
+                                + out["o_bytes"])
+    out["per_sample"] = c["in_elements"] / np.maximum(c["batch"], 1)
+    out["pointwise"] = ((c["kernel_h"] == 1) & (c["stride"] == 1) & conv).astype(np.float64)
+    return out
+
+
+def baseline_terms(t: np.ndarray, accel: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Non-negative linear-scale terms for a per-op-kind baseline: packed work (16/32/64-wide arrays,
+    both GEMMs of low-rank layers), tiled traffic (32 KiB–1 MiB buffers), bytes, elements and 1.
+
+    ``accel`` reuses the intermediate quantities of :func:`features_from_table` (``accel_out``)."""
+    a = accel if accel is not None else _accel(np.asarray(t, dtype=np.float64))
+    cols = [a[f"{n}{w}"] for w in _ARRAYS for n in ("work", "lowrank")]
+    cols += [a[f"traffic{c}"] for c in _CAPS_KIB] + [a["w_bytes"], a["i_bytes"], a["o_bytes"]]
+    cols += [t[:, _R["in_elements"]], t[:, _R["out_elements"]], np.ones(t.shape[0])]
+    return np.column_stack(cols)
+
+
+def feature_names(schema: int = FEATURE_SCHEMA) -> tuple[str, ...]:
+    """The feature names of a feature schema (1 or 2)."""
+    if schema not in FEATURE_SCHEMAS:
+        raise PredictorError(f"feature schema {schema!r} is unknown; this hwloop computes {FEATURE_SCHEMAS}")
+    return FEATURE_NAMES_V1 if schema == 1 else FEATURE_NAMES
+
+
+def features_from_table(t: np.ndarray, schema: int = FEATURE_SCHEMA,
+                        accel_out: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Every feature of ``schema`` (:data:`FEATURE_NAMES`, or :data:`FEATURE_NAMES_V1` for 1) from a raw
+    table (vectorised, float32). ``accel_out`` (a dict) receives the intermediate quantities that
+    :func:`baseline_terms` reuses."""
     t = np.asarray(t, dtype=np.float64)
     if t.ndim != 2 or t.shape[1] != len(RAW_COLUMNS):
         raise PredictorError(f"a raw spec table needs {len(RAW_COLUMNS)} columns, got shape {t.shape}")
+    feature_names(schema)
     n = t.shape[0]
     c = lambda name: t[:, _R[name]]
     onehot = np.zeros((n, len(OP_KINDS)))
@@ -157,6 +240,16 @@ def features_from_table(t: np.ndarray) -> np.ndarray:
         np.log2(macs * _pad(cin, 32) * _pad(cout, 32) + 1),
         *_gemm(t),
     ]
+    if schema >= 2:
+        a = _accel(t)
+        if accel_out is not None:
+            accel_out.update(a)
+        for w in _ARRAYS:
+            cols += [np.log2(a[f"folds{w}"] + 1), np.log2(a[f"work{w}"] + 1), np.log2(a[f"lowrank{w}"] + 1),
+                     np.log2(a[f"work{w}"] + a[f"lowrank{w}"] + 1), np.log2(a[f"gpf{w}"])]
+        cols += [np.log2(a["w_bytes"] + 1), np.log2(a["i_bytes"] + 1), np.log2(a["o_bytes"] + 1), a["pack"]]
+        cols += [np.log2(a[f"traffic{c}"] + 1) for c in _CAPS_KIB]
+        cols += [a["pointwise"], np.log2(a["per_sample"] + 1), (a["per_sample"] > 20480).astype(np.float64)]
     out = np.column_stack([x if x.ndim == 2 else x[:, None] for x in cols]).astype(np.float32)
     return out
 

@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 
 from hwloop.errors import PredictorError
-from hwloop.predict.features import FEATURE_NAMES, FEATURE_SCHEMA
+from hwloop.predict.features import FEATURE_SCHEMA, FEATURE_SCHEMAS, feature_names
 
 __all__ = [
     "PREDICTORS",
+    "READABLE_SCHEMA_VERSIONS",
     "SCHEMA_VERSION",
     "STATISTICS",
     "TrainingData",
@@ -51,7 +52,9 @@ __all__ = [
     "save_predictor",
 ]
 
-SCHEMA_VERSION = 1
+#: version 2: feature schema 2 and the XGBoost baseline (``state.baseline_coef``); version 1 files still load
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 #: timing statistics a predictor can be trained on
 STATISTICS = ("min", "median")
 #: predictor kind -> "module:Class"
@@ -127,8 +130,8 @@ def save_predictor(p: Any, path: Any) -> Path:
         "schema_version": SCHEMA_VERSION,
         "predictor": p.kind,
         "params": p.get_params(),
-        "feature_schema": FEATURE_SCHEMA,
-        "features": list(FEATURE_NAMES),
+        "feature_schema": getattr(p, "feature_schema_", FEATURE_SCHEMA),
+        "features": list(feature_names(getattr(p, "feature_schema_", FEATURE_SCHEMA))),
         "target": "log(latency_ms)",
         "target_statistic": getattr(p, "target_statistic_", None),
         "fingerprint": p.fingerprint.to_dict() if p.fingerprint is not None else None,
@@ -162,15 +165,17 @@ def read_metadata(path: Any, *, verify: bool = True) -> dict[str, Any]:
     if not verify:
         return meta
     ver = meta.get("schema_version")
-    if ver != SCHEMA_VERSION:
+    if ver not in READABLE_SCHEMA_VERSIONS:
         raise PredictorError(f"predictor file {str(path)!r} has schema version {ver!r}; this hwloop reads "
-                             f"version {SCHEMA_VERSION} (refit it with 'hwloop predictor fit')")
+                             f"versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (refit it with "
+                             "'hwloop predictor fit')")
     if meta.get("metadata_sha256") != metadata_hash(meta):
         raise PredictorError(f"predictor file {str(path)!r} fails its metadata hash check (edited or corrupt); "
                              "refit or restore it")
-    if meta.get("feature_schema") != FEATURE_SCHEMA or meta.get("features") != list(FEATURE_NAMES):
-        raise PredictorError(f"predictor file {str(path)!r} uses feature schema {meta.get('feature_schema')!r}; "
-                             f"this hwloop computes schema {FEATURE_SCHEMA}")
+    fs = meta.get("feature_schema")
+    if fs not in FEATURE_SCHEMAS or meta.get("features") != list(feature_names(fs)):
+        raise PredictorError(f"predictor file {str(path)!r} uses feature schema {fs!r}; this hwloop computes "
+                             f"schemas {', '.join(map(str, FEATURE_SCHEMAS))} (refit it with 'hwloop predictor fit')")
     return meta
 
 
@@ -213,6 +218,7 @@ def load_predictor(path: Any) -> Any:
         from safetensors.numpy import load
 
         arrays = load(blobs["arrays"])
+    p.feature_schema_ = int(meta["feature_schema"])
     p._set_state(meta.get("state", {}), arrays, blobs.get("model"))
     p.n_train_ = int(meta.get("n_train", 0))
     if meta.get("training_data_hash"):

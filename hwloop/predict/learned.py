@@ -24,7 +24,7 @@ import numpy as np
 
 from hwloop.errors import PredictorError
 from hwloop.predict.base import BasePredictor
-from hwloop.predict.features import RAW_COLUMNS, features_from_table
+from hwloop.predict.features import RAW_COLUMNS, baseline_terms
 from hwloop.workload import OP_KINDS
 
 __all__ = [
@@ -33,15 +33,58 @@ __all__ = [
     "RandomForestPredictor",
     "RidgeMacsPredictor",
     "XGBoostPredictor",
+    "baseline_ms",
     "export_sklearn_trees",
+    "fit_baseline",
     "predict_tree_arrays",
 ]
 
 _R = {c: i for i, c in enumerate(RAW_COLUMNS)}
 
 
+BASELINES = ("nnls", "none")
+
+
+def fit_baseline(table: np.ndarray, y_ms: np.ndarray) -> dict[str, Any]:
+    """Per-op-kind non-negative linear model of latency on :func:`baseline_terms` (relative error).
+
+    Returns:
+        ``{"per_op": {op_code: coef}, "global": coef}``; the global fit serves op kinds unseen in fitting.
+    """
+    from scipy.optimize import nnls
+
+    terms = baseline_terms(table)
+
+    def solve(rows: np.ndarray) -> list[float]:
+        a = terms[rows] / y_ms[rows, None]
+        col = np.maximum(np.abs(a).max(axis=0), 1e-12)
+        sol, _ = nnls(a / col, np.ones(int(rows.sum())), maxiter=20 * a.shape[1] + 2000)
+        return [float(v) for v in sol / col]
+
+    op = table[:, _R["op"]].astype(np.int64)
+    return {"per_op": {str(o): solve(op == o) for o in np.unique(op)}, "global": solve(np.ones(len(op), bool))}
+
+
+def baseline_ms(table: np.ndarray, coef: Mapping[str, Any], accel: dict[str, np.ndarray] | None = None
+                ) -> np.ndarray:
+    """The baseline latency (ms, > 0) of each row of a raw table under :func:`fit_baseline` coefficients."""
+    terms = baseline_terms(table, accel)
+    op = table[:, _R["op"]].astype(np.int64)
+    out = terms @ np.asarray(coef["global"], dtype=np.float64)
+    for o, c in coef["per_op"].items():
+        rows = op == int(o)
+        if rows.any():
+            out[rows] = terms[rows] @ np.asarray(c, dtype=np.float64)
+    return np.maximum(out, 1e-7)
+
+
 class XGBoostPredictor(BasePredictor):
     """Gradient-boosted trees (XGBoost) on engineered features; target log-latency.
+
+    With ``baseline="nnls"`` (default) the trees boost from a per-op-kind non-negative linear
+    model of latency on hardware-style terms (packed array work, tiled DRAM traffic, bytes,
+    elements; :func:`fit_baseline`), passed to XGBoost as ``base_margin``: the linear part of
+    latency is smooth, which trees approximate poorly from a few thousand layers.
 
     Args:
         n_estimators: boosting rounds.
@@ -51,15 +94,32 @@ class XGBoostPredictor(BasePredictor):
         min_child_weight: minimum hessian per leaf.
         n_jobs: threads for training and prediction.
         seed: random seed.
+        baseline: ``"nnls"`` or ``"none"`` (trees start from the mean; schema-1 files).
+        batch_rows: rows per chunk when predicting large batches (bounds memory; keeps features in cache).
+
+    Example:
+        >>> import numpy as np
+        >>> from hwloop.predict.sampling import random_layer_specs
+        >>> specs = random_layer_specs(200, np.random.default_rng(0))
+        >>> p = XGBoostPredictor(n_estimators=20, n_jobs=1).fit(specs, [s.macs * 1e-7 + 0.01 for s in specs])
+        >>> p.predict(specs[:3]).shape
+        (3,)
     """
 
     kind = "xgboost"
     model_ext = "ubj"
 
-    def __init__(self, n_estimators: int = 600, max_depth: int = 7, learning_rate: float = 0.05,
+    def __init__(self, n_estimators: int = 100, max_depth: int = 8, learning_rate: float = 0.1,
                  subsample: float = 0.8, colsample_bytree: float = 0.8, min_child_weight: float = 1.0,
-                 n_jobs: int = 2, seed: int = 0, fingerprint: Any = None, mode: str = "eager") -> None:
+                 n_jobs: int = 2, seed: int = 0, baseline: str = "nnls", batch_rows: int = 65536,
+                 fingerprint: Any = None, mode: str = "eager") -> None:
         super().__init__(fingerprint, mode)
+        if baseline not in BASELINES:
+            raise PredictorError(f"baseline {baseline!r} is unknown; allowed: {', '.join(BASELINES)}")
+        if not isinstance(batch_rows, int) or batch_rows < 1:
+            raise PredictorError(f"batch_rows={batch_rows!r} must be a positive integer")
+        self.baseline = baseline
+        self.batch_rows = batch_rows
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.learning_rate = learning_rate
@@ -76,23 +136,86 @@ class XGBoostPredictor(BasePredictor):
                   "subsample": self.subsample, "colsample_bytree": self.colsample_bytree,
                   "min_child_weight": self.min_child_weight, "nthread": self.n_jobs, "seed": self.seed,
                   "tree_method": "hist"}
-        dm = xgb.DMatrix(features_from_table(table), label=np.log(y_ms))
+        self.baseline_coef_ = fit_baseline(table, y_ms) if self.baseline == "nnls" else None
+        margin = self._margin(table)
+        dm = xgb.DMatrix(self._features(table), label=np.log(y_ms), base_margin=margin)
         self.booster_ = xgb.train(params, dm, num_boost_round=self.n_estimators)
 
-    def predict_features(self, x: np.ndarray) -> np.ndarray:
-        """Latency (ms) from a feature matrix (:data:`FEATURE_NAMES` columns): the fastest path."""
+    def _margin(self, table: np.ndarray) -> np.ndarray | None:
+        coef = getattr(self, "baseline_coef_", None)
+        return None if coef is None else np.log(baseline_ms(table, coef))
+
+    def predict_features(self, x: np.ndarray, margin: np.ndarray | None = None) -> np.ndarray:
+        """Latency (ms) from a feature matrix (``feature_names(feature_schema_)`` columns) and, for a
+        predictor with a baseline, the log-baseline of each row (``margin``)."""
         self._check_fitted()
-        return np.exp(self.booster_.inplace_predict(np.asarray(x, dtype=np.float32)).astype(np.float64))
+        if getattr(self, "baseline_coef_", None) is not None and margin is None:
+            raise PredictorError("this predictor boosts from a baseline: pass margin=log(baseline_ms(table)) or "
+                                 "call predict(table)")
+        kw = {} if margin is None else {"base_margin": np.asarray(margin, dtype=np.float32)}
+        return np.exp(self.booster_.inplace_predict(np.asarray(x, dtype=np.float32), **kw).astype(np.float64))
+
+    def _predict_chunk(self, chunk: np.ndarray, booster: Any = None) -> np.ndarray:
+        from hwloop.predict.features import features_from_table
+
+        coef = getattr(self, "baseline_coef_", None)
+        accel: dict[str, np.ndarray] = {}
+        x = features_from_table(chunk, getattr(self, "feature_schema_", 1), accel_out=accel)
+        margin = None if coef is None else np.log(baseline_ms(chunk, coef, accel or None))
+        if booster is None:
+            return self.predict_features(x, margin)
+        kw = {} if margin is None else {"base_margin": margin.astype(np.float32)}
+        return np.exp(booster.inplace_predict(x, **kw).astype(np.float64))
+
+    def _worker_boosters(self) -> list[Any]:
+        """One single-threaded copy of the booster per worker thread (no oversubscription, no shared state)."""
+        import xgboost as xgb
+
+        cache = self.__dict__.get("_workers")
+        if cache is None or cache[0] is not self.booster_:
+            raw = self.booster_.save_raw("ubj")
+            copies = []
+            for _ in range(self.n_jobs):
+                b = xgb.Booster(params={"nthread": 1})
+                b.load_model(raw)
+                copies.append(b)
+            cache = (self.booster_, copies)
+            self.__dict__["_workers"] = cache
+        return list(cache[1])
 
     def _predict_table(self, table: np.ndarray) -> np.ndarray:
-        return self.predict_features(features_from_table(table))
+        n, step = table.shape[0], self.batch_rows
+        if n <= step or self.n_jobs <= 1:
+            out = np.empty(n)
+            for s in range(0, n, step):
+                out[s:s + step] = self._predict_chunk(table[s:s + step])
+            return out
+        # large batches: chunks in parallel threads (numpy and XGBoost release the GIL), each with its
+        # own single-threaded booster copy
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = self._worker_boosters()
+        starts = list(range(0, n, step))
+        out = np.empty(n)
+
+        def run(w: int) -> None:
+            for s in starts[w::len(workers)]:
+                out[s:s + step] = self._predict_chunk(table[s:s + step], workers[w])
+
+        with ThreadPoolExecutor(len(workers)) as ex:
+            list(ex.map(run, range(len(workers))))
+        return out
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes | None]:
-        return {}, {}, bytes(self.booster_.save_raw("ubj"))
+        coef = getattr(self, "baseline_coef_", None)
+        return ({"baseline_coef": coef} if coef is not None else {}), {}, bytes(self.booster_.save_raw("ubj"))
 
     def _set_state(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray], native: bytes | None) -> None:
         import xgboost as xgb
 
+        self.baseline_coef_ = state.get("baseline_coef")
+        if self.baseline_coef_ is None:
+            self.baseline = "none"  # schema-1 files (and baseline="none" fits) boost from the mean
         if native is None:
             raise PredictorError("an XGBoost predictor file needs its .ubj model beside it")
         self.booster_ = xgb.Booster(params={"nthread": self.n_jobs})
@@ -192,7 +315,7 @@ class _SklearnTrees(BasePredictor):
         raise NotImplementedError
 
     def _fit_table(self, table: np.ndarray, y_ms: np.ndarray) -> None:
-        x = features_from_table(table)
+        x = self._features(table)
         est = self._make().fit(x, np.log(y_ms))
         self._from_estimator(est)
         check = self._combine(predict_tree_arrays(self.trees_, x[:64]))
@@ -203,7 +326,7 @@ class _SklearnTrees(BasePredictor):
         raise NotImplementedError
 
     def _predict_table(self, table: np.ndarray) -> np.ndarray:
-        return np.exp(self._combine(predict_tree_arrays(self.trees_, features_from_table(table))))
+        return np.exp(self._combine(predict_tree_arrays(self.trees_, self._features(table))))
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes | None]:
         return {"base_": getattr(self, "base_", 0.0)}, dict(self.trees_), None
