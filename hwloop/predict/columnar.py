@@ -61,6 +61,8 @@ COLUMNS = ("op", "batch", "in_channels", "out_channels", "in_h", "in_w", "kernel
            "groups", "bias", "rank", "w_bits", "a_bits", "variant", "dtype", "out_h", "out_w")
 _REQUIRED = ("op", "batch", "in_channels")
 _OP = {o: i for i, o in enumerate(OP_KINDS)}
+#: op kinds a columnar batch may hold (name -> OP_KINDS index)
+_SUPPORTED = {o: _OP[o] for o in ("conv2d", "linear", "batchnorm", "activation", "pooling", "add")}
 _VAR = {v: i for i, v in enumerate(VARIANTS)}
 
 
@@ -80,7 +82,7 @@ def _codes(v: np.ndarray, table: dict[str, int], what: str, unknown: int | None)
         elif unknown is not None:
             codes.append(unknown)
         else:
-            raise PredictorError(f"{what} {u!r} is unknown; allowed: {', '.join(table)}")
+            raise PredictorError(f"{what} {str(u)!r} is unknown; allowed: {', '.join(table)}")
     return np.asarray(codes, dtype=np.float64)[inv.reshape(-1)]
 
 
@@ -118,7 +120,7 @@ def table_from_columns(batch: Any) -> np.ndarray:
             raise PredictorError(f"column {name!r} has shape {v.shape}; every column needs shape ({n},)")
         return v.astype(np.float64)
 
-    op = _codes(op_col, _OP, "op", None)
+    op = _codes(op_col, _SUPPORTED, "op", None)
     var_col = _get(batch, "variant")
     variant = np.zeros(n) if var_col is None else _codes(var_col, _VAR, "variant", len(VARIANTS))
     dt_col = _get(batch, "dtype")
@@ -138,8 +140,8 @@ def table_from_columns(batch: Any) -> np.ndarray:
         bad = np.flatnonzero(~(v >= lo) | (v != np.floor(v)))
         if len(bad):
             raise PredictorError(f"column {name!r} row {bad[0]} is {v[bad[0]]!r}; it must be an integer >= {lo}")
-    if np.any(~np.isin(op, [_OP[k] for k in ("conv2d", "linear", "batchnorm", "activation", "pooling", "add")])):
-        i = int(np.flatnonzero(~np.isin(op, [0, 1, 3, 4, 5, 6]))[0])
+    if np.any(~np.isin(op, list(_SUPPORTED.values()))):
+        i = int(np.flatnonzero(~np.isin(op, list(_SUPPORTED.values())))[0])
         raise PredictorError(f"column 'op' row {i} is {OP_KINDS[int(op[i])]!r}; columnar batches support conv2d, "
                              "linear, batchnorm, activation, pooling and add")
     conv, lin, pool = op == _OP["conv2d"], op == _OP["linear"], op == _OP["pooling"]
