@@ -178,6 +178,37 @@ def run_fronts(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_aggregation_check(args: argparse.Namespace) -> int:
+    """Measured (op by op, as the reports do) vs the predictor summed over every op vs its whole-model
+    aggregation, for the original and random compressed variants of a few models; prints a table."""
+    from hwloop.predict.io import load_predictor
+
+    warnings.simplefilter("ignore", WorkloadWarning)
+    torch.set_num_threads(args.threads)
+    ppath = args.predictor or str(Path(__file__).resolve().parents[1] / "measurements" / args.device / "predictor.json")
+    pred = load_predictor(ppath)
+    dev = create_device(args.device)
+    rng = np.random.default_rng(args.seed)
+    print(f"predictor {ppath}; device {args.device}; {args.record_models} random variants per model\n")
+    print("| model | variants | sum of per-op predictions vs measured | whole-model aggregation vs measured |")
+    print("|---|---:|---|---|")
+    for name in ("small_cnn", "resnet20"):
+        from hwloop.models import ModelRef
+
+        ref = ModelRef(name, {}, input_shape=(1, 8, 8)) if name == "small_cnn" else ModelRef(name)
+        space = SearchSpace.from_ref(ref, SpaceOptions(bits=True, a_bits=8))
+        e_sum, e_cal = [], []
+        for k in range(args.record_models):
+            net, plan = space.compress(space.sample(rng) if k else space.default_config())
+            ms = measure_compressed(dev, net, plan, example=space.example, method="layers")["latency_ms"]
+            e_sum.append(predict_compressed(pred, net, space.example, plan, aggregate="sum") / ms - 1)
+            e_cal.append(predict_compressed(pred, net, space.example, plan, aggregate="calibrated") / ms - 1)
+        print(f"| {name} | {len(e_sum)} | {min(e_sum):+.1%} … {max(e_sum):+.1%} | "
+              f"{min(e_cal):+.1%} … {max(e_cal):+.1%} |")
+    dev.close()
+    return 0
+
+
 def fronts_markdown(rows: list[dict], summary: dict, sweeps: dict, seeds: list[int]) -> str:
     a = summary["args"]
     lines = [(f"#### {a['model']} on {a['task']} (train {a['train_limit'] or 'all'}, val {a['val_limit'] or 'all'}), "
@@ -264,9 +295,13 @@ def main() -> int:
                     "FLOPs-only search")
     ap.add_argument("--seeds", default="0", help="--fronts: comma-separated seeds (data subset, init, search)")
     ap.add_argument("--reference-accuracy", type=float, default=10.0, help="--fronts: hypervolume reference")
+    ap.add_argument("--aggregation-check", action="store_true", help="measured vs summed vs aggregated "
+                    "predictions of --record-models random variants (the shipped predictor unless --predictor)")
     args = ap.parse_args()
     if args.fronts:
         return run_fronts(args)
+    if args.aggregation_check:
+        return run_aggregation_check(args)
     if args.full:
         args.train_limit, args.val_limit, args.epochs = None, None, "20,100,40"
     torch.set_num_threads(args.threads)

@@ -160,6 +160,11 @@ def test_run_compare_small_end_to_end(tmp_path: Path) -> None:
         assert all(float(r["device_measurements"]) > 0 for r in measured)
     diff = [r for r in rows if r["method"] == "differentiable"]
     assert all(int(r["train_images"]) == 2 * 256 for r in diff)  # 1 search + 1 fine-tune epoch of 256 images
+    led = json.loads((out / "ledger.json").read_text())["records"]   # the search's own per-phase records
+    for i in (0, 1):
+        phases = {r["phase"]: r for r in led if r["trial"] == i}
+        assert {"search", "extract", "finetune", "eval", "measure"} <= set(phases)
+        assert phases["search"]["train_images"] == 256 and phases["measure"]["device_measurements"] > 0
     ratio = summary["compute_ratio_baseline_over_differentiable"]
     d, t = summary["methods"]["differentiable"], summary["methods"]["tpe"]
     if ratio is not None:

@@ -238,6 +238,8 @@ def test_search_config_and_spec_validation(tmp_path: Path) -> None:
         SearchSpec.from_dict({"name": "x", "schedule": {"epochs": 3}})
     with pytest.raises(SearchError, match="objective"):
         SearchSpec.from_dict({"name": "x", "predictor": {"objective": "magic"}})
+    with pytest.raises(SearchError, match="aggregate"):
+        SearchSpec.from_dict({"name": "x", "predictor": {"aggregate": "mean"}})
     bad = tmp_path / "bad.toml"
     bad.write_text("name = [", encoding="utf-8")
     with pytest.raises(SearchError, match="not valid TOML"):
