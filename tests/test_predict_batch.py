@@ -231,3 +231,20 @@ def test_adaptive_sweep_skips_what_the_store_holds(tmp_path: Path, capsys: pytes
         done = run_adaptive_sweep(spec, dev, st, budget=5, progress=False)
         assert done.measured == 0 and done.skipped == 40
     assert "40 candidates (40 already stored" in str(done)
+
+
+@pytest.mark.parametrize("flag", ["--no-progress", "--progress"])
+def test_cli_adaptive_sweep_honours_progress(tmp_path: Path, capsys: pytest.CaptureFixture, flag: str) -> None:
+    from hwloop.cli import main
+
+    spec = tmp_path / "tiny.toml"
+    spec.write_text('name = "tiny"\nkind = "layers"\nsampling = "grid"\n[space]\nop = ["conv2d"]\n'
+                    'in_channels = [8, 16, 32]\nout_channels = [8, 16, 32]\nkernel = [1, 3]\nresolution = [8]\n')
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["sweep", str(spec), "--device", "asic-tpu32", "--store", url, "--adaptive", "--budget", "8", flag]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "measured 8 of budget 8" in " ".join(out.split())
+    assert ("adaptive (diverse)" in err) == (flag == "--progress")
+    assert main(args) == 0  # the second run skips the 8 stored rows
+    assert "(8 already stored" in " ".join(capsys.readouterr().out.split())

@@ -1,8 +1,11 @@
 """Adaptive sampling (nn-Meter style): measure where the current predictor is least certain.
 
 Rounds: measure a random seed set, fit a small bootstrap ensemble of XGBoost models on
-what has been measured, then measure the candidates whose predictions disagree most
-(largest ensemble spread of log-latency), and repeat until the budget is spent. The sweep
+what has been measured (members differ in resample, seed and row/column subsampling), then
+measure the candidates whose predictions disagree most (largest ensemble spread of
+log-latency) — with ``strategy="diverse"`` (default) one per k-means cluster of the most
+uncertain candidates, so a batch is not spent on near-duplicates — and repeat until the
+budget is spent. What the store already holds is used, never re-measured. The sweep
 CLI calls :func:`run_adaptive_sweep`; the benchmark calls :func:`adaptive_sample` with a
 simulated device (recorded timings) to compare against random sampling.
 
