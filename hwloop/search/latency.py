@@ -258,7 +258,7 @@ class PredictorLatency(_SlotLatency):
     grid points). Device latency is often a staircase in channels (tiles), whose piecewise-linear
     interpolation is flat almost everywhere; so by default the *gradient* comes from a coarse
     monotone envelope of the same table (``grad_points`` nodes per channel axis, secant slopes),
-    a straight-through estimator: ``value + (coarse − coarse.detach())``. ``grad_points=None``
+    a straight-through estimator: ``value.detach() + (coarse − coarse.detach())``. ``grad_points=None``
     uses the fine grid's own gradient.
 
     Whole-model latency covers every op the device runs: the searched conv/linear/batch-norm
@@ -405,7 +405,7 @@ class PredictorLatency(_SlotLatency):
             return value
         ctable, cgrids = self._coarse[slot.name]
         smooth = interp_grid(ctable, cgrids, xs)
-        return value + (smooth - smooth.detach())
+        return value.detach() + (smooth - smooth.detach())   # value: fine grid; gradient: monotone envelope
 
     def __call__(self, sizes: Sizes, dense: frozenset[str] = frozenset()) -> torch.Tensor:
         slots = [*self.active_slots(dense), *self.passive]
