@@ -115,7 +115,7 @@ def main() -> None:
     complete = int((_pivot(df, fps).reset_index()["kind"] == "layer").sum())
     summary.update({"rows": n, "layers_requested": len(specs), "layers_on_all_three": complete,
                     "trials_per_function": args.trials,
-                    "population": args.population, "record_s": round(time.time() - t0, 1)})
+                    "population": args.population, "this_run_s": round(time.time() - t0, 1)})
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     plot(df, fps, args.out / "tvm_vs_torch.png")
