@@ -9,7 +9,6 @@ import importlib
 import pkgutil
 import sys
 
-import click
 import typer
 
 from hwloop.cli._app import app
@@ -22,6 +21,21 @@ def _load_commands() -> None:
     for info in pkgutil.iter_modules(__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
+
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """Usage-error base classes: typer >= 0.2x vendors click (``TyperException``); older typer uses click."""
+    types: list[type[Exception]] = []
+    base = getattr(typer.exceptions, "TyperException", None)
+    if isinstance(base, type):
+        types.append(base)
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
 
 
 def fail(msg: str) -> None:
@@ -39,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     except HwloopError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return 1
-    except click.ClickException as e:
-        e.show()
+    except _usage_error_types() as e:
+        e.show()  # type: ignore[attr-defined]
         return 2
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
