@@ -254,6 +254,9 @@ class RemoteDevice:
         """One result per request, in order (see :meth:`measure_iter`)."""
         reqs = list(requests)
         out = {i: res for i, _, res in self._stream(reqs, timing or self.timing)}
+        missing = [i for i in range(len(reqs)) if i not in out]
+        if missing:  # _stream must answer every job or raise; never hand back a short list
+            raise RemoteError(f"device {self.name!r}: {len(missing)} of {len(reqs)} jobs got no result")
         return [out[i] for i in range(len(reqs))]
 
     def _with_retries(self, fn: Any) -> Any:
@@ -337,7 +340,11 @@ class RemoteDevice:
                 self.connection = dataclasses.replace(self.connection, batch_size=max(1, half))
                 bs = self.connection.batch_size
                 continue
-            s.send(msg)
+            try:
+                s.send(msg)
+            except BaseException:  # a lost link mid-send: the batch is still to do, not lost
+                todo.extendleft(reversed(batch))
+                raise
             outstanding.update({f"{prefix}{i}": i for i in batch})
 
     def _on_message(self, msg: dict[str, Any], reqs: list[MeasureRequest], outstanding: dict[str, int]
