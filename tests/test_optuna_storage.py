@@ -3,7 +3,6 @@ and a real PostgreSQL server on loopback (tests/pg.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -213,36 +212,10 @@ def test_killed_worker_mid_trial_is_recovered_and_study_completes(tmp_path: Path
     assert "RECOVERED " + str(lost.number) in out
 
 
-def _load_pg():  # type: ignore[no-untyped-def]
-    """tests/pg.py, registered in sys.modules (its dataclasses need their module there)."""
-    name = "hwloop_tests_pg_optuna"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("pg.py"))
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def pg_admin_url():  # type: ignore[no-untyped-def]
-    pg = _load_pg()
-    reason = pg.pg_available()
-    if reason:
-        pytest.skip(reason)
-    server = pg.PostgresServer.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
-def test_postgresql_two_workers_no_trial_lost_or_duplicated(pg_admin_url: str, tmp_path: Path) -> None:
-    url = _load_pg().create_database(pg_admin_url, "optuna")
+def test_postgresql_two_workers_no_trial_lost_or_duplicated(postgres_url: str, tmp_path: Path) -> None:
+    url = sys.modules["pg"].create_database(postgres_url, "optuna")  # tests/pg.py, loaded by the fixture
     n = 10
     create_study("pg-pair", url, _settings("nsga2", n=n))
     procs = [_spawn("pg-pair", url, 0.05, f"pg{i}", tmp_path) for i in range(2)]
