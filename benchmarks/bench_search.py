@@ -92,19 +92,35 @@ def record_and_fit(space: SearchSpace, device: str, n_models: int, seed: int, ou
     return pred, info
 
 
+def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """A safetensors ``state_dict`` (no pickle); a missing or unreadable file exits with a one-line message."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise SystemExit(f"--checkpoint {path}: no such file (a .safetensors state_dict)")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise SystemExit(f"--checkpoint {path}: not a readable safetensors file ({e})") from e
+
+
 def run_fronts(args: argparse.Namespace) -> int:
-    """Predictor-driven vs FLOPs-only search, each over a sweep of targets (and seeds), both measured.
+    """Predictor-driven vs a FLOPs-like proxy search, each over a sweep of targets (and seeds), all measured.
 
     Per seed the base model is pre-trained once and shared; every search starts from it with the same
-    schedule. The predictor-driven search uses the shipped (or given) learned predictor of the device
-    in the loss with a latency target; the FLOPs-only search uses MACs (it ignores bit-widths and
-    tiles) with a MACs target. Every extracted model is measured on the device (one layer request
-    per op with the plan's bits). Writes ``fronts.csv``, ``fronts.json``, ``fronts.md`` and
-    ``fronts.png`` (accuracy vs measured latency of both sweeps, Pareto fronts drawn).
+    schedule and the same space (``--space bits``: channels + weight bits, 8-bit activations; ``--space
+    channels``: channels only, 8 bits). The predictor-driven search uses a learned predictor of the device in the
+    loss with a latency target: fitted here on ``--record-models`` random variants measured on the device (or
+    ``--predictor FILE``). The proxy search uses ``--proxy flops`` (MACs; ignores bits and tiles) or ``--proxy
+    bitops`` (MACs · w_bits · a_bits / 32², what a FLOPs-minded user counts with quantization) with a proxy
+    target. Every extracted model is measured on the device (one layer request per op with the plan's bits).
+    Writes ``fronts.csv``, ``fronts.json``, ``fronts.md`` and ``fronts.png`` (accuracy vs measured latency of both
+    sweeps, Pareto fronts drawn).
     """
     from tqdm.auto import tqdm
 
-    from hwloop.predict.io import load_predictor
+    from hwloop.models import ModelRef
     from hwloop.search.pareto import hypervolume_2d, pareto_front
 
     torch.set_num_threads(args.threads)
@@ -112,10 +128,19 @@ def run_fronts(args: argparse.Namespace) -> int:
     pre, srch, ft = (int(x) for x in args.epochs.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ppath = args.predictor or str(Path(__file__).resolve().parents[1] / "measurements" / args.device / "predictor.json")
-    pred = load_predictor(ppath)
+    opts = fronts_space_options(args.space, args.device)
+    ref0 = (ModelRef(args.model, {}, input_shape=(1, 8, 8)) if args.task == "digits"
+            else ModelRef(args.model, {"in_channels": 3} if args.model == "small_cnn" else {}))
+    if args.predictor:
+        from hwloop.predict.io import load_predictor
+
+        pred, ppath = load_predictor(args.predictor), args.predictor
+        pinfo: dict = {"reused": args.predictor}
+    else:
+        pred, pinfo = record_and_fit(SearchSpace.from_ref(ref0, opts), args.device, args.record_models, 0, out)
+        ppath = str(out / "predictor.json")
     sweeps = {"predictor": [float(t) for t in args.targets.split(",")],
-              "flops": [float(t) for t in args.flops_targets.split(",")]}
+              args.proxy: [float(t) for t in args.flops_targets.split(",")]}
     seeds = [int(x) for x in args.seeds.split(",")]
     rows: list[dict] = []
     t_all = time.perf_counter()
@@ -124,7 +149,6 @@ def run_fronts(args: argparse.Namespace) -> int:
         torch.manual_seed(seed)
         task = make_task(args.task, args.model, batch_size=args.batch_size, train_limit=args.train_limit or None,
                          val_limit=args.val_limit or None, seed=seed)
-        opts = SpaceOptions(bits=True, a_bits=8, tile=32 if args.device.startswith("asic-tpu") else 1)
         model = task.ref.build().train()
         if pre:
             train_epochs(model, task.train, pre, args.lr)
@@ -133,31 +157,34 @@ def run_fronts(args: argparse.Namespace) -> int:
         m0 = measure_compressed(args.device, model, CompressionPlan(base=task.ref.to_dict()), example=example,
                                 method="layers")["latency_ms"]
         omacs = sum(s.macs for s in extract_layers(model, example) if s.op in ("conv2d", "linear"))
-        rows.append({"seed": seed, "method": "original", "target": 1.0, "accuracy": acc0, "measured_ms": m0,
-                     "ratio": 1.0, "predicted_ratio": 1.0, "macs": 1.0, "mean_bits": 8.0, "wall_s": 0.0})
+        rows.append({"seed": seed, "method": "original", "target": 1.0, "accuracy": acc0, "accuracy_extracted": acc0,
+                     "measured_ms": m0, "ratio": 1.0, "predicted_ratio": 1.0, "macs": 1.0, "mean_bits": 8.0,
+                     "wall_s": 0.0})
         for method, targets in sweeps.items():
             space = SearchSpace.from_ref(task.ref, opts, model=model)
-            lat = SurrogateLatency(space, bits_aware=False) if method == "flops" else PredictorLatency(space, pred)
+            lat = proxy_latency(space, method) if method != "predictor" else PredictorLatency(space, pred)
             for t in targets:
                 cfg = SearchConfig(search_epochs=srch, finetune_epochs=ft, lr=args.lr, target=t, tile=opts.tile,
-                                   seed=seed)
+                                   seed=seed, recalibrate_batches=args.recalibrate_batches)
                 t0 = time.perf_counter()
-                res = differentiable_search(space, lat, task.train, None, cfg)
+                res = differentiable_search(space, lat, task.train, task.eval_fn if args.eval_extracted else None, cfg)
                 acc = task.eval_fn(res.model)
                 ms = measure_compressed(args.device, res.model, res.plan, example=example,
                                         method="layers")["latency_ms"]
                 macs = sum(s.macs for s in extract_layers(res.model, example) if s.op in ("conv2d", "linear"))
                 bits = list(res.plan.w_bits.values())
-                rows.append({"seed": seed, "method": method, "target": t, "accuracy": acc, "measured_ms": ms,
-                             "ratio": ms / m0, "predicted_ratio": res.predicted / res.original,
-                             "macs": macs / omacs, "mean_bits": float(np.mean(bits)) if bits else 32.0,
+                rows.append({"seed": seed, "method": method, "target": t, "accuracy": acc,
+                             "accuracy_extracted": res.accuracy_extracted if args.eval_extracted else float("nan"),
+                             "measured_ms": ms, "ratio": ms / m0, "predicted_ratio": res.predicted / res.original,
+                             "macs": macs / omacs, "mean_bits": float(np.mean(bits)) if bits else 8.0,
                              "wall_s": time.perf_counter() - t0})
                 bar.update(1)
                 bar.set_postfix_str(f"seed {seed} {method} {t}: acc {acc:.1f} ratio {ms / m0:.3f}")
     bar.close()
     ref = (args.reference_accuracy, 1.0)
-    summary: dict = {"args": vars(args), "predictor": ppath, "wall_s": time.perf_counter() - t_all,
-                     "torch_threads": torch.get_num_threads(), "hv": {}, "fronts": {}}
+    summary: dict = {"args": vars(args), "predictor": ppath, "predictor_info": pinfo,
+                     "wall_s": time.perf_counter() - t_all, "torch_threads": torch.get_num_threads(), "hv": {},
+                     "fronts": {}}
     for method in sweeps:
         pts = [(r["accuracy"], r["ratio"]) for r in rows if r["method"] == method]
         summary["fronts"][method] = [pts[i] for i in pareto_front(pts)]
@@ -176,6 +203,26 @@ def run_fronts(args: argparse.Namespace) -> int:
     plot_fronts(rows, summary, args, out / "fronts.png")
     print(md)
     return 0
+
+
+def fronts_space_options(space: str, device: str) -> SpaceOptions:
+    """The space both searches of ``--fronts`` share: ``bits`` (channels + weight bits {2, 4, 8}, 8-bit
+    activations) or ``channels`` (channels only, 8-bit weights and activations); tile 32 on ``asic-tpu*``."""
+    tile = 32 if device.startswith("asic-tpu") else 1
+    if space == "bits":
+        return SpaceOptions(bits=True, a_bits=8, tile=tile)
+    if space == "channels":
+        return SpaceOptions(bits=False, tile=tile)
+    raise SystemExit(f"--space {space!r} is unknown; allowed: bits, channels")
+
+
+def proxy_latency(space: SearchSpace, proxy: str) -> SurrogateLatency:
+    """The FLOPs-like objective of ``--fronts``: ``flops`` (MACs) or ``bitops`` (MACs · w_bits · a_bits / 32²)."""
+    if proxy == "flops":
+        return SurrogateLatency(space, bits_aware=False)
+    if proxy == "bitops":
+        return SurrogateLatency(space, bits_aware=True, a_bits=space.options.a_bits or 8)
+    raise SystemExit(f"--proxy {proxy!r} is unknown; allowed: flops, bitops")
 
 
 def run_aggregation_check(args: argparse.Namespace) -> int:
@@ -249,9 +296,10 @@ def plot_fronts(rows: list[dict], summary: dict, args: argparse.Namespace, path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
-    colors = {"predictor": "tab:red", "flops": "tab:blue"}
-    labels = {"predictor": "learned-predictor search", "flops": "FLOPs-only search"}
-    for method, col in colors.items():
+    colors = {"predictor": "tab:red", "flops": "tab:blue", "bitops": "tab:green"}
+    labels = {"predictor": "learned-predictor search", "flops": "FLOPs-only search", "bitops": "bit-ops search"}
+    for method in summary["fronts"]:
+        col = colors.get(method, "tab:gray")
         rs = [r for r in rows if r["method"] == method]
         ax.scatter([r["ratio"] for r in rs], [r["accuracy"] for r in rs], color=col, alpha=0.5, s=22)
         fr = sorted(summary["fronts"][method], key=lambda p: p[1])
@@ -260,7 +308,8 @@ def plot_fronts(rows: list[dict], summary: dict, args: argparse.Namespace, path:
     ax.scatter([1.0] * len(o), [r["accuracy"] for r in o], color="k", marker="*", s=60, label="original")
     ax.set_xlabel(f"measured latency on {args.device} / original")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{args.model} on {args.task}: {len(summary['hv']['predictor'])} seed(s)")
+    ax.set_title(f"{args.model} on {args.task}, space {getattr(args, 'space', 'bits')}: "
+                 f"{len(summary['hv']['predictor'])} seed(s)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -285,6 +334,10 @@ def main() -> int:
     ap.add_argument("--predictor", default=None, help="reuse a saved predictor instead of recording and fitting")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", default=None, help="start from this safetensors state_dict instead of "
+                    "pretraining; the baseline is the checkpoint trained further for search + fine-tune epochs")
+    ap.add_argument("--bit-levels", default="2,4,8", help="weight bit-widths the search may choose")
+    ap.add_argument("--methods", default="predictor,flops", help="which searches to run (predictor, flops)")
     ap.add_argument("--full", action="store_true", help="full schedule: all CIFAR-10, epochs 20,100,40")
     ap.add_argument("--out", default="search/results/bench_cifar10_resnet20_asic")
     ap.add_argument("--fronts", action="store_true", help="sweep targets for both searches (and --seeds); plot "
@@ -294,6 +347,14 @@ def main() -> int:
     ap.add_argument("--flops-targets", default="0.1,0.2,0.35,0.5,0.7", help="--fronts: MACs targets of the "
                     "FLOPs-only search")
     ap.add_argument("--seeds", default="0", help="--fronts: comma-separated seeds (data subset, init, search)")
+    ap.add_argument("--space", default="bits", help="--fronts: the space both searches share: bits (channels + "
+                    "weight bits 2/4/8, 8-bit activations) or channels (channels only, 8 bits)")
+    ap.add_argument("--proxy", default="flops", help="--fronts: the FLOPs-like objective: flops (MACs) or bitops "
+                    "(MACs x w_bits x a_bits / 32^2)")
+    ap.add_argument("--eval-extracted", action="store_true", help="--fronts: also score each model right after "
+                    "extraction (before fine-tuning)")
+    ap.add_argument("--recalibrate-batches", type=int, default=20, help="batch-norm re-estimation after "
+                    "extraction (training batches; 0: off, the behaviour before this option)")
     ap.add_argument("--reference-accuracy", type=float, default=10.0, help="--fronts: hypervolume reference")
     ap.add_argument("--aggregation-check", action="store_true", help="measured vs summed vs aggregated "
                     "predictions of --record-models random variants (the shipped predictor unless --predictor)")
@@ -316,9 +377,10 @@ def main() -> int:
         print(msg, flush=True)
         log_lines.append(msg)
 
-    task = make_task(args.task, args.model, batch_size=args.batch_size, train_limit=args.train_limit,
-                     val_limit=args.val_limit, seed=args.seed)
-    opts = SpaceOptions(bits=True, a_bits=8, tile=32 if args.device.startswith("asic-tpu") else 1)
+    task = make_task(args.task, args.model, batch_size=args.batch_size, train_limit=args.train_limit or None,
+                     val_limit=args.val_limit or None, seed=args.seed)
+    opts = SpaceOptions(bits=True, a_bits=8, tile=32 if args.device.startswith("asic-tpu") else 1,
+                        bit_levels=tuple(int(b) for b in args.bit_levels.split(",")))
     space = SearchSpace.from_ref(task.ref, opts)
     if args.predictor:
         from hwloop.predict.io import load_predictor
@@ -332,39 +394,55 @@ def main() -> int:
         f"{pinfo['record_s']:.1f} s; hold-out MAPE {pinfo['holdout_mape']:.1%}, within 10%: "
         f"{pinfo['holdout_within_10pct']:.1%}")
     example = task.ref.example_input()
+    aggregate = "sum" if args.device.startswith("asic") else "calibrated"  # what the op-by-op measurement sums
 
-    # --- baseline: the unpruned model trained for the same schedule length
-    base = task.ref.build().train()
-    rb = train_epochs(base, task.train, pre + srch + ft, args.lr, progress=True, desc="baseline")
+    def start_model() -> torch.nn.Module:
+        net = task.ref.build().train()
+        if args.checkpoint:
+            net.load_state_dict(load_checkpoint(args.checkpoint))
+        return net
+
+    # --- baseline: the unpruned model trained for the same schedule length (from the checkpoint: trained further
+    # for as many epochs as search + fine-tune, the same budget the search gets)
+    base = start_model()
+    acc_start = task.eval_fn(base) if args.checkpoint else float("nan")
+    base_epochs = srch + ft if args.checkpoint else pre + srch + ft
+    rb = train_epochs(base, task.train, base_epochs, args.lr, progress=True, desc="baseline")
     acc_base = task.eval_fn(base)
     orig_plan = CompressionPlan(base=task.ref.to_dict())
     m_base = measure_compressed(args.device, base, orig_plan, example=example, method="layers")["latency_ms"]
-    p_base = predict_compressed(pred, base, example, None)
-    say(f"baseline: {pre + srch + ft} epochs in {rb['seconds']:.1f} s, accuracy {acc_base:.2f}%, "
-        f"measured {m_base:.4f} ms, predicted {p_base:.4f} ms")
+    p_base = predict_compressed(pred, base, example, None, aggregate=aggregate)
+    say(f"baseline: {base_epochs} epochs in {rb['seconds']:.1f} s, accuracy {acc_base:.2f}%"
+        + (f" (checkpoint {acc_start:.2f}%)" if args.checkpoint else "")
+        + f", measured {m_base:.4f} ms, predicted {p_base:.4f} ms")
 
-    # --- shared pretraining
-    model = task.ref.build().train()
-    rp = train_epochs(model, task.train, pre, args.lr, progress=True, desc="pretrain") if pre else {"seconds": 0.0}
-    acc_pre = task.eval_fn(model)
-    say(f"pretrained {pre} epochs in {rp['seconds']:.1f} s, accuracy {acc_pre:.2f}%")
+    # --- shared pretraining (none from a checkpoint)
+    model = start_model()
+    pre_eff = 0 if args.checkpoint else pre
+    rp = train_epochs(model, task.train, pre_eff, args.lr, progress=True, desc="pretrain") if pre_eff else {"seconds": 0.0}
+    acc_pre = acc_start if args.checkpoint else task.eval_fn(model)
+    say(f"start: {'checkpoint ' + args.checkpoint if args.checkpoint else f'pretrained {pre} epochs'} in "
+        f"{rp['seconds']:.1f} s, accuracy {acc_pre:.2f}%")
 
     results = {}
-    for label in ("predictor", "flops"):
+    for label in [m.strip() for m in args.methods.split(",")]:
         sp = SearchSpace.from_ref(task.ref, opts, model=model)
         lat: PredictorLatency | SurrogateLatency
         if label == "flops":
             lat = SurrogateLatency(sp, bits_aware=False)
-            target = args.flops_target or results["predictor"]["macs"] / results["predictor"]["original_macs"]
+            target = args.flops_target or (results["predictor"]["macs"] / results["predictor"]["original_macs"]
+                                           if "predictor" in results else args.target)
+        elif label == "predictor":
+            lat, target = PredictorLatency(sp, pred, progress=True, aggregate=aggregate), args.target
         else:
-            lat, target = PredictorLatency(sp, pred, progress=True), args.target
+            raise SystemExit(f"--methods: {label!r} is unknown; allowed: predictor, flops")
         cfg = SearchConfig(search_epochs=srch, finetune_epochs=ft, lr=args.lr, target=target, tile=opts.tile,
-                           seed=args.seed)
+                           seed=args.seed, recalibrate_batches=args.recalibrate_batches)
         res = differentiable_search(sp, lat, task.train, task.eval_fn, cfg, log=lambda m, lb=label: say(f"[{lb}] {m}"),
                                     progress=True)
         save_compressed(res.model, res.plan, out / label)
         meas = measure_compressed(args.device, res.model, res.plan, example=example, method="layers")["latency_ms"]
-        predicted = predict_compressed(pred, res.model, example, res.plan)
+        predicted = predict_compressed(pred, res.model, example, res.plan, aggregate=aggregate)
         macs = sum(s.macs for s in extract_layers(res.model, example) if s.op in ("conv2d", "linear"))
         omacs = sum(s.macs for s in extract_layers(model, example) if s.op in ("conv2d", "linear"))
         total_s = rp["seconds"] + sum(res.seconds.values())
@@ -375,6 +453,7 @@ def main() -> int:
             "macs": macs, "original_macs": omacs, "params": sum(p.numel() for p in res.model.parameters()),
             "seconds": {"pretrain": rp["seconds"], **res.seconds, "total": total_s},
             "cost_ratio": total_s / rb["seconds"], "plan": res.plan.to_dict(), "sizes": res.sizes,
+            "mean_w_bits": float(np.mean(list(res.plan.w_bits.values()))) if res.plan.w_bits else 32.0,
         }
         say(f"[{label}] measured {meas:.4f} ms ({1 - meas / m_base:.1%} lower than baseline), predicted "
             f"{predicted:.4f} ms ({predicted / meas - 1:+.1%}), accuracy {res.accuracy:.2f}% "
@@ -382,7 +461,7 @@ def main() -> int:
             f"{total_s / rb['seconds']:.2f} x baseline training")
 
     report = {"args": vars(args), "predictor": pinfo, "baseline": {"accuracy": acc_base, "measured_ms": m_base,
-              "predicted_ms": p_base, "seconds": rb["seconds"], "pretrained_accuracy": acc_pre}, "runs": results,
+              "predicted_ms": p_base, "seconds": rb["seconds"], "epochs": base_epochs, "pretrained_accuracy": acc_pre}, "runs": results,
               "torch_threads": torch.get_num_threads()}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
     md = markdown(report)
@@ -401,6 +480,9 @@ def markdown(r: dict) -> str:
               f"device {a['device']}, epochs pretrain,search,finetune = {a['epochs']}"), "",
              (f"predictor: XGBoost on {r['predictor']['layers']} measured layers, hold-out MAPE "
               f"{r['predictor']['holdout_mape']:.1%} ({r['predictor']['holdout_within_10pct']:.0%} within 10%)"), "",
+             *([(f"start: checkpoint {a['checkpoint']} (test accuracy {b['pretrained_accuracy']:.2f}%); the baseline is "
+                 f"it trained {b.get('epochs')} more epochs (= search + fine-tune); bit levels {a.get('bit_levels')}"), ""]
+               if a.get("checkpoint") else []),
              ("| run | accuracy % | Δacc vs baseline | measured ms | vs baseline | predicted ms | pred. error | MACs | "
               "params | wall s | cost vs baseline |"),
              "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -411,6 +493,10 @@ def markdown(r: dict) -> str:
                      f"{-x['accuracy_drop']:+.2f} | {x['measured_ms']:.4f} | {-x['measured_reduction']:+.1%} | "
                      f"{x['predicted_ms']:.4f} | {x['prediction_error']:+.1%} | {x['macs'] / x['original_macs']:.1%} |"
                      f" {x['params']} | {x['seconds']['total']:.1f} | {x['cost_ratio']:.2f} |")
+    lines.append("")
+    for label, x in r["runs"].items():
+        lines.append(f"* {label}: accuracy right after extraction {x['accuracy_extracted']:.2f}%, mean weight bits "
+                     f"{x.get('mean_w_bits', float('nan')):.1f}, wall s {', '.join(f'{k} {v:.0f}' for k, v in x['seconds'].items())}")
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ the extrapolated epoch time (to pick a schedule that fits).
 
 What search/checkpoints/resnet20_cifar10.safetensors was made with (see its JSON)::
 
-    nice -n 10 python benchmarks/train_checkpoint.py --model resnet20 --epochs 10 --threads 2 \
+    nice -n 10 python benchmarks/train_checkpoint.py --model resnet20 --epochs 9 --threads 1 \
         --out search/checkpoints/resnet20_cifar10
 
 Example (timing only)::

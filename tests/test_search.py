@@ -306,3 +306,38 @@ def test_python_api_on_a_user_model() -> None:
     assert res.plan.base is None and res.predicted <= 0.5 * res.original
     out = res.model(torch.randn(3, 1, 8, 8))
     assert out.shape == (3, 10)
+
+
+def test_recalibrate_batchnorm_matches_the_data_statistics() -> None:
+    from hwloop.search.differentiable import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3, momentum=0.1))
+    data = [(torch.randn(16, 2, 6, 6) * 2 + 3, torch.zeros(16, dtype=torch.long)) for _ in range(4)]
+    net.eval()
+    assert recalibrate_batchnorm(net, data, 0) == 0 and float(net[1].running_mean.abs().sum()) == 0.0
+    assert recalibrate_batchnorm(net, data, 3) == 3
+    with torch.no_grad():
+        conv = torch.cat([net[0](x) for x, _ in data[:3]])
+    assert torch.allclose(net[1].running_mean, conv.mean((0, 2, 3)), atol=1e-5)   # cumulative average of 3 batches
+    assert net[1].momentum == 0.1 and not net.training                              # settings restored
+
+
+def test_batchnorm_recalibration_recovers_accuracy_after_extraction() -> None:
+    # the same search (same seed) with and without re-estimating batch-norm statistics after extraction
+    task = make_task("digits", "small_cnn", batch_size=64)
+    model = task.ref.build().train()
+    torch.manual_seed(0)
+    from hwloop.search.train import train_epochs
+
+    train_epochs(model, task.train, 2, 0.05)
+    acc: dict[int, float] = {}
+    for batches in (0, 20):
+        space = SearchSpace.from_ref(task.ref, SpaceOptions(bits=True, a_bits=8), model=model)
+        cfg = SearchConfig(search_epochs=2, finetune_epochs=0, target=0.5, seed=0, recalibrate_batches=batches)
+        res = differentiable_search(space, SurrogateLatency(space), task.train, task.eval_fn, cfg)
+        assert res.accuracy_extracted is not None
+        acc[batches] = res.accuracy_extracted
+    assert acc[20] > acc[0] + 5.0, acc
+    with pytest.raises(SearchError, match="recalibrate_batches"):
+        SearchConfig(recalibrate_batches=-1)

@@ -41,7 +41,8 @@ from hwloop.search.latency import LatencyModel
 from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
 
-__all__ = ["SearchConfig", "SearchResult", "differentiable_search", "enforce_budget", "round_widths_to_tile"]
+__all__ = ["SearchConfig", "SearchResult", "differentiable_search", "enforce_budget", "recalibrate_batchnorm",
+           "round_widths_to_tile"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class SearchConfig:
         merge_lowrank: merge a factorised layer back when dense is not slower.
         max_steps: cap on steps per epoch (None: the whole loader).
         seed: torch seed.
+        recalibrate_batches: after extraction, re-estimate every batch-norm's running statistics on this many
+            training batches (forward only, chosen bits applied): removing channels and rounding bits shifts
+            the activations the statistics were collected on. 0 turns it off.
     """
 
     search_epochs: int = 3
@@ -77,6 +81,7 @@ class SearchConfig:
     merge_lowrank: bool = True
     max_steps: int | None = None
     seed: int = 0
+    recalibrate_batches: int = 20
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs"):
@@ -97,6 +102,9 @@ class SearchConfig:
             raise SearchError(f"tile={self.tile!r} must be a positive int")
         if self.max_steps is not None and self.max_steps < 1:
             raise SearchError(f"max_steps={self.max_steps} must be >= 1 or None")
+        rb = self.recalibrate_batches
+        if not isinstance(rb, int) or isinstance(rb, bool) or rb < 0:
+            raise SearchError(f"recalibrate_batches={rb!r} must be an integer >= 0")
 
 
 @dataclass
@@ -188,6 +196,45 @@ def enforce_budget(gm: GatedModel, latency: LatencyModel, widths: Mapping[str, i
         w[best[2]] = best[3]
         current = float(latency(_hard_sizes(gm, w)).detach())
     return w
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader[Any], batches: int) -> int:
+    """Re-estimate the running mean/variance of every batch-norm of ``model`` from ``batches`` batches.
+
+    The statistics are reset and accumulated as a cumulative average (``momentum=None``) over forward
+    passes in training mode; weights are not touched. Returns the number of batches used (0 when the
+    model has no batch-norm or ``batches`` is 0).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+        >>> data = [(torch.randn(8, 1, 5, 5) * 3 + 1, torch.zeros(8, dtype=torch.long))] * 2
+        >>> recalibrate_batchnorm(net, data, 2)
+        2
+        >>> bool(net[1].num_batches_tracked == 2)
+        True
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or batches <= 0:
+        return 0
+    saved = [(m, m.momentum) for m in bns]
+    was = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    n = 0
+    try:
+        for x, _ in loader:
+            if n >= batches:
+                break
+            model(x)
+            n += 1
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        model.train(was)
+    return n
 
 
 def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loader: DataLoader[Any],
@@ -317,6 +364,9 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 "config": asdict(config)}
         net, plan = extract(gm, widths=widths, rule=config.keep_rule, merge_if=merge_if, meta=meta)
         predicted = latency.plan_latency(plan)
+        if config.recalibrate_batches:  # the extracted weights already hold the chosen bits
+            recalibrate_batchnorm(net, train_loader, config.recalibrate_batches)
+            net.eval()
     t_extract = time.perf_counter() - t1
     acc_x = evaluate(net) if eval_fn is not None else None
     say(f"extracted: predicted {predicted:.4g} {latency.unit} = {predicted / l0:.3f} x original"

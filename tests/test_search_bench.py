@@ -1,0 +1,103 @@
+"""benchmarks/bench_search.py and benchmarks/train_checkpoint.py: the options issue 7's evidence runs use.
+
+Tiny schedules on the digits task (seconds); the simulated ASIC is the real device backend here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hwloop.models import ModelRef
+from hwloop.search.space import SearchSpace
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+TINY = ["--task", "digits", "--model", "small_cnn", "--batch-size", "64", "--lr", "0.05", "--threads", "1",
+        "--train-limit", "256", "--val-limit", "120", "--record-models", "4"]
+
+
+def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_search.py"), *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _import_bench():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_search
+    finally:
+        sys.path.pop(0)
+    return bench_search
+
+
+def test_fronts_space_and_bitops_proxy() -> None:
+    bs = _import_bench()
+    space = SearchSpace.from_ref(ModelRef("small_cnn", {}, input_shape=(1, 8, 8)), bs.fronts_space_options("bits",
+                                                                                                           "asic-tpu32"))
+    assert space.options.bits and space.options.a_bits == 8 and space.options.tile == 32
+    assert not bs.fronts_space_options("channels", "asic-tpu32").bits
+    full = space.full_sizes()
+    low = {k: (4.0 if k.startswith("bits:") else v) for k, v in full.items()}
+    flops, bitops = bs.proxy_latency(space, "flops"), bs.proxy_latency(space, "bitops")
+    assert float(flops(low)) == float(flops(full))          # MACs ignore the weight bits
+    assert float(bitops(low)) < float(bitops(full))         # bit-ops count them
+    with pytest.raises(SystemExit, match="allowed: flops, bitops"):
+        bs.proxy_latency(space, "params")
+
+
+def test_fronts_run_writes_both_methods_measured(tmp_path: Path) -> None:
+    out = tmp_path / "fronts"
+    r = _bench("--fronts", *TINY, "--epochs", "1,1,1", "--seeds", "0", "--targets", "0.8", "--flops-targets", "0.3",
+               "--space", "bits", "--proxy", "bitops", "--eval-extracted", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "fronts.csv", encoding="utf-8")))
+    assert [x["method"] for x in rows] == ["original", "predictor", "bitops"]
+    pred = rows[1]
+    assert float(pred["ratio"]) < 1.0                                   # measured on the device, faster
+    assert abs(float(pred["predicted_ratio"]) / float(pred["ratio"]) - 1) < 0.10
+    assert 0.0 <= float(pred["accuracy_extracted"]) <= 100.0
+    assert (out / "fronts.png").stat().st_size > 1000 and (out / "predictor.json").is_file()
+
+
+def test_bench_from_checkpoint_gives_the_baseline_the_same_budget(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    ref = ModelRef("small_cnn", {}, input_shape=(1, 8, 8))
+    torch.manual_seed(0)
+    net = ref.build()
+    ckpt = tmp_path / "ckpt.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(ckpt))
+    out = tmp_path / "bench"
+    r = _bench(*TINY, "--epochs", "5,1,1", "--checkpoint", str(ckpt), "--methods", "predictor", "--target", "0.8",
+               "--bit-levels", "4,8", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert rep["baseline"]["epochs"] == 2                              # search + fine-tune, the pretrain ignored
+    run = rep["runs"]["predictor"]
+    assert run["seconds"]["pretrain"] == 0.0 and set(run["plan"]["w_bits"].values()) <= {4, 8}
+    assert run["measured_ms"] < rep["baseline"]["measured_ms"]
+    assert "start: checkpoint" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_bench_rejects_a_missing_checkpoint(tmp_path: Path) -> None:
+    r = _bench(*TINY, "--epochs", "0,1,1", "--checkpoint", str(tmp_path / "nope.safetensors"), "--out",
+               str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode != 0 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_checkpoint_times_steps(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_checkpoint.py"), "--time-steps", "2",
+                        "--threads", "1", "--train-limit", "512", "--batch-size", "32"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and "CIFAR-10 tarball not found" in r.stderr:
+        pytest.skip("CIFAR-10 tarball not present")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ms/step at batch 32" in r.stdout and "16 steps" in r.stdout
