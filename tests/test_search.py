@@ -341,3 +341,37 @@ def test_batchnorm_recalibration_recovers_accuracy_after_extraction() -> None:
     assert acc[20] > acc[0] + 5.0, acc
     with pytest.raises(SearchError, match="recalibrate_batches"):
         SearchConfig(recalibrate_batches=-1)
+
+
+def test_tile_nodes_put_one_staircase_step_in_each_gradient_segment() -> None:
+    from hwloop.search.latency import tile_nodes
+
+    g = torch.arange(1.0, 65.0, dtype=torch.float64)
+    assert g[tile_nodes(g, 32)].tolist() == [1.0, 32.0, 64.0]
+    assert g[tile_nodes(g, 16)].tolist() == [1.0, 16.0, 32.0, 48.0, 64.0]
+    coarse = torch.tensor([1.0, 17.0, 33.0, 49.0, 65.0, 81.0, 100.0], dtype=torch.float64)   # an evenly spaced grid
+    assert coarse[tile_nodes(coarse, 32)].tolist() == [1.0, 33.0, 65.0, 100.0]
+
+
+def test_tile_gradient_sees_the_step_a_wide_group_can_save() -> None:
+    # on asic-tpu32 small_cnn's 64-channel group costs one extra 32-wide tile above 32 channels: the
+    # tile-node gradient at 64 must be the secant over that step (value unchanged); evenly spaced nodes
+    # (1, 33, 64) gave it almost no slope
+    space = SearchSpace.from_ref(ModelRef("small_cnn"), SpaceOptions(tile=32))
+    pred = _asic_predictor(space)
+    full = space.full_sizes()
+    key = max((k for k in full if k.startswith("ch:")), key=lambda k: full[k])
+    assert full[key] == 64
+    grads, values = {}, {}
+    for nodes in ("even", "tile"):
+        lat = PredictorLatency(space, pred, grad_nodes=nodes)
+        sizes = {k: torch.tensor(float(v), requires_grad=True) for k, v in full.items()}
+        v = lat(sizes)
+        v.backward()
+        grads[nodes], values[nodes] = float(sizes[key].grad), float(v.detach())
+        at32 = float(lat({**full, key: 32.0}))
+    assert values["tile"] == values["even"]
+    secant = (values["tile"] - at32) / 32
+    assert grads["tile"] == pytest.approx(secant, rel=0.05) and grads["tile"] > 2 * grads["even"]
+    with pytest.raises(SearchError, match="grad_nodes"):
+        PredictorLatency(space, pred, grad_nodes="fine")

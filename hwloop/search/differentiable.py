@@ -5,8 +5,10 @@ sizes (widths, ranks, bits). Give either a fixed ``lam`` or a ``target`` (latenc
 fraction of the original): then λ follows dual ascent on ``log λ``,
 ``λ ← λ·exp(η·(L/(L₀·target) − 1))`` once per step, so users state the budget, not λ. Schedule: (optional pretraining) →
 search → extract (widths read off the gates, rounded up to the device tile when that costs
-no latency; factorised layers merged back when dense is not slower) → fine-tune (with the
-chosen bits fake-quantized) → the caller measures on the device.
+no latency; factorised layers merged back when dense is not slower; batch-norm statistics
+re-estimated on a few training batches, since removing channels and rounding bits shifts the
+activations they were collected on) → fine-tune (with the chosen bits fake-quantized) → the
+caller measures on the device.
 
 Example:
     >>> from hwloop.search.train import make_task

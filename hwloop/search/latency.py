@@ -51,6 +51,7 @@ __all__ = [
     "interp_grid",
     "sample_layer_specs",
     "select_latency_model",
+    "tile_nodes",
 ]
 
 Sizes = Mapping[str, "torch.Tensor | float"]
@@ -209,17 +210,39 @@ def interp_grid(table: torch.Tensor, grids: Sequence[torch.Tensor], xs: Sequence
     return out
 
 
-def _coarse_monotone(table: torch.Tensor, grids: Sequence[torch.Tensor], names: Sequence[str], points: int
-                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def tile_nodes(grid: torch.Tensor, tile: int) -> torch.Tensor:
+    """Indices of ``grid`` nearest to its ends and to every multiple of ``tile`` inside it.
+
+    On a device that pads partial tiles, latency is a staircase whose steps sit just above multiples of
+    the tile; a secant between consecutive nodes then spans exactly one step, so its slope is the
+    saving of dropping to the next tile boundary.
+
+    Example:
+        >>> tile_nodes(torch.arange(1.0, 65.0), 32).tolist()
+        [0, 31, 63]
+    """
+    lo, hi = float(grid[0]), float(grid[-1])
+    marks = [lo, *[float(m) for m in range(tile, int(hi) + 1, tile) if lo < m < hi], hi]
+    idx = [int(torch.argmin((grid - m).abs())) for m in marks]
+    return torch.unique(torch.tensor(idx, dtype=torch.long))
+
+
+def _coarse_monotone(table: torch.Tensor, grids: Sequence[torch.Tensor], names: Sequence[str], points: int,
+                     tile: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The table's monotone envelope (running max along every axis) sampled at ~``points`` nodes per
-    channel axis (bit axes keep every level): the source of the search gradient."""
+    channel axis, or at the tile boundaries when ``tile > 1`` (bit axes keep every level): the source
+    of the search gradient."""
     env = table
     for d in range(env.dim()):
         env = torch.cummax(env, dim=d).values
     idx_per_axis: list[torch.Tensor] = []
     cgrids: list[torch.Tensor] = []
     for g, n in zip(grids, names):
-        if n == "bits" or g.numel() <= points:
+        if n == "bits" or g.numel() <= 2:
+            idx = torch.arange(g.numel())
+        elif tile > 1:
+            idx = tile_nodes(g, tile)
+        elif g.numel() <= points:
             idx = torch.arange(g.numel())
         else:
             idx = torch.unique(torch.round(torch.linspace(0, g.numel() - 1, points)).long())
@@ -259,7 +282,11 @@ class PredictorLatency(_SlotLatency):
     interpolation is flat almost everywhere; so by default the *gradient* comes from a coarse
     monotone envelope of the same table (``grad_points`` nodes per channel axis, secant slopes),
     a straight-through estimator: ``value.detach() + (coarse − coarse.detach())``. ``grad_points=None``
-    uses the fine grid's own gradient.
+    uses the fine grid's own gradient. With ``grad_nodes="tile"`` (the default when the space has a
+    ``tile`` > 1) the envelope's nodes are the tile boundaries instead (:func:`tile_nodes`): every
+    secant spans exactly one step, so a group at 64 channels on a 32-wide array sees what dropping to
+    32 saves (evenly spaced nodes at 1, 33, 64 put the step in the lower segment and gave the upper
+    one almost no slope, so the search never cut such layers).
 
     Whole-model latency covers every op the device runs: the searched conv/linear/batch-norm
     slots and the space's :meth:`~hwloop.search.space.SearchSpace.passive_slots` (activations,
@@ -277,6 +304,8 @@ class PredictorLatency(_SlotLatency):
         aggregate: ``auto``, ``sum`` or ``calibrated`` (see above).
         progress: show a progress bar while the grids are predicted.
         grad_points: nodes per channel axis of the gradient's coarse monotone table (None: fine grid).
+        grad_nodes: ``tile`` (nodes at multiples of the space's tile), ``even`` (``grad_points`` evenly
+            spaced nodes) or ``auto`` (``tile`` when the space's tile is > 1).
         passive: include activations, pooling and adds (False: conv/linear/batch-norm only).
 
     Example:
@@ -293,10 +322,13 @@ class PredictorLatency(_SlotLatency):
 
     def __init__(self, space: SearchSpace, predictor: Any, *, max_grid_points: int = 65, aggregate: str = "auto",
                  a_bits: int | None = None, progress: bool = False, grad_points: int | None = 3,
-                 passive: bool = True) -> None:
+                 passive: bool = True, grad_nodes: str = "even") -> None:
         super().__init__(space, a_bits)
         if grad_points is not None and grad_points < 2:
             raise SearchError(f"grad_points={grad_points} must be >= 2 or None")
+        if grad_nodes not in ("auto", "tile", "even"):
+            raise SearchError(f"grad_nodes={grad_nodes!r} is unknown; allowed: auto, tile, even")
+        self.grad_tile = space.options.tile if grad_nodes in ("auto", "tile") else 1
         if aggregate not in AGGREGATE_MODES:
             raise SearchError(f"aggregate={aggregate!r} is unknown; allowed: {', '.join(AGGREGATE_MODES)}")
         self.grad_points = grad_points
@@ -392,7 +424,8 @@ class PredictorLatency(_SlotLatency):
                 cache[sig] = torch.tensor(ms).reshape([len(g) for _, g in axes] or [])
             self._tables[slot.name] = (cache[sig], grids, names)
             if self.grad_points is not None:
-                self._coarse[slot.name] = _coarse_monotone(cache[sig], grids, names, self.grad_points)
+                self._coarse[slot.name] = _coarse_monotone(cache[sig], grids, names, self.grad_points,
+                                                           self.grad_tile)
 
     def layer_ms(self, slot: LayerSlot, sizes: Sizes) -> torch.Tensor:
         """Interpolated latency (ms) of one slot at ``sizes``."""
