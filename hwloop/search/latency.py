@@ -322,7 +322,7 @@ class PredictorLatency(_SlotLatency):
 
     def __init__(self, space: SearchSpace, predictor: Any, *, max_grid_points: int = 65, aggregate: str = "auto",
                  a_bits: int | None = None, progress: bool = False, grad_points: int | None = 3,
-                 passive: bool = True, grad_nodes: str = "even") -> None:
+                 passive: bool = True, grad_nodes: str = "auto") -> None:
         super().__init__(space, a_bits)
         if grad_points is not None and grad_points < 2:
             raise SearchError(f"grad_points={grad_points} must be >= 2 or None")
