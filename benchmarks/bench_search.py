@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np
 import torch
 
+from hwloop.compress.actquant import quantized_activations
 from hwloop.compress.extract import save_compressed
 from hwloop.compress.plan import CompressionPlan
 from hwloop.devices import MeasureRequest, create_device
@@ -165,10 +166,12 @@ def run_fronts(args: argparse.Namespace) -> int:
             lat = proxy_latency(space, method) if method != "predictor" else PredictorLatency(space, pred)
             for t in targets:
                 cfg = SearchConfig(search_epochs=srch, finetune_epochs=ft, lr=args.lr, target=t, tile=opts.tile,
-                                   seed=seed, recalibrate_batches=args.recalibrate_batches)
+                                   seed=seed, recalibrate_batches=args.recalibrate_batches,
+                                   quantize_activations=not args.float_activations)
                 t0 = time.perf_counter()
                 res = differentiable_search(space, lat, task.train, task.eval_fn if args.eval_extracted else None, cfg)
-                acc = task.eval_fn(res.model)
+                with quantized_activations.from_plan(res.model, res.plan):   # the plan's a_bits, as fine-tuned
+                    acc = task.eval_fn(res.model)
                 ms = measure_compressed(args.device, res.model, res.plan, example=example,
                                         method="layers")["latency_ms"]
                 macs = sum(s.macs for s in extract_layers(res.model, example) if s.op in ("conv2d", "linear"))
@@ -355,6 +358,8 @@ def main() -> int:
                     "extraction (before fine-tuning)")
     ap.add_argument("--recalibrate-batches", type=int, default=20, help="batch-norm re-estimation after "
                     "extraction (training batches; 0: off, the behaviour before this option)")
+    ap.add_argument("--float-activations", action="store_true", help="fine-tune and score with float activations "
+                    "(the behaviour before activation fake-quantization)")
     ap.add_argument("--reference-accuracy", type=float, default=10.0, help="--fronts: hypervolume reference")
     ap.add_argument("--aggregation-check", action="store_true", help="measured vs summed vs aggregated "
                     "predictions of --record-models random variants (the shipped predictor unless --predictor)")
@@ -437,7 +442,8 @@ def main() -> int:
         else:
             raise SystemExit(f"--methods: {label!r} is unknown; allowed: predictor, flops")
         cfg = SearchConfig(search_epochs=srch, finetune_epochs=ft, lr=args.lr, target=target, tile=opts.tile,
-                           seed=args.seed, recalibrate_batches=args.recalibrate_batches)
+                           seed=args.seed, recalibrate_batches=args.recalibrate_batches,
+                           quantize_activations=not args.float_activations)
         res = differentiable_search(sp, lat, task.train, task.eval_fn, cfg, log=lambda m, lb=label: say(f"[{lb}] {m}"),
                                     progress=True)
         save_compressed(res.model, res.plan, out / label)

@@ -229,3 +229,44 @@ def test_compress_rejects_unknown_group() -> None:
     plan = CompressionPlan(base={"name": "small_cnn"}, widths={"features.99": 3})
     with pytest.raises(CompressionError, match="unknown group"):
         compress_(ModelRef("small_cnn").build(), plan)
+
+
+def test_activation_quantizer_observes_in_training_and_freezes_in_eval() -> None:
+    from hwloop.compress.actquant import ActivationQuantizer
+
+    q = ActivationQuantizer(4, momentum=0.5)
+    x = torch.linspace(-3.0, 3.0, 101, requires_grad=True)
+    assert torch.equal(q.eval()(x), x)                     # nothing observed yet: unchanged
+    y = q.train()(x)
+    assert float(q.amax) == pytest.approx(3.0)
+    assert len(torch.unique(y.detach())) <= 2 ** 4 - 1     # 15 symmetric levels
+    assert float((y.detach() - x.detach()).abs().max()) <= 3.0 / 7 / 2 + 1e-6   # within half a step
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))         # straight-through
+    q.train()(x.detach() * 2)                               # moving average: 0.5·3 + 0.5·6
+    assert float(q.amax) == pytest.approx(4.5)
+    q.eval()(x.detach() * 10)
+    assert float(q.amax) == pytest.approx(4.5)              # frozen in eval mode
+    with pytest.raises(CompressionError, match="activation bits=1"):
+        ActivationQuantizer(1)
+
+
+def test_quantized_activations_hooks_come_off_and_replay_from_a_plan() -> None:
+    from hwloop.compress.actquant import quantized_activations
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = torch.randn(32, 6)
+    ref = net(x)
+    with quantized_activations(net, ["2"], bits=3) as aq:
+        net.train()(x)                                      # observe
+        net.eval()
+        quant = net(x)
+    assert not torch.allclose(quant, ref) and torch.equal(net(x), ref)   # hooks removed on exit
+    plan = CompressionPlan(base={"name": "small_cnn"}, w_bits={"2": 4}, a_bits=3, meta={"a_amax": aq.amax()})
+    with quantized_activations.from_plan(net, CompressionPlan.from_json(plan.to_json())):
+        assert torch.equal(net(x), quant)                   # the same ranges give the same outputs
+    with quantized_activations.from_plan(net, CompressionPlan(base={"name": "small_cnn"}, a_bits=8)):
+        assert torch.equal(net(x), ref)                     # no ranges recorded: float
+    with pytest.raises(CompressionError, match="no layer 'features.9'"):
+        quantized_activations(net, ["features.9"], bits=8)

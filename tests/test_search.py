@@ -375,3 +375,20 @@ def test_tile_gradient_sees_the_step_a_wide_group_can_save() -> None:
     assert grads["tile"] == pytest.approx(secant, rel=0.05) and grads["tile"] > 2 * grads["even"]
     with pytest.raises(SearchError, match="grad_nodes"):
         PredictorLatency(space, pred, grad_nodes="fine")
+
+
+def test_search_fine_tunes_and_scores_with_quantized_activations() -> None:
+    from hwloop.compress.actquant import quantized_activations
+
+    task = make_task("digits", "small_cnn", batch_size=64, train_limit=256)
+    space = SearchSpace.from_ref(task.ref, SpaceOptions(bits=True, a_bits=4))
+    res = differentiable_search(space, SurrogateLatency(space), task.train, task.eval_fn,
+                                SearchConfig(search_epochs=1, finetune_epochs=1, target=0.5))
+    amax = res.plan.meta["a_amax"]
+    assert set(amax) == set(res.plan.w_bits) and all(v > 0 for v in amax.values())
+    with quantized_activations.from_plan(res.model, res.plan):
+        assert task.eval_fn(res.model) == res.accuracy       # the reported accuracy is the quantized one
+    off = differentiable_search(space, SurrogateLatency(space), task.train, None,
+                                SearchConfig(search_epochs=1, finetune_epochs=0, target=0.5,
+                                             quantize_activations=False))
+    assert "a_amax" not in off.plan.meta

@@ -7,6 +7,7 @@ Example:
     8
 """
 
+from hwloop.compress.actquant import ActivationQuantizer, quantized_activations
 from hwloop.compress.extract import (
     ChannelGroup,
     ModelGraph,
@@ -22,6 +23,6 @@ from hwloop.compress.gates import BitGate, ChannelGate, Gate, RankGate, effectiv
 from hwloop.compress.lowrank import factorize, merge
 from hwloop.compress.plan import CompressionPlan
 
-__all__ = ["BitGate", "ChannelGate", "ChannelGroup", "CompressionPlan", "Gate", "ModelGraph", "RankGate", "analyze",
+__all__ = ["ActivationQuantizer", "BitGate", "ChannelGate", "ChannelGroup", "CompressionPlan", "Gate", "ModelGraph", "RankGate", "analyze",
            "apply_bits_", "compress_", "effective_size", "factorize", "fake_quant", "from_plan", "load_compressed",
-           "merge", "prune_groups_", "save_compressed"]
+           "merge", "prune_groups_", "quantized_activations", "save_compressed"]

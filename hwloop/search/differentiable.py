@@ -28,13 +28,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hwloop.compress.actquant import quantized_activations
 from hwloop.compress.gated import GatedModel, extract, quantized_weights
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import SearchError
@@ -67,6 +69,10 @@ class SearchConfig:
         recalibrate_batches: after extraction, re-estimate every batch-norm's running statistics on this many
             training batches (forward only, chosen bits applied): removing channels and rounding bits shifts
             the activations the statistics were collected on. 0 turns it off.
+        quantize_activations: when the plan has ``a_bits`` (2..16) and quantized layers, fine-tune and score
+            the extracted model with the inputs of those layers fake-quantized to ``a_bits``
+            (:class:`~hwloop.compress.actquant.quantized_activations`; ranges observed on the recalibration
+            batches and during fine-tuning, stored as ``plan.meta["a_amax"]``).
     """
 
     search_epochs: int = 3
@@ -84,6 +90,7 @@ class SearchConfig:
     max_steps: int | None = None
     seed: int = 0
     recalibrate_batches: int = 20
+    quantize_activations: bool = True
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs"):
@@ -343,49 +350,58 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
             .format(lam=lam, **rec) + (f" acc {rec['accuracy']:.2f}" if "accuracy" in rec else ""))
     soft = float(latency(gm.sizes()).detach())
 
-    t1 = time.perf_counter()
-    with led.phase("extract", trial=trial):
-        gm.eval()
-        widths = round_widths_to_tile(gm, latency, config.tile)
-        if config.target is not None:
-            before = float(latency(_hard_sizes(gm, widths)).detach())
-            widths = enforce_budget(gm, latency, widths, config.target * l0)
-            after = float(latency(_hard_sizes(gm, widths)).detach())
-            if after < before:
-                say(f"budget: hard sizes gave {before / l0:.3f} x original; shrank widths to {after / l0:.3f} x")
-        hard = _hard_sizes(gm, widths)
+    stack = ExitStack()
+    with stack:
+        t1 = time.perf_counter()
+        with led.phase("extract", trial=trial):
+            gm.eval()
+            widths = round_widths_to_tile(gm, latency, config.tile)
+            if config.target is not None:
+                before = float(latency(_hard_sizes(gm, widths)).detach())
+                widths = enforce_budget(gm, latency, widths, config.target * l0)
+                after = float(latency(_hard_sizes(gm, widths)).detach())
+                if after < before:
+                    say(f"budget: hard sizes gave {before / l0:.3f} x original; shrank widths to {after / l0:.3f} x")
+            hard = _hard_sizes(gm, widths)
 
-        def merge_if(layer: str, rank: int) -> bool:
-            if not config.merge_lowrank:
-                return False
-            with torch.no_grad():
-                dense_sizes = dict(hard)
-                return float(latency(dense_sizes, frozenset({layer}))) <= float(latency(dense_sizes))
+            def merge_if(layer: str, rank: int) -> bool:
+                if not config.merge_lowrank:
+                    return False
+                with torch.no_grad():
+                    dense_sizes = dict(hard)
+                    return float(latency(dense_sizes, frozenset({layer}))) <= float(latency(dense_sizes))
 
-        meta = {"latency_kind": latency.kind, "latency_unit": latency.unit, "original": l0,
-                "config": asdict(config)}
-        net, plan = extract(gm, widths=widths, rule=config.keep_rule, merge_if=merge_if, meta=meta)
-        predicted = latency.plan_latency(plan)
-        if config.recalibrate_batches:  # the extracted weights already hold the chosen bits
-            recalibrate_batchnorm(net, train_loader, config.recalibrate_batches)
+            meta = {"latency_kind": latency.kind, "latency_unit": latency.unit, "original": l0,
+                    "config": asdict(config)}
+            net, plan = extract(gm, widths=widths, rule=config.keep_rule, merge_if=merge_if, meta=meta)
+            predicted = latency.plan_latency(plan)
+            a_bits = plan.a_bits if plan.a_bits is not None and 2 <= plan.a_bits <= 16 else None
+            aq = stack.enter_context(quantized_activations(
+                net, list(plan.w_bits) if config.quantize_activations and a_bits else [], a_bits or 8))
+            if config.recalibrate_batches:  # the extracted weights already hold the chosen bits
+                recalibrate_batchnorm(net, train_loader, config.recalibrate_batches)   # also observes aq's ranges
+            aq.observe(train_loader, 0 if config.recalibrate_batches else 1)
             net.eval()
-    t_extract = time.perf_counter() - t1
-    acc_x = evaluate(net) if eval_fn is not None else None
-    say(f"extracted: predicted {predicted:.4g} {latency.unit} = {predicted / l0:.3f} x original"
-        + (f", accuracy before fine-tune {acc_x:.2f}" if acc_x is not None else ""))
+        t_extract = time.perf_counter() - t1
+        acc_x = evaluate(net) if eval_fn is not None else None
+        say(f"extracted: predicted {predicted:.4g} {latency.unit} = {predicted / l0:.3f} x original"
+            + (f", accuracy before fine-tune {acc_x:.2f}" if acc_x is not None else "")
+            + (f" (activations at {a_bits} bits)" if aq.quantizers else ""))
 
-    t2 = time.perf_counter()
-    with led.phase("finetune", trial=trial) as ph:
-        if config.finetune_epochs:
-            with quantized_weights(net, plan.w_bits):
-                r = train_epochs(net, train_loader, config.finetune_epochs, config.lr, momentum=config.momentum,
-                                 weight_decay=config.weight_decay, progress=progress, desc="fine-tune",
-                                 max_steps=config.max_steps)
-            ph.train_images += int(r["images"])
-            ph.epochs += float(r["epochs"])
-        net.eval()
-    t_ft = time.perf_counter() - t2
-    acc = evaluate(net) if eval_fn is not None else None
+        t2 = time.perf_counter()
+        with led.phase("finetune", trial=trial) as ph:
+            if config.finetune_epochs:
+                with quantized_weights(net, plan.w_bits):
+                    r = train_epochs(net, train_loader, config.finetune_epochs, config.lr, momentum=config.momentum,
+                                     weight_decay=config.weight_decay, progress=progress, desc="fine-tune",
+                                     max_steps=config.max_steps)
+                ph.train_images += int(r["images"])
+                ph.epochs += float(r["epochs"])
+            net.eval()
+        t_ft = time.perf_counter() - t2
+        acc = evaluate(net) if eval_fn is not None else None
+    if aq.quantizers:
+        plan = replace(plan, meta={**plan.meta, "a_amax": aq.amax()})
     if acc is not None:
         say(f"fine-tuned: accuracy {acc:.2f}")
     sizes = _size_table(space, plan)
