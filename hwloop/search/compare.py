@@ -240,8 +240,8 @@ def _differentiable(spec: CompareSpec, obj: Any, ledger: ComputeLedger, say: Cal
                            gate_lr=sch.gate_lr, weight_decay=sch.weight_decay,
                            lam=v if kind == "lam" else s.budget.lam, target=v if kind == "target" else None,
                            dual_lr=s.budget.dual_lr, keep_rule=sch.keep_rule, tile=s.space.tile,
-                           max_steps=sch.max_steps, seed=s.seed)
-        # no per-epoch evaluation: like an Optuna trial, each candidate is evaluated once, after fine-tuning
+                           max_steps=sch.max_steps, seed=s.seed, quantize_activations=False)
+        # float activations, as the Optuna trials fine-tune and score them; no per-epoch evaluation: like an Optuna trial, each candidate is evaluated once, after fine-tuning
         res = differentiable_search(obj.space, obj.latency, obj.task.train, None, cfg, ledger=ledger, trial=i)
         with ledger.phase("eval", trial=i):
             acc = float(obj.task.eval_fn(res.model))
