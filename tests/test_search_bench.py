@@ -66,6 +66,11 @@ def test_fronts_run_writes_both_methods_measured(tmp_path: Path) -> None:
     assert abs(float(pred["predicted_ratio"]) / float(pred["ratio"]) - 1) < 0.10
     assert 0.0 <= float(pred["accuracy_extracted"]) <= 100.0
     assert (out / "fronts.png").stat().st_size > 1000 and (out / "predictor.json").is_file()
+    (out / "fronts.md").unlink()
+    r = _bench("--fronts-report", str(out), cwd=tmp_path)                 # the report again, from fronts.json
+    assert r.returncode == 0, r.stderr[-2000:]
+    md = (out / "fronts.md").read_text(encoding="utf-8")
+    assert "| predictor | 0.8 |" in md and "Per seed, the lowest measured latency" in md
 
 
 def test_bench_from_checkpoint_gives_the_baseline_the_same_budget(tmp_path: Path) -> None:
