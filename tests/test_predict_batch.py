@@ -222,7 +222,7 @@ def test_adaptive_sweep_skips_what_the_store_holds(tmp_path: Path, capsys: pytes
         assert capsys.readouterr().err == ""  # progress=False: no bar
         before = set(measured)
         second = run_adaptive_sweep(spec, dev, st, budget=10, rounds=2, progress=True)
-        assert "adaptive (diverse)" in capsys.readouterr().err  # progress=True: a bar on stderr
+        assert "adaptive (error)" in capsys.readouterr().err  # progress=True: a bar on stderr
         assert second.skipped == 12 and second.measured == 10
         assert len(measured) == 22 and not before & set(measured[12:])
         assert len(st.to_dataframe(kind="layer")) == 22
@@ -245,6 +245,6 @@ def test_cli_adaptive_sweep_honours_progress(tmp_path: Path, capsys: pytest.Capt
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert "measured 8 of budget 8" in " ".join(out.split())
-    assert ("adaptive (diverse)" in err) == (flag == "--progress")
+    assert ("adaptive (error)" in err) == (flag == "--progress")
     assert main(args) == 0  # the second run skips the 8 stored rows
     assert "(8 already stored" in " ".join(capsys.readouterr().out.split())

@@ -44,6 +44,10 @@ def sweep(
                                       help="re-measure requests whose stored row is a failure"),
     adaptive: bool = typer.Option(False, "--adaptive", help="pick what to measure by predictor uncertainty"),
     budget: int = typer.Option(None, "--budget", help="measurements for --adaptive"),
+    strategy: str = typer.Option("error", "--strategy",
+                                 help="--adaptive selection: error (budget follows the committee's out-of-bag "
+                                      "misses per op kind, around badly predicted layers), diverse, spread, random"),
+    rounds: int = typer.Option(8, "--rounds", help="--adaptive rounds after the random seed set"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
     log_stored: bool = typer.Option(False, "--log-stored",
                                     help="print one 'stored device=… workload=… timing=… status=…' line per "
@@ -60,6 +64,13 @@ def sweep(
         raise ConfigError(f"--limit {limit} must be >= 1")
     if adaptive and (budget is None or budget < 1):
         raise ConfigError("--adaptive needs --budget N (N >= 1 measurements)")
+    if adaptive:
+        from hwloop.predict.adaptive import STRATEGIES
+
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"--strategy {strategy!r} is unknown; allowed: {', '.join(STRATEGIES)}")
+        if rounds < 1:
+            raise ConfigError(f"--rounds {rounds} must be >= 1")
     if adaptive and len(device) != 1:
         raise ConfigError(f"--adaptive runs on one device, got {len(device)}: {', '.join(device)}")
     if len(set(device)) != len(device):
@@ -88,7 +99,7 @@ def sweep(
             except ImportError as e:
                 raise ConfigError(f"--adaptive needs hwloop.predict.adaptive, which cannot be imported ({e})") from e
             result = run_adaptive_sweep(sp, devs[0], st, budget=budget, timing=timings[devs[0].name],
-                                        progress=progress)
+                                        rounds=rounds, strategy=strategy, progress=progress)
             console.print(result)
             return
         reqs = sp.requests()

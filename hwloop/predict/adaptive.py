@@ -1,13 +1,24 @@
-"""Adaptive sampling (nn-Meter style): measure where the current predictor is least certain.
+"""Adaptive sampling (nn-Meter style): measure where the current predictor misses or is unsure.
 
-Rounds: measure a random seed set, fit a small bootstrap ensemble of XGBoost models on
-what has been measured (members differ in resample, seed and row/column subsampling), then
-measure the candidates whose predictions disagree most (largest ensemble spread of
-log-latency) — with ``strategy="diverse"`` (default) one per k-means cluster of the most
-uncertain candidates, so a batch is not spent on near-duplicates — and repeat until the
-budget is spent. What the store already holds is used, never re-measured. The sweep
-CLI calls :func:`run_adaptive_sweep`; the benchmark calls :func:`adaptive_sample` with a
-simulated device (recorded timings) to compare against random sampling.
+Rounds: measure a random seed set (``init_frac`` of the budget), fit a bootstrap committee of
+XGBoost models on what has been measured (members differ in resample, seed and row/column
+subsampling), choose the next batch, measure it, and repeat until the budget is spent.
+Strategies:
+
+* ``"error"`` (default): the batch is split over strata (op kind; depthwise and low-rank convs
+  apart) in proportion to candidates left × the committee's out-of-bag miss rate (±10%) in that
+  stratum, with 20% of it in proportion to candidates alone (:func:`allocate`); within a stratum
+  candidates rank by committee spread plus the out-of-bag error of their nearest measured
+  neighbours (:func:`neighbour_error`; nn-Meter's fine-grained sampling around badly predicted
+  configurations), one per k-means cluster of the best ranked (:func:`diverse_top`). The budget
+  goes to, e.g., dense convs on a CPU, not to activations that are already predicted well.
+* ``"diverse"``: the most uncertain (largest spread), one per k-means cluster;
+  ``"spread"``: the most uncertain; ``"random"``.
+
+What the store already holds is used, never re-measured. The sweep CLI (``hwloop sweep SPEC
+--adaptive --budget N [--strategy error]``) calls :func:`run_adaptive_sweep`; the benchmark calls
+:func:`adaptive_sample` with a simulated device (recorded timings) to compare against random
+sampling. Selection sees only the pool and what was measured, never evaluation data.
 
 Example:
     >>> import numpy as np
@@ -36,12 +47,16 @@ __all__ = [
     "AdaptiveRound",
     "AdaptiveSummary",
     "adaptive_sample",
+    "allocate",
+    "committee",
     "diverse_top",
     "ensemble_spread",
+    "neighbour_error",
     "run_adaptive_sweep",
+    "strata",
 ]
 
-STRATEGIES = ("diverse", "spread", "random")
+STRATEGIES = ("error", "diverse", "spread", "random")
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,103 @@ def ensemble_spread(table_train: np.ndarray, y_ms: np.ndarray, table_pool: np.nd
     return np.asarray(np.std(np.stack(preds), axis=0), dtype=np.float64)
 
 
+def committee(table_train: np.ndarray, y_ms: np.ndarray, table_pool: np.ndarray, *, members: int = 5,
+              n_estimators: int = 100, seed: int = 0, n_jobs: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A bootstrap committee's log-latency predictions for the pool and its out-of-bag errors on the training rows.
+
+    Members are :class:`~hwloop.predict.learned.XGBoostPredictor` models (with their baseline)
+    that differ in bootstrap resample, seed and row/column subsampling. A training row's
+    out-of-bag error is ``|mean log-prediction of the members that did not see it − log y|``
+    (NaN when every member saw it): a cross-validated error for free.
+
+    Returns:
+        ``(pool_log_preds, oob_abs_log_err)`` of shapes ``(members, len(table_pool))`` and ``(len(y_ms),)``.
+    """
+    from hwloop.predict.learned import XGBoostPredictor
+
+    rng = np.random.default_rng(seed)
+    n = len(y_ms)
+    preds, oob_sum, oob_cnt = [], np.zeros(n), np.zeros(n)
+    for m in range(members):
+        idx = rng.integers(0, n, n)
+        p = XGBoostPredictor(n_estimators=n_estimators, subsample=0.7, colsample_bytree=0.7,
+                             seed=int(seed * 100 + m), n_jobs=n_jobs).fit(table_train[idx], y_ms[idx])
+        both = p.predict(np.concatenate([table_pool, table_train]))
+        preds.append(np.log(both[:len(table_pool)]))
+        out = np.ones(n, dtype=bool)
+        out[idx] = False
+        oob_sum[out] += np.log(both[len(table_pool):][out])
+        oob_cnt[out] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        oob = np.abs(oob_sum / oob_cnt - np.log(y_ms))
+    return np.stack(preds), np.where(oob_cnt > 0, oob, np.nan)
+
+
+def strata(table: np.ndarray) -> np.ndarray:
+    """Stratum of each raw-table row: its op kind, with depthwise and low-rank convs/linears apart.
+
+    Example:
+        >>> from hwloop.predict.features import spec_table
+        >>> from hwloop.workload import LayerSpec
+        >>> t = spec_table([LayerSpec("conv2d", (1, 8, 8, 8), out_channels=8, kernel=3, padding=1),
+        ...                 LayerSpec("conv2d", (1, 8, 8, 8), out_channels=8, kernel=3, padding=1, groups=8)])
+        >>> strata(t).tolist()
+        [0, 1]
+    """
+    from hwloop.predict.features import RAW_COLUMNS
+
+    col = {c: table[:, i] for i, c in enumerate(RAW_COLUMNS)}
+    dw = (col["groups"] > 1) & (col["groups"] == col["in_channels"])
+    return (3 * col["op"] + np.where(dw, 1, np.where(col["rank"] > 0, 2, 0))).astype(np.int64)
+
+
+def allocate(k: int, n_avail: Mapping[int, int], miss: Mapping[int, float], floor: float = 0.2) -> dict[int, int]:
+    """Split ``k`` picks over strata ∝ available candidates × estimated miss rate (Neyman-style).
+
+    ``floor`` of the batch is split ∝ available candidates alone, so no stratum is starved
+    because its first estimate looked good. Largest-remainder rounding; never more than available.
+
+    Example:
+        >>> allocate(10, {0: 100, 1: 100}, {0: 0.4, 1: 0.0}, floor=0.2)
+        {0: 9, 1: 1}
+    """
+    keys = [h for h in n_avail if n_avail[h] > 0]
+    if not keys or k <= 0:
+        return {}
+    avail = np.array([n_avail[h] for h in keys], dtype=np.float64)
+    w = avail * np.array([max(miss.get(h, 0.0), 0.0) for h in keys])
+    share = floor * avail / avail.sum() + (1 - floor) * (w / w.sum() if w.sum() > 0 else avail / avail.sum())
+    want = share * min(k, int(avail.sum()))
+    got = np.minimum(np.floor(want), avail).astype(np.int64)
+    rest = min(k, int(avail.sum())) - int(got.sum())
+    order = np.argsort(-(want - got), kind="stable")
+    while rest > 0:
+        for j in order:
+            if rest and got[j] < avail[j]:
+                got[j] += 1
+                rest -= 1
+    return {h: int(g) for h, g in zip(keys, got) if g > 0}
+
+
+def neighbour_error(x_measured: np.ndarray, err: np.ndarray, x_pool: np.ndarray, k: int = 5) -> np.ndarray:
+    """Mean out-of-bag error of each pool candidate's ``k`` nearest measured rows (standardised features).
+
+    nn-Meter's fine-grained sampling measures more configurations around the badly predicted
+    ones; in a candidate pool that means ranking candidates by how badly their measured
+    neighbours are predicted.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    ok = np.isfinite(err)
+    if ok.sum() == 0:
+        return np.zeros(len(x_pool))
+    xm = x_measured[ok].astype(np.float64)
+    mu, sd = xm.mean(axis=0), np.maximum(xm.std(axis=0), 1e-9)
+    nn = NearestNeighbors(n_neighbors=min(k, int(ok.sum()))).fit((xm - mu) / sd)
+    _, ind = nn.kneighbors((x_pool.astype(np.float64) - mu) / sd)
+    return np.asarray(err[ok][ind].mean(axis=1), dtype=np.float64)
+
+
 def diverse_top(spread: np.ndarray, x: np.ndarray, k: int, *, pool_factor: int = 4, seed: int = 0) -> np.ndarray:
     """``k`` positions with high ``spread`` that are spread out in feature space (batch diversity).
 
@@ -151,8 +263,44 @@ def diverse_top(spread: np.ndarray, x: np.ndarray, k: int, *, pool_factor: int =
     return np.asarray(picked[:k], dtype=np.int64)
 
 
+#: a row is a miss when its prediction is off by more than ±10% (in log space)
+_MISS_LOG = float(np.log(1.1))
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1] (ties broken by position)."""
+    r = np.empty(len(v))
+    r[np.argsort(v, kind="stable")] = np.arange(len(v))
+    return r / max(len(v) - 1, 1)
+
+
+def _error_driven(table: np.ndarray, x_all: np.ndarray, tr_idx: np.ndarray, tr_y: np.ndarray, remaining: np.ndarray,
+                  k: int, *, members: int, n_estimators: int, seed: int, out_spread: np.ndarray,
+                  use_neighbours: bool = True, floor: float = 0.2) -> np.ndarray:
+    """Positions in ``remaining`` for one ``"error"`` round (see :func:`adaptive_sample`)."""
+    preds, oob = committee(table[tr_idx], tr_y, table[remaining], members=members, n_estimators=n_estimators,
+                           seed=seed)
+    spread = preds.std(axis=0)
+    out_spread[:] = spread
+    st_tr, st_pool = strata(table[tr_idx]), strata(table[remaining])
+    seen = np.isfinite(oob)
+    missed = (oob > _MISS_LOG) & seen
+    overall = float(missed.sum() / max(seen.sum(), 1))
+    miss = {int(h): float((missed[st_tr == h].sum() + 5 * overall) / (seen[st_tr == h].sum() + 5))
+            for h in np.unique(st_pool)}
+    alloc = allocate(k, {int(h): int(c) for h, c in zip(*np.unique(st_pool, return_counts=True))}, miss, floor)
+    score = _ranks(spread)
+    if use_neighbours:
+        score = score + _ranks(neighbour_error(x_all[tr_idx], oob, x_all[remaining]))
+    picks: list[int] = []
+    for h, kh in sorted(alloc.items()):
+        pos = np.flatnonzero(st_pool == h)
+        picks += pos[diverse_top(score[pos], x_all[remaining[pos]], kh, seed=seed)].tolist()
+    return np.asarray(picks, dtype=np.int64)
+
+
 def adaptive_sample(pool: Sequence[Any], measure: Callable[[list[Any]], np.ndarray], budget: int, *,
-                    rounds: int = 8, init_frac: float = 0.3, strategy: str = "diverse", members: int = 5,
+                    rounds: int = 8, init_frac: float = 0.3, strategy: str = "error", members: int = 5,
                     n_estimators: int = 100, seed: int = 0, eval_specs: Sequence[Any] | None = None,
                     eval_ms: Any = None, make_eval: Callable[[], Any] | None = None,
                     known: Mapping[int, float] | None = None, progress: bool = True) -> AdaptiveResult:
@@ -164,8 +312,9 @@ def adaptive_sample(pool: Sequence[Any], measure: Callable[[list[Any]], np.ndarr
         budget: number of new measurements.
         rounds: rounds after the random seed set (``init_frac`` of the budget).
         init_frac: fraction of the budget measured at random first.
-        strategy: ``"diverse"`` (ensemble disagreement, one pick per k-means cluster of the most
-            uncertain candidates), ``"spread"`` (the most uncertain candidates) or ``"random"``.
+        strategy: ``"error"`` (default; see the module docstring), ``"diverse"`` (ensemble disagreement,
+            one pick per k-means cluster of the most uncertain candidates), ``"spread"`` (the most
+            uncertain candidates) or ``"random"``.
         members / n_estimators: size of the bootstrap ensemble.
         seed: random seed.
         eval_specs / eval_ms / make_eval: optional held-out set; each round a ``make_eval()``
@@ -216,6 +365,9 @@ def adaptive_sample(pool: Sequence[Any], measure: Callable[[list[Any]], np.ndarr
         spread = np.zeros(len(remaining))
         if strategy == "random" or ok.sum() < 4 or (r == 0 and n0 > 0):
             pick = rng.choice(remaining, size=min(k, len(remaining)), replace=False)
+        elif strategy == "error":
+            pick = remaining[_error_driven(table, x_all, tr_idx[ok], tr_y[ok], remaining, k, members=members,
+                                           n_estimators=n_estimators, seed=seed + r, out_spread=spread)]
         else:
             spread = ensemble_spread(table[tr_idx[ok]], tr_y[ok], table[remaining], members=members,
                                      n_estimators=n_estimators, seed=seed + r)
@@ -243,7 +395,7 @@ def adaptive_sample(pool: Sequence[Any], measure: Callable[[list[Any]], np.ndarr
 
 
 def run_adaptive_sweep(spec: Any, device: Any, store: Any, budget: int, timing: Any = None, *,
-                       rounds: int = 8, strategy: str = "diverse", seed: int = 0,
+                       rounds: int = 8, strategy: str = "error", seed: int = 0,
                        progress: bool = True) -> AdaptiveSummary:
     """Measure ``budget`` of a sweep's layer requests, choosing them adaptively; results go to ``store``.
 
