@@ -286,7 +286,7 @@ class PredictorLatency(_SlotLatency):
     ``tile`` > 1) the envelope's nodes are the tile boundaries instead (:func:`tile_nodes`): every
     secant spans exactly one step, so a group at 64 channels on a 32-wide array sees what dropping to
     32 saves (evenly spaced nodes at 1, 33, 64 put the step in the lower segment and gave the upper
-    one almost no slope, so the search never cut such layers).
+    one almost no slope).
 
     Whole-model latency covers every op the device runs: the searched conv/linear/batch-norm
     slots and the space's :meth:`~hwloop.search.space.SearchSpace.passive_slots` (activations,
