@@ -104,8 +104,8 @@ def test_feature_schemas() -> None:
     assert x1.shape == (1, len(FEATURE_NAMES_V1)) and x2.shape == (1, len(FEATURE_NAMES))
     np.testing.assert_array_equal(x2[:, :x1.shape[1]], x1)  # schema 2 extends schema 1
     assert x2[0, FEATURE_NAMES.index("weight_pack")] == 2.0  # 4-bit weights: two per 8-bit PE
-    with pytest.raises(PredictorError, match="feature schema 3"):
-        features_from_table(t, 3)
+    with pytest.raises(PredictorError, match="feature schema 4"):
+        features_from_table(t, 4)
 
 
 def test_baseline_beats_plain_trees_on_the_accelerator(specs: list[LayerSpec], asic_ms: np.ndarray) -> None:
@@ -141,7 +141,7 @@ def test_schema2_file_round_trip(tmp_path: Path, specs: list[LayerSpec], asic_ms
     p = make_predictor("xgboost", n_estimators=30, n_jobs=1).fit(specs, asic_ms)
     path = p.save(tmp_path / "p.json")
     meta = json.loads(path.read_text())
-    assert meta["schema_version"] == 2 and meta["feature_schema"] == 2 and meta["features"] == list(FEATURE_NAMES)
+    assert meta["schema_version"] == 2 and meta["feature_schema"] == 3 and meta["features"] == list(FEATURE_NAMES)
     assert set(meta["state"]["baseline_coef"]) == {"per_op", "global"}
     q = load_predictor(path)
     np.testing.assert_allclose(q.predict(specs), p.predict(specs), rtol=1e-6)

@@ -6,13 +6,18 @@ into a float64 array with :data:`RAW_COLUMNS` (one Python pass), and
 numpy only. A table can also come straight from a DataFrame that already has the raw
 columns (:func:`table_from_frame`), skipping the Python pass.
 
-Feature schema 2 (current) adds accelerator-style features to schema 1: GEMM folds over 16/32/64-wide
+Feature schema 2 adds accelerator-style features to schema 1: GEMM folds over 16/32/64-wide
 arrays with low-bit weights packed into 8-bit processing elements and small groups placed side by
 side, the second GEMM of low-rank layers, bytes at the actual bit widths, DRAM traffic of a tiled op
 for buffer sizes 32 KiB–1 MiB, and CPU dispatch hints (pointwise conv, per-sample input size).
+Feature schema 3 (current) adds the CPU view of a convolution to schema 2: which PyTorch CPU path runs
+it (oneDNN, or im2col + GEMM — PyTorch's own single-thread rule, ``aten/src/ATen/native/ConvUtils.h``
+``use_mkldnn``), the im2col buffer of the GEMM path, and the two convs of a low-rank layer separately
+(``k×k → r`` then ``1×1 r → out``: MACs, input elements and output elements of each).
 :func:`baseline_terms` gives the non-negative linear-scale terms (work, traffic, elements) that
 :class:`~hwloop.predict.learned.XGBoostPredictor` fits per op kind as its baseline. Files written with
-schema 1 still load and use :data:`FEATURE_NAMES_V1` (``features_from_table(t, schema=1)``).
+schema 1 or 2 still load and use :data:`FEATURE_NAMES_V1` / :data:`FEATURE_NAMES_V2`
+(``features_from_table(t, schema=1)``).
 
 Example:
     >>> from hwloop.workload import LayerSpec
@@ -37,6 +42,7 @@ from hwloop.workload import DTYPES, OP_KINDS, LayerSpec
 __all__ = [
     "FEATURE_NAMES",
     "FEATURE_NAMES_V1",
+    "FEATURE_NAMES_V2",
     "FEATURE_SCHEMA",
     "FEATURE_SCHEMAS",
     "RAW_COLUMNS",
@@ -51,9 +57,9 @@ __all__ = [
 ]
 
 #: version of the feature definition; saved with every predictor
-FEATURE_SCHEMA = 2
+FEATURE_SCHEMA = 3
 #: feature schemas this hwloop can compute (files of any of them load)
-FEATURE_SCHEMAS = (1, 2)
+FEATURE_SCHEMAS = (1, 2, 3)
 VARIANTS = ("", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "max", "avg",
             "adaptive_avg")
 _VAR = {v: i for i, v in enumerate(VARIANTS)}
@@ -79,13 +85,18 @@ FEATURE_NAMES_V1: tuple[str, ...] = (
 )
 _ARRAYS = (16, 32, 64)
 _CAPS_KIB = (32, 64, 128, 256, 512, 1024)
-FEATURE_NAMES: tuple[str, ...] = (
+FEATURE_NAMES_V2: tuple[str, ...] = (
     *FEATURE_NAMES_V1,
     *(f"{n}{w}" for w in _ARRAYS for n in ("log2_packed_folds", "log2_packed_work", "log2_lowrank_work",
                                            "log2_total_work", "log2_groups_per_fold")),
     "log2_weight_bytes_at_bits", "log2_in_bytes_at_bits", "log2_out_bytes_at_bits", "weight_pack",
     *(f"log2_tiled_traffic_{c}k" for c in _CAPS_KIB),
     "pointwise", "log2_in_elements_per_sample", "in_elements_per_sample_gt_20480",
+)
+FEATURE_NAMES: tuple[str, ...] = (
+    *FEATURE_NAMES_V2,
+    "cpu_onednn_conv", "cpu_onednn_strided", "log2_cpu_im2col_elements", "lowrank_second_onednn",
+    "log2_conv1_macs", "log2_conv2_macs", "log2_conv1_out_elements", "log2_conv2_in_elements_per_sample",
 )
 
 
@@ -203,15 +214,43 @@ def baseline_terms(t: np.ndarray, accel: dict[str, np.ndarray] | None = None) ->
 
 
 def feature_names(schema: int = FEATURE_SCHEMA) -> tuple[str, ...]:
-    """The feature names of a feature schema (1 or 2)."""
+    """The feature names of a feature schema (1, 2 or 3)."""
     if schema not in FEATURE_SCHEMAS:
         raise PredictorError(f"feature schema {schema!r} is unknown; this hwloop computes {FEATURE_SCHEMAS}")
-    return FEATURE_NAMES_V1 if schema == 1 else FEATURE_NAMES
+    return {1: FEATURE_NAMES_V1, 2: FEATURE_NAMES_V2}.get(schema, FEATURE_NAMES)
+
+
+def _cpu(t: np.ndarray) -> list[np.ndarray]:
+    """Schema-3 CPU view of convolutions (see the module docstring); zeros for other ops.
+
+    ``cpu_onednn_conv`` is PyTorch's ``use_mkldnn`` rule for float32 at one thread: oneDNN runs a conv
+    when (strided, or batch ≥ 16, or not 1×1) and (grouped, or kernel > 3×3, or batch > 1, or
+    the input has more than 20,480 elements); otherwise im2col + GEMM (``slow_conv2d``). With more
+    threads PyTorch prefers oneDNN more often; the trees learn that from the device's data."""
+    c = {n: t[:, _R[n]] for n in RAW_COLUMNS}
+    conv = c["op"] == 0
+    b, cin, cout, rank = c["batch"], c["in_channels"], c["out_channels"], c["rank"]
+    g = np.maximum(c["groups"], 1)
+    k_area = c["kernel_h"] * c["kernel_w"]
+    pointwise_s1 = (c["kernel_h"] == 1) & (c["kernel_w"] == 1) & (c["stride"] == 1)
+    big = (g > 1) | ((c["kernel_h"] > 3) & (c["kernel_w"] > 3)) | (b > 1) | (b * cin * c["in_h"] * c["in_w"] > 20480)
+    onednn = conv & (~pointwise_s1 | (b >= 16)) & big
+    out_pos = b * c["out_h"] * c["out_w"]
+    first_out = np.where(rank > 0, rank, cout)
+    lowrank = conv & (rank > 0)
+    second_onednn = lowrank & (b >= 16)  # the 1×1 stride-1 second conv: oneDNN only for large batches
+    im2col = np.where(conv & ~onednn, out_pos * cin / g * k_area, 0.0)
+    macs1 = np.where(conv, out_pos * cin / g * k_area * first_out, 0.0)
+    macs2 = np.where(lowrank, out_pos * rank * cout, 0.0)
+    return [onednn.astype(np.float64), (onednn & (c["stride"] > 1)).astype(np.float64), np.log2(im2col + 1),
+            second_onednn.astype(np.float64), np.log2(macs1 + 1), np.log2(macs2 + 1),
+            np.log2(np.where(conv, out_pos * first_out, 0.0) + 1),
+            np.log2(np.where(lowrank, rank * c["out_h"] * c["out_w"], 0.0) + 1)]
 
 
 def features_from_table(t: np.ndarray, schema: int = FEATURE_SCHEMA,
                         accel_out: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """Every feature of ``schema`` (:data:`FEATURE_NAMES`, or :data:`FEATURE_NAMES_V1` for 1) from a raw
+    """Every feature of ``schema`` (:data:`FEATURE_NAMES`; :data:`FEATURE_NAMES_V1`/``_V2`` for 1/2) from a raw
     table (vectorised, float32). ``accel_out`` (a dict) receives the intermediate quantities that
     :func:`baseline_terms` reuses."""
     t = np.asarray(t, dtype=np.float64)
@@ -250,6 +289,8 @@ def features_from_table(t: np.ndarray, schema: int = FEATURE_SCHEMA,
         cols += [np.log2(a["w_bytes"] + 1), np.log2(a["i_bytes"] + 1), np.log2(a["o_bytes"] + 1), a["pack"]]
         cols += [np.log2(a[f"traffic{c}"] + 1) for c in _CAPS_KIB]
         cols += [a["pointwise"], np.log2(a["per_sample"] + 1), (a["per_sample"] > 20480).astype(np.float64)]
+    if schema >= 3:
+        cols += _cpu(t)
     out = np.column_stack([x if x.ndim == 2 else x[:, None] for x in cols]).astype(np.float32)
     return out
 
