@@ -123,13 +123,23 @@ def bench_device(d: Path, args: argparse.Namespace) -> dict:
 
 
 def bench_adaptive(d: Path, args: argparse.Namespace) -> dict:
+    """Adaptive vs random sampling on one data set: pool-based simulation with the recorded timings.
+
+    A random 20% of the layers is held out (never offered to the selection); the rest is the pool.
+    Each strategy spends its budget through :func:`~hwloop.predict.adaptive.adaptive_sample` with the
+    ``measure`` callback answering from the recorded timings, then a default XGBoost predictor is
+    fitted on what was chosen and scored on the held-out layers (±10%).
+    """
     from hwloop.predict.adaptive import adaptive_sample
+    from hwloop.predict.evaluate import regression_metrics
 
     data = load_training_data(d, statistic=args.statistic, progress=False)
     rng = np.random.default_rng(0)
     perm = rng.permutation(data.n_layers)
     n_test = data.n_layers // 5
     test, pool = perm[:n_test], perm[n_test:]
+    if args.quick:
+        pool = pool[:600]
     specs = [data.layer_specs[i] for i in pool]
     lat = data.layer_ms[pool]
     index = {id(s): i for i, s in enumerate(specs)}
@@ -138,32 +148,63 @@ def bench_adaptive(d: Path, args: argparse.Namespace) -> dict:
     def measure(batch: list) -> np.ndarray:  # the simulated device: recorded timings
         return lat[[index[id(s)] for s in batch]]
 
-    def make():
-        return make_predictor("xgboost")
-
-    full = len(specs) if not args.quick else 600
-    rounds = 12
-    print(f"\n=== adaptive vs random sampling on {d} (pool {len(specs)} layers, {n_test} held out; "
-          f"simulated device = recorded timings; {rounds} rounds after a 30% random seed set; eval model: "
-          f"default xgboost)")
-    from hwloop.predict.evaluate import regression_metrics
-
-    res = {}
-    plan = (("random", full), ("random", full // 2), ("diverse", full // 2), ("spread", full // 2),
-            ("random", full // 4), ("diverse", full // 4))
-    for strategy, budget in plan:
+    full, rounds = len(specs), args.rounds
+    print(f"\n=== adaptive vs random sampling on {d} (pool {full} layers, {n_test} held out; simulated device = "
+          f"recorded timings; {rounds} rounds after a 30% random seed set; eval model: default xgboost; "
+          f"seeds {','.join(map(str, args.seeds))})", flush=True)
+    res: dict = {"pool": full, "held_out": n_test, "runs": {}}
+    for item in args.plan.split(","):
+        strategy, pct = item.split("@")
+        budget = max(10, round(full * float(pct) / 100))
         accs = []
         t = time.time()
         for seed in args.seeds:
             r = adaptive_sample(specs, measure, budget, rounds=rounds, strategy=strategy, seed=seed, progress=False)
             idx = list(r.indices)
-            p = make().fit([specs[i] for i in idx], lat[idx])
+            p = make_predictor("xgboost").fit([specs[i] for i in idx], lat[idx])
             accs.append(regression_metrics(test_ms, p.predict(test_specs))["acc10"])
-        res[f"{strategy}@{budget}"] = {"mean": float(np.mean(accs)), "per_seed": [float(a) for a in accs]}
+        res["runs"][item] = {"strategy": strategy, "budget": budget, "frac": budget / full,
+                             "mean": float(np.mean(accs)), "per_seed": [float(a) for a in accs]}
         print(f"  {strategy:7s} budget {budget:5d} ({100 * budget / full:5.1f}%): held-out ±10% accuracy "
-              f"{100 * np.mean(accs):5.1f}% (seeds {','.join(map(str, args.seeds))}: "
+              f"{100 * np.mean(accs):5.1f}% ± {100 * np.std(accs):.1f} (seeds: "
               f"{', '.join(f'{100 * a:.1f}' for a in accs)})  ({time.time() - t:.0f} s)", flush=True)
+    if args.plots is not None:
+        res["plot"] = str(plot_adaptive(res, d, args.plots))
     return res
+
+
+def plot_adaptive(res: dict, d: Path, out_dir: Path) -> Path:
+    """Held-out ±10% accuracy vs share of the pool measured, per strategy (mean and each seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    by: dict[str, list] = {}
+    for r in res["runs"].values():
+        by.setdefault(r["strategy"], []).append(r)
+    for strategy, runs in by.items():
+        runs = sorted(runs, key=lambda r: r["frac"])
+        fr = [100 * r["frac"] for r in runs]
+        line, = ax.plot(fr, [100 * r["mean"] for r in runs], "o-", label=strategy)
+        for r in runs:
+            ax.scatter([100 * r["frac"]] * len(r["per_seed"]), [100 * a for a in r["per_seed"]], s=10, alpha=0.4,
+                       color=line.get_color())
+    full = [r for r in res["runs"].values() if r["strategy"] == "random" and r["frac"] >= 0.999]
+    if full:
+        ax.axhline(100 * full[0]["mean"], ls="--", color="grey", lw=1, label="random, 100% (mean)")
+    ax.set_xlabel("measurements (% of the pool)")
+    ax.set_ylabel("held-out layers within ±10% (%)")
+    ax.set_title(f"adaptive sampling on {d.name} (pool {res['pool']}, {res['held_out']} held out)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"adaptive_{d.name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 class _Block(nn.Module):
@@ -212,75 +253,134 @@ def columnar_batch(n: int, rng: np.random.Generator) -> dict:
 
 
 def _timed(fn, k: int = 3) -> tuple[float, float]:
-    """(best wall s, CPU s of this process in that run) over ``k`` runs."""
-    best = (float("inf"), 0.0)
+    """(median wall s, median CPU s of this process) over ``k`` runs."""
+    walls, cpus = [], []
     for _ in range(k):
         t, c = time.perf_counter(), time.process_time()
         fn()
-        w = time.perf_counter() - t
-        if w < best[0]:
-            best = (w, time.process_time() - c)
-    return best
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    return statistics.median(walls), statistics.median(cpus)
 
 
-def bench_throughput(d: Path, args: argparse.Namespace) -> dict:
+def distinct_batch(n: int, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+    """``n`` pairwise-distinct random layers: a columnar batch and its raw table."""
+    from hwloop.predict.columnar import table_from_columns, unique_rows
+
+    big = columnar_batch(int(n * 1.6) + 1000, rng)
+    first, _ = unique_rows(table_from_columns(big))
+    if len(first) < n:
+        raise SystemExit(f"only {len(first)} distinct layers in the random batch; ask for fewer")
+    keep = np.sort(first[:n])
+    batch = {k: v[keep] for k, v in big.items()}
+    return batch, table_from_columns(batch)
+
+
+def _throughput_file(path: Path, table: np.ndarray, batch: dict, specs: list, dup_table: np.ndarray, n_rep: int,
+                     random_batch: dict, n_random_distinct: int, k: int) -> dict:
+    """Throughput rows of one predictor file (see :func:`bench_throughput`)."""
+    from hwloop.predict import load_predictor
+    from hwloop.predict.columnar import table_from_columns
+    from hwloop.predict.features import features_from_table
+    from hwloop.predict.learned import baseline_ms
+
+    n = table.shape[0]
+    p = load_predictor(path)
+    p.predict(table[:2000])
+    trees = p.booster_.num_boosted_rounds()
+    print(f"  {path}: {trees} trees of depth {p.max_depth}, baseline {p.baseline}, {p.n_jobs} worker threads")
+    rows: list[tuple[str, int, float, float]] = []
+    rows.append((f"raw table, {n:,} distinct layers", n, *_timed(lambda: p.predict(table), k)))
+    rows.append((f"columnar batch, {n:,} distinct layers", n, *_timed(lambda: p.predict(batch), k)))
+    rows.append((f"{len(specs):,} distinct LayerSpec objects", len(specs), *_timed(lambda: p.predict(specs), k)))
+    rows.append((f"raw table, {n:,} rows, {n_rep:,} distinct (repeats, de-duplicated)", n,
+                 *_timed(lambda: p.predict(dup_table), k)))
+    rows.append((f"columnar random batch, {n:,} rows, {n_random_distinct:,} distinct", n,
+                 *_timed(lambda: p.predict(random_batch), k)))
+    for label, m, w, c in rows:
+        print(f"    {label:64s} {m / w:11,.0f} /s wall ({w:6.3f} s) {m / max(c, 1e-9):11,.0f} per CPU-s")
+    res = {label: {"n": m, "wall_s": w, "cpu_s": c, "per_s": m / w, "per_cpu_s": m / c}
+           for label, m, w, c in rows}
+    # where the time goes: one thread, distinct rows, per CPU-second
+    import xgboost as xgb
+
+    sub = table[:200_000]
+    b1 = xgb.Booster(params={"nthread": 1})
+    b1.load_model(p.booster_.save_raw("ubj"))
+    acc: dict = {}
+    x = features_from_table(sub, p.feature_schema_, accel_out=acc)
+    mg = None if p.baseline_coef_ is None else np.log(baseline_ms(sub, p.baseline_coef_, acc)).astype(np.float32)
+    step = 8192
+
+    def feats() -> None:
+        for s in range(0, len(sub), step):
+            a: dict = {}
+            features_from_table(sub[s:s + step], p.feature_schema_, accel_out=a)
+            if p.baseline_coef_ is not None:
+                baseline_ms(sub[s:s + step], p.baseline_coef_, a)
+
+    def trees_only() -> None:
+        for s in range(0, len(sub), step):
+            b1.inplace_predict(x[s:s + step], **({} if mg is None else {"base_margin": mg[s:s + step]}))
+
+    parts = {"columnar -> raw table": (n, _timed(lambda: table_from_columns(batch), k)[1]),
+             "features + baseline (8,192-row blocks)": (len(sub), _timed(feats, k)[1]),
+             f"XGBoost inplace_predict ({trees} trees)": (len(sub), _timed(trees_only, k)[1])}
+    print("    where the time goes (1 thread): " + "; ".join(f"{lab} {m / c:,.0f} per CPU-s"
+                                                        for lab, (m, c) in parts.items()))
+    res["parts_per_cpu_s"] = {lab: m / c for lab, (m, c) in parts.items()}
+    return res
+
+
+def bench_throughput(dirs: list[Path], args: argparse.Namespace) -> dict:
+    """Batched-prediction throughput of the shipped predictor file(s), distinct layers first."""
     import os
 
     from hwloop.predict import load_predictor
     from hwloop.predict.columnar import table_from_columns
     from hwloop.predict.evaluate import regression_metrics
-    from hwloop.predict.features import features_from_table, spec_table
-    from hwloop.predict.learned import baseline_ms
+    from hwloop.predict.features import spec_table
     from hwloop.predict.sampling import random_layer_specs
 
-    p = load_predictor(d / "predictor.json")
-    n = 1_000_000 if not args.quick else 100_000
-    batch = columnar_batch(n, np.random.default_rng(7))
-    table = table_from_columns(batch)
-    distinct = len(np.unique(table, axis=0))
-    specs = random_layer_specs(2000, np.random.default_rng(7)) * 10
-    p.predict(table[:1000])
-    load = os.getloadavg()[0]
-    print(f"\n=== throughput ({d / 'predictor.json'}: {p.booster_.num_boosted_rounds()} trees of depth "
-          f"{p.max_depth}, baseline {p.baseline}; {p.n_jobs} worker threads; load average {load:.1f} on "
-          f"{os.cpu_count()} cores; {n:,} layers, {distinct:,} distinct)")
-    rows: list[tuple[str, int, float, float]] = []
-    sub = table[:200_000]
-    rows.append(("columnar batch -> raw table (numpy)", n, *_timed(lambda: table_from_columns(batch))))
-    def feats_and_baseline() -> None:
-        acc: dict = {}
-        features_from_table(sub, accel_out=acc)
-        baseline_ms(sub, p.baseline_coef_, acc)
+    n, k = args.throughput_rows, args.throughput_runs
+    batch, table = distinct_batch(n, np.random.default_rng(7))
+    specs = random_layer_specs(40_000, np.random.default_rng(7))
+    s_table = spec_table(specs)
+    from hwloop.predict.columnar import unique_rows
 
-    rows.append(("raw table -> features + baseline (200k, 1 thread)", len(sub), *_timed(feats_and_baseline)))
-    x, mg = features_from_table(sub), np.log(baseline_ms(sub, p.baseline_coef_))
-    rows.append((f"XGBoost inplace_predict only (200k, {p.n_jobs} threads)", len(sub),
-                 *_timed(lambda: p.predict_features(x, mg))))
-    rows.append(("predict(columnar batch), end to end", n, *_timed(lambda: p.predict(batch))))
-    rows.append(("predict(raw table), end to end", n, *_timed(lambda: p.predict(table))))
-    rows.append((f"predict({len(specs):,} LayerSpec objects)", len(specs), *_timed(lambda: p.predict(specs), 2)))
-    rows.append(("  of which spec_table (Python pass)", len(specs), *_timed(lambda: spec_table(specs), 2)))
-    for label, m, w, c in rows:
-        print(f"  {label:52s} {m / w:12,.0f} /s wall ({w:.3f} s; {c:.3f} CPU-s = {m / max(c, 1e-9):11,.0f} per CPU-s)")
-    out: dict = {"rows": {label.strip(): {"n": m, "wall_s": w, "cpu_s": c} for label, m, w, c in rows}}
+    specs = [specs[i] for i in np.sort(unique_rows(s_table)[0])][:20_000]
+    rep = table[: n // 10]
+    dup_table = rep[np.random.default_rng(1).integers(0, len(rep), n)]  # n rows, n/10 distinct, shuffled
+    random_batch = columnar_batch(n, np.random.default_rng(7))
+    n_random_distinct = len(unique_rows(table_from_columns(random_batch))[0])
+    out: dict = {"rows": n, "runs": k, "files": {}}
+    load0 = os.getloadavg()[0]
+    print(f"\n=== throughput (median of {k} runs; {os.cpu_count()} cores, load average {load0:.1f} at the start; "
+          f"on a shared box wall figures fall with load, per-CPU-second figures much less)")
+    for d in dirs:
+        path = d / "predictor.json"
+        if path.exists():
+            out["files"][str(path)] = _throughput_file(path, table, batch, specs, dup_table, len(rep), random_batch,
+                                                       n_random_distinct, k)
 
-    # what the 1M/s target costs: accuracy (80/20 split of this data) vs throughput per booster size
+    # the booster sizes the default may take: accuracy (random 20% of layers held out) and throughput
+    d = dirs[0]
     data = load_training_data(d, statistic=args.statistic, progress=False)
     tab, y = spec_table(list(data.layer_specs)), data.layer_ms
     perm = np.random.default_rng(0).permutation(len(y))
     te, tr = perm[:len(y) // 5], perm[len(y) // 5:]
-    print(f"  booster size vs accuracy ({d.name}, random 20% of layers held out) and throughput "
-          f"(predict(raw table) of {n:,} layers):")
-    out["tradeoff"] = []
-    for trees, depth, lr in ((600, 7, 0.05), (200, 8, 0.1), (100, 8, 0.1), (50, 8, 0.2), (100, 6, 0.1), (30, 6, 0.3)):
-        q = make_predictor("xgboost", n_estimators=trees, max_depth=depth, learning_rate=lr).fit(tab[tr], y[tr])
-        acc = regression_metrics(y[te], q.predict(tab[te]))["acc10"]
-        w, c = _timed(lambda q=q: q.predict(table), 2)
-        print(f"    {trees:4d} trees, depth {depth}, lr {lr:<5}: ±10% {100 * acc:5.1f}%   {n / w:11,.0f} /s wall, "
-              f"{n / c:11,.0f} per CPU-s", flush=True)
-        out["tradeoff"].append({"trees": trees, "depth": depth, "lr": lr, "acc10": acc, "per_s_wall": n / w,
-                                "per_cpu_s": n / c})
+    print(f"  trees of depth 8 (lr 0.1) on {d.name} ({len(y):,} layers, 20% held out): accuracy and throughput "
+          f"(raw table, {n:,} distinct layers)")
+    out["trees"] = []
+    for n_trees in args.tree_counts:
+        q = make_predictor("xgboost", n_estimators=n_trees, max_depth=8, learning_rate=0.1).fit(tab[tr], y[tr])
+        a10 = regression_metrics(y[te], q.predict(tab[te]))["acc10"]
+        w, c = _timed(lambda q=q: q.predict(table), k)
+        print(f"    {n_trees:4d} trees: ±10% {100 * a10:5.1f}%   {n / w:11,.0f} /s wall   {n / c:11,.0f} per CPU-s",
+              flush=True)
+        out["trees"].append({"trees": n_trees, "acc10": a10, "per_s_wall": n / w, "per_cpu_s": n / c})
 
+    p = load_predictor(dirs[0] / "predictor.json")
     net, ex = resnet18(), torch.randn(1, 3, 224, 224)
     t = time.perf_counter()
     with warnings.catch_warnings():
@@ -295,7 +395,9 @@ def bench_throughput(d: Path, args: argparse.Namespace) -> dict:
           f" ms with the trace cached, {t_first:.2f} s on the first call (torch.export trace)")
     out.update({"resnet18_predict_workload_ms": 1e3 * statistics.median(reps),
                 "resnet18_predict_model_cached_ms": 1e3 * statistics.median(reps_model),
-                "resnet18_first_call_s": t_first})
+                "resnet18_first_call_s": t_first, "load_average_start": load0,
+                "load_average_end": os.getloadavg()[0]})
+    print(f"  load average {os.getloadavg()[0]:.1f} at the end")
     return out
 
 
@@ -307,9 +409,22 @@ def main() -> None:
     ap.add_argument("--no-save", action="store_true", help="do not write predictor.json / parity.png")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: devices,adaptive,throughput")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
-    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1],
+    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 2],
                     help="adaptive-sampling seeds (comma list)")
+    ap.add_argument("--adaptive-dirs", nargs="*", type=Path, default=None,
+                    help="data sets for the adaptive-sampling comparison (default: the first directory)")
+    ap.add_argument("--plan", default="random@100,random@50,error@50,diverse@50,random@25,error@25",
+                    help="adaptive runs as strategy@percent-of-pool, comma separated")
+    ap.add_argument("--rounds", type=int, default=12, help="adaptive rounds after the random seed set")
+    ap.add_argument("--plots", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "figures",
+                    help="where the adaptive-sampling figures go")
+    ap.add_argument("--throughput-rows", type=int, default=1_000_000, help="layers per throughput batch")
+    ap.add_argument("--throughput-runs", type=int, default=5, help="runs per throughput figure (median)")
+    ap.add_argument("--tree-counts", type=lambda v: [int(x) for x in v.split(",")], default=[100, 200, 300],
+                    help="booster sizes (trees of depth 8) for the accuracy/throughput trade-off")
     args = ap.parse_args()
+    if args.quick:
+        args.throughput_rows, args.throughput_runs = min(args.throughput_rows, 100_000), min(args.throughput_runs, 3)
     torch.set_num_threads(1)
     root = Path(__file__).resolve().parents[1] / "measurements"
     dirs = args.dirs or [root / n for n in DEFAULT_DIRS if (root / n / "measurements.parquet").exists()]
@@ -318,9 +433,9 @@ def main() -> None:
     skip = set(args.skip.split(","))
     res: dict = {"devices": {str(d): bench_device(d, args) for d in dirs} if "devices" not in skip else {}}
     if "adaptive" not in skip:
-        res["adaptive"] = bench_adaptive(dirs[0], args)
+        res["adaptive"] = {str(d): bench_adaptive(d, args) for d in (args.adaptive_dirs or dirs[:1])}
     if "throughput" not in skip and (dirs[0] / "predictor.json").exists():
-        res["throughput"] = bench_throughput(dirs[0], args)
+        res["throughput"] = bench_throughput(dirs, args)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=float))
 
