@@ -392,3 +392,20 @@ def test_search_fine_tunes_and_scores_with_quantized_activations() -> None:
                                 SearchConfig(search_epochs=1, finetune_epochs=0, target=0.5,
                                              quantize_activations=False))
     assert "a_amax" not in off.plan.meta
+
+
+def test_fill_budget_uses_the_latency_an_overshooting_search_left() -> None:
+    # a large fixed initial lambda and fast gates overshoot the 0.8 target; growing widths back at extraction
+    # must bring the hard sizes up to (but not above) the budget
+    task = make_task("digits", "small_cnn", batch_size=64, train_limit=512)
+    space = SearchSpace.from_ref(task.ref, SpaceOptions(tile=32))
+    lat = PredictorLatency(space, _asic_predictor(space))
+    ratios = {}
+    for fill in (False, True):
+        cfg = SearchConfig(search_epochs=2, finetune_epochs=0, lam=50.0, gate_lr=0.2, target=0.8, tile=32,
+                           fill_budget=fill)
+        res = differentiable_search(space, lat, task.train, None, cfg)
+        ratios[fill] = res.predicted / res.original
+    assert ratios[False] < 0.75, ratios                          # the overshoot this protects against
+    assert ratios[False] < ratios[True] <= 0.8 + 1e-9, ratios
+    assert ratios[True] > 0.75, ratios

@@ -45,8 +45,8 @@ from hwloop.search.latency import LatencyModel
 from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
 
-__all__ = ["SearchConfig", "SearchResult", "differentiable_search", "enforce_budget", "recalibrate_batchnorm",
-           "round_widths_to_tile"]
+__all__ = ["SearchConfig", "SearchResult", "differentiable_search", "enforce_budget", "fill_budget",
+           "recalibrate_batchnorm", "round_widths_to_tile"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,8 @@ class SearchConfig:
         recalibrate_batches: after extraction, re-estimate every batch-norm's running statistics on this many
             training batches (forward only, chosen bits applied): removing channels and rounding bits shifts
             the activations the statistics were collected on. 0 turns it off.
+        fill_budget: with a ``target``, grow widths back at extraction while the hard sizes stay within it
+            (:func:`fill_budget`; dual ascent can overshoot the target).
         quantize_activations: when the plan has ``a_bits`` (2..16) and quantized layers, fine-tune and score
             the extracted model with the inputs of those layers fake-quantized to ``a_bits``
             (:class:`~hwloop.compress.actquant.quantized_activations`; ranges observed on the recalibration
@@ -91,6 +93,7 @@ class SearchConfig:
     seed: int = 0
     recalibrate_batches: int = 20
     quantize_activations: bool = True
+    fill_budget: bool = True
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs"):
@@ -246,6 +249,38 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader[Any], batches: in
     return n
 
 
+def fill_budget(gm: GatedModel, latency: LatencyModel, widths: Mapping[str, int], budget: float,
+                max_iters: int = 10_000) -> dict[str, int]:
+    """Grow group widths back while the latency model's value at the hard sizes stays within ``budget``.
+
+    Dual ascent can overshoot (the gates keep shrinking after the latency has crossed the target, and only
+    the task loss pushes them back up), which would leave latency the user allowed unused. Each step adds
+    about 5% of a group's channels (at least one; the next-largest gates, i.e. the channels dropped last)
+    to the group whose addition costs the least latency per unit of relative width; channels inside a
+    partly filled tile are free and come first.
+    """
+    w = dict(widths)
+    current = float(latency(_hard_sizes(gm, w)).detach())
+    for _ in range(max_iters):
+        best: tuple[float, float, str, int, float] | None = None
+        for key, gate in gm.channel_gates.items():
+            n = w[key]
+            if n >= gate.max_size:
+                continue
+            new = min(gate.max_size, n + max(1, math.ceil(0.05 * gate.max_size)))
+            lat = float(latency(_hard_sizes(gm, {**w, key: new})).detach())
+            if lat > budget:
+                continue
+            cost = (lat - current) / ((new - n) / gate.max_size)
+            cand = (cost, n / gate.max_size, key, new, lat)
+            if best is None or cand[:2] < best[:2]:
+                best = cand
+        if best is None:
+            break
+        w[best[2]], current = best[3], best[4]
+    return w
+
+
 def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loader: DataLoader[Any],
                           eval_fn: Callable[[nn.Module], float] | None, config: SearchConfig, *,
                           model: nn.Module | None = None, log: Callable[[str], None] | None = None,
@@ -362,6 +397,12 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 after = float(latency(_hard_sizes(gm, widths)).detach())
                 if after < before:
                     say(f"budget: hard sizes gave {before / l0:.3f} x original; shrank widths to {after / l0:.3f} x")
+                if config.fill_budget:
+                    widths = fill_budget(gm, latency, widths, config.target * l0)
+                    grown = float(latency(_hard_sizes(gm, widths)).detach())
+                    if grown > after:
+                        say(f"budget: hard sizes gave {after / l0:.3f} x original (target {config.target:.3f}); "
+                            f"grew widths to {grown / l0:.3f} x")
             hard = _hard_sizes(gm, widths)
 
             def merge_if(layer: str, rank: int) -> bool:
