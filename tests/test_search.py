@@ -334,7 +334,8 @@ def test_batchnorm_recalibration_recovers_accuracy_after_extraction() -> None:
     acc: dict[int, float] = {}
     for batches in (0, 20):
         space = SearchSpace.from_ref(task.ref, SpaceOptions(bits=True, a_bits=8), model=model)
-        cfg = SearchConfig(search_epochs=2, finetune_epochs=0, target=0.5, seed=0, recalibrate_batches=batches)
+        cfg = SearchConfig(search_epochs=2, finetune_epochs=0, target=0.5, seed=0, recalibrate_batches=batches,
+                           fill_budget=False)   # isolate the recalibration
         res = differentiable_search(space, SurrogateLatency(space), task.train, task.eval_fn, cfg)
         assert res.accuracy_extracted is not None
         acc[batches] = res.accuracy_extracted
