@@ -381,6 +381,8 @@ def main() -> int:
                     "extraction (before fine-tuning)")
     ap.add_argument("--recalibrate-batches", type=int, default=20, help="batch-norm re-estimation after "
                     "extraction (training batches; 0: off, the behaviour before this option)")
+    ap.add_argument("--no-fill-budget", action="store_true", help="single runs: do not grow widths back to the "
+                    "target at extraction (fill_budget, on by default here; --fronts never uses it)")
     ap.add_argument("--float-activations", action="store_true", help="fine-tune and score with float activations "
                     "(the behaviour before activation fake-quantization)")
     ap.add_argument("--reference-accuracy", type=float, default=10.0, help="--fronts: hypervolume reference")
@@ -470,7 +472,7 @@ def main() -> int:
             raise SystemExit(f"--methods: {label!r} is unknown; allowed: predictor, flops")
         cfg = SearchConfig(search_epochs=srch, finetune_epochs=ft, lr=args.lr, target=target, tile=opts.tile,
                            seed=args.seed, recalibrate_batches=args.recalibrate_batches,
-                           quantize_activations=not args.float_activations)
+                           quantize_activations=not args.float_activations, fill_budget=not args.no_fill_budget)
         res = differentiable_search(sp, lat, task.train, task.eval_fn, cfg, log=lambda m, lb=label: say(f"[{lb}] {m}"),
                                     progress=True)
         save_compressed(res.model, res.plan, out / label)

@@ -70,7 +70,8 @@ class SearchConfig:
             training batches (forward only, chosen bits applied): removing channels and rounding bits shifts
             the activations the statistics were collected on. 0 turns it off.
         fill_budget: with a ``target``, grow widths back at extraction while the hard sizes stay within it
-            (:func:`fill_budget`; dual ascent can overshoot the target).
+            (:func:`fill_budget`; dual ascent can overshoot the target). Off by default: it only grows channels,
+            so a budget already met by low bits gets every width back.
         quantize_activations: when the plan has ``a_bits`` (2..16) and quantized layers, fine-tune and score
             the extracted model with the inputs of those layers fake-quantized to ``a_bits``
             (:class:`~hwloop.compress.actquant.quantized_activations`; ranges observed on the recalibration
@@ -93,7 +94,7 @@ class SearchConfig:
     seed: int = 0
     recalibrate_batches: int = 20
     quantize_activations: bool = True
-    fill_budget: bool = True
+    fill_budget: bool = False
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs"):
