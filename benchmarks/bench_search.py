@@ -49,6 +49,7 @@ from hwloop.compress.actquant import quantized_activations
 from hwloop.compress.extract import save_compressed
 from hwloop.compress.plan import CompressionPlan
 from hwloop.devices import MeasureRequest, create_device
+from hwloop.errors import SearchError
 from hwloop.search.differentiable import SearchConfig, differentiable_search
 from hwloop.search.latency import PredictorLatency, SurrogateLatency
 from hwloop.search.report import layer_specs_with_bits, measure_compressed, predict_compressed
@@ -383,6 +384,8 @@ def main() -> int:
                     "extraction (training batches; 0: off, the behaviour before this option)")
     ap.add_argument("--no-fill-budget", action="store_true", help="single runs: do not grow widths back to the "
                     "target at extraction (fill_budget, on by default here; --fronts never uses it)")
+    ap.add_argument("--gate-lr", type=float, default=SearchConfig.gate_lr, help="single runs: Adam learning "
+                    "rate of the gates (lower: the widths move more slowly, less overshoot of the target)")
     ap.add_argument("--float-activations", action="store_true", help="fine-tune and score with float activations "
                     "(the behaviour before activation fake-quantization)")
     ap.add_argument("--reference-accuracy", type=float, default=10.0, help="--fronts: hypervolume reference")
@@ -397,6 +400,10 @@ def main() -> int:
         return run_fronts(args)
     if args.aggregation_check:
         return run_aggregation_check(args)
+    try:
+        SearchConfig(gate_lr=args.gate_lr)
+    except SearchError as e:
+        ap.exit(2, f"--gate-lr: {e}\n")
     if args.full:
         args.train_limit, args.val_limit, args.epochs = None, None, "20,100,40"
     torch.set_num_threads(args.threads)
@@ -471,7 +478,7 @@ def main() -> int:
         else:
             raise SystemExit(f"--methods: {label!r} is unknown; allowed: predictor, flops")
         cfg = SearchConfig(search_epochs=srch, finetune_epochs=ft, lr=args.lr, target=target, tile=opts.tile,
-                           seed=args.seed, recalibrate_batches=args.recalibrate_batches,
+                           seed=args.seed, recalibrate_batches=args.recalibrate_batches, gate_lr=args.gate_lr,
                            quantize_activations=not args.float_activations, fill_budget=not args.no_fill_budget)
         res = differentiable_search(sp, lat, task.train, task.eval_fn, cfg, log=lambda m, lb=label: say(f"[{lb}] {m}"),
                                     progress=True)
@@ -482,7 +489,7 @@ def main() -> int:
         omacs = sum(s.macs for s in extract_layers(model, example) if s.op in ("conv2d", "linear"))
         total_s = rp["seconds"] + sum(res.seconds.values())
         results[label] = {
-            "target": target, "accuracy": res.accuracy, "accuracy_extracted": res.accuracy_extracted,
+            "target": target, "gate_lr": cfg.gate_lr, "accuracy": res.accuracy, "accuracy_extracted": res.accuracy_extracted,
             "measured_ms": meas, "predicted_ms": predicted, "prediction_error": predicted / meas - 1,
             "measured_reduction": 1 - meas / m_base, "accuracy_drop": acc_base - (res.accuracy or 0.0),
             "macs": macs, "original_macs": omacs, "params": sum(p.numel() for p in res.model.parameters()),

@@ -83,12 +83,13 @@ def test_bench_from_checkpoint_gives_the_baseline_the_same_budget(tmp_path: Path
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(ckpt))
     out = tmp_path / "bench"
     r = _bench(*TINY, "--epochs", "5,1,1", "--checkpoint", str(ckpt), "--methods", "predictor", "--target", "0.8",
-               "--bit-levels", "4,8", "--out", str(out), cwd=tmp_path)
+               "--bit-levels", "4,8", "--gate-lr", "0.02", "--out", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert rep["baseline"]["epochs"] == 2                              # search + fine-tune, the pretrain ignored
     run = rep["runs"]["predictor"]
     assert run["seconds"]["pretrain"] == 0.0 and set(run["plan"]["w_bits"].values()) <= {4, 8}
+    assert run["gate_lr"] == 0.02                                       # --gate-lr reaches the SearchConfig
     assert run["measured_ms"] < rep["baseline"]["measured_ms"]
     assert "start: checkpoint" in (out / "report.md").read_text(encoding="utf-8")
 
@@ -97,6 +98,13 @@ def test_bench_rejects_a_missing_checkpoint(tmp_path: Path) -> None:
     r = _bench(*TINY, "--epochs", "0,1,1", "--checkpoint", str(tmp_path / "nope.safetensors"), "--out",
                str(tmp_path / "o"), cwd=tmp_path)
     assert r.returncode != 0 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_rejects_a_non_positive_gate_lr(tmp_path: Path) -> None:
+    r = _bench(*TINY, "--epochs", "0,1,1", "--methods", "predictor", "--gate-lr", "0", "--out", str(tmp_path / "o"),
+               cwd=tmp_path)
+    assert r.returncode == 2 and "--gate-lr: gate_lr=0.0 must be a positive number" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_train_checkpoint_times_steps(tmp_path: Path) -> None:
