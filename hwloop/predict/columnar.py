@@ -134,7 +134,7 @@ class ColumnarBatch:
         n = max(0, hi - lo)
         op = self.codes["op"][lo:hi]
         variant, dtype_bytes, is_bf16 = (self.codes[k][lo:hi] for k in ("variant", "dtype_bytes", "is_bf16"))
-        col = lambda name, default=None: self._col(name, lo, hi, default)  # noqa: E731
+        col = lambda name, default=None: self._col(name, lo, hi, default)
         b, cin = col("batch"), col("in_channels")
         ih, iw = col("in_h"), col("in_w")
         kh = col("kernel_h")
