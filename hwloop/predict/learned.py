@@ -111,7 +111,7 @@ class XGBoostPredictor(BasePredictor):
     kind = "xgboost"
     model_ext = "ubj"
 
-    def __init__(self, n_estimators: int = 300, max_depth: int = 8, learning_rate: float = 0.05,
+    def __init__(self, n_estimators: int = 100, max_depth: int = 10, learning_rate: float = 0.1,
                  subsample: float = 0.8, colsample_bytree: float = 0.8, min_child_weight: float = 1.0,
                  n_jobs: int = 2, seed: int = 0, baseline: str = "nnls", batch_rows: int = 65536,
                  fingerprint: Any = None, mode: str = "eager") -> None:
