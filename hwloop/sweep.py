@@ -44,8 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import tomllib
-
+from hwloop._toml import read_toml
 from hwloop.devices.base import Device, MeasureRequest, MeasureResult, TimingConfig
 from hwloop.errors import ConfigError, DeviceError, HwloopError, WorkloadError
 
@@ -306,16 +305,7 @@ class SweepSpec:
             ConfigError: the file is missing, not TOML, or not a valid spec (one-line message).
         """
         p = Path(path)
-        try:
-            with open(p, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError as e:
-            raise ConfigError(f"sweep spec {p} does not exist") from e
-        except IsADirectoryError as e:
-            raise ConfigError(f"sweep spec {p} is a folder, not a TOML file") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"sweep spec {p} is not valid TOML: {e}") from e
-        return cls.from_dict(data, path=p)
+        return cls.from_dict(read_toml(p, "sweep spec"), path=p)
 
     def timing_for(self, base: TimingConfig) -> TimingConfig:
         """``base`` (the device's timing) with this spec's ``[timing]`` overrides applied."""

@@ -68,3 +68,19 @@ def test_profile_timing_reaches_the_device() -> None:
     dev = create_device(prof)
     assert dev.timing == TimingConfig(repeats=7, warmup=0)  # type: ignore[attr-defined]
     assert dev.fingerprint().identity["threads"] == 1
+
+
+def test_read_toml_errors_name_the_file_and_the_kind(tmp_path) -> None:
+    from hwloop._toml import read_toml
+    from hwloop.errors import SearchError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("x = [", encoding="utf-8")
+    (tmp_path / "good.toml").write_text("a = 1\n", encoding="utf-8")
+    assert read_toml(tmp_path / "good.toml", "sweep spec") == {"a": 1}
+    with pytest.raises(ConfigError, match=r"^device profile .*missing.toml does not exist$"):
+        read_toml(tmp_path / "missing.toml", "device profile")
+    with pytest.raises(ConfigError, match="is a folder, not a TOML file"):
+        read_toml(tmp_path, "compare spec")
+    with pytest.raises(SearchError, match="search spec .*bad.toml is not valid TOML"):
+        read_toml(bad, "search spec", SearchError)

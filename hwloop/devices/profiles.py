@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import importlib
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hwloop._toml import read_toml
 from hwloop.devices.base import Device, TimingConfig
 from hwloop.errors import ConfigError
 
@@ -116,14 +116,7 @@ def profile_dirs() -> list[Path]:
 
 
 def _read(path: Path) -> DeviceProfile:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError as e:
-        raise ConfigError(f"device profile {path} does not exist") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"device profile {path} is not valid TOML: {e}") from e
-    return DeviceProfile.from_dict(data, path)
+    return DeviceProfile.from_dict(read_toml(path, "device profile"), path)
 
 
 def list_profiles() -> list[DeviceProfile]:

@@ -48,8 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from hwloop._toml import read_toml
 from hwloop.errors import ConfigError, SearchError
 from hwloop.search.accounting import COMPUTE_UNITS, ComputeLedger, ComputeRecord
 from hwloop.search.baselines import LATENCY_SOURCES
@@ -147,12 +146,7 @@ class CompareSpec:
         search = d.get("search", {})
         if isinstance(search, str):
             p = Path(search) if base_dir is None or Path(search).is_absolute() else base_dir / search
-            try:
-                search = tomllib.loads(p.read_text(encoding="utf-8"))
-            except FileNotFoundError as e:
-                raise ConfigError(f"search spec {p} named by the compare spec does not exist") from e
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"search spec {p} is not valid TOML: {e}") from e
+            search = read_toml(p, "search spec (named by the compare spec)")
         if not isinstance(search, Mapping):
             raise ConfigError("compare spec 'search' must be a search spec path or table")
         search = {k: v for k, v in search.items() if k not in ("name", "seed")}
@@ -172,13 +166,7 @@ class CompareSpec:
 def load_compare_spec(path: str | Path) -> CompareSpec:
     """Read and validate a compare spec TOML file."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError(f"compare spec {p} does not exist") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"compare spec {p} is not valid TOML: {e}") from e
-    return CompareSpec.from_dict(data, p.parent)
+    return CompareSpec.from_dict(read_toml(p, "compare spec"), p.parent)
 
 
 @dataclass

@@ -38,8 +38,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import tomllib
-
+from hwloop._toml import read_toml
 from hwloop.errors import SearchError
 
 __all__ = [
@@ -204,10 +203,4 @@ class SearchSpec:
 def load_spec(path: str | Path) -> SearchSpec:
     """Read and validate a search spec TOML file."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise SearchError(f"search spec {p} does not exist") from e
-    except tomllib.TOMLDecodeError as e:
-        raise SearchError(f"search spec {p} is not valid TOML: {e}") from e
-    return SearchSpec.from_dict(data, str(p))
+    return SearchSpec.from_dict(read_toml(p, "search spec", SearchError), str(p))

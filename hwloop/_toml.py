@@ -1,0 +1,35 @@
+"""Read a TOML file for a spec or profile, with the one-line errors every hwloop config gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from hwloop.errors import ConfigError, HwloopError
+
+__all__ = ["read_toml"]
+
+
+def read_toml(path: str | Path, what: str, error: type[HwloopError] = ConfigError) -> dict[str, Any]:
+    """The parsed TOML at ``path``; ``what`` names it in errors ("sweep spec", "device profile").
+
+    Raises:
+        error: the file is missing, a folder, or not valid TOML (one line naming the file).
+
+    Example:
+        >>> read_toml("no-such.toml", "sweep spec")
+        Traceback (most recent call last):
+        hwloop.errors.ConfigError: sweep spec no-such.toml does not exist
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as e:
+        raise error(f"{what} {p} does not exist") from e
+    except IsADirectoryError as e:
+        raise error(f"{what} {p} is a folder, not a TOML file") from e
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{what} {p} is not valid TOML: {e}") from e
