@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from hwloop.devices.base import MeasureResult, TimingConfig, summarize
 
-__all__ = ["Timer", "PerfCounterTimer", "Deadline", "time_fn", "pick_number", "MeasureTimeout"]
+__all__ = ["Timer", "PerfCounterTimer", "Deadline", "time_fn", "retry_until_stable", "pick_number", "MeasureTimeout"]
 
 #: most inner iterations a sample may use (keeps calibration of sub-microsecond ops bounded).
 MAX_NUMBER = 100_000
@@ -129,15 +129,28 @@ def time_fn(fn: Callable[[], object], timing: TimingConfig, timer: Timer, *, req
         dl.check()
     n = number if number is not None else pick_number(fn, timer, timing)
     dl.check()
-    best: MeasureResult | None = None
-    attempt = 0
-    for attempt in range(1, timing.max_retries + 2):
+
+    def take() -> list[float]:
         samples = []
         for _ in range(timing.repeats):
             samples.append(timer.time(fn, n))
             dl.check()
-        res = summarize(samples, timing, request_key=request_key, attempts=attempt,
-                        extra={"number": n, **(extra or {})})
+        return samples
+
+    return retry_until_stable(take, timing, request_key=request_key, extra={"number": n, **(extra or {})})
+
+
+def retry_until_stable(take: Callable[[], list[float]], timing: TimingConfig, *, request_key: str,
+                       extra: dict[str, object]) -> MeasureResult:
+    """Call ``take()`` for a sample set (ms) until one is stable (CV ≤ ``timing.max_cv``), at most
+    ``timing.max_retries`` extra times; return the steadiest attempt with ``attempts`` = attempts made.
+
+    Shared by :func:`time_fn` and backends that take their samples another way (TVM's
+    ``time_evaluator``)."""
+    best: MeasureResult | None = None
+    attempt = 0
+    for attempt in range(1, timing.max_retries + 2):
+        res = summarize(take(), timing, request_key=request_key, attempts=attempt, extra=dict(extra))
         if best is None or res.cv < best.cv:
             best = res
         if not res.unstable:

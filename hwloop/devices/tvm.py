@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hwloop.devices._timing import retry_until_stable
 from hwloop.devices._tvm_import import (
     fuse_for_tuning,
     hwloop_home,
@@ -50,7 +51,7 @@ from hwloop.devices._tvm_import import (
     target_string,
     torch_to_relax,
 )
-from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig, summarize
+from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig
 from hwloop.errors import ConfigError, DeviceUnavailableError, HwloopError
 
 __all__ = ["TuneStats", "TvmDevice"]
@@ -319,26 +320,16 @@ class TvmDevice:
             f(*c.args)
         one = c.vm.time_evaluator("main", dev, number=1, repeat=1)(*c.args).mean * 1e3
         number = timing.number or max(1, min(100_000, int(timing.min_repeat_ms / max(one, 1e-4)) + 1))
-        best: MeasureResult | None = None
-        attempt = 0
-        for attempt in range(1, timing.max_retries + 2):
+        def take() -> list[float]:
             if timing.timeout_s:
                 left = timing.timeout_s - (time.monotonic() - start)
                 if one * number * timing.repeats / 1e3 > left:
                     raise _Timeout(f"timed out: {timing.repeats} samples of {number} runs × {one:.3g} ms "
                                    f"exceed the {timing.timeout_s:g} s limit")
             ev = c.vm.time_evaluator("main", dev, number=number, repeat=timing.repeats, min_repeat_ms=0)
-            samples = [float(s) * 1e3 for s in ev(*c.args).results]
-            res = summarize(samples, timing, request_key=request_key, attempts=attempt,
-                            extra={"number": number, **extra})
-            if best is None or res.cv < best.cv:
-                best = res
-            if not res.unstable:
-                break
-        assert best is not None
-        if best.attempts != attempt:
-            best = summarize(best.samples_ms, timing, request_key=request_key, attempts=attempt, extra=dict(best.extra))
-        return best
+            return [float(s) * 1e3 for s in ev(*c.args).results]
+
+        return retry_until_stable(take, timing, request_key=request_key, extra={"number": number, **extra})
 
     @staticmethod
     def _check_mode(timing: TimingConfig) -> None:
