@@ -397,14 +397,8 @@ def _plot(out: Path, cands: Sequence[_Candidate], summary: dict[str, Any]) -> No
         if fr:
             ax.step([c.latency_ratio for c in fr], [c.accuracy for c in fr], where="post", color=col, label=m)
     ax.axvline(summary["reference"][1], color="k", ls=":", lw=1, label="HV reference")
-    ax.set_xlabel("measured latency / original")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Pareto fronts (accuracy vs measured latency)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "fronts.png", dpi=120)
-    plt.close(fig)
+    _finish(plt, fig, ax, "measured latency / original", "accuracy (%)",
+            "Pareto fronts (accuracy vs measured latency)", out / "fronts.png")
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for m, r in summary["methods"].items():
@@ -414,13 +408,19 @@ def _plot(out: Path, cands: Sequence[_Candidate], summary: dict[str, Any]) -> No
             ax.step([0.0, *xs], [0.0, *ys], where="post", color=colors.get(m), label=m)
     if summary["baseline_hv"] > 0:
         ax.axhline(summary["baseline_hv"], color="tab:blue", ls=":", lw=1, label=f"{summary['baseline']} best HV")
-    ax.set_xlabel(f"compute ({summary['unit']})")
-    ax.set_ylabel("hypervolume")
-    ax.set_title("Hypervolume vs compute")
+    _finish(plt, fig, ax, f"compute ({summary['unit']})", "hypervolume", "Hypervolume vs compute",
+            out / "hv_vs_compute.png")
+
+
+def _finish(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """Label, grid and legend ``ax``; save ``fig`` to ``path`` and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "hv_vs_compute.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
