@@ -139,6 +139,19 @@ def _pad(c: np.ndarray, t: int) -> np.ndarray:
     return np.ceil(c / t) * t / c
 
 
+def _gemm_sizes(c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(M, K, N, reps)`` of the GEMM view (see :func:`_gemm`) from the raw columns ``c``."""
+    op = c["op"].astype(np.int64)
+    conv, dense = op == 0, (op == 1) | (op == 2)
+    g = np.maximum(c["groups"], 1)
+    rank, cin = c["rank"], c["in_channels"]
+    m = np.where(conv, c["batch"] * c["out_h"] * c["out_w"],
+                 np.where(dense, c["in_elements"] / np.maximum(cin, 1), c["out_elements"]))
+    k = np.where(conv, cin / g * c["kernel_h"] * c["kernel_w"], np.where(dense, cin, 1))
+    n = np.where(conv | dense, np.where(rank > 0, rank, c["out_channels"] / np.where(conv, g, 1)), 1)
+    return m, k, n, np.where(conv, g, 1)
+
+
 def _gemm(t: np.ndarray) -> list[np.ndarray]:
     """GEMM view ``M×K · K×N`` (per group) and array-fold counts for 16/32/64-wide arrays.
 
@@ -148,15 +161,8 @@ def _gemm(t: np.ndarray) -> list[np.ndarray]:
     (B > A models low-bit weights packed several per processing element).
     """
     c = {n: t[:, _R[n]] for n in RAW_COLUMNS}
-    op = c["op"].astype(np.int64)
-    g = np.maximum(c["groups"], 1)
-    conv, dense = op == 0, (op == 1) | (op == 2)
+    m, k, n, reps = _gemm_sizes(c)
     rank = c["rank"]
-    m = np.where(conv, c["batch"] * c["out_h"] * c["out_w"],
-                 np.where(dense, c["in_elements"] / np.maximum(c["in_channels"], 1), c["out_elements"]))
-    k = np.where(conv, c["in_channels"] / g * c["kernel_h"] * c["kernel_w"], np.where(dense, c["in_channels"], 1))
-    n = np.where(conv | dense, np.where(rank > 0, rank, c["out_channels"] / np.where(conv, g, 1)), 1)
-    reps = np.where(conv, g, 1)
     out = [m, k, n, np.log2(m + 1), np.log2(k + 1), np.log2(n + 1)]
     folds = [np.ceil(k / w) * np.ceil(n / w) * reps for w in (16, 32, 64)]
     second = [np.where(rank > 0, np.ceil(rank / w) * np.ceil(c["out_channels"] / w), 0) for w in (16, 32, 64)]
@@ -168,15 +174,9 @@ def _gemm(t: np.ndarray) -> list[np.ndarray]:
 def _accel(t: np.ndarray) -> dict[str, np.ndarray]:
     """Schema-2 quantities (linear scale): packed fold work per array width, bytes at bits, tiled traffic."""
     c = {n: t[:, _R[n]] for n in RAW_COLUMNS}
-    op = c["op"].astype(np.int64)
-    conv, dense = op == 0, (op == 1) | (op == 2)
-    g = np.maximum(c["groups"], 1)
-    rank, cin, cout = c["rank"], c["in_channels"], c["out_channels"]
-    m = np.where(conv, c["batch"] * c["out_h"] * c["out_w"],
-                 np.where(dense, c["in_elements"] / np.maximum(cin, 1), c["out_elements"]))
-    k = np.where(conv, cin / g * c["kernel_h"] * c["kernel_w"], np.where(dense, cin, 1))
-    n = np.where(conv | dense, np.where(rank > 0, rank, cout / np.where(conv, g, 1)), 1)
-    reps = np.where(conv, g, 1)
+    conv = c["op"] == 0
+    rank, cout = c["rank"], c["out_channels"]
+    m, k, n, reps = _gemm_sizes(c)
     wb, ab, native = c["w_bits"], c["a_bits"], 8 * c["dtype_bytes"]
     pack = np.where((wb > 0) & (wb < 8), np.clip(np.floor(8 / np.maximum(wb, 1)), 1, 4), 1.0)
     out: dict[str, np.ndarray] = {}
