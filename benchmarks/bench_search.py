@@ -168,7 +168,7 @@ def run_fronts(args: argparse.Namespace) -> int:
             for t in targets:
                 cfg = SearchConfig(search_epochs=srch, finetune_epochs=ft, lr=args.lr, target=t, tile=opts.tile,
                                    seed=seed, recalibrate_batches=args.recalibrate_batches,
-                                   quantize_activations=not args.float_activations)
+                                   quantize_activations=not args.float_activations, **target_schedule(args))
                 t0 = time.perf_counter()
                 res = differentiable_search(space, lat, task.train, task.eval_fn if args.eval_extracted else None, cfg)
                 with quantized_activations.from_plan(res.model, res.plan):   # the plan's a_bits, as fine-tuned
@@ -220,6 +220,13 @@ def remake_fronts_report(out: Path) -> int:
     plot_fronts(rows, data, args, out / "fronts.png")
     print(md)
     return 0
+
+
+def target_schedule(args: argparse.Namespace) -> dict[str, float | str]:
+    """The :class:`SearchConfig` fields of how λ follows the target (``--dual-lr``, ``--target-warmup``,
+    ``--target-curve``, ``--dual-kp``)."""
+    return {"dual_lr": args.dual_lr, "target_warmup": args.target_warmup, "target_curve": args.target_curve,
+            "dual_kp": args.dual_kp}
 
 
 def fronts_space_options(space: str, device: str) -> SpaceOptions:
@@ -386,6 +393,15 @@ def main() -> int:
                     "target at extraction (fill_budget, on by default here; --fronts never uses it)")
     ap.add_argument("--gate-lr", type=float, default=SearchConfig.gate_lr, help="single runs: Adam learning "
                     "rate of the gates (lower: the widths move more slowly, less overshoot of the target)")
+    ap.add_argument("--dual-lr", type=float, default=SearchConfig.dual_lr, help="dual-ascent step size on log "
+                    "lambda per optimiser step (the integral gain)")
+    ap.add_argument("--target-warmup", type=float, default=SearchConfig.target_warmup, help="fraction of the search "
+                    "steps over which the effective latency target anneals from 1.0 down to --target (0: the target "
+                    "from the first step, the behaviour before this option)")
+    ap.add_argument("--target-curve", default=SearchConfig.target_curve, help="shape of that anneal: cubic, linear "
+                    "or geometric")
+    ap.add_argument("--dual-kp", type=float, default=SearchConfig.dual_kp, help="proportional gain on log lambda "
+                    "(PI control; 0: pure dual ascent)")
     ap.add_argument("--float-activations", action="store_true", help="fine-tune and score with float activations "
                     "(the behaviour before activation fake-quantization)")
     ap.add_argument("--reference-accuracy", type=float, default=10.0, help="--fronts: hypervolume reference")
@@ -396,14 +412,17 @@ def main() -> int:
     args = ap.parse_args()
     if args.fronts_report:
         return remake_fronts_report(Path(args.fronts_report))
+    for flag, kw in (("--gate-lr", {"gate_lr": args.gate_lr}), ("--dual-lr", {"dual_lr": args.dual_lr}),
+                     ("--target-warmup", {"target_warmup": args.target_warmup, "target": 0.5}),
+                     ("--target-curve", {"target_curve": args.target_curve}), ("--dual-kp", {"dual_kp": args.dual_kp})):
+        try:
+            SearchConfig(**kw)
+        except SearchError as e:
+            ap.exit(2, f"{flag}: {e}\n")
     if args.fronts:
         return run_fronts(args)
     if args.aggregation_check:
         return run_aggregation_check(args)
-    try:
-        SearchConfig(gate_lr=args.gate_lr)
-    except SearchError as e:
-        ap.exit(2, f"--gate-lr: {e}\n")
     if args.full:
         args.train_limit, args.val_limit, args.epochs = None, None, "20,100,40"
     torch.set_num_threads(args.threads)
@@ -479,7 +498,8 @@ def main() -> int:
             raise SystemExit(f"--methods: {label!r} is unknown; allowed: predictor, flops")
         cfg = SearchConfig(search_epochs=srch, finetune_epochs=ft, lr=args.lr, target=target, tile=opts.tile,
                            seed=args.seed, recalibrate_batches=args.recalibrate_batches, gate_lr=args.gate_lr,
-                           quantize_activations=not args.float_activations, fill_budget=not args.no_fill_budget)
+                           quantize_activations=not args.float_activations, fill_budget=not args.no_fill_budget,
+                           **target_schedule(args))
         res = differentiable_search(sp, lat, task.train, task.eval_fn, cfg, log=lambda m, lb=label: say(f"[{lb}] {m}"),
                                     progress=True)
         save_compressed(res.model, res.plan, out / label)
@@ -489,7 +509,10 @@ def main() -> int:
         omacs = sum(s.macs for s in extract_layers(model, example) if s.op in ("conv2d", "linear"))
         total_s = rp["seconds"] + sum(res.seconds.values())
         results[label] = {
-            "target": target, "gate_lr": cfg.gate_lr, "accuracy": res.accuracy, "accuracy_extracted": res.accuracy_extracted,
+            "target": target, "gate_lr": cfg.gate_lr, **target_schedule(args), "history": res.history,
+            "soft_final_ratio": res.soft_final / res.original, "predicted_ratio": res.predicted / res.original,
+            "hard_search_ratio": (res.hard_search or float("nan")) / res.original,
+            "accuracy": res.accuracy, "accuracy_extracted": res.accuracy_extracted,
             "measured_ms": meas, "predicted_ms": predicted, "prediction_error": predicted / meas - 1,
             "measured_reduction": 1 - meas / m_base, "accuracy_drop": acc_base - (res.accuracy or 0.0),
             "macs": macs, "original_macs": omacs, "params": sum(p.numel() for p in res.model.parameters()),
@@ -539,6 +562,13 @@ def markdown(r: dict) -> str:
     for label, x in r["runs"].items():
         lines.append(f"* {label}: accuracy right after extraction {x['accuracy_extracted']:.2f}%, mean weight bits "
                      f"{x.get('mean_w_bits', float('nan')):.1f}, wall s {', '.join(f'{k} {v:.0f}' for k, v in x['seconds'].items())}")
+        if "history" in x:   # runs recorded before the target schedule have no search trace in the report
+            trace = "; ".join(f"epoch {h['epoch']}: ratio {h['ratio_end']:.3f}, lambda {h['lambda']:.3g}"
+                              for h in x["history"])
+            lines.append(f"  search: dual_lr {x['dual_lr']:g}, target warm-up {x['target_warmup']:g} "
+                         f"({x['target_curve']}), dual_kp {x['dual_kp']:g}; {trace}; soft latency at the end of the "
+                         f"search {x['soft_final_ratio']:.3f} x (hard sizes {x['hard_search_ratio']:.3f} x), extracted "
+                         f"{x['predicted_ratio']:.3f} x original")
     return "\n".join(lines) + "\n"
 
 

@@ -410,3 +410,35 @@ def test_fill_budget_uses_the_latency_an_overshooting_search_left() -> None:
     assert ratios[False] < 0.77, ratios                          # the overshoot this protects against
     assert ratios[False] < ratios[True] <= 0.8 + 1e-9, ratios
     assert ratios[True] - ratios[False] > 0.02, ratios           # fill_budget gives back a real part of it
+
+
+def test_effective_target_schedule_values() -> None:
+    from hwloop.search.differentiable import effective_target
+
+    # linear: 1 -> 0.5 over the first half of 20 steps, then flat
+    lin = [effective_target(0.5, s, 20, 0.5, "linear") for s in range(20)]
+    assert lin[0] == 1.0 and lin[5] == pytest.approx(0.75) and lin[10:] == [0.5] * 10
+    # geometric: equal ratios between steps (0.25 ** (s / 4) over 4 of 8 steps)
+    geo = [effective_target(0.25, s, 8, 0.5, "geometric") for s in range(8)]
+    assert geo[:5] == pytest.approx([1.0, 0.25 ** 0.25, 0.5, 0.25 ** 0.75, 0.25])
+    # cubic (gradual pruning): most of the cut early, flat when it reaches the target
+    cub = [effective_target(0.4, s, 100, 0.5, "cubic") for s in range(100)]
+    assert cub[0] == 1.0 and cub[25] == pytest.approx(0.4 + 0.6 * 0.5 ** 3) and cub[50] == 0.4
+    assert cub[1] - cub[2] > cub[40] - cub[41] > 0
+    for seq in (lin, geo, cub):
+        assert all(a >= b for a, b in zip(seq, seq[1:]))                      # never loosens
+    assert effective_target(0.6, 0, 10, 0.0) == 0.6                            # no warm-up: the target at once
+    assert SearchConfig(target=0.5, target_warmup=1.0).target_at(9, 10) > 0.5 and SearchConfig().target_at(0, 9) is None
+    with pytest.raises(SearchError, match=r"target_warmup=1.5 must be a fraction of the search steps in \[0, 1\]"):
+        SearchConfig(target=0.5, target_warmup=1.5)
+    with pytest.raises(SearchError, match="target_warmup=0.5 needs a target"):
+        SearchConfig(target_warmup=0.5)
+    with pytest.raises(SearchError, match="target_curve='exp' is unknown; allowed: linear, geometric, cubic"):
+        SearchConfig(target=0.5, target_curve="exp")
+    for kp in (-1.0, math.inf, True):
+        with pytest.raises(SearchError, match="dual_kp=.* must be a finite number >= 0"):
+            SearchConfig(target=0.5, dual_kp=kp)
+    spec = SearchSpec.from_dict({"name": "x", "budget": {"target": 0.6, "target_warmup": 0.4, "dual_kp": 1.0}})
+    assert (spec.budget.target_warmup, spec.budget.target_curve, spec.budget.dual_kp) == (0.4, "cubic", 1.0)
+    with pytest.raises(SearchError, match=r"\[budget\] target_curve='step' is unknown"):
+        SearchSpec.from_dict({"name": "x", "budget": {"target_curve": "step"}})

@@ -3,7 +3,12 @@
 ``loss = task loss + λ · latency(sizes)/latency₀`` where ``sizes`` are the gates' effective
 sizes (widths, ranks, bits). Give either a fixed ``lam`` or a ``target`` (latency as a
 fraction of the original): then λ follows dual ascent on ``log λ``,
-``λ ← λ·exp(η·(L/(L₀·target) − 1))`` once per step, so users state the budget, not λ. Schedule: (optional pretraining) →
+``λ ← λ·exp(η·(L/(L₀·target) − 1))`` once per step, so users state the budget, not λ. Two guards against
+overshooting the target (λ growing while the latency lags, the gates collapsing far below the budget and never
+coming back): ``target_warmup`` anneals the *effective* target from 1 down to ``target`` over the first part of
+the search (gradual pruning, as in Zhu & Gupta 2017 / AMC), so the error dual ascent integrates stays small; and
+``dual_kp`` adds a proportional term on ``log λ`` (PI control, as in Stooke et al. 2020's PID Lagrangian), so λ
+falls as soon as the latency crosses below the effective target. Schedule: (optional pretraining) →
 search → extract (widths read off the gates, rounded up to the device tile when that costs
 no latency; factorised layers merged back when dense is not slower; batch-norm statistics
 re-estimated on a few training batches, since removing channels and rounding bits shifts the
@@ -45,8 +50,43 @@ from hwloop.search.latency import LatencyModel
 from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
 
-__all__ = ["SearchConfig", "SearchResult", "differentiable_search", "enforce_budget", "fill_budget",
-           "recalibrate_batchnorm", "round_widths_to_tile"]
+__all__ = ["TARGET_CURVES", "SearchConfig", "SearchResult", "differentiable_search", "effective_target",
+           "enforce_budget", "fill_budget", "recalibrate_batchnorm", "round_widths_to_tile"]
+
+TARGET_CURVES = ("linear", "geometric", "cubic")
+_LAM_MIN, _LAM_MAX = 1e-4, 1e4
+
+
+def effective_target(target: float, step: int, total: int, warmup: float, curve: str = "cubic") -> float:
+    """The latency target in force at optimiser ``step`` (0-based) of ``total`` search steps.
+
+    Over the first ``warmup`` fraction of the steps it anneals from 1.0 (the original latency) down to
+    ``target``; afterwards it is ``target``. With progress ``p = min(1, step / (warmup·total))``:
+
+    * ``linear``: ``1 − (1 − target)·p``;
+    * ``geometric``: ``target**p`` (equal relative cuts per step);
+    * ``cubic``: ``target + (1 − target)·(1 − p)³`` (Zhu & Gupta's gradual pruning: fast at first, when
+      the model has most redundancy, slow at the end, so the gates settle onto the target).
+
+    ``warmup = 0`` (or ``total = 0``) gives ``target`` at every step.
+
+    Example:
+        >>> [round(effective_target(0.5, s, 10, 0.5, "linear"), 2) for s in (0, 1, 5, 9)]
+        [1.0, 0.9, 0.5, 0.5]
+        >>> round(effective_target(0.25, 2, 8, 0.5, "geometric"), 3), effective_target(0.5, 3, 10, 0.0)
+        (0.5, 0.5)
+    """
+    if curve not in TARGET_CURVES:
+        raise SearchError(f"target_curve={curve!r} is unknown; allowed: {', '.join(TARGET_CURVES)}")
+    span = warmup * total
+    if span <= 0 or step >= span:
+        return target
+    p = max(0.0, step / span)
+    if curve == "linear":
+        return 1.0 - (1.0 - target) * p
+    if curve == "geometric":
+        return float(target ** p)
+    return target + (1.0 - target) * (1.0 - p) ** 3
 
 
 @dataclass(frozen=True)
@@ -60,7 +100,16 @@ class SearchConfig:
         momentum / weight_decay: SGD settings (no weight decay on gates).
         lam: fixed λ (used when ``target`` is None) or the initial λ of dual ascent.
         target: latency budget as a fraction of the original (e.g. 0.5), or None.
-        dual_lr: dual-ascent step size per optimiser step.
+        dual_lr: dual-ascent step size per optimiser step (the integral gain on ``log λ``).
+        target_warmup: fraction of the search steps (in ``[0, 1]``) over which the effective target anneals from
+            1.0 down to ``target`` (:func:`effective_target`); 0 (the default, the behaviour before this option)
+            states the final target from the first step, which lets dual ascent overshoot it: λ grows while the
+            latency lags, and the gates collapse below the budget. Needs a ``target``.
+        target_curve: shape of that anneal: ``cubic`` (default; fast first, flat at the end), ``linear`` or
+            ``geometric``.
+        dual_kp: proportional gain on ``log λ`` (``>= 0``; 0: pure dual ascent): the λ used in the loss is
+            ``λ_I · exp(dual_kp · e)`` with ``e = L/(L₀·target_t) − 1`` of the last step and ``λ_I`` the dual-ascent
+            (integral) value, so λ drops at once when the latency crosses below the effective target.
         keep_rule: ``effective`` (top ``ceil(s(a))`` gates) or ``nonzero``.
         tile: round widths up to a multiple of this when that costs no predicted latency.
         merge_lowrank: merge a factorised layer back when dense is not slower.
@@ -87,6 +136,9 @@ class SearchConfig:
     lam: float = 1.0
     target: float | None = None
     dual_lr: float = 0.1
+    target_warmup: float = 0.0
+    target_curve: str = "cubic"
+    dual_kp: float = 0.0
     keep_rule: str = "effective"
     tile: int = 1
     merge_lowrank: bool = True
@@ -109,6 +161,16 @@ class SearchConfig:
             raise SearchError(f"lam={self.lam} must be >= 0 (> 0 with a target: it is the initial lambda)")
         if self.target is not None and not 0.0 < self.target <= 1.0:
             raise SearchError(f"target={self.target} must be a fraction of the original latency in (0, 1]")
+        tw = self.target_warmup
+        if not isinstance(tw, (int, float)) or isinstance(tw, bool) or not 0.0 <= tw <= 1.0:
+            raise SearchError(f"target_warmup={tw!r} must be a fraction of the search steps in [0, 1]")
+        if tw > 0 and self.target is None:
+            raise SearchError(f"target_warmup={tw!r} needs a target (it anneals towards it); set target or use 0")
+        if self.target_curve not in TARGET_CURVES:
+            raise SearchError(f"target_curve={self.target_curve!r} is unknown; allowed: {', '.join(TARGET_CURVES)}")
+        kp = self.dual_kp
+        if not isinstance(kp, (int, float)) or isinstance(kp, bool) or not 0.0 <= kp < math.inf:
+            raise SearchError(f"dual_kp={kp!r} must be a finite number >= 0")
         if self.keep_rule not in ("effective", "nonzero"):
             raise SearchError(f"keep_rule={self.keep_rule!r} is unknown; allowed: effective, nonzero")
         if not isinstance(self.tile, int) or self.tile < 1:
@@ -118,6 +180,17 @@ class SearchConfig:
         rb = self.recalibrate_batches
         if not isinstance(rb, int) or isinstance(rb, bool) or rb < 0:
             raise SearchError(f"recalibrate_batches={rb!r} must be an integer >= 0")
+
+    def target_at(self, step: int, total: int) -> float | None:
+        """The effective latency target at search step ``step`` of ``total`` (None without a ``target``).
+
+        Example:
+            >>> SearchConfig(target=0.5, target_warmup=1.0, target_curve="linear").target_at(5, 10)
+            0.75
+        """
+        if self.target is None:
+            return None
+        return effective_target(self.target, step, total, self.target_warmup, self.target_curve)
 
 
 @dataclass
@@ -129,6 +202,8 @@ class SearchResult:
         plan: its :class:`CompressionPlan`.
         original / predicted: latency-model values of the original and the extracted model.
         soft_final: latency-model value at the gates' continuous sizes at the end of the search.
+        hard_search: latency-model value at the hard sizes the gates give (tile rounding included), before
+            ``enforce_budget`` / ``fill_budget`` move them to the budget: where the search itself landed.
         accuracy: ``eval_fn(model)`` after fine-tuning (None without ``eval_fn``).
         accuracy_extracted: ``eval_fn`` right after extraction, before fine-tuning.
         history: one dict per epoch (loss, task loss, latency ratio, λ, accuracy).
@@ -146,6 +221,7 @@ class SearchResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, dict[str, float]] = field(default_factory=dict)
+    hard_search: float | None = None
 
 
 def _hard_sizes(gm: GatedModel, widths: Mapping[str, int] | None = None) -> dict[str, float]:
@@ -330,11 +406,17 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
     opt_w = make_optimizer(gm.weight_parameters(), config.lr, config.momentum, config.weight_decay)
     opt_g = torch.optim.Adam(gm.gate_parameters(), lr=config.gate_lr)
     lam = float(config.lam)
+    lam_i = lam   # the integral (dual-ascent) part of λ; the proportional part multiplies it
     loss_fn = nn.CrossEntropyLoss()
     steps = min(len(train_loader), config.max_steps) if config.max_steps else len(train_loader)
     total, step = config.search_epochs * steps, 0
     history: list[dict[str, float]] = []
     mode = f"target {config.target:.0%} of original (dual ascent)" if config.target else f"fixed lambda {lam}"
+    if config.target is not None and config.target_warmup > 0:
+        mode += (f", target annealed from 100% ({config.target_curve}) over the first {config.target_warmup:.0%} "
+                 f"of the steps")
+    if config.target is not None and config.dual_kp > 0:
+        mode += f", proportional gain {config.dual_kp:g} on log lambda"
     say(f"search: {config.search_epochs} epochs x {steps} steps, {mode}, latency0 = {l0:.4g} {latency.unit} "
         f"({latency.kind})")
 
@@ -344,7 +426,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
             return float(eval_fn(net))
 
     t_search = 0.0
-    ratio = 1.0
+    ratio, t_eff = 1.0, config.target_at(0, total)
     for ep in range(config.search_epochs):
         sums = {"loss": 0.0, "task": 0.0, "ratio": 0.0}
         n = 0
@@ -367,8 +449,11 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 opt_g.step()
                 gm.project_()
                 ratio = float(ratio_t.detach())
-                if config.target is not None:  # dual ascent on log(lambda): scale-free, fast in short schedules
-                    lam = min(1e4, max(1e-4, lam * math.exp(config.dual_lr * (ratio / config.target - 1.0))))
+                t_eff = config.target_at(step, total)
+                if t_eff is not None:  # PI control of log(lambda): scale-free, fast in short schedules
+                    err = ratio / t_eff - 1.0
+                    lam_i = min(_LAM_MAX, max(_LAM_MIN, lam_i * math.exp(config.dual_lr * err)))
+                    lam = min(_LAM_MAX, max(_LAM_MIN, lam_i * math.exp(config.dual_kp * err))) if config.dual_kp else lam_i
                 sums["loss"] += float(loss.detach())
                 sums["task"] += float(task.detach())
                 sums["ratio"] += ratio
@@ -378,12 +463,13 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
             ph.epochs += n / max(1, steps)
         t_search += time.perf_counter() - t0
         rec = {"epoch": ep + 1, **{k: v / max(1, n) for k, v in sums.items()}, "lambda": lam,
-               "ratio_end": ratio}
+               "ratio_end": ratio, **({"target_end": t_eff} if t_eff is not None else {})}
         if eval_fn is not None:
             rec["accuracy"] = evaluate(gm)
         history.append(rec)
         say("search epoch {epoch}: loss {loss:.4f} task {task:.4f} latency ratio {ratio_end:.3f} lambda {lam:.3f}"
-            .format(lam=lam, **rec) + (f" acc {rec['accuracy']:.2f}" if "accuracy" in rec else ""))
+            .format(lam=lam, **rec) + (f" (target now {t_eff:.3f})" if t_eff is not None and config.target_warmup
+                                       else "") + (f" acc {rec['accuracy']:.2f}" if "accuracy" in rec else ""))
     soft = float(latency(gm.sizes()).detach())
 
     stack = ExitStack()
@@ -392,8 +478,9 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
         with led.phase("extract", trial=trial):
             gm.eval()
             widths = round_widths_to_tile(gm, latency, config.tile)
+            hard_search = float(latency(_hard_sizes(gm, widths)).detach())
             if config.target is not None:
-                before = float(latency(_hard_sizes(gm, widths)).detach())
+                before = hard_search
                 widths = enforce_budget(gm, latency, widths, config.target * l0)
                 after = float(latency(_hard_sizes(gm, widths)).detach())
                 if after < before:
@@ -449,7 +536,8 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
     sizes = _size_table(space, plan)
     return SearchResult(model=net, plan=plan, original=l0, predicted=predicted, soft_final=soft, accuracy=acc,
                         accuracy_extracted=acc_x, history=history,
-                        seconds={"search": t_search, "extract": t_extract, "finetune": t_ft}, sizes=sizes)
+                        seconds={"search": t_search, "extract": t_extract, "finetune": t_ft}, sizes=sizes,
+                        hard_search=hard_search)
 
 
 def _size_table(space: SearchSpace, plan: CompressionPlan) -> dict[str, dict[str, float]]:

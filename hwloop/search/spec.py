@@ -113,15 +113,27 @@ class PredictorSection:
 
 @dataclass(frozen=True)
 class BudgetSection:
+    """``[budget]``: the latency target (or a fixed λ) and how λ follows it (see :class:`SearchConfig`)."""
+
     target: float | None = 0.5
     lam: float = 1.0
     dual_lr: float = 0.1
+    target_warmup: float = 0.0
+    target_curve: str = "cubic"
+    dual_kp: float = 0.0
 
     def __post_init__(self) -> None:
         if self.target is not None and not 0 < self.target <= 1:
             raise SearchError(f"[budget] target={self.target!r} must be a fraction of the original latency in (0, 1]")
         if self.lam < 0:
             raise SearchError(f"[budget] lam={self.lam!r} must be >= 0")
+        from hwloop.search.differentiable import SearchConfig
+
+        try:   # one set of rules for the schedule fields: SearchConfig's
+            SearchConfig(target=self.target, dual_lr=self.dual_lr, target_warmup=self.target_warmup,
+                         target_curve=self.target_curve, dual_kp=self.dual_kp)
+        except SearchError as e:
+            raise SearchError(f"[budget] {e}") from e
 
 
 @dataclass(frozen=True)
