@@ -224,9 +224,9 @@ def remake_fronts_report(out: Path) -> int:
 
 def target_schedule(args: argparse.Namespace) -> dict[str, float | str]:
     """The :class:`SearchConfig` fields of how λ follows the target (``--dual-lr``, ``--target-warmup``,
-    ``--target-curve``, ``--dual-kp``)."""
+    ``--target-curve``, ``--dual-kp``, ``--latency-penalty``)."""
     return {"dual_lr": args.dual_lr, "target_warmup": args.target_warmup, "target_curve": args.target_curve,
-            "dual_kp": args.dual_kp}
+            "dual_kp": args.dual_kp, "latency_penalty": args.latency_penalty}
 
 
 def fronts_space_options(space: str, device: str) -> SpaceOptions:
@@ -402,6 +402,8 @@ def main() -> int:
                     "or geometric")
     ap.add_argument("--dual-kp", type=float, default=SearchConfig.dual_kp, help="proportional gain on log lambda "
                     "(PI control; 0: pure dual ascent)")
+    ap.add_argument("--latency-penalty", default=SearchConfig.latency_penalty, help="linear (lambda * latency "
+                    "ratio) or hinge (lambda * max(0, ratio - target): no pull below the target)")
     ap.add_argument("--float-activations", action="store_true", help="fine-tune and score with float activations "
                     "(the behaviour before activation fake-quantization)")
     ap.add_argument("--reference-accuracy", type=float, default=10.0, help="--fronts: hypervolume reference")
@@ -414,7 +416,8 @@ def main() -> int:
         return remake_fronts_report(Path(args.fronts_report))
     for flag, kw in (("--gate-lr", {"gate_lr": args.gate_lr}), ("--dual-lr", {"dual_lr": args.dual_lr}),
                      ("--target-warmup", {"target_warmup": args.target_warmup, "target": 0.5}),
-                     ("--target-curve", {"target_curve": args.target_curve}), ("--dual-kp", {"dual_kp": args.dual_kp})):
+                     ("--target-curve", {"target_curve": args.target_curve}), ("--dual-kp", {"dual_kp": args.dual_kp}),
+                     ("--latency-penalty", {"latency_penalty": args.latency_penalty})):
         try:
             SearchConfig(**kw)
         except SearchError as e:
@@ -566,7 +569,7 @@ def markdown(r: dict) -> str:
             trace = "; ".join(f"epoch {h['epoch']}: ratio {h['ratio_end']:.3f}, lambda {h['lambda']:.3g}"
                               for h in x["history"])
             lines.append(f"  search: dual_lr {x['dual_lr']:g}, target warm-up {x['target_warmup']:g} "
-                         f"({x['target_curve']}), dual_kp {x['dual_kp']:g}; {trace}; soft latency at the end of the "
+                         f"({x['target_curve']}), dual_kp {x['dual_kp']:g}, {x['latency_penalty']} penalty; {trace}; soft latency at the end of the "
                          f"search {x['soft_final_ratio']:.3f} x (hard sizes {x['hard_search_ratio']:.3f} x), extracted "
                          f"{x['predicted_ratio']:.3f} x original")
     return "\n".join(lines) + "\n"

@@ -83,13 +83,17 @@ def test_bench_from_checkpoint_gives_the_baseline_the_same_budget(tmp_path: Path
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(ckpt))
     out = tmp_path / "bench"
     r = _bench(*TINY, "--epochs", "5,1,1", "--checkpoint", str(ckpt), "--methods", "predictor", "--target", "0.8",
-               "--bit-levels", "4,8", "--gate-lr", "0.02", "--out", str(out), cwd=tmp_path)
+               "--bit-levels", "4,8", "--gate-lr", "0.02", "--target-warmup", "0.5", "--target-curve", "linear",
+               "--dual-kp", "1.5", "--out", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert rep["baseline"]["epochs"] == 2                              # search + fine-tune, the pretrain ignored
     run = rep["runs"]["predictor"]
     assert run["seconds"]["pretrain"] == 0.0 and set(run["plan"]["w_bits"].values()) <= {4, 8}
     assert run["gate_lr"] == 0.02                                       # --gate-lr reaches the SearchConfig
+    assert (run["target_warmup"], run["target_curve"], run["dual_kp"]) == (0.5, "linear", 1.5)   # and the schedule
+    assert run["plan"]["meta"]["config"]["target_warmup"] == 0.5 and run["history"][-1]["target_end"] == 0.8
+    assert "target warm-up 0.5 (linear), dual_kp 1.5" in (out / "report.md").read_text(encoding="utf-8")
     assert run["measured_ms"] < rep["baseline"]["measured_ms"]
     assert "start: checkpoint" in (out / "report.md").read_text(encoding="utf-8")
 
@@ -105,6 +109,18 @@ def test_bench_rejects_a_non_positive_gate_lr(tmp_path: Path) -> None:
                cwd=tmp_path)
     assert r.returncode == 2 and "--gate-lr: gate_lr=0.0 must be a positive number" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--target-warmup", "1.5", "--target-warmup: target_warmup=1.5 must be a fraction of the search steps in [0, 1]"),
+    ("--target-curve", "step", "--target-curve: target_curve='step' is unknown; allowed: linear, geometric, cubic"),
+    ("--dual-kp", "-1", "--dual-kp: dual_kp=-1.0 must be a finite number >= 0"),
+    ("--dual-lr", "0", "--dual-lr: dual_lr=0.0 must be a positive number"),
+])
+def test_bench_rejects_a_bad_target_schedule(tmp_path: Path, flag: str, value: str, message: str) -> None:
+    r = _bench(*TINY, "--epochs", "0,1,1", flag, value, "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()                                # rejected before any work
 
 
 def test_train_checkpoint_times_steps(tmp_path: Path) -> None:

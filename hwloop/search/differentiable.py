@@ -50,10 +50,11 @@ from hwloop.search.latency import LatencyModel
 from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
 
-__all__ = ["TARGET_CURVES", "SearchConfig", "SearchResult", "differentiable_search", "effective_target",
+__all__ = ["LATENCY_PENALTIES", "TARGET_CURVES", "SearchConfig", "SearchResult", "differentiable_search", "effective_target",
            "enforce_budget", "fill_budget", "recalibrate_batchnorm", "round_widths_to_tile"]
 
 TARGET_CURVES = ("linear", "geometric", "cubic")
+LATENCY_PENALTIES = ("linear", "hinge")
 _LAM_MIN, _LAM_MAX = 1e-4, 1e4
 
 
@@ -110,6 +111,11 @@ class SearchConfig:
         dual_kp: proportional gain on ``log λ`` (``>= 0``; 0: pure dual ascent): the λ used in the loss is
             ``λ_I · exp(dual_kp · e)`` with ``e = L/(L₀·target_t) − 1`` of the last step and ``λ_I`` the dual-ascent
             (integral) value, so λ drops at once when the latency crosses below the effective target.
+        latency_penalty: with a ``target``, ``linear`` (default, the behaviour before this option): the loss is
+            ``task + λ·L/L₀``, which keeps pulling the latency down below the target until λ has decayed; ``hinge``:
+            ``task + λ·max(0, L/L₀ − target_t)``, an exact penalty — no pull once the latency is within the target
+            in force, so a λ that grew while the latency lagged cannot drive the gates far below it. Without a
+            target (fixed λ) the loss is always linear.
         keep_rule: ``effective`` (top ``ceil(s(a))`` gates) or ``nonzero``.
         tile: round widths up to a multiple of this when that costs no predicted latency.
         merge_lowrank: merge a factorised layer back when dense is not slower.
@@ -139,6 +145,7 @@ class SearchConfig:
     target_warmup: float = 0.0
     target_curve: str = "cubic"
     dual_kp: float = 0.0
+    latency_penalty: str = "linear"
     keep_rule: str = "effective"
     tile: int = 1
     merge_lowrank: bool = True
@@ -168,6 +175,9 @@ class SearchConfig:
             raise SearchError(f"target_warmup={tw!r} needs a target (it anneals towards it); set target or use 0")
         if self.target_curve not in TARGET_CURVES:
             raise SearchError(f"target_curve={self.target_curve!r} is unknown; allowed: {', '.join(TARGET_CURVES)}")
+        if self.latency_penalty not in LATENCY_PENALTIES:
+            raise SearchError(f"latency_penalty={self.latency_penalty!r} is unknown; allowed: "
+                              f"{', '.join(LATENCY_PENALTIES)}")
         kp = self.dual_kp
         if not isinstance(kp, (int, float)) or isinstance(kp, bool) or not 0.0 <= kp < math.inf:
             raise SearchError(f"dual_kp={kp!r} must be a finite number >= 0")
@@ -417,6 +427,8 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                  f"of the steps")
     if config.target is not None and config.dual_kp > 0:
         mode += f", proportional gain {config.dual_kp:g} on log lambda"
+    if config.target is not None and config.latency_penalty == "hinge":
+        mode += ", hinge penalty (no pull below the target)"
     say(f"search: {config.search_epochs} epochs x {steps} steps, {mode}, latency0 = {l0:.4g} {latency.unit} "
         f"({latency.kind})")
 
@@ -441,7 +453,11 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 task = loss_fn(gm(x), y)
                 lat = latency(gm.sizes())
                 ratio_t = lat / l0
-                loss = task + lam * ratio_t
+                t_eff = config.target_at(step, total)
+                if t_eff is not None and config.latency_penalty == "hinge":   # no pull below the target in force
+                    loss = task + lam * torch.clamp(ratio_t - t_eff, min=0.0)
+                else:
+                    loss = task + lam * ratio_t
                 opt_w.zero_grad(set_to_none=True)
                 opt_g.zero_grad(set_to_none=True)
                 loss.backward()
@@ -449,7 +465,6 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 opt_g.step()
                 gm.project_()
                 ratio = float(ratio_t.detach())
-                t_eff = config.target_at(step, total)
                 if t_eff is not None:  # PI control of log(lambda): scale-free, fast in short schedules
                     err = ratio / t_eff - 1.0
                     lam_i = min(_LAM_MAX, max(_LAM_MIN, lam_i * math.exp(config.dual_lr * err)))
