@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -426,7 +427,7 @@ def test_effective_target_schedule_values() -> None:
     assert cub[0] == 1.0 and cub[25] == pytest.approx(0.4 + 0.6 * 0.5 ** 3) and cub[50] == 0.4
     assert cub[1] - cub[2] > cub[40] - cub[41] > 0
     for seq in (lin, geo, cub):
-        assert all(a >= b for a, b in zip(seq, seq[1:]))                      # never loosens
+        assert all(a >= b for a, b in itertools.pairwise(seq))                # never loosens
     assert effective_target(0.6, 0, 10, 0.0) == 0.6                            # no warm-up: the target at once
     assert SearchConfig(target=0.5, target_warmup=1.0).target_at(9, 10) > 0.5 and SearchConfig().target_at(0, 9) is None
     with pytest.raises(SearchError, match=r"target_warmup=1.5 must be a fraction of the search steps in \[0, 1\]"):

@@ -6,9 +6,10 @@ fraction of the original): then λ follows dual ascent on ``log λ``,
 ``λ ← λ·exp(η·(L/(L₀·target) − 1))`` once per step, so users state the budget, not λ. Two guards against
 overshooting the target (λ growing while the latency lags, the gates collapsing far below the budget and never
 coming back): ``target_warmup`` anneals the *effective* target from 1 down to ``target`` over the first part of
-the search (gradual pruning, as in Zhu & Gupta 2017 / AMC), so the error dual ascent integrates stays small; and
-``dual_kp`` adds a proportional term on ``log λ`` (PI control, as in Stooke et al. 2020's PID Lagrangian), so λ
-falls as soon as the latency crosses below the effective target. Schedule: (optional pretraining) →
+the search (gradual pruning, as in Zhu & Gupta 2017 / AMC), so the error dual ascent integrates stays small;
+``latency_penalty = "hinge"`` uses ``λ·max(0, L/L₀ − target_t)`` (an exact penalty: no pull once the latency is
+within the target in force, so a large λ cannot push it far below); and ``dual_kp`` adds a proportional term on
+``log λ`` (PI control, as in Stooke et al. 2020's PID Lagrangian). Schedule: (optional pretraining) →
 search → extract (widths read off the gates, rounded up to the device tile when that costs
 no latency; factorised layers merged back when dense is not slower; batch-norm statistics
 re-estimated on a few training batches, since removing channels and rounding bits shifts the
@@ -50,8 +51,8 @@ from hwloop.search.latency import LatencyModel
 from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
 
-__all__ = ["LATENCY_PENALTIES", "TARGET_CURVES", "SearchConfig", "SearchResult", "differentiable_search", "effective_target",
-           "enforce_budget", "fill_budget", "recalibrate_batchnorm", "round_widths_to_tile"]
+__all__ = ["LATENCY_PENALTIES", "TARGET_CURVES", "SearchConfig", "SearchResult", "differentiable_search",
+           "effective_target", "enforce_budget", "fill_budget", "recalibrate_batchnorm", "round_widths_to_tile"]
 
 TARGET_CURVES = ("linear", "geometric", "cubic")
 LATENCY_PENALTIES = ("linear", "hinge")

@@ -15,6 +15,8 @@ Example spec::
     objective = "auto"
     [budget]           # target: fraction of the original latency (dual ascent), or a fixed lambda
     target = 0.5
+    target_warmup = 0.5          # anneal the target from 1.0 over the first half of the search steps
+    latency_penalty = "hinge"    # no pull below the target in force (lands on it instead of overshooting)
     [space]
     bits = false
     [schedule]
@@ -121,6 +123,7 @@ class BudgetSection:
     target_warmup: float = 0.0
     target_curve: str = "cubic"
     dual_kp: float = 0.0
+    latency_penalty: str = "linear"
 
     def __post_init__(self) -> None:
         if self.target is not None and not 0 < self.target <= 1:
@@ -131,7 +134,7 @@ class BudgetSection:
 
         try:   # one set of rules for the schedule fields: SearchConfig's
             SearchConfig(target=self.target, dual_lr=self.dual_lr, target_warmup=self.target_warmup,
-                         target_curve=self.target_curve, dual_kp=self.dual_kp)
+                         target_curve=self.target_curve, dual_kp=self.dual_kp, latency_penalty=self.latency_penalty)
         except SearchError as e:
             raise SearchError(f"[budget] {e}") from e
 
