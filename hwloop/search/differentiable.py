@@ -115,8 +115,10 @@ class SearchConfig:
         latency_penalty: with a ``target``, ``linear`` (default, the behaviour before this option): the loss is
             ``task + λ·L/L₀``, which keeps pulling the latency down below the target until λ has decayed; ``hinge``:
             ``task + λ·max(0, L/L₀ − target_t)``, an exact penalty — no pull once the latency is within the target
-            in force, so a λ that grew while the latency lagged cannot drive the gates far below it. Without a
-            target (fixed λ) the loss is always linear.
+            in force, so a λ that grew while the latency lagged cannot drive the gates far below it. Under ``hinge``
+            the value of ``L`` (and the error λ follows) is the latency of the *hard* sizes extraction will use, its
+            gradient the soft sizes' (straight-through): gates left between 0 and 1 round up at extraction, so a
+            soft latency on the target can be a hard one above it. Without a target (fixed λ) the loss is linear.
         keep_rule: ``effective`` (top ``ceil(s(a))`` gates) or ``nonzero``.
         tile: round widths up to a multiple of this when that costs no predicted latency.
         merge_lowrank: merge a factorised layer back when dense is not slower.
@@ -455,7 +457,13 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 lat = latency(gm.sizes())
                 ratio_t = lat / l0
                 t_eff = config.target_at(step, total)
-                if t_eff is not None and config.latency_penalty == "hinge":   # no pull below the target in force
+                if t_eff is not None and config.latency_penalty == "hinge":
+                    # the value is the latency of the hard sizes extraction will read off the gates (gates between
+                    # 0 and 1 round up: bits to the next level, widths to ceil(s(a))), the gradient the soft one's
+                    # (straight-through); no pull once that is within the target in force
+                    with torch.no_grad():
+                        hard_t = latency(_hard_sizes(gm)) / l0
+                    ratio_t = ratio_t + (hard_t - ratio_t).detach()
                     loss = task + lam * torch.clamp(ratio_t - t_eff, min=0.0)
                 else:
                     loss = task + lam * ratio_t
