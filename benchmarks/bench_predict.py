@@ -149,12 +149,15 @@ def bench_adaptive(d: Path, args: argparse.Namespace) -> dict:
         return lat[[index[id(s)] for s in batch]]
 
     full, rounds = len(specs), args.rounds
+    ev = make_predictor("xgboost").get_params()
+    ev_txt = (f"default xgboost, {ev['n_estimators']} trees of depth {ev['max_depth']}, lr {ev['learning_rate']}, "
+              f"colsample {ev['colsample_bytree']}")
     print(f"\n=== adaptive vs random sampling on {d} (pool {full} layers, {n_test} held out; simulated device = "
-          f"recorded timings; {rounds} rounds after a 30% random seed set; eval model: default xgboost; "
+          f"recorded timings; {rounds} rounds after a 30% random seed set; eval model: {ev_txt}; "
           f"seeds {','.join(map(str, args.seeds))})", flush=True)
-    res: dict = {"pool": full, "held_out": n_test, "runs": {}}
-    for item in args.plan.split(","):
-        strategy, pct = item.split("@")
+    res: dict = {"pool": full, "held_out": n_test, "eval_model": ev_txt, "runs": {}}
+    for strategy, pct in args.plan:
+        item = f"{strategy}@{pct:g}"
         budget = max(10, round(full * float(pct) / 100))
         accs = []
         t = time.time()
@@ -168,9 +171,31 @@ def bench_adaptive(d: Path, args: argparse.Namespace) -> dict:
         print(f"  {strategy:7s} budget {budget:5d} ({100 * budget / full:5.1f}%): held-out ±10% accuracy "
               f"{100 * np.mean(accs):5.1f}% ± {100 * np.std(accs):.1f} (seeds: "
               f"{', '.join(f'{100 * a:.1f}' for a in accs)})  ({time.time() - t:.0f} s)", flush=True)
+    ref = [r for r in res["runs"].values() if r["strategy"] == "random" and r["frac"] >= 0.999]
+    for item, r in res["runs"].items():
+        if ref and r is not ref[0]:
+            print(f"  {item:12s} vs random@100: {100 * (r['mean'] - ref[0]['mean']):+.2f} points (mean over seeds)")
     if args.plots is not None:
         res["plot"] = str(plot_adaptive(res, d, args.plots))
     return res
+
+
+def _plan(v: str) -> list[tuple[str, float]]:
+    """``--plan``: ``strategy@percent`` items, comma separated (e.g. ``random@100,error@50``)."""
+    from hwloop.predict.adaptive import STRATEGIES
+
+    out = []
+    for item in v.split(","):
+        strategy, _, pct = item.strip().partition("@")
+        try:
+            frac = float(pct)
+        except ValueError:
+            frac = float("nan")
+        if strategy not in STRATEGIES or not 0 < frac <= 100:
+            raise argparse.ArgumentTypeError(f"plan item {item!r} must be STRATEGY@PERCENT with STRATEGY one of "
+                                             f"{', '.join(STRATEGIES)} and 0 < PERCENT <= 100")
+        out.append((strategy, frac))
+    return out
 
 
 def plot_adaptive(res: dict, d: Path, out_dir: Path) -> Path:
@@ -434,7 +459,7 @@ def main() -> None:
                     help="adaptive-sampling seeds (comma list)")
     ap.add_argument("--adaptive-dirs", nargs="*", type=Path, default=None,
                     help="data sets for the adaptive-sampling comparison (default: the first directory)")
-    ap.add_argument("--plan", default="random@100,random@50,error@50,diverse@50,random@25,error@25",
+    ap.add_argument("--plan", type=_plan, default=_plan("random@100,random@50,error@50,random@25,error@25"),
                     help="adaptive runs as strategy@percent-of-pool, comma separated")
     ap.add_argument("--rounds", type=int, default=12, help="adaptive rounds after the random seed set")
     ap.add_argument("--plots", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "figures",
