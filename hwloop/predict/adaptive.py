@@ -316,8 +316,8 @@ def adaptive_sample(pool: Sequence[Any], measure: Callable[[list[Any]], np.ndarr
         strategy: ``"error"`` (default; see the module docstring), ``"diverse"`` (ensemble disagreement,
             one pick per k-means cluster of the most uncertain candidates), ``"spread"`` (the most
             uncertain candidates) or ``"random"``.
-        members / n_estimators: size of the bootstrap ensemble (default 4 members of 50 trees: half the
-            cost of 5 × 100 per round and as good in the pool simulation, see docs/predictors.md).
+        members / n_estimators: size of the bootstrap ensemble (default 4 members of 50 trees: under
+            half the cost per round of the earlier 5 × 100; figures in docs/predictors.md).
         seed: random seed.
         eval_specs / eval_ms / make_eval: optional held-out set; each round a ``make_eval()``
             predictor is fitted on what was measured and its ±10% accuracy recorded.
