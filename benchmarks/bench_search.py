@@ -224,9 +224,10 @@ def remake_fronts_report(out: Path) -> int:
 
 def target_schedule(args: argparse.Namespace) -> dict[str, float | str]:
     """The :class:`SearchConfig` fields of how λ follows the target (``--dual-lr``, ``--target-warmup``,
-    ``--target-curve``, ``--dual-kp``, ``--latency-penalty``)."""
+    ``--target-curve``, ``--dual-kp``, ``--latency-penalty``, ``--prune-after-warmup``)."""
     return {"dual_lr": args.dual_lr, "target_warmup": args.target_warmup, "target_curve": args.target_curve,
-            "dual_kp": args.dual_kp, "latency_penalty": args.latency_penalty}
+            "dual_kp": args.dual_kp, "latency_penalty": args.latency_penalty,
+            "prune_after_warmup": args.prune_after_warmup}
 
 
 def fronts_space_options(space: str, device: str) -> SpaceOptions:
@@ -404,6 +405,8 @@ def main() -> int:
                     "(PI control; 0: pure dual ascent)")
     ap.add_argument("--latency-penalty", default=SearchConfig.latency_penalty, help="linear (lambda * latency "
                     "ratio) or hinge (lambda * max(0, ratio - target): no pull below the target)")
+    ap.add_argument("--prune-after-warmup", action="store_true", help="fix the widths (at the target) when the "
+                    "target warm-up ends and train the rest of the search at them (needs --target-warmup > 0)")
     ap.add_argument("--float-activations", action="store_true", help="fine-tune and score with float activations "
                     "(the behaviour before activation fake-quantization)")
     ap.add_argument("--reference-accuracy", type=float, default=10.0, help="--fronts: hypervolume reference")
@@ -417,7 +420,9 @@ def main() -> int:
     for flag, kw in (("--gate-lr", {"gate_lr": args.gate_lr}), ("--dual-lr", {"dual_lr": args.dual_lr}),
                      ("--target-warmup", {"target_warmup": args.target_warmup, "target": 0.5}),
                      ("--target-curve", {"target_curve": args.target_curve}), ("--dual-kp", {"dual_kp": args.dual_kp}),
-                     ("--latency-penalty", {"latency_penalty": args.latency_penalty})):
+                     ("--latency-penalty", {"latency_penalty": args.latency_penalty}),
+                     ("--prune-after-warmup", {"prune_after_warmup": args.prune_after_warmup, "target": 0.5,
+                                               "target_warmup": args.target_warmup})):
         try:
             SearchConfig(**kw)
         except SearchError as e:
@@ -569,7 +574,8 @@ def markdown(r: dict) -> str:
             trace = "; ".join(f"epoch {h['epoch']}: ratio {h['ratio_end']:.3f}, lambda {h['lambda']:.3g}"
                               for h in x["history"])
             lines.append(f"  search: dual_lr {x['dual_lr']:g}, target warm-up {x['target_warmup']:g} "
-                         f"({x['target_curve']}), dual_kp {x['dual_kp']:g}, {x['latency_penalty']} penalty; {trace}; soft latency at the end of the "
+                         f"({x['target_curve']}), dual_kp {x['dual_kp']:g}, {x['latency_penalty']} penalty, "
+                         f"prune after warm-up {x.get('prune_after_warmup', False)}; {trace}; soft latency at the end of the "
                          f"search {x['soft_final_ratio']:.3f} x (hard sizes {x['hard_search_ratio']:.3f} x), extracted "
                          f"{x['predicted_ratio']:.3f} x original")
     return "\n".join(lines) + "\n"

@@ -458,16 +458,23 @@ def test_warmup_and_hinge_land_on_the_target_where_dual_ascent_overshoots() -> N
     opts = SpaceOptions(bits=True, a_bits=8, tile=32, bit_levels=(4, 8))
     space = SearchSpace.from_ref(task.ref, opts, model=model)
     lat = PredictorLatency(space, _asic_predictor(space))
-    target, ends = 0.85, {}
-    for name, kw in {"old": {}, "new": {"target_warmup": 0.5, "latency_penalty": "hinge"}}.items():
+    target, ends, logs = 0.85, {}, []
+    new = {"target_warmup": 0.5, "latency_penalty": "hinge"}
+    for name, kw in {"old": {}, "new": new, "prune": {**new, "prune_after_warmup": True}}.items():
         cfg = SearchConfig(search_epochs=3, finetune_epochs=0, target=target, tile=32, seed=0, **kw)
-        res = differentiable_search(SearchSpace.from_ref(task.ref, opts, model=model), lat, task.train, None, cfg)
+        res = differentiable_search(SearchSpace.from_ref(task.ref, opts, model=model), lat, task.train, None, cfg,
+                                    log=logs.append)
         assert res.hard_search is not None and res.predicted <= target * res.original * (1 + 1e-9)
         ends[name] = (res.history[0]["ratio_end"], res.history[-1]["ratio_end"], res.hard_search / res.original)
     assert ends["old"][1] < target - 0.05, ends                       # the overshoot (0.74 when recorded)
-    assert abs(ends["new"][1] - target) < 0.02, ends                  # the search itself ends on the target
-    assert abs(ends["new"][2] - target) < 0.03, ends                  # and so do the hard sizes it extracts
-    assert ends["new"][0] > ends["old"][0] + 0.02, ends               # after epoch 1 the warm-up is still above
+    for name in ("new", "prune"):
+        assert abs(ends[name][1] - target) < 0.02, ends               # the search itself ends on the target
+        assert abs(ends[name][2] - target) < 0.03, ends               # and so do the hard sizes it extracts
+        assert ends[name][0] > ends["old"][0] + 0.02, ends            # after epoch 1 the warm-up is still above
+    fixed = [m for m in logs if "widths fixed" in m]
+    assert len(fixed) == 1 and "warm-up over at step 135" in fixed[0], fixed   # ceil(0.5 * 3 * 90)
+    with pytest.raises(SearchError, match="prune_after_warmup=True needs target_warmup > 0"):
+        SearchConfig(target=0.5, prune_after_warmup=True)
 
 
 def test_proportional_gain_scales_lambda_by_the_last_error() -> None:

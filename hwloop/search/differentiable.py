@@ -119,6 +119,12 @@ class SearchConfig:
             the value of ``L`` (and the error λ follows) is the latency of the *hard* sizes extraction will use, its
             gradient the soft sizes' (straight-through): gates left between 0 and 1 round up at extraction, so a
             soft latency on the target can be a hard one above it. Without a target (fixed λ) the loss is linear.
+        prune_after_warmup: when the target warm-up ends, fix each channel group's width at its hard size —
+            moved to the target by :func:`enforce_budget` (and :func:`fill_budget` when ``fill_budget``) — and
+            hold the other channels' gates at zero for the rest of the search, so the remaining steps train the
+            weights at the widths extraction will use (bit gates keep moving). Without it, gates left between 0
+            and 1 still carry signal in the gated model and extraction drops it, and ``fill_budget`` grows widths
+            whose weights never trained. Needs ``target_warmup > 0``.
         keep_rule: ``effective`` (top ``ceil(s(a))`` gates) or ``nonzero``.
         tile: round widths up to a multiple of this when that costs no predicted latency.
         merge_lowrank: merge a factorised layer back when dense is not slower.
@@ -149,6 +155,7 @@ class SearchConfig:
     target_curve: str = "cubic"
     dual_kp: float = 0.0
     latency_penalty: str = "linear"
+    prune_after_warmup: bool = False
     keep_rule: str = "effective"
     tile: int = 1
     merge_lowrank: bool = True
@@ -181,6 +188,10 @@ class SearchConfig:
         if self.latency_penalty not in LATENCY_PENALTIES:
             raise SearchError(f"latency_penalty={self.latency_penalty!r} is unknown; allowed: "
                               f"{', '.join(LATENCY_PENALTIES)}")
+        if not isinstance(self.prune_after_warmup, bool):
+            raise SearchError(f"prune_after_warmup={self.prune_after_warmup!r} must be true or false")
+        if self.prune_after_warmup and not tw > 0:
+            raise SearchError("prune_after_warmup=True needs target_warmup > 0 (it prunes when the warm-up ends)")
         kp = self.dual_kp
         if not isinstance(kp, (int, float)) or isinstance(kp, bool) or not 0.0 <= kp < math.inf:
             raise SearchError(f"dual_kp={kp!r} must be a finite number >= 0")
@@ -249,10 +260,12 @@ def _hard_sizes(gm: GatedModel, widths: Mapping[str, int] | None = None) -> dict
     return out
 
 
-def round_widths_to_tile(gm: GatedModel, latency: LatencyModel, tile: int) -> dict[str, int]:
-    """Each group's hard width, rounded up to a multiple of ``tile`` when the latency model says
+def round_widths_to_tile(gm: GatedModel, latency: LatencyModel, tile: int,
+                         start: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Each group's hard width (or ``start``'s), rounded up to a multiple of ``tile`` when the latency model says
     that costs nothing (the device pads partial tiles anyway)."""
     widths = {k: g.hard_size() for k, g in gm.channel_gates.items()}
+    widths.update(start or {})
     if tile <= 1:
         return widths
     for key, w in list(widths.items()):
@@ -371,6 +384,23 @@ def fill_budget(gm: GatedModel, latency: LatencyModel, widths: Mapping[str, int]
     return w
 
 
+def _prune_to_budget(gm: GatedModel, latency: LatencyModel, config: SearchConfig, l0: float,
+                     say: Callable[[str], None], when: str) -> dict[str, int]:
+    """The widths ``prune_after_warmup`` fixes: the hard sizes, shrunk to the target if above it
+    (:func:`enforce_budget`) and, with ``fill_budget``, grown back to it (:func:`fill_budget`)."""
+    assert config.target is not None
+    budget = config.target * l0
+    widths = {k: g.hard_size() for k, g in gm.channel_gates.items()}
+    before = float(latency(_hard_sizes(gm, widths)).detach())
+    widths = enforce_budget(gm, latency, widths, budget)
+    if config.fill_budget:
+        widths = fill_budget(gm, latency, widths, budget)
+    after = float(latency(_hard_sizes(gm, widths)).detach())
+    say(f"search: {when}; widths fixed: hard sizes gave {before / l0:.3f} x original, fixed at {after / l0:.3f} x "
+        f"(target {config.target:.3f})")
+    return widths
+
+
 def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loader: DataLoader[Any],
                           eval_fn: Callable[[nn.Module], float] | None, config: SearchConfig, *,
                           model: nn.Module | None = None, log: Callable[[str], None] | None = None,
@@ -442,6 +472,9 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
 
     t_search = 0.0
     ratio, t_eff = 1.0, config.target_at(0, total)
+    warm_end = math.ceil(config.target_warmup * total) if config.prune_after_warmup else None
+    frozen: dict[str, int] | None = None       # widths fixed when the warm-up ends (prune_after_warmup)
+    masks: dict[str, torch.Tensor] = {}
     for ep in range(config.search_epochs):
         sums = {"loss": 0.0, "task": 0.0, "ratio": 0.0}
         n = 0
@@ -462,7 +495,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                     # 0 and 1 round up: bits to the next level, widths to ceil(s(a))), the gradient the soft one's
                     # (straight-through); no pull once that is within the target in force
                     with torch.no_grad():
-                        hard_t = latency(_hard_sizes(gm)) / l0
+                        hard_t = latency(_hard_sizes(gm, frozen)) / l0
                     ratio_t = ratio_t + (hard_t - ratio_t).detach()
                     loss = task + lam * torch.clamp(ratio_t - t_eff, min=0.0)
                 else:
@@ -473,6 +506,13 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 opt_w.step()
                 opt_g.step()
                 gm.project_()
+                if warm_end is not None and frozen is None and step + 1 >= warm_end:
+                    frozen = _prune_to_budget(gm, latency, config, l0, say, f"warm-up over at step {step + 1}")
+                    masks = {k: g.keep_mask(frozen[k]) for k, g in gm.channel_gates.items()}
+                if masks:
+                    with torch.no_grad():
+                        for k, m in masks.items():
+                            gm.channel_gates[k].values()[~m] = 0.0
                 ratio = float(ratio_t.detach())
                 if t_eff is not None:  # PI control of log(lambda): scale-free, fast in short schedules
                     err = ratio / t_eff - 1.0
@@ -501,7 +541,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
         t1 = time.perf_counter()
         with led.phase("extract", trial=trial):
             gm.eval()
-            widths = round_widths_to_tile(gm, latency, config.tile)
+            widths = round_widths_to_tile(gm, latency, config.tile, frozen)
             hard_search = float(latency(_hard_sizes(gm, widths)).detach())
             if config.target is not None:
                 before = hard_search
