@@ -255,7 +255,8 @@ def test_cli_search_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     spec = tmp_path / "s.toml"
     spec.write_text('name = "cli"\n[data]\ntask = "digits"\ntrain_limit = 256\n'
                     '[schedule]\nsearch_epochs = 1\nfinetune_epochs = 1\n[device]\nname = "asic-tpu32"\n'
-                    '[space]\nbits = true\na_bits = 8\n', encoding="utf-8")
+                    '[space]\nbits = true\na_bits = 8\n[budget]\ntarget = 0.5\ntarget_warmup = 0.5\n'
+                    'latency_penalty = "hinge"\nprune_after_warmup = true\n', encoding="utf-8")
     out = tmp_path / "run"
     assert main(["search", "run", str(spec), "--out", str(out), "--no-progress"]) == 0
     for f in ("plan.json", "weights.safetensors", "metrics.json", "search.log", "latency_vs_accuracy.png",
@@ -265,6 +266,7 @@ def test_cli_search_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert m["measured_ms"] > 0 and m["original_measured_ms"] > 0 and m["measure_method"] == "layers"
     assert m["params"] < m["original_params"]
     assert "latency model: l1/l2 surrogate" in (out / "search.log").read_text()
+    assert "hinge penalty" in (out / "search.log").read_text() and "widths fixed" in (out / "search.log").read_text()
     assert main(["search", "show", str(out)]) == 0
 
 
@@ -276,6 +278,10 @@ def test_cli_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["search", "run", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "target" in err and "Traceback" not in err
+    spec.write_text('name = "x"\n[budget]\ntarget_warmup = 1.5\n', encoding="utf-8")
+    assert main(["search", "run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "[budget] target_warmup=1.5 must be a fraction of the search steps in [0, 1]" in err and "Traceback" not in err
     assert main(["search", "space", "nope_model"]) == 2
 
 
@@ -439,8 +445,12 @@ def test_effective_target_schedule_values() -> None:
     for kp in (-1.0, math.inf, True):
         with pytest.raises(SearchError, match="dual_kp=.* must be a finite number >= 0"):
             SearchConfig(target=0.5, dual_kp=kp)
-    spec = SearchSpec.from_dict({"name": "x", "budget": {"target": 0.6, "target_warmup": 0.4, "dual_kp": 1.0}})
+    spec = SearchSpec.from_dict({"name": "x", "budget": {"target": 0.6, "target_warmup": 0.4, "dual_kp": 1.0,
+                                                          "prune_after_warmup": True}})
     assert (spec.budget.target_warmup, spec.budget.target_curve, spec.budget.dual_kp) == (0.4, "cubic", 1.0)
+    assert spec.budget.prune_after_warmup
+    with pytest.raises(SearchError, match=r"\[budget\] prune_after_warmup=True needs target_warmup > 0"):
+        SearchSpec.from_dict({"name": "x", "budget": {"prune_after_warmup": True}})
     with pytest.raises(SearchError, match=r"\[budget\] target_curve='step' is unknown"):
         SearchSpec.from_dict({"name": "x", "budget": {"target_curve": "step"}})
 

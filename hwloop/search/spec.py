@@ -17,6 +17,7 @@ Example spec::
     target = 0.5
     target_warmup = 0.5          # anneal the target from 1.0 over the first half of the search steps
     latency_penalty = "hinge"    # no pull below the target in force (lands on it instead of overshooting)
+    prune_after_warmup = true    # then train the rest of the search at the widths extraction will use
     [space]
     bits = false
     [schedule]
@@ -124,6 +125,7 @@ class BudgetSection:
     target_curve: str = "cubic"
     dual_kp: float = 0.0
     latency_penalty: str = "linear"
+    prune_after_warmup: bool = False
 
     def __post_init__(self) -> None:
         if self.target is not None and not 0 < self.target <= 1:
@@ -134,7 +136,8 @@ class BudgetSection:
 
         try:   # one set of rules for the schedule fields: SearchConfig's
             SearchConfig(target=self.target, dual_lr=self.dual_lr, target_warmup=self.target_warmup,
-                         target_curve=self.target_curve, dual_kp=self.dual_kp, latency_penalty=self.latency_penalty)
+                         target_curve=self.target_curve, dual_kp=self.dual_kp, latency_penalty=self.latency_penalty,
+                         prune_after_warmup=self.prune_after_warmup)
         except SearchError as e:
             raise SearchError(f"[budget] {e}") from e
 
