@@ -149,11 +149,14 @@ def bench_adaptive(d: Path, args: argparse.Namespace) -> dict:
         return lat[[index[id(s)] for s in batch]]
 
     full, rounds = len(specs), args.rounds
+    import inspect
+
+    init_pct = round(100 * inspect.signature(adaptive_sample).parameters["init_frac"].default)
     ev = make_predictor("xgboost").get_params()
     ev_txt = (f"default xgboost, {ev['n_estimators']} trees of depth {ev['max_depth']}, lr {ev['learning_rate']}, "
               f"colsample {ev['colsample_bytree']}")
     print(f"\n=== adaptive vs random sampling on {d} (pool {full} layers, {n_test} held out; simulated device = "
-          f"recorded timings; {rounds} rounds after a 30% random seed set; eval model: {ev_txt}; "
+          f"recorded timings; {rounds} rounds after a {init_pct}% random seed set; eval model: {ev_txt}; "
           f"seeds {','.join(map(str, args.seeds))})", flush=True)
     res: dict = {"pool": full, "held_out": n_test, "eval_model": ev_txt, "runs": {}}
     for strategy, pct in args.plan:

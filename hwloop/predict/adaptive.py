@@ -301,7 +301,7 @@ def _error_driven(table: np.ndarray, x_all: np.ndarray, tr_idx: np.ndarray, tr_y
 
 
 def adaptive_sample(pool: Sequence[Any], measure: Callable[[list[Any]], np.ndarray], budget: int, *,
-                    rounds: int = 8, init_frac: float = 0.3, strategy: str = "error", members: int = 4,
+                    rounds: int = 8, init_frac: float = 0.5, strategy: str = "error", members: int = 4,
                     n_estimators: int = 50, seed: int = 0, eval_specs: Sequence[Any] | None = None,
                     eval_ms: Any = None, make_eval: Callable[[], Any] | None = None,
                     known: Mapping[int, float] | None = None, progress: bool = True) -> AdaptiveResult:
@@ -312,7 +312,8 @@ def adaptive_sample(pool: Sequence[Any], measure: Callable[[list[Any]], np.ndarr
         measure: callback returning latencies (ms; NaN for a failure) for a list of specs.
         budget: number of new measurements.
         rounds: rounds after the random seed set (``init_frac`` of the budget).
-        init_frac: fraction of the budget measured at random first.
+        init_frac: fraction of the budget measured at random first (0.5 since the third session: on the
+            47k-layer CPU set it beat 0.3 on a tuning split, 96.37% vs 96.21% at half the pool).
         strategy: ``"error"`` (default; see the module docstring), ``"diverse"`` (ensemble disagreement,
             one pick per k-means cluster of the most uncertain candidates), ``"spread"`` (the most
             uncertain candidates) or ``"random"``.
