@@ -79,7 +79,7 @@ def test_error_strategy_spends_the_budget_where_the_predictor_misses() -> None:
     res = {s: adaptive_sample(pool, measure, 150, rounds=3, strategy=s, members=3, n_estimators=30, seed=1,
                               progress=False) for s in ("error", "random")}
     assert len(set(res["error"].indices)) == 150
-    later = np.asarray(res["error"].indices[45:])  # after the random seed set (30% of the budget)
+    later = np.asarray(res["error"].indices[75:])  # after the random seed set (50% of the budget)
     share = hard[later].mean()
     # with ~100 rows every kind still misses often (see the allocation), so the shift is moderate
     assert share > hard.mean() + 0.07, (share, hard.mean())
