@@ -227,9 +227,7 @@ def _differentiable(spec: CompareSpec, obj: Any, ledger: ComputeLedger, say: Cal
         cfg = SearchConfig(search_epochs=sch.search_epochs, finetune_epochs=sch.finetune_epochs, lr=sch.lr,
                            gate_lr=sch.gate_lr, weight_decay=sch.weight_decay,
                            lam=v if kind == "lam" else s.budget.lam, target=v if kind == "target" else None,
-                           dual_lr=s.budget.dual_lr, dual_kp=s.budget.dual_kp, target_warmup=s.budget.target_warmup,
-                           target_curve=s.budget.target_curve, latency_penalty=s.budget.latency_penalty,
-                           prune_after_warmup=s.budget.prune_after_warmup, keep_rule=sch.keep_rule,
+                           **s.budget.schedule_kwargs(), keep_rule=sch.keep_rule,
                            tile=s.space.tile, max_steps=sch.max_steps, seed=s.seed, quantize_activations=False)
         # float activations, as the Optuna trials fine-tune and score them; no per-epoch evaluation: like an Optuna trial, each candidate is evaluated once, after fine-tuning
         res = differentiable_search(obj.space, obj.latency, obj.task.train, None, cfg, ledger=ledger, trial=i)

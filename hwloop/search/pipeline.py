@@ -115,11 +115,7 @@ def _run(spec: SearchSpec, out: Path, say: Callable[[str], None], progress: bool
                                max_grid_points=spec.predictor.max_grid_points, aggregate=spec.predictor.aggregate)
     cfg = SearchConfig(search_epochs=sch.search_epochs, finetune_epochs=sch.finetune_epochs, lr=sch.lr,
                        gate_lr=sch.gate_lr, weight_decay=sch.weight_decay, lam=spec.budget.lam,
-                       target=spec.budget.target, dual_lr=spec.budget.dual_lr,
-                       target_warmup=spec.budget.target_warmup, target_curve=spec.budget.target_curve,
-                       dual_kp=spec.budget.dual_kp, latency_penalty=spec.budget.latency_penalty,
-                       prune_after_warmup=spec.budget.prune_after_warmup,
-                       keep_rule=sch.keep_rule,
+                       target=spec.budget.target, **spec.budget.schedule_kwargs(), keep_rule=sch.keep_rule,
                        tile=spec.space.tile, max_steps=sch.max_steps, seed=spec.seed)
     res = differentiable_search(space, lat, task.train, task.eval_fn, cfg, log=say, progress=progress)
     save_compressed(res.model, res.plan, out)

@@ -135,11 +135,15 @@ class BudgetSection:
         from hwloop.search.differentiable import SearchConfig
 
         try:   # one set of rules for the schedule fields: SearchConfig's
-            SearchConfig(target=self.target, dual_lr=self.dual_lr, target_warmup=self.target_warmup,
-                         target_curve=self.target_curve, dual_kp=self.dual_kp, latency_penalty=self.latency_penalty,
-                         prune_after_warmup=self.prune_after_warmup)
+            SearchConfig(target=self.target, **self.schedule_kwargs())
         except SearchError as e:
             raise SearchError(f"[budget] {e}") from e
+
+    def schedule_kwargs(self) -> dict[str, Any]:
+        """The :class:`SearchConfig` fields that say how λ follows the target (everything but ``target``/``lam``)."""
+        return {"dual_lr": self.dual_lr, "target_warmup": self.target_warmup, "target_curve": self.target_curve,
+                "dual_kp": self.dual_kp, "latency_penalty": self.latency_penalty,
+                "prune_after_warmup": self.prune_after_warmup}
 
 
 @dataclass(frozen=True)
