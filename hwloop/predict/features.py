@@ -152,7 +152,7 @@ def _gemm_sizes(c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.nd
     return m, k, n, np.where(conv, g, 1)
 
 
-def _gemm(t: np.ndarray) -> list[np.ndarray]:
+def _gemm(t: np.ndarray, sizes: tuple[np.ndarray, ...] | None = None) -> list[np.ndarray]:
     """GEMM view ``M×K · K×N`` (per group) and array-fold counts for 16/32/64-wide arrays.
 
     conv: M = batch·out positions, K = in/groups·kernel area, N = out/groups (× groups folds);
@@ -161,7 +161,7 @@ def _gemm(t: np.ndarray) -> list[np.ndarray]:
     (B > A models low-bit weights packed several per processing element).
     """
     c = {n: t[:, _R[n]] for n in RAW_COLUMNS}
-    m, k, n, reps = _gemm_sizes(c)
+    m, k, n, reps = sizes if sizes is not None else _gemm_sizes(c)
     rank = c["rank"]
     out = [m, k, n, np.log2(m + 1), np.log2(k + 1), np.log2(n + 1)]
     folds = [np.ceil(k / w) * np.ceil(n / w) * reps for w in (16, 32, 64)]
@@ -171,12 +171,13 @@ def _gemm(t: np.ndarray) -> list[np.ndarray]:
     return out + folds + [np.log2(f * (m + 2 * w) + 1) for f, w in zip(folds, (16, 32, 64))] + second + work
 
 
-def _accel(t: np.ndarray) -> dict[str, np.ndarray]:
-    """Schema-2 quantities (linear scale): packed fold work per array width, bytes at bits, tiled traffic."""
+def _accel(t: np.ndarray, sizes: tuple[np.ndarray, ...] | None = None) -> dict[str, np.ndarray]:
+    """Schema-2 quantities (linear scale): packed fold work per array width, bytes at bits, tiled traffic.
+    ``sizes``: :func:`_gemm_sizes` of ``t`` when the caller has them already."""
     c = {n: t[:, _R[n]] for n in RAW_COLUMNS}
     conv = c["op"] == 0
     rank, cout = c["rank"], c["out_channels"]
-    m, k, n, reps = _gemm_sizes(c)
+    m, k, n, reps = sizes if sizes is not None else _gemm_sizes(c)
     wb, ab, native = c["w_bits"], c["a_bits"], 8 * c["dtype_bytes"]
     pack = np.where((wb > 0) & (wb < 8), np.clip(np.floor(8 / np.maximum(wb, 1)), 1, 4), 1.0)
     out: dict[str, np.ndarray] = {}
@@ -283,10 +284,10 @@ def features_from_table(t: np.ndarray, schema: int = FEATURE_SCHEMA,
         *(x & (m - 1) for x in (ici, ico) for m in (8, 16, 32, 64)), irk & 7, irk & 15,
         *(pad_in[m] * pad_out[m] for m in (8, 16, 32, 64)),
         np.log2(macs * pad_in[32] * pad_out[32] + 1),
-        *_gemm(t),
+        *_gemm(t, sizes := _gemm_sizes({name: c(name) for name in RAW_COLUMNS})),
     ]
     if schema >= 2:
-        a = _accel(t)
+        a = _accel(t, sizes)
         if accel_out is not None:
             accel_out.update(a)
         for w in _ARRAYS:
