@@ -17,10 +17,12 @@ of a built-in family). See ``docs/store.md`` for the full schema. Example::
     resolution = [8, 16, 32]
 
 :func:`run_sweep` asks the store what is missing for the device's fingerprint and timing,
-measures it in batches (or streams with ``device.measure_iter`` when the device has it) and
-commits every result the moment it arrives, so a killed sweep loses nothing it reported
-and a re-run measures only the rest. :func:`run_farm` does the same on several devices at
-once, one thread per device; devices with the same fingerprint share one queue.
+claims it in batches (a lease in the store, :mod:`hwloop.store._claims`, so several processes
+or hosts running the same spec into one store measure each key once), measures each batch (or
+streams with ``device.measure_iter`` when the device has it) and commits every result the
+moment it arrives, so a killed sweep loses nothing it reported and a re-run measures only the
+rest. :func:`run_farm` does the same on several devices at once, one thread per device;
+devices with the same fingerprint share one claim queue.
 
 Example:
     >>> from hwloop.sweep import SweepSpec
@@ -35,7 +37,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import queue
 import threading
 import time
 import warnings
@@ -51,6 +52,7 @@ from hwloop.errors import ConfigError, DeviceError, HwloopError, WorkloadError
 if TYPE_CHECKING:
     from hwloop.models import ModelRef
     from hwloop.store import MeasurementStore
+    from hwloop.store._claims import ClaimQueue
     from hwloop.workload import LayerSpec
 
 __all__ = ["SweepSpec", "SweepSummary", "run_sweep", "run_farm", "SPACE_DEFAULTS", "LAYER_OPS", "ResultCallback"]
@@ -390,17 +392,22 @@ class SweepSpec:
 
 @dataclass
 class SweepSummary:
-    """What a sweep did.
+    """What a sweep did; ``measured + skipped + others + failed`` is the number of distinct requests
+    when every device finished.
 
     Attributes:
-        measured: ok results stored. skipped: requests already in the store (or stored meanwhile).
-        failed: error results stored. per_device: device name → the same counts + ``wall_s`` + ``error``.
-        wall_s: elapsed seconds.
+        measured: ok results this process stored. skipped: requests already in the store at the start.
+        others: requests another worker (process or host on the same store) stored while this one ran.
+        failed: error results this process stored.
+        taken_over: expired leases of dead workers this process took over (and measured or found stored).
+        per_device: device name → the same counts + ``wall_s`` + ``error``. wall_s: elapsed seconds.
     """
 
     measured: int = 0
     skipped: int = 0
     failed: int = 0
+    others: int = 0
+    taken_over: int = 0
     per_device: dict[str, dict[str, Any]] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -408,11 +415,6 @@ class SweepSummary:
     def errors(self) -> dict[str, str]:
         """Device name → the error that stopped it (empty when every device finished)."""
         return {k: v["error"] for k, v in self.per_device.items() if v.get("error")}
-
-
-def _batches(reqs: Sequence[MeasureRequest], n: int) -> Iterator[list[MeasureRequest]]:
-    for i in range(0, len(reqs), n):
-        yield list(reqs[i:i + n])
 
 
 def _measure(device: Device, batch: list[MeasureRequest], timing: TimingConfig
@@ -428,34 +430,43 @@ def _measure(device: Device, batch: list[MeasureRequest], timing: TimingConfig
 
 
 class _Worker:
-    """Pulls batches from a queue, measures them on one device and commits each result."""
+    """Claims batches from a :class:`ClaimQueue`, measures them on one device and commits each result."""
 
-    def __init__(self, device: Device, fp: Any, timing: TimingConfig, store: MeasurementStore, todo: queue.Queue,
-                 stats: dict[str, Any], bar: Any, on_result: ResultCallback | None, lock: threading.Lock,
-                 stop: threading.Event) -> None:
-        self.device, self.fp, self.timing, self.store, self.todo = device, fp, timing, store, todo
-        self.stats, self.bar, self.on_result, self.lock, self.stop = stats, bar, on_result, lock, stop
+    def __init__(self, device: Device, fp: Any, timing: TimingConfig, store: MeasurementStore, claims: ClaimQueue,
+                 by_key: Mapping[str, MeasureRequest], bs: int, stats: dict[str, Any], bar: Any,
+                 on_result: ResultCallback | None, lock: threading.Lock, stop: threading.Event) -> None:
+        self.device, self.fp, self.timing, self.store, self.claims = device, fp, timing, store, claims
+        self.by_key, self.bs, self.stats, self.bar, self.on_result = by_key, bs, stats, bar, on_result
+        self.lock, self.stop = lock, stop
         self.exc: BaseException | None = None
+
+    def _batch(self, keys: list[str]) -> None:
+        done: list[str] = []
+        try:
+            for req, res in _measure(self.device, [self.by_key[k] for k in keys], self.timing):
+                stored = self.store.add(self.fp, req, res)
+                done.append(req.key)
+                status = ("ok" if res.ok else "failed") if stored else "kept"
+                logger.info("stored device=%s workload=%s timing=%s status=%s", self.device.name, req.key,
+                            res.timing.key, status)
+                self.stats["others" if not stored else "measured" if res.ok else "failed"] += 1
+                if self.bar is not None:
+                    self.bar.update(1)
+                if self.on_result is not None:
+                    with self.lock:
+                        self.on_result(req, res, stored)
+        finally:  # a batch cut short goes back to the queue (for this process's other devices, or others)
+            self.claims.release(done)
+            self.claims.release([k for k in keys if k not in set(done)], done=False)
 
     def run(self) -> None:
         t0 = time.perf_counter()
         try:
             while not self.stop.is_set():
-                try:
-                    batch = self.todo.get_nowait()
-                except queue.Empty:
+                keys = self.claims.next_batch(self.bs, self.stop)
+                if not keys:
                     break
-                for req, res in _measure(self.device, batch, self.timing):
-                    stored = self.store.add(self.fp, req, res)
-                    status = ("ok" if res.ok else "failed") if stored else "kept"
-                    logger.info("stored device=%s workload=%s timing=%s status=%s", self.device.name, req.key,
-                                res.timing.key, status)
-                    self.stats["skipped" if not stored else "measured" if res.ok else "failed"] += 1
-                    if self.bar is not None:
-                        self.bar.update(1)
-                    if self.on_result is not None:
-                        with self.lock:
-                            self.on_result(req, res, stored)
+                self._batch(keys)
         except Exception as e:  # noqa: BLE001 - recorded; run_sweep re-raises it, run_farm reports it
             self.exc = e
             self.stats["error"] = str(e) if isinstance(e, HwloopError) else f"{type(e).__name__}: {e}"
@@ -465,11 +476,15 @@ class _Worker:
 
 def _run(requests: Sequence[MeasureRequest], devices: Sequence[Device], store: MeasurementStore,
          timings: Sequence[TimingConfig], *, progress: bool, batch_size: int, retry_failed: bool,
-         on_result: ResultCallback | None, threaded: bool) -> tuple[SweepSummary, list[_Worker]]:
+         on_result: ResultCallback | None, threaded: bool, lease_s: float | None
+         ) -> tuple[SweepSummary, list[_Worker]]:
     from tqdm.auto import tqdm
+
+    from hwloop.store._claims import DEFAULT_LEASE_S, ClaimQueue, check_lease, worker_id
 
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    lease_s = check_lease(DEFAULT_LEASE_S if lease_s is None else lease_s)
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise ConfigError(f"device names must be distinct, got {names}")
@@ -480,32 +495,30 @@ def _run(requests: Sequence[MeasureRequest], devices: Sequence[Device], store: M
     for i, (fp, t) in enumerate(zip(fps, timings)):
         groups.setdefault((fp.key, t.key), []).append(i)
     workers: list[_Worker] = []
-    bars = []
+    bars, queues = [], []
     lock, stop = threading.Lock(), threading.Event()
+    by_key = {r.key: r for r in reversed(requests)}  # the first request of each key
     for pos, members in enumerate(groups.values()):
         first = members[0]
-        todo_reqs = store.missing(fps[first], requests, timings[first], retry_failed=retry_failed)
-        n_unique = len({r.key for r in requests})
-        todo: queue.Queue = queue.Queue()
-        # A streaming device (measure_iter, e.g. a remote agent) stores each result on arrival, so bigger
-        # batches cost no durability and save a round trip per batch; shared queues keep batches moderate.
-        streaming = all(callable(getattr(devices[i], "measure_iter", None)) for i in members)
-        if not streaming:
-            bs = batch_size
-        elif len(members) == 1:
-            bs = max(batch_size, len(todo_reqs))
-        else:  # several devices share this queue: batches small enough that every one gets work
-            bs = max(batch_size, min(64, len(todo_reqs) // (2 * len(members))))
-        for b in _batches(todo_reqs, bs):
-            todo.put(b)
         label = "+".join(names[i] for i in members)
-        bar = tqdm(total=len(todo_reqs), desc=label, unit="meas", position=pos, disable=not progress, leave=True)
+        claims = ClaimQueue(store, fps[first], timings[first], [r.key for r in requests], retry_failed=retry_failed,
+                            lease_s=lease_s, worker=worker_id(label))
+        queues.append((claims, members[0]))
+        # A streaming device (measure_iter, e.g. a remote agent) stores each result on arrival, so bigger
+        # batches cost no durability and save a round trip per batch; claimed batches stay moderate
+        # (at most 64 unless batch_size asks for more) so that other workers on the store get work too.
+        streaming = all(callable(getattr(devices[i], "measure_iter", None)) for i in members)
+        n_todo = len(claims.todo)
+        bs = max(batch_size, min(64, n_todo // (2 * len(members)))) if streaming else batch_size
+        bar = tqdm(total=n_todo, desc=label, unit="meas", position=pos, disable=not progress, leave=True)
+        claims.on_resolved = bar.update
         bars.append(bar)
         for j, i in enumerate(members):
-            stats = {"measured": 0, "skipped": n_unique - len(todo_reqs) if j == 0 else 0, "failed": 0,
-                     "wall_s": 0.0, "error": None}
+            stats = {"measured": 0, "skipped": claims.already if j == 0 else 0, "others": 0, "failed": 0,
+                     "taken_over": 0, "wall_s": 0.0, "error": None}
             summary.per_device[names[i]] = stats
-            workers.append(_Worker(devices[i], fps[i], timings[i], store, todo, stats, bar, on_result, lock, stop))
+            workers.append(_Worker(devices[i], fps[i], timings[i], store, claims, by_key, bs, stats, bar, on_result,
+                                   lock, stop))
     try:
         if threaded and len(workers) > 1:
             threads = [threading.Thread(target=w.run, name=f"hwloop-sweep-{w.device.name}") for w in workers]
@@ -524,12 +537,16 @@ def _run(requests: Sequence[MeasureRequest], devices: Sequence[Device], store: M
             for w in workers:
                 w.run()
     finally:
+        for claims, _ in queues:
+            claims.close()
         for bar in bars:
             bar.close()
+    for claims, first in queues:  # keys found stored by other workers count once, on the group's first device
+        summary.per_device[names[first]]["others"] += claims.by_others
+        summary.per_device[names[first]]["taken_over"] = claims.taken_over
     for st in summary.per_device.values():
-        summary.measured += st["measured"]
-        summary.skipped += st["skipped"]
-        summary.failed += st["failed"]
+        for k in ("measured", "skipped", "others", "failed", "taken_over"):
+            setattr(summary, k, getattr(summary, k) + st[k])
     summary.wall_s = round(time.perf_counter() - t0, 3)
     return summary, workers
 
@@ -543,8 +560,13 @@ def _device_timing(device: Device, timing: TimingConfig | None) -> TimingConfig:
 
 def run_sweep(requests: Sequence[MeasureRequest], device: Device, store: MeasurementStore,
               timing: TimingConfig | None = None, *, progress: bool = True, batch_size: int = 8,
-              retry_failed: bool = True, on_result: ResultCallback | None = None) -> SweepSummary:
+              retry_failed: bool = True, on_result: ResultCallback | None = None,
+              lease_s: float | None = None) -> SweepSummary:
     """Measure what ``store`` lacks of ``requests`` on ``device``; each result is committed as it arrives.
+
+    Work is claimed in the store, so sweeps of the same requests running at once (other processes or
+    hosts on one store) split it and each key is measured once; this call returns when every key is
+    stored, by it or by others (a dead worker's keys are taken over when its lease expires).
 
     Args:
         requests: what to measure (duplicates are measured once).
@@ -555,6 +577,7 @@ def run_sweep(requests: Sequence[MeasureRequest], device: Device, store: Measure
         batch_size: requests per ``device.measure`` call.
         retry_failed: re-measure requests whose stored row is a failure.
         on_result: called as ``on_result(request, result, stored)`` after each commit.
+        lease_s: seconds a claim lives without a heartbeat (default 60; renewed every third of it).
 
     Raises:
         HwloopError: the device failed as a whole (every result reported before that is stored).
@@ -566,7 +589,8 @@ def run_sweep(requests: Sequence[MeasureRequest], device: Device, store: Measure
         (64, 0)
     """
     summary, workers = _run(requests, [device], store, [_device_timing(device, timing)], progress=progress,
-                            batch_size=batch_size, retry_failed=retry_failed, on_result=on_result, threaded=False)
+                            batch_size=batch_size, retry_failed=retry_failed, on_result=on_result, threaded=False,
+                            lease_s=lease_s)
     if workers[0].exc is not None:
         raise workers[0].exc
     return summary
@@ -575,11 +599,11 @@ def run_sweep(requests: Sequence[MeasureRequest], device: Device, store: Measure
 def run_farm(requests: Sequence[MeasureRequest], devices: Sequence[Device], store: MeasurementStore,
              timing: TimingConfig | None = None, *, progress: bool = True, batch_size: int = 8,
              retry_failed: bool = True, on_result: ResultCallback | None = None,
-             timings: Mapping[str, TimingConfig] | None = None) -> SweepSummary:
+             timings: Mapping[str, TimingConfig] | None = None, lease_s: float | None = None) -> SweepSummary:
     """Measure ``requests`` on every device in parallel (one thread each), all writing to ``store``.
 
     Each device measures the whole sweep under its own fingerprint; devices with the same
-    fingerprint and timing (identical boards) share one queue and split the work. A device
+    fingerprint and timing (identical boards) share one claim queue and split the work. A device
     that fails as a whole stops alone: see :attr:`SweepSummary.errors`.
 
     Args:
@@ -596,5 +620,5 @@ def run_farm(requests: Sequence[MeasureRequest], devices: Sequence[Device], stor
         raise ConfigError("run_farm needs at least one device")
     ts = [(timings or {}).get(d.name) or _device_timing(d, timing) for d in devices]
     summary, _ = _run(requests, devices, store, ts, progress=progress, batch_size=batch_size,
-                      retry_failed=retry_failed, on_result=on_result, threaded=True)
+                      retry_failed=retry_failed, on_result=on_result, threaded=True, lease_s=lease_s)
     return summary

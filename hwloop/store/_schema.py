@@ -6,6 +6,9 @@ Version history:
   ``meta`` table, no ``mode``, ``per_layer_json``, ``extra_json`` or ``hwloop_version``.
 * **v1**: ``meta`` (``schema_version``), ``devices`` (key, name, backend, fingerprint JSON)
   and ``measurements`` with a unique constraint on (device_key, workload_key, timing_key).
+  ``claims`` (work leases of concurrent sweeps, :mod:`hwloop.store._claims`) is additive: it
+  is created on open when missing, so a v1 store of any age gains it without a version bump
+  and older hwloop versions still open the store (they ignore the table).
 
 ``_MIGRATIONS`` maps a version to the function upgrading it to the next one; every
 upgrade runs inside the same transaction as the version bump, so a crash leaves the old
@@ -22,7 +25,7 @@ import sqlalchemy as sa
 
 from hwloop.errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "metadata", "meta_t", "devices_t", "measurements_t", "V0_DDL",
+__all__ = ["SCHEMA_VERSION", "metadata", "meta_t", "devices_t", "measurements_t", "claims_t", "V0_DDL",
            "detect_version", "ensure_schema"]
 
 SCHEMA_VERSION = 1
@@ -67,6 +70,19 @@ measurements_t = sa.Table(
     sa.Column("created_at", sa.String(40), nullable=False),
     sa.Column("hwloop_version", sa.String(32), nullable=False),
     sa.UniqueConstraint("device_key", "workload_key", "timing_key", name="uq_measurement_key"),
+)
+
+#: In-flight work of concurrent sweeps: one row per (device, workload, timing) key a worker is measuring,
+#: until ``expires_at`` (seconds since the epoch on the database's clock; renewed by the worker's heartbeat).
+#: A row whose lease expired may be taken over; a finished key's row is deleted (its measurement is the record).
+claims_t = sa.Table(
+    "claims", metadata,
+    sa.Column("device_key", sa.String(64), primary_key=True),
+    sa.Column("workload_key", sa.String(64), primary_key=True),
+    sa.Column("timing_key", sa.String(64), primary_key=True),
+    sa.Column("worker", sa.String(200), nullable=False),
+    sa.Column("claimed_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
 )
 
 #: The v0 (prototype) layout, kept to create "old" stores in upgrade tests on any backend.
@@ -169,4 +185,6 @@ def ensure_schema(conn: sa.Connection, url: str) -> int:
     if found < SCHEMA_VERSION:
         conn.execute(meta_t.delete().where(meta_t.c.key == "schema_version"))
         conn.execute(meta_t.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+    if "claims" not in sa.inspect(conn).get_table_names():  # additive (see the module docstring)
+        claims_t.create(conn)
     return found
