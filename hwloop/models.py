@@ -9,7 +9,10 @@ can be generated for data sets and search:
 * ``mobilenetv2`` — MobileNetV2 for CIFAR (stride-1 stem).
 
 A user model is named ``"package.module:factory"``; the factory is called with the
-ref's ``kwargs``.
+ref's ``kwargs``. Such a name imports code, so it resolves only after an explicit opt-in
+(``allow_import=True``, ``hwloop --allow-import``, or ``HWLOOP_ALLOW_IMPORT=1``; see
+:mod:`hwloop.trust`): a ``ModelRef`` read from a file without it is still a valid description
+(it can be stored, listed and exported) but :meth:`ModelRef.build` refuses it.
 
 Example:
     >>> from hwloop.models import ModelRef
@@ -190,23 +193,24 @@ BUILTIN_MODELS: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
     "resnet56": (lambda **kw: CifarResNet(depth=56, **kw), (3, 32, 32)),
     "vgg16": (VGG, (3, 32, 32)),
     "mobilenetv2": (MobileNetV2, (3, 32, 32)),
+    # GPU data-set architectures (hwloop/gpu_models.py, imported when built)
+    "vgg16_gap": (lambda **kw: importlib.import_module("hwloop.gpu_models").GAP_VGG16(**kw), (3, 32, 32)),
+    "resnet18": (lambda **kw: importlib.import_module("hwloop.gpu_models").ResNet18(**kw), (3, 224, 224)),
 }
 
 
-def _resolve(name: str) -> tuple[Callable[..., nn.Module], tuple[int, ...] | None]:
+def _resolve(name: str, allow_import: bool | None = None) -> tuple[Callable[..., nn.Module], tuple[int, ...] | None]:
+    """The factory and default input shape of a model name, under the import policy of :mod:`hwloop.trust`."""
+    from hwloop.trust import resolve
+
     if name in BUILTIN_MODELS:
         return BUILTIN_MODELS[name]
     if ":" not in name:
         raise ConfigError(f"model {name!r} is unknown; allowed: {', '.join(BUILTIN_MODELS)} "
-                          "or 'package.module:factory'")
-    mod_name, _, attr = name.partition(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ConfigError(f"model {name!r}: cannot import module {mod_name!r} ({e})") from e
-    factory = getattr(mod, attr, None)
+                          "or 'package.module:factory' (with --allow-import)")
+    factory = resolve(name, what="model", builtins=tuple(BUILTIN_MODELS), allow_import=allow_import)
     if not callable(factory):
-        raise ConfigError(f"model {name!r}: {mod_name} has no callable {attr!r}")
+        raise ConfigError(f"model {name!r}: {name.partition(':')[0]} has no callable {name.partition(':')[2]!r}")
     return factory, None
 
 
@@ -220,6 +224,8 @@ class ModelRef:
         input_shape: per-sample input shape (C, H, W); defaults to the built-in's.
         batch: batch size of the example input.
         dtype: ``float32``/``float16``/``bfloat16``.
+        allow_import: opt in to importing a ``module:factory`` name (not part of the description:
+            never read from or written to files).
     """
 
     name: str
@@ -227,10 +233,18 @@ class ModelRef:
     input_shape: tuple[int, ...] = ()
     batch: int = 1
     dtype: str = "float32"
+    allow_import: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        factory, default_shape = _resolve(self.name)
-        del factory
+        from hwloop.trust import HWLOOP_FACTORIES, import_allowed, is_import_name
+
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"model name {self.name!r} must be a non-empty string")
+        if (self.name in BUILTIN_MODELS or self.name in HWLOOP_FACTORIES or import_allowed(self.allow_import)
+                or not is_import_name(self.name)):
+            _, default_shape = _resolve(self.name, self.allow_import)  # checks the name (imports only if allowed)
+        else:
+            default_shape = None  # an untrusted module:factory name: a description only; build() refuses it
         shape = tuple(int(x) for x in self.input_shape) or default_shape
         if not shape:
             raise ConfigError(f"model {self.name!r} needs an input_shape (e.g. [3, 32, 32])")
@@ -247,7 +261,7 @@ class ModelRef:
 
     def build(self) -> nn.Module:
         """Instantiate the model (eval mode, the ref's dtype, CPU, seeded weights)."""
-        factory, _ = _resolve(self.name)
+        factory, _ = _resolve(self.name, self.allow_import)
         torch.manual_seed(0)
         try:
             model = factory(**self.kwargs)
@@ -265,12 +279,13 @@ class ModelRef:
                 "batch": self.batch, "dtype": self.dtype}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ModelRef:
+    def from_dict(cls, d: Mapping[str, Any], *, allow_import: bool = False) -> ModelRef:
+        """A ref from its :meth:`to_dict` form (a file's ``module:factory`` name stays unresolved unless allowed)."""
         allowed = {"name", "kwargs", "input_shape", "batch", "dtype"}
         if not isinstance(d, Mapping) or "name" not in d or set(d) - allowed:
             raise ConfigError(f"model description needs 'name' and only {sorted(allowed)}, got {d!r}")
         return cls(name=str(d["name"]), kwargs=dict(d.get("kwargs", {})), input_shape=tuple(d.get("input_shape", ())),
-                   batch=int(d.get("batch", 1)), dtype=str(d.get("dtype", "float32")))
+                   batch=int(d.get("batch", 1)), dtype=str(d.get("dtype", "float32")), allow_import=allow_import)
 
     @property
     def key(self) -> str:
@@ -283,9 +298,9 @@ class ModelRef:
         return f"{self.name}({kw})" if kw else self.name
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a built-in or ``module:factory`` model by name."""
-    return ModelRef(name, kwargs).build()
+def build_model(name: str, *, allow_import: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a built-in or (with ``allow_import=True``) ``module:factory`` model by name."""
+    return ModelRef(name, kwargs, allow_import=allow_import).build()
 
 
 def random_width_kwargs(name: str, rng: Any) -> dict[str, Any]:

@@ -163,8 +163,13 @@ def _driver_version(smi: Mapping[str, Any]) -> str:
 
 
 @contextmanager
-def backend_flags(*, cudnn_benchmark: bool, allow_tf32: bool) -> Iterator[None]:
+def backend_flags(*, cudnn_benchmark: bool, allow_tf32: bool | None = None, allow_tf32_conv: bool = True,
+                  allow_tf32_matmul: bool = False) -> Iterator[None]:
     """Set ``cudnn.benchmark`` and TF32 for the duration of a block, restoring them after.
+
+    ``allow_tf32_conv`` / ``allow_tf32_matmul`` set ``torch.backends.cudnn.allow_tf32`` /
+    ``torch.backends.cuda.matmul.allow_tf32`` (PyTorch's defaults: True / False); ``allow_tf32``,
+    when given, sets both.
 
     Example:
         >>> import torch
@@ -172,10 +177,12 @@ def backend_flags(*, cudnn_benchmark: bool, allow_tf32: bool) -> Iterator[None]:
         ...     torch.backends.cudnn.benchmark
         True
     """
+    if allow_tf32 is not None:
+        allow_tf32_conv = allow_tf32_matmul = allow_tf32
     old = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32_matmul
+    torch.backends.cudnn.allow_tf32 = allow_tf32_conv
     try:
         yield
     finally:
@@ -246,7 +253,11 @@ class CudaDevice:
         timing: default :class:`TimingConfig` for :meth:`measure`.
         device_index: which GPU (as torch numbers them, i.e. after ``CUDA_VISIBLE_DEVICES``).
         cudnn_benchmark: let cuDNN autotune convolution algorithms (part of the fingerprint).
-        allow_tf32: allow TF32 tensor cores for float32 matmul/conv (part of the fingerprint).
+        allow_tf32_conv: allow TF32 tensor cores for float32 convolutions (``cudnn.allow_tf32``;
+            PyTorch's default True; part of the fingerprint).
+        allow_tf32_matmul: allow TF32 for float32 matmul/linear (``cuda.matmul.allow_tf32``; PyTorch's
+            default False; part of the fingerprint).
+        allow_tf32: when given, sets both of the above (older profiles).
 
     Raises:
         DeviceUnavailableError: torch sees no CUDA GPU on this machine.
@@ -261,10 +272,14 @@ class CudaDevice:
     backend = "cuda"
 
     def __init__(self, name: str = "local-gpu", timing: TimingConfig | None = None, device_index: int = 0,
-                 cudnn_benchmark: bool = True, allow_tf32: bool = False, **_ignored: Any) -> None:
+                 cudnn_benchmark: bool = True, allow_tf32: bool | None = None, allow_tf32_conv: bool = True,
+                 allow_tf32_matmul: bool = False, **_ignored: Any) -> None:
         if not isinstance(device_index, int) or isinstance(device_index, bool) or device_index < 0:
             raise ConfigError(f"device {name!r}: device_index={device_index!r} must be an integer >= 0")
-        for opt, v in (("cudnn_benchmark", cudnn_benchmark), ("allow_tf32", allow_tf32)):
+        for opt, v in (("cudnn_benchmark", cudnn_benchmark), ("allow_tf32", allow_tf32),
+                       ("allow_tf32_conv", allow_tf32_conv), ("allow_tf32_matmul", allow_tf32_matmul)):
+            if v is None and opt == "allow_tf32":
+                continue
             if not isinstance(v, bool):
                 raise ConfigError(f"device {name!r}: {opt}={v!r} must be true or false")
         if timing is not None and timing.mode not in CUDA_MODES:
@@ -281,7 +296,10 @@ class CudaDevice:
         self.timing = timing or TimingConfig()
         self.device_index = device_index
         self.cudnn_benchmark = cudnn_benchmark
-        self.allow_tf32 = allow_tf32
+        if allow_tf32 is not None:
+            allow_tf32_conv = allow_tf32_matmul = allow_tf32
+        self.allow_tf32_conv = allow_tf32_conv
+        self.allow_tf32_matmul = allow_tf32_matmul
 
     @property
     def torch_device(self) -> str:
@@ -307,7 +325,7 @@ class CudaDevice:
         identity = {"gpu": props.name, "compute_capability": f"{props.major}.{props.minor}",
                     "driver": _driver_version(smi), "cuda": torch.version.cuda, "cudnn": cudnn,
                     "torch": torch.__version__.split("+")[0], "cudnn_benchmark": self.cudnn_benchmark,
-                    "allow_tf32": self.allow_tf32}
+                    "cudnn_allow_tf32": self.allow_tf32_conv, "matmul_allow_tf32": self.allow_tf32_matmul}
         return DeviceFingerprint(name=self.name, backend=self.backend, identity=identity, info=info)
 
     def _measure_one(self, req: MeasureRequest, timing: TimingConfig, deadline: Deadline) -> MeasureResult:
@@ -355,7 +373,8 @@ class CudaDevice:
         if t.mode not in CUDA_MODES:
             raise ConfigError(f"the cuda backend supports modes {', '.join(CUDA_MODES)}, not {t.mode!r}")
         out: list[MeasureResult] = []
-        with backend_flags(cudnn_benchmark=self.cudnn_benchmark, allow_tf32=self.allow_tf32), \
+        with backend_flags(cudnn_benchmark=self.cudnn_benchmark, allow_tf32_conv=self.allow_tf32_conv,
+                           allow_tf32_matmul=self.allow_tf32_matmul), \
                 torch.cuda.device(self.device_index):
             for req in requests:
                 out.append(self._measure_safely(req, t))
