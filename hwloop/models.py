@@ -259,6 +259,14 @@ class ModelRef:
             raise ConfigError(f"model kwargs must be JSON-serialisable: {e}") from e
         object.__setattr__(self, "kwargs", dict(self.kwargs))
 
+    def require_trust(self) -> ModelRef:
+        """Raise now (ConfigError saying how to opt in) if :meth:`build` would be refused; returns self.
+
+        Specs call this when they are read, so a refused name is an error before any work starts.
+        """
+        _resolve(self.name, self.allow_import)
+        return self
+
     def build(self) -> nn.Module:
         """Instantiate the model (eval mode, the ref's dtype, CPU, seeded weights)."""
         factory, _ = _resolve(self.name, self.allow_import)

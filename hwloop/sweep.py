@@ -280,7 +280,7 @@ class SweepSpec:
         if not isinstance(models, list) or not isinstance(rws, list):
             raise ConfigError(f"{where}: models must be [[models]] tables and random_widths a table or tables")
         try:
-            refs = tuple(ModelRef.from_dict(m) for m in models)
+            refs = tuple(ModelRef.from_dict(m).require_trust() for m in models)  # module:factory needs the opt-in
         except (ConfigError, TypeError, ValueError) as e:
             raise ConfigError(f"{where}: [[models]]: {e}") from e
         rw_keys = {"family", "n", "seed", "batch", "dtype", "input_shape", "kwargs"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+import warnings
 
 import typer
 
@@ -38,6 +39,12 @@ def _usage_error_types() -> tuple[type[Exception], ...]:
     return tuple(types)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Warnings on the command line are one line each: ``warning: <message>``."""
+    print(f"warning: {str(message).splitlines()[0] if str(message) else category.__name__}", file=sys.stderr)
+
+
 def fail(msg: str) -> None:
     """Print ``error: msg`` on stderr and exit 2."""
     print(f"error: {msg}", file=sys.stderr)
@@ -46,10 +53,14 @@ def fail(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hwloop`` script; returns the exit status."""
+    from hwloop.trust import preserved
+
     _load_commands()
     cmd = typer.main.get_command(app)
     try:
-        rv = cmd.main(args=argv, prog_name="hwloop", standalone_mode=False)
+        with preserved(), warnings.catch_warnings():  # --allow-import lasts one command (in-process callers)
+            warnings.showwarning = _show_warning
+            rv = cmd.main(args=argv, prog_name="hwloop", standalone_mode=False)
     except HwloopError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,6 +17,20 @@ predictor_app = typer.Typer(help="Fit, evaluate and inspect latency predictors."
 search_app = typer.Typer(help="Hardware-aware compression search.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks whose output the docs quote.", no_args_is_help=True)
 
+
+
+@app.callback()
+def _root(allow_import: bool = typer.Option(
+        False, "--allow-import",
+        help="trust module:factory names in files and specs (models, objectives, predictor classes): import and "
+             "run that code. Off by default; also HWLOOP_ALLOW_IMPORT=1.")) -> None:
+    """Hardware-in-the-loop latency modelling and compression search."""
+    from hwloop.trust import set_allow_import
+
+    if allow_import:
+        set_allow_import(True)
+
+
 app.add_typer(devices_app, name="devices")
 app.add_typer(data_app, name="data")
 app.add_typer(predictor_app, name="predictor")

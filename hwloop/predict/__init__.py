@@ -75,8 +75,9 @@ def make_predictor(kind: str, **kwargs: Any) -> Any:
 
     if kind not in PREDICTORS:
         raise PredictorError(f"predictor kind {kind!r} is unknown; allowed: {', '.join(PREDICTOR_KINDS)}")
-    mod, _, cls = PREDICTORS[kind].partition(":")
-    return getattr(importlib.import_module(mod), cls)(**kwargs)
+    from hwloop.trust import import_builtin
+
+    return import_builtin(PREDICTORS[kind])(**kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -31,7 +31,7 @@ import numpy as np
 from hwloop.errors import NotFittedError, PredictorError
 from hwloop.predict.features import FEATURE_SCHEMA, features_from_table, spec_table, specs_from_any, table_from_frame
 
-__all__ = ["BasePredictor", "LatencyPredictor", "PredictorWarning", "data_hash"]
+__all__ = ["BasePredictor", "LatencyPredictor", "PredictorWarning", "checked_latencies", "data_hash"]
 
 
 class PredictorWarning(UserWarning):
@@ -67,6 +67,21 @@ def _latencies(x: Any, y: Any) -> np.ndarray:
         bad = arr[~(np.isfinite(arr) & (arr > 0))][0]
         raise PredictorError(f"latency {bad!r} is invalid; latencies must be finite and > 0 ms")
     return arr
+
+
+def checked_latencies(ms: Any, who: str, *, allow_zero: bool = False) -> np.ndarray:
+    """``ms`` as float64, or a PredictorError if any latency is NaN, infinite or negative (or 0).
+
+    A predictor only computes such values from a file out of its valid range, so hwloop never
+    prints or optimises them.
+    """
+    out = np.asarray(ms, dtype=np.float64)
+    ok = np.isfinite(out) & ((out >= 0) if allow_zero else (out > 0))
+    if not ok.all():
+        bad = out[~ok]
+        raise PredictorError(f"{who} predicted {bad[0]!r} ms for {bad.size} of {out.size} layer(s); latencies must be "
+                             "finite and > 0 (the predictor file is out of range: refit it)")
+    return out
 
 
 class BasePredictor:
@@ -148,7 +163,7 @@ class BasePredictor:
         table = self._table(x)
         if table.shape[0] == 0:
             return np.zeros(0)
-        return np.asarray(self._predict_table(table), dtype=np.float64)
+        return checked_latencies(self._predict_table(table), type(self).__name__)
 
     def score(self, x: Any, y: Any = None) -> float:
         """Fraction of layers predicted within ±10% (higher is better, like scikit-learn's ``score``)."""
@@ -208,7 +223,8 @@ class BasePredictor:
         agg = getattr(self, "aggregator_", None)
         if not calibrated or agg is None:
             return float(ms.sum())
-        return float(agg.predict_one(ops, ms))
+        return float(checked_latencies(np.array([agg.predict_one(ops, ms)]), f"{type(self).__name__} aggregator",
+                                       allow_zero=len(ops) == 0)[0])
 
     def predict_model(self, model: Any, example: Any, *, calibrated: bool = True, device: Any = None) -> float:
         """Whole-model latency (ms) of ``model`` run on ``example`` (traced with ``extract_workload``).
@@ -241,14 +257,19 @@ class BasePredictor:
 
     # ------------------------------------------------------------------ device checks
     def check_device(self, device: Any, mode: str | None = None) -> bool:
-        """Warn (:class:`PredictorWarning`) if ``device`` (a Device or fingerprint) or ``mode`` differ.
+        """Warn (:class:`PredictorWarning`) if ``device`` (a Device, fingerprint or device name) or ``mode`` differ.
 
         Returns:
             True when the device and mode match.
         """
         fp = device.fingerprint() if hasattr(device, "fingerprint") and callable(device.fingerprint) else device
         ok = True
-        if self.fingerprint is not None and fp is not None and getattr(fp, "key", None) != self.fingerprint.key:
+        if isinstance(fp, str):  # a device name (no probe): compare names
+            if self.fingerprint is not None and fp != self.fingerprint.name:
+                warnings.warn(f"predictor was fitted on device {self.fingerprint.name!r} ({self.fingerprint.key}); "
+                              f"using it for {fp!r}", PredictorWarning, stacklevel=2)
+                ok = False
+        elif self.fingerprint is not None and fp is not None and getattr(fp, "key", None) != self.fingerprint.key:
             warnings.warn(f"predictor was fitted on device {self.fingerprint.name!r} ({self.fingerprint.key}); "
                           f"using it for {getattr(fp, 'name', fp)!r} ({getattr(fp, 'key', '?')})",
                           PredictorWarning, stacklevel=2)

@@ -8,6 +8,12 @@ SHA-256 of every file; ``metadata_sha256`` covers the metadata itself. Loading a
 another schema version, with a tampered hash or a modified model file fails with one line.
 No pickle anywhere.
 
+A predictor file is untrusted input (it may come from someone else, and anyone can recompute
+its hashes): every metadata field and array is validated on load
+(:mod:`hwloop.predict.validate`), an XGBoost model is parsed and checked by hwloop before
+XGBoost sees it (:mod:`hwloop.predict.booster_check`), and a ``predictor`` that is not a
+built-in kind but a ``module:Class`` is imported only with the opt-in of :mod:`hwloop.trust`.
+
 Training data comes from a measurement directory of JSON lines (``layers.jsonl``,
 ``models.jsonl``, ``workloads.jsonl`` as written by ``benchmarks/record_cpu_dataset.py``)
 or from a :class:`hwloop.store.MeasurementStore` URL.
@@ -25,7 +31,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import importlib
 import json
 import os
 import warnings
@@ -153,13 +158,22 @@ def save_predictor(p: Any, path: Any) -> Path:
 
 def read_metadata(path: Any, *, verify: bool = True) -> dict[str, Any]:
     """The metadata of a predictor file, checked for schema version and hash unless ``verify`` is False."""
+    from hwloop.predict.validate import strict_json
+
     path = Path(path)
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > 64 << 20:
+            raise PredictorError(f"predictor file {str(path)!r} is larger than 64 MiB; it is not predictor metadata")
+        meta = strict_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise PredictorError(f"predictor file {str(path)!r} does not exist") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PredictorError(f"predictor file {str(path)!r} is not JSON metadata ({e})") from e
+    except IsADirectoryError as e:
+        raise PredictorError(f"predictor file {str(path)!r} is a directory; give the .json metadata file") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PredictorError(f"predictor file {str(path)!r} is not JSON metadata ({msg})") from e
+    except PredictorError as e:
+        raise PredictorError(f"predictor file {str(path)!r} is not valid metadata: {e}") from e
     if not isinstance(meta, dict):
         raise PredictorError(f"predictor file {str(path)!r} must hold a JSON object")
     if not verify:
@@ -173,14 +187,34 @@ def read_metadata(path: Any, *, verify: bool = True) -> dict[str, Any]:
         raise PredictorError(f"predictor file {str(path)!r} fails its metadata hash check (edited or corrupt); "
                              "refit or restore it")
     fs = meta.get("feature_schema")
-    if fs not in FEATURE_SCHEMAS or meta.get("features") != list(feature_names(fs)):
+    if isinstance(fs, bool) or fs not in FEATURE_SCHEMAS or meta.get("features") != list(feature_names(fs)):
         raise PredictorError(f"predictor file {str(path)!r} uses feature schema {fs!r}; this hwloop computes "
                              f"schemas {', '.join(map(str, FEATURE_SCHEMAS))} (refit it with 'hwloop predictor fit')")
+    from hwloop.predict.validate import validate_metadata
+
+    validate_metadata(meta, str(path), builtin_kind=meta.get("predictor") in PREDICTORS)
     return meta
 
 
-def load_predictor(path: Any) -> Any:
+def _predictor_class(kind: Any, path: Path, allow_import: bool | None) -> Any:
+    """The class of a file's ``predictor``: a built-in kind, or ``module:Class`` under :mod:`hwloop.trust`."""
+    from hwloop.predict.base import BasePredictor
+    from hwloop.trust import resolve
+
+    cls = resolve(str(kind), what=f"predictor class in {str(path)!r}", builtins=PREDICTORS,
+                  allow_import=allow_import, error=PredictorError)
+    if not (isinstance(cls, type) and issubclass(cls, BasePredictor)):
+        raise PredictorError(f"predictor class {kind!r} in {str(path)!r} is not a hwloop BasePredictor subclass")
+    return cls
+
+
+def load_predictor(path: Any, *, allow_import: bool | None = None) -> Any:
     """Load any predictor saved with ``save`` (see the module docstring for the checks).
+
+    Args:
+        path: the ``.json`` metadata file.
+        allow_import: allow a ``module:Class`` predictor class named in the file (imports that code;
+            default: only built-in kinds, unless ``hwloop --allow-import`` or ``HWLOOP_ALLOW_IMPORT=1``).
 
     Example:
         >>> import hwloop  # doctest: +SKIP
@@ -189,18 +223,16 @@ def load_predictor(path: Any) -> Any:
     """
     from hwloop.devices.base import DeviceFingerprint
     from hwloop.predict.aggregate import Aggregator
+    from hwloop.predict.validate import validate_arrays
 
     path = Path(path)
     meta = read_metadata(path)
     kind = meta.get("predictor")
-    if kind not in PREDICTORS:
-        raise PredictorError(f"predictor kind {kind!r} in {str(path)!r} is unknown; allowed: {', '.join(PREDICTORS)}")
-    mod, _, cls_name = PREDICTORS[kind].partition(":")
-    cls = getattr(importlib.import_module(mod), cls_name)
+    cls = _predictor_class(kind, path, allow_import)
     fp = DeviceFingerprint.from_dict(meta["fingerprint"]) if meta.get("fingerprint") else None
     try:
         p = cls(**meta.get("params", {}), fingerprint=fp, mode=meta.get("mode", "eager"))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise PredictorError(f"predictor file {str(path)!r} has bad params for {kind}: {e}") from e
     blobs: dict[str, bytes] = {}
     for role, info in meta.get("files", {}).items():
@@ -217,9 +249,19 @@ def load_predictor(path: Any) -> Any:
     if "arrays" in blobs:
         from safetensors.numpy import load
 
-        arrays = load(blobs["arrays"])
+        try:
+            arrays = load(blobs["arrays"])
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types on a corrupt file
+            raise PredictorError(f"predictor arrays file of {str(path)!r} is corrupt: "
+                                 f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    n_features = len(feature_names(int(meta["feature_schema"])))
+    validate_arrays(str(kind), arrays, str(path), n_features)
     p.feature_schema_ = int(meta["feature_schema"])
-    p._set_state(meta.get("state", {}), arrays, blobs.get("model"))
+    try:
+        p._set_state(meta.get("state", {}), arrays, blobs.get("model"))
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise PredictorError(f"predictor file {str(path)!r} has a malformed state for {kind}: "
+                             f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
     p.n_train_ = int(meta.get("n_train", 0))
     if meta.get("training_data_hash"):
         p.training_data_hash_ = meta["training_data_hash"]

@@ -160,7 +160,10 @@ class XGBoostPredictor(BasePredictor):
             raise PredictorError("this predictor boosts from a baseline: pass margin=log(baseline_ms(table)) or "
                                  "call predict(table)")
         kw = {} if margin is None else {"base_margin": np.asarray(margin, dtype=np.float32)}
-        return np.exp(self.booster_.inplace_predict(np.asarray(x, dtype=np.float32), **kw).astype(np.float64))
+        from hwloop.predict.base import checked_latencies
+
+        return checked_latencies(np.exp(self.booster_.inplace_predict(np.asarray(x, dtype=np.float32), **kw)
+                                        .astype(np.float64)), type(self).__name__)
 
     def _table(self, x: Any) -> np.ndarray:
         """As for every predictor; a columnar batch's raw table is derived in ``n_jobs`` threads."""
@@ -254,9 +257,15 @@ class XGBoostPredictor(BasePredictor):
             self.baseline = "none"  # schema-1 files (and baseline="none" fits) boost from the mean
         if native is None:
             raise PredictorError("an XGBoost predictor file needs its .ubj model beside it")
+        from hwloop.predict.booster_check import checked_booster
+        from hwloop.predict.features import feature_names
+
+        # XGBoost's loader can crash the process on a corrupt file: it only ever sees bytes hwloop parsed,
+        # checked and re-encoded itself
+        canonical = checked_booster(native, n_features=len(feature_names(getattr(self, "feature_schema_", 1))))
         self.booster_ = xgb.Booster(params={"nthread": self.n_jobs})
         try:
-            self.booster_.load_model(bytearray(native))
+            self.booster_.load_model(bytearray(canonical))
         except xgb.core.XGBoostError as e:
             raise PredictorError(f"XGBoost model is corrupt: {str(e).splitlines()[0]}") from e
 

@@ -491,6 +491,8 @@ def select_latency_model(space: SearchSpace, *, predictor: Any = None, predictor
 
         predictor = load_predictor(predictor_path)
         reason = f"predictor file {predictor_path}"
+        if device:
+            predictor.check_device(device)  # warns (PredictorWarning) when it was fitted on another device
     elif predictor is None and store and device:
         predictor, reason = _fit_from_store(store, device, say)
     elif predictor is not None:

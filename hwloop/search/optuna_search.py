@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import importlib
 import os
 import re
 import socket
@@ -420,18 +419,11 @@ class _Heartbeat:
 
 
 def _resolve_objective(spec: Mapping[str, Any], allow_import: bool) -> ObjectiveFn:
+    """The objective a study's settings name: a built-in, or a ``module:factory`` under :mod:`hwloop.trust`."""
+    from hwloop.trust import resolve
+
     name = str(spec["name"])
-    target = OBJECTIVES.get(name)
-    if target is None:
-        if ":" not in name or not allow_import:
-            raise ConfigError(f"objective {name!r} is unknown; allowed: {', '.join(OBJECTIVES)}"
-                              + ("" if allow_import else " (module:factory needs --allow-import)"))
-        target = name
-    mod_name, _, fn_name = target.partition(":")
-    try:
-        factory = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"objective factory {target!r} cannot be imported: {e}") from e
+    factory = resolve(name, what="objective", builtins=OBJECTIVES, allow_import=allow_import)
     fn: ObjectiveFn = factory(dict(spec.get("params", {})))
     return fn
 
