@@ -15,6 +15,8 @@ Example::
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Sshd", "free_port", "SSHD", "REPO"]
+__all__ = ["Sshd", "free_port", "SSHD", "REPO", "board_python", "repack_wheel"]
 
 SSHD = "/usr/sbin/sshd"
 REPO = Path(__file__).resolve().parents[1]
@@ -159,3 +161,99 @@ class Sshd:
         }
         conn.update(overrides)
         return conn
+
+
+# ----------------------------------------------------------------------------- a board's Python
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _closure(names: tuple[str, ...]) -> list[object]:
+    """The installed distributions ``names`` need (their non-extra requirements, recursively)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    seen: dict[str, object] = {}
+    todo = list(names)
+    while todo:
+        n = todo.pop()
+        if _norm(n) in seen:
+            continue
+        try:
+            d = distribution(n)
+        except PackageNotFoundError:
+            continue  # an optional platform dependency this machine does not have
+        seen[_norm(n)] = d
+        for r in d.requires or []:
+            if "extra ==" not in r:
+                todo.append(re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0])
+    return list(seen.values())
+
+
+def board_python(root: Path, packages: tuple[str, ...] = ("torch", "numpy"), exclude: tuple[str, ...] = ()) -> Path:
+    """A stand-alone Python install at ``root`` whose site-packages hold only ``packages`` and their deps.
+
+    Like a vendor image (JetPack: the system Python with torch and numpy): its interpreter is a copy of
+    this machine's base interpreter binary, its standard library is linked from the base install, and
+    its own ``lib/pythonX.Y/site-packages`` links just the named distributions (files and
+    ``.dist-info``) from the test venv, minus ``exclude``. Neither the test venv's other packages nor
+    the base interpreter's site-packages are visible, also not to a ``venv --system-site-packages``
+    made from it. Returns the interpreter's path.
+    """
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    base = Path(os.path.realpath(sys._base_executable))  # type: ignore[attr-defined]
+    stdlib = Path(sys.base_prefix) / "lib" / ver
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(base, root / "bin" / ver)
+    os.symlink(ver, root / "bin" / "python3")
+    lib = root / "lib" / ver
+    lib.mkdir(parents=True)
+    for entry in stdlib.iterdir():
+        if entry.name not in ("site-packages", "dist-packages"):
+            os.symlink(entry, lib / entry.name)
+    site = lib / "site-packages"
+    site.mkdir()
+    skip = {_norm(e) for e in exclude}
+    for dist in _closure(packages):
+        if _norm(dist.metadata["Name"]) in skip:  # type: ignore[attr-defined]
+            continue
+        for top in {f.parts[0] for f in dist.files or []}:  # type: ignore[attr-defined]
+            src = Path(dist.locate_file(top))  # type: ignore[attr-defined]
+            if top not in ("..", "__pycache__") and src.exists() and not (site / top).exists():
+                os.symlink(src, site / top)
+    return root / "bin" / "python3"
+
+
+def repack_wheel(dist_name: str, out_dir: Path) -> Path:
+    """Re-pack an installed distribution (this machine's numpy, say) into a wheel, as a wheel cache holds.
+
+    Writes ``out_dir/<name>-<version>-<tags>.whl`` from the files its RECORD lists (bytecode and
+    scripts left out) with a fresh RECORD, for tests that must install a dependency offline.
+    """
+    import base64
+    import hashlib
+    import zipfile
+    from importlib.metadata import distribution
+
+    d = distribution(dist_name)
+    info = next(f for f in d.files or [] if f.name == "WHEEL" and f.parent.name.endswith(".dist-info"))
+    tags = [ln.split(":", 1)[1].strip() for ln in Path(d.locate_file(info)).read_text().splitlines()
+            if ln.startswith("Tag:")]
+    pys, abis, plats = (sorted({t.split("-")[i] for t in tags}) for i in range(3))
+    name = re.sub(r"[-_.]+", "_", d.metadata["Name"])
+    whl = out_dir / f"{name}-{d.version}-{'.'.join(pys)}-{'.'.join(abis)}-{'.'.join(plats)}.whl"
+    drop = {"INSTALLER", "REQUESTED", "direct_url.json", "RECORD"}
+    record: list[str] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(whl, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for f in d.files or []:
+            arc = f.as_posix()
+            if arc.startswith("..") or "__pycache__" in f.parts or (f.parent.name.endswith(".dist-info")
+                                                                    and f.name in drop):
+                continue
+            data = Path(d.locate_file(f)).read_bytes()
+            z.writestr(arc, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{arc},sha256={digest},{len(data)}")
+        rec = f"{info.parent.as_posix()}/RECORD"
+        z.writestr(rec, "\n".join([*record, f"{rec},,"]) + "\n")
+    return whl

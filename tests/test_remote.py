@@ -19,7 +19,7 @@ from hwloop.models import ModelRef
 from hwloop.workload import LayerSpec
 
 from conftest import REPO, require_sshd
-from sshd import Sshd, keygen
+from sshd import Sshd, board_python, keygen, repack_wheel
 
 pytestmark = [require_sshd, pytest.mark.sshd, pytest.mark.timeout(300)]
 
@@ -381,23 +381,111 @@ def test_farm_of_two_boards_and_one_device_shared_by_threads(sshd: Sshd, tmp_pat
 
 
 # ----------------------------------------------------------------------------- deploy
-@pytest.mark.slow
-def test_deploy_installs_this_version_in_a_venv_and_handshakes(sshd: Sshd, tmp_path: Path) -> None:
-    from hwloop import __version__
-    from hwloop.devices.profiles import DeviceProfile
-    from hwloop.remote import deploy
+HOST_ONLY = ("pandas", "typer", "xgboost", "sqlalchemy", "paramiko")  # hwloop dependencies the agent must not need
 
-    rdir = tmp_path / "board-home" / ".hwloop"
+
+def _board(tmp_path: Path, srv: Sshd, tag: str, exclude: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    """A board: a Python with only torch and numpy (like a vendor image), reached over the real sshd."""
+    from hwloop.devices.profiles import DeviceProfile
+
+    py = board_python(tmp_path / f"{tag}-python", exclude=exclude)
+    rdir = tmp_path / f"{tag}-home" / ".hwloop"
     rdir.parent.mkdir()
-    conn = sshd.connection(remote_dir=str(rdir), python=sys.executable)
-    prof = DeviceProfile.from_dict({"name": "board", "backend": "remote", "connection": conn,
+    conn = srv.connection(remote_dir=str(rdir), python=str(py))
+    prof = DeviceProfile.from_dict({"name": tag, "backend": "remote", "connection": conn,
                                     "timing": {"warmup": 1, "repeats": 3}})
+    return prof, py, rdir
+
+
+@pytest.fixture(scope="module")
+def hwloop_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hwloop.remote.deploy import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def _importable(py: Path | str, *mods: str) -> dict[str, bool]:
+    code = ("import importlib.util, json, sys; "
+            "print(json.dumps({m: importlib.util.find_spec(m) is not None for m in sys.argv[1:]}))")
+    p = subprocess.run([str(py), "-c", code, *mods], capture_output=True, text=True, check=True, cwd="/",
+                       env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    import json
+
+    return json.loads(p.stdout)
+
+
+@pytest.mark.slow
+def test_deploy_onto_a_bare_board_installs_no_host_dependencies_and_measures(sshd: Sshd, tmp_path: Path) -> None:
+    from hwloop import __version__
+    from hwloop.remote import RemoteDevice, deploy
+
+    prof, py, rdir = _board(tmp_path, sshd, "bare")
+    seen = _importable(py, "torch", "numpy", "hwloop", *HOST_ONLY)
+    assert seen == {"torch": True, "numpy": True, "hwloop": False, **{m: False for m in HOST_ONLY}}, seen
     steps: list[str] = []
-    out = deploy(prof, offline=True, progress=steps.append)
-    assert out["hwloop"] == __version__
+    out = deploy(prof, progress=steps.append)
+    assert out["hwloop"] == __version__ and out["installed"] == []
     assert str(out["hwloop_path"]).startswith(str(rdir / "venv")), out["hwloop_path"]
     assert (rdir / "wheels" / out["wheel"]).is_file()
-    assert any("uploading" in s for s in steps)
+    assert any("uploading" in s for s in steps) and any("--no-deps" in s for s in steps)
+    # the venv sees the board's torch and nothing of hwloop's host-side dependencies
+    venv_py = rdir / "venv" / "bin" / "python"
+    assert _importable(venv_py, "torch", "hwloop", *HOST_ONLY) == {"torch": True, "hwloop": True,
+                                                                   **{m: False for m in HOST_ONLY}}
+    ran = subprocess.run([str(venv_py), "-m", "hwloop", "profile", "x"], capture_output=True, text=True, cwd="/",
+                         check=False)
+    assert ran.returncode == 2 and "only the agent's dependencies" in ran.stderr and "Traceback" not in ran.stderr
+    # the deployed agent measures: a layer and a whole model
+    conn = {**dict(prof.connection), "agent_command": out["agent_command"], "env": {"OMP_NUM_THREADS": "1"}}
+    dev = RemoteDevice("bare", timing=FAST, connection=conn)
+    try:
+        reqs = [*layer_reqs(1), MeasureRequest.for_model(ModelRef("small_cnn", {"widths": [4, 8, 8]}))]
+        res = dev.measure(reqs)
+        assert dev.agent_info["hwloop"] == __version__
+    finally:
+        dev.close()
+    assert all(r.ok and r.latency_ms > 0 for r in res), [r.error for r in res]
+
+
+@pytest.mark.slow
+def test_deploy_names_a_missing_wheel_then_installs_it_from_a_wheelhouse(sshd: Sshd, tmp_path: Path,
+                                                                         hwloop_wheel: Path) -> None:
+    from hwloop.remote import deploy
+
+    prof, py, rdir = _board(tmp_path, sshd, "nonumpy", exclude=("numpy",))
+    assert _importable(py, "torch", "numpy") == {"torch": True, "numpy": False}
+    empty = tmp_path / "empty-house"
+    empty.mkdir()
+    with pytest.raises(ConfigError) as ei:
+        deploy(prof, wheel=hwloop_wheel, wheelhouse=empty)
+    msg = str(ei.value)
+    assert "\n" not in msg and "lacks numpy>=1.24" in msg and str(empty) in msg
+    assert "hwloop devices wheelhouse nonumpy" in msg and "pip download --only-binary=:all:" in msg
+    assert not (rdir / "venv").exists()  # refused before anything was installed
+    with pytest.raises(ConfigError, match="is not a folder"):
+        deploy(prof, wheel=hwloop_wheel, wheelhouse=tmp_path / "nowhere")
+    # an offline wheel cache (here: this machine's numpy, packed as a wheel) -> a wheelhouse -> deploy
+    cache = tmp_path / "cache"
+    repack_wheel("numpy", cache)
+    d = _profile_dir(tmp_path, sshd, remote_dir=str(rdir), python=str(py))
+    (d / "board.toml").rename(d / "nonumpy.toml")
+    text = (d / "nonumpy.toml").read_text().replace('name = "board"', 'name = "nonumpy"')
+    (d / "nonumpy.toml").write_text(text)
+    home = tmp_path / "home"
+    bad = _hwloop(["devices", "wheelhouse", "nonumpy", "--find-links", str(tmp_path / "nope")], d, home)
+    assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
+    made = _hwloop(["devices", "wheelhouse", "nonumpy", "--find-links", str(cache)], d, home)
+    assert made.returncode == 0, made.stderr + made.stdout
+    house = home / "wheelhouse" / "nonumpy"
+    assert [p.name.split("-")[0] for p in house.glob("*.whl")] == ["numpy"], made.stdout
+    dep = _hwloop(["devices", "deploy", "nonumpy", "--wheel", str(hwloop_wheel)], d, home)  # default wheelhouse
+    assert dep.returncode == 0, dep.stderr + dep.stdout
+    assert "numpy>=1.24 from the wheelhouse" in dep.stdout and "deployed hwloop" in dep.stdout
+    venv_py = rdir / "venv" / "bin" / "python"
+    site = subprocess.run([str(venv_py), "-c", "import numpy, sys; print(numpy.__file__)"], capture_output=True,
+                          text=True, check=True, cwd="/").stdout
+    assert site.startswith(str(rdir / "venv")), site  # numpy came from the wheelhouse into the venv
+    assert _importable(venv_py, *HOST_ONLY) == {m: False for m in HOST_ONLY}
 
 
 # ----------------------------------------------------------------------------- network namespace

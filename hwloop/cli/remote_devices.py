@@ -1,4 +1,4 @@
-"""``hwloop devices trust|deploy``: host keys and installation for ``remote`` devices."""
+"""``hwloop devices trust|deploy|wheelhouse``: host keys and offline installation for ``remote`` devices."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import typer
 from hwloop.cli._app import devices_app
 from hwloop.cli._common import console
 
-__all__ = ["trust", "deploy_cmd"]
+__all__ = ["trust", "deploy_cmd", "wheelhouse_cmd"]
 
 
 def _remote_profile(name: str):  # type: ignore[no-untyped-def]
@@ -60,9 +60,13 @@ def trust(
 def deploy_cmd(
     name: str = typer.Argument(..., help="remote device name (or profile path)"),
     wheel: str = typer.Option(None, "--wheel", help="prebuilt wheel of this hwloop version (default: build it)"),
-    offline: bool = typer.Option(False, "--offline", help="pip --no-index on the board (dependencies present)"),
+    wheelhouse: str = typer.Option(None, "--wheelhouse", help="folder of wheels for the board's platform "
+                                   "(default: ~/.hwloop/wheelhouse/NAME when it exists)"),
 ) -> None:
-    """Install this exact hwloop version on the board (wheel over SFTP, venv seeing the system torch).
+    """Install this exact hwloop version on the board, offline (wheels over SFTP, venv seeing the system torch).
+
+    The board needs no internet: hwloop goes in with ``--no-deps``; the agent needs only torch and
+    numpy, taken from the board's Python or from the wheelhouse (``hwloop devices wheelhouse``).
 
     Example: ``hwloop devices deploy jetson-orin``; then set the profile's ``agent_command``
     to the printed one (the default already points at ``.hwloop/venv``).
@@ -70,8 +74,32 @@ def deploy_cmd(
     from hwloop.remote import deploy
 
     prof = _remote_profile(name)
-    out = deploy(prof, wheel=wheel, offline=offline, progress=lambda m: console.print(f"• {m}"))
+    out = deploy(prof, wheel=wheel, wheelhouse=wheelhouse, progress=lambda m: console.print(f"• {m}"))
     fp = out["fingerprint"]
     console.print(f"deployed hwloop {out['hwloop']} to {prof.name} ({out['venv']}); board backend {fp['backend']}, "
                   f"fingerprint {fp['key']}")
     console.print(f"agent_command = {out['agent_command']}")
+
+
+@devices_app.command("wheelhouse")
+def wheelhouse_cmd(
+    name: str = typer.Argument(..., help="remote device name (or profile path)"),
+    dest: str = typer.Option(None, "--dir", help="wheelhouse folder (default: ~/.hwloop/wheelhouse/NAME)"),
+    find_links: str = typer.Option(None, "--find-links", help="take wheels from this local folder, not the index"),
+    add: list[str] = typer.Option([], "--add", help="another requirement to include, e.g. 'sympy>=1.13' (repeat)"),
+    include_present: bool = typer.Option(False, "--all", help="also download what the board already has"),
+) -> None:
+    """Download the wheels the board's agent lacks, for the board's Python and platform, for ``deploy``.
+
+    Run it where there is internet (or pass ``--find-links`` with a local wheel cache); the board is
+    only asked over SSH which Python, wheel tags and packages it has.
+
+    Example: ``hwloop devices wheelhouse jetson-orin && hwloop devices deploy jetson-orin``.
+    """
+    from hwloop.remote.wheelhouse import build_wheelhouse
+
+    prof = _remote_profile(name)
+    out = build_wheelhouse(prof, dest, find_links=find_links, add=add, include_present=include_present,
+                           progress=lambda m: console.print(f"• {m}"))
+    console.print(f"wheelhouse {out['wheelhouse']} for {out['board']}: {len(out['saved'])} wheels "
+                  f"({', '.join(out['saved']) or 'none needed'})")
