@@ -342,12 +342,16 @@ def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], l
 def make_loaders(name: str, batch_size: int, *, root: str | os.PathLike[str] | None = None,
                  val_fraction: float = 0.2, seed: int = 0, augment: bool = True, size: int = 32,
                  num_workers: int = 0, cache_dir: str | os.PathLike[str] | None = None,
-                 sha256: str | None = CIFAR10_SHA256, limit: int | None = None) -> tuple[DataLoader[Any], DataLoader[Any]]:
+                 sha256: str | None = CIFAR10_SHA256, limit: int | None = None,
+                 holdout: int = 0) -> tuple[DataLoader[Any], DataLoader[Any]]:
     """Train and validation ``DataLoader`` s for a data set.
 
     * ``digits``: stratified split by ``val_fraction``/``seed``; no augmentation.
     * ``cifar10``: train = the 50,000 training images (normalised, random crop with 4-pixel
-      padding + horizontal flip when ``augment``), validation = the 10,000 test images.
+      padding + horizontal flip when ``augment``), validation = the 10,000 test images; with
+      ``holdout=N``, validation = ``N`` training images chosen by ``seed`` (never augmented)
+      and train = the other ``50,000 - N``, so choices can be made without the test set
+      (score the test set with ``holdout=0``'s validation loader, once, at the end).
     * ``imagefolder``: ``root/train`` + ``root/val`` (or ``root/test``) when present, else a
       ``val_fraction`` split of ``root``; ImageNet normalisation, same augmentation.
 
@@ -365,6 +369,10 @@ def make_loaders(name: str, batch_size: int, *, root: str | os.PathLike[str] | N
         raise ConfigError(f"data set {name!r} is unknown; allowed: {', '.join(DATASETS)}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} must be a positive integer")
+    if not isinstance(holdout, int) or isinstance(holdout, bool) or holdout < 0:
+        raise ConfigError(f"holdout={holdout!r} must be a non-negative integer")
+    if holdout and name != "cifar10":
+        raise ConfigError(f"holdout={holdout} is only for cifar10 (digits and imagefolder split by val_fraction)")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit={limit!r} must be a positive integer or None")
     train_ds: Dataset[Any]
@@ -374,9 +382,16 @@ def make_loaders(name: str, batch_size: int, *, root: str | os.PathLike[str] | N
         val_ds = TensorDataset(*load_digits("val", val_fraction, seed))
     elif name == "cifar10":
         xt, yt = load_cifar10(root, "train", cache_dir, sha256=sha256)
-        xv, yv = load_cifar10(root, "test", cache_dir, sha256=sha256, progress=False)
-        train_ds = _Images(xt, yt, _Normalize(CIFAR10_MEAN, CIFAR10_STD, augment))
-        val_ds = _Images(xv, yv, _Normalize(CIFAR10_MEAN, CIFAR10_STD, False))
+        if holdout:
+            if holdout >= len(xt):
+                raise ConfigError(f"holdout={holdout} must be below the {len(xt)} training images")
+            tr_idx, va_idx = _split_indices(len(xt), holdout / len(xt), seed)
+            train_ds = _Images(xt[tr_idx], yt[tr_idx], _Normalize(CIFAR10_MEAN, CIFAR10_STD, augment))
+            val_ds = _Images(xt[va_idx], yt[va_idx], _Normalize(CIFAR10_MEAN, CIFAR10_STD, False))
+        else:
+            xv, yv = load_cifar10(root, "test", cache_dir, sha256=sha256, progress=False)
+            train_ds = _Images(xt, yt, _Normalize(CIFAR10_MEAN, CIFAR10_STD, augment))
+            val_ds = _Images(xv, yv, _Normalize(CIFAR10_MEAN, CIFAR10_STD, False))
     else:
         if root is None:
             raise ConfigError("data set 'imagefolder' needs root= (a folder of <class>/<image> files)")

@@ -251,3 +251,36 @@ def test_make_loaders_bad_arguments(kw: dict[str, object], match: str) -> None:
     args = {"name": "digits", "batch_size": 4, **kw}
     with pytest.raises(ConfigError, match=match):
         make_loaders(**args)  # type: ignore[arg-type]
+
+
+def test_cifar_holdout_is_carved_from_training_images(fake_cifar: Path, tmp_path: Path) -> None:
+    from hwloop.data import make_loaders
+
+    digest = sha256_file(fake_cifar)
+    kw = dict(root=fake_cifar, cache_dir=tmp_path / "c", sha256=digest, augment=False)
+    train_all, test = make_loaders("cifar10", 4, **kw)
+    n_train = len(train_all.dataset)
+    train, val = make_loaders("cifar10", 4, holdout=3, seed=1, **kw)
+    assert len(val.dataset) == 3 and len(train.dataset) == n_train - 3
+    xs_all = {bytes(x.numpy().tobytes()) for x, _ in train_all.dataset}
+    xs_val = [bytes(x.numpy().tobytes()) for x, _ in val.dataset]
+    xs_train = {bytes(x.numpy().tobytes()) for x, _ in train.dataset}
+    assert set(xs_val) <= xs_all and not set(xs_val) & xs_train  # from the training images, disjoint from train
+    assert len(test.dataset) == 24  # holdout=0 keeps the test images as the validation side
+    _, val_again = make_loaders("cifar10", 4, holdout=3, seed=1, **kw)
+    assert [bytes(x.numpy().tobytes()) for x, _ in val_again.dataset] == xs_val  # seeded
+
+
+@pytest.mark.parametrize("kw", [{"holdout": -1}, {"holdout": 10**9}, {"holdout": 1.5}])
+def test_cifar_holdout_bad_values(fake_cifar: Path, tmp_path: Path, kw: dict[str, object]) -> None:
+    from hwloop.data import make_loaders
+
+    with pytest.raises(ConfigError, match="holdout"):
+        make_loaders("cifar10", 4, root=fake_cifar, cache_dir=tmp_path / "c", sha256=sha256_file(fake_cifar), **kw)
+
+
+def test_holdout_is_only_for_cifar() -> None:
+    from hwloop.data import make_loaders
+
+    with pytest.raises(ConfigError, match="only for cifar10"):
+        make_loaders("digits", 4, holdout=10)
