@@ -19,14 +19,14 @@ def _summary_table(summary: Any, title: str) -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("device", "measured", "skipped", "failed", "wall s", "error"):
+    for col in ("device", "measured", "skipped", "by others", "failed", "wall s", "error"):
         table.add_column(col, justify="right" if col not in ("device", "error") else "left")
     for name, st in summary.per_device.items():
-        table.add_row(name, str(st["measured"]), str(st["skipped"]), str(st["failed"]), f"{st['wall_s']:.1f}",
-                      st.get("error") or "")
+        table.add_row(name, str(st["measured"]), str(st["skipped"]), str(st["others"]), str(st["failed"]),
+                      f"{st['wall_s']:.1f}", st.get("error") or "")
     if len(summary.per_device) > 1:
-        table.add_row("total", str(summary.measured), str(summary.skipped), str(summary.failed),
-                      f"{summary.wall_s:.1f}", "", style="bold")
+        table.add_row("total", str(summary.measured), str(summary.skipped), str(summary.others),
+                      str(summary.failed), f"{summary.wall_s:.1f}", "", style="bold")
     return table
 
 
@@ -49,6 +49,9 @@ def sweep(
                                       "misses per op kind, around badly predicted layers), diverse, spread, random"),
     rounds: int = typer.Option(8, "--rounds", help="--adaptive rounds after the random seed set"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+    lease: float = typer.Option(60.0, "--lease",
+                                help="seconds a claim on work lives without a heartbeat; sweeps of one spec into "
+                                     "one store split the work, and a dead one's claims are taken over after this"),
     log_stored: bool = typer.Option(False, "--log-stored",
                                     help="print one 'stored device=… workload=… timing=… status=…' line per "
                                          "committed result on stdout"),
@@ -57,9 +60,11 @@ def sweep(
     from hwloop.cli._common import console
     from hwloop.devices.profiles import create_device, load_profile
     from hwloop.store import MeasurementStore
+    from hwloop.store._claims import check_lease
     from hwloop.sweep import SweepSpec, run_farm
 
     sp = SweepSpec.from_toml(spec)
+    check_lease(lease, "--lease")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit} must be >= 1")
     if adaptive and (budget is None or budget < 1):
@@ -106,7 +111,7 @@ def sweep(
         if limit is not None:
             reqs = reqs[:limit]
         summary = run_farm(reqs, devs, st, progress=progress, batch_size=batch_size, retry_failed=retry_failed,
-                           timings=timings)
+                           timings=timings, lease_s=lease)
     finally:
         for d in devs:
             d.close()
@@ -114,5 +119,9 @@ def sweep(
         if handler is not None:
             logging.getLogger("hwloop.sweep").removeHandler(handler)
     console.print(_summary_table(summary, f"sweep {sp.name}: {len(reqs)} requests → {st!r}"))
+    console.print(f"sweep {sp.name}: measured {summary.measured}, already stored {summary.skipped}, "
+                  f"stored by other workers {summary.others}, failed {summary.failed}"
+                  + (f", took over {summary.taken_over} expired claim(s)" if summary.taken_over else ""),
+                  highlight=False)
     if summary.errors:
         raise typer.Exit(1)

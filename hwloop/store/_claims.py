@@ -15,10 +15,11 @@ One claim is one short write transaction, atomic on both backends:
   order, so two claimers never deadlock) and ``UPDATE … WHERE key IN (SELECT … WHERE expires_at <
   now FOR UPDATE SKIP LOCKED)`` for expired ones, so claimers never wait on each other's locks.
 
-After claiming, the same transaction reads the measurement rows of the window: a key already stored
-(an ok row, or a failure written after this sweep started) is *resolved* and its claim dropped, so
-nothing stored is measured again. Because claims are taken before the measurements are read and a
-worker stores a result before it releases the claim, a key is never measured twice by live workers.
+The same transaction reads the measurement rows of the window, before and after claiming: a key
+already stored (an ok row, or a failure written after this sweep started) is *resolved* and never
+measured, once no live lease of another worker is on it (an expired one is deleted). Because claims
+are taken before the measurements are read again and a worker stores a result before it releases
+the claim, a key is never measured twice by live workers.
 
 Example:
     >>> from hwloop.devices import DeviceFingerprint, TimingConfig
@@ -37,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -69,14 +71,20 @@ def worker_id(label: str = "") -> str:
     return ":".join(parts)
 
 
-def check_lease(lease_s: float) -> float:
-    """``lease_s`` as a float, or a one-line ConfigError when it is not a number of seconds >= 1."""
+def check_lease(lease_s: object, what: str = "lease_s") -> float:
+    """``lease_s`` as a float, or a one-line ConfigError when it is not a number of seconds in [1, 1e7).
+
+    Example:
+        >>> check_lease("0", "--lease")
+        Traceback (most recent call last):
+        hwloop.errors.ConfigError: --lease '0' must be a number of seconds from 1 to 1e7
+    """
     try:
-        v = float(lease_s)
+        v = float(lease_s)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ConfigError(f"lease {lease_s!r} must be a number of seconds >= 1") from None
-    if not 1.0 <= v < 1e7:  # also False for NaN
-        raise ConfigError(f"lease {lease_s!r} must be a number of seconds >= 1 (and below 1e7)")
+        v = math.nan
+    if isinstance(lease_s, bool) or not 1.0 <= v < 1e7:  # also False for NaN
+        raise ConfigError(f"{what} {lease_s!r} must be a number of seconds from 1 to 1e7")
     return v
 
 
@@ -168,9 +176,20 @@ class ClaimQueue:
         return sa.and_(c.device_key == self.device_key, c.timing_key == self.timing_key, c.workload_key.in_(keys))
 
     # ------------------------------------------------------------------ claiming
+    def _stored(self, conn: sa.Connection, keys: Sequence[str]) -> set[str]:
+        """Keys with a final row for this sweep: ok, or a failure written after the sweep started."""
+        m = measurements_t.c
+        q = sa.select(m.workload_key, m.error, m.created_at).where(
+            m.device_key == self.device_key, m.timing_key == self.timing_key, m.workload_key.in_(keys))
+        return {k for k, err, created in conn.execute(q) if err is None or self._failed_at.get(k) != created}
+
     def claim(self, n: int) -> list[str]:
-        """Claim up to ``n`` keys in one transaction (may return [] while other workers hold the rest)."""
-        c, m = claims_t.c, measurements_t.c
+        """Claim up to ``n`` keys in one transaction (may return [] while other workers hold the rest).
+
+        A key found stored is resolved (and never measured) unless another worker still holds a live
+        lease on it: then it waits for that worker's release, so no stale claim is left behind.
+        """
+        c = claims_t.c
         got: list[str] = []
         resolved: list[str] = []
         took = 0
@@ -182,41 +201,42 @@ class ClaimQueue:
             now = self._now(conn)
             vals = {"worker": self.worker, "claimed_at": now, "expires_at": now + self._lease()}
             for window in _chunks(remaining):
+                seen = {k: e for k, e in conn.execute(sa.select(c.workload_key, c.expires_at)
+                                                      .where(self._where(window)))}
+                stored = self._stored(conn, window)
+                stale = [k for k in stored if k in seen and seen[k] < now]  # a dead worker's finished keys
+                if stale:
+                    conn.execute(claims_t.delete().where(self._where(stale), c.expires_at < now))
+                resolved += [k for k in stored if k not in seen or seen[k] < now]
                 need = n - len(got)
-                if need > 0:
-                    seen = {k: e for k, e in conn.execute(sa.select(c.workload_key, c.expires_at)
-                                                          .where(self._where(window)))}
-                    free = [k for k in window if k not in seen][:need]
-                    if free:  # inserted in sorted key order: two claimers never wait on each other in a cycle
-                        ins = self.store._insert(claims_t).values(
-                            [{"device_key": self.device_key, "workload_key": k, "timing_key": self.timing_key,
-                              **vals} for k in sorted(free)])
-                        got += [k for (k,) in conn.execute(ins.on_conflict_do_nothing().returning(c.workload_key))]
-                    expired = [k for k, e in seen.items() if e < now]
-                    if expired and len(got) < n:
-                        lock = (sa.select(c.workload_key).where(self._where(expired), c.expires_at < now)
-                                .order_by(c.workload_key).limit(n - len(got)).with_for_update(skip_locked=True))
-                        upd = (claims_t.update().where(self._where(expired), c.expires_at < now,
-                                                       c.workload_key.in_(lock))
-                               .values(**vals).returning(c.workload_key))
-                        taken = [k for (k,) in conn.execute(upd)]
-                        took += len(taken)
-                        got += taken
-                # Stored keys in the window (claimed now, or held by someone else) are resolved.
-                q = sa.select(m.workload_key, m.error, m.created_at).where(
-                    m.device_key == self.device_key, m.timing_key == self.timing_key, m.workload_key.in_(window))
-                resolved += [k for k, err, created in conn.execute(q)
-                             if err is None or self._failed_at.get(k) != created]
+                mine: list[str] = []
+                free = [k for k in window if k not in seen and k not in stored][:need]
+                if free:  # inserted in sorted key order: two claimers never wait on each other in a cycle
+                    ins = self.store._insert(claims_t).values(
+                        [{"device_key": self.device_key, "workload_key": k, "timing_key": self.timing_key, **vals}
+                         for k in sorted(free)])
+                    mine += [k for (k,) in conn.execute(ins.on_conflict_do_nothing().returning(c.workload_key))]
+                expired = [k for k, e in seen.items() if e < now and k not in stored]
+                if expired and len(mine) < need:
+                    lock = (sa.select(c.workload_key).where(self._where(expired), c.expires_at < now)
+                            .order_by(c.workload_key).limit(need - len(mine)).with_for_update(skip_locked=True))
+                    upd = (claims_t.update().where(self._where(expired), c.expires_at < now, c.workload_key.in_(lock))
+                           .values(**vals).returning(c.workload_key))
+                    taken = [k for (k,) in conn.execute(upd)]
+                    took += len(taken)
+                    mine += taken
+                if mine:  # read after claiming: whatever was stored before our claim is seen here
+                    done = self._stored(conn, mine)
+                    if done:
+                        conn.execute(claims_t.delete().where(self._where(list(done)), c.worker == self.worker))
+                    resolved += done
+                    got += [k for k in mine if k not in done]
                 if len(got) >= n:
                     break
-            done = set(resolved)
-            mine = [k for k in got if k in done]
-            if mine:
-                conn.execute(claims_t.delete().where(self._where(mine), c.worker == self.worker))
         order = {k: i for i, k in enumerate(remaining)}
-        got = sorted((k for k in got if k not in done), key=order.__getitem__)  # the sweep's order
+        got.sort(key=order.__getitem__)  # the sweep's order
         with self._lock:
-            fresh = [k for k in done if k in self._remaining]
+            fresh = [k for k in dict.fromkeys(resolved) if k in self._remaining]
             for k in fresh + got:
                 self._remaining.pop(k, None)
             self._held.update(got)
@@ -283,8 +303,23 @@ class ClaimQueue:
                 self._beat = threading.Thread(target=self._beat_loop, name="hwloop-claims-heartbeat", daemon=True)
                 self._beat.start()
 
+    def tidy(self) -> int:
+        """Delete expired claims (of any worker) on keys of this device and timing that hold an ok row.
+
+        A worker killed after storing a result but before releasing its batch leaves such rows; nothing
+        needs them. Returns how many were deleted.
+        """
+        c, m = claims_t.c, measurements_t.c
+        ok_row = sa.exists().where(m.device_key == c.device_key, m.workload_key == c.workload_key,
+                                   m.timing_key == c.timing_key, m.error.is_(None))
+        with self.store._write() as conn:
+            now = self._now(conn)
+            res = conn.execute(claims_t.delete().where(c.device_key == self.device_key,
+                                                       c.timing_key == self.timing_key, c.expires_at < now, ok_row))
+            return int(res.rowcount or 0)
+
     def close(self) -> None:
-        """Stop the heartbeat and release every claim still held (best effort: leases expire anyway)."""
+        """Stop the heartbeat, release every claim still held and :meth:`tidy` (best effort: leases expire)."""
         self._stop.set()
         if self._beat is not None:
             self._beat.join(timeout=10)
@@ -293,6 +328,7 @@ class ClaimQueue:
             held = list(self._held)
         try:
             self.release(held, done=False)
+            self.tidy()
         except HwloopError as e:
             logger.warning("could not release %d claim(s); they expire in %.0f s: %s", len(held), self.lease_s, e)
 
