@@ -40,19 +40,19 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hwloop._sweep_worker import Worker
 from hwloop._toml import read_toml
 from hwloop.devices.base import Device, MeasureRequest, MeasureResult, TimingConfig
-from hwloop.errors import ConfigError, DeviceError, HwloopError, WorkloadError
+from hwloop.errors import ConfigError, WorkloadError
 
 if TYPE_CHECKING:
     from hwloop.models import ModelRef
     from hwloop.store import MeasurementStore
-    from hwloop.store._claims import ClaimQueue
     from hwloop.workload import LayerSpec
 
 __all__ = ["SweepSpec", "SweepSummary", "run_sweep", "run_farm", "SPACE_DEFAULTS", "LAYER_OPS", "ResultCallback"]
@@ -392,14 +392,12 @@ class SweepSpec:
 
 @dataclass
 class SweepSummary:
-    """What a sweep did; ``measured + skipped + others + failed`` is the number of distinct requests
-    when every device finished.
+    """What a sweep did (``measured + skipped + others + failed`` = distinct requests, when all finished).
 
     Attributes:
-        measured: ok results this process stored. skipped: requests already in the store at the start.
-        others: requests another worker (process or host on the same store) stored while this one ran.
-        failed: error results this process stored.
-        taken_over: expired leases of dead workers this process took over (and measured or found stored).
+        measured: ok results stored here. skipped: requests already in the store at the start.
+        others: requests other workers (processes, hosts) stored meanwhile. failed: error results stored here.
+        taken_over: unfinished requests whose claim by a dead worker expired and was taken over here.
         per_device: device name → the same counts + ``wall_s`` + ``error``. wall_s: elapsed seconds.
     """
 
@@ -417,67 +415,10 @@ class SweepSummary:
         return {k: v["error"] for k, v in self.per_device.items() if v.get("error")}
 
 
-def _measure(device: Device, batch: list[MeasureRequest], timing: TimingConfig
-             ) -> Iterator[tuple[MeasureRequest, MeasureResult]]:
-    stream = getattr(device, "measure_iter", None)
-    if callable(stream):
-        yield from stream(batch, timing)
-        return
-    results = device.measure(batch, timing)
-    if len(results) != len(batch):
-        raise DeviceError(f"device {device.name!r} returned {len(results)} results for {len(batch)} requests")
-    yield from zip(batch, results)
-
-
-class _Worker:
-    """Claims batches from a :class:`ClaimQueue`, measures them on one device and commits each result."""
-
-    def __init__(self, device: Device, fp: Any, timing: TimingConfig, store: MeasurementStore, claims: ClaimQueue,
-                 by_key: Mapping[str, MeasureRequest], bs: int, stats: dict[str, Any], bar: Any,
-                 on_result: ResultCallback | None, lock: threading.Lock, stop: threading.Event) -> None:
-        self.device, self.fp, self.timing, self.store, self.claims = device, fp, timing, store, claims
-        self.by_key, self.bs, self.stats, self.bar, self.on_result = by_key, bs, stats, bar, on_result
-        self.lock, self.stop = lock, stop
-        self.exc: BaseException | None = None
-
-    def _batch(self, keys: list[str]) -> None:
-        done: list[str] = []
-        try:
-            for req, res in _measure(self.device, [self.by_key[k] for k in keys], self.timing):
-                stored = self.store.add(self.fp, req, res)
-                done.append(req.key)
-                status = ("ok" if res.ok else "failed") if stored else "kept"
-                logger.info("stored device=%s workload=%s timing=%s status=%s", self.device.name, req.key,
-                            res.timing.key, status)
-                self.stats["others" if not stored else "measured" if res.ok else "failed"] += 1
-                if self.bar is not None:
-                    self.bar.update(1)
-                if self.on_result is not None:
-                    with self.lock:
-                        self.on_result(req, res, stored)
-        finally:  # a batch cut short goes back to the queue (for this process's other devices, or others)
-            self.claims.release(done)
-            self.claims.release([k for k in keys if k not in set(done)], done=False)
-
-    def run(self) -> None:
-        t0 = time.perf_counter()
-        try:
-            while not self.stop.is_set():
-                keys = self.claims.next_batch(self.bs, self.stop)
-                if not keys:
-                    break
-                self._batch(keys)
-        except Exception as e:  # noqa: BLE001 - recorded; run_sweep re-raises it, run_farm reports it
-            self.exc = e
-            self.stats["error"] = str(e) if isinstance(e, HwloopError) else f"{type(e).__name__}: {e}"
-        finally:
-            self.stats["wall_s"] = round(time.perf_counter() - t0, 3)
-
-
 def _run(requests: Sequence[MeasureRequest], devices: Sequence[Device], store: MeasurementStore,
          timings: Sequence[TimingConfig], *, progress: bool, batch_size: int, retry_failed: bool,
          on_result: ResultCallback | None, threaded: bool, lease_s: float | None
-         ) -> tuple[SweepSummary, list[_Worker]]:
+         ) -> tuple[SweepSummary, list[Worker]]:
     from tqdm.auto import tqdm
 
     from hwloop.store._claims import DEFAULT_LEASE_S, ClaimQueue, check_lease, worker_id
@@ -494,19 +435,17 @@ def _run(requests: Sequence[MeasureRequest], devices: Sequence[Device], store: M
     fps = [d.fingerprint() for d in devices]
     for i, (fp, t) in enumerate(zip(fps, timings)):
         groups.setdefault((fp.key, t.key), []).append(i)
-    workers: list[_Worker] = []
+    workers: list[Worker] = []
     bars, queues = [], []
     lock, stop = threading.Lock(), threading.Event()
     by_key = {r.key: r for r in reversed(requests)}  # the first request of each key
     for pos, members in enumerate(groups.values()):
-        first = members[0]
-        label = "+".join(names[i] for i in members)
+        first, label = members[0], "+".join(names[i] for i in members)
         claims = ClaimQueue(store, fps[first], timings[first], [r.key for r in requests], retry_failed=retry_failed,
                             lease_s=lease_s, worker=worker_id(label))
-        queues.append((claims, members[0]))
-        # A streaming device (measure_iter, e.g. a remote agent) stores each result on arrival, so bigger
-        # batches cost no durability and save a round trip per batch; claimed batches stay moderate
-        # (at most 64 unless batch_size asks for more) so that other workers on the store get work too.
+        queues.append((claims, first))
+        # A streaming device (measure_iter, e.g. a remote agent) stores each result on arrival: bigger batches
+        # save round trips; claims stay <= 64 (unless batch_size asks for more) so other workers get work too.
         streaming = all(callable(getattr(devices[i], "measure_iter", None)) for i in members)
         n_todo = len(claims.todo)
         bs = max(batch_size, min(64, n_todo // (2 * len(members)))) if streaming else batch_size
@@ -517,7 +456,7 @@ def _run(requests: Sequence[MeasureRequest], devices: Sequence[Device], store: M
             stats = {"measured": 0, "skipped": claims.already if j == 0 else 0, "others": 0, "failed": 0,
                      "taken_over": 0, "wall_s": 0.0, "error": None}
             summary.per_device[names[i]] = stats
-            workers.append(_Worker(devices[i], fps[i], timings[i], store, claims, by_key, bs, stats, bar, on_result,
+            workers.append(Worker(devices[i], fps[i], timings[i], store, claims, by_key, bs, stats, bar, on_result,
                                    lock, stop))
     try:
         if threaded and len(workers) > 1:
@@ -541,9 +480,9 @@ def _run(requests: Sequence[MeasureRequest], devices: Sequence[Device], store: M
             claims.close()
         for bar in bars:
             bar.close()
-    for claims, first in queues:  # keys found stored by other workers count once, on the group's first device
-        summary.per_device[names[first]]["others"] += claims.by_others
-        summary.per_device[names[first]]["taken_over"] = claims.taken_over
+    for claims, first in queues:  # counted once per group, on its first device (like skipped)
+        summary.per_device[names[first]].update(others=summary.per_device[names[first]]["others"] + claims.by_others,
+                                                taken_over=claims.taken_over)
     for st in summary.per_device.values():
         for k in ("measured", "skipped", "others", "failed", "taken_over"):
             setattr(summary, k, getattr(summary, k) + st[k])
@@ -564,9 +503,9 @@ def run_sweep(requests: Sequence[MeasureRequest], device: Device, store: Measure
               lease_s: float | None = None) -> SweepSummary:
     """Measure what ``store`` lacks of ``requests`` on ``device``; each result is committed as it arrives.
 
-    Work is claimed in the store, so sweeps of the same requests running at once (other processes or
-    hosts on one store) split it and each key is measured once; this call returns when every key is
-    stored, by it or by others (a dead worker's keys are taken over when its lease expires).
+    Work is claimed in the store: sweeps of the same requests into one store (other processes, hosts)
+    split it, each key measured once; this returns when every key is stored, here or by others (a dead
+    worker's keys are taken over when its lease expires).
 
     Args:
         requests: what to measure (duplicates are measured once).

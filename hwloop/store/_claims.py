@@ -49,14 +49,14 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from hwloop.errors import ConfigError, HwloopError
+from hwloop.errors import ConfigError, HwloopError, StoreError
 from hwloop.store._schema import claims_t, measurements_t
 
 if TYPE_CHECKING:
     from hwloop.devices.base import DeviceFingerprint, TimingConfig
     from hwloop.store import MeasurementStore
 
-__all__ = ["ClaimQueue", "DEFAULT_LEASE_S", "worker_id", "check_lease"]
+__all__ = ["DEFAULT_LEASE_S", "ClaimQueue", "check_lease", "worker_id"]
 
 logger = logging.getLogger("hwloop.sweep")
 
@@ -188,7 +188,20 @@ class ClaimQueue:
 
         A key found stored is resolved (and never measured) unless another worker still holds a live
         lease on it: then it waits for that worker's release, so no stale claim is left behind.
+        A PostgreSQL deadlock or serialization failure (not expected: see the module docstring) is retried.
         """
+        for attempt in range(5):
+            try:
+                return self._claim(n)
+            except StoreError as e:
+                code = getattr(getattr(e.__cause__, "orig", None), "sqlstate", None)
+                if attempt == 4 or code not in ("40P01", "40001"):
+                    raise
+                logger.info("claim transaction retried after %s", code)
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _claim(self, n: int) -> list[str]:
         c = claims_t.c
         got: list[str] = []
         resolved: list[str] = []
@@ -332,8 +345,3 @@ class ClaimQueue:
         except HwloopError as e:
             logger.warning("could not release %d claim(s); they expire in %.0f s: %s", len(held), self.lease_s, e)
 
-    def __enter__(self) -> ClaimQueue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
