@@ -8,7 +8,7 @@ TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.hwloop-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup sysdeps bench clean
+.PHONY: demo test setup sysdeps check-venv bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,7 +30,11 @@ sysdeps:
 	  fi; \
 	else echo "note: not root; tests needing sshd/PostgreSQL skip unless they are installed"; fi
 
-test: $(STAMP) sysdeps
+# The test venv must see nothing installed by hand on the machine (base site-packages, user site, PYTHONPATH).
+check-venv: $(STAMP)
+	$(BIN)/python .ci/check_venv.py
+
+test: $(STAMP) sysdeps check-venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -33,7 +33,8 @@ from typing import Any
 from hwloop.errors import ConfigError, RemoteError
 
 __all__ = ["AGENT_REQUIREMENTS", "BoardPython", "query_board", "default_wheelhouse", "wheel_tags",
-           "missing_requirements", "find_wheel", "build_wheelhouse", "download_hint", "remote_run"]
+           "missing_requirements", "find_wheel", "build_wheelhouse", "download_hint", "remote_run",
+           "parse_requirement"]
 
 #: What ``python -m hwloop agent`` imports beyond the standard library and hwloop itself
 #: (checked by tests/test_remote.py on a board Python that has nothing else).
@@ -230,7 +231,9 @@ def find_wheel(requirement: str, wheels: Iterable[str], board: BoardPython) -> s
 def download_hint(device: str, requirement: str, board: BoardPython, wheelhouse: Path) -> str:
     """How to get a wheel for ``requirement``: the hwloop command, or pip download by hand."""
     plats = " ".join(f"--platform {p}" for p in board.platforms[:3])
-    return (f"run `hwloop devices wheelhouse {device} --dir {wheelhouse}` on a machine with internet access (or "
+    names = {_norm(parse_requirement(r).name) for r in AGENT_REQUIREMENTS}
+    add = "" if _norm(parse_requirement(requirement).name) in names else f" --add {shlex.quote(requirement)}"
+    return (f"run `hwloop devices wheelhouse {device} --dir {wheelhouse}{add}` on a machine with internet access (or "
             f"`pip download --only-binary=:all: --python-version {board.python} {plats} -d {wheelhouse} "
             f"{shlex.quote(requirement)}`), then deploy again")
 
