@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from hwloop.devices import MeasureRequest, TimingConfig, create_device
-from hwloop.devices._timing import Deadline, MeasureTimeout, PerfCounterTimer, Timer, pick_number, time_fn
+from hwloop.devices._timing import (Deadline, MeasureTimeout, PerfCounterTimer, Timer, pick_number, time_fn,
+                                    time_interleaved)
+from hwloop.devices.base import compare, machine_load, median_ci
 from hwloop.devices.cpu import CpuDevice, error_message, time_model_layers
 from hwloop.errors import ConfigError
 from hwloop.models import ModelRef
@@ -59,7 +61,7 @@ def thread_probe() -> torch.nn.Module:
 
 
 def ref(factory: str) -> ModelRef:
-    return ModelRef(f"{__name__}:{factory}", input_shape=(3, 4, 4))
+    return ModelRef(f"{__name__}:{factory}", input_shape=(3, 4, 4), allow_import=True)
 
 
 # --- the device ------------------------------------------------------------------------------------
@@ -272,3 +274,155 @@ def test_time_model_layers_with_a_host_clock_sums_repeated_modules() -> None:
 def test_error_message_is_one_line() -> None:
     assert error_message(RuntimeError("a\nb")) == "RuntimeError: a"
     assert error_message(KeyError()) == "KeyError"
+
+
+# --- preemption, interleaving, flagging (issue 14) -----------------------------------------------
+class DriftTimer(Timer):
+    """A deterministic clock: call i of fn ``f`` takes ``base[f] * (1 + drift * i)`` ms, where i counts
+    every sample taken so far (the machine slows down steadily); ``disturb`` marks sample indices
+    as disturbed (and makes them 50x slower)."""
+
+    def __init__(self, base: dict[Callable[[], object], float], drift: float = 0.0,
+                 disturb: set[int] | None = None, jitter: list[float] | None = None) -> None:
+        self.base, self.drift, self.disturb = base, drift, disturb or set()
+        self.jitter = jitter
+        self.i = 0
+        self.log: list[Callable[[], object]] = []
+        self.disturbed = False
+
+    def time(self, fn: Callable[[], object], number: int) -> float:
+        x = self.base[fn] * (1 + self.drift * self.i)
+        if self.jitter:
+            x *= self.jitter[self.i % len(self.jitter)]
+        self.disturbed = self.i in self.disturb
+        if self.disturbed:
+            x *= 50
+        self.i += 1
+        self.log.append(fn)
+        return x
+
+
+def _fns() -> tuple[Callable[[], object], Callable[[], object]]:
+    def a() -> None:
+        return None
+
+    def b() -> None:
+        return None
+
+    return a, b
+
+
+def test_interleaved_order_alternates_abba() -> None:
+    a, b = _fns()
+    timer = DriftTimer({a: 1.0, b: 0.5})
+    t = TimingConfig(warmup=0, repeats=4, number=1, max_cv=1.0, max_retries=0)
+    time_interleaved([a, b], t, timer, request_keys=["a", "b"])
+    assert timer.log == [a, b, b, a, a, b, b, a]
+
+
+def test_interleaving_cancels_drift_that_a_sequential_measurement_does_not() -> None:
+    """The machine slows down 1% per sample: measured one after the other the ratio is off by
+    ~20%; interleaved it stays within 1% of the true 0.5."""
+    a, b = _fns()
+    t = TimingConfig(warmup=0, repeats=20, number=1, max_cv=0.05, max_retries=0)
+    got = time_interleaved([a, b], t, DriftTimer({a: 1.0, b: 0.5}, drift=0.01), request_keys=["a", "b"])
+    assert got.ratios[0] == 1.0 and abs(got.ratios[1] / 0.5 - 1) < 0.01
+    assert not got.unstable and got.rounds == 20
+    seq = DriftTimer({a: 1.0, b: 0.5}, drift=0.01)
+    ra = time_fn(a, t, seq, request_key="a").latency_ms
+    rb = time_fn(b, t, seq, request_key="b").latency_ms
+    assert rb / ra > 0.5 * 1.15  # the artefact interleaving removes
+
+
+def test_disturbed_samples_are_retaken_and_counted() -> None:
+    a, b = _fns()
+    t = TimingConfig(warmup=0, repeats=6, number=1, max_cv=0.05, max_retries=0)
+    got = time_interleaved([a, b], t, DriftTimer({a: 1.0, b: 0.25}, disturb={0, 5}), request_keys=["a", "b"])
+    ra, rb = got.results
+    assert max(ra.samples_ms) == 1.0 and max(rb.samples_ms) == 0.25  # the 50x samples were thrown away
+    assert ra.extra.get("discarded", 0) + rb.extra.get("discarded", 0) == 2
+    assert got.ratios[1] == 0.25 and not got.unstable
+
+
+def test_time_fn_retakes_disturbed_samples_until_the_allowance_runs_out() -> None:
+    a, _ = _fns()
+    t = TimingConfig(warmup=0, repeats=3, number=2, max_cv=10.0, max_retries=0)
+    r = time_fn(a, t, DriftTimer({a: 1.0}, disturb={1, 2}), request_key="a")
+    assert r.samples_ms == (1.0, 1.0, 1.0) and r.extra["discarded"] == 2 and r.extra["disturbed"] == 0
+    always = DriftTimer({a: 1.0}, disturb=set(range(100)))
+    r2 = time_fn(a, t, always, request_key="a")
+    assert r2.extra == {"number": 2, "discarded": 6, "disturbed": 3}  # 2x the samples retaken, then kept
+    assert always.i == 9
+
+
+def test_unstable_ratio_is_flagged_after_the_retries_and_rounds_accumulate() -> None:
+    a, b = _fns()
+    noisy = [1.0, 1.6, 0.7, 1.3, 0.8, 1.5, 0.6, 1.2]  # per-sample factors: the per-round ratios swing widely
+    t = TimingConfig(warmup=0, repeats=8, number=1, max_cv=0.02, max_retries=2)
+    got = time_interleaved([a, b], t, DriftTimer({a: 1.0, b: 0.5}, jitter=noisy), request_keys=["a", "b"])
+    assert got.unstable and got.rounds == 24 and all(r.attempts == 3 for r in got.results)
+    lo, hi = got.ratio_ci[1]
+    assert lo < got.ratios[1] < hi and (hi - lo) / (2 * got.ratios[1]) > 0.02
+    steady = time_interleaved([a, b], t, DriftTimer({a: 1.0, b: 0.5}), request_keys=["a", "b"])
+    assert not steady.unstable and steady.rounds == 8 and steady.results[0].attempts == 1
+
+
+def test_median_ci_is_distribution_free() -> None:
+    med, lo, hi = median_ci([5.0] * 30 + [500.0] * 9)  # 9 preempted outliers of 39 do not move it
+    assert (med, lo, hi) == (5.0, 5.0, 5.0)
+    assert median_ci([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
+    with pytest.raises(ConfigError):
+        median_ci([])
+
+
+def test_cpu_measure_interleaved_compares_real_models() -> None:
+    dev = CpuDevice(threads=1)
+    small, big = ModelRef("resnet20", {"width_mult": 0.25}), ModelRef("resnet20")
+    t = TimingConfig(warmup=1, repeats=6, min_repeat_ms=0.5, max_cv=0.5, max_retries=0, timeout_s=60)
+    c = compare(dev, [MeasureRequest.for_model(big), MeasureRequest.for_model(small)], t)
+    assert c.ok and c.interleaved and c.rounds == 6
+    assert 0 < c.ratios[1] < 0.8  # a quarter of the width is much faster, whatever the load
+    assert c.results[0].extra["interleaved"] == 2 and c.results[0].extra["threads"] == 1
+    assert "load1" in c.results[0].extra and c.load["cores"] >= 1 and "load1" in c.load_end
+    assert [r.request_key for r in c.results] == [MeasureRequest.for_model(m).key for m in (big, small)]
+    assert len(c.to_dict()["results"]) == 2
+
+
+def test_cpu_measure_interleaved_failure_is_data() -> None:
+    c = CpuDevice(threads=1).measure_interleaved(
+        [MeasureRequest.for_model(ModelRef("small_cnn")), MeasureRequest.for_model(ref("exploding_factory"))], FAST)
+    assert not c.ok and c.unstable and all("KeyError" in (r.error or "") for r in c.results)
+    with pytest.raises(ConfigError, match="eager"):
+        CpuDevice(threads=1).measure_interleaved([MeasureRequest.for_layer(conv())], TimingConfig(mode="cuda_graph"))
+
+
+def test_compare_on_a_device_without_interleaving_alternates_batches() -> None:
+    """The simulated ASIC is deterministic: alternating batches give its exact ratio, marked not interleaved."""
+    dev = create_device("asic-tpu32")
+    reqs = [MeasureRequest.for_layer(conv(32, 16)), MeasureRequest.for_layer(conv(16, 16))]
+    c = compare(dev, reqs, rounds=2)
+    single = dev.measure(reqs)
+    assert c.ok and not c.interleaved and c.rounds == 2
+    assert c.ratios[1] == pytest.approx(single[1].latency_ms / single[0].latency_ms)
+
+
+def test_every_result_records_the_load_and_the_profile_fixes_threads() -> None:
+    (r,) = CpuDevice(threads=1).measure([MeasureRequest.for_layer(conv())], FAST)
+    assert isinstance(r.extra["load1"], float)
+    dev = create_device("local-cpu")
+    assert isinstance(dev, CpuDevice) and dev.threads == 1 and dev.clock == "wall" and dev.preemption == "retake"
+    assert dev.fingerprint().identity["threads"] == 1
+    allt = create_device("local-cpu-allthreads")
+    assert isinstance(allt, CpuDevice) and allt.threads == machine_load()["cores"]
+    assert allt.fingerprint().identity["threads"] == allt.threads
+
+
+@pytest.mark.parametrize(("options", "match"), [({"threads": "many"}, "threads='many'.*'all'"),
+                                                ({"preemption": "ignore"}, "preemption='ignore'.*retake, keep"),
+                                                ({"thread": 2}, "bad options.*thread")])
+def test_bad_cpu_options_are_config_errors(options: dict, match: str) -> None:
+    from hwloop.devices.profiles import DeviceProfile
+
+    prof = DeviceProfile.from_dict({"name": "x", "backend": "cpu", "options": options})
+    with pytest.raises(ConfigError, match=match):
+        create_device(prof)

@@ -2,7 +2,13 @@
 
 :func:`time_fn` warms up, picks the inner iteration count, takes ``repeats`` samples
 and re-measures while the spread is above ``TimingConfig.max_cv``. The clock is a
-:class:`Timer` (host ``perf_counter_ns`` on CPU, CUDA events on GPU). Each request's
+:class:`Timer` (host ``perf_counter_ns`` on CPU, CUDA events on GPU). A timer that can tell
+when a sample was *disturbed* (the process was switched out involuntarily while it ran:
+another process took the core) says so in :attr:`Timer.disturbed`; such a sample is taken
+again, up to twice the samples asked for, and the counts go to ``extra`` (``discarded``,
+``disturbed`` = disturbed samples kept once the allowance ran out). :func:`time_interleaved`
+times several calls against each other, one sample of each per round in alternating order
+(A, B, B, A, …), so load that drifts during the measurement cancels in their ratios. Each request's
 wall-clock budget is a :class:`Deadline`, checked cooperatively between calls: a
 single call that never returns cannot be interrupted in-process (the remote agent
 runs requests in a killable process for that).
@@ -18,13 +24,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from hwloop.devices.base import MeasureResult, TimingConfig, summarize
+from hwloop.devices.base import MeasureResult, TimingConfig, ratio_stats, summarize
 
-__all__ = ["Timer", "PerfCounterTimer", "Deadline", "time_fn", "retry_until_stable", "pick_number", "MeasureTimeout"]
+__all__ = ["Timer", "PerfCounterTimer", "Deadline", "time_fn", "retry_until_stable", "pick_number", "MeasureTimeout",
+           "involuntary_switches", "take_samples", "time_interleaved", "Interleaved"]
 
 #: most inner iterations a sample may use (keeps calibration of sub-microsecond ops bounded).
 MAX_NUMBER = 100_000
@@ -34,8 +42,33 @@ class MeasureTimeout(Exception):
     """A request ran past ``TimingConfig.timeout_s``."""
 
 
+def involuntary_switches() -> int:
+    """Involuntary context switches of this process so far (all threads; ``getrusage``), or 0 where
+    the platform does not count them.
+
+    The kernel counts one each time it takes a core from a thread that still wanted to run
+    (another process's turn), so a change across a sample means the sample includes time the
+    process spent waiting.
+
+    Example:
+        >>> involuntary_switches() >= 0
+        True
+    """
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw)
+    except (ImportError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 0
+
+
 class Timer:
-    """Times ``number`` back-to-back calls of ``fn`` and returns milliseconds per call."""
+    """Times ``number`` back-to-back calls of ``fn`` and returns milliseconds per call.
+
+    ``disturbed`` is True after a call whose sample the timer knows was disturbed (only timers
+    that detect it set it; the default is never)."""
+
+    disturbed: bool = False
 
     def time(self, fn: Callable[[], object], number: int) -> float:  # pragma: no cover - interface
         raise NotImplementedError
@@ -43,19 +76,27 @@ class Timer:
 
 @dataclass
 class PerfCounterTimer(Timer):
-    """Host clock (``time.perf_counter_ns``); ``sync`` is called before reading the clock."""
+    """Host clock (``time.perf_counter_ns``); ``sync`` is called before reading the clock.
+
+    With ``detect_preemption`` each sample also reads :func:`involuntary_switches` before and
+    after, and :attr:`disturbed` says whether the process was switched out during it."""
 
     sync: Callable[[], None] | None = None
+    detect_preemption: bool = False
+    disturbed: bool = False
 
     def time(self, fn: Callable[[], object], number: int) -> float:
         if self.sync:
             self.sync()
+        c0 = involuntary_switches() if self.detect_preemption else 0
         t0 = time.perf_counter_ns()
         for _ in range(number):
             fn()
         if self.sync:
             self.sync()
-        return (time.perf_counter_ns() - t0) / 1e6 / number
+        t1 = time.perf_counter_ns()
+        self.disturbed = self.detect_preemption and involuntary_switches() != c0
+        return (t1 - t0) / 1e6 / number
 
 
 @dataclass
@@ -130,14 +171,116 @@ def time_fn(fn: Callable[[], object], timing: TimingConfig, timer: Timer, *, req
     n = number if number is not None else pick_number(fn, timer, timing)
     dl.check()
 
+    counts = {"discarded": 0, "disturbed": 0}
+
     def take() -> list[float]:
-        samples = []
-        for _ in range(timing.repeats):
-            samples.append(timer.time(fn, n))
-            dl.check()
+        samples, discarded, disturbed = take_samples(fn, timer, n, timing.repeats, dl)
+        counts["discarded"] += discarded
+        counts["disturbed"] += disturbed
         return samples
 
-    return retry_until_stable(take, timing, request_key=request_key, extra={"number": n, **(extra or {})})
+    res = retry_until_stable(take, timing, request_key=request_key, extra={"number": n, **(extra or {})})
+    if counts["discarded"] or counts["disturbed"]:
+        res = dataclasses.replace(res, extra={**res.extra, **counts})
+    return res
+
+
+def take_samples(fn: Callable[[], object], timer: Timer, number: int, count: int, deadline: Deadline | None = None,
+                 *, max_discard: int | None = None) -> tuple[list[float], int, int]:
+    """``count`` samples of ``number`` calls each; a disturbed sample is taken again while the
+    allowance lasts (default ``2 * count``), then kept.
+
+    Returns:
+        ``(samples, discarded, disturbed_kept)``.
+
+    Example:
+        >>> take_samples(lambda: None, PerfCounterTimer(), 10, 3)[0].__len__()
+        3
+    """
+    allowance = 2 * count if max_discard is None else max_discard
+    samples: list[float] = []
+    discarded = kept = 0
+    while len(samples) < count:
+        x = timer.time(fn, number)
+        if deadline is not None:
+            deadline.check()
+        if timer.disturbed:
+            if discarded < allowance:
+                discarded += 1
+                continue
+            kept += 1
+        samples.append(x)
+    return samples, discarded, kept
+
+
+@dataclass(frozen=True)
+class Interleaved:
+    """What :func:`time_interleaved` returns: each call's result, the ratios to the first call's
+    samples (median of per-round ratios), their 95% intervals, the rounds taken, and whether some
+    ratio's interval stayed wider than ``± max_cv`` after every retry."""
+
+    results: tuple[MeasureResult, ...]
+    ratios: tuple[float, ...]
+    ratio_ci: tuple[tuple[float, float], ...]
+    rounds: int
+    unstable: bool
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], timing: TimingConfig, timer: Timer, *,
+                     request_keys: Sequence[str], extras: Sequence[dict[str, object]] | None = None,
+                     deadline: Deadline | None = None) -> Interleaved:
+    """Time several calls against each other, interleaved.
+
+    Every call is warmed up and gets its own inner iteration count; then each *round* takes one
+    sample of every call, in forward order on even rounds and reversed on odd ones (A, B, B, A,
+    …), so a change of machine load between rounds affects all calls alike and cancels in the
+    per-round ratios. A disturbed sample (see :class:`Timer`) is taken again, at most twice per
+    slot. A batch is ``timing.repeats`` rounds; while a ratio's 95% interval
+    (:func:`~hwloop.devices.base.median_ci` of the per-round ratios) is wider than
+    ``± timing.max_cv`` of the ratio, another batch is added, at most ``timing.max_retries``
+    times (rounds accumulate, so the interval narrows). Each result is the summary of all its
+    samples, with ``attempts`` = batches taken.
+
+    Raises:
+        MeasureTimeout: the time spent exceeded the budget (checked between samples).
+    """
+    k = len(fns)
+    if k == 0 or len(request_keys) != k:
+        raise ValueError("time_interleaved needs one request key per call")
+    dl = deadline or Deadline(timing.timeout_s * k)
+    for fn in fns:
+        for _ in range(timing.warmup):
+            fn()
+            dl.check()
+    numbers = [pick_number(fn, timer, timing) for fn in fns]
+    dl.check()
+    samples: list[list[float]] = [[] for _ in fns]
+    discarded = [0] * k
+    disturbed = [0] * k
+    batches = 0
+    ratios: tuple[float, ...] = ()
+    cis: tuple[tuple[float, float], ...] = ()
+    unstable = True
+    for batches in range(1, timing.max_retries + 2):
+        for _ in range(timing.repeats):
+            order = range(k) if len(samples[0]) % 2 == 0 else range(k - 1, -1, -1)
+            for i in order:
+                xs, d, kept = take_samples(fns[i], timer, numbers[i], 1, dl, max_discard=2)
+                samples[i].append(xs[0])
+                discarded[i] += d
+                disturbed[i] += kept
+        ratios, cis, unstable = ratio_stats(samples, timing)
+        if not unstable:
+            break
+    results = []
+    for i in range(k):
+        extra: dict[str, object] = {"number": numbers[i], "interleaved": k, **((extras or [{}] * k)[i])}
+        if discarded[i] or disturbed[i]:
+            extra.update(discarded=discarded[i], disturbed=disturbed[i])
+        results.append(summarize(samples[i], timing, request_key=request_keys[i], attempts=batches, extra=extra))
+    if k == 1:
+        unstable = results[0].unstable
+    return Interleaved(tuple(results), ratios, cis, len(samples[0]), unstable)
 
 
 def retry_until_stable(take: Callable[[], list[float]], timing: TimingConfig, *, request_key: str,

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from hwloop.models import ModelRef
 from hwloop.workload import LayerSpec
 
 __all__ = ["TimingConfig", "DeviceFingerprint", "MeasureRequest", "MeasureResult", "Device", "summarize",
-           "EXEC_MODES", "REQUEST_KINDS"]
+           "Comparison", "compare", "machine_load", "median_ci", "ratio_stats", "EXEC_MODES", "REQUEST_KINDS"]
 
 EXEC_MODES = ("eager", "cuda_graph", "tvm", "asic")
 REQUEST_KINDS = ("layer", "model", "model_layers")
@@ -277,3 +279,154 @@ class Device(Protocol):
                 ) -> list[MeasureResult]: ...
 
     def close(self) -> None: ...
+
+
+def machine_load() -> dict[str, Any]:
+    """The machine's 1-minute load average and core count, as every CPU result records it.
+
+    ``loaded`` is True when the load average exceeds the cores this process may run on: other
+    processes then compete for the cores being measured (wall-clock timings stretch, the
+    thread clock does not count the wait).
+
+    Example:
+        >>> sorted(machine_load())
+        ['cores', 'load1', 'loaded']
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        load1 = float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        load1 = float("nan")
+    return {"load1": round(load1, 2), "cores": cores, "loaded": bool(load1 > cores)}
+
+
+def median_ci(xs: Sequence[float], conf: float = 0.95) -> tuple[float, float, float]:
+    """The median of ``xs`` and a distribution-free confidence interval for it (order statistics).
+
+    The interval is ``[x_(k), x_(n-k+1)]`` of the sorted values with ``k`` from the normal
+    approximation of the binomial (``k = floor(n/2 - z*sqrt(n)/2)``), so it holds whatever the
+    shape of the distribution (a preempted sample is one outlier, not a shift). Fewer than 6 values
+    give the full range.
+
+    Example:
+        >>> median_ci([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0])
+        (6.0, 2.0, 10.0)
+    """
+    v = sorted(float(x) for x in xs)
+    if not v:
+        raise ConfigError("median_ci needs at least one value")
+    n = len(v)
+    med = statistics.median(v)
+    if n < 6:
+        return med, v[0], v[-1]
+    z = statistics.NormalDist().inv_cdf(0.5 + conf / 2)
+    k = max(1, int(math.floor(n / 2 - z * math.sqrt(n) / 2)))
+    return med, v[k - 1], v[n - k]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Requests measured against each other (interleaved on the CPU backend), with their latency ratios.
+
+    ``results[i]`` is request ``i``'s own result (its median over every round); ``ratios[i]`` is
+    the median over rounds of ``sample_i / sample_0`` taken in the same round (so drift between
+    rounds cancels), ``ratio_ci[i]`` its 95% confidence interval (:func:`median_ci`). ``unstable``
+    is True when some ratio's interval stays wider than ``± timing.max_cv`` of the ratio after
+    every retry (``rounds`` is the number of rounds taken). ``load`` is :func:`machine_load` when
+    the comparison started and ``load_end`` when it ended.
+    """
+
+    results: tuple[MeasureResult, ...]
+    ratios: tuple[float, ...]
+    ratio_ci: tuple[tuple[float, float], ...]
+    rounds: int
+    unstable: bool
+    interleaved: bool
+    load: Mapping[str, Any] = field(default_factory=dict)
+    load_end: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def ratio_halfwidth(self) -> tuple[float, ...]:
+        """Half the width of each ratio's interval, relative to the ratio (0 for the reference)."""
+        return tuple((hi - lo) / (2 * r) if r > 0 and math.isfinite(r) else float("inf")
+                     for r, (lo, hi) in zip(self.ratios, self.ratio_ci))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": [r.to_dict() for r in self.results], "ratios": list(self.ratios),
+                "ratio_ci": [list(c) for c in self.ratio_ci], "rounds": self.rounds, "unstable": self.unstable,
+                "interleaved": self.interleaved, "load": dict(self.load), "load_end": dict(self.load_end)}
+
+
+def ratio_stats(samples: Sequence[Sequence[float]], timing: TimingConfig
+                ) -> tuple[tuple[float, ...], tuple[tuple[float, float], ...], bool]:
+    """Per-round ratios ``samples[i][r] / samples[0][r]``: their medians, intervals and whether any is unstable."""
+    ratios: list[float] = []
+    cis: list[tuple[float, float]] = []
+    unstable = False
+    for i, xs in enumerate(samples):
+        if i == 0:
+            ratios.append(1.0)
+            cis.append((1.0, 1.0))
+            continue
+        per = [b / a for a, b in zip(samples[0], xs) if a > 0]
+        if not per:
+            ratios.append(float("nan"))
+            cis.append((float("nan"), float("nan")))
+            unstable = True
+            continue
+        med, lo, hi = median_ci(per)
+        ratios.append(med)
+        cis.append((lo, hi))
+        if med <= 0 or (hi - lo) / (2 * med) > timing.max_cv:
+            unstable = True
+    return tuple(ratios), tuple(cis), unstable
+
+
+def compare(device: Device, requests: Sequence[MeasureRequest], timing: TimingConfig | None = None, *,
+            rounds: int = 3) -> Comparison:
+    """Measure ``requests`` against each other on ``device``; ratios are relative to ``requests[0]``.
+
+    A device with ``measure_interleaved`` (the CPU backend) interleaves single samples of every
+    request (A, B, B, A, …) so that load drifting over the measurement cancels in the ratios.
+    Any other device gets ``rounds`` alternating batches (forward, then reversed order); each
+    request's result is its batch with the median latency, and the per-round ratios of the batch
+    latencies give the ratios (a deterministic device, e.g. the simulated ASIC, has one exact
+    ratio).
+    """
+    if not requests:
+        raise ConfigError("compare needs at least one request")
+    if rounds < 1:
+        raise ConfigError(f"compare rounds={rounds!r} must be >= 1")
+    interleaved = getattr(device, "measure_interleaved", None)
+    if callable(interleaved):
+        out: Comparison = interleaved(list(requests), timing)
+        return out
+    t = timing or getattr(device, "timing", None) or TimingConfig()
+    load = machine_load()
+    per_req: list[list[MeasureResult]] = [[] for _ in requests]
+    for r in range(rounds):
+        order = list(range(len(requests)))
+        if r % 2:
+            order.reverse()
+        got = device.measure([requests[i] for i in order], t)
+        for i, res in zip(order, got):
+            per_req[i].append(res)
+    results: list[MeasureResult] = []
+    for rs in per_req:
+        bad = [x for x in rs if not x.ok]
+        results.append(bad[0] if bad else sorted(rs, key=lambda x: x.latency_ms)[len(rs) // 2])
+    if not all(x.ok for x in results):
+        nan = float("nan")
+        return Comparison(tuple(results), tuple(nan for _ in results), tuple((nan, nan) for _ in results), rounds,
+                          True, False, load, machine_load())
+    samples = [[x.latency_ms for x in rs] for rs in per_req]
+    ratios, cis, unstable = ratio_stats(samples, t)
+    unstable = unstable or any(x.unstable for x in results)
+    return Comparison(tuple(results), ratios, cis, rounds, unstable, False, load, machine_load())

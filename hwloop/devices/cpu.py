@@ -4,7 +4,10 @@ The thread count is fixed for the duration of :meth:`CpuDevice.measure` (and res
 after) and is part of the fingerprint, since latency depends on it. ``clock="wall"``
 (default) reads ``time.perf_counter_ns``; ``clock="thread_cpu"`` reads the measuring
 thread's CPU time (``CLOCK_THREAD_CPUTIME_ID``), which needs ``threads=1`` and does not
-count the time other processes hold the core (see :class:`CpuDevice`).
+count the time other processes hold the core (see :class:`CpuDevice`). A sample during which
+the process was switched out involuntarily is taken again (``preemption = "retake"``), every
+result records the machine load it started under (``extra["load1"]``), and
+:meth:`CpuDevice.measure_interleaved` times models against each other, interleaved.
 
 Example:
     >>> from hwloop.devices.cpu import CpuDevice
@@ -28,13 +31,16 @@ from typing import Any
 
 import torch
 
-from hwloop.devices._timing import Deadline, MeasureTimeout, PerfCounterTimer, Timer, time_fn
-from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig, summarize
+from hwloop.devices._timing import (Deadline, MeasureTimeout, PerfCounterTimer, Timer, involuntary_switches,
+                                    time_fn, time_interleaved)
+from hwloop.devices.base import (Comparison, DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig,
+                                 machine_load, summarize)
 from hwloop.errors import ConfigError
 from hwloop.workload import build_layer, make_inputs
 
 __all__ = [
     "CLOCKS",
+    "PREEMPTION",
     "CpuDevice",
     "ThreadCpuTimer",
     "cpu_model_name",
@@ -46,6 +52,8 @@ __all__ = [
 #: clocks of the cpu backend; the fingerprint identity value of each non-wall clock
 CLOCKS = ("wall", "thread_cpu")
 _CLOCK_IDENTITY = {"thread_cpu": "thread_cpu_time"}
+#: what to do with a sample during which the process was switched out involuntarily
+PREEMPTION = ("retake", "keep")
 
 
 def error_message(e: BaseException) -> str:
@@ -74,16 +82,27 @@ def cpu_model_name() -> str:
 class ThreadCpuTimer(Timer):
     """Milliseconds of CPU time of the calling thread per call (``CLOCK_THREAD_CPUTIME_ID``).
 
+    With ``detect_preemption`` it sets :attr:`disturbed` like
+    :class:`~hwloop.devices._timing.PerfCounterTimer` (the thread clock does not count the
+    wait, but a switch still evicts caches).
+
     Example:
         >>> ThreadCpuTimer().time(lambda: sum(range(1000)), 10) > 0
         True
     """
 
+    def __init__(self, detect_preemption: bool = False) -> None:
+        self.detect_preemption = detect_preemption
+        self.disturbed = False
+
     def time(self, fn: Callable[[], object], number: int) -> float:
+        c0 = involuntary_switches() if self.detect_preemption else 0
         t0 = time.thread_time_ns()
         for _ in range(number):
             fn()
-        return (time.thread_time_ns() - t0) / 1e6 / number
+        t1 = time.thread_time_ns()
+        self.disturbed = self.detect_preemption and involuntary_switches() != c0
+        return (t1 - t0) / 1e6 / number
 
 
 @contextmanager
@@ -169,23 +188,52 @@ def time_model_layers(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], 
     return {n: statistics.median(v) for n, v in samples.items()}
 
 
+def resolve_threads(threads: int | str | None, clock: str = "wall") -> int:
+    """The intra-op thread count a ``threads`` option means: an int >= 1, ``"all"`` (the cores this
+    process may run on), or None (1: see :class:`CpuDevice`).
+
+    Example:
+        >>> resolve_threads(None), resolve_threads(3)
+        (1, 3)
+    """
+    if threads is None:
+        return 1
+    if threads == "all":
+        return int(machine_load()["cores"])
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ConfigError(f"threads={threads!r} must be a positive integer or 'all'")
+    return threads
+
+
 class CpuDevice:
     """PyTorch on the local CPU.
 
-    ``clock="thread_cpu"`` times with the measuring thread's CPU time instead of the wall
-    clock. With one intra-op thread every op runs on the calling thread, so on an idle core
-    the two clocks agree; on a core shared with other users only the thread clock
-    reproduces (it does not count the time other processes hold the core). It therefore
-    requires ``threads=1`` (other threads' work would be missed), and it is recorded in the
-    fingerprint identity (``"clock": "thread_cpu_time"``), so its rows never mix with
-    wall-clock rows. The wall clock adds nothing to the identity (keys stay as before).
+    **Which clock answers which question.** ``clock="wall"`` (default) is the latency a caller
+    of the model waits for, including the time other processes hold the core: it is what a
+    deployment on this CPU sees. ``clock="thread_cpu"`` is the CPU time the measuring thread
+    spent computing: it does not count waiting for the core, so on a shared machine it
+    reproduces between sessions, but it is a cost, not a latency (no sleeping, I/O or other
+    threads' work). It therefore requires ``threads=1``, and it is recorded in the fingerprint
+    identity (``"clock": "thread_cpu_time"``), so its rows never mix with wall-clock rows. The
+    wall clock adds nothing to the identity (keys stay as before).
+
+    **Threads** are fixed while measuring and recorded in the fingerprint. The default is 1
+    (``threads = "all"`` uses every core this process may run on): at batch 1 a small CNN gains
+    little from intra-op threads, while a multi-threaded op waits for its slowest thread, so on a
+    core shared with anything else its wall-clock latency swings by integer factors.
+
+    **Preemption.** With ``preemption="retake"`` (default) a sample during which the process was
+    switched out involuntarily (:func:`~hwloop.devices._timing.involuntary_switches` changed) is
+    taken again, up to twice the samples asked for; the result's ``extra`` counts them
+    (``discarded``; ``disturbed`` = kept once the allowance ran out). ``"keep"`` keeps every sample.
+    Every result records the 1-minute load average it started under (``extra["load1"]``).
 
     Args:
         name: the device's name (its profile's name).
-        threads: intra-op thread count used while measuring (default: all cores; 1 with
-            ``clock="thread_cpu"``).
+        threads: intra-op thread count used while measuring (int, ``"all"``, or None for 1).
         timing: default :class:`TimingConfig` for :meth:`measure`.
         clock: ``"wall"`` (``time.perf_counter_ns``, default) or ``"thread_cpu"``.
+        preemption: ``"retake"`` (default) or ``"keep"``.
 
     Example:
         >>> dev = CpuDevice(threads=1, clock="thread_cpu")
@@ -195,20 +243,20 @@ class CpuDevice:
 
     backend = "cpu"
 
-    def __init__(self, name: str = "local-cpu", threads: int | None = None, timing: TimingConfig | None = None,
-                 clock: str = "wall", **_ignored: Any) -> None:
+    def __init__(self, name: str = "local-cpu", threads: int | str | None = None, timing: TimingConfig | None = None,
+                 clock: str = "wall", preemption: str = "retake") -> None:
         if clock not in CLOCKS:
             raise ConfigError(f"clock={clock!r} is unknown; allowed: {', '.join(CLOCKS)}")
-        default = 1 if clock == "thread_cpu" else (os.cpu_count() or 1)
-        n = threads if threads is not None else default
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ConfigError(f"threads={threads!r} must be a positive integer")
+        if preemption not in PREEMPTION:
+            raise ConfigError(f"preemption={preemption!r} is unknown; allowed: {', '.join(PREEMPTION)}")
+        n = resolve_threads(threads, clock)
         if clock == "thread_cpu" and n != 1:
             raise ConfigError(f"clock='thread_cpu' needs threads = 1 (got {n}): the thread clock counts only the "
                               "measuring thread")
         self.name = name
         self.threads = n
         self.clock = clock
+        self.preemption = preemption
         self.timing = timing or TimingConfig()
 
     def fingerprint(self) -> DeviceFingerprint:
@@ -219,20 +267,26 @@ class CpuDevice:
         return DeviceFingerprint(
             name=self.name, backend=self.backend, identity=identity,
             info={"hostname": platform.node(), "python": platform.python_version(),
-                  "mkldnn": bool(torch.backends.mkldnn.is_available()), "os": platform.platform()})
+                  "mkldnn": bool(torch.backends.mkldnn.is_available()), "os": platform.platform(),
+                  "preemption": self.preemption})
 
     def _timer(self) -> Timer:
-        return ThreadCpuTimer() if self.clock == "thread_cpu" else PerfCounterTimer()
+        detect = self.preemption == "retake"
+        return ThreadCpuTimer(detect) if self.clock == "thread_cpu" else PerfCounterTimer(detect_preemption=detect)
 
     def _clock_ns(self) -> Callable[[], int]:
         return time.thread_time_ns if self.clock == "thread_cpu" else time.perf_counter_ns
 
-    def _measure_one(self, req: MeasureRequest, timing: TimingConfig, deadline: Deadline) -> MeasureResult:
-        model, inputs = prepare_request(req)
-        deadline.check()
-        extra: dict[str, object] = {"threads": self.threads}
+    def _extra(self) -> dict[str, object]:
+        extra: dict[str, object] = {"threads": self.threads, "load1": machine_load()["load1"]}
         if self.clock != "wall":
             extra["clock"] = _CLOCK_IDENTITY[self.clock]
+        return extra
+
+    def _measure_one(self, req: MeasureRequest, timing: TimingConfig, deadline: Deadline) -> MeasureResult:
+        extra = self._extra()
+        model, inputs = prepare_request(req)
+        deadline.check()
         with torch.inference_mode():
             fn = lambda: model(*inputs)
             res = time_fn(fn, timing, self._timer(), request_key=req.key, extra=extra, deadline=deadline)
@@ -242,6 +296,10 @@ class CpuDevice:
             res = summarize(res.samples_ms, timing, request_key=req.key, attempts=res.attempts, per_layer_ms=per,
                             extra=dict(res.extra))
         return res
+
+    def _check_mode(self, t: TimingConfig) -> None:
+        if t.mode != "eager":
+            raise ConfigError(f"the cpu backend supports mode 'eager' only, not {t.mode!r}")
 
     def measure(self, requests: Sequence[MeasureRequest], timing: TimingConfig | None = None) -> list[MeasureResult]:
         """Time each request; one result per request, in order, failures as ``MeasureResult.error``.
@@ -254,8 +312,7 @@ class CpuDevice:
             ConfigError: ``timing.mode`` is not ``eager`` (the whole batch is malformed).
         """
         t = timing or self.timing
-        if t.mode != "eager":
-            raise ConfigError(f"the cpu backend supports mode 'eager' only, not {t.mode!r}")
+        self._check_mode(t)
         out: list[MeasureResult] = []
         with _threads(self.threads):
             for req in requests:
@@ -266,6 +323,50 @@ class CpuDevice:
                 except Exception as e:  # noqa: BLE001 - a failure is data, the sweep goes on
                     out.append(MeasureResult.failure(req.key, t, error_message(e)))
         return out
+
+    def measure_interleaved(self, requests: Sequence[MeasureRequest], timing: TimingConfig | None = None
+                            ) -> Comparison:
+        """Time ``requests`` against each other, interleaved (see :func:`~hwloop.devices._timing.time_interleaved`).
+
+        ``model_layers`` requests are timed as whole models (no per-layer times). The ratios are
+        relative to ``requests[0]``. Failures are data: if one request cannot be built or run,
+        every result is a failure naming it (ratios need all of them) and nothing raises.
+
+        Raises:
+            ConfigError: ``timing.mode`` is not ``eager``, or no request was given.
+        """
+        t = timing or self.timing
+        self._check_mode(t)
+        if not requests:
+            raise ConfigError("measure_interleaved needs at least one request")
+        load = machine_load()
+        keys = [r.key for r in requests]
+        nan = float("nan")
+
+        def failed(msg: str) -> Comparison:
+            return Comparison(tuple(MeasureResult.failure(k, t, msg) for k in keys), tuple(nan for _ in keys),
+                              tuple((nan, nan) for _ in keys), 0, True, True, load, machine_load())
+
+        with _threads(self.threads):
+            deadline = Deadline(t.timeout_s * len(requests))
+            built = []
+            for req in requests:
+                try:
+                    built.append(prepare_request(req))
+                except Exception as e:  # noqa: BLE001 - a failure is data
+                    return failed(f"{req.model.label if req.model else req.op}: {error_message(e)}")
+            extras = [self._extra() for _ in requests]
+            try:
+                with torch.inference_mode():
+                    fns = [(lambda m=m, x=x: m(*x)) for m, x in built]
+                    got = time_interleaved(fns, t, self._timer(), request_keys=keys, extras=extras,
+                                           deadline=deadline)
+            except MeasureTimeout as e:
+                return failed(f"timeout: {e}")
+            except Exception as e:  # noqa: BLE001 - a failure is data
+                return failed(error_message(e))
+        return Comparison(got.results, got.ratios, got.ratio_ci, got.rounds, got.unstable, True, load,
+                          machine_load())
 
     def close(self) -> None:
         return None
