@@ -13,14 +13,19 @@ Array ops (conv, depthwise, dense, matmul) are GEMMs ``M×K · K×N`` repeated o
   ``pack`` MACs per PE; bits wider than the PE take ``⌈w/pe⌉·⌈a/pe⌉`` passes.
 * **DRAM traffic** follows a tiling/reuse model: when the weights (or inputs) exceed their
   buffer (halved by double buffering), the op is tiled and the other operand is re-read once
-  per tile; the cheaper loop order is taken. Weights are read at ``w_bits``, activations
-  read and written at ``a_bits``, biases at 32 bits.
+  per tile; the cheaper loop order is taken. Weights are read at ``w_bits``; activations are
+  read and written at ``a_bits`` unless they stay on chip (a tensor no larger than
+  :attr:`~AcceleratorSpec.activation_capacity_bytes`), and a strided conv reads only the pixels
+  its windows touch; per output channel ``EPILOGUE_PARAM_BYTES`` of bias + requantisation
+  scale; a residual operand added in the epilogue is read like an input.
 * **Overlap**: with double buffering, ``cycles = max(compute + first fold's load + last fold's
   write-back, memory + one fold)``; without, ``compute + memory``. Every op adds ``op_overhead_cycles``.
 
 Vector ops (pooling, elementwise) stream through the vector unit (``max(compute, memory)``
-plus DRAM latency); host ops pay the host's throughput, the transfer and a hand-off cost;
-views are free. Whole-network latency is the sum over the graph.
+plus DRAM latency when they touch DRAM); host ops pay the host's throughput, a DRAM round trip
+and a hand-off cost; views are free; ``epilogue`` ops (batch norm, ReLU, a residual add in the
+producing array op's output pipeline) cost only the read of an off-chip residual operand.
+Whole-network latency is the sum over the graph.
 
 Example:
     >>> from hwloop.workload import LayerSpec
@@ -44,10 +49,14 @@ from hwloop.devices.asic.spec import AcceleratorSpec
 from hwloop.errors import WorkloadError
 from hwloop.workload import LayerSpec
 
-__all__ = ["BOUNDS", "COST_MODEL_VERSION", "GraphCost", "OpCost", "cost_graph", "cost_layer", "cost_layers"]
+__all__ = ["BOUNDS", "COST_MODEL_VERSION", "EPILOGUE_PARAM_BYTES", "GraphCost", "OpCost", "cost_graph", "cost_layer", "cost_layers"]
 
 #: bumped whenever the model's numbers change (enters the device fingerprint).
-COST_MODEL_VERSION = 1
+#: 2: fused epilogue (BN/ReLU/add), activations kept on chip, strided reads, per-channel epilogue parameters.
+COST_MODEL_VERSION = 2
+#: bytes of epilogue parameters per output channel of an array op: an int32 bias (a folded batch norm's
+#: shift lands there) and an int32 requantisation multiplier (its scale), as integer inference needs.
+EPILOGUE_PARAM_BYTES = 8.0
 BOUNDS = ("compute", "memory", "none")
 
 
@@ -146,6 +155,15 @@ def cost_arrays(a: dict[str, np.ndarray], acc: AcceleratorSpec) -> dict[str, np.
     one_fold = passes * fold_c
     peak_arr = acc.pes * pack / passes
 
+    # ---------------------------------------------------------------- activation residency
+    # an activation tensor that fits the on-chip capacity stays there between ops (no DRAM traffic
+    # on either side); the same rule on the producer and the consumer keeps the two consistent.
+    act_cap = acc.activation_capacity_bytes
+    abyte = ab / 8
+
+    def off_chip(tensor_bytes: np.ndarray, moved_bytes: np.ndarray) -> np.ndarray:
+        return np.where(tensor_bytes <= act_cap, 0.0, moved_bytes)
+
     # ---------------------------------------------------------------- array memory
     bpc = acc.dram_bytes_per_cycle
     lat = acc.dram_latency_cycles
@@ -154,13 +172,14 @@ def cost_arrays(a: dict[str, np.ndarray], acc: AcceleratorSpec) -> dict[str, np.
     icap = acc.input_buffer_kib * 1024 * cap
     ocap = acc.output_buffer_kib * 1024 * cap
     w_bytes = a["weight_elems"] * wb / 8
-    i_bytes = a["in_elems"] * ab / 8
-    o_bytes = a["out_elems"] * ab / 8
-    b_bytes = a["bias_elems"] * 4.0
+    i_bytes = off_chip(a["in_elems"] * abyte, a["read_elems"] * abyte)  # a strided conv reads what it uses
+    o_bytes = off_chip(a["out_elems"] * abyte, a["out_elems"] * abyte)
+    r_bytes = off_chip(a["residual_elems"] * abyte, a["residual_elems"] * abyte)
+    b_bytes = a["bias_elems"] * EPILOGUE_PARAM_BYTES
     nw = np.maximum(1.0, _ceil_div(w_bytes, wcap))
     ni = np.maximum(1.0, _ceil_div(i_bytes, icap))
-    traffic_w_outer = w_bytes + i_bytes * nw + o_bytes + b_bytes
-    traffic_i_outer = w_bytes * ni + i_bytes + o_bytes + b_bytes
+    traffic_w_outer = w_bytes + i_bytes * nw + o_bytes + r_bytes + b_bytes
+    traffic_i_outer = w_bytes * ni + i_bytes + o_bytes + r_bytes + b_bytes
     # the loop order with less memory time wins (DRAM latency is exposed per tile without double buffering)
     mem_w_outer = traffic_w_outer / bpc + lat * (1.0 if db else nw)
     mem_i_outer = traffic_i_outer / bpc + lat * (1.0 if db else ni)
@@ -171,42 +190,52 @@ def cost_arrays(a: dict[str, np.ndarray], acc: AcceleratorSpec) -> dict[str, np.
         # pipeline prologue/epilogue: the first fold's operands arrive before compute starts and the
         # last fold's outputs leave after it ends (one array-sized slice of K and N over M rows)
         fold_w = np.minimum(np.minimum(w_bytes, wcap), rows * ce * wb / 8)
-        fold_i = np.minimum(np.minimum(i_bytes, icap), m * rows * ab / 8)
-        fold_o = np.minimum(np.minimum(o_bytes, ocap), m * np.minimum(n, ce) * ab / 8)
+        fold_i = np.minimum(np.minimum(i_bytes, icap), m * rows * abyte)
+        fold_o = np.minimum(np.minimum(o_bytes, ocap), m * np.minimum(n, ce) * abyte)
         first_load = (fold_w + fold_i + b_bytes) / bpc + lat
         last_write = fold_o / bpc
         arr_total = np.maximum(compute + first_load + last_write, arr_mem + np.minimum(compute, one_fold))
     else:
         arr_total = compute + arr_mem
 
-    # ---------------------------------------------------------------- vector / host
+    # ---------------------------------------------------------------- vector / host / epilogue
     ops = a["vector_ops"]
-    io_bytes = (a["in_elems"] + a["out_elems"]) * ab / 8
+    # an elementwise op's inputs are tensors of its output's size (two for an add); a pool's is its input
+    in_tensor = np.where(a["eltwise"] > 0, np.minimum(a["in_elems"], a["out_elems"]), a["in_elems"]) * abyte
+    vec_io = off_chip(in_tensor, a["in_elems"] * abyte) + off_chip(a["out_elems"] * abyte, a["out_elems"] * abyte)
+    vec_lat = np.where(vec_io > 0, lat, 0.0)
     vec_compute = np.ceil(ops / acc.vector_ops_per_cycle)
-    vec_mem = io_bytes / bpc + lat
-    vec_total = np.maximum(vec_compute, io_bytes / bpc) + lat if db else vec_compute + vec_mem
+    vec_mem = vec_io / bpc + vec_lat
+    vec_total = np.maximum(vec_compute, vec_io / bpc) + vec_lat if db else vec_compute + vec_mem
+    host_io = (a["in_elems"] + a["out_elems"]) * abyte  # the host works from DRAM
+    host_mem = host_io / bpc + lat
     host_compute = ops / acc.host_ops_per_cycle + acc.host_overhead_cycles
-    host_total = host_compute + vec_mem
+    host_total = host_compute + host_mem
+    epi_total = r_bytes / bpc  # an epilogue reads its residual operand when it is off chip; nothing else
 
     # ---------------------------------------------------------------- combine
     overhead = acc.op_overhead_cycles
-    cycles = np.select([is_arr, is_vec, is_host], [arr_total + overhead, vec_total + overhead,
-                                                   host_total + overhead], 0.0)
+    is_epi = unit == 4
+    cycles = np.select([is_arr, is_vec, is_host, is_epi], [arr_total + overhead, vec_total + overhead,
+                                                           host_total + overhead, epi_total], 0.0)
     compute_c = np.select([is_arr, is_vec, is_host], [compute, vec_compute, host_compute], 0.0)
-    memory_c = np.select([is_arr, is_vec, is_host], [arr_mem, vec_mem, vec_mem], 0.0)
-    dram = np.select([is_arr, is_vec | is_host], [arr_dram, io_bytes], 0.0)
+    memory_c = np.select([is_arr, is_vec, is_host, is_epi], [arr_mem, vec_mem, host_mem, epi_total], 0.0)
+    dram = np.select([is_arr, is_vec, is_host, is_epi], [arr_dram, vec_io, host_io, r_bytes], 0.0)
     work = np.where(is_arr, macs, np.where(is_vec | is_host, ops, 0.0))
     peak = np.select([is_arr, is_vec, is_host], [peak_arr, np.full_like(wb, acc.vector_ops_per_cycle),
                                                  np.full_like(wb, acc.host_ops_per_cycle)], 1.0)
-    bound = np.where(unit == 3, 2, np.where(compute_c >= memory_c, 0, 1))
+    bound = np.where((unit == 3) | (is_epi & (epi_total <= 0)), 2, np.where(compute_c >= memory_c, 0, 1))
     if acc.models_energy:
         assert acc.e_mac_pj is not None and acc.e_sram_pj_per_byte is not None and acc.e_dram_pj_per_byte is not None
         mac_pj = acc.e_mac_pj * (wb * ab) / (pe * pe)
-        operand = macs * (wb + ab) / 8 / min(rows, cols) + w_bytes + o_bytes * k_folds
+        operand = macs * (wb + ab) / 8 / min(rows, cols) + w_bytes + a["out_elems"] * abyte * k_folds
         arr_e = macs * mac_pj + (operand + arr_dram) * acc.e_sram_pj_per_byte + arr_dram * acc.e_dram_pj_per_byte
-        io_e = io_bytes * (acc.e_sram_pj_per_byte + acc.e_dram_pj_per_byte)
-        energy = np.select([is_arr, is_vec, is_host], [arr_e, io_e + ops * acc.e_mac_pj,
-                                                      io_e + ops * acc.e_mac_pj * 10], 0.0)
+        io_all = (a["in_elems"] + a["out_elems"]) * abyte
+        vec_e = io_all * acc.e_sram_pj_per_byte + vec_io * acc.e_dram_pj_per_byte
+        host_e = host_io * (acc.e_sram_pj_per_byte + acc.e_dram_pj_per_byte)
+        epi_e = a["residual_elems"] * abyte * acc.e_sram_pj_per_byte + r_bytes * acc.e_dram_pj_per_byte
+        energy = np.select([is_arr, is_vec, is_host, is_epi], [arr_e, vec_e + ops * acc.e_mac_pj,
+                                                               host_e + ops * acc.e_mac_pj * 10, epi_e], 0.0)
     else:
         energy = np.full_like(wb, np.nan)
     return {"cycles": cycles, "compute_cycles": compute_c, "memory_cycles": memory_c, "dram_bytes": dram,
@@ -303,7 +332,7 @@ def cost_layer(spec: LayerSpec, accel: AcceleratorSpec) -> OpCost:
     """
     if not isinstance(spec, LayerSpec):
         raise WorkloadError(f"cost_layer needs a LayerSpec, got {type(spec).__name__}")
-    graph = OpGraph.from_layer(spec)
+    graph = OpGraph.from_layer(spec, epilogue=accel.fused_epilogue)
     gc = cost_graph(graph, accel)
     if len(graph.ops) == 1:
         return gc.ops()[0]
@@ -314,7 +343,7 @@ def cost_layers(specs: Sequence[LayerSpec], accel: AcceleratorSpec) -> list[OpCo
     """Cost many layer specs in one vectorised pass; one :class:`OpCost` per spec, in order."""
     if not specs:
         return []
-    graphs = [OpGraph.from_layer(s) for s in specs]
+    graphs = [OpGraph.from_layer(s, epilogue=accel.fused_epilogue) for s in specs]
     big = OpGraph("layers", tuple(op for g in graphs for op in g.ops), "layer")
     gc = cost_graph(big, accel)
     out: list[OpCost] = []

@@ -140,13 +140,14 @@ class AsicDevice:
         if g is None:
             from hwloop.devices.asic.frontend import lower_model
 
-            g = lower_model(ref).with_bits(*self.default_bits)
+            g = lower_model(ref, epilogue=self.accel.fused_epilogue).with_bits(*self.default_bits)
             self._graphs[ref.key] = g
         return g
 
     def cost(self, req: MeasureRequest) -> tuple[OpCost, GraphCost]:
         """The exact cost of one request: its total and its per-op breakdown."""
-        graph = OpGraph.from_layer(req.layer) if req.layer is not None else self.lower(req.model)  # type: ignore[arg-type]
+        graph = (OpGraph.from_layer(req.layer, epilogue=self.accel.fused_epilogue) if req.layer is not None
+                 else self.lower(req.model))  # type: ignore[arg-type]
         gc = cost_graph(graph, self.accel)
         return gc.total(), gc
 

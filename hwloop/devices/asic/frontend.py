@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hwloop.devices.asic.opgraph import AccelOp, OpGraph
+from hwloop.devices.asic.opgraph import AccelOp, OpGraph, touched_input_elems
 from hwloop.errors import WorkloadError
 from hwloop.models import ModelRef
 
@@ -82,10 +82,28 @@ def _is_param(expr: Any) -> bool:
                                                   not isinstance(expr, relax.DataflowVar))
 
 
-def _check(kind: str, has_bias: bool) -> Callable[[Any], bool]:
-    """The FusionPattern check of a pattern family (depthwise vs conv, bias size, weight is a param)."""
+def _single_use(ctx: Any) -> bool:
+    """Whether every value inside the match but its result is used only inside the match.
+
+    Without it an ``add(x, conv(x))`` could be fused with the conv that *produced* ``x``,
+    although ``x`` also feeds the next block.
+    """
+    inside = list(ctx.matched_bindings.keys())
+    result = ctx.value_to_bound_var.get(ctx.matched_expr)
+    for var in inside:
+        if result is not None and var.same_as(result):
+            continue
+        if any(not any(u.same_as(v) for v in inside) for u in ctx.var_usages.get(var, [])):
+            return False
+    return True
+
+
+def _check(kind: str, has_bias: bool, has_res: bool | str) -> Callable[[Any], bool]:
+    """The FusionPattern check of a pattern family (depthwise vs conv, bias vs residual, weight is a param)."""
 
     def check(ctx: Any) -> bool:
+        if not _single_use(ctx):
+            return False
         ann = ctx.annotated_expr
         root = ann["root"]
         if kind in ("conv2d", "depthwise"):
@@ -99,18 +117,23 @@ def _check(kind: str, has_bias: bool) -> Callable[[Any], bool]:
             return False
         if kind == "matmul" and _is_param(ann["weight"]):
             return False
+        out = _shape(root)
         if has_bias:
-            out = _shape(root)
             n_bias = math.prod(_shape(ann["bias"]))
             channels = out[1] if kind in ("conv2d", "depthwise") else out[-1]
-            if n_bias != channels:  # a residual add, not a bias
+            if n_bias != channels or not _is_param(ann["bias"]):  # a residual add, not a bias
+                return False
+        if has_res:
+            res = ann["residual"]
+            if _is_param(res) or _shape(res) != out:  # a bias or a broadcast, not a residual
                 return False
         return True
 
     return check
 
 
-def _family(kind: str, with_bn: bool, with_bias: bool, act: str | None) -> tuple[str, Any, dict[str, Any]]:
+def _family(kind: str, with_bn: bool, with_bias: bool, with_res: str, act: str | None
+            ) -> tuple[str, Any, dict[str, Any]]:
     from tvm.relax.dpl import is_op, is_tuple_get_item, wildcard
 
     ann: dict[str, Any] = {}
@@ -127,7 +150,7 @@ def _family(kind: str, with_bn: bool, with_bias: bool, act: str | None) -> tuple
     if with_bn:
         bn = is_op("relax.nn.batch_norm")(out, wildcard(), wildcard(), wildcard(), wildcard())
         # FuseOpsByPattern roots a match at a call: a chain ending in batch_norm returns its tuple
-        out = is_tuple_get_item(bn, 0) if (with_bias or act) else bn
+        out = is_tuple_get_item(bn, 0) if (with_bias or with_res or act) else bn
         parts.append("bn")
     if with_bias:
         bias = wildcard()
@@ -135,16 +158,25 @@ def _family(kind: str, with_bn: bool, with_bias: bool, act: str | None) -> tuple
         b = is_op("relax.reshape")(bias, wildcard()) | bias
         out = is_op("relax.add")(out, b) | is_op("relax.add")(b, out)
         parts.append("bias")
+    if with_res:
+        # one pattern per operand order: a failed check does not retry the other branch of an alternative
+        res = wildcard()
+        ann["residual"] = res
+        out = is_op("relax.add")(out, res) if with_res == "right" else is_op("relax.add")(res, out)
+        parts.append("res" if with_res == "right" else "resl")
     if act:
         out = is_op(_ACTS[act])(out, varg_default_wildcard=True)
         parts.append(act)
     return f"{PATTERN_PREFIX}.{kind}." + "_".join(parts), out, ann
 
 
-def asic_patterns() -> list[Any]:
+def asic_patterns(epilogue: bool = True) -> list[Any]:
     """hwloop's ``FusionPattern`` list for ``relax.transform.FuseOpsByPattern``, highest priority first.
 
     Pattern names are ``hwloop_asic.<kind>.<parts>``; ``<kind>`` is the accelerator op kind.
+    With ``epilogue`` (the spec's ``fused_epilogue``) an array op absorbs the batch norm, bias,
+    residual add and ReLU/clip that follow it, as the array's output pipeline applies them;
+    without, it takes only its bias and the rest are vector-unit ops.
     """
     from tvm.relax.dpl import is_op, is_tuple_get_item, wildcard
     from tvm.relax.transform import FusionPattern
@@ -152,23 +184,27 @@ def asic_patterns() -> list[Any]:
     out: list[Any] = []
     fams = []
     for kind in ("depthwise", "conv2d", "dense", "matmul"):
-        for bn in ((True, False) if kind in ("conv2d", "depthwise") else (False,)):
+        for bn in ((True, False) if kind in ("conv2d", "depthwise") and epilogue else (False,)):
             for bias in (True, False):
-                for act in ("relu", "clip", None):
-                    fams.append((kind, bn, bias, act))
-    fams.sort(key=lambda f: -(f[1] + f[2] + (f[3] is not None)))  # longest chains first
-    for kind, bn, bias, act in fams:
-        name, pat, ann = _family(kind, bn, bias, act)
-        out.append(FusionPattern(name, pat, ann, _check(kind, bias)))
+                for res in (("right", "left", "") if epilogue else ("",)):
+                    for act in (("relu", "clip", None) if epilogue else (None,)):
+                        fams.append((kind, bn, bias, res, act))
+    fams.sort(key=lambda f: -(f[1] + f[2] + bool(f[3]) + (f[4] is not None)))  # longest chains first
+    for kind, bn, bias, res, act in fams:
+        name, pat, ann = _family(kind, bn, bias, res, act)
+        out.append(FusionPattern(name, pat, ann, _check(kind, bias, res)))
     for op in _POOL_OPS:
         pat = is_op(op)(wildcard(), varg_default_wildcard=True)
         out.append(FusionPattern(f"{PATTERN_PREFIX}.pool.{op.rsplit('.', 1)[1]}", pat, {}))
-    for act in ("relu", "clip"):
-        add = is_op("relax.add")(wildcard(), wildcard())
-        out.append(FusionPattern(f"{PATTERN_PREFIX}.eltwise.add_{act}", is_op(_ACTS[act])(add, varg_default_wildcard=True), {}))
-        bn = is_tuple_get_item(is_op("relax.nn.batch_norm")(wildcard(), wildcard(), wildcard(), wildcard(),
-                                                            wildcard()), 0)
-        out.append(FusionPattern(f"{PATTERN_PREFIX}.eltwise.bn_{act}", is_op(_ACTS[act])(bn, varg_default_wildcard=True), {}))
+    if epilogue:
+        for act in ("relu", "clip"):
+            add = is_op("relax.add")(wildcard(), wildcard())
+            out.append(FusionPattern(f"{PATTERN_PREFIX}.eltwise.add_{act}",
+                                     is_op(_ACTS[act])(add, varg_default_wildcard=True), {}))
+            bn = is_tuple_get_item(is_op("relax.nn.batch_norm")(wildcard(), wildcard(), wildcard(), wildcard(),
+                                                                wildcard()), 0)
+            out.append(FusionPattern(f"{PATTERN_PREFIX}.eltwise.bn_{act}",
+                                     is_op(_ACTS[act])(bn, varg_default_wildcard=True), {}))
     out.append(FusionPattern(f"{PATTERN_PREFIX}.eltwise.bn",
                              is_op("relax.nn.batch_norm")(wildcard(), wildcard(), wildcard(), wildcard(), wildcard()),
                              {}))
@@ -206,11 +242,11 @@ def import_model(ref: ModelRef) -> tuple[tvm.IRModule, dict[str, str]]:
     return mod, names
 
 
-def partition(mod: tvm.IRModule) -> tvm.IRModule:
+def partition(mod: tvm.IRModule, epilogue: bool = True) -> tvm.IRModule:
     """Group ``mod``'s bindings into composite functions with :func:`asic_patterns`."""
     from tvm import relax
 
-    return relax.transform.FuseOpsByPattern(asic_patterns(), bind_constants=False)(mod)
+    return relax.transform.FuseOpsByPattern(asic_patterns(epilogue), bind_constants=False)(mod)
 
 
 # --------------------------------------------------------------------------- op graph
@@ -242,7 +278,8 @@ def _elems_si(si: Any) -> int:
         except (TypeError, AttributeError):
             return 0
     if isinstance(si, relax.TupleType):
-        return sum(_elems_si(f) for f in si.fields)
+        # batch_norm returns (out, mean, var): only the first field is written
+        return _elems_si(si.fields[0]) if si.fields else 0
     return 0
 
 
@@ -264,11 +301,15 @@ def _composite_op(name: str, comp: str, func: Any, call: Any) -> AccelOp:
         cout, cin_g, kh, kw = _shape(conv.args[1])
         oh, ow = _shape(conv)[2:]
         g = int(conv.attrs.groups)
-        has_bias = "bias" in comp or "bn" in comp
+        a = conv.attrs
+        read = touched_input_elems((b, cin, h, w), (oh, ow), (kh, kw), [int(x) for x in a.strides],
+                                   [int(x) for x in a.padding][:2], [int(x) for x in a.dilation])
+        out = b * cout * oh * ow
         return AccelOp(name, kind, batch=b, out_h=oh, out_w=ow, kernel_h=kh, kernel_w=kw, cin_per_group=cin_g,
-                       cout_per_group=cout // g, groups=g, in_elems=b * cin * h * w, out_elems=out_elems,
-                       weight_elems=cout * cin_g * kh * kw, bias_elems=cout if has_bias else 0,
-                       fused=fused, pattern=comp)
+                       cout_per_group=cout // g, groups=g, in_elems=b * cin * h * w, out_elems=out,
+                       weight_elems=cout * cin_g * kh * kw, bias_elems=cout,
+                       in_read_elems=read if read != b * cin * h * w else 0,
+                       residual_elems=out if "_res" in comp else 0, fused=fused, pattern=comp)
     if kind in ("dense", "matmul"):
         mm = next(c for c in calls if c.op.name == "relax.matmul")
         a_shape, b_shape, o_shape = _shape(mm.args[0]), _shape(mm.args[1]), _shape(mm)
@@ -279,9 +320,11 @@ def _composite_op(name: str, comp: str, func: Any, call: Any) -> AccelOp:
         else:
             groups = math.prod(b_shape[:-2]) if len(b_shape) > 2 else 1
             rows = math.prod(a_shape[:-1]) // groups
+        out = math.prod(o_shape)
         return AccelOp(name, kind, batch=rows, cin_per_group=k, cout_per_group=n, groups=groups,
-                       in_elems=math.prod(a_shape), out_elems=out_elems, weight_elems=math.prod(b_shape),
-                       bias_elems=n if "bias" in comp else 0, fused=fused, pattern=comp)
+                       in_elems=math.prod(a_shape), out_elems=out, weight_elems=math.prod(b_shape),
+                       bias_elems=n * groups, residual_elems=out if "_res" in comp else 0, fused=fused,
+                       pattern=comp)
     in_elems = _tensor_args(call)
     if kind == "pool":
         pool = calls[0]
@@ -361,17 +404,19 @@ def graph_from_relax(mod: tvm.IRModule, names: Mapping[str, str] | None = None, 
     return OpGraph(name, tuple(ops), "tvm")
 
 
-def lower_model(ref: ModelRef) -> OpGraph:
+def lower_model(ref: ModelRef, *, epilogue: bool = True) -> OpGraph:
     """Import ``ref`` into Relax, partition it with :func:`asic_patterns`, return its op graph (8-bit).
 
-    The graph's ``meta`` records the model, the lowering time and the host ops.
+    ``epilogue``: fuse batch norm, bias, a residual add and ReLU/clip into the array op they
+    follow (the spec's ``fused_epilogue``). The graph's ``meta`` records the model, the
+    lowering time and the host ops.
     """
     if not isinstance(ref, ModelRef):
         raise WorkloadError(f"lower_model needs a ModelRef, got {type(ref).__name__}")
     t0 = time.perf_counter()
     mod, names = import_model(ref)
-    graph = graph_from_relax(partition(mod), names, name=ref.label)
-    meta = {"model": ref.to_dict(), "lower_s": time.perf_counter() - t0,
+    graph = graph_from_relax(partition(mod, epilogue), names, name=ref.label)
+    meta = {"model": ref.to_dict(), "lower_s": time.perf_counter() - t0, "epilogue": epilogue,
             "host_ops": [o.fused[0] for o in graph.host_ops]}
     return OpGraph(graph.name, graph.ops, "tvm", meta)
 

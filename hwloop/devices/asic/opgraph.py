@@ -5,6 +5,9 @@ An :class:`AccelOp` is one operation as the accelerator executes it. Array ops
 out_h · out_w`` output positions, ``K = cin_per_group · kernel_h · kernel_w`` reduction,
 ``N = cout_per_group`` outputs, repeated over ``groups``. Vector ops (``pool``,
 ``eltwise``) and host ops (``host``) carry an op count; ``view`` ops (reshape) are free.
+``epilogue`` ops are batch norm, ReLU/ReLU6 or a residual add applied in the output pipeline
+of the array op that produced their input (inference semantics): they cost no op of their
+own, only the read of a residual operand that is not on chip.
 An :class:`OpGraph` is the ordered list of ops of a partitioned network.
 
 Ops come from the TVM front end (:mod:`hwloop.devices.asic.frontend`) or straight from a
@@ -42,16 +45,20 @@ __all__ = [
     "AccelOp",
     "OpGraph",
     "ops_from_layer",
+    "touched_input_elems",
 ]
 
 ARRAY_KINDS = ("conv2d", "depthwise", "dense", "matmul")
 VECTOR_KINDS = ("pool", "eltwise")
-OP_KINDS = ARRAY_KINDS + VECTOR_KINDS + ("host", "view")
-#: unit code per kind (the cost model's vectorised dispatch): 0 array, 1 vector, 2 host, 3 none.
-UNITS = {**{k: 0 for k in ARRAY_KINDS}, "pool": 1, "eltwise": 1, "host": 2, "view": 3}
+OP_KINDS = ARRAY_KINDS + VECTOR_KINDS + ("host", "view", "epilogue")
+#: unit code per kind (the cost model's vectorised dispatch): 0 array, 1 vector, 2 host, 3 none,
+#: 4 the array's output pipeline (an epilogue: only a residual read can cost).
+UNITS = {**{k: 0 for k in ARRAY_KINDS}, "pool": 1, "eltwise": 1, "host": 2, "view": 3, "epilogue": 4}
 #: activations the vector unit runs (piecewise linear); the rest fall back to the host.
 VECTOR_ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid")
-GRAPH_VERSION = 1
+#: activations the array's output pipeline applies (a clamp) when the spec has a fused epilogue.
+EPILOGUE_ACTIVATIONS = ("relu", "relu6")
+GRAPH_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,11 @@ class AccelOp:
             op has ``out_h = out_w = 1`` and ``batch`` = its row count).
         kernel_h, kernel_w: kernel size (1 for dense).
         cin_per_group, cout_per_group, groups: the GEMM's ``K/(kh·kw)``, ``N`` and group count.
-        in_elems / out_elems: elements read (all inputs) and written.
+        in_elems / out_elems: elements of the input tensor(s) and of the output.
+        in_read_elems: input elements the op actually reads (a strided 1×1 conv skips
+            pixels); 0 means ``in_elems``.
+        residual_elems: elements of a residual operand added in the epilogue (array and
+            ``epilogue`` ops).
         weight_elems / bias_elems: parameter elements (``weight_elems`` of a ``matmul`` is
             its second activation operand).
         vector_ops: operations of a vector/host op (e.g. ``kh·kw`` per pooled output).
@@ -89,6 +100,8 @@ class AccelOp:
     weight_elems: int = 0
     bias_elems: int = 0
     vector_ops: int = 0
+    in_read_elems: int = 0
+    residual_elems: int = 0
     w_bits: int = 8
     a_bits: int = 8
     fused: tuple[str, ...] = ()
@@ -105,7 +118,7 @@ class AccelOp:
                 raise WorkloadError(f"accelerator op {self.name!r}: {n}={v!r} must be an integer >= 1")
             object.__setattr__(self, n, int(v))
         for n in ("cin_per_group", "cout_per_group", "in_elems", "out_elems", "weight_elems", "bias_elems",
-                  "vector_ops"):
+                  "vector_ops", "in_read_elems", "residual_elems"):
             v = getattr(self, n)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise WorkloadError(f"accelerator op {self.name!r}: {n}={v!r} must be an integer >= 0")
@@ -116,11 +129,14 @@ class AccelOp:
         if self.kind in ARRAY_KINDS and (self.cin_per_group < 1 or self.cout_per_group < 1):
             raise WorkloadError(f"accelerator op {self.name!r} ({self.kind}) needs cin_per_group and "
                                 f"cout_per_group >= 1")
+        if self.in_read_elems > self.in_elems:
+            raise WorkloadError(f"accelerator op {self.name!r}: in_read_elems={self.in_read_elems} exceeds "
+                                f"in_elems={self.in_elems}")
 
     @property
     def unit(self) -> str:
         """Which unit runs it: ``array``, ``vector``, ``host`` or ``none``."""
-        return ("array", "vector", "host", "none")[UNITS[self.kind]]
+        return ("array", "vector", "host", "none", "epilogue")[UNITS[self.kind]]
 
     @property
     def m(self) -> int:
@@ -136,6 +152,11 @@ class AccelOp:
     def n(self) -> int:
         """GEMM columns per group: output channels."""
         return self.cout_per_group
+
+    @property
+    def read_elems(self) -> int:
+        """Input elements read: ``in_read_elems``, or ``in_elems`` when that is 0."""
+        return self.in_read_elems or self.in_elems
 
     @property
     def macs(self) -> int:
@@ -168,21 +189,52 @@ class AccelOp:
         return cls(**{k: tuple(v) if k == "fused" else v for k, v in d.items()})
 
 
+def touched_input_elems(in_shape: Sequence[int], out_hw: Sequence[int], kernel: Sequence[int],
+                        stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int] = (1, 1)) -> int:
+    """Input elements an NCHW conv/pool window actually reads (rows × columns touched × N·C).
+
+    A 1×1 conv with stride 2 reads a quarter of its input; a 3×3 stride-1 conv reads all of it.
+
+    Example:
+        >>> touched_input_elems((1, 16, 32, 32), (16, 16), (1, 1), (2, 2), (0, 0))
+        4096
+    """
+    b, c, h, w = (int(x) for x in in_shape)
+
+    def axis(size: int, out: int, k: int, s: int, p: int, d: int) -> int:
+        hit = np.zeros(size, dtype=bool)
+        base = np.arange(out) * s - p
+        for j in range(k):
+            idx = base + j * d
+            hit[idx[(idx >= 0) & (idx < size)]] = True
+        return int(hit.sum())
+
+    return b * c * axis(h, int(out_hw[0]), int(kernel[0]), int(stride[0]), int(padding[0]), int(dilation[0])) \
+        * axis(w, int(out_hw[1]), int(kernel[1]), int(stride[1]), int(padding[1]), int(dilation[1]))
+
+
 def _array_op(name: str, kind: str, *, batch: int, out_h: int, out_w: int, kh: int, kw: int, cin_g: int,
-              cout_g: int, groups: int, in_elems: int, bias: int, w_bits: int, a_bits: int) -> AccelOp:
+              cout_g: int, groups: int, in_elems: int, w_bits: int, a_bits: int, in_read: int = 0) -> AccelOp:
+    # every array op carries its per-output-channel epilogue parameters (int32 bias + requantisation
+    # scale; a folded batch norm lands there too), so bias_elems is the output channel count
     return AccelOp(name, kind, batch=batch, out_h=out_h, out_w=out_w, kernel_h=kh, kernel_w=kw,
                    cin_per_group=cin_g, cout_per_group=cout_g, groups=groups, in_elems=in_elems,
                    out_elems=batch * out_h * out_w * cout_g * groups, weight_elems=kh * kw * cin_g * cout_g * groups,
-                   bias_elems=bias, w_bits=w_bits, a_bits=a_bits)
+                   bias_elems=cout_g * groups, in_read_elems=in_read if in_read != in_elems else 0,
+                   w_bits=w_bits, a_bits=a_bits)
 
 
-def ops_from_layer(spec: LayerSpec) -> list[AccelOp]:
+def ops_from_layer(spec: LayerSpec, *, epilogue: bool = True) -> list[AccelOp]:
     """The accelerator ops that execute one :class:`LayerSpec` (two for a low-rank layer).
 
     Bits come from ``spec.w_bits``/``spec.a_bits`` (8 when None). ``groups == in_channels``
     (> 1) makes a ``depthwise`` op. ``matmul`` specs multiply two activations (both at
-    ``a_bits``). Pooling, batch norm, ``add`` and piecewise-linear activations run on the
-    vector unit; other activations and ``other`` ops on the host.
+    ``a_bits``). Pooling runs on the vector unit. With ``epilogue`` (the spec's
+    ``fused_epilogue``) batch norm, ReLU/ReLU6 and ``add`` are ``epilogue`` ops: inference
+    applies them in the output pipeline of the array op that produced their input (batch
+    norm folded into its weights and bias), so an add only reads its residual operand.
+    Without it they run on the vector unit. Other piecewise-linear activations run on the
+    vector unit; the rest, and ``other`` ops, on the host.
 
     Raises:
         WorkloadError: the spec cannot be executed (e.g. a conv2d that is not NCHW).
@@ -195,40 +247,45 @@ def ops_from_layer(spec: LayerSpec) -> list[AccelOp]:
         oh, ow = spec.out_shape[2], spec.out_shape[3]
         kh, kw = spec.kernel
         g = spec.groups
+        read = touched_input_elems(spec.in_shape, (oh, ow), spec.kernel, spec.stride, spec.padding, spec.dilation)
         if spec.rank is not None:
             r = spec.rank
             first = _array_op(f"{name}.0", "conv2d", batch=b, out_h=oh, out_w=ow, kh=kh, kw=kw, cin_g=cin, cout_g=r,
-                              groups=1, in_elems=b * cin * h * w, bias=0, w_bits=w_bits, a_bits=a_bits)
+                              groups=1, in_elems=b * cin * h * w, in_read=read, w_bits=w_bits, a_bits=a_bits)
             second = _array_op(f"{name}.1", "conv2d", batch=b, out_h=oh, out_w=ow, kh=1, kw=1, cin_g=r,
-                               cout_g=spec.out_channels, groups=1, in_elems=b * r * oh * ow,
-                               bias=spec.out_channels if spec.bias else 0, w_bits=w_bits, a_bits=a_bits)
+                               cout_g=spec.out_channels, groups=1, in_elems=b * r * oh * ow, w_bits=w_bits,
+                               a_bits=a_bits)
             return [first, second]
         kind = "depthwise" if g > 1 and g == cin else "conv2d"
         return [_array_op(name, kind, batch=b, out_h=oh, out_w=ow, kh=kh, kw=kw, cin_g=cin // g,
-                          cout_g=spec.out_channels // g, groups=g, in_elems=spec.in_elements,
-                          bias=spec.out_channels if spec.bias else 0, w_bits=w_bits, a_bits=a_bits)]
+                          cout_g=spec.out_channels // g, groups=g, in_elems=spec.in_elements, in_read=read,
+                          w_bits=w_bits, a_bits=a_bits)]
     if spec.op in ("linear", "matmul"):
         rows = math.prod(spec.in_shape[:-1])
         if spec.op == "matmul":
             groups = math.prod(spec.in_shape[:-2]) if len(spec.in_shape) > 2 else 1
             return [_array_op(name, "matmul", batch=rows // groups, out_h=1, out_w=1, kh=1, kw=1,
                               cin_g=spec.in_channels, cout_g=spec.out_channels, groups=groups,
-                              in_elems=spec.in_elements, bias=0, w_bits=a_bits, a_bits=a_bits)]
+                              in_elems=spec.in_elements, w_bits=a_bits, a_bits=a_bits)]
         if spec.rank is not None:
             r = spec.rank
             return [_array_op(f"{name}.0", "dense", batch=rows, out_h=1, out_w=1, kh=1, kw=1, cin_g=spec.in_channels,
-                              cout_g=r, groups=1, in_elems=spec.in_elements, bias=0, w_bits=w_bits, a_bits=a_bits),
+                              cout_g=r, groups=1, in_elems=spec.in_elements, w_bits=w_bits, a_bits=a_bits),
                     _array_op(f"{name}.1", "dense", batch=rows, out_h=1, out_w=1, kh=1, kw=1, cin_g=r,
-                              cout_g=spec.out_channels, groups=1, in_elems=rows * r,
-                              bias=spec.out_channels if spec.bias else 0, w_bits=w_bits, a_bits=a_bits)]
+                              cout_g=spec.out_channels, groups=1, in_elems=rows * r, w_bits=w_bits, a_bits=a_bits)]
         return [_array_op(name, "dense", batch=rows, out_h=1, out_w=1, kh=1, kw=1, cin_g=spec.in_channels,
-                          cout_g=spec.out_channels, groups=1, in_elems=spec.in_elements,
-                          bias=spec.out_channels if spec.bias else 0, w_bits=w_bits, a_bits=a_bits)]
+                          cout_g=spec.out_channels, groups=1, in_elems=spec.in_elements, w_bits=w_bits,
+                          a_bits=a_bits)]
     out = spec.out_elements
     common: dict[str, Any] = {"out_elems": out, "w_bits": w_bits, "a_bits": a_bits}
     if spec.op == "pooling":
         per = spec.in_elements // max(1, out) if spec.variant == "adaptive_avg" else spec.kernel[0] * spec.kernel[1]
         return [AccelOp(name, "pool", in_elems=spec.in_elements, vector_ops=out * max(1, per), **common)]
+    if epilogue and (spec.op == "batchnorm" or spec.op == "activation" and spec.variant in EPILOGUE_ACTIVATIONS):
+        return [AccelOp(name, "epilogue", in_elems=spec.in_elements, fused=(spec.variant or spec.op,), **common)]
+    if epilogue and spec.op == "add":
+        return [AccelOp(name, "epilogue", in_elems=spec.in_elements, residual_elems=spec.in_elements,
+                        fused=("add",), **common)]
     if spec.op == "batchnorm":
         return [AccelOp(name, "eltwise", in_elems=spec.in_elements, vector_ops=2 * out, **common)]
     if spec.op == "add":
@@ -263,14 +320,14 @@ class OpGraph:
         object.__setattr__(self, "meta", dict(self.meta))
 
     @classmethod
-    def from_layer(cls, spec: LayerSpec) -> OpGraph:
+    def from_layer(cls, spec: LayerSpec, *, epilogue: bool = True) -> OpGraph:
         """A graph of one :class:`LayerSpec` (see :func:`ops_from_layer`)."""
-        return cls(spec.name or spec.op, tuple(ops_from_layer(spec)), "layer")
+        return cls(spec.name or spec.op, tuple(ops_from_layer(spec, epilogue=epilogue)), "layer")
 
     @classmethod
-    def from_layers(cls, specs: Sequence[LayerSpec], name: str = "layers") -> OpGraph:
+    def from_layers(cls, specs: Sequence[LayerSpec], name: str = "layers", *, epilogue: bool = True) -> OpGraph:
         """A graph of several layer specs in order (e.g. a compressed model's workload)."""
-        return cls(name, tuple(op for s in specs for op in ops_from_layer(s)), "layer")
+        return cls(name, tuple(op for s in specs for op in ops_from_layer(s, epilogue=epilogue)), "layer")
 
     @property
     def macs(self) -> int:
@@ -293,9 +350,11 @@ class OpGraph:
         """Column arrays of every numeric field plus ``unit`` codes (cached; read by the cost model)."""
         cols: dict[str, np.ndarray] = {}
         for n in ("batch", "out_h", "out_w", "kernel_h", "kernel_w", "cin_per_group", "cout_per_group", "groups",
-                  "in_elems", "out_elems", "weight_elems", "bias_elems", "vector_ops", "w_bits", "a_bits"):
+                  "in_elems", "out_elems", "weight_elems", "bias_elems", "vector_ops", "residual_elems", "w_bits",
+                  "a_bits", "read_elems"):
             cols[n] = np.array([getattr(o, n) for o in self.ops], dtype=np.float64)
         cols["unit"] = np.array([UNITS[o.kind] for o in self.ops], dtype=np.int64)
+        cols["eltwise"] = np.array([o.kind == "eltwise" for o in self.ops], dtype=np.float64)
         for a in cols.values():
             a.setflags(write=False)
         return cols

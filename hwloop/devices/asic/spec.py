@@ -2,9 +2,11 @@
 
 An :class:`AcceleratorSpec` describes a simulated accelerator: a ``rows`` × ``cols`` PE
 array with a dataflow, PE bit-width and low-bit packing, a clock, three on-chip buffers,
-DRAM bandwidth and latency, a per-op fixed overhead, a vector unit for pooling and
-elementwise ops, a host CPU for ops the accelerator cannot run, and optional energy per
-access. Units are in the field names.
+DRAM bandwidth and latency, a per-op fixed overhead, an output pipeline (epilogue) that
+applies folded batch norm, ReLU/ReLU6 and a residual add to the array's results, whether
+activations stay on chip between ops, a vector unit for pooling and elementwise ops, a host
+CPU for ops the accelerator cannot run, and optional energy per access. Units are in the
+field names; docs/asic.md gives the reason for each shipped value.
 
 Example:
     >>> from hwloop.devices.asic.spec import AcceleratorSpec
@@ -60,7 +62,16 @@ class AcceleratorSpec:
         dram_gbps: DRAM bandwidth in GB/s (1e9 bytes/s).
         dram_latency_ns: latency of one DRAM transfer (exposed once per op with double
             buffering, once per tile without).
-        op_overhead_cycles: fixed cost of launching any op (configuration, sync).
+        op_overhead_cycles: fixed cost of launching any op that runs on the array, the vector
+            unit or the host (configuration, sync); ops fused into an epilogue pay none.
+        fused_epilogue: the array's output pipeline applies batch norm (folded into the
+            weights and per-channel bias, as inference does), ReLU/ReLU6 and a residual add
+            to each output before it is written, so they cost no op of their own (the residual
+            operand is still read). False: each is a separate vector-unit op.
+        keep_activations_on_chip: an activation tensor that fits the activation capacity
+            (:attr:`activation_capacity_bytes`) stays in the on-chip buffers between ops
+            (written and read without DRAM traffic). False: every op reads its inputs from
+            and writes its outputs to DRAM (the "isolated layer" view of ZigZag and friends).
         vector_ops_per_cycle: throughput of the vector unit (pooling, elementwise).
         host_gops: throughput of the host CPU running unsupported ops (1e9 ops/s).
         host_overhead_us: fixed cost of handing an op to the host and back.
@@ -83,6 +94,8 @@ class AcceleratorSpec:
     dram_gbps: float = 12.8
     dram_latency_ns: float = 100.0
     op_overhead_cycles: float = 200.0
+    fused_epilogue: bool = True
+    keep_activations_on_chip: bool = True
     vector_ops_per_cycle: float = 32.0
     host_gops: float = 2.0
     host_overhead_us: float = 10.0
@@ -101,7 +114,7 @@ class AcceleratorSpec:
         if self.dataflow not in DATAFLOWS:
             raise ConfigError(f"accelerator spec dataflow={self.dataflow!r} is unknown; "
                               f"allowed: {', '.join(DATAFLOWS)}")
-        for n in ("pack_low_bits", "double_buffer"):
+        for n in ("pack_low_bits", "double_buffer", "fused_epilogue", "keep_activations_on_chip"):
             if not isinstance(getattr(self, n), bool):
                 raise ConfigError(f"accelerator spec {n}={getattr(self, n)!r} must be true or false")
         for n in _POS_FLOAT_FIELDS + _NONNEG_FLOAT_FIELDS:
@@ -137,6 +150,19 @@ class AcceleratorSpec:
     def dram_bytes_per_cycle(self) -> float:
         """DRAM bandwidth in bytes per array clock cycle."""
         return self.dram_gbps * 1e3 / self.clock_mhz
+
+    @property
+    def activation_capacity_bytes(self) -> float:
+        """The largest activation tensor kept on chip between ops (0 when they never are).
+
+        The tensor is written into the output buffer and read back as the next op's input
+        (with a residual operand beside it), so it must fit the output buffer and half the
+        input buffer, each halved again by double buffering.
+        """
+        if not self.keep_activations_on_chip:
+            return 0.0
+        cap = 0.5 if self.double_buffer else 1.0
+        return min(self.output_buffer_kib * cap, self.input_buffer_kib * cap / 2) * 1024
 
     @property
     def dram_latency_cycles(self) -> float:
