@@ -426,3 +426,23 @@ def test_bad_cpu_options_are_config_errors(options: dict, match: str) -> None:
     prof = DeviceProfile.from_dict({"name": "x", "backend": "cpu", "options": options})
     with pytest.raises(ConfigError, match=match):
         create_device(prof)
+
+
+def test_a_quantized_plan_is_timed_as_the_whole_extracted_model_on_the_cpu() -> None:
+    """The CPU has no low-bit kernels: a plan with bits is the extracted float model, measured end to end
+    against the original (never the sum of isolated layers that once reported 0.072x)."""
+    from hwloop.compress import CompressionPlan, from_plan
+    from hwloop.search.report import compare_compressed, measure_compressed
+
+    plan = CompressionPlan(base={"name": "resnet20"}, widths={"layers.0.conv1": 4, "layers.3.conv1": 8},
+                           w_bits={"layers.0.conv1": 4}, a_bits=8)
+    model, original = from_plan(plan.to_dict()), ModelRef("resnet20").build()
+    t = TimingConfig(warmup=1, repeats=4, min_repeat_ms=0.5, max_cv=0.5, max_retries=0, timeout_s=60)
+    dev = CpuDevice(threads=1)
+    m = measure_compressed(dev, model, plan, timing=t)
+    assert m["method"] == "model" and m["n_requests"] == 1
+    c = compare_compressed(dev, model, plan, original, timing=t)
+    assert c["interleaved"] and c["method"] == "model" and c["rounds"] == 4
+    assert 0.3 < c["ratio"] < 1.3 and c["ratio_ci"][0] <= c["ratio"] <= c["ratio_ci"][1]
+    assert c["load"]["cores"] >= 1 and c["original_ms"] > 0
+    assert measure_compressed("asic-tpu32", model, plan)["method"] == "layers"  # the ASIC has low-bit units

@@ -26,11 +26,10 @@ from typing import Any
 import torch
 
 from hwloop.compress.extract import save_compressed
-from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import SearchError
 from hwloop.search.differentiable import SearchConfig, differentiable_search
 from hwloop.search.latency import PredictorLatency, select_latency_model
-from hwloop.search.report import measure_compressed, predict_compressed, write_report
+from hwloop.search.report import compare_compressed, predict_compressed, write_report
 from hwloop.search.space import SearchSpace, SpaceOptions
 from hwloop.search.spec import SearchSpec
 from hwloop.search.train import make_task, train_epochs
@@ -148,27 +147,28 @@ def _run(spec: SearchSpec, out: Path, say: Callable[[str], None], progress: bool
             d = load_profile(spec.device.name).timing.to_dict()
             d["repeats"] = spec.device.repeats
             timing = TimingConfig.from_dict(d)
-        # alternate searched/original twice and keep each one's fastest median: a shared machine's load
-        # drifts, and interleaving keeps both measurements under the same conditions
-        orig_plan = CompressionPlan(base=res.plan.base) if res.plan.base is not None else None
-        runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        for _ in range(2):
-            m = measure_compressed(spec.device.name, res.model, res.plan, example=example, timing=timing)
-            m0 = measure_compressed(spec.device.name, model, orig_plan, example=example, timing=timing,
-                                    method=m["method"])
-            runs.append((m, m0))
-        say("measurements (searched, original) ms: " + ", ".join(
-            f"({a['latency_ms']:.4g}, {b['latency_ms']:.4g})" for a, b in runs))
-        m = min((a for a, _ in runs), key=lambda r: r["latency_ms"])
-        m0 = min((b for _, b in runs), key=lambda r: r["latency_ms"])
-        metrics.update(measured_ms=m["latency_ms"], original_measured_ms=m0["latency_ms"],
-                       measure_method=m["method"], measured_ratio=m["latency_ms"] / m0["latency_ms"])
-        say(f"measured on {spec.device.name} ({m['method']}): {m['latency_ms']:.4g} ms vs original "
-            f"{m0['latency_ms']:.4g} ms = {metrics['measured_ratio']:.3f} x")
+        # the compressed model against the original: interleaved whole models on the CPU (load that drifts
+        # cancels in the ratio), alternating measurements elsewhere
+        m = compare_compressed(spec.device.name, res.model, res.plan, model, example=example, timing=timing)
+        metrics.update(measured_ms=m["latency_ms"], original_measured_ms=m["original_ms"],
+                       measure_method=m["method"], measured_ratio=m["ratio"], measured_ratio_ci=m["ratio_ci"],
+                       measure_unstable=m["unstable"], measure_interleaved=m["interleaved"],
+                       measure_load=m["load"])
+        ci = m["ratio_ci"]
+        say(f"measured on {spec.device.name} ({m['method']}{', interleaved' if m['interleaved'] else ''}): "
+            f"{m['latency_ms']:.4g} ms vs original {m['original_ms']:.4g} ms = {m['ratio']:.3f} x "
+            f"(95% interval {ci[0]:.3f}-{ci[1]:.3f}, {m['rounds']} rounds)")
+        if m["unstable"]:
+            load = m["load"]
+            seen = f"; load average {load['load1']} on {load['cores']} cores" if load else ""
+            say(f"warning: the measured ratio is unstable (its interval stayed wider than ±max_cv{seen}); "
+                "measure again on a quieter machine")
         if "predicted_ms" in metrics:
             err = metrics["predicted_ms"] / m["latency_ms"] - 1
             metrics["prediction_error"] = err
-            say(f"predicted {metrics['predicted_ms']:.4g} ms vs measured {m['latency_ms']:.4g} ms ({err:+.1%})")
+            metrics["predicted_ratio"] = metrics["predicted_ms"] / metrics["original_predicted_ms"]
+            say(f"predicted {metrics['predicted_ms']:.4g} ms vs measured {m['latency_ms']:.4g} ms ({err:+.1%}); "
+                f"ratio predicted {metrics['predicted_ratio']:.3f} x, measured {m['ratio']:.3f} x")
     if sch.baseline:
         base = task.ref.build().train()
         epochs = sch.pretrain_epochs + sch.search_epochs + sch.finetune_epochs

@@ -1,10 +1,15 @@
 """Truth on the device: measure a search result, set predicted against measured, write the run directory.
 
-:func:`measure_compressed` times a compressed model on any device. Quantized plans (or
-the ``asic`` backend) are sent as one layer request per conv/linear/... of the extracted
-model with ``w_bits``/``a_bits`` from the plan, and summed; otherwise as one whole-model
-request through ``ModelRef("hwloop.compress:from_plan", {"plan": ...})`` so remote
-devices can rebuild it from JSON. :func:`write_report` writes ``metrics.json``, the plan +
+:func:`measure_compressed` times a compressed model on any device. On the ``asic``
+backend (and quantized plans on devices other than the CPU) it is sent as one layer request
+per conv/linear/... of the extracted model with ``w_bits``/``a_bits`` from the plan, and
+summed; otherwise as one whole-model request through
+``ModelRef("hwloop.compress:from_plan", {"plan": ...})`` so remote devices can rebuild it from
+JSON. The CPU has no low-bit kernels, so there a quantized plan is timed as the real extracted
+float model, end to end. :func:`compare_compressed` measures the compressed model *against*
+the original: on the CPU both whole models interleaved
+(:func:`hwloop.devices.base.compare`), elsewhere alternating measurements; it returns the
+ratio that searches and reports quote. :func:`write_report` writes ``metrics.json``, the plan +
 safetensors weights, and two PNGs (latency vs accuracy, per-layer chosen sizes).
 
 Example:
@@ -30,7 +35,11 @@ from torch import nn
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import DeviceError, SearchError
 
-__all__ = ["layer_specs_with_bits", "measure_compressed", "plot_report", "predict_compressed", "write_report"]
+__all__ = ["compare_compressed", "layer_specs_with_bits", "measure_compressed", "plot_report", "predict_compressed",
+           "write_report"]
+
+#: backends whose quantized plans are timed as the extracted float model (no low-bit kernels)
+FLOAT_ONLY_BACKENDS = ("cpu",)
 
 
 def layer_specs_with_bits(model: nn.Module, example: torch.Tensor, plan: CompressionPlan | None) -> list[Any]:
@@ -45,9 +54,17 @@ def layer_specs_with_bits(model: nn.Module, example: torch.Tensor, plan: Compres
     if plan is None or not plan.w_bits:
         return specs
     out = []
+    act_bits = None  # the activation bits of the last quantized conv/linear: BN, ReLU, add, pool run on its output
     for s in specs:
         b = plan.w_bits.get(s.name)
-        out.append(s.replace(w_bits=b, a_bits=plan.a_bits, out_shape=s.out_shape) if b is not None else s)
+        if s.op in ("conv2d", "linear", "matmul"):
+            act_bits = plan.a_bits if b is not None else None
+        if b is not None:
+            out.append(s.replace(w_bits=b, a_bits=plan.a_bits, out_shape=s.out_shape))
+        elif act_bits is not None and s.op in ("batchnorm", "activation", "pooling", "add"):
+            out.append(s.replace(a_bits=act_bits, out_shape=s.out_shape))
+        else:
+            out.append(s)
     return out
 
 
@@ -69,7 +86,8 @@ def measure_compressed(device: str | Any, model: nn.Module, plan: CompressionPla
             raise SearchError("measure_compressed needs an example input or a plan with a base model")
         example = plan.model_ref.example_input()
     if method == "auto":
-        method = "layers" if (backend == "asic" or (plan is not None and plan.w_bits) or plan is None
+        quantized_layers = plan is not None and bool(plan.w_bits) and backend not in FLOAT_ONLY_BACKENDS
+        method = "layers" if (backend == "asic" or quantized_layers or plan is None
                               or plan.base is None) else "model"
     if method not in ("layers", "model"):
         raise SearchError(f"measure method {method!r} is unknown; allowed: auto, layers, model")
@@ -90,6 +108,62 @@ def measure_compressed(device: str | Any, model: nn.Module, plan: CompressionPla
         raise DeviceError(f"device {dev.name!r} failed {len(failed)} of {len(specs)} layers, e.g. {failed[0]}")
     return {"latency_ms": float(sum(r.latency_ms for r in results)), "method": "layers", "device": dev.name,
             "n_requests": len(specs), "failed": 0}
+
+
+def _plan_ref(plan: CompressionPlan) -> Any:
+    from hwloop.models import ModelRef
+
+    base = plan.model_ref
+    return ModelRef("hwloop.compress:from_plan", {"plan": plan.to_dict()}, input_shape=base.input_shape,
+                    batch=base.batch, dtype=base.dtype)
+
+
+def compare_compressed(device: str | Any, model: nn.Module, plan: CompressionPlan | None, original: nn.Module, *,
+                       example: torch.Tensor | None = None, timing: Any = None, rounds: int = 2) -> dict[str, Any]:
+    """Measure the compressed ``model`` (the result of ``plan``) against ``original`` on ``device``.
+
+    On a device that interleaves (the CPU backend) both whole models are timed in one
+    interleaved comparison (original first): the ratio is the median of per-round ratios, so
+    load that drifts during the measurement cancels, with its 95% interval and an ``unstable``
+    flag when the interval stays wider than ``± max_cv`` after the retries. Elsewhere
+    :func:`measure_compressed` runs ``rounds`` times for each model in alternating order and
+    each keeps its fastest measurement.
+
+    Returns:
+        ``{"latency_ms", "original_ms", "ratio", "ratio_ci", "unstable", "interleaved", "rounds",
+        "method", "device", "load"}`` (``load``: the machine load the measurement started under,
+        when the device reports it).
+
+    Raises:
+        DeviceError: the device failed to measure either model.
+    """
+    from hwloop.devices import MeasureRequest, create_device
+    from hwloop.devices.base import compare
+
+    dev = create_device(device) if isinstance(device, str) else device
+    if callable(getattr(dev, "measure_interleaved", None)) and plan is not None and plan.base is not None:
+        reqs = [MeasureRequest.for_model(plan.model_ref), MeasureRequest.for_model(_plan_ref(plan))]
+        c = compare(dev, reqs, timing)
+        if not c.ok:
+            err = next(r.error for r in c.results if not r.ok)
+            raise DeviceError(f"device {dev.name!r} failed to measure the compressed model against the original: {err}")
+        orig, comp = c.results
+        return {"latency_ms": float(comp.latency_ms), "original_ms": float(orig.latency_ms),
+                "ratio": float(c.ratios[1]), "ratio_ci": [float(x) for x in c.ratio_ci[1]], "unstable": c.unstable,
+                "interleaved": True, "rounds": c.rounds, "method": "model", "device": dev.name,
+                "load": dict(c.load), "cv": [float(orig.cv), float(comp.cv)]}
+    orig_plan = CompressionPlan(base=plan.base) if plan is not None and plan.base is not None else None
+    runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for _ in range(max(1, rounds)):
+        m = measure_compressed(dev, model, plan, example=example, timing=timing)
+        m0 = measure_compressed(dev, original, orig_plan, example=example, timing=timing, method=m["method"])
+        runs.append((m, m0))
+    best = min(a["latency_ms"] for a, _ in runs)
+    best0 = min(b["latency_ms"] for _, b in runs)
+    ratios = [a["latency_ms"] / b["latency_ms"] for a, b in runs]
+    return {"latency_ms": best, "original_ms": best0, "ratio": best / best0, "ratio_ci": [min(ratios), max(ratios)],
+            "unstable": False, "interleaved": False, "rounds": len(runs), "method": runs[0][0]["method"],
+            "device": dev.name, "load": {}}
 
 
 def predict_compressed(predictor: Any, model: nn.Module, example: torch.Tensor, plan: CompressionPlan | None,
