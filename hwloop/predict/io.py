@@ -70,6 +70,7 @@ PREDICTORS: dict[str, str] = {
     "random_forest": "hwloop.predict.learned:RandomForestPredictor",
     "gradient_boosting": "hwloop.predict.learned:GradientBoostingPredictor",
     "lookup": "hwloop.predict.learned:LookupTablePredictor",
+    "graph_cost": "hwloop.predict.graph_cost:GraphCostPredictor",
 }
 
 
@@ -192,7 +193,8 @@ def read_metadata(path: Any, *, verify: bool = True) -> dict[str, Any]:
                              f"schemas {', '.join(map(str, FEATURE_SCHEMAS))} (refit it with 'hwloop predictor fit')")
     from hwloop.predict.validate import validate_metadata
 
-    validate_metadata(meta, str(path), builtin_kind=meta.get("predictor") in PREDICTORS)
+    kind = meta.get("predictor")
+    validate_metadata(meta, str(path), builtin_kind=isinstance(kind, str) and kind in PREDICTORS)
     return meta
 
 
