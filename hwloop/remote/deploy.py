@@ -177,9 +177,11 @@ def deploy(profile: Any, *, wheel: str | Path | None = None, wheelhouse: str | P
             remote_run(client, [cfg.python, "-m", "venv", "--system-site-packages", venv], "creating the venv")
             # venv (Python < 3.12) seeds its own old setuptools, which would shadow the system one that
             # the board's torch requires; drop it so the system packages show through
-            remote_run(client, [vpy, "-m", "pip", "uninstall", "-y", "-q", "setuptools"],
+            # pip on the board reads no pip.conf and no PIP_* variables: only the uploaded wheels count
+            vpip = ["env", "PIP_CONFIG_FILE=/dev/null", vpy, "-m", "pip", "--isolated"]
+            remote_run(client, [*vpip, "uninstall", "-y", "-q", "setuptools"],
                        "removing the venv's seeded setuptools")
-            pip = [vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index"]
+            pip = [*vpip, "install", "-q", "--disable-pip-version-check", "--no-index"]
             say("installing hwloop (--no-deps)" + (f" and {', '.join(missing)} from the wheelhouse" if missing else
                                                     f"; the board's own {', '.join(AGENT_REQUIREMENTS)} serve"))
             remote_run(client, [*pip, "--force-reinstall", "--no-deps", remote_whl], "pip install (hwloop)")

@@ -247,10 +247,13 @@ def _pip_download(board: BoardPython, requirements: Sequence[str], dest: Path, f
         cmd += ["--abi", a]
     for p in board.platforms:
         cmd += ["--platform", p]
-    if find_links is not None:
+    env = None
+    if find_links is not None:  # only this folder: no pip.conf or PIP_* index/find-links of this machine
+        cmd[3:3] = ["--isolated"]
         cmd += ["--no-index", "--find-links", str(find_links)]
+        env = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
     cmd += list(requirements)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
