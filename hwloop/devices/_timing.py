@@ -217,7 +217,7 @@ def take_samples(fn: Callable[[], object], timer: Timer, number: int, count: int
 class Interleaved:
     """What :func:`time_interleaved` returns: each call's result, the ratios to the first call's
     samples (median of per-round ratios), their 95% intervals, the rounds taken, and whether some
-    ratio's interval stayed wider than ``± max_cv`` after every retry."""
+    ratio's interval stayed wider than ``± max_cv / 2`` after every retry."""
 
     results: tuple[MeasureResult, ...]
     ratios: tuple[float, ...]
@@ -237,7 +237,7 @@ def time_interleaved(fns: Sequence[Callable[[], object]], timing: TimingConfig, 
     per-round ratios. A disturbed sample (see :class:`Timer`) is taken again, at most twice per
     slot. A batch is ``timing.repeats`` rounds; while a ratio's 95% interval
     (:func:`~hwloop.devices.base.median_ci` of the per-round ratios) is wider than
-    ``± timing.max_cv`` of the ratio, another batch is added, at most ``timing.max_retries``
+    ``± timing.max_cv / 2`` of the ratio (:data:`~hwloop.devices.base.RATIO_TOLERANCE`), another batch is added, at most ``timing.max_retries``
     times (rounds accumulate, so the interval narrows). Each result is the summary of all its
     samples, with ``attempts`` = batches taken.
 
