@@ -50,6 +50,7 @@ from hwloop.search.accounting import ComputeLedger
 from hwloop.search.latency import LatencyModel
 from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
+from hwloop.methods.budget import enforce_budget, fill_budget, hard_sizes, round_widths_to_tile
 
 __all__ = ["LATENCY_PENALTIES", "TARGET_CURVES", "SearchConfig", "SearchResult", "differentiable_search",
            "effective_target", "enforce_budget", "fill_budget", "recalibrate_batchnorm", "round_widths_to_tile"]
@@ -228,6 +229,10 @@ class SearchResult:
         soft_final: latency-model value at the gates' continuous sizes at the end of the search.
         hard_search: latency-model value at the hard sizes the gates give (tile rounding included), before
             ``enforce_budget`` / ``fill_budget`` move them to the budget: where the search itself landed.
+        repairs: every post-hoc change of the widths, in order: ``{"step": "enforce_budget" | "fill_budget",
+            "when": "warm-up end" | "extraction", "before": ..., "after": ...}`` (latency-model values at the hard
+            sizes); with ``prune_after_warmup`` the first ones happen mid-search, so ``hard_search`` is already
+            after them.
         accuracy: ``eval_fn(model)`` after fine-tuning (None without ``eval_fn``).
         accuracy_extracted: ``eval_fn`` right after extraction, before fine-tuning.
         history: one dict per epoch (loss, task loss, latency ratio, λ, accuracy).
@@ -246,71 +251,7 @@ class SearchResult:
     seconds: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, dict[str, float]] = field(default_factory=dict)
     hard_search: float | None = None
-
-
-def _hard_sizes(gm: GatedModel, widths: Mapping[str, int] | None = None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for g in gm.space.graph.groups:
-        gate = gm.channel_gates.get(g.key)
-        out[f"ch:{g.key}"] = float(gate.hard_size() if gate is not None else g.channels)
-    for n, b in gm.bit_gates.items():
-        out[f"bits:{n}"] = float(b.hard_size())
-    for k, v in (widths or {}).items():
-        out[f"ch:{k}"] = float(v)
-    return out
-
-
-def round_widths_to_tile(gm: GatedModel, latency: LatencyModel, tile: int,
-                         start: Mapping[str, int] | None = None) -> dict[str, int]:
-    """Each group's hard width (or ``start``'s), rounded up to a multiple of ``tile`` when the latency model says
-    that costs nothing (the device pads partial tiles anyway)."""
-    widths = {k: g.hard_size() for k, g in gm.channel_gates.items()}
-    widths.update(start or {})
-    if tile <= 1:
-        return widths
-    for key, w in list(widths.items()):
-        up = min(gm.channel_gates[key].max_size, math.ceil(w / tile) * tile)
-        if up == w:
-            continue
-        base = float(latency(_hard_sizes(gm, widths)).detach())
-        trial = {**widths, key: up}
-        if float(latency(_hard_sizes(gm, trial)).detach()) <= base * (1 + 1e-9):
-            widths = trial
-    return widths
-
-
-def enforce_budget(gm: GatedModel, latency: LatencyModel, widths: Mapping[str, int], budget: float,
-                   max_iters: int = 10_000) -> dict[str, int]:
-    """Shrink group widths until the latency model's value at the hard sizes is within ``budget``.
-
-    Dual ascent approaches the target from either side; this final projection guarantees it.
-    Each step removes the smallest-gate channels (about 5% of a group, at least one) from the
-    group with the best latency saving per unit of removed gate mass (relative to the group's
-    total); groups stop at their ``min_keep``.
-    """
-    w = dict(widths)
-    current = float(latency(_hard_sizes(gm, w)).detach())
-    for _ in range(max_iters):
-        if current <= budget:
-            break
-        best: tuple[float, float, str, int] | None = None
-        for key, gate in gm.channel_gates.items():
-            n = w[key]
-            step = max(1, math.ceil(0.05 * n))
-            new = max(gate.min_keep, n - step)
-            if new == n:
-                continue
-            vals = torch.sort(gate.values().detach().abs(), descending=True).values
-            removed = float(vals[new:n].sum()) / max(float(vals.sum()), 1e-12)
-            lat = float(latency(_hard_sizes(gm, {**w, key: new})).detach())
-            score = (current - lat) / (removed + 1e-6)
-            if best is None or (score, -removed) > (best[0], -best[1]):
-                best = (score, removed, key, new)
-        if best is None:
-            break
-        w[best[2]] = best[3]
-        current = float(latency(_hard_sizes(gm, w)).detach())
-    return w
+    repairs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -352,50 +293,22 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader[Any], batches: in
     return n
 
 
-def fill_budget(gm: GatedModel, latency: LatencyModel, widths: Mapping[str, int], budget: float,
-                max_iters: int = 10_000) -> dict[str, int]:
-    """Grow group widths back while the latency model's value at the hard sizes stays within ``budget``.
-
-    Dual ascent can overshoot (the gates keep shrinking after the latency has crossed the target, and only
-    the task loss pushes them back up), which would leave latency the user allowed unused. Each step adds
-    about 5% of a group's channels (at least one; the next-largest gates, i.e. the channels dropped last)
-    to the group whose addition costs the least latency per unit of relative width; channels inside a
-    partly filled tile are free and come first.
-    """
-    w = dict(widths)
-    current = float(latency(_hard_sizes(gm, w)).detach())
-    for _ in range(max_iters):
-        best: tuple[float, float, str, int, float] | None = None
-        for key, gate in gm.channel_gates.items():
-            n = w[key]
-            if n >= gate.max_size:
-                continue
-            new = min(gate.max_size, n + max(1, math.ceil(0.05 * gate.max_size)))
-            lat = float(latency(_hard_sizes(gm, {**w, key: new})).detach())
-            if lat > budget:
-                continue
-            cost = (lat - current) / ((new - n) / gate.max_size)
-            cand = (cost, n / gate.max_size, key, new, lat)
-            if best is None or cand[:2] < best[:2]:
-                best = cand
-        if best is None:
-            break
-        w[best[2]], current = best[3], best[4]
-    return w
-
-
 def _prune_to_budget(gm: GatedModel, latency: LatencyModel, config: SearchConfig, l0: float,
-                     say: Callable[[str], None], when: str) -> dict[str, int]:
+                     say: Callable[[str], None], when: str, repairs: list[dict[str, Any]]) -> dict[str, int]:
     """The widths ``prune_after_warmup`` fixes: the hard sizes, shrunk to the target if above it
     (:func:`enforce_budget`) and, with ``fill_budget``, grown back to it (:func:`fill_budget`)."""
     assert config.target is not None
     budget = config.target * l0
     widths = {k: g.hard_size() for k, g in gm.channel_gates.items()}
-    before = float(latency(_hard_sizes(gm, widths)).detach())
+    before = float(latency(hard_sizes(gm, widths)).detach())
     widths = enforce_budget(gm, latency, widths, budget)
+    shrunk = float(latency(hard_sizes(gm, widths)).detach())
+    repairs.append({"step": "enforce_budget", "when": "warm-up end", "before": before, "after": shrunk})
     if config.fill_budget:
         widths = fill_budget(gm, latency, widths, budget)
-    after = float(latency(_hard_sizes(gm, widths)).detach())
+        repairs.append({"step": "fill_budget", "when": "warm-up end", "before": shrunk,
+                        "after": float(latency(hard_sizes(gm, widths)).detach())})
+    after = float(latency(hard_sizes(gm, widths)).detach())
     say(f"search: {when}; widths fixed: hard sizes gave {before / l0:.3f} x original, fixed at {after / l0:.3f} x "
         f"(target {config.target:.3f})")
     return widths
@@ -475,6 +388,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
     warm_end = math.ceil(config.target_warmup * total) if config.prune_after_warmup else None
     frozen: dict[str, int] | None = None       # widths fixed when the warm-up ends (prune_after_warmup)
     masks: dict[str, torch.Tensor] = {}
+    repairs: list[dict[str, Any]] = []
     for ep in range(config.search_epochs):
         sums = {"loss": 0.0, "task": 0.0, "ratio": 0.0}
         n = 0
@@ -495,7 +409,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                     # 0 and 1 round up: bits to the next level, widths to ceil(s(a))), the gradient the soft one's
                     # (straight-through); no pull once that is within the target in force
                     with torch.no_grad():
-                        hard_t = latency(_hard_sizes(gm, frozen)) / l0
+                        hard_t = latency(hard_sizes(gm, frozen)) / l0
                     ratio_t = ratio_t + (hard_t - ratio_t).detach()
                     loss = task + lam * torch.clamp(ratio_t - t_eff, min=0.0)
                 else:
@@ -507,7 +421,8 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 opt_g.step()
                 gm.project_()
                 if warm_end is not None and frozen is None and step + 1 >= warm_end:
-                    frozen = _prune_to_budget(gm, latency, config, l0, say, f"warm-up over at step {step + 1}")
+                    frozen = _prune_to_budget(gm, latency, config, l0, say, f"warm-up over at step {step + 1}",
+                                              repairs)
                     masks = {k: g.keep_mask(frozen[k]) for k, g in gm.channel_gates.items()}
                 if masks:
                     with torch.no_grad():
@@ -542,20 +457,22 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
         with led.phase("extract", trial=trial):
             gm.eval()
             widths = round_widths_to_tile(gm, latency, config.tile, frozen)
-            hard_search = float(latency(_hard_sizes(gm, widths)).detach())
+            hard_search = float(latency(hard_sizes(gm, widths)).detach())
             if config.target is not None:
                 before = hard_search
                 widths = enforce_budget(gm, latency, widths, config.target * l0)
-                after = float(latency(_hard_sizes(gm, widths)).detach())
+                after = float(latency(hard_sizes(gm, widths)).detach())
+                repairs.append({"step": "enforce_budget", "when": "extraction", "before": before, "after": after})
                 if after < before:
                     say(f"budget: hard sizes gave {before / l0:.3f} x original; shrank widths to {after / l0:.3f} x")
                 if config.fill_budget:
                     widths = fill_budget(gm, latency, widths, config.target * l0)
-                    grown = float(latency(_hard_sizes(gm, widths)).detach())
+                    grown = float(latency(hard_sizes(gm, widths)).detach())
+                    repairs.append({"step": "fill_budget", "when": "extraction", "before": after, "after": grown})
                     if grown > after:
                         say(f"budget: hard sizes gave {after / l0:.3f} x original (target {config.target:.3f}); "
                             f"grew widths to {grown / l0:.3f} x")
-            hard = _hard_sizes(gm, widths)
+            hard = hard_sizes(gm, widths)
 
             def merge_if(layer: str, rank: int) -> bool:
                 if not config.merge_lowrank:
@@ -601,7 +518,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
     return SearchResult(model=net, plan=plan, original=l0, predicted=predicted, soft_final=soft, accuracy=acc,
                         accuracy_extracted=acc_x, history=history,
                         seconds={"search": t_search, "extract": t_extract, "finetune": t_ft}, sizes=sizes,
-                        hard_search=hard_search)
+                        hard_search=hard_search, repairs=repairs)
 
 
 def _size_table(space: SearchSpace, plan: CompressionPlan) -> dict[str, dict[str, float]]:
