@@ -122,6 +122,6 @@ def sweep(
     console.print(f"sweep {sp.name}: measured {summary.measured}, already stored {summary.skipped}, "
                   f"stored by other workers {summary.others}, failed {summary.failed}"
                   + (f", took over {summary.taken_over} expired claim(s)" if summary.taken_over else ""),
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     if summary.errors:
         raise typer.Exit(1)
