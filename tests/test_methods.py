@@ -120,3 +120,27 @@ def test_l1l2_through_the_registry_reproduces_the_direct_call(kw: dict) -> None:
         assert [r.when for r in c.repairs][:1] == ["warm-up end"]
     assert c.status in ("met", "met-by-repair", "missed") and c.status_reason
     assert c.cost.train_images > 0 and json.dumps(res.to_dict())
+
+
+def test_method_table_in_search_specs() -> None:
+    from hwloop.search.spec import SearchSpec, load_spec
+
+    old = SearchSpec.from_dict({"name": "t", "budget": {"target_warmup": 0.5}, "schedule": {"search_epochs": 7}})
+    assert old.method == MethodSpec("l1l2", {})            # old specs keep working: l1l2 with their keys
+    cfg = old.method.build(old.method_defaults()).config
+    assert (cfg.search_epochs, cfg.target_warmup) == (7, 0.5)
+    new = SearchSpec.from_dict({"name": "t", "schedule": {"search_epochs": 7},
+                                "method": {"name": "l1l2", "search_epochs": 2, "fill_budget": True}})
+    cfg = new.method.build(new.method_defaults()).config
+    assert (cfg.search_epochs, cfg.fill_budget) == (2, True)   # the method's own keys override the spec's
+    assert SearchSpec.from_dict(new.to_dict()) == new
+    with pytest.raises(SearchError, match=r"^x.toml: \[method\] l1l2: unknown key\(s\) \['lamda'\]"):
+        SearchSpec.from_dict({"name": "t", "method": {"lamda": 1.0}}, "x.toml")
+    with pytest.raises(SearchError, match=r"^x.toml: compression method 'obc' is unknown; allowed: l1l2"):
+        SearchSpec.from_dict({"name": "t", "method": {"name": "obc"}}, "x.toml")
+    for p in sorted(__import__("pathlib").Path(__file__).resolve().parents[1].glob("search/*.toml")):
+        try:
+            s = load_spec(p)
+        except SearchError:
+            continue   # compare specs and the like are not search specs
+        assert s.method.name == "l1l2"

@@ -94,11 +94,11 @@ class MethodSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_table(cls, table: Any, *, defaults: Mapping[str, Any] | None = None, target: float | None = None,
-                   where: str = "search spec") -> MethodSpec:
+    def from_table(cls, table: Any, *, defaults: Mapping[str, Any] | None = None,
+                   target: float | None = None) -> MethodSpec:
         """Validate a ``[method]`` table (with the spec's ``defaults``, for its budget ``target``)."""
         if not isinstance(table, Mapping):
-            raise SearchError(f"{where}: [method] must be a table, got {type(table).__name__}")
+            raise SearchError(f"[method] must be a table, got {type(table).__name__}")
         opts = {k: v for k, v in table.items() if k != "name"}
         spec = cls(name=table.get("name", DEFAULT_METHOD), options=opts)
         spec.build(defaults).check(target)   # now: a bad key fails when the spec is read, not after pre-training

@@ -27,7 +27,7 @@ import torch
 
 from hwloop.compress.extract import save_compressed
 from hwloop.errors import SearchError
-from hwloop.search.differentiable import SearchConfig, differentiable_search
+from hwloop.methods.base import MethodContext
 from hwloop.search.latency import PredictorLatency, select_latency_model
 from hwloop.search.report import compare_compressed, predict_compressed, write_report
 from hwloop.search.space import SearchSpace, SpaceOptions
@@ -112,11 +112,13 @@ def _run(spec: SearchSpec, out: Path, say: Callable[[str], None], progress: bool
                                store=spec.predictor.store or _default_store(), device=spec.device.name,
                                objective=spec.predictor.objective, log=say, progress=progress,
                                max_grid_points=spec.predictor.max_grid_points, aggregate=spec.predictor.aggregate)
-    cfg = SearchConfig(search_epochs=sch.search_epochs, finetune_epochs=sch.finetune_epochs, lr=sch.lr,
-                       gate_lr=sch.gate_lr, weight_decay=sch.weight_decay, lam=spec.budget.lam,
-                       target=spec.budget.target, **spec.budget.schedule_kwargs(), keep_rule=sch.keep_rule,
-                       tile=spec.space.tile, max_steps=sch.max_steps, seed=spec.seed)
-    res = differentiable_search(space, lat, task.train, task.eval_fn, cfg, log=say, progress=progress)
+    method = spec.method.build(spec.method_defaults())   # [method] (default l1l2) through hwloop.methods.METHODS
+    say(f"method {method.name}: {method.summary}")
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=task.eval_fn, latency=lat,
+                        target=spec.budget.target, device=spec.device.name, seed=spec.seed, base_accuracy=acc0,
+                        log=say, progress=progress)
+    result = method.run(ctx)
+    res = result.candidates[0]
     save_compressed(res.model, res.plan, out)
 
     example = task.ref.example_input()
@@ -125,7 +127,9 @@ def _run(spec: SearchSpec, out: Path, say: Callable[[str], None], progress: bool
         "latency_model": lat.kind, "latency_unit": lat.unit, "original_accuracy": acc0, "accuracy": res.accuracy,
         "accuracy_extracted": res.accuracy_extracted, "model_original": res.original, "model_predicted": res.predicted,
         "model_ratio": res.predicted / res.original, "target": spec.budget.target, "seconds": dict(res.seconds),
-        "pretrain_seconds": t_pre,
+        "pretrain_seconds": t_pre, "method": result.method, "method_config": result.config,
+        "search_ratio": res.search_ratio, "repairs": [r.to_dict() for r in res.repairs],
+        "budget_status": res.status, "budget_reason": res.status_reason,
         "params": sum(p.numel() for p in res.model.parameters()),
         "original_params": sum(p.numel() for p in model.parameters()),
     }

@@ -24,6 +24,9 @@ Example spec::
     pretrain_epochs = 2
     search_epochs = 3
     finetune_epochs = 2
+    [method]           # optional: a registered method (hwloop search methods) and its own keys; default l1l2
+    name = "l1l2"
+    fill_budget = false
 
 Example:
     >>> from hwloop.search.spec import SearchSpec
@@ -43,6 +46,7 @@ from typing import Any
 
 from hwloop._toml import read_toml
 from hwloop.errors import SearchError
+from hwloop.methods import MethodSpec
 
 __all__ = [
     "BudgetSection",
@@ -188,6 +192,7 @@ class SearchSpec:
     budget: BudgetSection = field(default_factory=BudgetSection)
     space: SpaceSection = field(default_factory=SpaceSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    method: MethodSpec = field(default_factory=MethodSpec)
     seed: int = 0
     path: str | None = None
 
@@ -198,7 +203,7 @@ class SearchSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> SearchSpec:
         where = path or "search spec"
-        allowed = {"name", "seed", *cls._SECTIONS}
+        allowed = {"name", "seed", "method", *cls._SECTIONS}
         extra = set(d) - allowed
         if extra:
             raise SearchError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
@@ -210,6 +215,11 @@ class SearchSpec:
                 kw[sec] = sc(**_check(sec, sc, d.get(sec, {})))
             except TypeError as e:
                 raise SearchError(f"{where}: [{sec}] {e}") from e
+        try:   # [method]: validated by the method's own config; [budget]/[schedule] give its defaults
+            kw["method"] = MethodSpec.from_table(d.get("method", {}), defaults=method_defaults(**kw),
+                                                 target=kw["budget"].target)
+        except SearchError as e:
+            raise SearchError(f"{where}: {e}") from e
         seed = d.get("seed", 0)
         if not isinstance(seed, int):
             raise SearchError(f"{where}: seed={seed!r} must be an int")
@@ -219,7 +229,21 @@ class SearchSpec:
         d = {"name": self.name, "seed": self.seed}
         for sec in self._SECTIONS:
             d[sec] = dataclasses.asdict(getattr(self, sec))
+        d["method"] = self.method.to_table()
         return d
+
+    def method_defaults(self) -> dict[str, Any]:
+        """The values ``[budget]``, ``[schedule]`` and ``[space]`` give a method's config (its own keys override)."""
+        return method_defaults(budget=self.budget, schedule=self.schedule, space=self.space)
+
+
+def method_defaults(*, budget: BudgetSection, schedule: ScheduleSection, space: SpaceSection,
+                    **_: Any) -> dict[str, Any]:
+    """The spec-wide keys a method's config may take (see :meth:`SearchSpec.method_defaults`)."""
+    sch = schedule
+    return {"search_epochs": sch.search_epochs, "finetune_epochs": sch.finetune_epochs, "lr": sch.lr,
+            "gate_lr": sch.gate_lr, "weight_decay": sch.weight_decay, "lam": budget.lam, **budget.schedule_kwargs(),
+            "keep_rule": sch.keep_rule, "tile": space.tile, "max_steps": sch.max_steps}
 
 
 def load_spec(path: str | Path) -> SearchSpec:
