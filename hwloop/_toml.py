@@ -31,5 +31,10 @@ def read_toml(path: str | Path, what: str, error: type[HwloopError] = ConfigErro
         raise error(f"{what} {p} does not exist") from e
     except IsADirectoryError as e:
         raise error(f"{what} {p} is a folder, not a TOML file") from e
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {p} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                    "TOML files must be UTF-8") from e
     except tomllib.TOMLDecodeError as e:
-        raise error(f"{what} {p} is not valid TOML: {e}") from e
+        raise error(f"{what} {p} is not valid TOML: {str(e).splitlines()[0]}") from e
+    except PermissionError as e:
+        raise error(f"{what} {p} cannot be read (permission denied)") from e

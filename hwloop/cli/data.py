@@ -23,7 +23,7 @@ def data_list(store: str = typer.Option(None, "--store", help=_STORE_HELP)) -> N
     from hwloop.cli._common import console
     from hwloop.store import MeasurementStore
 
-    with MeasurementStore(store) as st:
+    with MeasurementStore(store, create=False) as st:
         rows = st.counts()
         table = Table(title=f"{st!r} (schema v{st.opened_version})")
         for col in ("device", "key", "backend", "ok", "failed"):
@@ -64,7 +64,7 @@ def data_show(
 
     if limit < 1:
         raise ConfigError(f"--limit {limit} must be >= 1")
-    with MeasurementStore(store) as st:
+    with MeasurementStore(store, create=False) as st:
         rows = st.rows(device, kind=kind, ok_only=not failed, limit=limit)
         table = Table(title=f"{st!r}: {len(rows)} rows")
         for col in ("device", "kind", "workload", "latency ms", "cv", "mode", "status"):
@@ -86,7 +86,7 @@ def data_export(
     from hwloop.cli._common import console
     from hwloop.store import MeasurementStore
 
-    with MeasurementStore(store) as st:
+    with MeasurementStore(store, create=False) as st:
         n = st.export(path)
     console.print(f"exported {n} rows to {path}")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ import sqlalchemy as sa
 
 from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig
 from hwloop.errors import StoreError
-from hwloop.store._schema import SCHEMA_VERSION, devices_t, ensure_schema, measurements_t
+from hwloop.store._schema import SCHEMA_VERSION, detect_version, devices_t, ensure_schema, measurements_t
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,6 +55,9 @@ _PG_LOCK_ID = 0x68776C6F6F70  # "hwloop": serialises schema creation/upgrade acr
 _UPDATABLE = ("kind", "op", "mode", "latency_ms", "min_ms", "max_ms", "iqr_ms", "cv", "unstable", "attempts",
               "error", "samples_json", "per_layer_json", "extra_json", "spec_json", "model_json", "timing_json",
               "created_at", "hwloop_version")
+
+
+_ALLOWED_URLS = "allowed: a file path, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB"
 
 
 def default_store_url() -> str:
@@ -77,17 +81,20 @@ def normalize_url(url: str | os.PathLike[str] | None) -> str:
     if url is None:
         return default_store_url()
     s = os.fspath(url)
-    if not s:
-        raise StoreError("store URL is empty; allowed: a file path, sqlite:///PATH or postgresql://USER@HOST/DB")
+    if not s.strip():
+        raise StoreError(f"store URL {s!r} is empty; {_ALLOWED_URLS}")
     if "://" not in s:
+        m = re.match(r"([A-Za-z][A-Za-z0-9+.\-]+):", s)
+        if m:  # "sqlite:x.db", "postgresql:/h/db": a URL missing its "//", not a file name
+            raise StoreError(f"store URL {s!r} has scheme {m.group(1)!r} but no '//'; {_ALLOWED_URLS} "
+                             "(a file whose name holds ':' is written ./NAME)")
         return f"sqlite:///{Path(s).expanduser().resolve()}"
     scheme, _, rest = s.partition("://")
     if scheme == "sqlite":
         return s
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         return f"postgresql+psycopg://{rest}"
-    raise StoreError(f"store URL {s!r} has unknown scheme {scheme!r}; allowed: a file path, sqlite:///PATH "
-                     "or postgresql://USER@HOST[:PORT]/DB")
+    raise StoreError(f"store URL {s!r} has unknown scheme {scheme!r}; {_ALLOWED_URLS}")
 
 
 def _first_line(e: BaseException) -> str:
@@ -123,10 +130,13 @@ class MeasurementStore:
     Args:
         url: a file path or ``sqlite:///PATH`` (SQLite), ``postgresql://USER[:PW]@HOST[:PORT]/DB``
             (PostgreSQL via psycopg 3), ``sqlite://`` (in memory), or None for :func:`default_store_url`.
+        create: create the store (file and schema) if it does not exist. Read-only commands pass
+            False: a missing file or a database without hwloop's tables is then an error naming
+            it, so a typo'd path never turns into a new, empty store.
 
     Raises:
         StoreError: the URL is malformed, the database cannot be reached, it is not a hwloop
-            store, or it was written by a newer schema version.
+            store, it was written by a newer schema version, or (``create=False``) it does not exist.
 
     Example:
         >>> st = MeasurementStore("sqlite://")
@@ -135,7 +145,7 @@ class MeasurementStore:
         >>> st.close()
     """
 
-    def __init__(self, url: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, url: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
         self.url = normalize_url(url)
         try:
             parsed = sa.make_url(self.url)
@@ -150,6 +160,12 @@ class MeasurementStore:
             db = parsed.database
             if db and db != ":memory:":
                 parent = Path(db).parent
+                if Path(db).is_dir():
+                    raise StoreError(f"store {db} is a folder; {_ALLOWED_URLS}")
+                if not create and not Path(db).is_file():
+                    raise StoreError(f"store {db} does not exist" + (" (the default store: nothing measured yet)"
+                                     if url is None else "") + "; read-only commands never create one "
+                                     "(profile, sweep, demo and data import do)")
                 if url is None:
                     parent.mkdir(parents=True, exist_ok=True)
                 elif not parent.is_dir():
@@ -173,6 +189,9 @@ class MeasurementStore:
             with self._write() as conn:
                 if self.backend == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
+                if not create and detect_version(conn) is None:
+                    raise StoreError(f"store {self._display} is not a hwloop store (an empty database); "
+                                     "read-only commands never create one (profile, sweep, demo and data import do)")
                 self.opened_version = ensure_schema(conn, self._display)
         except BaseException:
             self._engine.dispose()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from hwloop.devices.base import REQUEST_KINDS, DeviceFingerprint, MeasureRequest, TimingConfig
@@ -88,19 +90,96 @@ def _text(v: Any) -> str | None:
     return str(v)
 
 
-def _float(v: Any) -> float | None:
-    if v is None or v is pd.NA:
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v)
+
+
+#: numeric columns: (name, strictly positive?) -- latencies are > 0 ms, spreads >= 0
+_NUMERIC = (("latency_ms", True), ("min_ms", True), ("max_ms", True), ("iqr_ms", False), ("cv", False))
+
+
+def _float(v: Any, col: str, positive: bool) -> float | None:
+    """A finite number in range, or None when missing; ValueError naming the value otherwise."""
+    if _missing(v):
         return None
-    f = float(v)
-    return None if math.isnan(f) else f
+    allowed = f"allowed: a finite number {'> 0' if positive else '>= 0'}"
+    try:
+        if isinstance(v, (bool, bytes)):
+            raise TypeError
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{col}={v!r} is not a number; {allowed}") from None
+    if not math.isfinite(f) or f < 0 or (positive and f == 0):
+        raise ValueError(f"{col}={v!r} is out of range; {allowed}")
+    return f
 
 
-def _bool(v: Any) -> bool:
+def _int(v: Any, col: str, lo: int) -> int:
+    try:
+        if isinstance(v, bool) or _missing(v):
+            raise TypeError
+        f = float(v)
+        if not f.is_integer():
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"{col}={v!r} is not an integer; allowed: an integer >= {lo}") from None
+    if f < lo:
+        raise ValueError(f"{col}={v!r} is out of range; allowed: an integer >= {lo}")
+    return int(f)
+
+
+def _bool(v: Any, col: str = "unstable") -> bool:
     if isinstance(v, str):
         if v.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"not a boolean: {v!r}")
+            raise ValueError(f"{col}={v!r} is not a boolean; allowed: true, false, 1, 0")
         return v.lower() in ("true", "1")
-    return bool(v)
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, numbers.Integral) and int(v) in (0, 1):
+        return bool(v)
+    raise ValueError(f"{col}={v!r} is not a boolean; allowed: true, false, 1, 0")
+
+
+def _json(v: Any, col: str, kind: type, *, required: bool = False) -> Any:
+    """Parse a JSON text column into ``kind`` (dict or list); missing gives None unless ``required``."""
+    if _missing(v):
+        if required:
+            raise ValueError(f"{col} is missing; allowed: a JSON {'object' if kind is dict else 'array'}")
+        return None
+    try:
+        out = json.loads(str(v))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{col}={_short(v)} is not valid JSON ({e.msg}); allowed: a JSON "
+                         f"{'object' if kind is dict else 'array'}") from None
+    if not isinstance(out, kind):
+        raise ValueError(f"{col}={_short(v)} is a JSON {type(out).__name__}; allowed: a JSON "
+                         f"{'object' if kind is dict else 'array (list)'}")
+    return out
+
+
+def _short(v: Any, n: int = 40) -> str:
+    t = repr(v)
+    return t if len(t) <= n else t[: n - 3] + "..."
+
+
+def _samples(v: Any) -> list[float]:
+    xs = _json(v, "samples_json", list, required=True)
+    for x in xs:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+            raise ValueError(f"samples_json holds {x!r}; allowed: a list of finite numbers >= 0 (ms)")
+    return [float(x) for x in xs]
+
+
+def _created(v: Any) -> str:
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    if _missing(v):
+        return ""
+    try:
+        return pd.Timestamp(str(v)).isoformat()
+    except (ValueError, TypeError):
+        raise ValueError(f"created_at={_short(v)} is not a timestamp; allowed: ISO 8601, e.g. "
+                         "2026-01-31T12:00:00+00:00") from None
 
 
 def read_frame_rows(path: Path) -> tuple[list[DeviceFingerprint], list[dict[str, Any]]]:
@@ -125,38 +204,56 @@ def read_frame_rows(path: Path) -> tuple[list[DeviceFingerprint], list[dict[str,
     for i, r in enumerate(df.to_dict("records")):
         where = f"{path.name} row {i}"
         try:
-            fp = DeviceFingerprint.from_dict(json.loads(str(r["fingerprint_json"])))
-            if fp.key != r["device_key"]:
-                raise ValueError(f"device_key {r['device_key']!r} does not match its fingerprint ({fp.key})")
-            if r["kind"] not in REQUEST_KINDS:
-                raise ValueError(f"kind {r['kind']!r} is unknown")
-            spec, model = _text(r.get("spec_json")), _text(r.get("model_json"))
-            req = MeasureRequest.from_dict({"kind": r["kind"], "layer": json.loads(spec) if spec else None,
-                                            "model": json.loads(model) if model else None})
-            if req.key != r["workload_key"]:
-                raise ValueError(f"workload_key {r['workload_key']!r} does not match its spec ({req.key})")
-            timing = TimingConfig.from_dict(json.loads(str(r["timing_json"])))
-            if timing.key != r["timing_key"]:
-                raise ValueError(f"timing_key {r['timing_key']!r} does not match its timing ({timing.key})")
-            err = _text(r.get("error"))
-            samples = json.loads(str(r["samples_json"]))
-            if err is None and not samples:
-                raise ValueError("an ok row needs samples")
-        except (ValueError, TypeError, KeyError, json.JSONDecodeError) as e:
+            rows.append(_row(r, fps))
+        except (ValueError, TypeError, KeyError) as e:
             raise StoreError(f"{where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         except HwloopError as e:
             raise StoreError(f"{where}: {e}") from e
-        fps.setdefault(fp.key, fp)
-        created = r.get("created_at")
-        rows.append({
-            "device_key": fp.key, "workload_key": req.key, "timing_key": timing.key, "kind": req.kind,
-            "op": str(r["op"]), "mode": str(r["mode"]),
-            **{c: _float(r.get(c)) for c in ("latency_ms", "min_ms", "max_ms", "iqr_ms", "cv")},
-            "unstable": _bool(r["unstable"]), "attempts": int(r["attempts"]), "error": err,
-            "samples_json": json.dumps(samples), "per_layer_json": _text(r.get("per_layer_json")) or "{}",
-            "extra_json": _text(r.get("extra_json")) or "{}", "spec_json": spec, "model_json": model,
-            "timing_json": json.dumps(timing.to_dict(), sort_keys=True),
-            "created_at": (created.isoformat() if isinstance(created, pd.Timestamp) else _text(created)) or "",
-            "hwloop_version": _text(r.get("hwloop_version")) or "unknown",
-        })
     return list(fps.values()), rows
+
+
+def _row(r: dict[str, Any], fps: dict[str, DeviceFingerprint]) -> dict[str, Any]:
+    """One validated ``measurements`` row of an export (ValueError naming the bad value)."""
+    from hwloop.devices.base import EXEC_MODES
+
+    fpd = _json(r["fingerprint_json"], "fingerprint_json", dict, required=True)
+    fp = DeviceFingerprint.from_dict(fpd)
+    if fp.key != r["device_key"]:
+        raise ValueError(f"device_key {r['device_key']!r} does not match its fingerprint_json ({fp.key})")
+    if r["kind"] not in REQUEST_KINDS:
+        raise ValueError(f"kind {r['kind']!r} is unknown; allowed: {', '.join(REQUEST_KINDS)}")
+    if r["mode"] not in EXEC_MODES:
+        raise ValueError(f"mode {r['mode']!r} is unknown; allowed: {', '.join(EXEC_MODES)}")
+    spec = _json(r.get("spec_json"), "spec_json", dict)
+    model = _json(r.get("model_json"), "model_json", dict)
+    req = MeasureRequest.from_dict({"kind": r["kind"], "layer": spec, "model": model})
+    if req.key != r["workload_key"]:
+        raise ValueError(f"workload_key {r['workload_key']!r} does not match its spec ({req.key})")
+    if str(r["op"]) != req.op:
+        raise ValueError(f"op {r['op']!r} does not match its spec ({req.op!r})")
+    timing = TimingConfig.from_dict(_json(r["timing_json"], "timing_json", dict, required=True))
+    if timing.key != r["timing_key"]:
+        raise ValueError(f"timing_key {r['timing_key']!r} does not match its timing ({timing.key})")
+    err = _text(r.get("error"))
+    samples = _samples(r["samples_json"])
+    nums = {c: _float(r.get(c), c, pos) for c, pos in _NUMERIC}
+    if err is None:
+        if not samples:
+            raise ValueError("samples_json=[]: an ok row needs samples (a row without them must carry an error)")
+        if nums["latency_ms"] is None:
+            raise ValueError("latency_ms is missing; an ok row needs a finite latency_ms > 0")
+    per_layer = _json(r.get("per_layer_json"), "per_layer_json", dict) or {}
+    for k, v in per_layer.items():
+        _float(v, f"per_layer_json[{k!r}]", False)
+    extra = _json(r.get("extra_json"), "extra_json", dict) or {}
+    fps.setdefault(fp.key, fp)
+    return {
+        "device_key": fp.key, "workload_key": req.key, "timing_key": timing.key, "kind": req.kind,
+        "op": req.op, "mode": str(r["mode"]), **nums,
+        "unstable": _bool(r["unstable"]), "attempts": _int(r["attempts"], "attempts", 0), "error": err,
+        "samples_json": json.dumps(samples), "per_layer_json": json.dumps(per_layer, sort_keys=True),
+        "extra_json": json.dumps(extra, sort_keys=True), "spec_json": json.dumps(spec, sort_keys=True) if spec else None,
+        "model_json": json.dumps(model, sort_keys=True) if model else None,
+        "timing_json": json.dumps(timing.to_dict(), sort_keys=True), "created_at": _created(r.get("created_at")),
+        "hwloop_version": _text(r.get("hwloop_version")) or "unknown",
+    }
