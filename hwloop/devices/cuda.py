@@ -9,11 +9,13 @@ Two execution modes (``TimingConfig.mode``):
   with events (divided by ``number``). Launch overhead disappears, as in deployed
   runtimes (TensorRT, torch.compile's ``reduce-overhead``).
 
-``model_layers`` requests also time every leaf module *in context* during whole-model
-runs, with an event recorded in forward pre/post hooks and no host synchronisation
-between modules (:func:`hwloop.devices.cpu.time_model_layers`). Events cannot be timed
-inside a graph replay, so in ``cuda_graph`` mode the per-layer times are eager ones
-(``extra["per_layer_mode"] == "eager"``) while the whole-model time is the graph's.
+``model_layers`` requests also time every leaf module of the model. In ``eager`` mode they are
+timed *in context* during whole-model runs, with an event recorded in forward pre/post hooks and
+no host synchronisation between modules (:func:`hwloop.devices.cpu.time_model_layers`). Events
+cannot be timed inside a graph replay, so in ``cuda_graph`` mode each leaf module call is captured
+**alone** in its own CUDA graph, on the very input tensors it received in the model, and replayed
+(:func:`time_layers_graph`; ``extra["per_layer_mode"] == "cuda_graph"``): per-layer times as a
+graph-deployed model runs them, minus the overlap between neighbouring kernels.
 
 Failures are data: an out-of-memory error, an op without a CUDA kernel, a graph capture
 that fails or a timeout comes back as ``MeasureResult.error`` and the cache is emptied.
@@ -48,7 +50,7 @@ from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult
 from hwloop.devices.cpu import error_message, prepare_request, time_model_layers
 from hwloop.errors import ConfigError, DeviceError, DeviceUnavailableError
 
-__all__ = ["CudaDevice", "CudaEventTimer", "time_cuda_graph", "backend_flags", "parse_nvidia_smi_csv",
+__all__ = ["CudaDevice", "CudaEventTimer", "time_cuda_graph", "time_layers_graph", "leaf_calls", "backend_flags", "parse_nvidia_smi_csv",
            "parse_proc_driver_version", "query_nvidia_smi", "NVIDIA_SMI_FIELDS", "CUDA_MODES", "MAX_GRAPH_ITERS"]
 
 CUDA_MODES = ("eager", "cuda_graph")
@@ -245,6 +247,46 @@ def time_cuda_graph(fn: Callable[[], object], timing: TimingConfig, *, request_k
         del graph
 
 
+def leaf_calls(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[str, torch.nn.Module, tuple]]:
+    """Every call of a timed leaf module (conv, linear, batchnorm, activation, pooling) in one forward
+    pass, in order, with the input tensors it received: ``(name, module, args)``."""
+    from hwloop.devices.cpu import _LEAF_TYPES
+
+    names = {m: n for n, m in model.named_modules() if isinstance(m, _LEAF_TYPES)}
+    calls: list[tuple[str, torch.nn.Module, tuple]] = []
+
+    def pre(mod: torch.nn.Module, args: tuple) -> None:
+        calls.append((names[mod], mod, tuple(args)))
+
+    handles = [m.register_forward_pre_hook(pre) for m in names]
+    try:
+        with torch.inference_mode():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def time_layers_graph(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], timing: TimingConfig, *,
+                      deadline: Deadline | None = None) -> dict[str, float]:
+    """Per-leaf-module CUDA-graph latency (median ms): each call captured and replayed alone.
+
+    A module called twice in one forward pass is summed (as in eager ``model_layers``).
+
+    Raises:
+        DeviceError: a layer's graph timing failed (the message names the layer).
+    """
+    out: dict[str, float] = {}
+    with torch.inference_mode():
+        for name, mod, args in leaf_calls(model, inputs):
+            res = time_cuda_graph(lambda m=mod, a=args: m(*a), timing, request_key=name, deadline=deadline)
+            if not res.ok:
+                raise DeviceError(f"layer {name!r}: {res.error}")
+            out[name] = out.get(name, 0.0) + res.latency_ms
+    return out
+
+
 class CudaDevice:
     """PyTorch on a local NVIDIA GPU, timed with CUDA events (modes ``eager`` and ``cuda_graph``).
 
@@ -338,11 +380,14 @@ class CudaDevice:
                 res = time_cuda_graph(fn, timing, request_key=req.key, extra=extra, deadline=deadline)
             else:
                 res = time_fn(fn, timing, CudaEventTimer(), request_key=req.key, extra=extra, deadline=deadline)
-        if req.kind == "model_layers":
-            per = time_model_layers(model, inputs, timing, _record_event, lambda a, b: float(a.elapsed_time(b)),
-                                    sync=torch.cuda.synchronize, check=deadline.check)
+        if req.kind == "model_layers" and res.ok:
+            if timing.mode == "cuda_graph":
+                per = time_layers_graph(model, inputs, timing, deadline=deadline)
+            else:
+                per = time_model_layers(model, inputs, timing, _record_event, lambda a, b: float(a.elapsed_time(b)),
+                                        sync=torch.cuda.synchronize, check=deadline.check)
             res = summarize(res.samples_ms, timing, request_key=req.key, attempts=res.attempts, per_layer_ms=per,
-                            extra={**res.extra, "per_layer_mode": "eager"})
+                            extra={**res.extra, "per_layer_mode": timing.mode})
         return res
 
     def _measure_safely(self, req: MeasureRequest, timing: TimingConfig) -> MeasureResult:
