@@ -58,6 +58,7 @@ __all__ = ["LATENCY_PENALTIES", "TARGET_CURVES", "SearchConfig", "SearchResult",
 TARGET_CURVES = ("linear", "geometric", "cubic")
 LATENCY_PENALTIES = ("linear", "hinge")
 _LAM_MIN, _LAM_MAX = 1e-4, 1e4
+_EXP_CAP = 50.0   # exp(50)·_LAM_MIN > _LAM_MAX: a larger step on log λ changes nothing but can overflow
 
 
 def effective_target(target: float, step: int, total: int, warmup: float, curve: str = "cubic") -> float:
@@ -431,8 +432,10 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 ratio = float(ratio_t.detach())
                 if t_eff is not None:  # PI control of log(lambda): scale-free, fast in short schedules
                     err = ratio / t_eff - 1.0
-                    lam_i = min(_LAM_MAX, max(_LAM_MIN, lam_i * math.exp(config.dual_lr * err)))
-                    lam = min(_LAM_MAX, max(_LAM_MIN, lam_i * math.exp(config.dual_kp * err))) if config.dual_kp else lam_i
+                    # the exponent is capped where λ is at _LAM_MAX anyway (a far-away target would overflow exp)
+                    lam_i = min(_LAM_MAX, max(_LAM_MIN, lam_i * math.exp(min(_EXP_CAP, config.dual_lr * err))))
+                    lam = min(_LAM_MAX, max(_LAM_MIN, lam_i * math.exp(min(_EXP_CAP, config.dual_kp * err)))) \
+                        if config.dual_kp else lam_i
                 sums["loss"] += float(loss.detach())
                 sums["task"] += float(task.detach())
                 sums["ratio"] += ratio
