@@ -42,7 +42,8 @@ import sqlalchemy as sa
 
 from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig
 from hwloop.errors import StoreError
-from hwloop.store._schema import SCHEMA_VERSION, detect_version, devices_t, ensure_schema, measurements_t
+from hwloop.store._schema import (SCHEMA_VERSION, detect_version, devices_t, ensure_schema, history_t,
+                                  measurements_t)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -245,8 +246,20 @@ class MeasurementStore:
                                               created_at=_now()).on_conflict_do_nothing(index_elements=["key"])
         conn.execute(stmt)
 
-    def _upsert(self, conn: sa.Connection, row: Mapping[str, Any], *, failure_replaces_failure: bool = True) -> bool:
+    def _upsert(self, conn: sa.Connection, row: Mapping[str, Any], *, failure_replaces_failure: bool = True,
+                replace: bool = False) -> bool:
         ins = self._insert(measurements_t).values(**row)
+        if replace:
+            key = (measurements_t.c.device_key == row["device_key"]) & (
+                measurements_t.c.workload_key == row["workload_key"]) & (measurements_t.c.timing_key == row["timing_key"])
+            old = conn.execute(sa.select(measurements_t).where(key)).mappings().first()
+            if old is not None:
+                conn.execute(history_t.insert().values(**{k: v for k, v in old.items() if k != "id"},
+                                                       superseded_at=_now()))
+            stmt = ins.on_conflict_do_update(index_elements=["device_key", "workload_key", "timing_key"],
+                                             set_={c: getattr(ins.excluded, c) for c in _UPDATABLE})
+            conn.execute(stmt)
+            return True
         if row["error"] is not None and not failure_replaces_failure:
             stmt = ins.on_conflict_do_nothing(index_elements=["device_key", "workload_key", "timing_key"])
             return conn.execute(stmt.returning(measurements_t.c.id)).first() is not None
@@ -257,8 +270,12 @@ class MeasurementStore:
         return conn.execute(stmt).first() is not None  # no row comes back when an ok row was kept
 
     # ------------------------------------------------------------------ writing
-    def add(self, fp: DeviceFingerprint, req: MeasureRequest, res: MeasureResult) -> bool:
+    def add(self, fp: DeviceFingerprint, req: MeasureRequest, res: MeasureResult, *, replace: bool = False) -> bool:
         """Store one result; it is committed (durable) before this returns.
+
+        With ``replace`` (a re-measurement, e.g. ``hwloop profile --remeasure``) the new result
+        becomes the key's row whatever the old one held, and the old row moves to the ``history``
+        table in the same transaction (:meth:`history`): the newest is used, nothing is lost.
 
         Returns:
             True if the row was written; False if its key already holds an ok row (kept as is).
@@ -271,7 +288,7 @@ class MeasurementStore:
         row = result_row(fp, req, res)
         with self._write() as conn:
             self._ensure_device(conn, fp)
-            written = self._upsert(conn, row)
+            written = self._upsert(conn, row, replace=replace)
         with self._lock:
             self._known_devices.add(fp.key)
         return written
@@ -306,6 +323,13 @@ class MeasurementStore:
         with self._read() as conn:
             row = conn.execute(q).mappings().first()
         return None if row is None else row_result(row)
+
+    def history(self, fp_key: str, req_key: str, timing_key: str) -> list[MeasureResult]:
+        """The rows re-measurements superseded for a key, oldest first (the current row is :meth:`get`)."""
+        q = sa.select(history_t).where(history_t.c.device_key == fp_key, history_t.c.workload_key == req_key,
+                                       history_t.c.timing_key == timing_key).order_by(history_t.c.id)
+        with self._read() as conn:
+            return [row_result(r) for r in conn.execute(q).mappings()]
 
     def devices(self) -> list[DeviceFingerprint]:
         """Every device with stored rows (or ever added), by name."""

@@ -8,7 +8,9 @@ Version history:
   and ``measurements`` with a unique constraint on (device_key, workload_key, timing_key).
   ``claims`` (work leases of concurrent sweeps, :mod:`hwloop.store._claims`) is additive: it
   is created on open when missing, so a v1 store of any age gains it without a version bump
-  and older hwloop versions still open the store (they ignore the table).
+  and older hwloop versions still open the store (they ignore the table). ``history`` (rows a
+  re-measurement superseded, :meth:`MeasurementStore.add` with ``replace=True``) is additive in
+  the same way.
 
 ``_MIGRATIONS`` maps a version to the function upgrading it to the next one; every
 upgrade runs inside the same transaction as the version bump, so a crash leaves the old
@@ -25,7 +27,7 @@ import sqlalchemy as sa
 
 from hwloop.errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "metadata", "meta_t", "devices_t", "measurements_t", "claims_t", "V0_DDL",
+__all__ = ["SCHEMA_VERSION", "metadata", "meta_t", "devices_t", "measurements_t", "claims_t", "history_t", "V0_DDL",
            "detect_version", "ensure_schema"]
 
 SCHEMA_VERSION = 1
@@ -83,6 +85,15 @@ claims_t = sa.Table(
     sa.Column("worker", sa.String(200), nullable=False),
     sa.Column("claimed_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+#: Measurement rows a re-measurement replaced (``add(..., replace=True)``): the same columns as ``measurements``
+#: (no unique key: a key may have many) plus when the row was superseded. Nothing stored is lost.
+history_t = sa.Table(
+    "history", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    *(sa.Column(c.name, c.type, nullable=c.nullable) for c in measurements_t.columns if c.name != "id"),
+    sa.Column("superseded_at", sa.String(40), nullable=False),
 )
 
 #: The v0 (prototype) layout, kept to create "old" stores in upgrade tests on any backend.
@@ -185,6 +196,9 @@ def ensure_schema(conn: sa.Connection, url: str) -> int:
     if found < SCHEMA_VERSION:
         conn.execute(meta_t.delete().where(meta_t.c.key == "schema_version"))
         conn.execute(meta_t.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-    if "claims" not in sa.inspect(conn).get_table_names():  # additive (see the module docstring)
+    tables = sa.inspect(conn).get_table_names()
+    if "claims" not in tables:  # additive (see the module docstring)
         claims_t.create(conn)
+    if "history" not in tables:  # additive too
+        history_t.create(conn)
     return found
