@@ -22,7 +22,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +90,10 @@ def _wheelhouse_files(wheelhouse: str | Path | None, device: str) -> tuple[Path,
 
 
 def _upload(sftp: Any, local: Path, remote: str) -> None:
+    """Upload a wheelhouse wheel unless one of that name and size is there (released wheels do not change)."""
     try:
         if sftp.stat(remote).st_size == local.stat().st_size:
-            return  # same wheel already there (wheel names carry the version)
+            return
     except OSError:
         pass
     sftp.put(str(local), remote)
@@ -157,7 +158,7 @@ def deploy(profile: Any, *, wheel: str | Path | None = None, wheelhouse: str | P
                         sftp.mkdir(d)
                 say(f"uploading {whl.name}" + (f" and {len(extra)} wheels from {house}" if extra else "")
                     + f" to {cfg.address}:{rwheels}/")
-                _upload(sftp, whl, remote_whl)
+                sftp.put(str(whl), remote_whl)  # always: a rebuilt checkout keeps its version
                 for p in extra:
                     _upload(sftp, p, f"{rwheels}/{p.name}")
                 uploaded = sftp.listdir(rwheels)
