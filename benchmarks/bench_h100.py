@@ -72,17 +72,23 @@ def metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     from scipy.stats import spearmanr
 
     rho = float(spearmanr(pred, y)[0]) if np.ptp(pred) > 0 else float("nan")
+    from hwloop.predict.graph_cost import MIN_MS
+
     return {"spearman": rho, "acc10": float(np.mean(np.abs(pred / y - 1) <= 0.1)), "n": len(y),
-            "median_ratio": float(np.median(pred / y))}
+            "median_ratio": float(np.median(pred / y)), "n_floored": int(np.sum(pred <= MIN_MS))}
 
 
 def _fit_predict(train: list[dict], test: list[dict], layers: list[dict], params: dict[str, Any]) -> np.ndarray:
     from hwloop.predict.graph_cost import GraphCostPredictor
 
+    from hwloop.predict.base import PredictorWarning
+
     p = GraphCostPredictor(**params, mode=train[0]["mode"])
     p.fit_models([n["wl"] for n in train], [n["ms"] for n in train],
                  layers=[x["spec"] for x in layers], layer_ms=[x["ms"] for x in layers])
-    return np.array([p.predict_workload(n["wl"]) for n in test])
+    with warnings.catch_warnings():  # sums below MIN_MS come back as MIN_MS (counted as n_floored)
+        warnings.simplefilter("ignore", PredictorWarning)
+        return np.array([p.predict_workload(n["wl"]) for n in test])
 
 
 def _layers_without(layers: list[dict], arch: str) -> list[dict]:
@@ -232,8 +238,9 @@ def print_table(title: str, cells: list[dict[str, Any]]) -> None:
     print(f"| test arch | batch | dtype | ours rho / ±10% | constant ±10% | MACs rho / ±10% | ours pred/meas |")
     print("|---|---:|---|---|---|---|---:|")
     for c in cells:
+        floored = f" ({c['ours']['n_floored']} at the floor)" if c["ours"]["n_floored"] else ""
         print(f"| {c['test']} | {c['batch']} | {c['dtype']} | {_fmt(c['ours'])} | {100 * c['constant']['acc10']:5.1f}% "
-              f"| {_fmt(c['macs'])} | {c['ours']['median_ratio']:.2f} |")
+              f"| {_fmt(c['macs'])} | {c['ours']['median_ratio']:.2f}{floored} |")
     o = [c["ours"] for c in cells]
     print(f"| **mean** | | | {np.mean([x['spearman'] for x in o]):6.3f} {100 * np.mean([x['acc10'] for x in o]):5.1f}% "
           f"| {100 * np.mean([c['constant']['acc10'] for c in cells]):5.1f}% "
