@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -161,6 +162,17 @@ class ClaimQueue:
         """True when every key is stored (by anyone) or held by this process."""
         return self.pending == 0
 
+    def _windows(self) -> Iterable[list[str]]:
+        """The remaining keys, ``_WINDOW`` at a time, read lazily (claims rarely look past the first)."""
+        start = 0
+        while True:
+            with self._lock:
+                window = list(itertools.islice(self._remaining, start, start + _WINDOW))
+            if not window:
+                return
+            yield window
+            start += len(window)
+
     def _now(self, conn: sa.Connection) -> float:
         if self.store.backend == "postgresql":
             expr = sa.text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
@@ -206,14 +218,14 @@ class ClaimQueue:
         got: list[str] = []
         resolved: list[str] = []
         took = 0
-        with self._lock:
-            remaining = list(self._remaining)
-        if not remaining or n < 1:
+        if self.finished or n < 1:
             return []
+        scanned: list[str] = []
         with self.store._write() as conn:
             now = self._now(conn)
             vals = {"worker": self.worker, "claimed_at": now, "expires_at": now + self._lease()}
-            for window in _chunks(remaining):
+            for window in self._windows():
+                scanned += window
                 seen = {k: e for k, e in conn.execute(sa.select(c.workload_key, c.expires_at)
                                                       .where(self._where(window)))}
                 stored = self._stored(conn, window)
@@ -246,7 +258,7 @@ class ClaimQueue:
                     got += [k for k in mine if k not in done]
                 if len(got) >= n:
                     break
-        order = {k: i for i, k in enumerate(remaining)}
+        order = {k: i for i, k in enumerate(scanned)}
         got.sort(key=order.__getitem__)  # the sweep's order
         with self._lock:
             fresh = [k for k in dict.fromkeys(resolved) if k in self._remaining]
