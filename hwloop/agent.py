@@ -222,8 +222,6 @@ def check_request_limits(request: Mapping[str, Any], limits: AgentLimits) -> Any
 # ----------------------------------------------------------------------------- worker
 def _worker_main(stdin: IO[bytes], stdout: IO[bytes]) -> int:
     """The killable measuring process: imports first, then config line in, ``ready`` out, one job per line."""
-    import importlib
-
     def send(obj: Mapping[str, Any]) -> None:
         stdout.write(encode_message(obj))
         stdout.flush()
@@ -240,8 +238,9 @@ def _worker_main(stdin: IO[bytes], stdout: IO[bytes]) -> int:
     try:
         dev_cfg = cfg["device"]
         torch.manual_seed(0)
-        mod_name, _, cls_name = BACKENDS[dev_cfg["backend"]].partition(":")
-        cls = getattr(importlib.import_module(mod_name), cls_name)
+        from hwloop.trust import import_builtin
+
+        cls = import_builtin(BACKENDS[dev_cfg["backend"]])  # a table entry, never a name from the message
         device = cls(name=dev_cfg["name"], **dict(dev_cfg.get("options", {})))
         fp = device.fingerprint().to_dict()
         fp.pop("key", None)

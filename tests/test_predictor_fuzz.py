@@ -81,10 +81,17 @@ def small_predictors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return out
 
 
-@pytest.mark.parametrize("kind", ["random_forest", "gradient_boosting", "lookup", "ridge_macs"])
-def test_flips_of_array_predictors_never_crash(kind: str, small_predictors: dict[str, Path]) -> None:
-    rep = _bench().fuzz(small_predictors[kind], 40, seed=2, progress=False)
-    assert rep["outcomes"].get("crash", 0) == 0 and rep["outcomes"].get("unclean", 0) == 0, rep["not_clean"][:5]
+def test_flips_of_array_predictors_never_crash(small_predictors: dict[str, Path]) -> None:
+    bench = _bench()
+    pool = bench.Pool()
+    try:
+        for kind in ("random_forest", "gradient_boosting", "lookup", "ridge_macs"):
+            rep = bench.fuzz(small_predictors[kind], 40, seed=2, progress=False, pool=pool)
+            o = rep["outcomes"]
+            assert o.get("crash", 0) == 0 and o.get("unclean", 0) == 0, (kind, rep["not_clean"][:5])
+            assert o.get("error", 0) > 0 and rep["reached"]["metadata_checks"] > 0, (kind, rep)
+    finally:
+        pool.close()
 
 
 # ----------------------------------------------------------------------------- hypothesis: every metadata field

@@ -78,7 +78,8 @@ class Evil:
 
 
 @pytest.fixture
-def evil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def evil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+         request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     root = tmp_path / "planted"
     root.mkdir()
     name = "evil_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:60]
@@ -207,15 +208,22 @@ def test_store_rows_and_data_import(evil: Evil, tmp_path: Path, capsys: pytest.C
 
 # ----------------------------------------------------------------------------- sweep spec
 def test_sweep_spec(evil: Evil, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hwloop.sweep import SweepSpec
+
     spec = tmp_path / "sweep.toml"
     spec.write_text(f'name = "planted"\nkind = "models"\n\n[[models]]\nname = "{evil.ref()}"\n'
                     'input_shape = [1, 8, 8]\n\n[timing]\nrepeats = 3\nwarmup = 1\n', encoding="utf-8")
     store = tmp_path / "s.db"
     rc = main(["sweep", str(spec), "--store", str(store), "--no-progress"])
-    refused(rc, capsys.readouterr().err, evil)
-    rc = main(["--allow-import", "sweep", str(spec), "--store", str(store), "--no-progress"])
-    err = capsys.readouterr().err
-    assert evil.imported and evil.called, err
+    refused(rc, capsys.readouterr().err, evil)  # refused when the spec is read, before anything is measured
+    with pytest.raises(ConfigError, match="--allow-import"):
+        SweepSpec.from_toml(spec)
+    assert not evil.ran()
+    with allowing_imports():
+        sp = SweepSpec.from_toml(spec)  # with the opt-in the spec is accepted and its model runs the code
+        with pytest.raises(ConfigError, match="evil factory ran"):
+            sp.models[0].build()
+    assert evil.imported and evil.called
 
 
 # ----------------------------------------------------------------------------- predictor metadata

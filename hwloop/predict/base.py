@@ -79,8 +79,8 @@ def checked_latencies(ms: Any, who: str, *, allow_zero: bool = False) -> np.ndar
     ok = np.isfinite(out) & ((out >= 0) if allow_zero else (out > 0))
     if not ok.all():
         bad = out[~ok]
-        raise PredictorError(f"{who} predicted {float(bad[0])!r} ms for {bad.size} of {out.size} layer(s); latencies must be "
-                             "finite and > 0 (the predictor file is out of range: refit it)")
+        raise PredictorError(f"{who} predicted {float(bad[0])!r} ms for {bad.size} of {out.size} layer(s); latencies "
+                             "must be finite and > 0 (the predictor file is out of range: refit it)")
     return out
 
 

@@ -224,7 +224,7 @@ def encode_ubj(v: Any) -> bytes:
 
 
 # ----------------------------------------------------------------------------- model checks
-def _obj(x: Any, where: str, required: set[str], optional: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+def _obj(x: Any, where: str, required: set[str], optional: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(x, dict):
         raise _Bad(f"{where} must be an object")
     missing, extra = required - set(x), set(x) - required - set(optional)

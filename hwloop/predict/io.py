@@ -188,7 +188,10 @@ def read_metadata(path: Any, *, verify: bool = True) -> dict[str, Any]:
         raise PredictorError(f"predictor file {str(path)!r} fails its metadata hash check (edited or corrupt); "
                              "refit or restore it")
     fs = meta.get("feature_schema")
-    if isinstance(fs, bool) or fs not in FEATURE_SCHEMAS or meta.get("features") != list(feature_names(fs)):
+    if not isinstance(fs, bool) and fs in FEATURE_SCHEMAS and meta.get("features") != list(feature_names(fs)):
+        raise PredictorError(f"predictor file {str(path)!r} lists features that differ from feature schema {fs}'s "
+                             f"{len(feature_names(fs))} (edited or corrupt); refit or restore it")
+    if isinstance(fs, bool) or fs not in FEATURE_SCHEMAS:
         raise PredictorError(f"predictor file {str(path)!r} uses feature schema {fs!r}; this hwloop computes "
                              f"schemas {', '.join(map(str, FEATURE_SCHEMAS))} (refit it with 'hwloop predictor fit')")
     from hwloop.predict.validate import validate_metadata

@@ -185,7 +185,8 @@ def _check_state(kind: str, state: Any, where: str) -> None:
     if allowed is None:
         return  # a user predictor class (imported with --allow-import) checks its own state
     if set(state) - allowed:
-        raise _fail(where, f"state keys {sorted(set(state) - allowed)} are unknown for {kind}; allowed: {sorted(allowed)}")
+        raise _fail(where, f"state keys {sorted(set(state) - allowed)} are unknown for {kind}; "
+                           f"allowed: {sorted(allowed)}")
     if kind == "xgboost" and state.get("baseline_coef") is not None:
         bc = state["baseline_coef"]
         n = baseline_terms(np.ones((1, len(RAW_COLUMNS)))).shape[1]
@@ -282,7 +283,8 @@ def validate_arrays(kind: str, arrays: Mapping[str, np.ndarray], where: str, n_f
             raise _fail(where, "tree arrays left/right/feature/threshold/value must have one entry per node")
         if len(depth) != 1 or not 0 <= int(depth[0]) <= 1000:
             raise _fail(where, f"max_depth={depth.tolist()!r} must be one integer in [0, 1000]")
-        if np.any((left < -1) | (left >= n)) or np.any((right < -1) | (right >= n)) or np.any((left < 0) != (right < 0)):
+        if np.any((left < -1) | (left >= n)) or np.any((right < -1) | (right >= n)) \
+                or np.any((left < 0) != (right < 0)):
             raise _fail(where, f"tree child indices must be -1 (leaf) or in [0, {n})")
         if np.any((roots < 0) | (roots >= n)) or np.any((feat < 0) | (feat >= n_features)):
             raise _fail(where, f"tree roots must be in [0, {n}) and features in [0, {n_features})")
