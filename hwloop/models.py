@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -36,7 +37,7 @@ from torch import nn
 
 from hwloop.errors import ConfigError
 
-__all__ = ["BUILTIN_MODELS", "ModelRef", "build_model", "SmallCNN", "CifarResNet", "VGG", "MobileNetV2",
+__all__ = ["BUILTIN_MODELS", "MAX_INPUT_ELEMENTS", "MAX_MODEL_PARAMS", "ModelRef", "build_model", "check_size", "SmallCNN", "CifarResNet", "VGG", "MobileNetV2",
            "random_width_kwargs"]
 
 
@@ -258,6 +259,7 @@ class ModelRef:
         except TypeError as e:
             raise ConfigError(f"model kwargs must be JSON-serialisable: {e}") from e
         object.__setattr__(self, "kwargs", dict(self.kwargs))
+        _check_input(self)
 
     def require_trust(self) -> ModelRef:
         """Raise now (ConfigError saying how to opt in) if :meth:`build` would be refused; returns self.
@@ -270,11 +272,13 @@ class ModelRef:
     def build(self) -> nn.Module:
         """Instantiate the model (eval mode, the ref's dtype, CPU, seeded weights)."""
         factory, _ = _resolve(self.name, self.allow_import)
+        check_size(self)
         torch.manual_seed(0)
         try:
             model = factory(**self.kwargs)
-        except TypeError as e:
-            raise ConfigError(f"model {self.name!r} rejected kwargs {dict(self.kwargs)}: {e}") from e
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"model {self.name!r} rejected kwargs {dict(self.kwargs)}: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         return model.to(getattr(torch, self.dtype)).eval()
 
     def example_input(self, device: str = "cpu") -> torch.Tensor:
@@ -304,6 +308,54 @@ class ModelRef:
     def label(self) -> str:
         kw = ",".join(f"{k}={v}" for k, v in sorted(self.kwargs.items()))
         return f"{self.name}({kw})" if kw else self.name
+
+
+#: the largest example input (batch x per-sample elements) and built-in model (parameters) a ref may describe:
+#: 2^28 elements is 1 GiB in float32, beyond what hwloop's CPU/agent measurements hold (agent default: 2 GiB)
+MAX_INPUT_ELEMENTS = 2**28
+MAX_MODEL_PARAMS = 2**28
+_MULTS = ("width_mult", "expand_mult")
+
+
+def _check_input(ref: ModelRef) -> None:
+    """Cheap checks on construction: width multipliers > 0 and finite, an input that can be allocated."""
+    import math
+
+    for k in _MULTS:
+        v = ref.kwargs.get(k)
+        if k in ref.kwargs and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                                or v <= 0):
+            raise ConfigError(f"model {ref.name!r}: {k}={v!r} must be a finite number > 0, e.g. 0.5")
+    n_in = ref.batch * math.prod(ref.input_shape)
+    if n_in > MAX_INPUT_ELEMENTS:
+        raise ConfigError(f"model {ref.name!r}: input batch {ref.batch} x shape {tuple(ref.input_shape)} has {n_in} "
+                          f"elements; allowed: at most {MAX_INPUT_ELEMENTS} (2^28)")
+
+
+def check_size(ref: ModelRef) -> None:
+    """Refuse (one-line ConfigError) a built-in model too big to allocate, before it is built.
+
+    The model is counted on PyTorch's ``meta`` device (no memory), so an absurd width is an
+    error naming it instead of an out-of-memory crash. Sweeps call it up front for every model.
+    """
+    if ref.name in BUILTIN_MODELS:
+        _check_params(ref.name, json.dumps(dict(ref.kwargs), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_params(name: str, kwargs_json: str) -> None:
+    kwargs = json.loads(kwargs_json)
+    factory, _ = BUILTIN_MODELS[name]
+    label = ModelRef(name, kwargs).label
+    try:
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in factory(**kwargs).parameters())
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"model {name!r} rejected kwargs {kwargs}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if n_params > MAX_MODEL_PARAMS:
+        raise ConfigError(f"model {label} has {n_params} parameters; allowed: at most {MAX_MODEL_PARAMS} (2^28): "
+                          "lower width_mult/widths")
 
 
 def build_model(name: str, *, allow_import: bool = False, **kwargs: Any) -> nn.Module:

@@ -59,6 +59,9 @@ __all__ = ["SweepSpec", "SweepSummary", "run_sweep", "run_farm", "SPACE_DEFAULTS
 
 logger = logging.getLogger("hwloop.sweep")
 
+#: the most requests one spec may ask for (``n`` and ``random_widths.n``): a day of layers at ~10 per second
+MAX_SWEEP_N = 1_000_000
+
 #: ``on_result(request, result, stored)`` is called after each result is committed (``stored`` is
 #: False when the key already held an ok row written meanwhile by someone else).
 ResultCallback = Callable[[MeasureRequest, MeasureResult, bool], None]
@@ -224,8 +227,9 @@ class SweepSpec:
             raise ConfigError(f"{where}: kind {self.kind!r} is unknown; allowed: layers, models")
         if self.sampling not in SAMPLINGS:
             raise ConfigError(f"{where}: sampling {self.sampling!r} is unknown; allowed: {', '.join(SAMPLINGS)}")
-        if self.n is not None and (not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1):
-            raise ConfigError(f"{where}: n={self.n!r} must be a positive integer")
+        if self.n is not None and (not isinstance(self.n, int) or isinstance(self.n, bool)
+                                   or not 1 <= self.n <= MAX_SWEEP_N):
+            raise ConfigError(f"{where}: n={self.n!r} must be a positive integer <= {MAX_SWEEP_N}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"{where}: seed={self.seed!r} must be an integer >= 0")
         if self.kind == "layers":
@@ -287,8 +291,8 @@ class SweepSpec:
         for rw in rws:
             if not isinstance(rw, Mapping) or "family" not in rw or "n" not in rw or set(rw) - rw_keys:
                 raise ConfigError(f"{where}: random_widths needs family and n, and only {sorted(rw_keys)}; got {rw!r}")
-            if not isinstance(rw["n"], int) or isinstance(rw["n"], bool) or rw["n"] < 1:
-                raise ConfigError(f"{where}: random_widths n={rw['n']!r} must be a positive integer")
+            if not isinstance(rw["n"], int) or isinstance(rw["n"], bool) or not 1 <= rw["n"] <= MAX_SWEEP_N:
+                raise ConfigError(f"{where}: random_widths n={rw['n']!r} must be a positive integer <= {MAX_SWEEP_N}")
         per_layer = d.get("per_layer", False)
         if not isinstance(per_layer, bool):
             raise ConfigError(f"{where}: per_layer={per_layer!r} must be true or false")

@@ -118,6 +118,10 @@ class LayerSpec:
             raise WorkloadError(
                 f"kernel/stride/dilation must be >= 1 and padding >= 0, got {self.kernel}/"
                 f"{self.stride}/{self.dilation}/{self.padding}")
+        for n in ("in_channels", "out_channels", "groups"):
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise WorkloadError(f"{n}={v!r} must be an integer >= 0 (0: taken from the shapes)")
         if self.groups < 1:
             raise WorkloadError(f"groups={self.groups} must be >= 1")
         for n in ("rank", "w_bits", "a_bits"):
@@ -542,6 +546,7 @@ def extract_workload(model: torch.nn.Module, example: torch.Tensor, *, name: str
     was_training = model.training
     model.eval()
     try:
+        _check_runs(model, example, name)
         used = method
         if method == "hooks":
             layers = _extract_hooks(model, example)
@@ -563,6 +568,18 @@ def extract_workload(model: torch.nn.Module, example: torch.Tensor, *, name: str
         model.train(was_training)
     return Workload(name=name, input_shape=tuple(example.shape), layers=tuple(layers),
                     dtype=_dtype_name(example.dtype), method=used)
+
+
+def _check_runs(model: torch.nn.Module, example: torch.Tensor, name: str) -> None:
+    """One forward pass: an input the model cannot take is a one-line WorkloadError, not a trace traceback."""
+    try:
+        with torch.no_grad():
+            model(example)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WorkloadError(f"model {name} does not accept an input of shape {tuple(example.shape)} "
+                            f"(batch, *input shape): {first}; allowed: the input shape it was built for "
+                            "(--input-shape / input_shape)") from e
 
 
 def extract_layers(model: torch.nn.Module, example: torch.Tensor, *, method: str = "auto") -> list[LayerSpec]:

@@ -82,13 +82,16 @@ def test_cli_errors_are_one_line(cpu_store: str, tmp_path: Path, capsys: pytest.
 
 
 def test_cli_fit_without_data_picks_the_surrogate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
-    out = tmp_path / "asic.json"
-    assert main(["predictor", "fit", "--device", "asic-tpu32", "--store", url, "--out", str(out)]) == 0
+    out = tmp_path / "asic.json"  # the default store does not exist (HWLOOP_HOME is a fresh folder)
+    assert main(["predictor", "fit", "--device", "asic-tpu32", "--out", str(out)]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "surrogate" in text and "nominal scale" in text
     meta = json.loads(out.read_text())
     assert meta["predictor"] == "surrogate" and meta["fingerprint"]["name"] == "asic-tpu32"
+    assert not (tmp_path / "hwloop-home" / "measurements.db").exists()  # fit reads; it never creates a store
+    url = f"sqlite:///{tmp_path / 'typo.db'}"  # an explicit store that does not exist is an error naming it
+    assert main(["predictor", "fit", "--device", "asic-tpu32", "--store", url]) == 2
+    assert "typo.db does not exist" in capsys.readouterr().err and not (tmp_path / "typo.db").exists()
 
 
 def test_adaptive_sweep_measures_the_budget_into_the_store(tmp_path: Path) -> None:

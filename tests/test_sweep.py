@@ -253,7 +253,7 @@ def test_cli_sweep_farm_then_data_commands(tmp_path: Path, capsys: pytest.Captur
     (["sweep", "{spec}", "--adaptive"], "--adaptive needs --budget"),
     (["sweep", "{spec}", "--limit", "0"], "--limit 0 must be >= 1"),
     (["data", "list", "--store", "foo://"], "unknown scheme 'foo'"),
-    (["data", "show", "--device", "ghost"], "device 'ghost' has no rows"),
+    (["data", "show", "--device", "ghost"], "measurements.db does not exist"),  # read-only: no store invented
     (["data", "import", "missing.parquet"], "does not exist"),
     (["data", "export", "out.txt"], "must end in .parquet or .csv"),
 ])

@@ -57,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
 
     _load_commands()
     cmd = typer.main.get_command(app)
+    notes: dict[str, str] = {}  # a command may leave "interrupted" (what was kept) for the Ctrl-C line
     try:
         with preserved(), warnings.catch_warnings():  # --allow-import lasts one command (in-process callers)
             warnings.showwarning = _show_warning
-            rv = cmd.main(args=argv, prog_name="hwloop", standalone_mode=False)
+            rv = cmd.main(args=argv, prog_name="hwloop", standalone_mode=False, obj=notes)
     except HwloopError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print("aborted", file=sys.stderr)
         return 1
     except _usage_error_types() as e:
-        e.show()  # type: ignore[attr-defined]
+        print(f"error: {_usage_message(e, sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
         return 2
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
@@ -76,7 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if rv == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent Exit(130)
+        print(f"interrupted; {notes['interrupted']}" if notes.get("interrupted") else "interrupted", file=sys.stderr)
     return rv if isinstance(rv, int) else 0
+
+
+def _usage_message(e: Exception, argv: list[str]) -> str:
+    """A usage error as one line, with the value the user gave for the offending option."""
+    fmt = getattr(e, "format_message", None)
+    msg = " ".join((fmt() if callable(fmt) else str(e)).split())
+    param = getattr(e, "param", None)
+    for opt in getattr(param, "opts", None) or []:
+        for i, a in enumerate(argv):
+            if a == opt and i + 1 < len(argv):
+                return f"{msg} (got {argv[i + 1]!r})"
+            if a.startswith(f"{opt}="):
+                return f"{msg} (got {a.partition('=')[2]!r})"
+    return msg
 
 
 if __name__ == "__main__":  # pragma: no cover

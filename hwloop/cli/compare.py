@@ -34,7 +34,10 @@ def compare(
     from hwloop.search.compare import load_compare_spec, run_compare
     from hwloop.search.optuna_search import parse_storage_url
 
+    from hwloop.search.spec import check_runnable
+
     s = load_compare_spec(spec)
+    check_runnable(s.search_spec())
     if storage:
         parse_storage_url(storage)
         s = dataclasses.replace(s, storage=storage)
@@ -81,7 +84,7 @@ def optuna_search(
         run_worker,
         study_status,
     )
-    from hwloop.search.spec import load_spec
+    from hwloop.search.spec import check_runnable, load_spec
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler {sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
@@ -89,8 +92,15 @@ def optuna_search(
         raise ConfigError(f"latency source {latency!r} is unknown; allowed: {', '.join(LATENCY_SOURCES)}")
     if workers < 1:
         raise ConfigError(f"--workers {workers} must be >= 1")
+    if n_trials < 1:
+        raise ConfigError(f"--n-trials {n_trials} must be >= 1")
+    if target is not None and not 0 < target <= 1:
+        raise ConfigError(f"--target {target} must be a fraction of the original latency in (0, 1]")
+    if finetune_epochs is not None and finetune_epochs < 0:
+        raise ConfigError(f"--finetune-epochs {finetune_epochs} must be >= 0")
     parse_storage_url(storage)
     s = load_spec(spec)
+    check_runnable(s)
     name = study or f"{s.name}-{sampler}"
     console = Console(stderr=True)
     search = {k: v for k, v in s.to_dict().items() if k not in ("name", "seed")}
@@ -144,8 +154,13 @@ def worker(
     """Join a running study and work on its remaining trials (resumes after crashes)."""
     from rich.console import Console
 
+    from hwloop.errors import ConfigError
     from hwloop.search.optuna_search import parse_storage_url, run_worker
 
+    if max_trials is not None and max_trials < 1:
+        raise ConfigError(f"--max-trials {max_trials} must be >= 1")
+    if heartbeat_s < 1:
+        raise ConfigError(f"--heartbeat-s {heartbeat_s} must be >= 1")
     parse_storage_url(storage)
     rep = run_worker(study, storage, max_trials=max_trials, heartbeat_interval_s=heartbeat_s, wait_for_running=wait,
                      allow_import=allow_import, progress=progress)

@@ -86,6 +86,8 @@ def data_export(
     from hwloop.cli._common import console
     from hwloop.store import MeasurementStore
 
+    if path.suffix.lower() not in (".parquet", ".csv"):
+        raise ConfigError(f"export path {str(path)!r} must end in .parquet or .csv")
     with MeasurementStore(store, create=False) as st:
         n = st.export(path)
     console.print(f"exported {n} rows to {path}")
@@ -100,7 +102,10 @@ def data_import(
     from hwloop.cli._common import console
     from hwloop.store import MeasurementStore
 
+    from hwloop.store._frame import read_frame_rows
+
+    fps, rows = read_frame_rows(path)  # the whole file is checked before the store is opened (or created)
     with MeasurementStore(store) as st:
-        n = st.import_(path)
+        n = st.import_rows(fps, rows)
         total = st.count()
     console.print(f"imported {n} rows from {path} ({total} rows in store)")

@@ -31,6 +31,46 @@ def _source(store: str | None, data: str | None) -> str:
     return normalize_url(store) if store else default_store_url()
 
 
+def _check_out(path: Path | None, suffix: str, opt: str) -> None:
+    """An output path that can be written: the right suffix and not a folder (checked before any work)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{opt} {str(path)!r} is a folder; allowed: a file path ending in {suffix}")
+    if path.suffix.lower() != suffix:
+        raise ConfigError(f"{opt} {str(path)!r} must end in {suffix}")
+
+
+def _check_store(src: str) -> None:
+    """A store source must exist: read-only commands never create one (a typo'd path is an error)."""
+    if "://" in src:
+        from hwloop.store import MeasurementStore
+
+        MeasurementStore(src, create=False).close()
+
+
+def _noise_floor(src: str, td: Any) -> float:
+    """The noise floor (100 × median CV, %) of the layers ``td`` was fitted on; 0 when the source has no CV."""
+    from hwloop.predict.evaluate import noise_floor_pct
+
+    key = td.fingerprint.key if td.fingerprint is not None else None
+    if "://" in src:
+        from hwloop.store import MeasurementStore
+
+        with MeasurementStore(src, create=False) as st:
+            return noise_floor_pct(st.values("cv", key, kind="layer", mode=td.mode))
+    f = Path(src) / "measurements.parquet"
+    if f.is_file():
+        import pandas as pd
+
+        df = pd.read_parquet(f, columns=["device_key", "kind", "mode", "cv", "error"])
+        sel = (df["kind"] == "layer") & (df["mode"] == td.mode) & df["error"].isna()
+        if key is not None:
+            sel &= df["device_key"] == key
+        return noise_floor_pct(df.loc[sel, "cv"].to_numpy())
+    return 0.0
+
+
 def _device_fingerprint(name: str) -> Any:
     """The fingerprint of a device profile (probed when the backend opens here, else name/backend only)."""
     from hwloop.devices.base import DeviceFingerprint
@@ -78,25 +118,49 @@ def fit_cmd(
     out: Path = typer.Option(None, "--out", help="predictor JSON path (default $HWLOOP_HOME/predictors/...)"),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="evaluate and store metrics in the file"),
     plot: Path = typer.Option(None, "--plot", help="parity plot PNG (with --eval)"),
+    force: bool = typer.Option(False, "--force", help="save even when the held-out error is far beyond the "
+                                                      "data's noise floor"),
 ) -> None:
-    """Fit DEVICE's predictor: the learned one when the store holds its layers, the ℓ1/ℓ2 surrogate otherwise."""
+    """Fit DEVICE's predictor: the learned one when the store holds its layers, the ℓ1/ℓ2 surrogate otherwise.
+
+    The fitted predictor is saved only if its held-out MAPE is within max(10x the data's noise floor
+    (median CV), 25%); ``--force`` saves it anyway (see :func:`hwloop.predict.fitting.quality_check`).
+    """
     from hwloop.errors import PredictorError, StoreError
     from hwloop.predict import PREDICTOR_KINDS
-    from hwloop.predict.fitting import fit_predictor
+    from hwloop.predict.fitting import fit_predictor, quality_check
     from hwloop.predict.io import TrainingData, load_training_data
 
     if kind != "auto" and kind not in PREDICTOR_KINDS:
         raise ConfigError(f"--kind {kind!r} is unknown; allowed: {_KINDS}")
+    from hwloop.devices.base import EXEC_MODES
+
+    if mode is not None and mode not in EXEC_MODES:
+        raise ConfigError(f"--mode {mode!r} is unknown; allowed: {', '.join(EXEC_MODES)}")
+    _check_out(out, ".json", "--out")
+    _check_out(plot, ".png", "--plot")
     src = _source(store, data)
     try:
+        _check_store(src)
         td = load_training_data(src, device=device, mode=mode, statistic=statistic)
     except (PredictorError, StoreError) as e:
-        if "no measurements" not in str(e) and "has no rows" not in str(e) and "has no data" not in str(e):
+        missing_default = not store and not data and "does not exist" in str(e)
+        if not missing_default and ("no measurements" not in str(e) and "has no rows" not in str(e)
+                                    and "has no data" not in str(e)):
             raise
+        fp = _device_fingerprint(device)
         err_console.print(f"no measurements of {device!r} in {src}")
-        td = TrainingData(_device_fingerprint(device), mode or "eager", (), [], statistic=statistic)
+        td = TrainingData(fp, mode or "eager", (), [], statistic=statistic)
     p = fit_predictor(td, kind, evaluate=evaluate, plot_path=plot)
     console.print(f"[bold]{p.kind}[/bold] predictor for {td.fingerprint.name} ({td.mode}): {p.kind_reason_}")
+    if p.metrics_:
+        why = quality_check(p.metrics_, _noise_floor(src, td))
+        if why and not force:
+            raise PredictorError(f"{why}; not saved (fit on more or cleaner data, or pass --force to save it anyway)")
+        if why:
+            err_console.print(f"warning: {why}; saved anyway (--force)")
+    elif td.n_layers:
+        err_console.print("warning: held-out error not checked (--no-eval or fewer than 10 layers)")
     path = p.save(out or _default_out(td.fingerprint.name, td.mode))
     if p.metrics_:
         console.print(_metrics_table(p.metrics_, f"{p.kind} on {td.fingerprint.name}"))
@@ -124,6 +188,8 @@ def eval_cmd(
     p = load_predictor(predictor)
     if folds < 2:
         raise ConfigError(f"--folds {folds} must be >= 2")
+    _check_out(plot, ".png", "--plot")
+    _check_store(_source(store, data))
     dev = p.fingerprint.key if p.fingerprint is not None else None
     td = load_training_data(_source(store, data), device=dev, mode=p.mode,
                             statistic=getattr(p, "target_statistic_", None) or "min")

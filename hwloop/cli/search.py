@@ -33,7 +33,7 @@ def run(
     from rich.console import Console
 
     from hwloop.search.pipeline import run_spec
-    from hwloop.search.spec import load_spec
+    from hwloop.search.spec import check_runnable, load_spec
 
     s = load_spec(spec)
     if predictor or objective:
@@ -44,6 +44,7 @@ def run(
     if no_measure:
         s = dataclasses.replace(s, device=dataclasses.replace(s.device, measure=False))
     s = type(s).from_dict(s.to_dict(), s.path)  # re-validate overrides
+    check_runnable(s)
     console = Console(stderr=True)
     run_dir = out or Path("runs") / s.name
     metrics = run_spec(s, run_dir, progress=progress, echo=lambda m: console.print(m, highlight=False))
@@ -110,12 +111,74 @@ def space(
     Console().print(t)
 
 
+_SUMMARY_NUMBERS = ("original_accuracy", "accuracy", "model_original", "model_predicted", "original_predicted_ms",
+                    "predicted_ms", "original_measured_ms", "measured_ms", "original_macs", "macs",
+                    "original_params", "params", "baseline_accuracy", "cost_ratio")
+
+
+def _read_json_object(path: Path, what: str) -> dict:  # type: ignore[type-arg]
+    """The JSON object in ``path``; a one-line SearchError when it is unreadable, not JSON or not an object."""
+    from hwloop.errors import SearchError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SearchError(f"{path} is not UTF-8 text (byte {e.start}); {what} must be a UTF-8 JSON object") from e
+    except OSError as e:
+        raise SearchError(f"{path} cannot be read ({e.strerror}); {what} must be a JSON file") from e
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SearchError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); {what} must be a JSON object") from e
+    if not isinstance(obj, dict):
+        raise SearchError(f"{path} holds a JSON {type(obj).__name__}; {what} must be a JSON object")
+    return obj
+
+
 @search_app.command("show")
 def show(run_dir: Path = typer.Argument(..., help="a run directory written by 'hwloop search run'")) -> None:
-    """Print the summary of a finished search run."""
-    from hwloop.errors import SearchError
+    """Print the summary of a finished search run (metrics.json; plan.json and weights are checked)."""
+    import math
+
+    from hwloop.errors import HwloopError, SearchError
 
     p = run_dir / "metrics.json"
     if not p.is_file():
         raise SearchError(f"{run_dir} has no metrics.json; is it a run directory of 'hwloop search run'?")
-    _print_summary(json.loads(p.read_text(encoding="utf-8"))["metrics"])
+    doc = _read_json_object(p, "metrics.json")
+    m = doc.get("metrics")
+    if not isinstance(m, dict):
+        got = "no 'metrics' key" if "metrics" not in doc else f"'metrics' is a JSON {type(m).__name__}"
+        raise SearchError(f"{p}: {got}; allowed: a JSON object {{\"metrics\": {{...}}}} as 'hwloop search run' "
+                          "writes it")
+    for k in _SUMMARY_NUMBERS:
+        v = m.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise SearchError(f"{p}: {k}={v!r} is not a number; allowed: a finite number or null")
+    notes = []
+    plan_path = run_dir / "plan.json"
+    if plan_path.exists():
+        from hwloop.compress.plan import CompressionPlan
+
+        try:
+            plan = CompressionPlan.from_dict(_read_json_object(plan_path, "plan.json"))
+        except SearchError:
+            raise
+        except HwloopError as e:
+            raise SearchError(f"{plan_path}: {e}") from e
+        notes.append(f"plan: {len(plan.widths)} channel groups, {len(plan.lowrank)} low-rank layers, "
+                     f"{len(plan.w_bits)} quantized layers")
+    w = run_dir / "weights.safetensors"
+    if w.exists():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(w), framework="pt") as f:
+                n = len(list(f.keys()))
+        except Exception as e:  # safetensors raises its own error types (and OSError) on a malformed header
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise SearchError(f"{w} is not a readable safetensors file ({first})") from e
+        notes.append(f"weights: {n} tensors")
+    _print_summary(m)
+    for line in notes:
+        print(line)

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from hwloop.cli._app import app
-from hwloop.errors import ConfigError
+from hwloop.errors import ConfigError, HwloopError
 
 __all__ = ["sweep"]
 
@@ -30,8 +30,36 @@ def _summary_table(summary: Any, title: str) -> Any:
     return table
 
 
+#: what a sweep may ask a device that allocates real tensors to run (an ``asic`` simulation allocates none):
+#: 2^28 elements per tensor and 4 GiB of inputs + outputs + weights per layer
+MAX_TENSOR_ELEMENTS = 2**28
+MAX_LAYER_BYTES = 4 * 2**30
+
+
+def _check_sizes(reqs: list[Any], profiles: list[Any], spec: Path) -> None:
+    """Refuse, before anything is measured, layers and models too big to allocate (a clear line, not an OOM)."""
+    from hwloop.agent import AgentLimits, check_request_limits
+    from hwloop.models import check_size
+
+    if all(p.backend == "asic" for p in profiles):
+        return
+    limits = AgentLimits(max_elements=MAX_TENSOR_ELEMENTS, max_memory_bytes=MAX_LAYER_BYTES)
+    for r in reqs:
+        try:
+            if r.model is not None:
+                check_size(r.model)
+            check_request_limits(r.to_dict(), limits)
+        except HwloopError as e:
+            what = (f"layer {r.layer.op} in_shape={list(r.layer.in_shape)} out_channels={r.layer.out_channels}"
+                    if r.layer is not None else f"model {r.model.label}")
+            raise ConfigError(f"sweep spec {spec}: {what}: {str(e).replace('the agent limit ', '')}; "
+                              f"allowed: tensors of <= {MAX_TENSOR_ELEMENTS} elements and <= "
+                              f"{MAX_LAYER_BYTES // 2**30} GiB per layer") from e
+
+
 @app.command("sweep")
 def sweep(
+    ctx: typer.Context,
     spec: Path = typer.Argument(..., help="sweep spec TOML (see docs/store.md)"),
     device: list[str] = typer.Option(["local-cpu"], "--device", "-d",
                                      help="device name or profile path; repeat for a farm (one thread each)"),
@@ -67,6 +95,8 @@ def sweep(
     check_lease(lease, "--lease")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit} must be >= 1")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size} must be >= 1")
     if adaptive and (budget is None or budget < 1):
         raise ConfigError("--adaptive needs --budget N (N >= 1 measurements)")
     if adaptive:
@@ -87,6 +117,8 @@ def sweep(
         from hwloop.devices.base import TimingConfig
 
         timings = {n: TimingConfig.from_dict({**t.to_dict(), **overrides}) for n, t in timings.items()}
+    all_reqs = sp.requests()
+    _check_sizes(all_reqs, profiles, spec)
     handler = None
     if log_stored:
         handler = logging.StreamHandler(sys.stdout)
@@ -107,11 +139,18 @@ def sweep(
                                         rounds=rounds, strategy=strategy, progress=progress)
             console.print(result)
             return
-        reqs = sp.requests()
+        reqs = all_reqs
         if limit is not None:
             reqs = reqs[:limit]
-        summary = run_farm(reqs, devs, st, progress=progress, batch_size=batch_size, retry_failed=retry_failed,
-                           timings=timings, lease_s=lease)
+        before = st.count()
+        try:
+            summary = run_farm(reqs, devs, st, progress=progress, batch_size=batch_size,
+                               retry_failed=retry_failed, timings=timings, lease_s=lease)
+        except KeyboardInterrupt:
+            if isinstance(ctx.obj, dict):  # main() prints it as the one "interrupted; ..." line
+                ctx.obj["interrupted"] = (f"{st.count() - before} new results were stored in {st!r}; "
+                                          "run the same command again to measure the rest")
+            raise
     finally:
         for d in devs:
             d.close()

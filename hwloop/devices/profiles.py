@@ -18,6 +18,7 @@ Profiles are looked up in ``$HWLOOP_DEVICES_DIR``, then ``./devices``, then the
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from hwloop._toml import read_toml
 from hwloop.devices.base import Device, TimingConfig
 from hwloop.errors import ConfigError
 
-__all__ = ["BACKENDS", "DeviceProfile", "load_profile", "list_profiles", "create_device", "profile_dirs"]
+__all__ = ["BACKENDS", "DeviceProfile", "backend_options", "load_profile", "list_profiles", "create_device", "profile_dirs"]
 
 #: backend name -> "module:Class"; imported lazily so optional dependencies stay optional.
 BACKENDS: dict[str, str] = {
@@ -89,6 +90,7 @@ class DeviceProfile:
             timing = TimingConfig.from_dict(d.get("timing", {}))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from e
+        _check_backend_keys(where, d)
         return cls(name=d["name"], backend=d["backend"], description=str(d.get("description", "")),
                    options=dict(d.get("options", {})), timing=timing, connection=dict(d.get("connection", {})),
                    spec=dict(d.get("spec", {})), path=path)
@@ -98,6 +100,49 @@ class DeviceProfile:
                 "options": dict(self.options), "timing": self.timing.to_dict(),
                 "connection": dict(self.connection), "spec": dict(self.spec),
                 "path": str(self.path) if self.path else None}
+
+
+_NOT_OPTIONS = ("self", "name", "timing", "connection", "spec")
+
+
+def backend_options(backend: str) -> tuple[list[str], bool] | None:
+    """The ``[options]`` keys a backend's constructor takes, and whether it takes ``[spec]``.
+
+    None when the backend's module cannot be imported here (its options cannot be checked).
+
+    Example:
+        >>> backend_options("cpu")[0]
+        ['clock', 'preemption', 'threads']
+    """
+    mod_name, _, cls_name = BACKENDS[backend].partition(":")
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except ImportError:
+        return None
+    params = inspect.signature(cls.__init__).parameters.values()
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return sorted(n for n in named if n not in _NOT_OPTIONS), "spec" in named
+
+
+def _check_backend_keys(where: str, d: Mapping[str, Any]) -> None:
+    """Unknown ``[options]`` keys (a typo would silently change what is measured), and tables the backend takes not."""
+    backend = d["backend"]
+    if backend not in BACKENDS:
+        return  # __post_init__ names the allowed backends
+    if d.get("connection") and backend != "remote":
+        raise ConfigError(f"{where}: [connection] is only for backend 'remote', not {backend!r}; allowed: remove it "
+                          "or set backend = \"remote\"")
+    known = backend_options(backend)
+    if known is None:
+        return
+    allowed, takes_spec = known
+    unknown = sorted(set(d.get("options", {})) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: [options] has unknown key(s) {unknown} for backend {backend!r}; "
+                          f"allowed: {', '.join(allowed) or 'none'}")
+    if d.get("spec") and not takes_spec:
+        raise ConfigError(f"{where}: [spec] is not used by backend {backend!r}; allowed: remove it "
+                          "(only 'asic' takes a hardware [spec])")
 
 
 def profile_dirs() -> list[Path]:

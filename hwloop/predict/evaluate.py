@@ -28,6 +28,7 @@ import numpy as np
 from hwloop.errors import PredictorError
 
 __all__ = [
+    "noise_floor_pct",
     "evaluate_layer_split",
     "evaluate_models",
     "evaluate_predictor",
@@ -55,6 +56,22 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
         rho = float(spearmanr(yt, yp).statistic)
     return {"n": int(yt.size), "mape": float(100 * rel.mean()), "rmse_ms": float(np.sqrt(np.mean((yp - yt) ** 2))),
             "acc5": float(np.mean(rel <= 0.05)), "acc10": float(np.mean(rel <= 0.10)), "spearman": rho}
+
+
+def noise_floor_pct(cv: Any) -> float:
+    """The data's noise floor in MAPE terms: 100 × the median coefficient of variation of its timings.
+
+    ``cv`` is each measurement's ``pstdev / mean`` of its timed samples (the store's ``cv`` column):
+    the relative error one re-measurement of a layer typically shows. No predictor can be expected
+    to beat it; missing values (NaN) are ignored and no values give 0 (a deterministic device).
+
+    Example:
+        >>> noise_floor_pct([0.01, 0.02, float("nan"), 0.03])
+        2.0
+    """
+    a = np.asarray(cv, dtype=np.float64)
+    a = a[np.isfinite(a) & (a >= 0)]
+    return float(100 * np.median(a)) if a.size else 0.0
 
 
 def group_metrics(groups: Sequence[str], y_true: Any, y_pred: Any) -> dict[str, dict[str, float]]:

@@ -14,10 +14,47 @@ from typing import Any
 
 from hwloop.errors import PredictorError
 
-__all__ = ["MIN_LEARNED_LAYERS", "choose_kind", "fit_predictor"]
+__all__ = ["MIN_LEARNED_LAYERS", "NOISE_FACTOR", "MIN_REFUSED_MAPE", "choose_kind", "fit_predictor", "quality_check"]
 
 #: fewer measured layers than this and ``auto`` picks the surrogate (scaled by one fitted constant)
 MIN_LEARNED_LAYERS = 50
+
+
+#: ``predictor fit`` refuses to save (without ``--force``) a predictor whose held-out MAPE exceeds
+#: ``max(NOISE_FACTOR × noise floor, MIN_REFUSED_MAPE)``. The noise floor is the median CV of the
+#: measurements (:func:`~hwloop.predict.evaluate.noise_floor_pct`): an error ten times what a
+#: re-measurement shows is not noise but a predictor that did not learn the device (the shipped
+#: CPU predictor is at 3x its floor). The absolute floor keeps the rule meaningful for deterministic
+#: devices (CV 0, e.g. the simulated ASIC): above 25% a predictor's error exceeds the latency
+#: steps a search has to tell apart (targets of 0.5-0.7x), so its ranking of candidates is noise.
+NOISE_FACTOR = 10.0
+MIN_REFUSED_MAPE = 25.0
+
+
+def quality_check(metrics: dict[str, Any], floor_pct: float) -> str | None:
+    """Why a fitted predictor must not be saved, or None: a held-out MAPE far beyond the noise floor.
+
+    Checks the held-out layers (``layers_random_split``) and the unseen whole models
+    (``models_calibrated``) of :func:`~hwloop.predict.evaluate.evaluate_predictor`'s metrics.
+
+    Example:
+        >>> quality_check({"layers_random_split": {"mape": 80.0, "n": 40}}, 1.0)
+        'held-out layers MAPE 80.0% (n=40) is 80x the noise floor of the data (1.0% median CV); limit 25.0%'
+        >>> quality_check({"layers_random_split": {"mape": 3.1, "n": 40}}, 1.0) is None
+        True
+    """
+    limit = max(NOISE_FACTOR * floor_pct, MIN_REFUSED_MAPE)
+    for key, what in (("layers_random_split", "held-out layers"), ("models_calibrated", "unseen whole models")):
+        m = metrics.get(key) or {}
+        mape = m.get("mape")
+        if mape is None or not mape == mape:  # absent or NaN (no test rows)
+            continue
+        if mape > limit:
+            ratio = f"{mape / floor_pct:.0f}x the noise floor of the data" if floor_pct > 0 else \
+                "far beyond the noise floor of the data"
+            return (f"{what} MAPE {mape:.1f}% (n={m.get('n')}) is {ratio} ({floor_pct:.1f}% median CV); "
+                    f"limit {limit:.1f}%")
+    return None
 
 
 def choose_kind(n_layers: int, requested: str = "auto") -> str:

@@ -157,6 +157,14 @@ class CompareSpec:
                 raise ConfigError(f"[{sec}] has unknown key(s) {sorted(set(tbl) - keys) if isinstance(tbl, Mapping) else tbl}; "
                                   f"allowed: {sorted(keys)}")
             kw.update(tbl)
+        import typing
+
+        from hwloop._toml import describe_type, fits_type
+
+        hints = typing.get_type_hints(cls)
+        for k, v in {**kw, "seed": d.get("seed", 0)}.items():
+            if not fits_type(v, hints[k]):
+                raise ConfigError(f"compare spec: {k}={v!r} must be {describe_type(hints[k])}")
         try:
             return cls(name=str(d.get("name", "")), search=search, seed=int(d.get("seed", 0)), **kw)
         except TypeError as e:

@@ -38,13 +38,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from hwloop._toml import read_toml
+from hwloop._toml import describe_type, fits_type, read_toml
 from hwloop.errors import SearchError
 from hwloop.methods import MethodSpec
 
@@ -57,17 +59,30 @@ __all__ = [
     "ScheduleSection",
     "SearchSpec",
     "SpaceSection",
+    "check_runnable",
     "load_spec",
 ]
 
 
+#: what a key allows beyond its type (named in the error when the value is of the wrong type)
+_HINTS = {("budget", "target"): "a fraction of the original latency in (0, 1]",
+          ("budget", "lam"): "a number >= 0", ("data", "batch_size"): "a positive int",
+          ("space", "lowrank"): "true, false or a list of layer names"}
+
+
 def _check(section: str, cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``[section]``, each checked against ``cls``'s field types (one-line SearchError)."""
     if not isinstance(d, Mapping):
         raise SearchError(f"[{section}] must be a table, got {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     extra = set(d) - known
     if extra:
         raise SearchError(f"[{section}] has unknown key(s) {sorted(extra)}; allowed: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    for k, v in d.items():
+        if not fits_type(v, hints[k]):
+            what = _HINTS.get((section, k)) or describe_type(hints[k])
+            raise SearchError(f"[{section}] {k}={v!r} must be {what}")
     return dict(d)
 
 
@@ -76,6 +91,10 @@ class ModelSection:
     name: str = "small_cnn"
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SearchError(f"[model] name={self.name!r} must be a non-empty model name, e.g. small_cnn")
 
 
 @dataclass(frozen=True)
@@ -100,6 +119,13 @@ class DeviceSection:
     name: str = "local-cpu"
     measure: bool = True
     repeats: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SearchError(f"[device] name={self.name!r} must be a device name, e.g. local-cpu")
+        if self.repeats is not None and (isinstance(self.repeats, bool) or not isinstance(self.repeats, int)
+                                         or self.repeats < 1):
+            raise SearchError(f"[device] repeats={self.repeats!r} must be an integer >= 1 (or omitted)")
 
 
 @dataclass(frozen=True)
@@ -160,6 +186,16 @@ class SpaceSection:
     min_keep_ratio: float = 0.05
     tile: int = 1
 
+    def __post_init__(self) -> None:
+        from hwloop.search.space import SpaceOptions
+
+        try:  # one set of rules for the space: SpaceOptions'
+            SpaceOptions(channels=self.channels, lowrank=self.lowrank if isinstance(self.lowrank, bool)
+                         else tuple(self.lowrank), bits=self.bits, bit_levels=tuple(self.bit_levels),
+                         a_bits=self.a_bits, min_keep_ratio=self.min_keep_ratio, tile=self.tile)
+        except (SearchError, TypeError, ValueError) as e:
+            raise SearchError(f"[space] {e}") from e
+
 
 @dataclass(frozen=True)
 class ScheduleSection:
@@ -178,6 +214,16 @@ class ScheduleSection:
             v = getattr(self, n)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise SearchError(f"[schedule] {n}={v!r} must be an integer >= 0")
+        for n in ("lr", "gate_lr"):
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise SearchError(f"[schedule] {n}={v!r} must be a finite number > 0")
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not math.isfinite(wd) or wd < 0:
+            raise SearchError(f"[schedule] weight_decay={wd!r} must be a finite number >= 0")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise SearchError(f"[schedule] max_steps={self.max_steps!r} must be an integer >= 1 (or omitted)")
 
 
 @dataclass(frozen=True)
@@ -215,6 +261,8 @@ class SearchSpec:
                 kw[sec] = sc(**_check(sec, sc, d.get(sec, {})))
             except TypeError as e:
                 raise SearchError(f"{where}: [{sec}] {e}") from e
+            except SearchError as e:
+                raise SearchError(f"{where}: {e}") from e
         try:   # [method]: validated by the method's own config; [budget]/[schedule] give its defaults
             kw["method"] = MethodSpec.from_table(d.get("method", {}), defaults=method_defaults(**kw),
                                                  target=kw["budget"].target)
@@ -244,6 +292,32 @@ def method_defaults(*, budget: BudgetSection, schedule: ScheduleSection, space: 
     return {"search_epochs": sch.search_epochs, "finetune_epochs": sch.finetune_epochs, "lr": sch.lr,
             "gate_lr": sch.gate_lr, "weight_decay": sch.weight_decay, "lam": budget.lam, **budget.schedule_kwargs(),
             "keep_rule": sch.keep_rule, "tile": space.tile, "max_steps": sch.max_steps}
+
+
+def check_runnable(spec: SearchSpec) -> None:
+    """What a run needs before it starts, checked up front (one-line SearchError, nothing written).
+
+    The task knows the model, the device profile exists, and the files the spec names
+    (checkpoint, predictor) exist.
+    """
+    from hwloop.errors import HwloopError
+    from hwloop.search.train import TASKS
+
+    where = spec.path or "search spec"
+    if spec.data.task not in TASKS:
+        raise SearchError(f"{where}: [data] task {spec.data.task!r} is unknown; allowed: {', '.join(TASKS)}")
+    if spec.model.name not in TASKS[spec.data.task]:
+        raise SearchError(f"{where}: [model] name {spec.model.name!r} is not available for task "
+                          f"{spec.data.task!r}; allowed: {', '.join(TASKS[spec.data.task])}")
+    from hwloop.devices.profiles import load_profile
+
+    try:
+        load_profile(spec.device.name)
+    except HwloopError as e:
+        raise SearchError(f"{where}: [device] {e}") from e
+    for what, f in (("[model] checkpoint", spec.model.checkpoint), ("[predictor] path", spec.predictor.path)):
+        if f is not None and not Path(f).is_file():
+            raise SearchError(f"{where}: {what} {f!r} does not exist; allowed: an existing file")
 
 
 def load_spec(path: str | Path) -> SearchSpec:

@@ -390,6 +390,28 @@ class MeasurementStore:
                 q = q.limit(int(limit))
             return [dict(r) for r in conn.execute(q).mappings()]
 
+    def values(self, column: str, device: str | None = None, *, kind: str | None = None,
+               mode: str | None = None) -> list[float]:
+        """One statistic column (``latency_ms``, ``min_ms``, ``max_ms``, ``iqr_ms`` or ``cv``) of the ok rows.
+
+        Example:
+            >>> MeasurementStore("sqlite://").values("cv")
+            []
+        """
+        stats = ("latency_ms", "min_ms", "max_ms", "iqr_ms", "cv")
+        if column not in stats:
+            raise StoreError(f"column {column!r} is not a statistic; allowed: {', '.join(stats)}")
+        m = measurements_t
+        q = sa.select(m.c[column]).where(m.c.error.is_(None))
+        with self._read() as conn:
+            if device is not None:
+                q = q.where(m.c.device_key.in_(self._resolve_device(conn, device)))
+            if kind is not None:
+                q = q.where(m.c.kind == kind)
+            if mode is not None:
+                q = q.where(m.c.mode == mode)
+            return [float("nan") if v is None else float(v) for (v,) in conn.execute(q)]
+
     def to_dataframe(self, device: str | None = None, *, kind: str | None = None, mode: str | None = None,
                      ok_only: bool = True) -> pd.DataFrame:
         """The stored rows as a pandas DataFrame (one row per measurement, flattened spec columns).
@@ -425,7 +447,10 @@ class MeasurementStore:
         """
         from hwloop.store._frame import read_frame_rows
 
-        fps, rows = read_frame_rows(Path(path))
+        return self.import_rows(*read_frame_rows(Path(path)))
+
+    def import_rows(self, fps: Sequence[DeviceFingerprint], rows: Sequence[Mapping[str, Any]]) -> int:
+        """Add rows read by :func:`hwloop.store._frame.read_frame_rows` (one transaction); returns rows written."""
         added = 0
         with self._write() as conn:
             for fp in fps:
