@@ -52,6 +52,10 @@ _PARAMS: dict[str, tuple[Any, float, float, bool, bool]] = {
     "batch_rows": ("int", 1, 1 << 31, False, False),
     "alpha": ("float", 0, 1e12, False, False),
     "scale_ms_per_mac": ("float", 0, 1e6, True, False),
+    "ridge": ("float", 0, 1e12, False, False),
+    "sms": ("int", 0, 1 << 20, False, False),
+    "layer_weight": ("float", 0, 1e6, False, False),
+    "gpu_bound_ms": ("float", 0, 1e6, False, False),
 }
 _METRIC_RANGES = {"acc5": (0.0, 1.0), "acc10": (0.0, 1.0), "spearman": (-1.0, 1.0), "mape": (0.0, math.inf),
                   "rmse_ms": (0.0, math.inf), "n": (0.0, math.inf), "folds": (0.0, math.inf),
@@ -181,10 +185,10 @@ def _check_state(kind: str, state: Any, where: str) -> None:
         raise _fail(where, f"state must be an object, got {type(state).__name__}")
     allowed = {"xgboost": {"baseline_coef"}, "ridge_macs": {"coef_", "intercept_"},
                "random_forest": {"base_"}, "gradient_boosting": {"base_"}, "lookup": set(),
-               "surrogate": {"scale_ms_per_mac_"}}.get(kind)
+               "surrogate": {"scale_ms_per_mac_"}, "graph_cost": {"gpu_features", "groups", "hyper"}}.get(kind)
     if allowed is None:
         return  # a user predictor class (imported with --allow-import) checks its own state
-    if set(state) - allowed:
+    if set(state) - allowed:  # graph_cost's groups are checked (finite coefficients) by its own _set_state
         raise _fail(where, f"state keys {sorted(set(state) - allowed)} are unknown for {kind}; "
                            f"allowed: {sorted(allowed)}")
     if kind == "xgboost" and state.get("baseline_coef") is not None:
