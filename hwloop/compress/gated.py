@@ -112,6 +112,11 @@ class GatedModel(nn.Module):
     Args:
         space: a :class:`~hwloop.search.space.SearchSpace`.
         model: the weights to start from (default: the space's model); it is copied.
+        init_spread: channel gates start at ``1 − init_spread·(1 − r)`` with ``r`` in [0, 1] each channel's rank by
+            the weight norm of the layers that produce it (most important: 1), and the inverse folded into the
+            gate's sites, so the gated model still computes the base function. At all-equal gates (``0``, the
+            behaviour before this option) the gradient of ``s(a)`` is exactly zero: the latency term would not move
+            the channel gates until the task loss had made them unequal. Rank gates start at the singular values.
 
     Attributes:
         net: the gated (factorised) network.
@@ -119,8 +124,10 @@ class GatedModel(nn.Module):
         bit_gates: layer name → :class:`BitGate`.
     """
 
-    def __init__(self, space: SearchSpace, model: nn.Module | None = None) -> None:
+    def __init__(self, space: SearchSpace, model: nn.Module | None = None, *, init_spread: float = 0.1) -> None:
         super().__init__()
+        if not (isinstance(init_spread, (int, float)) and 0.0 <= init_spread < 1.0):
+            raise CompressionError(f"init_spread={init_spread!r} must be in [0, 1)")
         self.space = space
         net = copy.deepcopy(space.model if model is None else model)
         sigmas: dict[str, torch.Tensor] = {}
@@ -138,7 +145,8 @@ class GatedModel(nn.Module):
                 gate: ChannelGate = RankGate(g.channels, init=sigmas[g.key.split(":", 1)[1]],
                                              min_keep=space.min_keep(g.channels))
             elif space.options.channels:
-                gate = ChannelGate(g.channels, min_keep=space.min_keep(g.channels))
+                init = _spread_init(net, g.out_layers, g.sites, g.channels, float(init_spread))
+                gate = ChannelGate(g.channels, init=init, min_keep=space.min_keep(g.channels))
             else:
                 continue
             self.channel_gates[g.key] = gate
@@ -218,6 +226,30 @@ class GatedModel(nn.Module):
             for site in g.sites:
                 self._handles.append(get_module(self.net, site).register_forward_hook(
                     lambda m, i, o, gate=gate: o * _broadcast(gate.values(), o)))
+
+
+def _spread_init(net: nn.Module, out_layers: tuple[str, ...], sites: tuple[str, ...], channels: int,
+                 spread: float) -> torch.Tensor | None:
+    """Initial gate values ``1 − spread·(1 − r)`` (``r``: rank by weight norm, in [0, 1]) with ``1/a`` folded into
+    ``sites`` (see :class:`GatedModel`); None (all ones) when ``spread`` is 0 or a site cannot take the fold."""
+    mods = [get_module(net, s) for s in sites]
+    if spread == 0.0 or channels < 2 or not all(
+            isinstance(m, (nn.Conv2d, nn.Linear)) or (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine)
+            for m in mods):
+        return None
+    score = torch.zeros(channels)
+    for name in out_layers:
+        w = getattr(get_module(net, name), "weight", None)
+        if not isinstance(w, torch.Tensor) or w.shape[0] != channels:
+            continue
+        v = w.detach().float().reshape(channels, -1).norm(dim=1)
+        score += v / v.max().clamp_min(1e-12)
+    rank = torch.empty(channels)
+    rank[torch.argsort(score, stable=True)] = torch.arange(channels, dtype=torch.float32) / (channels - 1)
+    a = 1.0 - spread * (1.0 - rank)
+    for m in mods:
+        _fold(m, 1.0 / a)
+    return a
 
 
 def _fold(mod: nn.Module, scale: torch.Tensor) -> None:

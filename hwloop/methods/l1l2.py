@@ -56,6 +56,7 @@ class L1L2Config(MethodConfig):
     recalibrate_batches: int = _D.recalibrate_batches
     quantize_activations: bool = _D.quantize_activations
     fill_budget: bool = _D.fill_budget
+    gate_init_spread: float = _D.gate_init_spread
 
     def __post_init__(self) -> None:
         # the rules that do not depend on the budget; run() checks the rest with the real target

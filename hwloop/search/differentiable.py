@@ -142,6 +142,10 @@ class SearchConfig:
             the extracted model with the inputs of those layers fake-quantized to ``a_bits``
             (:class:`~hwloop.compress.actquant.quantized_activations`; ranges observed on the recalibration
             batches and during fine-tuning, stored as ``plan.meta["a_amax"]``).
+        gate_init_spread: channel gates start spread over ``[1 − gate_init_spread, 1]`` by weight norm (the function
+            unchanged; :class:`~hwloop.compress.gated.GatedModel`), so the latency term has a gradient from the first
+            step; 0 starts them all at 1, where the gradient of ``s(a)`` is exactly zero (the behaviour before this
+            option, which the digits fronts recorded before it were run with).
     """
 
     search_epochs: int = 3
@@ -166,6 +170,7 @@ class SearchConfig:
     recalibrate_batches: int = 20
     quantize_activations: bool = True
     fill_budget: bool = False
+    gate_init_spread: float = 0.1
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs"):
@@ -206,6 +211,9 @@ class SearchConfig:
         rb = self.recalibrate_batches
         if not isinstance(rb, int) or isinstance(rb, bool) or rb < 0:
             raise SearchError(f"recalibrate_batches={rb!r} must be an integer >= 0")
+        sp = self.gate_init_spread
+        if not isinstance(sp, (int, float)) or isinstance(sp, bool) or not 0.0 <= sp < 1.0:
+            raise SearchError(f"gate_init_spread={sp!r} must be a number in [0, 1)")
 
     def target_at(self, step: int, total: int) -> float | None:
         """The effective latency target at search step ``step`` of ``total`` (None without a ``target``).
@@ -355,7 +363,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
     say = log or (lambda _m: None)
     led = ledger if ledger is not None else ComputeLedger()
     torch.manual_seed(config.seed)
-    gm = GatedModel(space, model)
+    gm = GatedModel(space, model, init_spread=config.gate_init_spread)
     gm.train()
     l0 = latency.original()
     if not l0 > 0:
