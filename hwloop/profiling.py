@@ -1,7 +1,11 @@
 """Profile one model on one device: every layer in isolation, the whole model, and each layer in context.
 
 This is what ``hwloop profile`` and ``hwloop demo`` run. Results go to the measurement
-store as they arrive (already-measured requests are read back, not re-measured).
+store as they arrive. A stored row is read back instead of measured again unless it is
+*unstable* (its spread stayed above ``max_cv`` after the retries: it is measured again, not
+silently reused) or ``remeasure`` is set; a new measurement of a stored key replaces the row
+and the old one moves to the store's history (nothing stored is lost). The report marks the
+rows that are still unstable and records the machine load the profile started under.
 
 Example:
     >>> from hwloop.devices import create_device, TimingConfig
@@ -20,11 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hwloop.devices.base import Device, MeasureRequest, MeasureResult, TimingConfig
+from hwloop.devices.base import Device, MeasureRequest, MeasureResult, TimingConfig, machine_load
 from hwloop.models import ModelRef
 from hwloop.workload import LayerSpec, Workload, extract_workload
 
-__all__ = ["LayerRow", "ProfileReport", "profile_model", "measure_with_store"]
+__all__ = ["LayerRow", "ProfileReport", "profile_model", "measure_with_store", "StoreOutcome"]
 
 #: ops timed in isolation by default (the others are cheap and timed in context only)
 ISOLATED_OPS = ("conv2d", "linear", "matmul", "batchnorm", "activation", "pooling", "add")
@@ -32,12 +36,15 @@ ISOLATED_OPS = ("conv2d", "linear", "matmul", "batchnorm", "activation", "poolin
 
 @dataclass(frozen=True)
 class LayerRow:
-    """One layer of a profile: its spec and its isolated / in-context median latency (ms)."""
+    """One layer of a profile: its spec and its isolated / in-context median latency (ms).
+
+    ``unstable`` is True when the isolated measurement's spread stayed above the threshold."""
 
     spec: LayerSpec
     isolated_ms: float
     in_context_ms: float
     error: str | None = None
+    unstable: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,14 @@ class ProfileReport:
     measured: int = 0
     reused: int = 0
     errors: tuple[str, ...] = field(default=())
+    model_unstable: bool = False
+    load: dict[str, Any] = field(default_factory=dict)
+    remeasured_unstable: int = 0
+
+    @property
+    def unstable_count(self) -> int:
+        """Unstable measurements in the report (layers timed in isolation + the whole model)."""
+        return sum(r.unstable for r in self.rows) + int(self.model_unstable)
 
     @property
     def isolated_sum_ms(self) -> float:
@@ -66,30 +81,48 @@ class ProfileReport:
         return pd.DataFrame([{"name": r.spec.name, "op": r.spec.op, "in_shape": "x".join(map(str, r.spec.in_shape)),
                               "out_shape": "x".join(map(str, r.spec.out_shape)), "macs": r.spec.macs,
                               "params": r.spec.params, "isolated_ms": r.isolated_ms,
-                              "in_context_ms": r.in_context_ms, "error": r.error} for r in self.rows])
+                              "in_context_ms": r.in_context_ms, "error": r.error, "unstable": r.unstable}
+                             for r in self.rows])
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What :func:`measure_with_store` did: results in request order and how many of each kind."""
+
+    results: list[MeasureResult]
+    measured: int
+    reused: int
+    remeasured_unstable: int
 
 
 def measure_with_store(requests: Sequence[MeasureRequest], device: Device, store: Any | None, timing: TimingConfig,
-                       *, progress: bool = True, on_result: Callable[[MeasureRequest, MeasureResult], None] | None = None
-                       ) -> tuple[list[MeasureResult], int, int]:
+                       *, progress: bool = True, on_result: Callable[[MeasureRequest, MeasureResult], None] | None = None,
+                       remeasure: bool = False) -> StoreOutcome:
     """Results for ``requests`` in order, reading what ``store`` already holds and storing the rest.
 
-    Returns ``(results, n_measured, n_reused)``.
+    A stored ok row is reused unless it is unstable or ``remeasure`` is set; then the request is
+    measured again and the new row replaces the stored one (which moves to the store's history).
+    ``remeasured_unstable`` counts the unstable stored rows measured again.
     """
     from tqdm.auto import tqdm
 
     fp = device.fingerprint()
     results: dict[str, MeasureResult] = {}
     todo: list[MeasureRequest] = []
+    stored: set[str] = set()
     seen: set[str] = set()
+    unstable_again = 0
     for r in requests:
         if r.key in seen:
             continue
         seen.add(r.key)
         got = store.get(fp.key, r.key, timing.key) if store is not None else None
-        if got is not None and got.ok:
+        if got is not None:
+            stored.add(r.key)
+        if got is not None and got.ok and not got.unstable and not remeasure:
             results[r.key] = got
         else:
+            unstable_again += bool(got is not None and got.ok and got.unstable and not remeasure)
             todo.append(r)
     reused = len(results)
     bar = tqdm(total=len(todo), desc=f"measuring on {device.name}", disable=not progress or not todo, unit="job")
@@ -97,17 +130,18 @@ def measure_with_store(requests: Sequence[MeasureRequest], device: Device, store
         batch = todo[i:i + 8]
         for req, res in zip(batch, device.measure(batch, timing)):
             if store is not None:
-                store.add(fp, req, res)
+                store.add(fp, req, res, replace=req.key in stored)
             results[req.key] = res
             if on_result:
                 on_result(req, res)
             bar.update(1)
     bar.close()
-    return [results[r.key] for r in requests], len(todo), reused
+    return StoreOutcome([results[r.key] for r in requests], len(todo), reused, unstable_again)
 
 
 def profile_model(ref: ModelRef, device: Device, store: Any | None = None, timing: TimingConfig | None = None, *,
-                  isolated_ops: Sequence[str] = ISOLATED_OPS, progress: bool = True) -> ProfileReport:
+                  isolated_ops: Sequence[str] = ISOLATED_OPS, progress: bool = True,
+                  remeasure: bool = False) -> ProfileReport:
     """Measure ``ref`` on ``device``: each layer alone, the whole model, and each layer in context.
 
     Args:
@@ -117,12 +151,16 @@ def profile_model(ref: ModelRef, device: Device, store: Any | None = None, timin
         timing: the timing protocol (default: the device's).
         isolated_ops: op kinds timed in isolation.
         progress: show a progress bar.
+        remeasure: measure every request again instead of reusing stored rows (the new rows
+            replace them; the old ones stay in the store's history).
     """
     t = timing or getattr(device, "timing", None) or TimingConfig()
+    load = machine_load()
     wl = extract_workload(ref.build(), ref.example_input(), name=ref.label)
     layer_reqs = [MeasureRequest.for_layer(s) for s in wl.layers if s.op in isolated_ops]
     model_req = MeasureRequest.for_model(ref, per_layer=True)
-    results, measured, reused = measure_with_store([*layer_reqs, model_req], device, store, t, progress=progress)
+    out = measure_with_store([*layer_reqs, model_req], device, store, t, progress=progress, remeasure=remeasure)
+    results, measured, reused = out.results, out.measured, out.reused
     by_key = {req.key: res for req, res in zip(layer_reqs, results[:-1])}
     model_res = results[-1]
     in_ctx = dict(model_res.per_layer_ms) if model_res.ok else {}
@@ -134,9 +172,34 @@ def profile_model(ref: ModelRef, device: Device, store: Any | None = None, timin
         err = res.error if res is not None else None
         if err:
             errors.append(f"{s.name}: {err}")
-        rows.append(LayerRow(spec=s, isolated_ms=iso, in_context_ms=in_ctx.get(s.name, float("nan")), error=err))
+        rows.append(LayerRow(spec=s, isolated_ms=iso, in_context_ms=in_ctx.get(s.name, float("nan")), error=err,
+                             unstable=bool(res is not None and res.ok and res.unstable)))
     return ProfileReport(model=ref, device_name=device.name, fingerprint_key=device.fingerprint().key, workload=wl,
                          rows=tuple(rows), model_ms=model_res.latency_ms if model_res.ok else float("nan"),
                          model_cv=model_res.cv if model_res.ok else float("nan"),
                          store_url=getattr(store, "url", None), measured=measured, reused=reused,
-                         errors=tuple(errors))
+                         errors=tuple(errors), model_unstable=bool(model_res.ok and model_res.unstable), load=load,
+                         remeasured_unstable=out.remeasured_unstable)
+
+
+def timing_warnings(load: dict[str, Any], unstable: int, timing: TimingConfig | None = None, *,
+                    what: str = "measurements", marked: bool = True) -> list[str]:
+    """One-line warnings about timings that cannot be trusted, each naming the remedy.
+
+    Example:
+        >>> timing_warnings({"load1": 7.5, "cores": 2, "loaded": True}, 0)[0][:52]
+        'the machine is loaded (load average 7.5 on 2 cores):'
+        >>> timing_warnings({"load1": 0.1, "cores": 2, "loaded": False}, 0)
+        []
+    """
+    out = []
+    if load.get("loaded"):
+        out.append(f"the machine is loaded (load average {load['load1']} on {load['cores']} cores): wall-clock "
+                   "timings stretch with the load; stop other work and run again with --remeasure, or measure "
+                   "CPU time with --device local-cpu-threadclock")
+    if unstable:
+        cv = f" {timing.max_cv:.0%}" if timing is not None else ""
+        out.append(f"{unstable} {what} unstable (spread above max_cv{cv} after the retries"
+                   f"{', marked *' if marked else ''}): they are measured again next time instead of reused; "
+                   "run on a quieter machine or raise repeats")
+    return out

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
 from hwloop.cli._app import app
-from hwloop.cli._common import console, parse_model_ref, timing_with
+from hwloop.cli._common import console, err_console, parse_model_ref, timing_with
 
 
 def _fmt(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.4f}"
 
 
-def print_report(rep: Any, *, top: int | None = None) -> None:
-    """Print a :class:`hwloop.profiling.ProfileReport` as a rich table plus the whole-model line."""
+def print_report(rep: Any, *, top: int | None = None, timing: Any = None) -> None:
+    """Print a :class:`hwloop.profiling.ProfileReport` as a rich table plus the whole-model line.
+
+    Unstable measurements are marked ``*``; a loaded machine and unstable rows get a warning
+    that names the remedy."""
+    from hwloop.profiling import timing_warnings
+
     table = Table(title=f"{rep.model.label} on {rep.device_name} (fingerprint {rep.fingerprint_key})")
     for col, just in (("#", "right"), ("layer", "left"), ("op", "left"), ("output", "left"), ("MMACs", "right"),
                       ("isolated ms", "right"), ("in-context ms", "right")):
@@ -25,24 +31,31 @@ def print_report(rep: Any, *, top: int | None = None) -> None:
     rows = rep.rows if top is None else rep.rows[:top]
     for i, r in enumerate(rows):
         table.add_row(str(i), r.spec.name, r.spec.op + (f"/{r.spec.variant}" if r.spec.variant else ""),
-                      "x".join(map(str, r.spec.out_shape)), f"{r.spec.macs / 1e6:.3f}", _fmt(r.isolated_ms),
-                      _fmt(r.in_context_ms))
+                      "x".join(map(str, r.spec.out_shape)), f"{r.spec.macs / 1e6:.3f}",
+                      _fmt(r.isolated_ms) + (" *" if r.unstable else ""), _fmt(r.in_context_ms),
+                      style="yellow" if r.unstable else None)
     console.print(table)
     if top is not None and len(rep.rows) > top:
         console.print(f"... {len(rep.rows) - top} more layers (use --all)")
     ratio = rep.isolated_sum_ms / rep.model_ms if rep.model_ms and not math.isnan(rep.model_ms) else float("nan")
-    console.print(f"[bold]whole model: {_fmt(rep.model_ms)} ms[/bold] (CV {rep.model_cv:.1%}); "
+    console.print(f"[bold]whole model: {_fmt(rep.model_ms)} ms{' *' if rep.model_unstable else ''}[/bold] "
+                  f"(CV {rep.model_cv:.1%}); "
                   f"sum of isolated layers: {rep.isolated_sum_ms:.4f} ms ({ratio:.0%} of the whole model); "
                   f"{rep.workload.macs / 1e6:.2f} MMACs, {rep.workload.params:,} params, "
                   f"{len(rep.workload.layers)} ops traced via {rep.workload.method}")
-    console.print(f"measured {rep.measured} jobs, reused {rep.reused} from the store"
-                  + (f" ({rep.store_url})" if rep.store_url else ""))
+    again = f", measured again {rep.remeasured_unstable} unstable stored rows" if rep.remeasured_unstable else ""
+    load = f"; load average {rep.load['load1']} on {rep.load['cores']} cores" if rep.load else ""
+    console.print(f"measured {rep.measured} jobs, reused {rep.reused} from the store{again}"
+                  + (f" ({rep.store_url})" if rep.store_url else "") + load)
     for e in rep.errors:
         console.print(f"[red]failed[/red] {e}")
+    for w in timing_warnings(rep.load, rep.unstable_count, timing):
+        err_console.print(f"[yellow]warning:[/yellow] {w}")
 
 
 def run_profile(model: str, device: str, store: str | None, kwargs: str | None, input_shape: str | None, batch: int,
-                dtype: str, repeats: int | None, warmup: int | None, no_store: bool, show_all: bool) -> Any:
+                dtype: str, repeats: int | None, warmup: int | None, no_store: bool, show_all: bool,
+                remeasure: bool = False) -> Any:
     from hwloop.devices.profiles import create_device, load_profile
     from hwloop.profiling import profile_model
 
@@ -56,12 +69,12 @@ def run_profile(model: str, device: str, store: str | None, kwargs: str | None, 
         st = MeasurementStore(store)
     dev = create_device(prof)
     try:
-        rep = profile_model(ref, dev, st, timing)
+        rep = profile_model(ref, dev, st, timing, remeasure=remeasure)
     finally:
         dev.close()
         if st is not None:
             st.close()
-    print_report(rep, top=None if show_all else 40)
+    print_report(rep, top=None if show_all else 40, timing=timing)
     return rep
 
 
@@ -79,16 +92,29 @@ def profile(
     warmup: int = typer.Option(None, "--warmup"),
     no_store: bool = typer.Option(False, "--no-store", help="measure without storing"),
     show_all: bool = typer.Option(False, "--all", help="print every layer"),
+    remeasure: bool = typer.Option(False, "--remeasure", help="measure again instead of reusing stored rows (the "
+                                                              "newest row is used; older ones stay as history)"),
 ) -> None:
     """Profile a model: per-layer table (isolated and in context) and whole-model latency."""
-    run_profile(model, device, store, kwargs, input_shape, batch, dtype, repeats, warmup, no_store, show_all)
+    run_profile(model, device, store, kwargs, input_shape, batch, dtype, repeats, warmup, no_store, show_all,
+                remeasure)
 
 
 @app.command("demo")
 def demo(
     store: str = typer.Option(None, "--store", help="store URL or SQLite path (default ~/.hwloop/measurements.db)"),
-    device: str = typer.Option("local-cpu", "--device", "-d"),
+    device: str = typer.Option("local-cpu", "--device", "-d", help="a cpu-backend device profile"),
+    out: Path = typer.Option(None, "--out", help="folder for the run (default $HWLOOP_HOME/demo)"),
+    target: float = typer.Option(0.6, "--target", help="latency target as a fraction of the original, in (0, 1)"),
+    quick: bool = typer.Option(False, "--quick", help="a smaller budget (fewer epochs and layers; for tests)"),
+    remeasure: bool = typer.Option(False, "--remeasure", help="measure again instead of reusing stored rows"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
-    """The main job on the embedded default: profile small CNNs on the local CPU into SQLite."""
-    for name in ("small_cnn", "resnet20"):
-        run_profile(name, device, store, None, None, 1, "float32", None, None, False, name == "small_cnn")
+    """The whole loop on the embedded default: profile the digits CNN on the local CPU, fit a latency
+    predictor from those measurements, search to a latency target, extract the smaller model and measure
+    it against the original on the device."""
+    from hwloop.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(device=device, store=store, out=out, target=target, quick=quick, remeasure=remeasure,
+                     progress=progress)
+    run_demo(cfg, echo=console.print, warn=lambda w: err_console.print(f"[yellow]warning:[/yellow] {w}"))
