@@ -144,3 +144,28 @@ def test_method_table_in_search_specs() -> None:
         except SearchError:
             continue   # compare specs and the like are not search specs
         assert s.method.name == "l1l2"
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet20"])
+def test_channel_gates_start_with_a_gradient_and_the_base_function(name: str) -> None:
+    from hwloop.compress.gated import GatedModel
+    from hwloop.models import ModelRef
+
+    space = SearchSpace.from_ref(ModelRef(name))
+    space.model.eval()
+    x = torch.randn(3, *space.example.shape[1:], generator=torch.Generator().manual_seed(0))
+    for spread in (0.0, 0.1):
+        gm = GatedModel(space, init_spread=spread).eval()
+        with torch.no_grad():
+            assert torch.allclose(gm(x), space.model(x), atol=1e-5, rtol=1e-5)   # the fold keeps the function
+        lat = SurrogateLatency(space)(gm.sizes())
+        grads = torch.autograd.grad(lat, [g.a for g in gm.channel_gates.values()])
+        biggest = max(float(g.abs().max()) for g in grads)
+        if spread == 0.0:
+            assert biggest == 0.0          # all-equal gates: d s(a)/da is exactly zero
+        else:
+            assert biggest > 1e-3
+            for gate, g in zip(gm.channel_gates.values(), grads):   # the weakest channel is pushed down first
+                assert float(g[torch.argmin(gate.a.detach())]) > 0 > float(g[torch.argmax(gate.a.detach())])
+    with pytest.raises(Exception, match="init_spread=1.0 must be in"):
+        GatedModel(space, init_spread=1.0)
