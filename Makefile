@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (nothing but Python 3.11 needed):
-#   make demo   — create .venv, install hwloop, profile small CNNs on the local CPU into SQLite
+#   make demo   — create .venv, install hwloop, run the whole loop on the local CPU (profile, fit, search, measure)
 #   make test   — the same set-up plus test tools (and, as root, Debian's openssh-server and postgresql), then pytest
 PY      ?= python3
 VENV    ?= .venv
