@@ -79,9 +79,8 @@ def metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def _fit_predict(train: list[dict], test: list[dict], layers: list[dict], params: dict[str, Any]) -> np.ndarray:
-    from hwloop.predict.graph_cost import GraphCostPredictor
-
     from hwloop.predict.base import PredictorWarning
+    from hwloop.predict.graph_cost import GraphCostPredictor
 
     p = GraphCostPredictor(**params, mode=train[0]["mode"])
     p.fit_models([n["wl"] for n in train], [n["ms"] for n in train],
@@ -221,7 +220,7 @@ def save_predictor(d: dict[str, Any], nets: list[dict], res: dict[str, Any], pat
     p = GraphCostPredictor(**params, fingerprint=d["fingerprint"], mode="cuda_graph")
     p.fit_models([n["wl"] for n in nets], [n["ms"] for n in nets], modes=[n["mode"] for n in nets],
                  layers=[x["spec"] for x in d["layers"]], layer_ms=[x["ms"] for x in d["layers"]])
-    summary = lambda cells: {"mean_spearman": float(np.nanmean([c["ours"]["spearman"] for c in cells])),  # noqa: E731
+    summary = lambda cells: {"mean_spearman": float(np.nanmean([c["ours"]["spearman"] for c in cells])),
                              "mean_acc10": float(np.mean([c["ours"]["acc10"] for c in cells]))}
     p.metrics_ = {"source": "benchmarks/bench_h100.py", "statistic": "median",
                   **{k: summary(res[k]) for k in ("graph_within", "graph_loao", "eager_within", "eager_loao")}}
@@ -235,7 +234,7 @@ def _fmt(c: dict[str, float]) -> str:
 
 def print_table(title: str, cells: list[dict[str, Any]]) -> None:
     print(f"\n{title}")
-    print(f"| test arch | batch | dtype | ours rho / ±10% | constant ±10% | MACs rho / ±10% | ours pred/meas |")
+    print("| test arch | batch | dtype | ours rho / ±10% | constant ±10% | MACs rho / ±10% | ours pred/meas |")
     print("|---|---:|---|---|---|---|---:|")
     for c in cells:
         floored = f" ({c['ours']['n_floored']} at the floor)" if c["ours"]["n_floored"] else ""
@@ -244,7 +243,8 @@ def print_table(title: str, cells: list[dict[str, Any]]) -> None:
     o = [c["ours"] for c in cells]
     print(f"| **mean** | | | {np.mean([x['spearman'] for x in o]):6.3f} {100 * np.mean([x['acc10'] for x in o]):5.1f}% "
           f"| {100 * np.mean([c['constant']['acc10'] for c in cells]):5.1f}% "
-          f"| {np.mean([c['macs']['spearman'] for c in cells]):6.3f} {100 * np.mean([c['macs']['acc10'] for c in cells]):5.1f}% | |")
+          f"| {np.mean([c['macs']['spearman'] for c in cells]):6.3f} "
+          f"{100 * np.mean([c['macs']['acc10'] for c in cells]):5.1f}% | |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     res["graph_fallback"] = fallback(graph, d["layers"], params)
     print("\nunseen batch (calibrated at one batch only, nearest-batch fallback), CUDA-graph nets:")
     for f in res["graph_fallback"]:
-        print(f"  fit b{f['fit_batch']} -> test b{f['test_batch']}: rho {f['spearman']:.3f}, ±10% {100 * f['acc10']:.1f}%, "
+        print(f"  fit b{f['fit_batch']} -> test b{f['test_batch']}: rho {f['spearman']:.3f}, "
+              f"±10% {100 * f['acc10']:.1f}%, "
               f"pred/meas {f['median_ratio']:.2f}")
     if not args.skip_layers:
         res["single_layers"] = single_layers(d["layers"])

@@ -39,13 +39,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from hwloop.devices.base import MeasureRequest, MeasureResult, TimingConfig  # noqa: E402
-from hwloop.errors import HwloopError  # noqa: E402
-from hwloop.gpu_models import h100_random_widths  # noqa: E402
-from hwloop.models import ModelRef, random_width_kwargs  # noqa: E402
-from hwloop.workload import LayerSpec  # noqa: E402
+from hwloop.devices.base import MeasureRequest, MeasureResult, TimingConfig
+from hwloop.errors import HwloopError
+from hwloop.gpu_models import h100_random_widths
+from hwloop.models import ModelRef, random_width_kwargs
+from hwloop.workload import LayerSpec
 
 #: (arch, input resolution, batches) of the whole nets
 NET_GROUPS = (("resnet18", 224, (1, 32)), ("resnet20", 32, (1, 256)), ("vgg16", 32, (1, 256)),
@@ -176,7 +176,8 @@ def checks(dev: Any, dry: bool) -> list[dict[str, Any]]:
         huge = LayerSpec("conv2d", (1, 1, 4096, 4096), out_channels=65536, kernel=3, padding=1)  # ~4 TB output
         t0 = time.perf_counter()
         try:
-            res = dev.measure([MeasureRequest.for_layer(huge), MeasureRequest.for_layer(conv)], timing_for("eager", dry))
+            reqs = [MeasureRequest.for_layer(huge), MeasureRequest.for_layer(conv)]
+            res = dev.measure(reqs, timing_for("eager", dry))
             good = (res[0].error or "").startswith("out of memory") and res[0].extra.get("oom") is True and res[1].ok
             detail = None if good else f"first={res[0].error!r} oom={res[0].extra.get('oom')!r} next_ok={res[1].ok}"
         except Exception as e:  # noqa: BLE001
@@ -232,7 +233,8 @@ def run(out: Path, *, dry: bool, budget_s: float, nets: int, per_layer_nets: int
         counts["measured"] += 1
         counts["errors"] += 0 if res.ok else 1
     dev.close()
-    summary = {"dry_run": dry, "device": fp.to_dict(), "budget_s": budget_s, "seconds": round(time.perf_counter() - t_start, 1),
+    summary = {"dry_run": dry, "device": fp.to_dict(), "budget_s": budget_s,
+               "seconds": round(time.perf_counter() - t_start, 1),
                "checks": {c["check"]: c["status"] for c in chk}, **counts,
                "complete": counts["left_by_budget"] == 0}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

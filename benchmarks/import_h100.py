@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from hwloop.errors import HwloopError  # noqa: E402
+from hwloop.errors import HwloopError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,8 @@ def run(src: Path, out: Path) -> int:
     except ValueError:
         shown = str(src)
     summary = {"source": shown, "rows_read": len(triples), "rows_stored": stored, "rows_exported": n,
-               "per_file": counts, "rows_repeating_a_stored_layer": repeats, "distinct_nets_traced": len(base), "fingerprint": fp.to_dict(),
+               "per_file": counts, "rows_repeating_a_stored_layer": repeats, "distinct_nets_traced": len(base),
+               "fingerprint": fp.to_dict(),
                "in_net_layer_check": check}
     (out / "import.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in summary.items() if k != "fingerprint"}, indent=1))
@@ -105,7 +106,8 @@ def check_in_net_layers(triples: list, base: dict) -> dict[str, int]:
         wl = base[b1.key]
         spec = req.layer
         mine = {s.name: s for s in wl.layers}.get(str(r.extra["module"]))
-        if mine is not None and mine.replace(in_shape=(spec.batch, *mine.in_shape[1:]), dtype=spec.dtype).key == spec.key:
+        same = mine is not None and mine.replace(in_shape=(spec.batch, *mine.in_shape[1:]), dtype=spec.dtype).key == spec.key
+        if same:
             ok += 1
         else:
             bad += 1

@@ -111,8 +111,7 @@ def _rows(path: Path, cols: tuple[str, ...]) -> Iterator[tuple[int, dict[str, st
             missing = [c for c in cols if c not in (reader.fieldnames or ())]
             if missing:
                 raise DataError(f"{path} lacks column(s) {', '.join(missing)}; it needs {', '.join(cols)}")
-            for i, row in enumerate(reader, start=2):
-                yield i, row
+            yield from enumerate(reader, start=2)
     except FileNotFoundError as e:
         raise DataError(f"{path} does not exist; the H100 data set needs {', '.join(H100_FILES)}") from e
 

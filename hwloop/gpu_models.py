@@ -34,7 +34,7 @@ from torch import nn
 from hwloop.errors import ConfigError
 from hwloop.models import VGG16_CFG, BasicBlock
 
-__all__ = ["GAP_VGG16", "ResNet18", "H100_FULL_WIDTHS", "h100_random_widths", "h100_model_ref_kwargs"]
+__all__ = ["GAP_VGG16", "H100_FULL_WIDTHS", "ResNet18", "h100_model_ref_kwargs", "h100_random_widths"]
 
 #: the full widths each data-set architecture draws random widths from (README of ../shared/data/h100)
 H100_FULL_WIDTHS: dict[str, tuple[int, ...]] = {
@@ -46,7 +46,7 @@ H100_FULL_WIDTHS: dict[str, tuple[int, ...]] = {
 _FLOORS = {"vgg16": 4, "resnet20": 2, "resnet18": 4}
 
 
-class GAP_VGG16(nn.Module):  # noqa: N801 - the name says what differs from VGG
+class GAP_VGG16(nn.Module):
     """CIFAR VGG-16 with an average-pool head (see the module docstring); ``widths``: 13 conv widths."""
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] | None = None, in_channels: int = 3) -> None:

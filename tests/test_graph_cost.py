@@ -47,7 +47,8 @@ def test_alignment_per_dtype_and_waves() -> None:
     assert f[:, F["launches"]].tolist() == [1.0, 2.0, 1.0]
     small, big = spec_table([conv(64, 64, 32, 1)]), spec_table([conv(64, 64, 32, 256)])
     # b1: 8 tiles of 128x64 fit one wave; b256: 2048 tiles -> ceil(2048/132) = 16 waves
-    assert gpu_op_features(big, 132)[0, F["gemm_wave_k_n64"]] == 16 * gpu_op_features(small, 132)[0, F["gemm_wave_k_n64"]]
+    w = F["gemm_wave_k_n64"]
+    assert gpu_op_features(big, 132)[0, w] == 16 * gpu_op_features(small, 132)[0, w]
     assert gpu_op_features(big, 66)[0, F["gemm_wave_k_n64"]] > gpu_op_features(big, 132)[0, F["gemm_wave_k_n64"]]
     with pytest.raises(PredictorError, match="sms=0"):
         gpu_op_features(small, 0)

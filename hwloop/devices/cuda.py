@@ -50,8 +50,20 @@ from hwloop.devices.base import DeviceFingerprint, MeasureRequest, MeasureResult
 from hwloop.devices.cpu import error_message, prepare_request, time_model_layers
 from hwloop.errors import ConfigError, DeviceError, DeviceUnavailableError
 
-__all__ = ["CudaDevice", "CudaEventTimer", "time_cuda_graph", "time_layers_graph", "leaf_calls", "backend_flags", "parse_nvidia_smi_csv",
-           "parse_proc_driver_version", "query_nvidia_smi", "NVIDIA_SMI_FIELDS", "CUDA_MODES", "MAX_GRAPH_ITERS"]
+__all__ = [
+    "CUDA_MODES",
+    "MAX_GRAPH_ITERS",
+    "NVIDIA_SMI_FIELDS",
+    "CudaDevice",
+    "CudaEventTimer",
+    "backend_flags",
+    "leaf_calls",
+    "parse_nvidia_smi_csv",
+    "parse_proc_driver_version",
+    "query_nvidia_smi",
+    "time_cuda_graph",
+    "time_layers_graph",
+]
 
 CUDA_MODES = ("eager", "cuda_graph")
 #: most iterations captured into one graph (bounds capture time and graph memory).

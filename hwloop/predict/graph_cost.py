@@ -164,11 +164,11 @@ class GraphCostPredictor(BasePredictor):
             if len(ly) != lt.shape[0]:
                 raise PredictorError(f"{lt.shape[0]} layers but {len(ly)} layer latencies; they must match")
             feats = self.op_features(lt)
-            for key in rows:
-                mode, b, dt = parse_group_key(key)
+            for key, group_rows in rows.items():
+                _, _, dt = parse_group_key(key)
                 sel = (ly >= self.gpu_bound_ms) & (lt[:, _R["dtype_bytes"]] == _DTYPE_BYTES[dt])
                 for f, lat in zip(feats[sel], ly[sel]):
-                    rows[key].append((np.r_[f, 0.0], float(lat), self.layer_weight))
+                    group_rows.append((np.r_[f, 0.0], float(lat), self.layer_weight))
                 n_layers += int(sel.sum())
         self.groups_ = {key: self._solve(r) for key, r in sorted(rows.items())}
         xs = np.stack([x for r in rows.values() for x, _, _ in r])
@@ -298,7 +298,8 @@ class GraphCostPredictor(BasePredictor):
             if (not isinstance(coef, list) or len(coef) != len(GPU_FEATURE_NAMES) + 1
                     or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
                                for c in coef)):
-                raise PredictorError(f"calibration group {key!r} needs {len(GPU_FEATURE_NAMES) + 1} finite coefficients")
+                raise PredictorError(f"calibration group {key!r} needs {len(GPU_FEATURE_NAMES) + 1} finite "
+                                     "coefficients")
             clean[str(key)] = {**dict(g), "coef": [float(c) for c in coef]}
         hyper = state.get("hyper")
         if not isinstance(hyper, Mapping) or set(hyper) != set(self._HYPER):
