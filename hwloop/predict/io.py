@@ -74,6 +74,10 @@ PREDICTORS: dict[str, str] = {
 }
 
 
+#: the largest model/arrays file a predictor may have (hwloop's own are about 1 MB)
+_MAX_MODEL_BYTES = 1 << 30
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -243,6 +247,9 @@ def load_predictor(path: Any, *, allow_import: bool | None = None) -> Any:
     for role, info in meta.get("files", {}).items():
         fpath = path.parent / Path(str(info["name"])).name
         try:
+            if fpath.stat().st_size > _MAX_MODEL_BYTES:
+                raise PredictorError(f"predictor model file {str(fpath)!r} is larger than "
+                                     f"{_MAX_MODEL_BYTES >> 20} MiB; refusing to read it")
             data = fpath.read_bytes()
         except FileNotFoundError as e:
             raise PredictorError(f"predictor model file {str(fpath)!r} is missing (it belongs to {path.name})") from e
