@@ -101,8 +101,10 @@ def bench_crosscheck() -> None:
         g = graph_from_relax(partition(mod), names)
         tir = tir_gemm_macs(mod)
         mine = [op.macs for op in g.array_ops]
+        # the unfused partition keeps TVM's call order (a conv that absorbs a residual add moves to the add)
+        ordered = [op.macs for op in graph_from_relax(partition(mod, epilogue=False), names).array_ops]
         print(f"{ref.label}: {len(mine)} conv/linear ops, op graph {sum(mine):,} MACs, TIR {sum(tir):,} MACs, "
-              f"per-op equal: {tir == mine}")
+              f"per-op equal: {tir == ordered and sorted(tir) == sorted(mine)}")
 
 
 def summaries(graphs: dict[str, OpGraph]) -> None:

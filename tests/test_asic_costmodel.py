@@ -128,10 +128,16 @@ def test_vector_host_and_view_ops() -> None:
     assert pool.kind == "pool" and pool.compute_cycles == 8 * 16 * 4 / 8
     # on chip (512 B in, 128 B out fit): the pool touches no DRAM and pays no DRAM latency
     assert pool.cycles == pool.compute_cycles and pool.dram_bytes == 0
-    # ReLU and batch norm run in the producing array op's output pipeline: no op of their own
+    # ReLU and batch norm run in the producing array op's output pipeline: no op of their own, one
+    # pipeline stage (1 cycle of latency); an add also reads its residual, here on chip
     relu = cost_layer(LayerSpec("activation", (1, 8, 8, 8), variant="relu"), acc)
     bn = cost_layer(LayerSpec("batchnorm", (1, 8, 8, 8)), acc)
-    assert relu.kind == bn.kind == "epilogue" and relu.cycles == bn.cycles == 0 and relu.bound == "none"
+    add = cost_layer(LayerSpec("add", (1, 8, 8, 8)), acc)
+    assert relu.kind == bn.kind == add.kind == "epilogue"
+    assert relu.cycles == bn.cycles == add.cycles == 1 and add.dram_bytes == 0
+    # off chip (isolated-layer mode) the add reads its 512 B residual: 512 / (12.8e3 / 700) B per cycle
+    add_iso = cost_layer(LayerSpec("add", (1, 8, 8, 8)), acc.replace(keep_activations_on_chip=False))
+    assert add_iso.cycles == pytest.approx(1 + 512 * 700 / 12.8e3) and add_iso.dram_bytes == 512
     # without a fused epilogue they are vector-unit ops again
     unfused = acc.replace(fused_epilogue=False)
     relu_v = cost_layer(LayerSpec("activation", (1, 8, 8, 8), variant="relu"), unfused)

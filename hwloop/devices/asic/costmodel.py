@@ -24,7 +24,9 @@ Array ops (conv, depthwise, dense, matmul) are GEMMs ``M×K · K×N`` repeated o
 Vector ops (pooling, elementwise) stream through the vector unit (``max(compute, memory)``
 plus DRAM latency when they touch DRAM); host ops pay the host's throughput, a DRAM round trip
 and a hand-off cost; views are free; ``epilogue`` ops (batch norm, ReLU, a residual add in the
-producing array op's output pipeline) cost only the read of an off-chip residual operand.
+producing array op's output pipeline) cost one cycle of pipeline latency per stage
+(``EPILOGUE_STAGE_CYCLES``, also charged to an array op per fused stage) and the read of an
+off-chip residual operand.
 Whole-network latency is the sum over the graph.
 
 Example:
@@ -49,7 +51,7 @@ from hwloop.devices.asic.spec import AcceleratorSpec
 from hwloop.errors import WorkloadError
 from hwloop.workload import LayerSpec
 
-__all__ = ["BOUNDS", "COST_MODEL_VERSION", "EPILOGUE_PARAM_BYTES", "GraphCost", "OpCost", "cost_graph", "cost_layer", "cost_layers"]
+__all__ = ["BOUNDS", "COST_MODEL_VERSION", "EPILOGUE_PARAM_BYTES", "EPILOGUE_STAGE_CYCLES", "GraphCost", "OpCost", "cost_graph", "cost_layer", "cost_layers"]
 
 #: bumped whenever the model's numbers change (enters the device fingerprint).
 #: 2: fused epilogue (BN/ReLU/add), activations kept on chip, strided reads, per-channel epilogue parameters.
@@ -57,6 +59,9 @@ COST_MODEL_VERSION = 2
 #: bytes of epilogue parameters per output channel of an array op: an int32 bias (a folded batch norm's
 #: shift lands there) and an int32 requantisation multiplier (its scale), as integer inference needs.
 EPILOGUE_PARAM_BYTES = 8.0
+#: cycles of pipeline latency one epilogue stage (folded BN, residual add, ReLU/clip) adds to an array op's
+#: drain; its throughput cost is zero (one result per cycle, like the array).
+EPILOGUE_STAGE_CYCLES = 1.0
 BOUNDS = ("compute", "memory", "none")
 
 
@@ -211,15 +216,17 @@ def cost_arrays(a: dict[str, np.ndarray], acc: AcceleratorSpec) -> dict[str, np.
     host_mem = host_io / bpc + lat
     host_compute = ops / acc.host_ops_per_cycle + acc.host_overhead_cycles
     host_total = host_compute + host_mem
-    epi_total = r_bytes / bpc  # an epilogue reads its residual operand when it is off chip; nothing else
+    stages = a["epilogue_stages"] * EPILOGUE_STAGE_CYCLES  # pipeline latency of the fused BN/add/ReLU stages
+    arr_total = arr_total + stages
+    epi_total = stages + r_bytes / bpc  # an epilogue: its stage, and its residual operand when off chip
 
     # ---------------------------------------------------------------- combine
     overhead = acc.op_overhead_cycles
     is_epi = unit == 4
     cycles = np.select([is_arr, is_vec, is_host, is_epi], [arr_total + overhead, vec_total + overhead,
                                                            host_total + overhead, epi_total], 0.0)
-    compute_c = np.select([is_arr, is_vec, is_host], [compute, vec_compute, host_compute], 0.0)
-    memory_c = np.select([is_arr, is_vec, is_host, is_epi], [arr_mem, vec_mem, host_mem, epi_total], 0.0)
+    compute_c = np.select([is_arr, is_vec, is_host, is_epi], [compute, vec_compute, host_compute, stages], 0.0)
+    memory_c = np.select([is_arr, is_vec, is_host, is_epi], [arr_mem, vec_mem, host_mem, r_bytes / bpc], 0.0)
     dram = np.select([is_arr, is_vec, is_host, is_epi], [arr_dram, vec_io, host_io, r_bytes], 0.0)
     work = np.where(is_arr, macs, np.where(is_vec | is_host, ops, 0.0))
     peak = np.select([is_arr, is_vec, is_host], [peak_arr, np.full_like(wb, acc.vector_ops_per_cycle),

@@ -289,6 +289,11 @@ def _tensor_args(call: Any) -> int:
     return sum(_elems(a) for a in call.args if isinstance(a.ty, (relax.TensorType, relax.TupleType)))
 
 
+def _stages(comp: str) -> int:
+    """Epilogue stages of an array composite (``...conv2d.conv2d_bn_res_relu`` → 3): BN, residual add, act."""
+    return sum(p in ("bn", "res", "resl", "relu", "clip") for p in comp.rsplit(".", 1)[1].split("_")[1:])
+
+
 def _composite_op(name: str, comp: str, func: Any, call: Any) -> AccelOp:
     """The AccelOp of one composite function ``func`` called by ``call``."""
     kind = comp.split(".")[1]
@@ -309,7 +314,8 @@ def _composite_op(name: str, comp: str, func: Any, call: Any) -> AccelOp:
                        cout_per_group=cout // g, groups=g, in_elems=b * cin * h * w, out_elems=out,
                        weight_elems=cout * cin_g * kh * kw, bias_elems=cout,
                        in_read_elems=read if read != b * cin * h * w else 0,
-                       residual_elems=out if "_res" in comp else 0, fused=fused, pattern=comp)
+                       residual_elems=out if "_res" in comp else 0, epilogue_stages=_stages(comp), fused=fused,
+                       pattern=comp)
     if kind in ("dense", "matmul"):
         mm = next(c for c in calls if c.op.name == "relax.matmul")
         a_shape, b_shape, o_shape = _shape(mm.args[0]), _shape(mm.args[1]), _shape(mm)
@@ -323,8 +329,8 @@ def _composite_op(name: str, comp: str, func: Any, call: Any) -> AccelOp:
         out = math.prod(o_shape)
         return AccelOp(name, kind, batch=rows, cin_per_group=k, cout_per_group=n, groups=groups,
                        in_elems=math.prod(a_shape), out_elems=out, weight_elems=math.prod(b_shape),
-                       bias_elems=n * groups, residual_elems=out if "_res" in comp else 0, fused=fused,
-                       pattern=comp)
+                       bias_elems=n * groups, residual_elems=out if "_res" in comp else 0,
+                       epilogue_stages=_stages(comp), fused=fused, pattern=comp)
     in_elems = _tensor_args(call)
     if kind == "pool":
         pool = calls[0]

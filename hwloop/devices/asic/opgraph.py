@@ -7,7 +7,7 @@ out_h · out_w`` output positions, ``K = cin_per_group · kernel_h · kernel_w``
 ``eltwise``) and host ops (``host``) carry an op count; ``view`` ops (reshape) are free.
 ``epilogue`` ops are batch norm, ReLU/ReLU6 or a residual add applied in the output pipeline
 of the array op that produced their input (inference semantics): they cost no op of their
-own, only the read of a residual operand that is not on chip.
+own, only one cycle of pipeline latency and the read of a residual operand that is not on chip.
 An :class:`OpGraph` is the ordered list of ops of a partitioned network.
 
 Ops come from the TVM front end (:mod:`hwloop.devices.asic.frontend`) or straight from a
@@ -77,6 +77,8 @@ class AccelOp:
             pixels); 0 means ``in_elems``.
         residual_elems: elements of a residual operand added in the epilogue (array and
             ``epilogue`` ops).
+        epilogue_stages: batch norm, residual add and ReLU/clip stages in this op's output
+            pipeline (each adds one cycle of pipeline latency, none of throughput).
         weight_elems / bias_elems: parameter elements (``weight_elems`` of a ``matmul`` is
             its second activation operand).
         vector_ops: operations of a vector/host op (e.g. ``kh·kw`` per pooled output).
@@ -102,6 +104,7 @@ class AccelOp:
     vector_ops: int = 0
     in_read_elems: int = 0
     residual_elems: int = 0
+    epilogue_stages: int = 0
     w_bits: int = 8
     a_bits: int = 8
     fused: tuple[str, ...] = ()
@@ -118,7 +121,7 @@ class AccelOp:
                 raise WorkloadError(f"accelerator op {self.name!r}: {n}={v!r} must be an integer >= 1")
             object.__setattr__(self, n, int(v))
         for n in ("cin_per_group", "cout_per_group", "in_elems", "out_elems", "weight_elems", "bias_elems",
-                  "vector_ops", "in_read_elems", "residual_elems"):
+                  "vector_ops", "in_read_elems", "residual_elems", "epilogue_stages"):
             v = getattr(self, n)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise WorkloadError(f"accelerator op {self.name!r}: {n}={v!r} must be an integer >= 0")
@@ -282,10 +285,11 @@ def ops_from_layer(spec: LayerSpec, *, epilogue: bool = True) -> list[AccelOp]:
         per = spec.in_elements // max(1, out) if spec.variant == "adaptive_avg" else spec.kernel[0] * spec.kernel[1]
         return [AccelOp(name, "pool", in_elems=spec.in_elements, vector_ops=out * max(1, per), **common)]
     if epilogue and (spec.op == "batchnorm" or spec.op == "activation" and spec.variant in EPILOGUE_ACTIVATIONS):
-        return [AccelOp(name, "epilogue", in_elems=spec.in_elements, fused=(spec.variant or spec.op,), **common)]
+        return [AccelOp(name, "epilogue", in_elems=spec.in_elements, fused=(spec.variant or spec.op,),
+                        epilogue_stages=1, **common)]
     if epilogue and spec.op == "add":
         return [AccelOp(name, "epilogue", in_elems=spec.in_elements, residual_elems=spec.in_elements,
-                        fused=("add",), **common)]
+                        fused=("add",), epilogue_stages=1, **common)]
     if spec.op == "batchnorm":
         return [AccelOp(name, "eltwise", in_elems=spec.in_elements, vector_ops=2 * out, **common)]
     if spec.op == "add":
@@ -351,7 +355,7 @@ class OpGraph:
         cols: dict[str, np.ndarray] = {}
         for n in ("batch", "out_h", "out_w", "kernel_h", "kernel_w", "cin_per_group", "cout_per_group", "groups",
                   "in_elems", "out_elems", "weight_elems", "bias_elems", "vector_ops", "residual_elems", "w_bits",
-                  "a_bits", "read_elems"):
+                  "a_bits", "read_elems", "epilogue_stages"):
             cols[n] = np.array([getattr(o, n) for o in self.ops], dtype=np.float64)
         cols["unit"] = np.array([UNITS[o.kind] for o in self.ops], dtype=np.int64)
         cols["eltwise"] = np.array([o.kind == "eltwise" for o in self.ops], dtype=np.float64)
