@@ -763,3 +763,173 @@ def test_corpus_is_large_and_covers_every_command() -> None:
                 "search worker", "search space", "search show", "compare", "devices show", "devices trust",
                 "devices deploy", "bench run", "agent"):
         assert cmd in commands, cmd
+
+
+# --------------------------------------------------------------------------- agent messages
+_GOOD_TIMING = {"warmup": 1, "repeats": 3}
+AGENT_CASES: list[tuple[str, bytes, list[str]]] = [
+    ("not-json", b"hello there", ["not JSON"]),
+    ("non-utf8", b'{"v": 1, "type": "\xff"}', ["not JSON"]),
+    ("array", b"[1, 2]", ["JSON object", "list"]),
+    ("string", b'"shutdown"', ["JSON object", "str"]),
+    ("version", b'{"v": 2, "type": "shutdown"}', ["version 2", "v1"]),
+    ("no-version", b'{"type": "shutdown"}', ["version None"]),
+    ("type-unknown", b'{"v": 1, "type": "reboot"}', ["'reboot'", "allowed"]),
+    ("type-of-agent", b'{"v": 1, "type": "result", "id": "1", "result": {}}', ["'result'", "allowed"]),
+    ("type-int", b'{"v": 1, "type": 7}', ["7", "allowed"]),
+    ("extra-field", b'{"v": 1, "type": "shutdown", "now": true}', ["now", "allowed"]),
+    ("hello-missing", b'{"v": 1, "type": "hello", "protocol": 1, "hwloop": "x"}', ["'device'"]),
+    ("hello-protocol-text", b'{"v": 1, "type": "hello", "protocol": "1", "hwloop": "x", "device": {}}',
+     ["'protocol'", "int"]),
+    ("measure-jobs-object", b'{"v": 1, "type": "measure", "jobs": {}, "timing": {}, "job_timeout_s": 5}',
+     ["'jobs'", "list"]),
+    ("measure-timeout-text", b'{"v": 1, "type": "measure", "jobs": [], "timing": {}, "job_timeout_s": "5"}',
+     ["'job_timeout_s'", "int or float"]),
+    ("measure-timeout-bool", b'{"v": 1, "type": "measure", "jobs": [], "timing": {}, "job_timeout_s": true}',
+     ["'job_timeout_s'", "int or float"]),
+    ("oversized", b'{"v": 1, "type": "shutdown", "pad": "' + b"x" * 2048 + b'"}', ["exceeds the limit"]),
+]
+
+
+@pytest.mark.parametrize("line, fragments", [pytest.param(c[1], c[2], id=c[0]) for c in AGENT_CASES])
+def test_bad_agent_message(line: bytes, fragments: list[str]) -> None:
+    from hwloop.agent import decode_message
+    from hwloop.errors import ProtocolError
+
+    with pytest.raises(ProtocolError) as ei:
+        decode_message(line, sender="host", max_bytes=1024)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    for frag in fragments:
+        assert frag in msg, (frag, msg)
+
+
+@pytest.mark.parametrize("request_, fragments", [
+    ({"kind": "model", "model": {"name": "os:system", "kwargs": {}}}, ["'os:system'", "allowed"]),
+    ({"kind": "layer", "layer": {"op": "linear", "in_shape": [1, 65536], "out_channels": 65536}},
+     ["weight", "max_elements"]),
+    ({"kind": "layer", "layer": {"op": "conv9d", "in_shape": [1, 8]}}, ["'conv9d'", "allowed"]),
+    ({"kind": "teleport"}, ["teleport"]),
+])
+def test_bad_agent_job(request_: dict[str, Any], fragments: list[str]) -> None:
+    from hwloop.agent import AgentLimits, check_request_limits
+    from hwloop.errors import HwloopError
+
+    with pytest.raises(HwloopError) as ei:
+        check_request_limits(request_, AgentLimits())
+    msg = str(ei.value)
+    assert "\n" not in msg
+    for frag in fragments:
+        assert frag in msg, (frag, msg)
+
+
+def test_agent_answers_bad_lines_and_keeps_running() -> None:
+    """A real ``hwloop agent``: each malformed line gets an ``error`` message, then a clean shutdown."""
+    bad = [c[1] for c in AGENT_CASES if c[0] not in ("oversized",)]
+    stdin = b"\n".join([*(b.replace(b"\n", b" ") for b in bad), b'{"v": 1, "type": "shutdown"}']) + b"\n"
+    p = subprocess.run([sys.executable, "-m", "hwloop", "agent", "--heartbeat-s", "30"], input=stdin,
+                       capture_output=True, timeout=180, cwd=REPO)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    msgs = [json.loads(ln) for ln in p.stdout.decode().splitlines() if ln.strip()]
+    errors = [m for m in msgs if m["type"] == "error"]
+    assert len(errors) == len(bad) and not any(m["fatal"] for m in errors)
+    assert msgs[-1]["type"] == "bye" and b"Traceback" not in p.stderr
+
+
+# --------------------------------------------------------------------------- in a subprocess: crash-prone inputs
+@pytest.mark.parametrize("args, files, fragments", [
+    pytest.param(["predict", "small_cnn", "--predictor", "{f}"],
+                 {"p.json": _pred(booster=lambda b: b[:64] + bytes(range(256)) * 8 + b[64 + 2048:])},
+                 ["XGBoost model file", "corrupt"], id="booster-garbage-rehashed"),
+    pytest.param(["predict", "small_cnn", "--predictor", "{f}"],
+                 {"p.json": _pred(booster=lambda b: b[: len(b) // 3])}, ["XGBoost model file", "corrupt"],
+                 id="booster-truncated-rehashed"),
+    pytest.param(["profile", "vgg16", "--no-store", "--kwargs", '{"width_mult": 1000}'], {},
+                 ["width_mult=1000", "parameters"], id="width-oom"),
+    pytest.param(["sweep", "{f}", "--store", "{store}"],
+                 {"s.toml": 'name = "s"\nkind = "layers"\nsampling = "grid"\n[space]\nop = ["conv2d"]\n'
+                            'in_channels = [65536]\nout_channels = [65536]\nresolution = [8]\n'},
+                 ["65536", "max_elements"], id="sweep-65536-channels"),
+])
+def test_bad_input_subprocess(args: list[str], files: dict[str, FileContent], fragments: list[str],
+                              template: dict[str, Path], store: Path, tmp_path: Path) -> None:
+    before = _store_digest(store)
+    paths = _materialize(tmp_path, template, files)
+    env = {**os.environ, "HWLOOP_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "hwloop", *_argv(args, tmp_path, store, paths)], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path, env=env)
+    assert p.returncode >= 0, f"killed by signal {-p.returncode}: {p.stderr[-2000:]}"
+    _check_one_line(p.returncode, p.stderr, fragments)
+    assert _store_digest(store) == before
+
+
+def test_ctrl_c_says_what_was_stored_and_exits_130(tmp_path: Path) -> None:
+    """SIGINT mid-sweep: exit 130, one line saying how many results were stored; the store is intact."""
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "sig"\nkind = "layers"\nsampling = "grid"\n[space]\nop = ["conv2d"]\n'
+                    'in_channels = [8, 16, 32, 64]\nout_channels = [8, 16, 32, 64]\nkernel = [1, 3]\n'
+                    'resolution = [8, 16]\n[timing]\nrepeats = 5\nwarmup = 1\n')
+    db = tmp_path / "m.db"
+    env = {**os.environ, "HWLOOP_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); " \
+           "from hwloop.cli import main; raise SystemExit(main())"
+    p = subprocess.Popen([sys.executable, "-c", code, "sweep", str(spec), "--store", str(db), "--no-progress",
+                          "--log-stored"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         cwd=tmp_path)
+    assert p.stdout is not None
+    stored = 0
+    deadline = time.monotonic() + 240
+    for line in p.stdout:  # wait until a few results are committed, then interrupt
+        stored += line.startswith("stored ")
+        if stored >= 3 or time.monotonic() > deadline:
+            break
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted; ") and "new results were stored" in lines[0], err
+    n = int(lines[0].split("; ")[1].split()[0])
+    rows, _, integrity = _store_digest(db)
+    assert integrity == "ok" and rows == n >= 3 and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- predictor fit: the noise floor
+def test_fit_refuses_a_predictor_far_beyond_the_noise_floor(template: dict[str, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Latencies shuffled across layers (a store of nonsense): held-out MAPE far beyond the median CV."""
+    import numpy as np
+    import pandas as pd
+
+    from hwloop.predict.fitting import MIN_REFUSED_MAPE
+
+    df = pd.read_csv(template["csv"], dtype=str, keep_default_na=False)
+    lay = df.index[df["kind"] == "layer"].to_numpy()
+    perm = np.random.default_rng(0).permutation(lay)
+    for c in ("latency_ms", "min_ms", "max_ms", "iqr_ms", "samples_json"):
+        df.loc[lay, c] = df.loc[perm, c].to_numpy()
+    bad = tmp_path / "shuffled.csv"
+    df.to_csv(bad, index=False)
+    db = tmp_path / "s.db"
+    assert main(["data", "import", str(bad), "--store", str(db)]) == 0
+    before = _store_digest(db)
+    out = tmp_path / "p.json"
+    capsys.readouterr()
+    rc = main(["predictor", "fit", "--device", "local-cpu", "--store", str(db), "--out", str(out)])
+    err = "\n".join(ln for ln in capsys.readouterr().err.replace("\r", "\n").splitlines()
+                    if not ln.startswith("trace models"))  # the tracing progress bar
+    line = _check_one_line(rc, err, ["held-out layers MAPE", "noise floor", "--force"])
+    mape = float(line.split("MAPE ")[1].split("%")[0])
+    assert mape > MIN_REFUSED_MAPE and not out.exists() and _store_digest(db) == before
+    assert main(["predictor", "fit", "--device", "local-cpu", "--store", str(db), "--out", str(out), "--force"]) == 0
+    assert "saved anyway (--force)" in capsys.readouterr().err and out.exists()
+
+
+def test_fit_saves_a_predictor_of_honest_data(template: dict[str, Path], store: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Positive control: the same 80 layers, unshuffled, fit within the limit and are saved."""
+    out = tmp_path / "p.json"
+    assert main(["predictor", "fit", "--device", "local-cpu", "--store", str(store), "--out", str(out)]) == 0
+    meta = json.loads(out.read_text())
+    from hwloop.predict.fitting import MIN_REFUSED_MAPE
+
+    assert meta["metrics"]["layers_random_split"]["mape"] < MIN_REFUSED_MAPE
