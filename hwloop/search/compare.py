@@ -224,21 +224,24 @@ def _differentiable(spec: CompareSpec, obj: Any, ledger: ComputeLedger, say: Cal
                     progress: bool) -> list[_Candidate]:
     from tqdm.auto import tqdm
 
-    from hwloop.search.differentiable import SearchConfig, differentiable_search
+    from hwloop.methods.base import MethodContext
 
     s = obj.spec
-    sch = s.schedule
     settings = [("target", t) for t in spec.targets] if spec.targets and not spec.lams else \
         [("lam", v) for v in spec.lams]
+    base = s.method.build(s.method_defaults())   # the spec's [method] (default l1l2) through hwloop.methods.METHODS
+    keys = set(base.config.to_dict())
     out: list[_Candidate] = []
     for i, (kind, v) in enumerate(tqdm(settings, desc="differentiable sweep", disable=not progress)):
-        cfg = SearchConfig(search_epochs=sch.search_epochs, finetune_epochs=sch.finetune_epochs, lr=sch.lr,
-                           gate_lr=sch.gate_lr, weight_decay=sch.weight_decay,
-                           lam=v if kind == "lam" else s.budget.lam, target=v if kind == "target" else None,
-                           **s.budget.schedule_kwargs(), keep_rule=sch.keep_rule,
-                           tile=s.space.tile, max_steps=sch.max_steps, seed=s.seed, quantize_activations=False)
-        # float activations, as the Optuna trials fine-tune and score them; no per-epoch evaluation: like an Optuna trial, each candidate is evaluated once, after fine-tuning
-        res = differentiable_search(obj.space, obj.latency, obj.task.train, None, cfg, ledger=ledger, trial=i)
+        # float activations, as the Optuna trials fine-tune and score them; no per-epoch evaluation: like an Optuna
+        # trial, each candidate is evaluated once, after fine-tuning
+        over = {k: x for k, x in (("quantize_activations", False), ("lam", v if kind == "lam" else None))
+                if k in keys and x is not None}
+        method = type(base)(dataclasses.replace(base.config, **over))
+        ctx = MethodContext(model=obj.space.model, ref=obj.task.ref, space=obj.space, train=obj.task.train,
+                            eval_fn=None, latency=obj.latency, target=v if kind == "target" else None, seed=s.seed,
+                            ledger=ledger, trial=i)
+        res = method.run(ctx).candidates[0]
         with ledger.phase("eval", trial=i):
             acc = float(obj.task.eval_fn(res.model))
         ratio = res.predicted / res.original
