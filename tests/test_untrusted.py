@@ -313,6 +313,24 @@ def test_compare_spec(evil: Evil, tmp_path: Path, capsys: pytest.CaptureFixture[
     ran_with_opt_in(main(["--allow-import", *args]), capsys.readouterr().err, evil, "evil predictor class ran")
 
 
+def test_search_spec_method_class(evil: Evil, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hwloop.errors import SearchError
+    from hwloop.methods import method_class
+
+    spec = tmp_path / "search.toml"
+    spec.write_text(f'name = "planted"\nmodel = {{ name = "small_cnn" }}\ndata = {{ task = "digits" }}\n'
+                    f'device = {{ measure = false }}\n\n[method]\nname = "{evil.ref("EvilPredictor")}"\n',
+                    encoding="utf-8")
+    refused(main(["search", "run", str(spec), "--out", str(tmp_path / "run"), "--no-progress"]),
+            capsys.readouterr().err, evil)
+    with pytest.raises(SearchError, match="--allow-import"):
+        method_class(evil.ref("EvilPredictor"))
+    assert not evil.ran()
+    with pytest.raises(SearchError, match="not a hwloop.methods.CompressionMethod subclass"):
+        method_class(evil.ref("EvilPredictor"), allow_import=True)  # imported (marker), then refused by type
+    assert evil.imported
+
+
 def test_search_run_warns_for_a_predictor_of_another_device() -> None:
     from hwloop.models import ModelRef
     from hwloop.predict import PredictorWarning
