@@ -293,6 +293,12 @@ class SweepSpec:
                 raise ConfigError(f"{where}: random_widths needs family and n, and only {sorted(rw_keys)}; got {rw!r}")
             if not isinstance(rw["n"], int) or isinstance(rw["n"], bool) or not 1 <= rw["n"] <= MAX_SWEEP_N:
                 raise ConfigError(f"{where}: random_widths n={rw['n']!r} must be a positive integer <= {MAX_SWEEP_N}")
+            for k, lo in (("seed", 0), ("batch", 1)):
+                v = rw.get(k, lo)
+                if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                    raise ConfigError(f"{where}: random_widths {k}={v!r} must be an integer >= {lo}")
+            if not isinstance(rw.get("kwargs", {}), Mapping):
+                raise ConfigError(f"{where}: random_widths kwargs={rw['kwargs']!r} must be a table")
         per_layer = d.get("per_layer", False)
         if not isinstance(per_layer, bool):
             raise ConfigError(f"{where}: per_layer={per_layer!r} must be true or false")
@@ -300,7 +306,11 @@ class SweepSpec:
                    n=d.get("n"), seed=d.get("seed", 0), space=space, models=refs, random_widths=tuple(rws),
                    per_layer=per_layer, timing=dict(d.get("timing", {})), path=path)
         if spec.kind == "models":
-            spec._model_refs()  # validates families/kwargs now rather than mid-sweep
+            try:
+                spec._model_refs()  # validates families/kwargs now rather than mid-sweep
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{where}: random_widths: "
+                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         return spec
 
     @classmethod

@@ -70,7 +70,7 @@ class DeviceProfile:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"device profile {self.path}: 'name' must be a non-empty string")
-        if self.backend not in BACKENDS:
+        if not isinstance(self.backend, str) or self.backend not in BACKENDS:
             raise ConfigError(f"device {self.name!r}: backend {self.backend!r} is unknown; "
                               f"allowed: {', '.join(BACKENDS)}")
 
@@ -127,7 +127,7 @@ def backend_options(backend: str) -> tuple[list[str], bool] | None:
 def _check_backend_keys(where: str, d: Mapping[str, Any]) -> None:
     """Unknown ``[options]`` keys (a typo would silently change what is measured), and tables the backend takes not."""
     backend = d["backend"]
-    if backend not in BACKENDS:
+    if not isinstance(backend, str) or backend not in BACKENDS:
         return  # __post_init__ names the allowed backends
     if d.get("connection") and backend != "remote":
         raise ConfigError(f"{where}: [connection] is only for backend 'remote', not {backend!r}; allowed: remove it "
