@@ -50,7 +50,10 @@ from hwloop.compress.extract import save_compressed
 from hwloop.compress.plan import CompressionPlan
 from hwloop.devices import MeasureRequest, create_device
 from hwloop.errors import SearchError
-from hwloop.search.differentiable import SearchConfig, differentiable_search
+from hwloop.methods import make_method
+from hwloop.methods.base import MethodContext
+from hwloop.methods.l1l2 import l1l2_config
+from hwloop.search.differentiable import SearchConfig
 from hwloop.search.latency import PredictorLatency, SurrogateLatency
 from hwloop.search.report import layer_specs_with_bits, measure_compressed, predict_compressed
 from hwloop.search.space import SearchSpace, SpaceOptions
@@ -170,7 +173,9 @@ def run_fronts(args: argparse.Namespace) -> int:
                                    seed=seed, recalibrate_batches=args.recalibrate_batches,
                                    quantize_activations=not args.float_activations, **target_schedule(args))
                 t0 = time.perf_counter()
-                res = differentiable_search(space, lat, task.train, task.eval_fn if args.eval_extracted else None, cfg)
+                res = make_method("l1l2", l1l2_config(cfg)).run(MethodContext(
+                    model=model, ref=task.ref, space=space, train=task.train, latency=lat, target=t, seed=seed,
+                    eval_fn=task.eval_fn if args.eval_extracted else None, base_accuracy=acc0)).candidates[0]
                 with quantized_activations.from_plan(res.model, res.plan):   # the plan's a_bits, as fine-tuned
                     acc = task.eval_fn(res.model)
                 ms = measure_compressed(args.device, res.model, res.plan, example=example,
@@ -508,8 +513,10 @@ def main() -> int:
                            seed=args.seed, recalibrate_batches=args.recalibrate_batches, gate_lr=args.gate_lr,
                            quantize_activations=not args.float_activations, fill_budget=not args.no_fill_budget,
                            **target_schedule(args))
-        res = differentiable_search(sp, lat, task.train, task.eval_fn, cfg, log=lambda m, lb=label: say(f"[{lb}] {m}"),
-                                    progress=True)
+        res = make_method("l1l2", l1l2_config(cfg)).run(MethodContext(
+            model=model, ref=task.ref, space=sp, train=task.train, eval_fn=task.eval_fn, latency=lat, target=target,
+            seed=args.seed, base_accuracy=acc_pre, log=lambda m, lb=label: say(f"[{lb}] {m}"),
+            progress=True)).candidates[0]
         save_compressed(res.model, res.plan, out / label)
         meas = measure_compressed(args.device, res.model, res.plan, example=example, method="layers")["latency_ms"]
         predicted = predict_compressed(pred, res.model, example, res.plan, aggregate=aggregate)
@@ -518,8 +525,8 @@ def main() -> int:
         total_s = rp["seconds"] + sum(res.seconds.values())
         results[label] = {
             "target": target, "gate_lr": cfg.gate_lr, **target_schedule(args), "history": res.history,
-            "soft_final_ratio": res.soft_final / res.original, "predicted_ratio": res.predicted / res.original,
-            "hard_search_ratio": (res.hard_search or float("nan")) / res.original,
+            "soft_final_ratio": res.extra["soft_final"] / res.original, "predicted_ratio": res.predicted_ratio,
+            "hard_search_ratio": res.search_ratio, "budget_status": res.status, "budget_reason": res.status_reason,
             "accuracy": res.accuracy, "accuracy_extracted": res.accuracy_extracted,
             "measured_ms": meas, "predicted_ms": predicted, "prediction_error": predicted / meas - 1,
             "measured_reduction": 1 - meas / m_base, "accuracy_drop": acc_base - (res.accuracy or 0.0),

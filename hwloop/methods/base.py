@@ -233,6 +233,7 @@ class Candidate:
         status / status_reason: :func:`judge_budget`'s verdict.
         cost: the compute it took (a :class:`~hwloop.search.accounting.ComputeRecord`), or None.
         history / seconds / sizes: per-epoch log, wall time per phase, chosen sizes per layer.
+        extra: method-specific JSON values (``l1l2``: ``soft_final``, the latency at the gates' continuous sizes).
     """
 
     setting: str
@@ -255,6 +256,7 @@ class Candidate:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, dict[str, float]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def predicted_ratio(self) -> float:
@@ -293,7 +295,7 @@ class Candidate:
                 "repairs": [r.to_dict() for r in self.repairs], "status": self.status,
                 "status_reason": self.status_reason,
                 "cost": self.cost.to_dict() if hasattr(self.cost, "to_dict") else self.cost,
-                "seconds": dict(self.seconds)}
+                "seconds": dict(self.seconds), "extra": dict(self.extra)}
 
 
 @dataclass

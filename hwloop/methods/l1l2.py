@@ -26,7 +26,7 @@ from hwloop.methods.base import Candidate, CompressionMethod, MethodConfig, Meth
 from hwloop.search.accounting import ComputeRecord
 from hwloop.search.differentiable import SearchConfig, differentiable_search
 
-__all__ = ["L1L2Config", "L1L2Method"]
+__all__ = ["L1L2Config", "L1L2Method", "l1l2_config"]
 
 _D = SearchConfig()   # the defaults are SearchConfig's (one place)
 
@@ -67,6 +67,16 @@ class L1L2Config(MethodConfig):
         return SearchConfig(**self.to_dict(), target=target, seed=seed)
 
 
+def l1l2_config(config: SearchConfig) -> L1L2Config:
+    """The method config of a :class:`SearchConfig` (its ``target`` and ``seed`` belong to the context).
+
+    Example:
+        >>> l1l2_config(SearchConfig(search_epochs=1, target=0.5)).search_epochs
+        1
+    """
+    return L1L2Config(**{k: v for k, v in config.__dict__.items() if k not in ("target", "seed")})
+
+
 class L1L2Method(CompressionMethod):
     """The ℓ1/ℓ2 latency-surrogate search (see the module docstring)."""
 
@@ -105,7 +115,7 @@ class L1L2Method(CompressionMethod):
             predicted_ms=res.predicted if unit == "ms" else None, accuracy=res.accuracy,
             accuracy_extracted=res.accuracy_extracted, target=context.target, search_end=res.hard_search,
             repairs=[Repair(**r) for r in res.repairs], cost=dataclasses.replace(cost, phase="total", trial=context.trial),
-            history=res.history, seconds=res.seconds, sizes=res.sizes)
+            history=res.history, seconds=res.seconds, sizes=res.sizes, extra={"soft_final": res.soft_final})
         cand.judge(context.base_accuracy, context.max_repair_drop)
         context.say(f"l1l2: budget {cand.status}: {cand.status_reason}")
         return MethodResult(method=self.name, config=cfg.to_dict(), candidates=[cand])
