@@ -169,3 +169,28 @@ def test_channel_gates_start_with_a_gradient_and_the_base_function(name: str) ->
                 assert float(g[torch.argmin(gate.a.detach())]) > 0 > float(g[torch.argmax(gate.a.detach())])
     with pytest.raises(Exception, match="init_spread=1.0 must be in"):
         GatedModel(space, init_spread=1.0)
+
+
+def test_cli_lists_methods_and_runs_a_method_table(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hwloop.cli import main
+
+    assert main(["search", "methods"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(METHODS) and lines[0].startswith("l1l2  ") and "Nasery" in lines[0]
+    assert main(["search", "methods", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["name"] == "l1l2" and rows[0]["config"] == L1L2Config().to_dict()
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "m"\n[data]\ntask = "digits"\ntrain_limit = 128\nval_limit = 64\n[device]\nmeasure = false\n'
+                    '[budget]\ntarget = 0.6\n[schedule]\nsearch_epochs = 1\nfinetune_epochs = 1\n'
+                    '[method]\nname = "l1l2"\nrecalibrate_batches = 1\nfill_budget = true\n', encoding="utf-8")
+    assert main(["search", "run", str(spec), "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert m["method"] == "l1l2" and m["method_config"]["fill_budget"] is True
+    assert m["method_config"]["recalibrate_batches"] == 1 and m["method_config"]["search_epochs"] == 1
+    assert m["budget_status"] in ("met", "met-by-repair", "missed") and m["budget_reason"]
+    assert m["search_ratio"] > 0 and isinstance(m["repairs"], list)
+    if m["model_ratio"] > 0.6 * (1 + 1e-6):
+        assert m["budget_status"] == "missed"
+    if m["budget_status"] == "met":
+        assert m["search_ratio"] <= 0.6 * (1 + 1e-6)
