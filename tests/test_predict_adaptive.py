@@ -23,7 +23,10 @@ def asic_ms(specs: list[LayerSpec]) -> np.ndarray:
     """Latencies from the real analytical cost model of the simulated accelerator."""
     from hwloop.devices.asic import AcceleratorSpec, cost_layers
 
-    return np.array([c.latency_ms for c in cost_layers(specs, AcceleratorSpec())])
+    # each op as a separate vector/array op with DRAM round trips (the cost model's unfused, isolated-layer
+    # settings): every op kind has a latency of its own to learn
+    acc = AcceleratorSpec(fused_epilogue=False, keep_activations_on_chip=False)
+    return np.array([c.latency_ms for c in cost_layers(specs, acc)])
 
 
 def scramble(key: str) -> float:
