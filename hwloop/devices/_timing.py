@@ -125,18 +125,20 @@ class Deadline:
             raise MeasureTimeout(f"timed out after {self.timeout_s:g} s")
 
 
-def pick_number(fn: Callable[[], object], timer: Timer, timing: TimingConfig) -> int:
+def pick_number(fn: Callable[[], object], timer: Timer, timing: TimingConfig, *, tries: int = 1) -> int:
     """Inner iterations per sample: ``timing.number``, or enough for ``min_repeat_ms``.
 
     Calibrates like ``timeit.autorange``: one call, then (if it was short) a second estimate
-    over the guessed count, so timer overhead does not dominate sub-microsecond ops.
+    over the guessed count, so timer overhead does not dominate sub-microsecond ops. With
+    ``tries`` > 1 each estimate is the fastest of that many timings (a calibration call that
+    another process preempted would otherwise shrink the count).
     """
     if timing.number > 0:
         return timing.number
-    one = max(timer.time(fn, 1), 1e-5)
+    one = max(min(timer.time(fn, 1) for _ in range(tries)), 1e-5)
     guess = max(1, min(MAX_NUMBER, int(timing.min_repeat_ms / one) + 1))
     if guess > 1:
-        one = max(timer.time(fn, guess), 1e-5)
+        one = max(min(timer.time(fn, guess) for _ in range(tries)), 1e-5)
         guess = max(1, min(MAX_NUMBER, int(timing.min_repeat_ms / one) + 1))
     return guess
 
@@ -231,10 +233,12 @@ def time_interleaved(fns: Sequence[Callable[[], object]], timing: TimingConfig, 
                      deadline: Deadline | None = None) -> Interleaved:
     """Time several calls against each other, interleaved.
 
-    Every call is warmed up and gets its own inner iteration count; then each *round* takes one
-    sample of every call, in forward order on even rounds and reversed on odd ones (A, B, B, A,
-    …), so a change of machine load between rounds affects all calls alike and cancels in the
-    per-round ratios. A disturbed sample (see :class:`Timer`) is taken again, at most twice per
+    Every call is warmed up and gets its own inner iteration count (each estimate the fastest of
+    three); then each *round* takes one sample of every call, in forward order on even rounds and
+    reversed on odd ones (A, B, B, A, …), so a change of machine load between rounds affects all
+    calls alike and cancels in the per-round ratios. Each sample follows one untimed call of the
+    same function: the other calls ran in between and evicted its weights from the caches, and a
+    sample should time the warm steady state, as :func:`time_fn` does. A disturbed sample (see :class:`Timer`) is taken again, at most twice per
     slot. A batch is ``timing.repeats`` rounds; while a ratio's 95% interval
     (:func:`~hwloop.devices.base.median_ci` of the per-round ratios) is wider than
     ``± timing.max_cv / 2`` of the ratio (:data:`~hwloop.devices.base.RATIO_TOLERANCE`), another batch is added, at most ``timing.max_retries``
@@ -252,7 +256,7 @@ def time_interleaved(fns: Sequence[Callable[[], object]], timing: TimingConfig, 
         for _ in range(timing.warmup):
             fn()
             dl.check()
-    numbers = [pick_number(fn, timer, timing) for fn in fns]
+    numbers = [pick_number(fn, timer, timing, tries=3) for fn in fns]
     dl.check()
     samples: list[list[float]] = [[] for _ in fns]
     discarded = [0] * k
@@ -265,6 +269,7 @@ def time_interleaved(fns: Sequence[Callable[[], object]], timing: TimingConfig, 
         for _ in range(timing.repeats):
             order = range(k) if len(samples[0]) % 2 == 0 else range(k - 1, -1, -1)
             for i in order:
+                fns[i]()  # untimed: the other models ran since, so warm this one's caches again
                 xs, d, kept = take_samples(fns[i], timer, numbers[i], 1, dl, max_discard=2)
                 samples[i].append(xs[0])
                 discarded[i] += d
