@@ -445,3 +445,31 @@ def test_a_quantized_plan_is_timed_as_the_whole_extracted_model_on_the_cpu() -> 
     assert 0.3 < c["ratio"] < 1.3 and c["ratio_ci"][0] <= c["ratio"] <= c["ratio_ci"][1]
     assert c["load"]["cores"] >= 1 and c["original_ms"] > 0
     assert measure_compressed("asic-tpu32", model, plan)["method"] == "layers"  # the ASIC has low-bit units
+
+
+def test_interleaved_samples_time_the_warm_model() -> None:
+    """Another model ran in between, so a model's first call is cache-cold; the untimed call before
+    each sample keeps the sample warm (a same-model comparison is exactly 1, a pair its true ratio)."""
+    last: list[object] = [None]
+
+    def make() -> Callable[[], object]:
+        def f() -> None:
+            last[0] = f
+        return f
+
+    class CacheTimer(Timer):
+        def __init__(self, base: dict[object, float]) -> None:
+            self.base, self.cold = base, 0
+
+        def time(self, fn: Callable[[], object], number: int) -> float:
+            cold = last[0] is not fn
+            self.cold += cold
+            fn()
+            return self.base[fn] * (3.0 if cold else 1.0)
+
+    a, a2, b = make(), make(), make()
+    t = TimingConfig(warmup=1, repeats=6, number=1, max_cv=0.05, max_retries=0)
+    timer = CacheTimer({a: 1.0, a2: 1.0, b: 0.5})
+    same = time_interleaved([a, a2], t, timer, request_keys=["a", "a2"])
+    pair = time_interleaved([a, b], t, timer, request_keys=["a", "b"])
+    assert timer.cold == 0 and same.ratios[1] == 1.0 and pair.ratios[1] == 0.5
