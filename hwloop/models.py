@@ -326,6 +326,11 @@ def _check_input(ref: ModelRef) -> None:
         if k in ref.kwargs and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                                 or v <= 0):
             raise ConfigError(f"model {ref.name!r}: {k}={v!r} must be a finite number > 0, e.g. 0.5")
+    for k in ("widths", "mids"):
+        v = ref.kwargs.get(k)
+        if v is not None and (not isinstance(v, (list, tuple)) or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in v)):
+            raise ConfigError(f"model {ref.name!r}: {k}={v!r} must be a list of channel counts >= 1")
     n_in = ref.batch * math.prod(ref.input_shape)
     if n_in > MAX_INPUT_ELEMENTS:
         raise ConfigError(f"model {ref.name!r}: input batch {ref.batch} x shape {tuple(ref.input_shape)} has {n_in} "
