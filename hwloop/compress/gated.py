@@ -28,8 +28,8 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -41,10 +41,34 @@ from hwloop.compress.lowrank import factorize, merge
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import CompressionError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from hwloop.search.space import SearchSpace
+__all__ = ["FixedQuant", "GateSpace", "GatedModel", "GatedWeight", "extract", "quantized_weights"]
 
-__all__ = ["FixedQuant", "GatedModel", "GatedWeight", "extract", "quantized_weights"]
+
+class _GateOptions(Protocol):
+    channels: bool
+    bit_levels: Sequence[int]
+    a_bits: int | None
+
+
+class _Groups(Protocol):
+    groups: Sequence[Any]   # hwloop.compress.extract.ChannelGroup
+
+
+class GateSpace(Protocol):
+    """What :class:`GatedModel` and :func:`extract` read from a search space (so compression primitives import
+    nothing from ``hwloop.search``; :class:`hwloop.search.space.SearchSpace` is the implementation)."""
+
+    model: nn.Module
+    example: torch.Tensor
+    ref: Any                                  # a hwloop.models.ModelRef, or None
+    options: _GateOptions
+    graph: _Groups
+    lowrank: Sequence[str]
+    full_ranks: Mapping[str, int]
+    bit_layers: Sequence[str]
+    ignored: Any
+
+    def min_keep(self, channels: int) -> int: ...
 
 
 class GatedWeight(nn.Module):
@@ -110,7 +134,7 @@ class GatedModel(nn.Module):
     """The space's model with every gate attached (see the module docstring).
 
     Args:
-        space: a :class:`~hwloop.search.space.SearchSpace`.
+        space: a :class:`GateSpace`, e.g. a :class:`~hwloop.search.space.SearchSpace`.
         model: the weights to start from (default: the space's model); it is copied.
         init_spread: channel gates start at ``1 − init_spread·(1 − r)`` with ``r`` in [0, 1] each channel's rank by
             the weight norm of the layers that produce it (most important: 1), and the inverse folded into the
@@ -124,7 +148,7 @@ class GatedModel(nn.Module):
         bit_gates: layer name → :class:`BitGate`.
     """
 
-    def __init__(self, space: SearchSpace, model: nn.Module | None = None, *, init_spread: float = 0.1) -> None:
+    def __init__(self, space: GateSpace, model: nn.Module | None = None, *, init_spread: float = 0.1) -> None:
         super().__init__()
         if not (isinstance(init_spread, (int, float)) and 0.0 <= init_spread < 1.0):
             raise CompressionError(f"init_spread={init_spread!r} must be in [0, 1)")
