@@ -36,6 +36,8 @@ __all__ = ["Timer", "PerfCounterTimer", "Deadline", "time_fn", "retry_until_stab
 
 #: most inner iterations a sample may use (keeps calibration of sub-microsecond ops bounded).
 MAX_NUMBER = 100_000
+#: times an interleaved sample is taken again while disturbed (then the fastest attempt is kept)
+SLOT_RETAKES = 5
 
 
 class MeasureTimeout(Exception):
@@ -190,7 +192,8 @@ def time_fn(fn: Callable[[], object], timing: TimingConfig, timer: Timer, *, req
 def take_samples(fn: Callable[[], object], timer: Timer, number: int, count: int, deadline: Deadline | None = None,
                  *, max_discard: int | None = None) -> tuple[list[float], int, int]:
     """``count`` samples of ``number`` calls each; a disturbed sample is taken again while the
-    allowance lasts (default ``2 * count``), then kept.
+    allowance lasts (default ``2 * count``). Once it has run out, a slot keeps the fastest of the
+    timings it took (waiting only ever adds time) and counts as disturbed.
 
     Returns:
         ``(samples, discarded, disturbed_kept)``.
@@ -202,16 +205,20 @@ def take_samples(fn: Callable[[], object], timer: Timer, number: int, count: int
     allowance = 2 * count if max_discard is None else max_discard
     samples: list[float] = []
     discarded = kept = 0
+    tried: list[float] = []
     while len(samples) < count:
         x = timer.time(fn, number)
         if deadline is not None:
             deadline.check()
         if timer.disturbed:
+            tried.append(x)
             if discarded < allowance:
                 discarded += 1
                 continue
             kept += 1
+            x = min(tried)
         samples.append(x)
+        tried = []
     return samples, discarded, kept
 
 
@@ -238,12 +245,13 @@ def time_interleaved(fns: Sequence[Callable[[], object]], timing: TimingConfig, 
     reversed on odd ones (A, B, B, A, …), so a change of machine load between rounds affects all
     calls alike and cancels in the per-round ratios. Each sample follows one untimed call of the
     same function: the other calls ran in between and evicted its weights from the caches, and a
-    sample should time the warm steady state, as :func:`time_fn` does. A disturbed sample (see :class:`Timer`) is taken again, at most twice per
-    slot. A batch is ``timing.repeats`` rounds; while a ratio's 95% interval
+    sample should time the warm steady state, as :func:`time_fn` does. A disturbed sample (see
+    :class:`Timer`) is taken again, at most :data:`SLOT_RETAKES` times per slot, then the fastest
+    attempt is kept. A batch is ``timing.repeats`` rounds; while a ratio's 95% interval
     (:func:`~hwloop.devices.base.median_ci` of the per-round ratios) is wider than
-    ``± timing.max_cv / 2`` of the ratio (:data:`~hwloop.devices.base.RATIO_TOLERANCE`), another batch is added, at most ``timing.max_retries``
-    times (rounds accumulate, so the interval narrows). Each result is the summary of all its
-    samples, with ``attempts`` = batches taken.
+    ``± timing.max_cv / 2`` of the ratio (:data:`~hwloop.devices.base.RATIO_TOLERANCE`), another
+    batch is added, at most ``timing.max_retries`` times (rounds accumulate, so the interval
+    narrows). Each result is the summary of all its samples, with ``attempts`` = batches taken.
 
     Raises:
         MeasureTimeout: the time spent exceeded the budget (checked between samples).
@@ -270,7 +278,7 @@ def time_interleaved(fns: Sequence[Callable[[], object]], timing: TimingConfig, 
             order = range(k) if len(samples[0]) % 2 == 0 else range(k - 1, -1, -1)
             for i in order:
                 fns[i]()  # untimed: the other models ran since, so warm this one's caches again
-                xs, d, kept = take_samples(fns[i], timer, numbers[i], 1, dl, max_discard=2)
+                xs, d, kept = take_samples(fns[i], timer, numbers[i], 1, dl, max_discard=SLOT_RETAKES)
                 samples[i].append(xs[0])
                 discarded[i] += d
                 disturbed[i] += kept
