@@ -224,16 +224,16 @@ def run_timer(ck: Checkpoint, args: argparse.Namespace) -> dict[str, Any]:
             continue
         mod, inputs = build_layer(spec), make_inputs(spec)
 
-        def call(m: Any = mod, x: Any = inputs) -> Any:
-            with torch.inference_mode():
-                return m(*x)
+        def timer_ms(m: Any = mod, x: Any = inputs) -> float:
+            with torch.inference_mode():  # as the device runs it: the same module call, in inference mode
+                t = Timer("m(*x)", globals={"m": m, "x": x}, num_threads=dev.threads)  # type: ignore[attr-defined]
+                return float(t.blocked_autorange(min_run_time=0.2).median * 1e3)
 
         per: list[dict[str, float]] = []
         for r in range(rounds):
             steps: list[tuple[str, Callable[[], float]]] = [
                 ("device", lambda: dev.measure([MeasureRequest.for_layer(spec)])[0].latency_ms),
-                ("timer", lambda: Timer("f()", globals={"f": call}, num_threads=dev.threads  # type: ignore[attr-defined]
-                                        ).blocked_autorange(min_run_time=0.2).median * 1e3)]
+                ("timer", timer_ms)]
             if r % 2:
                 steps.reverse()
             got = {name: fn() for name, fn in steps}
