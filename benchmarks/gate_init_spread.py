@@ -1,6 +1,6 @@
 """gate_init_spread 0 (the old all-ones start) vs 0.1 on digits + small_cnn (surrogate MACs), targets 0.3/0.5, 3 seeds.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/gate_init_spread.py [out.json]`` (about 3 minutes on one thread);
+Run: ``OMP_NUM_THREADS=1 python benchmarks/gate_init_spread.py [out.json]`` (a few minutes on one thread);
 docs/methods.md quotes its output.
 """
 import json, sys, torch
