@@ -13,8 +13,11 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load_predictor"]
 
 
-def load_predictor(path: Any) -> Any:
-    """Load a saved latency predictor (see :mod:`hwloop.predict`).
+def load_predictor(path: Any, *, allow_import: bool | None = None) -> Any:
+    """Load a saved latency predictor (see :mod:`hwloop.predict`); the file is untrusted input.
+
+    ``allow_import=True`` lets a predictor class named ``module:Class`` in its metadata be
+    imported (see :mod:`hwloop.trust`); by default only hwloop's own predictor kinds load.
 
     Example:
         >>> import hwloop  # doctest: +SKIP
@@ -22,4 +25,4 @@ def load_predictor(path: Any) -> Any:
     """
     from hwloop.predict import load_predictor as _load
 
-    return _load(path)
+    return _load(path, allow_import=allow_import)

@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:  # Python >= 3.11; on 3.10 (JetPack 6) the tomli backport (a host dependency there; the agent reads no TOML)
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - only on Python 3.10
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        tomllib = None  # type: ignore[assignment]
 
 from hwloop.errors import ConfigError, HwloopError
 
@@ -29,6 +35,8 @@ def read_toml(path: str | Path, what: str, error: type[HwloopError] = ConfigErro
         hwloop.errors.ConfigError: sweep spec no-such.toml does not exist
     """
     p = Path(path)
+    if tomllib is None:  # pragma: no cover - Python 3.10 without tomli
+        raise error(f"reading the {what} {p} needs the tomli package on Python < 3.11 (pip install tomli)")
     try:
         with open(p, "rb") as f:
             return tomllib.load(f)

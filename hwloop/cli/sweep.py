@@ -39,7 +39,7 @@ MAX_LAYER_BYTES = 4 * 2**30
 def _check_sizes(reqs: list[Any], profiles: list[Any], spec: Path) -> None:
     """Refuse, before anything is measured, layers and models too big to allocate (a clear line, not an OOM)."""
     from hwloop.agent import AgentLimits, check_request_limits
-    from hwloop.models import check_size
+    from hwloop.models import BUILTIN_MODELS, check_size
 
     if all(p.backend == "asic" for p in profiles):
         return
@@ -48,6 +48,8 @@ def _check_sizes(reqs: list[Any], profiles: list[Any], spec: Path) -> None:
         try:
             if r.model is not None:
                 check_size(r.model)
+                if r.model.name not in BUILTIN_MODELS:
+                    continue  # a user model (opted in with --allow-import): the agent's limits take built-ins only
             check_request_limits(r.to_dict(), limits)
         except HwloopError as e:
             what = (f"layer {r.layer.op} in_shape={list(r.layer.in_shape)} out_channels={r.layer.out_channels}"

@@ -22,7 +22,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typing.Self is Python >= 3.11; hwloop supports 3.10
+    from typing_extensions import Self
 
 import torch
 from torch import nn
