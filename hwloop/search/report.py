@@ -54,17 +54,9 @@ def layer_specs_with_bits(model: nn.Module, example: torch.Tensor, plan: Compres
     if plan is None or not plan.w_bits:
         return specs
     out = []
-    act_bits = None  # the activation bits of the last quantized conv/linear: BN, ReLU, add, pool run on its output
     for s in specs:
         b = plan.w_bits.get(s.name)
-        if s.op in ("conv2d", "linear", "matmul"):
-            act_bits = plan.a_bits if b is not None else None
-        if b is not None:
-            out.append(s.replace(w_bits=b, a_bits=plan.a_bits, out_shape=s.out_shape))
-        elif act_bits is not None and s.op in ("batchnorm", "activation", "pooling", "add"):
-            out.append(s.replace(a_bits=act_bits, out_shape=s.out_shape))
-        else:
-            out.append(s)
+        out.append(s.replace(w_bits=b, a_bits=plan.a_bits, out_shape=s.out_shape) if b is not None else s)
     return out
 
 
