@@ -470,7 +470,8 @@ def test_warmup_and_hinge_land_on_the_target_where_dual_ascent_overshoots() -> N
     opts = SpaceOptions(bits=True, a_bits=8, tile=32, bit_levels=(4, 8))
     space = SearchSpace.from_ref(task.ref, opts, model=model)
     lat = PredictorLatency(space, _asic_predictor(space))
-    target, ends, logs = 0.85, {}, []
+    # 0.6: below what 4-bit weights alone give on asic-tpu32 (0.76 with cost model 2), so widths must shrink too
+    target, ends, logs = 0.6, {}, []
     new = {"target_warmup": 0.5, "latency_penalty": "hinge"}
     for name, kw in {"old": {}, "new": new, "prune": {**new, "prune_after_warmup": True}}.items():
         cfg = SearchConfig(search_epochs=3, finetune_epochs=0, target=target, tile=32, seed=0, **kw)
@@ -478,7 +479,7 @@ def test_warmup_and_hinge_land_on_the_target_where_dual_ascent_overshoots() -> N
                                     log=logs.append)
         assert res.hard_search is not None and res.predicted <= target * res.original * (1 + 1e-9)
         ends[name] = (res.history[0]["ratio_end"], res.history[-1]["ratio_end"], res.hard_search / res.original)
-    assert ends["old"][1] < target - 0.05, ends                       # the overshoot (0.74 when recorded)
+    assert ends["old"][1] < target - 0.05, ends                       # the overshoot (0.48 when recorded)
     for name in ("new", "prune"):
         assert abs(ends[name][1] - target) < 0.02, ends               # the search itself ends on the target
         assert abs(ends[name][2] - target) < 0.03, ends               # and so do the hard sizes it extracts
