@@ -6,6 +6,7 @@ import optuna
 import pytest
 import torch
 
+from hwloop.compress import CompressionPlan
 from hwloop.errors import SearchError
 from hwloop.search.accounting import ComputeLedger
 from hwloop.search.baselines import CompressionObjective, config_from_plan, suggest_config
@@ -69,7 +70,7 @@ def test_one_trial_records_plan_latency_constraint_and_compute(objective: Compre
     t = study.trials[0]
     assert 0.0 <= acc <= 100.0 and 0.0 < ratio < 0.6
     assert t.constraints == {"latency": pytest.approx(ratio - 0.6)}
-    assert t.user_attrs["plan"]["widths"]
+    assert CompressionPlan.from_dict(t.user_attrs["plan"]).widths
     tot = ledger.total(trial=0)
     assert tot.train_images == 2 * 64 and tot.epochs == 1.0  # max_steps=2 batches of 64, one epoch
     assert {r.phase for r in ledger.records} == {"build", "finetune", "eval"}

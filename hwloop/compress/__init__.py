@@ -7,6 +7,7 @@ Example:
     8
 """
 
+from hwloop.compress.actions import Action, ChannelPrune, LowRank, Quantize, Sparsify
 from hwloop.compress.actquant import ActivationQuantizer, quantized_activations
 from hwloop.compress.extract import (
     ChannelGroup,
@@ -20,9 +21,9 @@ from hwloop.compress.extract import (
     save_compressed,
 )
 from hwloop.compress.gates import BitGate, ChannelGate, Gate, RankGate, effective_size, fake_quant
-from hwloop.compress.lowrank import factorize, merge
+from hwloop.compress.lowrank import factorize, merge, tucker2
 from hwloop.compress.plan import CompressionPlan
 
-__all__ = ["ActivationQuantizer", "BitGate", "ChannelGate", "ChannelGroup", "CompressionPlan", "Gate", "ModelGraph", "RankGate", "analyze",
+__all__ = ["Action", "ChannelPrune", "LowRank", "Quantize", "Sparsify", "tucker2", "ActivationQuantizer", "BitGate", "ChannelGate", "ChannelGroup", "CompressionPlan", "Gate", "ModelGraph", "RankGate", "analyze",
            "apply_bits_", "compress_", "effective_size", "factorize", "fake_quant", "from_plan", "load_compressed",
            "merge", "prune_groups_", "quantized_activations", "save_compressed"]

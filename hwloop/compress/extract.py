@@ -4,8 +4,9 @@ Channel coupling (residual adds, concatenation, depthwise convs) is read from
 Torch-Pruning's ``DependencyGraph``: each group of tied output channels becomes a
 :class:`ChannelGroup` with a stable key (the name of its first conv/linear, or
 ``rank:<layer>`` for the channels between the two factors of a low-rank layer).
-Channels are removed for real by Torch-Pruning; low-rank layers are replaced by their
-two smaller layers; quantized layers get their weights rounded to the plan's bits.
+Channels are removed for real by Torch-Pruning; ``compress_`` replays a plan's typed actions
+through the handlers of :mod:`hwloop.compress.handlers` (low rank, channel prune, quantize,
+sparsify); ``save_compressed`` stores quantized weights as packed integers.
 
 Example:
     >>> from hwloop.compress import CompressionPlan, compress_
@@ -28,7 +29,6 @@ import torch
 from torch import nn
 
 from hwloop.compress.gates import fake_quant
-from hwloop.compress.lowrank import factorize
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import CompressionError
 
@@ -103,14 +103,18 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def group_key(name: str, lowrank: Iterable[str]) -> str:
-    """Key of a group whose first conv/linear is ``name`` (factor names map back to their layer)."""
-    lr = set(lowrank)
+def group_key(name: str, lowrank: Iterable[str], tucker2: Iterable[str] = ()) -> str:
+    """Key of a group whose first conv/linear is ``name`` (factor names map back to their layer): the last
+    factor's output is the layer's own group; the channels between svd factors are ``rank:<layer>``, those
+    after a Tucker-2 layer's first and core convs ``rank:<layer>:in`` and ``rank:<layer>:out``."""
+    lr, tk = set(lowrank), set(tucker2)
     parent, _, last = name.rpartition(".")
     if parent in lr and last == "1":
         return parent
     if parent in lr and last == "0":
         return f"rank:{parent}"
+    if parent in tk:
+        return {"0": f"rank:{parent}:in", "1": f"rank:{parent}:out", "2": parent}.get(last, name)
     return name
 
 
@@ -139,13 +143,14 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
 
 
 def analyze(model: nn.Module, example: torch.Tensor, *, lowrank: Iterable[str] = (),
-            ignored: Iterable[str] | None = None) -> ModelGraph:
+            ignored: Iterable[str] | None = None, tucker2: Iterable[str] = ()) -> ModelGraph:
     """Trace ``model`` with Torch-Pruning and list its prunable channel groups.
 
     Args:
         model: the model (already factorised for the layers in ``lowrank``).
         example: an example input.
-        lowrank: names of factorised layers (their factors are ``<name>.0`` and ``<name>.1``).
+        lowrank: names of svd-factorised layers (their factors are ``<name>.0`` and ``<name>.1``).
+        tucker2: names of Tucker-2 layers (``<name>.0``, ``<name>.1``, ``<name>.2``).
         ignored: layers whose output channels must not change (default: the classifier).
 
     Returns:
@@ -153,7 +158,7 @@ def analyze(model: nn.Module, example: torch.Tensor, *, lowrank: Iterable[str] =
     """
     import torch_pruning as tp
 
-    lr = tuple(lowrank)
+    lr, tk = tuple(lowrank), tuple(tucker2)
     names = {m: n for n, m in model.named_modules()}
     ignored_names = output_layers(model, example) if ignored is None else list(ignored)
     ignored_mods = [get_module(model, n) for n in ignored_names]
@@ -199,7 +204,7 @@ def analyze(model: nn.Module, example: torch.Tensor, *, lowrank: Iterable[str] =
                 consumers = [o.module for o in node.outputs]
                 if not (consumers and all(c in bn_in_group for c in consumers)):
                     sites.append(n)
-        key = group_key(weighted[0], lr)
+        key = group_key(weighted[0], lr, tk)
         root = g[0].dep.target.module
         channels = int(dg.get_out_channels(root))
         groups.append(ChannelGroup(key=key, channels=channels, kind="rank" if key.startswith("rank:") else "channel",
@@ -259,51 +264,40 @@ def apply_bits_(model: nn.Module, w_bits: Mapping[str, int]) -> None:
                 w.copy_(fake_quant(w, bits))
 
 
-def compress_(model: nn.Module, plan: CompressionPlan, example: torch.Tensor | None = None) -> nn.Module:
-    """Replay ``plan`` on ``model``: factorise, remove channels, round weights to bits.
+def compress_(model: nn.Module, plan: CompressionPlan, example: torch.Tensor | None = None, *,
+              handlers: Mapping[str, Any] | None = None) -> nn.Module:
+    """Replay ``plan`` on ``model``: each action, in order, by the handler registered for its kind
+    (:mod:`hwloop.compress.handlers`).
 
     Args:
         model: an instance of the plan's base architecture (modified in place and returned).
         plan: the :class:`CompressionPlan`.
         example: an example input (default: the base ModelRef's).
+        handlers: kind → handler, adding or overriding hwloop's own (Python only).
 
     Returns:
         The compressed model (a plain ``nn.Module``).
     """
+    from hwloop.compress.handlers import replay_
+
     x = plan.model_ref.example_input() if example is None else example
-    for name, rank in plan.lowrank.items():
-        mod = get_module(model, name)
-        if isinstance(mod, nn.Sequential):
-            continue  # already factorised (extraction from a gated model)
-        seq, _ = factorize(mod, rank)
-        set_module(model, name, seq)
-    if plan.widths:
-        graph = analyze(model, x, lowrank=plan.lowrank)
-        known = {g.key for g in graph.groups}
-        unknown = set(plan.widths) - known
-        if unknown:
-            raise CompressionError(f"plan widths name unknown group(s) {sorted(unknown)}; known: {sorted(known)}")
-        prune_groups_(graph, {k: v for k, v in plan.widths.items() if v < graph.group(k).channels})
-    apply_bits_(model, plan.w_bits)
-    return model
+    return replay_(model, plan.actions, x, handlers)
 
 
 def from_plan(plan: Mapping[str, Any], weights: str | None = None) -> nn.Module:
     """ModelRef factory: ``ModelRef("hwloop.compress:from_plan", {"plan": plan.to_dict()})``.
 
     Builds the base model, replays the plan and, if ``weights`` names a safetensors file,
-    loads it, so any device (including remote agents) can rebuild a compressed model from JSON.
+    loads it (packed low-bit weights are dequantized), so any device (including remote agents)
+    can rebuild a compressed model from JSON.
     """
     p = plan if isinstance(plan, CompressionPlan) else CompressionPlan.from_dict(plan)
     ref = p.model_ref
     model = compress_(ref.build(), p, ref.example_input())
     if weights is not None:
-        from safetensors.torch import load_file
+        from hwloop.compress.quantstore import read_weights
 
-        try:
-            state = load_file(str(weights))
-        except Exception as e:  # OSError or safetensors' own error types
-            raise CompressionError(f"cannot read weights {weights!r}: {e}") from e
+        state = read_weights(weights, model)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CompressionError(f"weights {weights!r} do not fit the plan: missing {missing[:3]}, "
@@ -311,15 +305,21 @@ def from_plan(plan: Mapping[str, Any], weights: str | None = None) -> nn.Module:
     return model.eval()
 
 
-def save_compressed(model: nn.Module, plan: CompressionPlan, directory: str | Path) -> Path:
-    """Write ``plan.json`` and ``weights.safetensors`` into ``directory``; returns it."""
-    from safetensors.torch import save_file
+def save_compressed(model: nn.Module, plan: CompressionPlan, directory: str | Path, *, pack: bool = True) -> Path:
+    """Write ``plan.json`` and ``weights.safetensors`` into ``directory``; returns it.
+
+    With ``pack`` (default) the weight of every ``Quantize`` layer of at most 16 bits whose values lie exactly on
+    its grid (as after ``compress_`` or quantization-aware fine-tuning) is stored as integers (int4 packed two
+    per byte up to 4 bits, int8 up to 8, int16 up to 16) plus one float32 scale per output channel; loading
+    gives back the same float tensor bit for bit. Other tensors are stored as they are.
+    """
+    from hwloop.compress.quantstore import write_weights
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     (d / "plan.json").write_text(plan.to_json() + "\n", encoding="utf-8")
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(d / "weights.safetensors"), metadata={"plan": json.dumps(plan.to_dict())})
+    write_weights(model, plan, d / "weights.safetensors", pack=pack,
+                  metadata={"plan": json.dumps(plan.to_dict())})
     return d
 
 

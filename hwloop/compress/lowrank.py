@@ -6,6 +6,10 @@ The factors come from the truncated SVD of the weight reshaped to ``(out, in·k�
 :class:`~hwloop.compress.gates.RankGate`; :func:`merge` multiplies two factors back
 into one dense layer. Linear layers factorise the same way (``in→r`` then ``r→out``).
 
+:func:`tucker2` gives the Tucker-2 form of a conv: ``1×1 in→r_in``, a ``k×k r_in→r_out`` core that carries
+the stride, padding and dilation, and ``1×1 r_out→out``, initialised by HOSVD (the truncated SVDs of the kernel
+unfolded along its output and its input channels, and the kernel projected onto both bases as the core).
+
 Example:
     >>> import torch
     >>> from hwloop.compress.lowrank import factorize
@@ -23,7 +27,7 @@ from torch import nn
 
 from hwloop.errors import CompressionError
 
-__all__ = ["factorize", "full_rank", "is_factorizable", "merge"]
+__all__ = ["factorize", "full_rank", "is_factorizable", "merge", "tucker2", "tucker2_full_ranks"]
 
 
 def is_factorizable(module: nn.Module) -> bool:
@@ -107,3 +111,54 @@ def merge(seq: nn.Sequential) -> nn.Module:
     if second.bias is not None:
         dense.bias.data.copy_(second.bias.detach())
     return dense.to(first.weight.dtype)
+
+
+def tucker2_full_ranks(module: nn.Module) -> tuple[int, int]:
+    """``(r_in, r_out)`` at which :func:`tucker2` is exact: the ranks of the kernel's input and output unfoldings'
+    row spaces, ``min(in, out·k·k)`` and ``min(out, in·k·k)``."""
+    if not (isinstance(module, nn.Conv2d) and is_factorizable(module)):
+        raise CompressionError(f"tucker2 needs a dense Conv2d (groups=1, zero padding), got {type(module).__name__}")
+    w = module.weight
+    out_c, in_c = int(w.shape[0]), int(w.shape[1])
+    k = int(w.shape[2] * w.shape[3])
+    return min(in_c, out_c * k), min(out_c, in_c * k)
+
+
+def tucker2(module: nn.Module, ranks: tuple[int, int] | None = None) -> nn.Sequential:
+    """Replace a dense conv by its Tucker-2 form: ``1×1 in→r_in``, ``k×k r_in→r_out`` core, ``1×1 r_out→out``.
+
+    Args:
+        module: an ``nn.Conv2d`` (groups=1, zero padding).
+        ranks: ``(r_in, r_out)`` (default: :func:`tucker2_full_ranks`, exact up to float error).
+
+    Returns:
+        ``nn.Sequential(first, core, last)``; the core has the conv's stride, padding and dilation, the last
+        layer its bias.
+
+    Example:
+        >>> conv = torch.nn.Conv2d(8, 6, 3, stride=2, padding=1)
+        >>> seq = tucker2(conv)
+        >>> x = torch.randn(1, 8, 7, 7)
+        >>> bool(torch.allclose(seq(x), conv(x), atol=1e-5)), [m.weight.shape[0] for m in tucker2(conv, (3, 2))]
+        (True, [3, 2, 6])
+    """
+    full_in, full_out = tucker2_full_ranks(module)
+    r_in, r_out = (full_in, full_out) if ranks is None else (int(ranks[0]), int(ranks[1]))
+    if not 1 <= r_in <= full_in or not 1 <= r_out <= full_out:
+        raise CompressionError(f"tucker2 ranks {tuple(ranks or ())!r} must be in [1, {full_in}] x [1, {full_out}] "
+                               "for this layer")
+    assert isinstance(module, nn.Conv2d)
+    w = module.weight.detach().float()
+    out_c, in_c, kh, kw = w.shape
+    u_out = torch.linalg.svd(w.reshape(out_c, -1), full_matrices=False)[0][:, :r_out]          # (out, r_out)
+    u_in = torch.linalg.svd(w.transpose(0, 1).reshape(in_c, -1), full_matrices=False)[0][:, :r_in]  # (in, r_in)
+    core = torch.einsum("oihw,or,is->rshw", w, u_out, u_in)                                     # (r_out, r_in, kh, kw)
+    first = nn.Conv2d(in_c, r_in, 1, bias=False)
+    first.weight.data.copy_(u_in.t().reshape(r_in, in_c, 1, 1))
+    mid = nn.Conv2d(r_in, r_out, module.kernel_size, module.stride, module.padding, module.dilation, bias=False)
+    mid.weight.data.copy_(core)
+    last = nn.Conv2d(r_out, out_c, 1, bias=module.bias is not None)
+    last.weight.data.copy_(u_out.reshape(out_c, r_out, 1, 1))
+    if module.bias is not None:
+        last.bias.data.copy_(module.bias.detach())
+    return nn.Sequential(first, mid, last).to(module.weight.dtype)
