@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hwloop.compress import CompressionPlan
 from hwloop.models import ModelRef
 from hwloop.search.space import SearchSpace
 
@@ -89,7 +90,7 @@ def test_bench_from_checkpoint_gives_the_baseline_the_same_budget(tmp_path: Path
     rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert rep["baseline"]["epochs"] == 2                              # search + fine-tune, the pretrain ignored
     run = rep["runs"]["predictor"]
-    assert run["seconds"]["pretrain"] == 0.0 and set(run["plan"]["w_bits"].values()) <= {4, 8}
+    assert run["seconds"]["pretrain"] == 0.0 and set(CompressionPlan.from_dict(run["plan"]).w_bits.values()) <= {4, 8}
     assert run["gate_lr"] == 0.02                                       # --gate-lr reaches the SearchConfig
     assert (run["target_warmup"], run["target_curve"], run["dual_kp"]) == (0.5, "linear", 1.5)   # and the schedule
     assert run["plan"]["meta"]["config"]["target_warmup"] == 0.5 and run["history"][-1]["target_end"] == 0.8
