@@ -24,6 +24,31 @@ from hwloop.compress.gates import BitGate, ChannelGate, Gate, RankGate, effectiv
 from hwloop.compress.lowrank import factorize, merge, tucker2
 from hwloop.compress.plan import CompressionPlan
 
-__all__ = ["Action", "ChannelPrune", "LowRank", "Quantize", "Sparsify", "tucker2", "ActivationQuantizer", "BitGate", "ChannelGate", "ChannelGroup", "CompressionPlan", "Gate", "ModelGraph", "RankGate", "analyze",
-           "apply_bits_", "compress_", "effective_size", "factorize", "fake_quant", "from_plan", "load_compressed",
-           "merge", "prune_groups_", "quantized_activations", "save_compressed"]
+__all__ = [
+    "Action",
+    "ActivationQuantizer",
+    "BitGate",
+    "ChannelGate",
+    "ChannelGroup",
+    "ChannelPrune",
+    "CompressionPlan",
+    "Gate",
+    "LowRank",
+    "ModelGraph",
+    "Quantize",
+    "RankGate",
+    "Sparsify",
+    "analyze",
+    "apply_bits_",
+    "compress_",
+    "effective_size",
+    "factorize",
+    "fake_quant",
+    "from_plan",
+    "load_compressed",
+    "merge",
+    "prune_groups_",
+    "quantized_activations",
+    "save_compressed",
+    "tucker2",
+]

@@ -38,8 +38,18 @@ from typing import Any, ClassVar
 
 from hwloop.errors import CompressionError
 
-__all__ = ["ACTION_TYPES", "HANDLERS", "Action", "ChannelPrune", "LowRank", "Quantize", "QUANT_SCHEMES",
-           "SPARSITY_PATTERNS", "Sparsify", "action_from_dict"]
+__all__ = [
+    "ACTION_TYPES",
+    "HANDLERS",
+    "QUANT_SCHEMES",
+    "SPARSITY_PATTERNS",
+    "Action",
+    "ChannelPrune",
+    "LowRank",
+    "Quantize",
+    "Sparsify",
+    "action_from_dict",
+]
 
 LOWRANK_FORMS = ("svd", "tucker2")
 QUANT_SCHEMES = ("symmetric_per_channel",)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from hwloop.compress.gates import fake_quant
+from hwloop.compress.keys import is_rank_group, rank_group
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import CompressionError
 
@@ -112,9 +113,9 @@ def group_key(name: str, lowrank: Iterable[str], tucker2: Iterable[str] = ()) ->
     if parent in lr and last == "1":
         return parent
     if parent in lr and last == "0":
-        return f"rank:{parent}"
+        return rank_group(parent)
     if parent in tk:
-        return {"0": f"rank:{parent}:in", "1": f"rank:{parent}:out", "2": parent}.get(last, name)
+        return {"0": f"{rank_group(parent)}:in", "1": f"{rank_group(parent)}:out", "2": parent}.get(last, name)
     return name
 
 
@@ -207,7 +208,7 @@ def analyze(model: nn.Module, example: torch.Tensor, *, lowrank: Iterable[str] =
         key = group_key(weighted[0], lr, tk)
         root = g[0].dep.target.module
         channels = int(dg.get_out_channels(root))
-        groups.append(ChannelGroup(key=key, channels=channels, kind="rank" if key.startswith("rank:") else "channel",
+        groups.append(ChannelGroup(key=key, channels=channels, kind="rank" if is_rank_group(key) else "channel",
                                    out_layers=tuple(sorted(outs, key=order.__getitem__)),
                                    sites=tuple(sorted(sites, key=order.__getitem__)),
                                    in_layers=tuple(sorted(ins, key=order.__getitem__))))

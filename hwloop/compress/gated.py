@@ -37,6 +37,7 @@ from torch.nn.utils import parametrize
 
 from hwloop.compress.extract import analyze, apply_bits_, get_module, prune_groups_, set_module
 from hwloop.compress.gates import BitGate, ChannelGate, Gate, RankGate
+from hwloop.compress.keys import SizeKey, is_rank_group, rank_group, rank_layer
 from hwloop.compress.lowrank import factorize, merge
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import CompressionError
@@ -166,7 +167,7 @@ class GatedModel(nn.Module):
         self._handles: list[Any] = []
         for g in space.graph.groups:
             if g.kind == "rank":
-                gate: ChannelGate = RankGate(g.channels, init=sigmas[g.key.split(":", 1)[1]],
+                gate: ChannelGate = RankGate(g.channels, init=sigmas[rank_layer(g.key)],
                                              min_keep=space.min_keep(g.channels))
             elif space.options.channels:
                 init = _spread_init(net, g.out_layers, g.sites, g.channels, float(init_spread))
@@ -193,9 +194,9 @@ class GatedModel(nn.Module):
     def gates(self) -> Iterator[tuple[str, Gate]]:
         """``(name, gate)`` pairs: ``ch:<group>`` and ``bits:<layer>``."""
         for k, g in self.channel_gates.items():
-            yield f"ch:{k}", g
+            yield SizeKey.channels(k), g
         for k, b in self.bit_gates.items():
-            yield f"bits:{k}", b
+            yield SizeKey.bits(k), b
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return list(self._gate_list.parameters())
@@ -216,9 +217,9 @@ class GatedModel(nn.Module):
         out: dict[str, torch.Tensor] = {}
         for g in self.space.graph.groups:
             gate = self.channel_gates.get(g.key)
-            out[f"ch:{g.key}"] = gate.size() if gate is not None else torch.tensor(float(g.channels))
+            out[SizeKey.channels(g.key)] = gate.size() if gate is not None else torch.tensor(float(g.channels))
         for k, b in self.bit_gates.items():
-            out[f"bits:{k}"] = b.size()
+            out[SizeKey.bits(k)] = b.size()
         return out
 
     def plain_copy(self) -> nn.Module:
@@ -327,12 +328,12 @@ def extract(gm: GatedModel, *, widths: Mapping[str, int] | None = None, rule: st
             _fold(get_module(net, site), gate.values().detach() * mask)
     lowrank: dict[str, int] = {}
     for layer in space.lowrank:
-        r = int(masks[f"rank:{layer}"].sum()) if f"rank:{layer}" in masks else space.full_ranks[layer]
+        r = int(masks[rank_group(layer)].sum()) if rank_group(layer) in masks else space.full_ranks[layer]
         if merge_if is not None and merge_if(layer, r):
             seq = get_module(net, layer)
             assert isinstance(seq, nn.Sequential)
             set_module(net, layer, merge(seq))
-            masks.pop(f"rank:{layer}", None)
+            masks.pop(rank_group(layer), None)
             b = max(w_bits.pop(f"{layer}.0", 0), w_bits.pop(f"{layer}.1", 0))
             if b:
                 w_bits[layer] = b
@@ -341,7 +342,7 @@ def extract(gm: GatedModel, *, widths: Mapping[str, int] | None = None, rule: st
             lowrank[layer] = r
     graph = analyze(net, space.example, lowrank=lowrank, ignored=space.ignored)
     prune_groups_(graph, {k: m for k, m in masks.items() if not bool(m.all())})
-    widths_out = {k: int(m.sum()) for k, m in masks.items() if not k.startswith("rank:") and not bool(m.all())}
+    widths_out = {k: int(m.sum()) for k, m in masks.items() if not is_rank_group(k) and not bool(m.all())}
     plan = CompressionPlan(base=space.ref.to_dict() if space.ref else None, lowrank=lowrank, widths=widths_out,
                            w_bits=w_bits, a_bits=space.options.a_bits if w_bits else None, meta=meta or {})
     return net.eval(), plan

@@ -149,7 +149,7 @@ def tucker2(module: nn.Module, ranks: tuple[int, int] | None = None) -> nn.Seque
                                "for this layer")
     assert isinstance(module, nn.Conv2d)
     w = module.weight.detach().float()
-    out_c, in_c, kh, kw = w.shape
+    out_c, in_c = w.shape[0], w.shape[1]
     u_out = torch.linalg.svd(w.reshape(out_c, -1), full_matrices=False)[0][:, :r_out]          # (out, r_out)
     u_in = torch.linalg.svd(w.transpose(0, 1).reshape(in_c, -1), full_matrices=False)[0][:, :r_in]  # (in, r_in)
     core = torch.einsum("oihw,or,is->rshw", w, u_out, u_in)                                     # (r_out, r_in, kh, kw)

@@ -153,7 +153,7 @@ def read_weights(path: str | Path, model: nn.Module | None = None) -> dict[str, 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except Exception as e:  # OSError or safetensors' own error types
         raise CompressionError(f"cannot read weights {str(path)!r}: {e}") from e
     raw = meta.get(METADATA_KEY)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from hwloop.compress.gated import GatedModel
+from hwloop.compress.keys import SizeKey
 
 if TYPE_CHECKING:  # pragma: no cover
     from hwloop.search.latency import LatencyModel
@@ -42,11 +43,11 @@ def hard_sizes(gm: GatedModel, widths: Mapping[str, int] | None = None) -> dict[
     out: dict[str, float] = {}
     for g in gm.space.graph.groups:
         gate = gm.channel_gates.get(g.key)
-        out[f"ch:{g.key}"] = float(gate.hard_size() if gate is not None else g.channels)
+        out[SizeKey.channels(g.key)] = float(gate.hard_size() if gate is not None else g.channels)
     for n, b in gm.bit_gates.items():
-        out[f"bits:{n}"] = float(b.hard_size())
+        out[SizeKey.bits(n)] = float(b.hard_size())
     for k, v in (widths or {}).items():
-        out[f"ch:{k}"] = float(v)
+        out[SizeKey.channels(k)] = float(v)
     return out
 
 

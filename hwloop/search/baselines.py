@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwloop.compress.keys import SizeKey, rank_group
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import ConfigError, SearchError
 from hwloop.search.accounting import ComputeLedger
@@ -91,11 +92,11 @@ def config_from_plan(space: SearchSpace, plan: CompressionPlan) -> dict[str, flo
     for d in space.dimensions():
         kind, _, target = d.name.partition(":")
         if kind == "bits":
-            cfg[d.name] = int(sizes[f"bits:{target}"])
+            cfg[d.name] = int(sizes[SizeKey.bits(target)])
         elif kind == "rank":
-            cfg[d.name] = 1.0 if target in dense else sizes[f"ch:rank:{target}"] / d.size
+            cfg[d.name] = 1.0 if target in dense else sizes[SizeKey.channels(rank_group(target))] / d.size
         else:
-            cfg[d.name] = sizes[f"ch:{target}"] / d.size
+            cfg[d.name] = sizes[SizeKey.channels(target)] / d.size
     return cfg
 
 

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 
 from hwloop.compress.actquant import quantized_activations
 from hwloop.compress.gated import GatedModel, extract, quantized_weights
+from hwloop.compress.keys import SizeKey, rank_layer
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import SearchError
 from hwloop.search.accounting import ComputeLedger
@@ -536,10 +537,10 @@ def _size_table(space: SearchSpace, plan: CompressionPlan) -> dict[str, dict[str
     sizes, dense = space.sizes_of_plan(plan)
     out: dict[str, dict[str, float]] = {}
     for g in space.graph.groups:
-        layer = g.key.split(":", 1)[1] if g.kind == "rank" else g.key
+        layer = rank_layer(g.key) if g.kind == "rank" else g.key
         if g.kind == "rank" and layer in dense:
             continue
-        out[f"{g.kind}:{layer}"] = {"chosen": sizes[f"ch:{g.key}"], "original": float(g.channels)}
+        out[f"{g.kind}:{layer}"] = {"chosen": sizes[SizeKey.channels(g.key)], "original": float(g.channels)}
     for n in space.bit_layers:
-        out[f"bits:{n}"] = {"chosen": sizes[f"bits:{n}"], "original": float(space.options.bit_levels[-1])}
+        out[SizeKey.bits(n)] = {"chosen": sizes[SizeKey.bits(n)], "original": float(space.options.bit_levels[-1])}
     return out

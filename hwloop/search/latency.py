@@ -36,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from hwloop.compress.keys import SizeKey
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import SearchError
 from hwloop.search.space import LayerSlot, SearchSpace
@@ -116,9 +117,10 @@ class _SlotLatency:
 
 
 def _slot_size(slot: LayerSlot, sizes: Sizes) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    cin = _t(sizes[f"ch:{slot.in_key}"]) if slot.in_key else None
-    cout = _t(sizes[f"ch:{slot.out_key}"]) if slot.out_key else None
-    bits = _t(sizes[f"bits:{slot.bits_key}"]) if slot.bits_key and f"bits:{slot.bits_key}" in sizes else None
+    cin = _t(sizes[SizeKey.channels(slot.in_key)]) if slot.in_key else None
+    cout = _t(sizes[SizeKey.channels(slot.out_key)]) if slot.out_key else None
+    bkey = SizeKey.bits(slot.bits_key) if slot.bits_key else None
+    bits = _t(sizes[bkey]) if bkey is not None and bkey in sizes else None
     return cin, cout, bits
 
 

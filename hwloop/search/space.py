@@ -39,6 +39,7 @@ from torch import nn
 
 from hwloop.compress.extract import ModelGraph, analyze, compress_, get_module, output_layers, set_module
 from hwloop.compress.gates import BIT_LEVELS
+from hwloop.compress.keys import SizeKey, rank_group, rank_layer
 from hwloop.compress.lowrank import factorize, full_rank, is_factorizable
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import SearchError
@@ -303,15 +304,15 @@ class SearchSpace:
         dims: list[Dimension] = []
         for g in self.graph.groups:
             if g.kind == "rank":
-                layer = g.key.split(":", 1)[1]
-                dims.append(Dimension(f"rank:{layer}", "ratio", self.min_keep(g.channels) / g.channels, 1.0,
+                layer = rank_layer(g.key)
+                dims.append(Dimension(rank_group(layer), "ratio", self.min_keep(g.channels) / g.channels, 1.0,
                                       size=g.channels))
             elif self.options.channels:
                 dims.append(Dimension(f"width:{g.key}", "ratio", self.min_keep(g.channels) / g.channels, 1.0,
                                       size=g.channels))
         for n in self.bit_layers:
             lv = self.options.bit_levels
-            dims.append(Dimension(f"bits:{n}", "choice", choices=lv, size=lv[-1]))
+            dims.append(Dimension(str(SizeKey.bits(n)), "choice", choices=lv, size=lv[-1]))
         return dims
 
     def default_config(self) -> dict[str, float | int]:
@@ -386,10 +387,9 @@ class SearchSpace:
         sizes: dict[str, float] = {}
         for g in self.graph.groups:
             if g.kind == "rank":
-                layer = g.key.split(":", 1)[1]
-                sizes[f"ch:{g.key}"] = float(plan.lowrank.get(layer, g.channels))
+                sizes[SizeKey.channels(g.key)] = float(plan.lowrank.get(rank_layer(g.key), g.channels))
             else:
-                sizes[f"ch:{g.key}"] = float(plan.widths.get(g.key, g.channels))
+                sizes[SizeKey.channels(g.key)] = float(plan.widths.get(g.key, g.channels))
         dense = frozenset(n for n in self.lowrank if n not in plan.lowrank)
         for n in self.bit_layers:
             parent = n.rpartition(".")[0]
@@ -397,11 +397,11 @@ class SearchSpace:
                 b = plan.w_bits.get(parent)
             else:
                 b = plan.w_bits.get(n)
-            sizes[f"bits:{n}"] = float(b if b is not None else self.options.bit_levels[-1])
+            sizes[SizeKey.bits(n)] = float(b if b is not None else self.options.bit_levels[-1])
         return sizes, dense
 
     def full_sizes(self) -> dict[str, float]:
         """Sizes of the uncompressed model."""
-        sizes = {f"ch:{g.key}": float(g.channels) for g in self.graph.groups}
-        sizes.update({f"bits:{n}": float(self.options.bit_levels[-1]) for n in self.bit_layers})
+        sizes: dict[str, float] = {SizeKey.channels(g.key): float(g.channels) for g in self.graph.groups}
+        sizes.update({SizeKey.bits(n): float(self.options.bit_levels[-1]) for n in self.bit_layers})
         return sizes
