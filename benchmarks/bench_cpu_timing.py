@@ -96,13 +96,22 @@ def busy_load(n: int) -> Iterator[list[int]]:
         atexit.unregister(stop)
 
 
-def wait_quiet(limit_s: float, quiet_max: float) -> float:
-    """Poll the 1-minute load average until it is below ``quiet_max`` or ``limit_s`` passed; return it."""
+def wait_quiet(limit_s: float, quiet_max: float, hold_s: float = 30.0) -> float:
+    """Poll the 1-minute load average until it has stayed below ``quiet_max`` for ``hold_s`` (or
+    ``limit_s`` passed); return it."""
     t0 = time.monotonic()
-    while load1() >= quiet_max and time.monotonic() - t0 < limit_s:
-        print(f"  waiting for a quiet machine: load average {load1()} >= {quiet_max} "
-              f"({time.monotonic() - t0:.0f}/{limit_s:.0f} s)", flush=True)
-        time.sleep(10)
+    since: float | None = None
+    while time.monotonic() - t0 < limit_s:
+        now = time.monotonic()
+        if load1() < quiet_max:
+            since = now if since is None else since
+            if now - since >= hold_s:
+                break
+        else:
+            since = None
+        print(f"  waiting for a quiet machine: load average {load1()} (below {quiet_max} for "
+              f"{0 if since is None else now - since:.0f}/{hold_s:.0f} s; {now - t0:.0f}/{limit_s:.0f} s)", flush=True)
+        time.sleep(5)
     return load1()
 
 
