@@ -111,9 +111,13 @@ def test_model_requests_lower_once_and_sum_per_layer() -> None:
     assert dev.lower(ref) is g and len(dev._graphs) == 1
     # the per-layer path agrees with the graph (a model = its LayerSpecs, costed one by one)
     conv1 = next(op for op in g.ops if op.name == "layers.0.conv1")
-    # batch norm is folded into the conv: its LayerSpec twin has a bias
+    # batch norm and ReLU run in the conv's epilogue: the fused op costs its conv LayerSpec (with or
+    # without a float bias: every array op reads its per-channel bias + scale) plus the BN and ReLU specs
     spec = LayerSpec("conv2d", (1, 8, 32, 32), out_channels=8, kernel=3, padding=1, bias=True, w_bits=8, a_bits=8)
-    assert cost_layer(spec, dev.accel).cycles == pytest.approx(
+    bn = LayerSpec("batchnorm", (1, 8, 32, 32), a_bits=8)
+    relu = LayerSpec("activation", (1, 8, 32, 32), variant="relu", a_bits=8)
+    assert cost_layer(spec, dev.accel).cycles == cost_layer(spec.replace(bias=False), dev.accel).cycles
+    assert sum(cost_layer(s, dev.accel).cycles for s in (spec, bn, relu)) == pytest.approx(
         per.per_layer_ms["layers.0.conv1"] * dev.accel.clock_mhz * 1e3)
     assert conv1.macs == spec.macs
     # default bits: a 4-bit device moves fewer bytes
