@@ -101,8 +101,8 @@ def share_and_cut() -> None:
     print("## ResNet-20 on asic-tpu32: BN/ReLU/add share and the uniform width of a 50% cut (layer path)\n")
     print("| spec | W8A8 ms | BN/ReLU/add share W8A8 | share of stage 1 | W4A4 ms | width for a 50% cut at W4A4 |")
     print("|---|---|---|---|---|---|")
-    rows = (("before, as the search measured it (unfused, activations via DRAM, 300-cycle overhead, "
-             "BN/ReLU/add/pool left at 8 bits)", before, False),
+    rows = ((("before, as the search measured it (unfused, activations via DRAM, 300-cycle overhead, "
+             "BN/ReLU/add/pool left at 8 bits)"), before, False),
             ("before, with BN/ReLU/add/pool at the plan's activation bits", before, True),
             ("after: shipped asic-tpu32", shipped, True))
     for label, acc, side_a in rows:

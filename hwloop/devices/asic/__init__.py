@@ -3,7 +3,8 @@
 * :mod:`~hwloop.devices.asic.spec` — :class:`AcceleratorSpec`, the ``[spec]`` table of
   ``devices/asic-*.toml``;
 * :mod:`~hwloop.devices.asic.opgraph` — :class:`AccelOp` / :class:`OpGraph`, the plain op graph;
-* :mod:`~hwloop.devices.asic.costmodel` — :func:`cost_layer`, :func:`cost_graph` (analytical, vectorised);
+* :mod:`~hwloop.devices.asic.costmodel` — :func:`cost_layer`, :func:`cost_graph` (analytical, vectorised;
+  inference semantics: BN folded, ReLU/residual add in the array's epilogue, activations on chip);
 * :mod:`~hwloop.devices.asic.frontend` — TVM Relax import + ``FuseOpsByPattern`` partitioning
   (imports TVM lazily);
 * :mod:`~hwloop.devices.asic.device` — :class:`AsicDevice`, the Device-protocol backend.
@@ -19,6 +20,8 @@ Example:
 
 from hwloop.devices.asic.costmodel import (
     COST_MODEL_VERSION,
+    EPILOGUE_PARAM_BYTES,
+    EPILOGUE_STAGE_CYCLES,
     GraphCost,
     OpCost,
     cost_graph,
@@ -26,12 +29,14 @@ from hwloop.devices.asic.costmodel import (
     cost_layers,
 )
 from hwloop.devices.asic.device import AsicDevice, NoiseModel
-from hwloop.devices.asic.opgraph import AccelOp, OpGraph, ops_from_layer
+from hwloop.devices.asic.opgraph import AccelOp, OpGraph, ops_from_layer, touched_input_elems
 from hwloop.devices.asic.spec import DATAFLOWS, AcceleratorSpec
 
 __all__ = [
     "COST_MODEL_VERSION",
     "DATAFLOWS",
+    "EPILOGUE_PARAM_BYTES",
+    "EPILOGUE_STAGE_CYCLES",
     "AccelOp",
     "AcceleratorSpec",
     "AsicDevice",
@@ -43,4 +48,5 @@ __all__ = [
     "cost_layer",
     "cost_layers",
     "ops_from_layer",
+    "touched_input_elems",
 ]
