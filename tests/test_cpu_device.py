@@ -473,3 +473,19 @@ def test_interleaved_samples_time_the_warm_model() -> None:
     same = time_interleaved([a, a2], t, timer, request_keys=["a", "a2"])
     pair = time_interleaved([a, b], t, timer, request_keys=["a", "b"])
     assert timer.cold == 0 and same.ratios[1] == 1.0 and pair.ratios[1] == 0.5
+
+
+def test_waiting_for_a_core_marks_a_sample_disturbed() -> None:
+    """A multi-threaded op whose worker thread found every core busy waits without being switched out;
+    the run-queue wait of the process's threads (schedstat) catches it."""
+    from hwloop.devices._timing import runqueue_wait_ns
+
+    waited = iter([0, 10**9, 5, 5])  # 1 s of waiting during the first sample, none during the second
+    t = PerfCounterTimer(detect_preemption=True, waits=lambda: next(waited))
+    t.time(lambda: None, 10)
+    assert t.disturbed
+    t.time(lambda: None, 10)
+    assert not t.disturbed
+    w = runqueue_wait_ns()
+    assert w is None or w >= 0
+    assert PerfCounterTimer().time(lambda: None, 3) >= 0 and not PerfCounterTimer().disturbed

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from hwloop.devices.base import MeasureResult, TimingConfig, ratio_stats, summarize
 
 __all__ = ["Timer", "PerfCounterTimer", "Deadline", "time_fn", "retry_until_stable", "pick_number", "MeasureTimeout",
-           "involuntary_switches", "take_samples", "time_interleaved", "Interleaved"]
+           "involuntary_switches", "runqueue_wait_ns", "take_samples", "time_interleaved", "Interleaved"]
 
 #: most inner iterations a sample may use (keeps calibration of sub-microsecond ops bounded).
 MAX_NUMBER = 100_000
@@ -64,6 +65,35 @@ def involuntary_switches() -> int:
         return 0
 
 
+def runqueue_wait_ns() -> int | None:
+    """Nanoseconds the threads of this process have spent runnable but waiting for a core (the
+    second field of ``/proc/self/task/*/schedstat``), or None where the kernel does not report it.
+
+    Unlike :func:`involuntary_switches` this also counts a woken thread that found every core busy,
+    which is how a multi-threaded op waits for its slowest thread.
+
+    Example:
+        >>> w = runqueue_wait_ns()
+        >>> w is None or w >= 0
+        True
+    """
+    total = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                    total += int(f.read().split()[1])
+            except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+                continue
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
+#: a sample is disturbed when its threads waited for a core longer than this share of the sample
+WAIT_SHARE = 0.02
+
+
 class Timer:
     """Times ``number`` back-to-back calls of ``fn`` and returns milliseconds per call.
 
@@ -80,24 +110,33 @@ class Timer:
 class PerfCounterTimer(Timer):
     """Host clock (``time.perf_counter_ns``); ``sync`` is called before reading the clock.
 
-    With ``detect_preemption`` each sample also reads :func:`involuntary_switches` before and
-    after, and :attr:`disturbed` says whether the process was switched out during it."""
+    With ``detect_preemption`` each sample also reads :func:`involuntary_switches` and
+    :func:`runqueue_wait_ns` (``waits``) before and after, and :attr:`disturbed` says whether the
+    process was switched out, or its threads waited for a core for more than :data:`WAIT_SHARE` of
+    the sample."""
 
     sync: Callable[[], None] | None = None
     detect_preemption: bool = False
     disturbed: bool = False
+    waits: Callable[[], int | None] = runqueue_wait_ns
 
     def time(self, fn: Callable[[], object], number: int) -> float:
         if self.sync:
             self.sync()
-        c0 = involuntary_switches() if self.detect_preemption else 0
+        detect = self.detect_preemption
+        c0, w0 = (involuntary_switches(), self.waits()) if detect else (0, None)
         t0 = time.perf_counter_ns()
         for _ in range(number):
             fn()
         if self.sync:
             self.sync()
         t1 = time.perf_counter_ns()
-        self.disturbed = self.detect_preemption and involuntary_switches() != c0
+        if detect:
+            w1 = self.waits()
+            waited = w0 is not None and w1 is not None and w1 - w0 > WAIT_SHARE * (t1 - t0)
+            self.disturbed = waited or involuntary_switches() != c0
+        else:
+            self.disturbed = False
         return (t1 - t0) / 1e6 / number
 
 
