@@ -156,8 +156,10 @@ def _variant_refs(n: int, seed: int) -> list[Any]:
 
     rng = np.random.default_rng(seed)
     full = [int(round(c * DEMO_MODEL["kwargs"]["width_mult"])) for c in (16, 32, 64)]  # type: ignore[index]
-    return [ModelRef("small_cnn", {"widths": [int(rng.integers(max(2, c // 16), c + 1)) for c in full]},
-                     input_shape=DIGITS_SHAPE) for _ in range(n)]
+    # every other variant in the upper half of each width: trees do not extrapolate, and the original
+    # (full width) is what every ratio divides by
+    return [ModelRef("small_cnn", {"widths": [int(rng.integers(max(2, c // (16 if i % 2 == 0 else 2)), c + 1))
+                                              for c in full]}, input_shape=DIGITS_SHAPE) for i in range(n)]
 
 
 def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print, warn: Callable[[str], None] | None = None
