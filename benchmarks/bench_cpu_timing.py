@@ -159,7 +159,7 @@ def run_neighbour(ck: Checkpoint, args: argparse.Namespace) -> dict[str, Any]:
         meta = sec.setdefault(f"_{phase}", {})
         ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext([])
         if phase == "quiet":
-            meta.setdefault("load_before", wait_quiet(args.wait_quiet, args.quiet_max))
+            meta.setdefault("load_before", wait_quiet(args.wait_quiet, args.quiet_max, args.quiet_hold))
         else:
             ctx = busy_load(args.busy)
         with ctx as pids:
@@ -409,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--busy", type=int, default=2, help="busy background processes of the loaded phase")
     ap.add_argument("--wait-quiet", type=float, default=0.0, help="seconds to wait for load average < --quiet-max")
     ap.add_argument("--quiet-max", type=float, default=0.5)
+    ap.add_argument("--quiet-hold", type=float, default=30.0, help="seconds the load must stay below --quiet-max")
     ap.add_argument("--families", default="small_cnn,resnet20,mobilenetv2")
     ap.add_argument("--rounds", type=int, default=3, help="round-robin measurements per model and pass")
     ap.add_argument("--quick", action="store_true", help="a few pairs, layers and models (a smoke test)")
