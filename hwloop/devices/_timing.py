@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from hwloop.devices.base import MeasureResult, TimingConfig, ratio_stats, summarize
+from hwloop.devices.base import RATIO_TOLERANCE, MeasureResult, TimingConfig, ratio_stats, summarize
 
 __all__ = ["Timer", "PerfCounterTimer", "Deadline", "time_fn", "retry_until_stable", "pick_number", "MeasureTimeout",
            "involuntary_switches", "runqueue_wait_ns", "take_samples", "time_interleaved", "Interleaved"]
@@ -265,7 +265,7 @@ def take_samples(fn: Callable[[], object], timer: Timer, number: int, count: int
 class Interleaved:
     """What :func:`time_interleaved` returns: each call's result, the ratios to the first call's
     samples (median of per-round ratios), their 95% intervals, the rounds taken, and whether some
-    ratio's interval stayed wider than ``± max_cv / 2`` after every retry."""
+    ratio's interval stayed wider than ``± max_cv`` after every retry."""
 
     results: tuple[MeasureResult, ...]
     ratios: tuple[float, ...]
@@ -290,7 +290,8 @@ def time_interleaved(fns: Sequence[Callable[[], object]], timing: TimingConfig, 
     (:func:`~hwloop.devices.base.median_ci` of the per-round ratios) is wider than
     ``± timing.max_cv / 2`` of the ratio (:data:`~hwloop.devices.base.RATIO_TOLERANCE`), another
     batch is added, at most ``timing.max_retries`` times (rounds accumulate, so the interval
-    narrows). Each result is the summary of all its samples, with ``attempts`` = batches taken.
+    narrows); the comparison is unstable when an interval is still wider than ``± max_cv``. Each
+    result is the summary of all its samples, with ``attempts`` = batches taken.
 
     Raises:
         MeasureTimeout: the time spent exceeded the budget (checked between samples).
@@ -322,7 +323,7 @@ def time_interleaved(fns: Sequence[Callable[[], object]], timing: TimingConfig, 
                 discarded[i] += d
                 disturbed[i] += kept
         ratios, cis, unstable = ratio_stats(samples, timing)
-        if not unstable:
+        if not ratio_stats(samples, timing, tolerance=RATIO_TOLERANCE)[2]:
             break
     results = []
     for i in range(k):

@@ -333,9 +333,9 @@ class Comparison:
 
     ``results[i]`` is request ``i``'s own result (its median over every round); ``ratios[i]`` is
     the median over rounds of ``sample_i / sample_0`` taken in the same round (so drift between
-    rounds cancels), ``ratio_ci[i]`` its 95% confidence interval (:func:`median_ci`). ``unstable``
-    is True when some ratio's interval stays wider than ``± max_cv / 2`` of the ratio
-    (:data:`RATIO_TOLERANCE`) after every retry (``rounds`` is the number of rounds taken). ``load`` is :func:`machine_load` when
+    rounds cancels), ``ratio_ci[i]`` its 95% confidence interval (:func:`median_ci`). Rounds are
+    added while an interval is wider than ``± max_cv / 2`` (:data:`RATIO_TOLERANCE`); ``unstable``
+    is True when some ratio's interval is still wider than ``± max_cv`` of the ratio after every retry (``rounds`` is the number of rounds taken). ``load`` is :func:`machine_load` when
     the comparison started and ``load_end`` when it ended.
     """
 
@@ -364,18 +364,19 @@ class Comparison:
                 "interleaved": self.interleaved, "load": dict(self.load), "load_end": dict(self.load_end)}
 
 
-#: a ratio is unstable when its 95% interval is wider than ± this fraction of ``max_cv`` (a ratio of two
-#: medians is what searches and reports quote, so it is held to half the spread allowed for one sample set)
+#: interleaved rounds are added while a ratio's 95% interval is wider than ± this fraction of ``max_cv``
+#: (the ratio is what searches and reports quote, so sampling aims at half the spread allowed for one
+#: sample set); the comparison is *unstable* when the interval is still wider than ``± max_cv``
 RATIO_TOLERANCE = 0.5
 
 
-def ratio_stats(samples: Sequence[Sequence[float]], timing: TimingConfig
+def ratio_stats(samples: Sequence[Sequence[float]], timing: TimingConfig, *, tolerance: float = 1.0
                 ) -> tuple[tuple[float, ...], tuple[tuple[float, float], ...], bool]:
     """Per-round ratios ``samples[i][r] / samples[0][r]``: their medians, 95% intervals, and whether any
-    interval is wider than ``± RATIO_TOLERANCE * timing.max_cv`` of its ratio."""
+    interval is wider than ``± tolerance * timing.max_cv`` of its ratio."""
     ratios: list[float] = []
     cis: list[tuple[float, float]] = []
-    unstable = False
+    wide = False
     for i, xs in enumerate(samples):
         if i == 0:
             ratios.append(1.0)
@@ -385,14 +386,14 @@ def ratio_stats(samples: Sequence[Sequence[float]], timing: TimingConfig
         if not per:
             ratios.append(float("nan"))
             cis.append((float("nan"), float("nan")))
-            unstable = True
+            wide = True
             continue
         med, lo, hi = median_ci(per)
         ratios.append(med)
         cis.append((lo, hi))
-        if med <= 0 or (hi - lo) / (2 * med) > timing.max_cv * RATIO_TOLERANCE:
-            unstable = True
-    return tuple(ratios), tuple(cis), unstable
+        if med <= 0 or (hi - lo) / (2 * med) > timing.max_cv * tolerance:
+            wide = True
+    return tuple(ratios), tuple(cis), wide
 
 
 def compare(device: Device, requests: Sequence[MeasureRequest], timing: TimingConfig | None = None, *,

@@ -165,7 +165,7 @@ def _run(spec: SearchSpec, out: Path, say: Callable[[str], None], progress: bool
         if m["unstable"]:
             load = m["load"]
             seen = f"; load average {load['load1']} on {load['cores']} cores" if load else ""
-            say(f"warning: the measured ratio is unstable (its interval stayed wider than ±max_cv/2{seen}); "
+            say(f"warning: the measured ratio is unstable (its interval stayed wider than ±max_cv{seen}); "
                 "measure again on a quieter machine")
         if "predicted_ms" in metrics:
             err = metrics["predicted_ms"] / m["latency_ms"] - 1

@@ -117,7 +117,7 @@ def compare_compressed(device: str | Any, model: nn.Module, plan: CompressionPla
     On a device that interleaves (the CPU backend) both whole models are timed in one
     interleaved comparison (original first): the ratio is the median of per-round ratios, so
     load that drifts during the measurement cancels, with its 95% interval and an ``unstable``
-    flag when the interval stays wider than ``± max_cv / 2`` after the retries. Elsewhere
+    flag when the interval stays wider than ``± max_cv`` after the retries. Elsewhere
     :func:`measure_compressed` runs ``rounds`` times for each model in alternating order and
     each keeps its fastest measurement.
 
