@@ -430,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "torch": torch.__version__, "load_at_start": load1(),
                                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}}
     runners = {"neighbour": run_neighbour, "timer": run_timer, "repeat": run_repeat}
+    if "neighbour" not in sections and args.wait_quiet > 0:  # the neighbour section waits itself
+        rep["machine"]["load_before"] = wait_quiet(args.wait_quiet, args.quiet_max, args.quiet_hold)
     for s in sections:
         rep[s] = runners[s](ck, args)
     rep["machine"]["load_at_end"] = load1()
