@@ -271,6 +271,12 @@ def load_predictor(path: Any, *, allow_import: bool | None = None) -> Any:
     p.feature_schema_ = int(meta["feature_schema"])
     try:
         p._set_state(meta.get("state", {}), arrays, blobs.get("model"))
+    except PredictorError as e:
+        model_file = meta.get("files", {}).get("model", {}).get("name", "")
+        if model_file and model_file not in str(e):  # name the file the defect is in
+            raise PredictorError(f"{str(path.parent / Path(str(model_file)).name)!r} (model of {path.name}): "
+                                 f"{e}") from None
+        raise
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise PredictorError(f"predictor file {str(path)!r} has a malformed state for {kind}: "
                              f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
