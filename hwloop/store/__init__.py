@@ -378,17 +378,23 @@ class MeasurementStore:
         q = (sa.select(m, d.c.name.label("device_name"), d.c.backend, d.c.fingerprint.label("fingerprint_json"))
              .join(d, d.c.key == m.c.device_key).order_by(m.c.id))
         with self._read() as conn:
-            if device is not None:
-                q = q.where(m.c.device_key.in_(self._resolve_device(conn, device)))
-            if kind is not None:
-                q = q.where(m.c.kind == kind)
-            if mode is not None:
-                q = q.where(m.c.mode == mode)
+            q = self._where(conn, q, device, kind, mode)
             if ok_only:
                 q = q.where(m.c.error.is_(None))
             if limit is not None:
                 q = q.limit(int(limit))
             return [dict(r) for r in conn.execute(q).mappings()]
+
+    def _where(self, conn: Any, q: Any, device: str | None, kind: str | None, mode: str | None) -> Any:
+        """``q`` restricted to a device (name or key prefix), a request kind and an execution mode."""
+        m = measurements_t
+        if device is not None:
+            q = q.where(m.c.device_key.in_(self._resolve_device(conn, device)))
+        if kind is not None:
+            q = q.where(m.c.kind == kind)
+        if mode is not None:
+            q = q.where(m.c.mode == mode)
+        return q
 
     def values(self, column: str, device: str | None = None, *, kind: str | None = None,
                mode: str | None = None) -> list[float]:
@@ -404,12 +410,7 @@ class MeasurementStore:
         m = measurements_t
         q = sa.select(m.c[column]).where(m.c.error.is_(None))
         with self._read() as conn:
-            if device is not None:
-                q = q.where(m.c.device_key.in_(self._resolve_device(conn, device)))
-            if kind is not None:
-                q = q.where(m.c.kind == kind)
-            if mode is not None:
-                q = q.where(m.c.mode == mode)
+            q = self._where(conn, q, device, kind, mode)
             return [float("nan") if v is None else float(v) for (v,) in conn.execute(q)]
 
     def to_dataframe(self, device: str | None = None, *, kind: str | None = None, mode: str | None = None,
