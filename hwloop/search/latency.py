@@ -47,9 +47,12 @@ __all__ = [
     "LatencyModel",
     "PredictorLatency",
     "SurrogateLatency",
+    "aggregate_predictions",
     "default_aggregate",
     "grid_points",
     "interp_grid",
+    "predict_specs",
+    "predictor_aggregates",
     "sample_layer_specs",
     "select_latency_model",
     "tile_nodes",
@@ -269,11 +272,40 @@ def default_aggregate(space: SearchSpace, predictor: Any) -> str:
         >>> default_aggregate(SearchSpace.from_ref(ModelRef("small_cnn")), SurrogatePredictor())
         'sum'
     """
-    if getattr(predictor, "mode", None) == "asic" or space.options.bits:
-        return "sum"
+    return "calibrated" if predictor_aggregates(predictor, bits=bool(space.options.bits)) else "sum"
+
+
+def predictor_aggregates(predictor: Any, *, bits: bool = False) -> bool:
+    """Whether a model's latency from ``predictor`` goes through its whole-model aggregation (see
+    :func:`default_aggregate`): not on a device timed op by op (``asic`` mode, or layers with bit-widths),
+    and only when the predictor has ``aggregator_.predict_one`` and ``layer_predictions``."""
+    if getattr(predictor, "mode", None) == "asic" or bits:
+        return False
     agg = getattr(predictor, "aggregator_", None)
     has_ops = callable(getattr(predictor, "layer_predictions", None))
-    return "calibrated" if callable(getattr(agg, "predict_one", None)) and has_ops else "sum"
+    return callable(getattr(agg, "predict_one", None)) and has_ops
+
+
+def aggregate_predictions(agg: Any, codes: np.ndarray, ms: np.ndarray) -> float:
+    """``agg.predict_one(codes, ms)`` (a predictor's whole-model aggregation) as a finite float; a failure is one
+    :class:`SearchError` line."""
+    try:
+        v = float(agg.predict_one(codes, ms))
+    except Exception as e:  # a third-party aggregation object: say what failed, in one line
+        raise SearchError(f"the predictor's whole-model aggregation failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); use aggregate='sum'") from e
+    if not math.isfinite(v):
+        raise SearchError(f"the predictor's whole-model aggregation returned {v}; use aggregate='sum'")
+    return v
+
+
+def predict_specs(predictor: Any, specs: Sequence[LayerSpec]) -> np.ndarray:
+    """``predictor.predict(specs)`` as float64 ms, one finite value per spec (else one :class:`SearchError` line)."""
+    ms = np.asarray(predictor.predict(list(specs)), dtype=np.float64).reshape(-1)
+    if ms.shape[0] != len(specs) or not np.all(np.isfinite(ms)):
+        raise SearchError(f"predictor returned {ms.shape[0]} values (finite: "
+                          f"{bool(np.all(np.isfinite(ms)))}) for {len(specs)} layer specs")
+    return ms
 
 
 class PredictorLatency(_SlotLatency):
@@ -359,14 +391,7 @@ class PredictorLatency(_SlotLatency):
             self._aggregate_np(np.asarray([self._codes[s.name] for s in slots]), np.ones(len(slots)))
 
     def _aggregate_np(self, codes: np.ndarray, ms: np.ndarray) -> float:
-        try:
-            v = float(self._agg.predict_one(codes, ms))
-        except Exception as e:  # a third-party aggregation object: say what failed, in one line
-            raise SearchError(f"the predictor's whole-model aggregation failed ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); use aggregate='sum'") from e
-        if not math.isfinite(v):
-            raise SearchError(f"the predictor's whole-model aggregation returned {v}; use aggregate='sum'")
-        return v
+        return aggregate_predictions(self._agg, codes, ms)
 
     def _calibrated(self, codes: np.ndarray, ms: torch.Tensor) -> torch.Tensor:
         """The aggregation's value at ``ms``; its derivative with respect to each op's ms is a finite
@@ -419,10 +444,7 @@ class PredictorLatency(_SlotLatency):
             if sig not in cache:
                 pts = list(itertools.product(*[g for _, g in axes])) if axes else [()]
                 specs = [self._spec(slot, dict(zip(names, p))) for p in pts]
-                ms = np.asarray(self.predictor.predict(specs), dtype=np.float64).reshape(-1)
-                if ms.shape[0] != len(specs) or not np.all(np.isfinite(ms)):
-                    raise SearchError(f"predictor returned {ms.shape[0]} values (finite: "
-                                      f"{bool(np.all(np.isfinite(ms)))}) for {len(specs)} layer specs")
+                ms = predict_specs(self.predictor, specs)
                 cache[sig] = torch.tensor(ms).reshape([len(g) for _, g in axes] or [])
             self._tables[slot.name] = (cache[sig], grids, names)
             if self.grad_points is not None:
