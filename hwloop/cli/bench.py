@@ -1,4 +1,5 @@
-"""``hwloop bench list|run``: the benchmark and recorder scripts in the checkout's ``benchmarks/``.
+"""``hwloop bench list|run``: the benchmark and recorder scripts in the checkout's ``benchmarks/``; ``hwloop bench
+methods SPEC``: the evidence harness (methods vs controls, :mod:`hwloop.search.harness`).
 
 Benchmarks print the figures the docs quote; they are scripts (not timed unit tests) so
 their output can be re-run and compared on any machine.
@@ -59,3 +60,33 @@ def run_benchmark(ctx: typer.Context, name: str = typer.Argument(..., help="scri
     rc = subprocess.call([sys.executable, str(scripts[key]), *ctx.args])
     if rc:
         raise typer.Exit(rc)
+
+
+@bench_app.command("methods")
+def bench_methods(
+    spec: Path = typer.Argument(..., help="harness spec TOML, e.g. search/bench-methods-cifar10-resnet20.toml"),
+    out: Path = typer.Option(None, "--out", "-o", help="output folder (default: search/results/<spec name>)"),
+    max_cells: int = typer.Option(None, "--max-cells", min=1, help="stop after this many new cells (smoke runs)"),
+    only: str = typer.Option(None, "--only", help="run only cells whose key contains this text, "
+                                                  "e.g. l1l2__asic-tpu32__t0.5__s0"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
+) -> None:
+    """Methods vs controls (uniform, magnitude, FLOPs, random, TPE, TPE to plateau) on one task, devices, targets
+    and seeds: one table (mean ± std) and one Pareto plot. Resumable: finished cells are skipped."""
+    from rich.console import Console
+
+    from hwloop.search.harness import run_harness
+    from hwloop.search.harness_spec import load_harness_spec
+
+    s = load_harness_spec(spec)
+    err = Console(stderr=True)
+    run_dir = out or Path("search/results") / s.name
+    summary = run_harness(s, run_dir, log=lambda m: err.print(m, highlight=False, markup=False), progress=progress,
+                          max_cells=max_cells, only=(lambda c: only in c.key) if only else None)
+    if summary["table"] is not None:
+        print(Path(summary["table"]).read_text(encoding="utf-8"))
+    err.print(f"{summary['done']} of {summary['cells']} cells done ({summary['ran']} this run"
+              f"{', failed: ' + ', '.join(summary['failed']) if summary['failed'] else ''}); outputs in {run_dir}; "
+              "run the same command again to resume", highlight=False, markup=False)
+    if summary["failed"]:
+        raise typer.Exit(1)

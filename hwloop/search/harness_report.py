@@ -1,0 +1,141 @@
+"""The harness's table and Pareto plot: mean ± std over seeds per entry × device × target.
+
+:func:`summarize` groups the finished cell rows; :func:`write_table` writes ``results.csv`` (one row per
+entry × device × target: mean and std of the measured latency ratio, test and validation accuracy, compute),
+``results.md`` (the same as ``mean ± std``, with the shared costs and the seeds each row has) and ``pareto.png``
+(test accuracy vs measured latency ratio, one panel per device; methods solid, controls dashed).
+
+Example:
+    >>> rows = [{"entry": "l1l2", "kind": "method", "device": "d", "target": 0.5, "seed": s, "measured_ratio": r,
+    ...          "test_accuracy": a, "val_accuracy": a, "train_images": 10, "cell_wall_s": 1.0, "measure_s": 0.1,
+    ...          "status": "met", "predicted_ratio": 0.5} for s, r, a in [(0, 0.5, 90.0), (1, 0.52, 92.0)]]
+    >>> g = summarize(rows)[0]
+    >>> g["n"], round(g["test_accuracy_mean"], 1), round(g["test_accuracy_std"], 3), g["status"]
+    (2, 91.0, 1.414, 'met 2/2')
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["summarize", "write_table"]
+
+_STATS = ("measured_ratio", "test_accuracy", "val_accuracy", "predicted_ratio", "train_images", "cell_wall_s",
+          "measure_s")
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One dict per (entry, device, target), in first-seen order: ``<field>_mean`` / ``<field>_std`` (sample
+    std; 0 with one seed; None without values), ``n`` seeds, ``seeds`` and ``status`` counts."""
+    groups: dict[tuple[str, str, float], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["entry"], r["device"], float(r["target"])), []).append(r)
+    out = []
+    for (entry, dev, t), rs in groups.items():
+        g: dict[str, Any] = {"entry": entry, "kind": rs[0].get("kind"), "device": dev, "target": t, "n": len(rs),
+                             "seeds": sorted(int(r["seed"]) for r in rs)}
+        for f in _STATS:
+            vals = [v for r in rs if (v := _num(r.get(f))) is not None]
+            g[f"{f}_mean"] = statistics.fmean(vals) if vals else None
+            g[f"{f}_std"] = (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
+        counts = Counter(str(r.get("status")) for r in rs)
+        g["status"] = ", ".join(f"{k} {v}/{len(rs)}" for k, v in sorted(counts.items()))
+        out.append(g)
+    return out
+
+
+def _pm(g: Mapping[str, Any], f: str, fmt: str) -> str:
+    m, s = g.get(f"{f}_mean"), g.get(f"{f}_std")
+    if m is None:
+        return "–"
+    return f"{m:{fmt}} ± {s:{fmt}}"
+
+
+def write_table(out: str | Path, rows: Sequence[Mapping[str, Any]], shared: Mapping[str, Any], spec: Any) -> Path:
+    """Write ``results.csv``, ``results.md`` and ``pareto.png`` into ``out``; returns the markdown path."""
+    d = Path(out)
+    groups = summarize(rows)
+    pre = shared.get("pretrain") or {}
+    cost = shared.get("cost_sources") or {}
+    with open(d / "results.csv", "w", newline="", encoding="utf-8") as fh:
+        cols = ["entry", "kind", "device", "target", "n", "seeds", *[f"{f}_{s}" for f in _STATS for s in
+                                                                    ("mean", "std")], "status", "pretrain_wall_s",
+                "cost_source_build_s"]
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for g in groups:
+            src = cost.get(f"{g['device']}/{spec.cost.objective}", {})
+            w.writerow({**g, "seeds": " ".join(map(str, g["seeds"])), "pretrain_wall_s": pre.get("wall_s"),
+                        "cost_source_build_s": src.get("build_s")})
+    n_cells = len(spec.seeds) * len(spec.devices) * len(spec.targets) * (
+        len(spec.methods) + len(spec.controls.run) * len(spec.controls.against))
+    lines = [f"# {spec.name}: methods vs controls", "",
+             f"{len(rows)} of {n_cells} cells finished"
+             + (" (**partial**: the rest is still running or not started)" if len(rows) < n_cells else "") + ".",
+             f"Starting model: {shared.get('checkpoint')} — validation {shared.get('base_val_accuracy', 0):.2f}%, "
+             f"test {shared.get('base_test_accuracy', 0):.2f}%; splits {shared.get('splits')}.",
+             f"Pre-training (shared, not in the rows): {pre.get('wall_s')} s, {pre.get('epochs')} epochs "
+             f"({pre.get('source')}).",
+             "Cost sources (built once per device, shared): "
+             + "; ".join(f"{k}: {v.get('build_s', 0):.1f} s" for k, v in cost.items()) + ".",
+             f"Schedule every entry gets: {dict(vars(spec.schedule))}; controls: {dict(vars(spec.controls))}.", "",
+             "Latency ratio = measured on the device against the dense model; accuracy = test set (choices were "
+             "made on the validation split); mean ± std over the seeds listed. Compute = training images and wall "
+             "seconds of the cell (search, trials, fine-tuning, measurement, evaluation).", "",
+             "| entry | device | target | seeds | measured ratio | test acc % | val acc % | train images | wall s "
+             "| measure s | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for g in groups:
+        lines.append(f"| {g['entry']} | {g['device']} | {g['target']:g} | {','.join(map(str, g['seeds']))} | "
+                     f"{_pm(g, 'measured_ratio', '.3f')} | {_pm(g, 'test_accuracy', '.2f')} | "
+                     f"{_pm(g, 'val_accuracy', '.2f')} | {_pm(g, 'train_images', '.0f')} | "
+                     f"{_pm(g, 'cell_wall_s', '.0f')} | {_pm(g, 'measure_s', '.0f')} | {g['status']} |")
+    md = d / "results.md"
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plot_pareto(d / "pareto.png", groups, shared, title=spec.name)
+    return md
+
+
+def plot_pareto(path: Path, groups: Sequence[Mapping[str, Any]], shared: Mapping[str, Any], *, title: str = ""
+                ) -> None:
+    """Test accuracy vs measured latency ratio (mean ± std), one panel per device; controls dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = list(dict.fromkeys(g["device"] for g in groups))
+    fig, axes = plt.subplots(1, len(devices), figsize=(5.5 * len(devices), 4.2), squeeze=False)
+    entries = list(dict.fromkeys(g["entry"] for g in groups))
+    colors = {e: plt.get_cmap("tab10")(i % 10) for i, e in enumerate(entries)}
+    for ax, dev in zip(axes[0], devices):
+        for e in entries:
+            gs = sorted((g for g in groups if g["device"] == dev and g["entry"] == e
+                         and g.get("measured_ratio_mean") is not None and g.get("test_accuracy_mean") is not None),
+                        key=lambda g: g["target"])
+            if not gs:
+                continue
+            method = gs[0].get("kind") == "method"
+            ax.errorbar([g["measured_ratio_mean"] for g in gs], [g["test_accuracy_mean"] for g in gs],
+                        xerr=[g["measured_ratio_std"] or 0 for g in gs], yerr=[g["test_accuracy_std"] or 0 for g in gs],
+                        label=e, color=colors[e], marker="o" if method else "s", ls="-" if method else "--",
+                        lw=2 if method else 1, ms=6 if method else 4, mfc=None if method else "none", capsize=2)
+        if shared.get("base_test_accuracy") is not None:
+            ax.scatter([1.0], [shared["base_test_accuracy"]], marker="*", s=120, color="k", label="dense", zorder=5)
+        ax.set_title(f"{title} on {dev}", fontsize=9)
+        ax.set_xlabel("measured latency / dense model's")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
