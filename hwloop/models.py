@@ -45,18 +45,34 @@ def _w(c: int, mult: float, divisor: int = 1) -> int:
     return max(divisor, int(round(c * mult / divisor)) * divisor)
 
 
+#: normalisation layers ``small_cnn`` and the CIFAR ResNets take (``norm=``): batch norm (default), instance norm
+#: (affine, no running statistics) and group norm (affine; the most groups of 8, 4, 2, 1 that divide the channels)
+NORMS = ("bn", "in", "gn")
+
+
+def _norm(kind: str, c: int) -> nn.Module:
+    """The ``norm`` layer of ``c`` channels (see :data:`NORMS`)."""
+    if kind == "bn":
+        return nn.BatchNorm2d(c)
+    if kind == "in":
+        return nn.InstanceNorm2d(c, affine=True)
+    if kind == "gn":
+        return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if c % g == 0), c)
+    raise ConfigError(f"norm={kind!r} is unknown; allowed: {', '.join(NORMS)}")
+
+
 class SmallCNN(nn.Module):
     """Three 3×3 convs + linear for 1×8×8 digits."""
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), width_mult: float = 1.0,
-                 in_channels: int = 1) -> None:
+                 in_channels: int = 1, norm: str = "bn") -> None:
         super().__init__()
         w = [_w(c, width_mult) for c in widths]
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w[0], 3, padding=1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(),
-            nn.Conv2d(w[0], w[1], 3, padding=1, bias=False), nn.BatchNorm2d(w[1]), nn.ReLU(),
+            nn.Conv2d(in_channels, w[0], 3, padding=1, bias=False), _norm(norm, w[0]), nn.ReLU(),
+            nn.Conv2d(w[0], w[1], 3, padding=1, bias=False), _norm(norm, w[1]), nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(w[1], w[2], 3, padding=1, bias=False), nn.BatchNorm2d(w[2]), nn.ReLU(),
+            nn.Conv2d(w[1], w[2], 3, padding=1, bias=False), _norm(norm, w[2]), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1))
         self.classifier = nn.Linear(w[2], num_classes)
 
@@ -65,17 +81,17 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, mid: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, mid: int, cout: int, stride: int, norm: str = "bn") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, mid, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
+        self.bn1 = _norm(norm, mid)
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(mid, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = _norm(norm, cout)
         self.relu2 = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
@@ -84,10 +100,12 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet-(6n+2). ``widths`` per stage; ``mids`` optionally sets each block's inner width."""
+    """CIFAR ResNet-(6n+2). ``widths`` per stage; ``mids`` optionally sets each block's inner width; ``norm`` one
+    of :data:`NORMS`."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64),
-                 width_mult: float = 1.0, mids: Sequence[int] | None = None, in_channels: int = 3) -> None:
+                 width_mult: float = 1.0, mids: Sequence[int] | None = None, in_channels: int = 3,
+                 norm: str = "bn") -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ConfigError(f"ResNet depth={depth} must be 6n+2 (20, 32, 44, 56, 110)")
@@ -96,14 +114,14 @@ class CifarResNet(nn.Module):
         if mids is not None and len(mids) != 3 * n:
             raise ConfigError(f"mids has {len(mids)} entries; ResNet-{depth} has {3 * n} blocks")
         self.conv1 = nn.Conv2d(in_channels, w[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(w[0])
+        self.bn1 = _norm(norm, w[0])
         self.relu = nn.ReLU()
         blocks: list[nn.Module] = []
         cin = w[0]
         for s, cout in enumerate(w):
             for b in range(n):
                 mid = int(mids[s * n + b]) if mids is not None else cout
-                blocks.append(BasicBlock(cin, mid, cout, 2 if (b == 0 and s > 0) else 1))
+                blocks.append(BasicBlock(cin, mid, cout, 2 if (b == 0 and s > 0) else 1, norm))
                 cin = cout
         self.layers = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -1,0 +1,287 @@
+"""A deployable LCS family: both endpoints + a JSON description; real models at any α; α picked for a budget.
+
+:class:`LcsFamily` wraps a trained line model. :meth:`LcsFamily.at` gives a real member: for ``width`` a
+physically smaller ``nn.Module`` whose plan (format 2, one ``ChannelPrune`` per coupled group, prefix counts) hwloop
+rebuilds from the base :class:`~hwloop.models.ModelRef` (``from_plan`` builds the shapes, the member's weights are
+ω(α) sliced to them); for ``topk`` the dense model with ω(α) masked and a plan of ``Sparsify(unstructured)``
+actions whose magnitude rule keeps exactly those weights; for ``bits`` a standalone line model fixed at α (per-tensor
+affine fake quantization has no plan-v2 action; ``Quantize`` is symmetric per channel), with ``plan=None``.
+
+:meth:`LcsFamily.measure` fills an α → latency table for a device — live whole-member measurement
+(:func:`hwloop.search.report.measure_compressed`) or the shared layer cost table
+(:func:`hwloop.search.costtable.build_cost_table`, one level per α); :meth:`LcsFamily.select` then picks, with
+no data, the most accurate α (accuracies recorded at training time) whose table latency meets a budget.
+
+Files (:meth:`LcsFamily.save` / :meth:`LcsFamily.load`; never pickle): ``family.json`` (format, base ref, mode,
+compression range, flags, accuracy and latency tables) and ``endpoints.safetensors`` (every line parameter: ω₀ as
+``<layer>.weight``, ω₁ as ``<layer>.weight1``).
+
+Example:
+    >>> from hwloop.models import ModelRef
+    >>> fam = LcsFamily.create(ModelRef("small_cnn", {"norm": "in"}), "width")
+    >>> m = fam.at(0.0)
+    >>> m.model.features[0].out_channels, m.plan.actions[0].kind
+    (4, 'channel_prune')
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwloop.errors import SearchError
+from hwloop.methods.lcs.lines import LineConv2d, LineNorm, LineState, line_layers, n_channels, to_lines
+from hwloop.models import ModelRef
+
+__all__ = ["FAMILY_FORMAT", "LcsFamily", "Member", "Selection", "default_grid"]
+
+FAMILY_FORMAT = 1
+
+
+def default_grid(n: int = 7) -> list[float]:
+    """``n`` evenly spaced α in [0, 1]."""
+    return [round(i / (n - 1), 6) for i in range(n)] if n > 1 else [1.0]
+
+
+@dataclass
+class Member:
+    """One family member: ``model`` at ``alpha`` and its plan (None where no plan-v2 action expresses it)."""
+
+    alpha: float
+    model: nn.Module
+    plan: Any
+    level: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What :meth:`LcsFamily.select` chose: ``met`` False when no α meets the budget (then the fastest α)."""
+
+    alpha: float
+    latency_ms: float
+    accuracy: float | None
+    met: bool
+    budget_ms: float
+
+
+@dataclass
+class LcsFamily:
+    """A trained line model plus its tables (see the module docstring)."""
+
+    ref: ModelRef
+    net: nn.Module
+    state: LineState
+    flags: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[float, float] = field(default_factory=dict)
+    latency: dict[str, dict[float, float]] = field(default_factory=dict)
+    latency_source: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, ref: ModelRef, mode: str, *, lo: float | None = None, hi: float = 1.0, line_convs: bool = True,
+               line_norms: bool = True, quantize_activations: bool = True) -> LcsFamily:
+        """A fresh (untrained) family on ``ref`` (a model with instance/group norm), ω₀ = the ref's weights."""
+        net, state = to_lines(ref.build(), mode, lo=lo, hi=hi, line_convs=line_convs, line_norms=line_norms,
+                              quantize_activations=quantize_activations)
+        flags = {"line_convs": line_convs, "line_norms": line_norms, "quantize_activations": quantize_activations}
+        return cls(ref=ref, net=net, state=state, flags=flags)
+
+    @property
+    def mode(self) -> str:
+        return self.state.mode
+
+    # ------------------------------------------------------------------ members
+    def level(self, alpha: float) -> dict[str, float]:
+        s = copy.copy(self.state)
+        s.set(alpha)
+        s.warmup_steps = 0
+        return {"width": s.width, "density": s.density, "bits": float(s.bits or 32)}
+
+    def line_at(self, alpha: float) -> nn.Module:
+        """A deep copy of the line model fixed at ``alpha`` (eval mode; dynamic slicing/masking/quantizing)."""
+        net = copy.deepcopy(self.net).eval()
+        st = next(m.state for _, m in line_layers(net))
+        st.set(alpha)
+        st.warmup_steps = 0
+        return net
+
+    def at(self, alpha: float) -> Member:
+        """The real member at ``alpha`` (see the module docstring)."""
+        from hwloop.compress.actions import ChannelPrune, Sparsify
+        from hwloop.compress.extract import analyze, compress_
+        from hwloop.compress.plan import CompressionPlan
+
+        if not 0.0 <= alpha <= 1.0:
+            raise SearchError(f"alpha={alpha!r} must be in [0, 1]")
+        lv = self.level(alpha)
+        if self.mode == "bits":
+            return Member(alpha, self.line_at(alpha), None, lv)
+        x = self.ref.example_input()
+        if self.mode == "width":
+            graph = analyze(self.ref.build(), x)
+            actions = [ChannelPrune(g.key, n_channels(lv["width"], g.channels)) for g in graph.groups
+                       if n_channels(lv["width"], g.channels) < g.channels]
+        else:
+            actions = [Sparsify(n, "unstructured", density=lv["density"]) for n, m in line_layers(self.net)
+                       if isinstance(m, LineConv2d) and not m.first and lv["density"] < 1.0]
+        plan = CompressionPlan(base=self.ref.to_dict(), actions=tuple(actions))
+        model = compress_(self.ref.build(), plan, x) if self.mode == "width" else self.ref.build()
+        self._load_member(model, alpha, lv)
+        return Member(alpha, model.eval(), plan, lv)
+
+    def _load_member(self, model: nn.Module, alpha: float, lv: Mapping[str, float]) -> None:
+        from hwloop.methods.lcs.lines import topk_mask
+
+        mods = dict(model.named_modules())
+        with torch.no_grad():
+            for name, lm in line_layers(self.net):
+                dst = mods[name]
+                for p in lm.names:
+                    v = lm.at(p, alpha)
+                    t = getattr(dst, p)
+                    v = v[tuple(slice(0, d) for d in t.shape)]
+                    if self.mode == "topk" and p == "weight" and isinstance(lm, LineConv2d) and not lm.first:
+                        v = v * topk_mask(v, lv["density"])
+                    t.copy_(v)
+
+    # ------------------------------------------------------------------ tables
+    def evaluate(self, eval_fn: Any, alphas: Sequence[float]) -> dict[float, float]:
+        """Record ``eval_fn(member)`` for each α (on the real members) in :attr:`accuracy`."""
+        for a in alphas:
+            self.accuracy[float(a)] = float(eval_fn(self.at(a).model))
+        return dict(self.accuracy)
+
+    def measure(self, device: str | Any, alphas: Sequence[float], *, source: str = "measure", timing: Any = None,
+                store: Any = None, progress: bool = False) -> dict[float, float]:
+        """Fill the α → latency (ms) table of ``device``.
+
+        ``source="measure"``: each member measured live (:func:`~hwloop.search.report.measure_compressed`: whole
+        model on the CPU, layer by layer on the asic); ``"table"``: the members' layers costed through the shared
+        layer cost table (one level per α, measured live on the device once per distinct layer spec and cached
+        in ``store``), whole-model cost = :meth:`CostTable.model_cost`.
+        """
+        from hwloop.devices import create_device
+
+        dev = create_device(device) if isinstance(device, str) else device
+        x = self.ref.example_input()
+        members = {float(a): self.at(a) for a in alphas}
+        out: dict[float, float] = {}
+        if source == "measure":
+            from hwloop.search.report import measure_compressed
+
+            for a, m in members.items():
+                out[a] = float(measure_compressed(dev, m.model, m.plan, example=x, timing=timing)["latency_ms"])
+        elif source == "table":
+            out = self._table_latency(dev, members, x, store=store, progress=progress)
+        else:
+            raise SearchError(f"latency source={source!r} is unknown; allowed: measure, table")
+        self.latency.setdefault(dev.name, {}).update(out)
+        self.latency_source[dev.name] = source
+        return out
+
+    def _table_latency(self, dev: Any, members: Mapping[float, Member], x: torch.Tensor, *, store: Any,
+                       progress: bool) -> dict[float, float]:
+        from hwloop.search.costtable import build_cost_table
+        from hwloop.search.report import layer_specs_with_bits
+
+        levels: dict[str, dict[tuple[str, float], list[Any]]] = {}
+        for a, m in members.items():
+            for i, s in enumerate(layer_specs_with_bits(m.model, x, m.plan)):
+                if s.op == "other":
+                    continue
+                levels.setdefault(s.name or f"op{i}", {})[("alpha", a)] = [s]
+        table = build_cost_table(levels, device=dev, source="measure", store=store, progress=progress)
+        return {a: float(table.model_cost({k: ("alpha", a) for k, v in levels.items() if ("alpha", a) in v}))
+                for a in members}
+
+    def select(self, budget_ms: float, device: str) -> Selection:
+        """The most accurate α whose table latency on ``device`` is within ``budget_ms`` (no data needed).
+
+        Without recorded accuracies the largest such α is taken (accuracy grows with α by construction). When no
+        α meets the budget the fastest α is returned with ``met=False``.
+        """
+        name = getattr(device, "name", device)
+        table = self.latency.get(name)
+        if not table:
+            raise SearchError(f"family has no latency table for device {name!r}; known: {sorted(self.latency)} "
+                              "(run measure() first)")
+        if not isinstance(budget_ms, (int, float)) or isinstance(budget_ms, bool) or not math.isfinite(budget_ms):
+            raise SearchError(f"budget_ms={budget_ms!r} must be a finite number of milliseconds")
+        ok = [a for a, ms in table.items() if ms <= budget_ms]
+        if not ok:
+            a = min(table, key=lambda k: (table[k], k))
+            return Selection(a, table[a], self.accuracy.get(a), False, float(budget_ms))
+        a = max(ok, key=lambda k: (self.accuracy.get(k, -math.inf), k))
+        return Selection(a, table[a], self.accuracy.get(a), True, float(budget_ms))
+
+    # ------------------------------------------------------------------ files
+    def describe(self) -> dict[str, Any]:
+        s = self.state
+        return {"format": FAMILY_FORMAT, "kind": "hwloop-lcs-family", "ref": self.ref.to_dict(), "mode": s.mode,
+                "lo": s.lo, "hi": s.hi, "bits_lo": s.bits_lo, "bits_hi": s.bits_hi, "flags": dict(self.flags),
+                "accuracy": {repr(a): v for a, v in sorted(self.accuracy.items())},
+                "latency": {d: {repr(a): v for a, v in sorted(t.items())} for d, t in self.latency.items()},
+                "latency_source": dict(self.latency_source)}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``family.json`` and ``endpoints.safetensors`` into ``directory``; returns it."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().clone() for k, v in self.net.state_dict().items()}
+        save_file(tensors, str(d / "endpoints.safetensors"), metadata={"format": str(FAMILY_FORMAT)})
+        (d / "family.json").write_text(json.dumps(self.describe(), indent=1) + "\n", encoding="utf-8")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LcsFamily:
+        """Read a family written by :meth:`save` (JSON + safetensors only; nothing is imported or unpickled)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        try:
+            desc = json.loads((d / "family.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise SearchError(f"{d}: no readable family.json ({type(e).__name__}: {e})") from e
+        if not isinstance(desc, dict) or desc.get("kind") != "hwloop-lcs-family" or desc.get("format") != FAMILY_FORMAT:
+            raise SearchError(f"{d}/family.json is not an hwloop LCS family of format {FAMILY_FORMAT}")
+        try:
+            ref = ModelRef.from_dict(desc["ref"])
+            flags = dict(desc.get("flags", {}))
+            fam = cls.create(ref, str(desc["mode"]), lo=float(desc["lo"]), hi=float(desc["hi"]),
+                             line_convs=bool(flags.get("line_convs", True)),
+                             line_norms=bool(flags.get("line_norms", True)),
+                             quantize_activations=bool(flags.get("quantize_activations", True)))
+            fam.state.bits_lo, fam.state.bits_hi = int(desc["bits_lo"]), int(desc["bits_hi"])
+            fam.accuracy = {float(a): float(v) for a, v in desc.get("accuracy", {}).items()}
+            fam.latency = {str(k): {float(a): float(v) for a, v in t.items()} for k, t in desc.get("latency", {}).items()}
+            fam.latency_source = {str(k): str(v) for k, v in desc.get("latency_source", {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise SearchError(f"{d}/family.json is malformed: {type(e).__name__}: {e}") from e
+        try:
+            state = load_file(str(d / "endpoints.safetensors"))
+        except (OSError, SafetensorError) as e:
+            raise SearchError(f"{d}: cannot read endpoints.safetensors: {e}") from e
+        try:
+            missing, unexpected = fam.net.load_state_dict(state, strict=False)
+        except RuntimeError as e:   # a tensor of the wrong shape
+            raise SearchError(f"{d}/endpoints.safetensors does not fit the family: {str(e).splitlines()[0]}") from e
+        if missing or unexpected:
+            raise SearchError(f"{d}/endpoints.safetensors does not fit the family: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
+        fam.net.eval()
+        return fam
+
+
+def norm_layers(net: nn.Module) -> list[str]:
+    """Names of the line norms (for reports)."""
+    return [n for n, m in line_layers(net) if isinstance(m, LineNorm)]

@@ -1,0 +1,217 @@
+"""``lcs``: Learning Compressible Subspaces behind the method contract; the result is a family.
+
+One training run (from scratch, as in the paper) of a line of networks on the context's architecture with
+instance norm (``norm="in"``, width) or group norm (``"gn"``, top-k and bits); then one
+:class:`~hwloop.methods.base.Candidate` per α on an evenly spaced grid, each a real member
+(:meth:`~hwloop.methods.lcs.family.LcsFamily.at`) with its plan, its predicted cost from the context's latency
+model, its accuracy, and the budget verdict against the context's target (members above it are ``missed``: a
+family spans the whole range, ``select`` picks the one that fits). The family itself rides on the result
+(:class:`LcsResult`: ``family``, ``select_ms(budget_ms, device)``). ``finetune_epochs`` > 0 fine-tunes every
+member alone after extraction (not part of LCS, which deploys members as trained; off by default).
+
+Example:
+    >>> from hwloop.methods import make_method
+    >>> m = make_method("lcs", {"epochs": 1, "grid": 3})
+    >>> m.config.mode, m.config.norm, m.config.lo
+    ('width', 'in', None)
+    >>> make_method("lcs", {"mode": "width", "norm": "gn"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    hwloop.errors.SearchError: [method] lcs: mode 'width' needs norm='in' ...
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from hwloop.errors import ConfigError, SearchError
+from hwloop.methods.base import Candidate, CompressionMethod, MethodConfig, MethodContext, MethodResult
+from hwloop.methods.lcs.family import LcsFamily, Selection, default_grid
+from hwloop.methods.lcs.lines import MODES
+
+__all__ = ["LcsConfig", "LcsMethod", "LcsResult"]
+
+
+@dataclass(frozen=True)
+class LcsConfig(MethodConfig):
+    """The ``lcs`` method's keys.
+
+    Attributes:
+        mode: ``width`` (structured), ``topk`` (unstructured) or ``bits`` (3..8-bit weights and activations).
+        norm: the family's norm layers: ``in`` (instance norm; width) or ``gn`` (group norm; topk, bits).
+        epochs / lr / momentum / weight_decay / max_steps: the training schedule (cosine LR).
+        beta / beta_norms: weight of the cos² endpoint regulariser, and whether norm weights are in it.
+        lo / hi: the compression range over α ∈ [0, 1]: width factor (default 0.25..1) or kept fraction (0.05..1).
+        bits_lo / bits_hi: the bit range of ``bits``.
+        n_samples: α values per batch in width mode (sandwich rule).
+        endpoint_prob: top-k's chance of sampling an endpoint.
+        warmup: top-k's share of training with the kept fraction annealed from dense.
+        line_convs: convs/linears on the line too (False: shared weights, only norms on the line — the reference
+            code's structured setting).
+        grid: candidates at ``grid`` evenly spaced α in [0, 1].
+        finetune_epochs: fine-tune each member alone after extraction (0: LCS's own setting).
+    """
+
+    mode: str = "width"
+    norm: str = "in"
+    epochs: int = 10
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    max_steps: int | None = None
+    beta: float = 1.0
+    beta_norms: bool = False
+    lo: float | None = None
+    hi: float = 1.0
+    bits_lo: int = 3
+    bits_hi: int = 8
+    n_samples: int = 4
+    endpoint_prob: float = 0.5
+    warmup: float = 0.5
+    line_convs: bool = True
+    grid: int = 7
+    finetune_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        def bad(key: str, allowed: str) -> SearchError:
+            return SearchError(f"{key}={getattr(self, key)!r} must be {allowed}")
+
+        if self.mode not in MODES:
+            raise SearchError(f"mode={self.mode!r} is unknown; allowed: {', '.join(MODES)}")
+        if self.norm not in ("in", "gn"):
+            raise SearchError(f"norm={self.norm!r} is unknown; allowed: in, gn (batch norm statistics would "
+                              "depend on alpha)")
+        if self.mode == "width" and self.norm != "in":
+            raise SearchError("mode 'width' needs norm='in' (group norm's groups do not follow a sliced channel "
+                              "count)")
+        for k in ("epochs", "finetune_epochs"):
+            if getattr(self, k) < 0:
+                raise bad(k, "an integer >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "a number > 0")
+        if not 0 <= self.momentum < 1:
+            raise bad("momentum", "in [0, 1)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", "a number >= 0")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise bad("beta", "a number >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise bad("max_steps", "an integer >= 1 or absent")
+        if not 0 < self.hi <= 1:
+            raise bad("hi", "in (0, 1]")
+        if self.lo is not None and not 0 < self.lo <= self.hi:
+            raise bad("lo", f"in (0, hi={self.hi}]")
+        if not 1 <= self.bits_lo <= self.bits_hi <= 16:
+            raise SearchError(f"bits_lo={self.bits_lo}, bits_hi={self.bits_hi} must satisfy 1 <= bits_lo <= "
+                              "bits_hi <= 16")
+        if self.n_samples < 1:
+            raise bad("n_samples", "an integer >= 1")
+        if not 0 <= self.endpoint_prob <= 1:
+            raise bad("endpoint_prob", "in [0, 1]")
+        if not 0 <= self.warmup < 1:
+            raise bad("warmup", "in [0, 1)")
+        if not 2 <= self.grid <= 101:
+            raise bad("grid", "an integer in [2, 101]")
+
+
+@dataclass
+class LcsResult(MethodResult):
+    """A :class:`MethodResult` whose candidates are one family's members; ``family`` is the family."""
+
+    family: LcsFamily | None = None
+
+    def select_ms(self, budget_ms: float, device: str) -> Selection:
+        """The family's :meth:`~hwloop.methods.lcs.family.LcsFamily.select` (its α → latency table on ``device``)."""
+        if self.family is None:
+            raise SearchError("this result carries no family")
+        return self.family.select(budget_ms, device)
+
+
+def family_ref(context: MethodContext, norm: str) -> Any:
+    """The context's architecture with ``norm`` layers (a one-line SearchError when it has no norm option)."""
+    from hwloop.models import ModelRef
+
+    r = context.ref
+    ref = ModelRef(r.name, {**dict(r.kwargs), "norm": norm}, input_shape=r.input_shape, batch=r.batch, dtype=r.dtype)
+    try:
+        ref.build()
+    except (ConfigError, TypeError) as e:
+        raise SearchError(f"[method] lcs: model {r.label} cannot be built with norm={norm!r} ({e}); "
+                          "allowed: small_cnn, resnet20, resnet56") from e
+    return ref
+
+
+class LcsMethod(CompressionMethod):
+    """Learning Compressible Subspaces (see the module docstring)."""
+
+    name: ClassVar[str] = "lcs"
+    summary: ClassVar[str] = ("one trained line of networks ω(α) (width, top-k or bits), a member per α picked at "
+                              "run time for the latency budget (Nunez et al., LCS)")
+    config_class: ClassVar[type[MethodConfig]] = LcsConfig
+    smoke_config: ClassVar[dict[str, Any]] = {"epochs": 1, "max_steps": 4, "grid": 3, "hi": 0.75, "lr": 0.05}
+
+    def run(self, context: MethodContext) -> LcsResult:
+        import torch
+
+        from hwloop.compress.plan import CompressionPlan
+        from hwloop.methods.lcs.train import train_lines
+        from hwloop.search.accounting import ComputeRecord
+        from hwloop.search.train import train_epochs
+
+        cfg = self.config
+        assert isinstance(cfg, LcsConfig)
+        ledger = context.ledger
+        assert ledger is not None
+        n0 = len(ledger)
+        ref = family_ref(context, cfg.norm)
+        torch.manual_seed(context.seed)
+        fam = LcsFamily.create(ref, cfg.mode, lo=cfg.lo, hi=cfg.hi, line_convs=cfg.line_convs)
+        fam.state.bits_lo, fam.state.bits_hi = cfg.bits_lo, cfg.bits_hi
+        t0 = time.perf_counter()
+        h = train_lines(fam.net, fam.state, context.train, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
+                        weight_decay=cfg.weight_decay, beta=cfg.beta, beta_norms=cfg.beta_norms,
+                        n_samples=cfg.n_samples, endpoint_prob=cfg.endpoint_prob, warmup=cfg.warmup,
+                        seed=context.seed, max_steps=cfg.max_steps, progress=context.progress)
+        ledger.add("train", trial=context.trial, wall_s=time.perf_counter() - t0,
+                   train_images=int(h["train_image_passes"]), epochs=float(cfg.epochs))
+        context.say(f"lcs: trained the {cfg.mode} line for {cfg.epochs} epoch(s), {h['train_image_passes']:.0f} "
+                    f"image passes, loss {h['loss']:.3f}, cos2 {h['cos2']:.2e}")
+        lat, space = context.latency, context.space
+        original = float(lat.original())
+        cands: list[Candidate] = []
+        for a in default_grid(cfg.grid):
+            m = fam.at(a)
+            t1 = time.perf_counter()
+            if cfg.finetune_epochs and m.plan is not None:
+                fh = train_epochs(m.model, context.train, cfg.finetune_epochs, cfg.lr * 0.1,
+                                  max_steps=cfg.max_steps)
+                ledger.add("finetune", trial=context.trial, wall_s=fh["seconds"], train_images=int(fh["images"]),
+                           epochs=float(cfg.finetune_epochs))
+            cost_plan = m.plan
+            if cfg.mode == "bits":
+                cost_plan = CompressionPlan(base=ref.to_dict(), w_bits={n: int(m.level["bits"])
+                                                                        for n in getattr(space, "bit_layers", ())})
+            sizes, dense = space.sizes_of_plan(cost_plan)
+            v = lat(sizes, dense)
+            pred = float(v.detach()) if hasattr(v, "detach") else float(v)
+            acc = float(context.eval_fn(m.model)) if context.eval_fn is not None else None
+            if acc is not None:
+                fam.accuracy[a] = acc
+            ledger.add("eval", trial=context.trial, wall_s=time.perf_counter() - t1)
+            cand = Candidate(setting=f"alpha={a:g}", model=m.model, plan=m.plan if m.plan is not None else cost_plan,
+                             original=original, predicted=pred, unit=lat.unit,
+                             predicted_ms=pred if lat.unit == "ms" else None, accuracy=acc, accuracy_extracted=acc,
+                             target=context.target, history=[h], sizes={"level": dict(m.level)},
+                             extra={"alpha": a, "mode": cfg.mode, **m.level, "plan_rebuilds": m.plan is not None})
+            cand.judge(context.base_accuracy, context.max_repair_drop)
+            cands.append(cand)
+        cost = ComputeRecord("total")
+        for r in ledger.records[n0:]:
+            cost = cost + r
+        for c in cands:
+            c.cost = cost   # one training run produced every member
+        context.say("lcs: " + ", ".join(f"{c.setting} {c.predicted_ratio:.2f}x acc {c.accuracy}" for c in cands))
+        return LcsResult(method=self.name, config=cfg.to_dict(), candidates=cands, family=fam)

@@ -1,0 +1,107 @@
+"""Training a line of networks: α sampled per batch, the task loss at each α, plus β·cos²(ω₀, ω₁).
+
+:func:`train_lines` is LCS+L's loop (``train_curve.py`` of the reference code, rewritten): for every batch the
+sampler of the mode gives the α values (the sandwich rule for width, biased endpoint sampling for top-k, a
+discrete bin for bits); each α's cross-entropy is back-propagated (gradients summed, as the reference sums the
+losses); the diversity regulariser adds ``beta · cos²``; one SGD step (Nesterov momentum, cosine learning rate).
+Every endpoint receives gradient at every step except at an exact endpoint α (where ω(α) is that endpoint).
+
+Example:
+    >>> from hwloop.models import ModelRef
+    >>> from hwloop.search.train import make_task
+    >>> from hwloop.methods.lcs.lines import to_lines
+    >>> task = make_task("digits", "small_cnn", model_kwargs={"norm": "in"}, train_limit=64)
+    >>> net, state = to_lines(task.ref.build(), "width")
+    >>> h = train_lines(net, state, task.train, epochs=1, lr=0.05, max_steps=1)
+    >>> h["steps"], h["forward_passes"]
+    (1.0, 4.0)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hwloop.errors import SearchError
+from hwloop.methods.lcs.lines import LineState, cos2_regularizer, sample_alphas
+from hwloop.search.train import cosine_lr, make_optimizer
+
+__all__ = ["train_lines"]
+
+
+def train_lines(model: nn.Module, state: LineState, loader: DataLoader[Any], *, epochs: int, lr: float,
+                momentum: float = 0.9, weight_decay: float = 5e-4, beta: float = 1.0, beta_norms: bool = False,
+                n_samples: int = 4, endpoint_prob: float = 0.5, warmup: float = 0.0, seed: int = 0,
+                max_steps: int | None = None, progress: bool = False,
+                on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+    """Train both endpoints of ``model`` (line layers from :func:`~hwloop.methods.lcs.lines.to_lines`).
+
+    Args:
+        epochs / lr / momentum / weight_decay: the SGD schedule (cosine decay over all steps).
+        beta: weight of the cos² regulariser (0: off); ``beta_norms``: include the norm weights in it.
+        n_samples: α values per batch in width mode (sandwich: 0, 1 and ``n_samples − 2`` uniform).
+        endpoint_prob: top-k mode's chance of an endpoint α.
+        warmup: share of the steps over which top-k's kept fraction anneals from dense (0..1).
+        max_steps: batches per epoch at most (quick runs).
+        on_epoch: called after each epoch with its index and the running figures (checkpointing).
+
+    Returns:
+        ``{"loss", "cos2", "seconds", "steps", "images", "forward_passes", "train_image_passes"}``; images are
+        batches × batch size, ``train_image_passes`` counts each image once per α it was run at.
+    """
+    if epochs < 0:
+        raise SearchError(f"epochs={epochs} must be >= 0")
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], lr, momentum, weight_decay)
+    per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
+    total = epochs * per_epoch
+    state.warmup_steps = int(round(warmup * total))
+    loss_fn = nn.CrossEntropyLoss()
+    step, t0 = 0, time.perf_counter()
+    out = {"loss": float("nan"), "cos2": float("nan"), "seconds": 0.0, "steps": 0.0, "images": 0.0,
+           "forward_passes": 0.0, "train_image_passes": 0.0}
+    model.train()
+    for ep in range(epochs):
+        running, n = 0.0, 0
+        for i, (x, y) in enumerate(tqdm(loader, desc=f"lcs {ep + 1}/{epochs}", disable=not progress, leave=False,
+                                        total=per_epoch)):
+            if i >= per_epoch:
+                break
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(lr, step, total)
+            opt.zero_grad(set_to_none=True)
+            alphas = sample_alphas(state.mode, gen, n_samples=n_samples, endpoint_prob=endpoint_prob,
+                                   bits_lo=state.bits_lo, bits_hi=state.bits_hi)
+            batch_loss = 0.0
+            for a in alphas:
+                state.set(a, step)
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                batch_loss += float(loss.detach())
+                out["forward_passes"] += 1
+                out["train_image_passes"] += int(y.shape[0])
+            if beta > 0:
+                reg = beta * cos2_regularizer(model, norms=beta_norms)
+                if reg.requires_grad:
+                    reg.backward()
+                out["cos2"] = float(reg.detach()) / beta
+            opt.step()
+            running += batch_loss / len(alphas)
+            n += 1
+            step += 1
+            out["images"] += int(y.shape[0])
+        out["loss"] = running / max(1, n)
+        out["steps"] = float(step)
+        out["seconds"] = time.perf_counter() - t0
+        if on_epoch is not None:
+            on_epoch(ep, dict(out))
+    state.set(1.0, step)
+    model.eval()
+    return out
