@@ -1,0 +1,249 @@
+"""``haloc``: HALOC (Xiao et al., AAAI 2023) behind the method contract.
+
+``run(context)``: probe each factorisable layer's latency staircase in the shared cost table and take rank
+candidates at multiples of its step; wrap the layers as :class:`~hwloop.methods.haloc.mixed.MixedLowRank`
+(Tucker-2 branches, HOSVD-initialised, plus the dense layer when ``allow_dense``); alternate weight and
+architecture steps (:func:`~hwloop.methods.haloc.search.alternate`); take the argmax ranks (``search_end``: their
+cost, before any repair); step ranks down if they are above the target and ``repair`` is on (a
+:class:`~hwloop.methods.base.Repair`); extract real Tucker-2 layers with the plan (``LowRank`` ``tucker2``
+actions), re-estimate batch norms, fine-tune (:func:`hwloop.search.train.train_epochs`), evaluate.
+
+Example:
+    >>> from hwloop.methods import make_method
+    >>> make_method("haloc", {"mu": 0.0, "sampling": "gumbel"}).config.mu
+    0.0
+    >>> make_method("haloc", {"sampling": "argmax"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    hwloop.errors.SearchError: [method] haloc: sampling='argmax' is unknown; allowed: softmax, gumbel
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from hwloop.compress.extract import get_module, output_layers
+from hwloop.compress.plan import CompressionPlan
+from hwloop.errors import SearchError
+from hwloop.methods.base import Candidate, CompressionMethod, MethodConfig, MethodContext, MethodResult, Repair
+from hwloop.methods.haloc.costs import ExpectedLatency, layer_specs, probe_steps, rank_ladder, table_levels
+from hwloop.methods.haloc.mixed import (
+    DENSE,
+    MODES,
+    eligible_layers,
+    extract,
+    max_equal_rank,
+    mixed_layers,
+    rank_level,
+    wrap_model,
+)
+from hwloop.methods.haloc.search import alternate, step_down_to_budget
+from hwloop.search.accounting import ComputeRecord
+
+__all__ = ["COST_SOURCES", "HalocConfig", "HalocMethod"]
+
+COST_SOURCES = ("auto", "measure", "predictor", "surrogate")
+
+
+@dataclass(frozen=True)
+class HalocConfig(MethodConfig):
+    """The ``haloc`` method's keys.
+
+    Attributes:
+        search_epochs / finetune_epochs: passes over the training batches for the search and the fine-tune.
+        lr / finetune_lr: SGD learning rate (cosine) of the weights in the search / in the fine-tune.
+        arch_lr: Adam learning rate of the architecture logits.
+        momentum / weight_decay: SGD settings of the weight steps.
+        lam: λ of the latency term (the initial λ with a target).
+        dual_lr: dual-ascent gain on λ with a target (0: λ fixed).
+        mu: weight of the feature-map-approaching regulariser (0: the ablation without it).
+        sampling: ``softmax`` (every branch runs, DARTS) or ``gumbel`` (straight-through, one branch runs).
+        tau / tau_end: softmax temperature at the start / end of the search (geometric schedule).
+        allow_dense: the uncompressed layer is a candidate too (the layer may stay dense).
+        step: rank granularity; 0 reads each layer's from the cost table's latency staircase.
+        max_candidates: at most this many rank candidates per layer (the stride becomes a multiple of the step).
+        probe_stride: probe the staircase at every ``probe_stride``-th rank.
+        cost_source: the cost table's source: ``auto``, ``measure``, ``predictor`` or ``surrogate``.
+        max_steps: batches per epoch (None: the whole loader).
+        recalibrate_batches: batches to re-estimate batch-norm statistics after extraction.
+        repair: step ranks down when the argmax ranks end above the target (reported as a repair).
+    """
+
+    search_epochs: int = 2
+    finetune_epochs: int = 1
+    lr: float = 0.01
+    finetune_lr: float = 0.01
+    arch_lr: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lam: float = 1.0
+    dual_lr: float = 0.05
+    mu: float = 1.0
+    sampling: str = "softmax"
+    tau: float = 1.0
+    tau_end: float = 1.0
+    allow_dense: bool = True
+    step: int = 0
+    max_candidates: int = 8
+    probe_stride: int = 1
+    cost_source: str = "auto"
+    max_steps: int | None = None
+    recalibrate_batches: int = 8
+    repair: bool = True
+
+    def __post_init__(self) -> None:
+        for n in ("search_epochs", "finetune_epochs", "step", "recalibrate_batches"):
+            if getattr(self, n) < 0:
+                raise SearchError(f"{n}={getattr(self, n)!r} must be >= 0")
+        for n in ("max_candidates", "probe_stride"):
+            if getattr(self, n) < 1:
+                raise SearchError(f"{n}={getattr(self, n)!r} must be >= 1")
+        for n in ("lr", "finetune_lr", "arch_lr", "tau", "tau_end"):
+            v = getattr(self, n)
+            if not (math.isfinite(v) and v > 0):
+                raise SearchError(f"{n}={v!r} must be a finite number > 0")
+        for n in ("momentum", "weight_decay", "lam", "dual_lr", "mu"):
+            v = getattr(self, n)
+            if not (math.isfinite(v) and v >= 0):
+                raise SearchError(f"{n}={v!r} must be a finite number >= 0")
+        if self.momentum >= 1:
+            raise SearchError(f"momentum={self.momentum!r} must be below 1")
+        if self.sampling not in MODES:
+            raise SearchError(f"sampling={self.sampling!r} is unknown; allowed: {', '.join(MODES)}")
+        if self.cost_source not in COST_SOURCES:
+            raise SearchError(f"cost_source={self.cost_source!r} is unknown; allowed: {', '.join(COST_SOURCES)}")
+        if self.max_steps is not None and self.max_steps < 2:
+            raise SearchError(f"max_steps={self.max_steps!r} must be >= 2 (a weight and an architecture batch) or none")
+
+
+def _build_table(context: MethodContext, source: str) -> Any:
+    from hwloop.search.costtable import build_cost_table
+
+    def build(levels: Any, passive: Any) -> Any:
+        return build_cost_table(levels, device=context.device, source=source, progress=context.progress,
+                                passive=passive)
+    return build
+
+
+class HalocMethod(CompressionMethod):
+    """HALOC's differentiable rank search (see the module docstring)."""
+
+    name: ClassVar[str] = "haloc"
+    summary: ClassVar[str] = ("Tucker-2 rank candidates at the device's latency step chosen by DARTS logits against "
+                              "the expected latency from the cost table; extract + fine-tune (Xiao et al. 2023)")
+    config_class: ClassVar[type[MethodConfig]] = HalocConfig
+    smoke_config: ClassVar[dict[str, Any]] = {"search_epochs": 1, "finetune_epochs": 1, "max_steps": 4,
+                                              "recalibrate_batches": 2, "step": 4, "max_candidates": 3,
+                                              "lam": 5.0, "dual_lr": 0.5, "arch_lr": 0.05}
+
+    def run(self, context: MethodContext) -> MethodResult:
+        cfg = self.config
+        assert isinstance(cfg, HalocConfig)
+        if context.device is None:
+            raise SearchError("[method] haloc needs a device for its cost table (MethodContext.device)")
+        torch.manual_seed(context.seed)
+        ledger = context.ledger
+        assert ledger is not None
+        n0 = len(ledger)
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        base = copy.deepcopy(context.model).eval()
+        example = context.example()
+        specs = layer_specs(base, example)
+        names = eligible_layers(base, output_layers(base, example))
+        if not names:
+            raise SearchError("[method] haloc: the model has no conv (k > 1) or hidden linear layer to factorise")
+        build = _build_table(context, cfg.cost_source)
+        steps = {n: cfg.step for n in names} if cfg.step else probe_steps(base, specs, names, build, cfg.probe_stride)
+        levels: dict[str, list[Any]] = {}
+        for n in names:
+            ranks = rank_ladder(max_equal_rank(get_module(base, n)), steps[n], cfg.max_candidates)
+            lv = ([DENSE] if cfg.allow_dense else []) + [rank_level(r) for r in ranks]
+            if any(x != DENSE for x in lv):
+                levels[n] = lv
+        if not levels:
+            raise SearchError(f"[method] haloc: no layer has a rank candidate at the latency steps {steps}")
+        table = build(*table_levels(specs, levels))
+        seconds["cost_table"] = time.perf_counter() - t0
+        ledger.add("cost_table", trial=context.trial, wall_s=seconds["cost_table"])
+        context.say(f"haloc: {len(levels)} layers, steps {sorted(set(steps.values()))}, cost unit {table.unit}")
+
+        wrapped = wrap_model(base, levels)
+        layers = mixed_layers(wrapped)
+        for m in layers.values():
+            m.mode = cfg.sampling
+        exp = ExpectedLatency(table, layers)
+        slog = alternate(wrapped, exp, context.train, epochs=cfg.search_epochs, lr=cfg.lr, arch_lr=cfg.arch_lr,
+                         momentum=cfg.momentum, weight_decay=cfg.weight_decay, lam=cfg.lam, dual_lr=cfg.dual_lr,
+                         mu=cfg.mu, target=context.target, tau=cfg.tau, tau_end=cfg.tau_end,
+                         max_steps=cfg.max_steps, progress=context.progress, log=context.log)
+        seconds["search"] = slog.seconds
+        images = slog.weight_images + slog.arch_images
+        n_train = len(context.train.dataset) if hasattr(context.train, "dataset") else max(1, images)
+        ledger.add("search", trial=context.trial, wall_s=slog.seconds, train_images=images,
+                   epochs=images / max(1, n_train))
+
+        choice = exp.argmax_choice()
+        search_end = exp.choice_cost(choice)
+        repairs: list[Repair] = []
+        if context.target is not None and cfg.repair and search_end > context.target * exp.original:
+            choice = step_down_to_budget(layers, exp, choice, context.target * exp.original)
+            repairs.append(Repair("step_down_ranks", "extraction", search_end, exp.choice_cost(choice)))
+        predicted = exp.choice_cost(choice)
+        net, actions = extract(wrapped, choice)
+        plan = CompressionPlan(base=context.ref.to_dict(), actions=actions,
+                               meta={"method": "haloc", "unit": exp.unit, "predicted": predicted,
+                                     "original": exp.original, "search_end": search_end})
+        from hwloop.search.differentiable import recalibrate_batchnorm
+        from hwloop.search.train import train_epochs
+
+        t1 = time.perf_counter()
+        recalibrate_batchnorm(net, context.train, cfg.recalibrate_batches)
+        net.eval()
+        acc_ex = context.eval_fn(net) if context.eval_fn is not None else None
+        seconds["extract"] = time.perf_counter() - t1
+        ledger.add("extract", trial=context.trial, wall_s=seconds["extract"])
+        acc = acc_ex
+        if cfg.finetune_epochs:
+            ft = train_epochs(net, context.train, cfg.finetune_epochs, cfg.finetune_lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay, progress=context.progress, desc="haloc finetune",
+                              max_steps=cfg.max_steps)
+            seconds["finetune"] = ft["seconds"]
+            ledger.add("finetune", trial=context.trial, wall_s=ft["seconds"], train_images=int(ft["images"]),
+                       epochs=ft["images"] / max(1, n_train))
+            net.eval()
+            acc = context.eval_fn(net) if context.eval_fn is not None else None
+        net.eval()
+        sizes = {}
+        for n, m in layers.items():
+            lv = choice[n]
+            p = m.probs().detach()
+            sizes[n] = {"rank": float(lv[1]) if lv != DENSE else math.nan,
+                        "max_rank": float(max_equal_rank(m.original)), "dense": float(lv == DENSE),
+                        "p": float(p[m.levels.index(lv)]), "step": float(steps[n])}
+        cost = ComputeRecord("total")
+        for r in ledger.records[n0:]:   # this run's records only
+            cost = cost + r
+        unit = exp.unit
+        cand = Candidate(
+            setting=f"target={context.target}" if context.target is not None else f"lam={cfg.lam}",
+            model=net, plan=plan, original=exp.original, predicted=predicted, unit=unit,
+            predicted_ms=predicted if unit == "ms" else None, accuracy=acc, accuracy_extracted=acc_ex,
+            target=context.target, search_end=search_end, repairs=repairs,
+            cost=ComputeRecord("total", context.trial, cost.wall_s, cost.device_s, cost.train_images, cost.epochs,
+                               cost.device_measurements),
+            history=slog.history, seconds=seconds, sizes=sizes,
+            extra={"expected_ratio": slog.expected_ratio, "argmax_ratio": search_end / exp.original,
+                   "lam_final": slog.lam, "steps": dict(steps),
+                   "candidates": {n: [list(x) for x in lv] for n, lv in levels.items()},
+                   "ranks": {n: (None if lv == DENSE else int(lv[1])) for n, lv in choice.items()},
+                   "cost_source": str(getattr(table, "source", cfg.cost_source))})
+        cand.judge(context.base_accuracy, context.max_repair_drop)
+        context.say(f"haloc: budget {cand.status}: {cand.status_reason}")
+        return MethodResult(method=self.name, config=cfg.to_dict(), candidates=[cand])

@@ -1,0 +1,211 @@
+"""HALOC's search loop: alternating weight and architecture steps, then argmax ranks.
+
+Per iteration (first-order DARTS, as in the paper):
+
+1. **weight step** on one training batch: ``CE + μ·L_fm`` over the branch weights and the rest of the network
+   (batch norms, stem, classifier); ``L_fm`` is the mean over the mixed layers of each branch's normalised
+   distance to the frozen original layer's output (the feature-map-approaching regulariser; ``μ = 0`` is the
+   ablation);
+2. **architecture step** on the *next* batch (never the one the weights just saw): ``CE + latency term`` over the
+   logits only (Adam). Without a target the term is ``λ·E[LAT]/LAT₀``; with a target it is the hinge
+   ``λ·max(0, E[LAT]/LAT₀ − target)`` and ``λ`` follows dual ascent (``λ ← λ·exp(dual_lr·(ratio/target − 1))``),
+   as ``l1l2`` does with ``latency_penalty = "hinge"``.
+
+:func:`arch_steps` runs architecture steps alone (frozen weights, a fixed batch): the λ-monotonicity test uses it.
+:func:`step_down_to_budget` is the repair when the argmax ranks end above the target (recorded by the caller).
+
+Example:
+    >>> ladder_down([("dense",), ("rank", 8), ("rank", 16)], ("rank", 16), {("dense",): 9.0, ("rank", 8): 2.0,
+    ...              ("rank", 16): 5.0})
+    ('rank', 8)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwloop.methods.haloc.costs import ExpectedLatency
+from hwloop.methods.haloc.mixed import Level, MixedLowRank, mixed_layers
+from hwloop.search.train import cosine_lr, make_optimizer
+
+__all__ = ["SearchLog", "alternate", "arch_steps", "ladder_down", "set_mode", "step_down_to_budget"]
+
+_LAM_MIN, _LAM_MAX = 1e-4, 1e4
+
+
+@dataclass
+class SearchLog:
+    """What the search did: per-epoch history, images per phase, the final λ and expected ratio."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    weight_images: int = 0
+    arch_images: int = 0
+    steps: int = 0
+    lam: float = 0.0
+    expected_ratio: float = math.nan
+    seconds: float = 0.0
+
+
+def set_mode(model: nn.Module, mode: str | None = None, tau: float | None = None, collect_fm: bool | None = None
+             ) -> None:
+    for m in mixed_layers(model).values():
+        if mode is not None:
+            m.mode = mode
+        if tau is not None:
+            m.tau = tau
+        if collect_fm is not None:
+            m.collect_fm = collect_fm
+
+
+def _params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    arch = [m.alpha for m in mixed_layers(model).values()]
+    ids = {id(p) for p in arch}
+    weights = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return weights, arch
+
+
+def _latency_term(exp: ExpectedLatency, lam: float, target: float | None) -> tuple[torch.Tensor, float]:
+    ratio = exp() / exp.original
+    term = lam * (torch.relu(ratio - target) if target is not None else ratio)
+    return term, float(ratio.detach())
+
+
+def arch_steps(model: nn.Module, exp: ExpectedLatency, batch: tuple[torch.Tensor, torch.Tensor], *, lam: float,
+               steps: int, lr: float = 3e-3, target: float | None = None) -> float:
+    """``steps`` architecture steps on one fixed batch with the weights frozen (fixed ``λ``); returns the
+    final expected latency ratio ``E[LAT]/LAT₀``."""
+    _, arch = _params(model)
+    opt = torch.optim.Adam(arch, lr=lr, betas=(0.5, 0.999))
+    x, y = batch
+    model.train()
+    set_mode(model, collect_fm=False)
+    for _ in range(steps):
+        term, _ = _latency_term(exp, lam, target)
+        loss = F.cross_entropy(model(x), y) + term
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float(exp() / exp.original)
+
+
+def _batches(loader: Any, max_steps: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i, b in enumerate(loader):
+        if max_steps is not None and i >= max_steps:
+            return
+        yield b
+
+
+def alternate(model: nn.Module, exp: ExpectedLatency, loader: Any, *, epochs: int, lr: float, arch_lr: float,
+              momentum: float, weight_decay: float, lam: float, dual_lr: float, mu: float, target: float | None,
+              tau: float = 1.0, tau_end: float = 1.0, max_steps: int | None = None, progress: bool = False,
+              log: Callable[[str], None] | None = None) -> SearchLog:
+    """The alternating search (see the module docstring) over ``epochs`` passes of ``loader``: even batches are
+    weight steps, odd batches architecture steps. ``τ`` goes geometrically from ``tau`` to ``tau_end``."""
+    from tqdm.auto import tqdm
+
+    weights, arch = _params(model)
+    opt_w = make_optimizer(weights, lr, momentum, weight_decay)
+    opt_a = torch.optim.Adam(arch, lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
+    per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
+    total = max(1, epochs * per_epoch)
+    out = SearchLog(lam=lam)
+    t0 = time.perf_counter()
+    layers = list(mixed_layers(model).values())
+    step = 0
+    model.train()
+    for ep in range(epochs):
+        ce_w = fm_w = ce_a = 0.0
+        n_w = n_a = 0
+        ratio = math.nan
+        for i, (x, y) in enumerate(tqdm(_batches(loader, max_steps), total=per_epoch, disable=not progress,
+                                        desc=f"haloc search {ep + 1}/{epochs}", leave=False)):
+            frac = step / total
+            set_mode(model, tau=tau * (tau_end / tau) ** frac)
+            if i % 2 == 0:   # weight step
+                set_mode(model, collect_fm=mu > 0)
+                for g in opt_w.param_groups:
+                    g["lr"] = cosine_lr(lr, step, total)
+                logits = model(x)
+                ce = F.cross_entropy(logits, y)
+                loss = ce
+                if mu > 0:
+                    fm = torch.stack([m.fm_loss for m in layers if m.fm_loss is not None]).mean()
+                    loss = ce + mu * fm
+                    fm_w += float(fm.detach())
+                opt_w.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_w.step()
+                ce_w += float(ce.detach())
+                n_w += 1
+                out.weight_images += int(y.shape[0])
+            else:            # architecture step on a batch the weights did not just see
+                set_mode(model, collect_fm=False)
+                term, ratio = _latency_term(exp, out.lam, target)
+                ce = F.cross_entropy(model(x), y)
+                opt_a.zero_grad(set_to_none=True)
+                (ce + term).backward()
+                opt_a.step()
+                if target is not None and dual_lr > 0:
+                    err = ratio / target - 1.0
+                    out.lam = min(_LAM_MAX, max(_LAM_MIN, out.lam * math.exp(max(-5.0, min(5.0, dual_lr * err)))))
+                ce_a += float(ce.detach())
+                n_a += 1
+                out.arch_images += int(y.shape[0])
+            step += 1
+        with torch.no_grad():
+            out.expected_ratio = float(exp() / exp.original)
+            arg = exp.choice_cost(exp.argmax_choice()) / exp.original
+        row = {"epoch": float(ep + 1), "ce_weights": ce_w / max(1, n_w), "fm": fm_w / max(1, n_w),
+               "ce_arch": ce_a / max(1, n_a), "lam": out.lam, "expected_ratio": out.expected_ratio,
+               "argmax_ratio": arg}
+        out.history.append(row)
+        if log is not None:
+            log(f"haloc epoch {ep + 1}/{epochs}: ce {row['ce_weights']:.3f} fm {row['fm']:.4f} lam {out.lam:.3g} "
+                f"E[LAT] {out.expected_ratio:.3f}x argmax {arg:.3f}x")
+    out.steps = step
+    out.seconds = time.perf_counter() - t0
+    set_mode(model, collect_fm=False)
+    return out
+
+
+def ladder_down(levels: Sequence[Level], current: Level, cost: Mapping[Level, float]) -> Level | None:
+    """The next cheaper candidate than ``current`` among ``levels`` (the most expensive of the cheaper ones)."""
+    here = cost[current]
+    cheaper = [lv for lv in levels if cost[lv] < here]
+    return max(cheaper, key=lambda lv: cost[lv]) if cheaper else None
+
+
+def step_down_to_budget(layers: Mapping[str, MixedLowRank], exp: ExpectedLatency, choice: Mapping[str, Level],
+                        budget: float, max_iters: int = 10_000) -> dict[str, Level]:
+    """Move layers to cheaper candidates until ``exp.choice_cost(choice) <= budget`` (a repair): each step takes
+    the move with the largest cost saving per unit of logit given up (``α_current − α_next``)."""
+    ch = dict(choice)
+    cur = exp.choice_cost(ch)
+    for _ in range(max_iters):
+        if cur <= budget:
+            break
+        best: tuple[float, str, Level, float] | None = None
+        for n, m in layers.items():
+            cost = {lv: float(c) for lv, c in zip(m.levels, exp.costs[n].tolist())}
+            nxt = ladder_down(m.levels, ch[n], cost)
+            if nxt is None:
+                continue
+            a = m.alpha.detach()
+            lost = float(a[m.levels.index(ch[n])] - a[m.levels.index(nxt)])
+            new = exp.choice_cost({**ch, n: nxt})
+            score = (cur - new) / (max(lost, 0.0) + 1e-3)
+            if best is None or score > best[0]:
+                best = (score, n, nxt, new)
+        if best is None:
+            break
+        ch[best[1]], cur = best[2], best[3]
+    return ch

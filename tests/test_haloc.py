@@ -1,0 +1,217 @@
+"""HALOC (hwloop.methods.haloc): Tucker-2 branches, the mixed layer, the latency term, candidates from the staircase."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hwloop.compress.extract import load_compressed, save_compressed
+from hwloop.compress.plan import CompressionPlan
+from hwloop.errors import SearchError
+from hwloop.methods import make_method
+from hwloop.methods.haloc.costs import ExpectedLatency, probe_steps, rank_ladder
+from hwloop.methods.haloc.mixed import (
+    DENSE,
+    MixedLowRank,
+    eligible_layers,
+    extract,
+    mixed_layers,
+    rank_level,
+    wrap_model,
+)
+from hwloop.methods.haloc.search import arch_steps, step_down_to_budget
+from hwloop.models import ModelRef
+from hwloop.search.train import make_task, train_epochs
+from hwloop.workload import extract_layers
+
+torch.set_num_threads(1)
+
+
+class SynthTable:
+    """A cost table with ``T(rank r) = f(r)``, dense = ``dense``, whole model = the sum."""
+
+    unit = "ms"
+    source = "synthetic"
+
+    def __init__(self, f=float, dense: float = 1000.0) -> None:
+        self.f, self.dense = f, dense
+
+    def cost(self, layer, level) -> float:
+        return self.dense if tuple(level) == DENSE else float(self.f(int(level[1])))
+
+    def model_cost(self, choice, base: float = 0.0) -> float:
+        return base + sum(self.cost(n, lv) for n, lv in choice.items())
+
+
+
+@pytest.fixture(scope="module")
+def digits():
+    task = make_task("digits", "small_cnn", train_limit=256, val_limit=256, seed=0)
+    torch.manual_seed(0)
+    model = task.ref.build()
+    train_epochs(model, task.train, 2, 0.05)
+    return task, model.eval()
+
+
+@pytest.mark.parametrize("cin, cout, stride", [(16, 16, 1), (8, 8, 2)])
+def test_tucker2_at_full_rank_reproduces_the_conv(cin: int, cout: int, stride: int) -> None:
+    torch.manual_seed(1)
+    conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=True)
+    mixed = MixedLowRank(conv, [rank_level(cin)])
+    x = torch.randn(2, cin, 9, 9)
+    branch = mixed.branches[0]
+    assert [type(m) for m in branch] == [nn.Conv2d] * 3
+    assert branch[1].stride == (stride, stride) and branch[1].padding == (1, 1)
+    torch.testing.assert_close(branch(x), conv(x), atol=1e-4, rtol=1e-4)
+    low = MixedLowRank(conv, [rank_level(cin // 2)]).branches[0]
+    assert (low(x) - conv(x)).abs().max() > 1e-3   # a truncated rank is not exact (the check can fail)
+
+
+@pytest.mark.parametrize("r", [1, 5, 16])
+def test_rank_r_block_has_the_analytic_macs(r: int) -> None:
+    conv = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+    block = MixedLowRank(conv, [rank_level(r)]).branches[0]
+    h_in = w_in = 12
+    h_out = w_out = 6
+    specs = extract_layers(block, torch.randn(1, 16, h_in, w_in))
+    macs = sum(s.macs for s in specs if s.op == "conv2d")
+    assert macs == h_in * w_in * 16 * r + h_out * w_out * (r * r * 9 + r * 32)
+
+
+def test_mixed_layer_with_one_hot_probabilities_equals_that_branch() -> None:
+    torch.manual_seed(2)
+    conv = nn.Conv2d(8, 12, 3, padding=1)
+    mixed = MixedLowRank(conv, [DENSE, rank_level(2), rank_level(4), rank_level(8)])
+    with torch.no_grad():
+        mixed.alpha.copy_(torch.randn(4))
+    x = torch.randn(3, 8, 7, 7)
+    outs = []
+    for k in range(4):
+        mixed.fixed = torch.nn.functional.one_hot(torch.tensor(k), 4).float()
+        y = mixed(x)
+        assert torch.equal(y, mixed.branches[k](x))
+        outs.append(y)
+    assert not torch.allclose(outs[1], outs[3])
+    mixed.fixed = None
+    p = mixed.probs()
+    torch.testing.assert_close(mixed(x), sum(p[k] * outs[k] for k in range(4)))
+
+
+def test_extracted_model_equals_the_one_hot_search_model_and_its_plan(digits, tmp_path: Path) -> None:
+    task, model = digits
+    names = eligible_layers(model, ["classifier"])
+    assert names == ["features.3", "features.7"]
+    wrapped = wrap_model(model, {"features.3": [DENSE, rank_level(4), rank_level(8)],
+                                 "features.7": [DENSE, rank_level(8), rank_level(16)]}).eval()
+    choice = {"features.3": rank_level(8), "features.7": DENSE}
+    for n, m in mixed_layers(wrapped).items():
+        m.fixed = torch.tensor([1.0 if lv == choice[n] else 0.0 for lv in m.levels])
+    net, actions = extract(wrapped, choice)
+    x = next(iter(task.train))[0]
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), wrapped(x))
+    plan = CompressionPlan(base=task.ref.to_dict(), actions=actions)
+    assert [a.to_dict()["ranks"] for a in plan.actions] == [[8, 8]]
+    rebuilt, _ = load_compressed(save_compressed(net, plan, tmp_path / "c"))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_raising_lambda_never_raises_ranks_or_expected_latency(digits) -> None:
+    task, model = digits
+    levels = {"features.3": [rank_level(r) for r in (4, 8, 12, 16)],
+              "features.7": [rank_level(r) for r in (8, 16, 24, 32)]}
+    batch = next(iter(task.train))
+    prev_ranks, prev_e = None, math.inf
+    seen = []
+    for lam in (0.0, 0.3, 1.0, 3.0, 10.0, 100.0):
+        torch.manual_seed(0)
+        wrapped = wrap_model(model, levels)
+        for p in wrapped.parameters():
+            p.requires_grad_(False)
+        layers = mixed_layers(wrapped)
+        for m in layers.values():
+            m.alpha.requires_grad_(True)
+        before = {k: v.clone() for k, v in wrapped.state_dict().items() if "alpha" not in k and "running" not in k
+                  and "num_batches" not in k}
+        exp = ExpectedLatency(SynthTable(), layers)
+        e = arch_steps(wrapped, exp, batch, lam=lam, steps=30, lr=0.05)
+        for k, v in wrapped.state_dict().items():
+            if k in before:
+                assert torch.equal(v, before[k]), k     # frozen weights
+        ranks = {n: int(m.levels[m.argmax()][1]) for n, m in layers.items()}
+        seen.append((lam, ranks, e))
+        if prev_ranks is not None:
+            assert all(ranks[n] <= prev_ranks[n] for n in ranks), seen
+            assert e <= prev_e + 1e-9, seen
+        prev_ranks, prev_e = ranks, e
+    assert seen[-1][2] < seen[0][2] and seen[-1][1] != seen[0][1], seen   # λ does act
+
+
+def test_step_down_repair_reaches_the_budget(digits) -> None:
+    _, model = digits
+    wrapped = wrap_model(model, {"features.3": [DENSE, rank_level(8), rank_level(16)],
+                                 "features.7": [DENSE, rank_level(16), rank_level(32)]})
+    layers = mixed_layers(wrapped)
+    exp = ExpectedLatency(SynthTable(), layers)
+    start = {n: DENSE for n in layers}
+    out = step_down_to_budget(layers, exp, start, budget=40.0)
+    assert exp.choice_cost(out) <= 40.0 and exp.choice_cost(start) == 2000.0
+
+
+def test_rank_ladder_and_candidates_are_multiples_of_the_table_step(digits) -> None:
+    _, model = digits
+    assert rank_ladder(64, 8, 8) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert rank_ladder(64, 8, 4) == [16, 32, 48, 64] and rank_ladder(7, 8, 4) == []
+    pytest.importorskip("hwloop.search.costtable")
+    from hwloop.search.costtable import staircase_step
+
+    example = ModelRef("small_cnn").example_input()
+    specs = extract_layers(model, example)
+    calls = []
+
+    def build(levels, passive):   # a device whose latency steps every 8 ranks
+        calls.append(levels)
+        return SynthTable(f=lambda r: float(math.ceil(r / 8)))
+
+    steps = probe_steps(model, specs, ["features.3", "features.7"], build)
+    ranks = list(range(1, 33))
+    assert steps == {"features.3": staircase_step(ranks[:16], [math.ceil(r / 8) for r in ranks[:16]]),
+                     "features.7": staircase_step(ranks, [math.ceil(r / 8) for r in ranks])}
+    for s in steps.values():
+        assert s > 1 and all(r % s == 0 for r in rank_ladder(32, s, 8))
+    assert len(calls) == 1 and sorted(calls[0]) == ["features.3", "features.7"]
+
+
+def test_the_method_takes_candidates_at_multiples_of_the_device_step(digits) -> None:
+    from hwloop.methods.base import MethodContext
+    from hwloop.search.latency import SurrogateLatency
+    from hwloop.search.space import SearchSpace
+
+    task, model = digits
+    space = SearchSpace.from_ref(task.ref, model=model)
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=None, device="asic-tpu32")
+    res = make_method("haloc", {"search_epochs": 1, "finetune_epochs": 0, "max_steps": 2, "max_candidates": 4,
+                                "recalibrate_batches": 1}).run(ctx)
+    c = res.candidates[0]
+    steps, cands = c.extra["steps"], c.extra["candidates"]
+    assert set(steps) == {"features.3", "features.7"} and all(s >= 1 for s in steps.values())
+    for n, levels in cands.items():
+        ranks = [lv[1] for lv in levels if lv[0] == "rank"]
+        assert ranks and all(r % steps[n] == 0 for r in ranks) and len(ranks) <= 4, (n, steps[n], ranks)
+    assert c.status == "no-target" and c.search_end is not None
+
+
+def test_config_errors_are_one_line() -> None:
+    for bad, needle in [({"mu": -1.0}, "mu=-1.0 must be"), ({"sampling": "hard"}, "sampling='hard' is unknown"),
+                        ({"max_candidates": 0}, "max_candidates=0 must be >= 1"),
+                        ({"cost_source": "guess"}, "cost_source='guess' is unknown")]:
+        with pytest.raises(SearchError, match=needle) as e:
+            make_method("haloc", bad)
+        assert "\n" not in str(e.value) and str(e.value).startswith("[method] haloc: ")
