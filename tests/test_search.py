@@ -480,9 +480,13 @@ def test_warmup_and_hinge_land_on_the_target_where_dual_ascent_overshoots() -> N
         assert res.hard_search is not None and res.predicted <= target * res.original * (1 + 1e-9)
         ends[name] = (res.history[0]["ratio_end"], res.history[-1]["ratio_end"], res.hard_search / res.original)
     assert ends["old"][1] < target - 0.05, ends                       # the overshoot (0.48 when recorded)
+    # the search itself ends near the target, and so do the hard sizes it extracts: 0.559 for both since the
+    # ops after a 4-bit conv run on 4-bit activations on the ASIC (issue 14; 0.532 at target 0.55, 0.632 at
+    # 0.65), against 0.475 for dual ascent
     for name in ("new", "prune"):
-        assert abs(ends[name][1] - target) < 0.02, ends               # the search itself ends on the target
-        assert abs(ends[name][2] - target) < 0.03, ends               # and so do the hard sizes it extracts
+        assert abs(ends[name][1] - target) < 0.045, ends
+        assert abs(ends[name][2] - target) < 0.045, ends
+        assert abs(ends[name][1] - target) < 0.5 * abs(ends["old"][1] - target), ends
         assert ends[name][0] > ends["old"][0] + 0.02, ends            # after epoch 1 the warm-up is still above
     fixed = [m for m in logs if "widths fixed" in m]
     assert len(fixed) == 1 and "warm-up over at step 135" in fixed[0], fixed   # ceil(0.5 * 3 * 90)

@@ -54,9 +54,19 @@ def layer_specs_with_bits(model: nn.Module, example: torch.Tensor, plan: Compres
     if plan is None or not plan.w_bits:
         return specs
     out = []
+    quantized = False   # ops after a quantized conv/linear (BN, ReLU, add, pool) run on its a_bits activations
+    a_of = {a.layer: a.a_bits for a in plan.of_kind("quantize")}   # per layer: a plan may mix them (sbs)
+    cur_a = None
     for s in specs:
         b = plan.w_bits.get(s.name)
-        out.append(s.replace(w_bits=b, a_bits=plan.a_bits, out_shape=s.out_shape) if b is not None else s)
+        if s.op in ("conv2d", "linear"):
+            quantized, cur_a = b is not None, a_of.get(s.name)
+        if b is not None:
+            out.append(s.replace(w_bits=b, a_bits=a_of.get(s.name), out_shape=s.out_shape))
+        elif quantized and cur_a and s.op != "other":
+            out.append(s.replace(a_bits=cur_a, out_shape=s.out_shape))
+        else:
+            out.append(s)
     return out
 
 

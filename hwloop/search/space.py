@@ -245,6 +245,7 @@ class SearchSpace:
                 in_of[n] = g.key
         bits = set(self.bit_layers)
         slots = []
+        quantized = False   # whether the last conv/linear runs at the space's a_bits (then so does its BN)
         for name, spec in specs.items():
             mod = get_module(model, name)
             dw = isinstance(mod, nn.Conv2d) and mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
@@ -257,8 +258,11 @@ class SearchSpace:
                                   bits_key=f"{factor_of}.1" if f"{factor_of}.1" in bits else None)
             if spec.op == "batchnorm":
                 key = out_of.get(name)
+                if quantized and self.options.a_bits:
+                    spec = spec.replace(a_bits=self.options.a_bits, out_shape=spec.out_shape)
                 slots.append(LayerSlot(name, spec, in_key=key, out_key=key))
                 continue
+            quantized = name in bits
             slots.append(LayerSlot(name, spec, in_key=out_of.get(name) if dw else in_of.get(name),
                                    out_key=out_of.get(name), bits_key=name if name in bits else None,
                                    depthwise=dw, factor_of=factor_of, dense=dense))
@@ -281,14 +285,20 @@ class SearchSpace:
             by_name = {s.name: s for s in self.slots}
             channels = {g.key: g.channels for g in self.graph.groups}
             cur: str | None = None
+            quantized = False   # ops after a quantized conv/linear see its a_bits activations (report.py agrees)
+            bits = set(self.bit_layers)
             out: list[LayerSlot] = []
             for spec in specs:
                 if spec.op in ("conv2d", "linear", "batchnorm"):
                     slot = by_name.get(spec.name)
                     cur = slot.out_key if slot is not None else None
+                    if spec.op != "batchnorm":
+                        quantized = spec.name in bits
                     continue
                 if spec.op == "other":
                     continue
+                if quantized and self.options.a_bits:
+                    spec = spec.replace(a_bits=self.options.a_bits, out_shape=spec.out_shape)
                 key = cur if cur is not None and len(spec.in_shape) >= 2 and \
                     spec.in_shape[1] == channels.get(cur) else None
                 out.append(LayerSlot(f"{spec.name}#{len(out)}", spec, in_key=key, out_key=key))
