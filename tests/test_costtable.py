@@ -16,6 +16,7 @@ from hwloop.search.costtable import (
     CostTableError,
     build_cost_table,
     conv_levels,
+    model_layers,
     shipped_predictor,
     staircase_step,
     svd_specs,
@@ -212,3 +213,25 @@ def test_conv_levels_keeps_depthwise() -> None:
     s = lv[("ch", 8)][0]
     assert (s.in_channels, s.out_channels, s.groups, s.name) == (8, 8, 8, "dw")
     assert torch.Size(s.out_shape) == torch.Size([1, 8, 8, 8])
+
+
+def test_whole_model_calibration_is_measured_once_and_cached(tmp_path) -> None:
+    ref = ModelRef("small_cnn")
+    layers, passive = model_layers(ref.build().eval(), ref.example_input())
+    levels = {n: conv_levels(s) for n, s in layers.items()}
+    full = {n: ("dense",) for n in layers}
+    asic = build_cost_table(levels, device="asic-tpu32", source="measure", store=False, passive=passive,
+                            progress=False)
+    assert asic.calibrate_model(ref, full, store=False) == pytest.approx(1.0, rel=1e-9)  # op by op = whole model
+    db = str(tmp_path / "cpu.db")
+    cpu = build_cost_table(levels, device="local-cpu", source="measure", store=db, passive=passive, progress=False)
+    with MeasurementStore(db) as st:
+        n = st.count()
+    scale = cpu.calibrate_model(ref, full, store=db)
+    with MeasurementStore(db) as st:
+        assert st.count() == n + 1  # the whole model, stored beside its layers
+        whole = [r for r in st.rows("local-cpu", kind="model")][0]["latency_ms"]
+    assert cpu.model_cost(full) == pytest.approx(whole, rel=1e-9) and scale > 0
+    assert cpu.calibrate_model(ref, full, store=db) == scale  # read back, not measured again
+    with pytest.raises(CostTableError, match="needs a 'measure' table"):
+        build_cost_table(levels, source="surrogate").calibrate_model(ref, full)

@@ -58,6 +58,7 @@ __all__ = [
     "CostTableError",
     "build_cost_table",
     "conv_levels",
+    "model_layers",
     "shipped_predictor",
     "staircase_step",
     "svd_specs",
@@ -243,6 +244,7 @@ class CostTable:
         self._agg = aggregator
         self.calibration = "aggregator" if aggregator is not None else "sum"
         self.scale = 1.0
+        self._dev: Any = None  # the Device object the table was measured on, when one was given
         self._cost = {(layer, lv): float(sum(self._spec_cost[s.key] for s in specs))
                       for layer, lvs in self._levels.items() for lv, specs in lvs.items()}
 
@@ -335,6 +337,44 @@ class CostTable:
         return self.scale
 
 
+    def calibrate_model(self, ref: Any, choice: Mapping[str, Level], *, store: Any = None,
+                        progress: bool = False) -> float:
+        """:meth:`calibrate` against the device's own whole-model latency of ``ref`` (a
+        :class:`~hwloop.models.ModelRef` whose layers are ``choice`` plus the passive ops), measured once and
+        cached in ``store`` like the layers (``store`` as in :func:`build_cost_table`). Returns the scale."""
+        from hwloop.devices import MeasureRequest, create_device
+
+        if self.source != "measure":
+            raise CostTableError(f"calibrate_model needs a 'measure' table, this one is {self.source!r}")
+        dev = self._dev if self._dev is not None else create_device(self.device)
+        ms, _ = _measure([MeasureRequest.for_model(ref)], dev, store, progress)
+        return self.calibrate(choice, next(iter(ms.values())))
+
+
+def model_layers(model: Any, example: Any, *, ops: Sequence[str] = ("conv2d", "linear")
+                 ) -> tuple[dict[str, LayerSpec], list[LayerSpec]]:
+    """A model's layers split for a cost table: ``({name: spec}`` of the ``ops`` a method decides, ``[passive]``
+    the rest the device runs)``; ``other`` ops (reshapes) are left out, as in
+    :func:`~hwloop.search.report.measure_compressed`.
+
+    Example:
+        >>> from hwloop.models import ModelRef
+        >>> ref = ModelRef("small_cnn")
+        >>> layers, passive = model_layers(ref.build().eval(), ref.example_input())
+        >>> list(layers), sorted({s.op for s in passive})
+        (['features.0', 'features.3', 'features.7', 'classifier'], ['activation', 'batchnorm', 'pooling'])
+    """
+    import warnings
+
+    from hwloop.workload import WorkloadWarning, extract_layers
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WorkloadWarning)
+        specs = [s for s in extract_layers(model, example) if s.op != "other"]
+    layers = {s.name: s for s in specs if s.op in ops}
+    return layers, [s for s in specs if s.op not in ops]
+
+
 # ---------------------------------------------------------------------------------------------- building
 def shipped_predictor(device: str) -> Path | None:
     """The predictor file shipped for ``device`` (``measurements/<device>/predictor.json`` beside the package),
@@ -380,11 +420,12 @@ def _open_store(store: Any) -> tuple[Any, bool]:
 
     if isinstance(store, MeasurementStore):
         return store, False
-    return MeasurementStore(store), True
+    return MeasurementStore("sqlite://" if store is False else store), True
 
 
-def _measure(specs: Sequence[LayerSpec], dev: Any, store: Any, progress: bool) -> tuple[dict[str, float], str]:
-    from hwloop.devices import MeasureRequest
+def _measure(reqs: Sequence[Any], dev: Any, store: Any, progress: bool) -> tuple[dict[str, float], str]:
+    """Each request's latency (ms) by its key: what ``store`` lacks is measured (batched, progress bar) and
+    added, the rest read back."""
     from hwloop.errors import DeviceError
     from hwloop.sweep import _device_timing, run_sweep
 
@@ -392,19 +433,20 @@ def _measure(specs: Sequence[LayerSpec], dev: Any, store: Any, progress: bool) -
     try:
         timing = _device_timing(dev, None)
         fp = dev.fingerprint()
-        reqs = [MeasureRequest.for_layer(s) for s in specs]
         todo = len(st.missing(fp, reqs, timing))
         if todo:
             run_sweep(reqs, dev, st, timing, progress=progress)
         out: dict[str, float] = {}
-        for s in specs:
-            r = st.get(fp.key, s.key, timing.key)
+        for q in reqs:
+            r = st.get(fp.key, q.key, timing.key)
             if r is None or not r.ok or not math.isfinite(r.latency_ms):
                 why = "not stored" if r is None else (r.error or f"latency {r.latency_ms}")
-                raise DeviceError(f"device {dev.name!r} could not measure layer {s.name or s.op} "
-                                  f"({s.op} {s.in_shape}->{s.out_shape}): {why}")
-            out[s.key] = float(r.latency_ms)
-        detail = (f"measured {todo} of {len(specs)} distinct specs, {len(specs) - todo} from the store "
+                s = q.layer
+                what = f"layer {s.name or s.op} ({s.op} {s.in_shape}->{s.out_shape})" if s is not None else \
+                    f"model {q.model.name}"
+                raise DeviceError(f"device {dev.name!r} could not measure {what}: {why}")
+            out[q.key] = float(r.latency_ms)
+        detail = (f"measured {todo} of {len(reqs)} distinct specs, {len(reqs) - todo} from the store "
                   f"{st!r} (device {fp.key}, timing {timing.key})")
         return out, detail
     finally:
@@ -421,8 +463,9 @@ def build_cost_table(levels: Mapping[str, Mapping[Level, Any]], *, device: Any =
         levels: ``{layer: {level: [LayerSpec, ...]}}`` (a single LayerSpec is accepted for a one-spec level).
         device: a device profile name (``devices/*.toml``) or a Device object.
         source: one of :data:`SOURCES`.
-        store: for ``measure``: a store URL/path, a :class:`~hwloop.store.MeasurementStore`, or None for the
-            default store. Stored rows for the device's fingerprint and timing are reused; new ones are added.
+        store: for ``measure``: a store URL/path, a :class:`~hwloop.store.MeasurementStore`, None for the
+            default store (:func:`hwloop.store.default_store_url`), or False for none (in memory). Stored rows for
+            the device's fingerprint and timing are reused; new ones are added; nothing stored is replaced.
         predictor: for ``predictor``: a fitted predictor or a predictor file (default: the one shipped for the
             device, :func:`shipped_predictor`).
         progress: progress bars while measuring.
@@ -496,9 +539,13 @@ def build_cost_table(levels: Mapping[str, Mapping[Level, Any]], *, device: Any =
             codes = {k: int(c[i]) for i, k in enumerate(by_costed)}
     else:
         dev = dev if dev is not None else create_device(name)
-        by_costed, detail = _measure(uniq, dev, store, progress)
+        from hwloop.devices import MeasureRequest
+
+        by_costed, detail = _measure([MeasureRequest.for_layer(u) for u in uniq], dev, store, progress)
         unit = "ms"
     spec_cost = {k: by_costed[c.key] for k, c in as_costed.items()}
     codes = {k: codes[c.key] for k, c in as_costed.items()} if codes else {}
-    return CostTable(parsed, spec_cost, device=name, source=source, unit=unit, note="; ".join(notes),
-                     passive=passive, codes=codes, aggregator=agg, detail=detail)
+    table = CostTable(parsed, spec_cost, device=name, source=source, unit=unit, note="; ".join(notes),
+                      passive=passive, codes=codes, aggregator=agg, detail=detail)
+    table._dev = dev
+    return table
