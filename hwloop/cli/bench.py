@@ -67,6 +67,8 @@ def bench_methods(
     spec: Path = typer.Argument(..., help="harness spec TOML, e.g. search/bench-methods-cifar10-resnet20.toml"),
     out: Path = typer.Option(None, "--out", "-o", help="output folder (default: search/results/<spec name>)"),
     max_cells: int = typer.Option(None, "--max-cells", min=1, help="stop after this many new cells (smoke runs)"),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="starting weights instead of the spec's [task] checkpoint "
+                                                           "(default --out then ends in -<file stem>)"),
     only: str = typer.Option(None, "--only", help="run only cells whose key contains this text, "
                                                   "e.g. l1l2__asic-tpu32__t0.5__s0"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
@@ -78,9 +80,14 @@ def bench_methods(
     from hwloop.search.harness import run_harness
     from hwloop.search.harness_spec import load_harness_spec
 
+    import dataclasses
+
     s = load_harness_spec(spec)
     err = Console(stderr=True)
     run_dir = out or Path("search/results") / s.name
+    if checkpoint is not None:
+        s = dataclasses.replace(s, task=dataclasses.replace(s.task, checkpoint=str(checkpoint)))
+        run_dir = out or Path("search/results") / f"{s.name}-{checkpoint.stem}"
     summary = run_harness(s, run_dir, log=lambda m: err.print(m, highlight=False, markup=False), progress=progress,
                           max_cells=max_cells, only=(lambda c: only in c.key) if only else None)
     if summary["table"] is not None:
