@@ -8,7 +8,7 @@ TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.hwloop-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup sysdeps check-venv bench clean
+.PHONY: demo test typecheck setup sysdeps check-venv bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,7 +34,11 @@ sysdeps:
 check-venv: $(STAMP)
 	$(BIN)/python .ci/check_venv.py
 
-test: $(STAMP) sysdeps check-venv
+# mypy on hwloop/ at the level stated in pyproject.toml ([tool.mypy]); 0 errors expected
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy
+
+test: $(STAMP) sysdeps check-venv typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

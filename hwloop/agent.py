@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from hwloop.errors import ConfigError, ProtocolError
 
@@ -591,7 +591,7 @@ class Agent:
 
 
 def _full_failure(res: dict[str, Any]) -> dict[str, Any]:
-    base = {"latency_ms": None, "min_ms": None, "max_ms": None, "iqr_ms": None, "cv": None, "unstable": False,
+    base: dict[str, Any] = {"latency_ms": None, "min_ms": None, "max_ms": None, "iqr_ms": None, "cv": None, "unstable": False,
             "attempts": 1, "per_layer_ms": {}}
     return {**base, **res}
 
@@ -609,5 +609,6 @@ def run_agent(limits: AgentLimits | None = None) -> int:
 if __name__ == "__main__":  # pragma: no cover - process entry points
     if sys.argv[1:] == ["--worker"]:
         sys.stdout = sys.stderr
-        raise SystemExit(_worker_main(sys.stdin.buffer, sys.__stdout__.buffer))
+        assert sys.__stdout__ is not None
+        raise SystemExit(_worker_main(sys.stdin.buffer, cast("IO[bytes]", sys.__stdout__.buffer)))
     raise SystemExit(run_agent())

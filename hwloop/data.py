@@ -72,8 +72,11 @@ def default_cifar10_root() -> Path:
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:  # (hashlib.file_digest is Python 3.11+; hwloop supports 3.10)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- digits

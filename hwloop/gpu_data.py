@@ -131,8 +131,8 @@ def _layer_spec(row: Mapping[str, str], op: str) -> LayerSpec:
     if op == "linear":
         return LayerSpec("linear", (b, cin), out_channels=cout, bias=True, dtype=dt)
     k, s, h, w, g = (int(row[c]) for c in ("k", "stride", "h", "w", "groups"))
-    return LayerSpec("conv2d", (b, cin, h, w), in_channels=cin, out_channels=cout, kernel=k, stride=s, padding=k // 2,
-                     groups=g, bias=False, dtype=dt)
+    return LayerSpec("conv2d", (b, cin, h, w), in_channels=cin, out_channels=cout, kernel=(k, k), stride=(s, s),
+                     padding=(k // 2, k // 2), groups=g, bias=False, dtype=dt)
 
 
 def read_h100(src: Any, name: str = "h100") -> list[tuple[DeviceFingerprint, MeasureRequest, MeasureResult]]:

@@ -22,7 +22,7 @@ def env(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> Non
 
     from hwloop.devices.cpu import CpuDevice
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for p in _PKGS:
         try:
             versions[p] = md.version(p)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 
 from hwloop.cli._app import app, predictor_app
@@ -150,7 +151,7 @@ def fit_cmd(
             raise
         fp = _device_fingerprint(device)
         err_console.print(f"no measurements of {device!r} in {src}")
-        td = TrainingData(fp, mode or "eager", (), [], statistic=statistic)
+        td = TrainingData(fp, mode or "eager", (), np.array([]), statistic=statistic)
     p = fit_predictor(td, kind, evaluate=evaluate, plot_path=plot)
     console.print(f"[bold]{p.kind}[/bold] predictor for {td.fingerprint.name} ({td.mode}): {p.kind_reason_}")
     if p.metrics_:

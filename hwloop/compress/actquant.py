@@ -45,6 +45,8 @@ class ActivationQuantizer(nn.Module):
         amax: a known range (e.g. from a plan); None observes it from the first training batch.
     """
 
+    amax: torch.Tensor  # a registered buffer; -1 until observed
+
     def __init__(self, bits: int, momentum: float = 0.1, amax: float | None = None) -> None:
         super().__init__()
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:

@@ -285,7 +285,7 @@ def compress_(model: nn.Module, plan: CompressionPlan, example: torch.Tensor | N
     return replay_(model, plan.actions, x, handlers)
 
 
-def from_plan(plan: Mapping[str, Any], weights: str | None = None) -> nn.Module:
+def from_plan(plan: Mapping[str, Any] | CompressionPlan, weights: str | None = None) -> nn.Module:
     """ModelRef factory: ``ModelRef("hwloop.compress:from_plan", {"plan": plan.to_dict()})``.
 
     Builds the base model, replays the plan and, if ``weights`` names a safetensors file,

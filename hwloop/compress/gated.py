@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -46,28 +46,42 @@ __all__ = ["FixedQuant", "GateSpace", "GatedModel", "GatedWeight", "extract", "q
 
 
 class _GateOptions(Protocol):
-    channels: bool
-    bit_levels: Sequence[int]
-    a_bits: int | None
+    @property
+    def channels(self) -> bool: ...
+    @property
+    def bit_levels(self) -> Sequence[int]: ...
+    @property
+    def a_bits(self) -> int | None: ...
 
 
 class _Groups(Protocol):
-    groups: Sequence[Any]   # hwloop.compress.extract.ChannelGroup
+    @property
+    def groups(self) -> Sequence[Any]: ...   # hwloop.compress.extract.ChannelGroup
 
 
 class GateSpace(Protocol):
     """What :class:`GatedModel` and :func:`extract` read from a search space (so compression primitives import
     nothing from ``hwloop.search``; :class:`hwloop.search.space.SearchSpace` is the implementation)."""
 
-    model: nn.Module
-    example: torch.Tensor
-    ref: Any                                  # a hwloop.models.ModelRef, or None
-    options: _GateOptions
-    graph: _Groups
-    lowrank: Sequence[str]
-    full_ranks: Mapping[str, int]
-    bit_layers: Sequence[str]
-    ignored: Any
+    # read-only members (properties), so an implementation may narrow their types (a tuple for a Sequence)
+    @property
+    def model(self) -> nn.Module: ...
+    @property
+    def example(self) -> torch.Tensor: ...
+    @property
+    def ref(self) -> Any: ...                 # a hwloop.models.ModelRef, or None
+    @property
+    def options(self) -> _GateOptions: ...
+    @property
+    def graph(self) -> _Groups: ...
+    @property
+    def lowrank(self) -> Sequence[str]: ...
+    @property
+    def full_ranks(self) -> Mapping[str, int]: ...
+    @property
+    def bit_layers(self) -> Sequence[str]: ...
+    @property
+    def ignored(self) -> Any: ...
 
     def min_keep(self, channels: int) -> int: ...
 
@@ -230,7 +244,8 @@ class GatedModel(nn.Module):
             state: dict[str, torch.Tensor] = {}
             for name in self.bit_gates:
                 mod = get_module(self.net, name)
-                state[name] = mod.parametrizations.weight.original.detach().clone()
+                original = cast(Any, mod).parametrizations.weight.original  # added by torch's parametrize
+                state[name] = original.detach().clone()
             net = copy.deepcopy(self.net)
         finally:
             self._handles.clear()
@@ -239,7 +254,9 @@ class GatedModel(nn.Module):
             mod = get_module(net, name)
             parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
             with torch.no_grad():
-                mod.weight.copy_(w)
+                weight = mod.weight
+                assert isinstance(weight, torch.Tensor)
+                weight.copy_(w)
         return net
 
     def _attach_hooks(self) -> None:

@@ -37,9 +37,34 @@ def is_factorizable(module: nn.Module) -> bool:
                                               and isinstance(module.padding, tuple))
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    w = module.weight
+    if not isinstance(w, torch.Tensor):
+        raise CompressionError(f"{type(module).__name__} has no weight tensor")
+    return w
+
+
+def _bias(module: nn.Module) -> torch.Tensor | None:
+    b = getattr(module, "bias", None)
+    return b if isinstance(b, torch.Tensor) else None
+
+
+def _require_bias(module: nn.Module) -> torch.Tensor:
+    b = _bias(module)
+    assert b is not None, "made with bias=True"
+    return b
+
+
+def _conv_geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """``(kernel_size, stride, padding, dilation)`` of a conv whose padding is a tuple, as pairs."""
+    k, st, pad, dil = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    assert not isinstance(pad, str)
+    return (k[0], k[1]), (st[0], st[1]), (pad[0], pad[1]), (dil[0], dil[1])
+
+
 def full_rank(module: nn.Module) -> int:
     """``min(out, in·k·k)``: the rank at which factorisation is exact."""
-    w = module.weight
+    w = _weight(module)
     return int(min(w.shape[0], w[0].numel()))
 
 
@@ -64,17 +89,17 @@ def factorize(module: nn.Module, rank: int | None = None, *, split: str = "right
         raise CompressionError(f"rank={rank!r} must be in [1, {full}] for this layer")
     if split not in ("right", "none"):
         raise CompressionError(f"split {split!r} is unknown; allowed: right, none")
-    w = module.weight.detach().float()
+    w = _weight(module).detach().float()
     out_c = w.shape[0]
     u, s, vh = torch.linalg.svd(w.reshape(out_c, -1), full_matrices=False)
     u, s, vh = u[:, :r], s[:r], vh[:r]
     second_w = u * s if split == "right" else u
-    bias = module.bias is not None
+    module_bias = _bias(module)
+    bias = module_bias is not None
     first: nn.Module
     second: nn.Module
     if isinstance(module, nn.Conv2d):
-        first = nn.Conv2d(module.in_channels, r, module.kernel_size, module.stride, module.padding,
-                          module.dilation, groups=1, bias=False)
+        first = nn.Conv2d(module.in_channels, r, *_conv_geometry(module), groups=1, bias=False)
         first.weight.data.copy_(vh.reshape(r, *w.shape[1:]))
         second = nn.Conv2d(r, out_c, 1, bias=bias)
         second.weight.data.copy_(second_w.reshape(out_c, r, 1, 1))
@@ -83,10 +108,9 @@ def factorize(module: nn.Module, rank: int | None = None, *, split: str = "right
         first.weight.data.copy_(vh)
         second = nn.Linear(r, out_c, bias=bias)
         second.weight.data.copy_(second_w)
-    if bias:
-        assert module.bias is not None
-        second.bias.data.copy_(module.bias.detach())
-    seq = nn.Sequential(first, second).to(module.weight.dtype)
+    if module_bias is not None:
+        _require_bias(second).data.copy_(module_bias.detach())
+    seq = nn.Sequential(first, second).to(_weight(module).dtype)
     return seq, s.clone()
 
 
@@ -95,22 +119,24 @@ def merge(seq: nn.Sequential) -> nn.Module:
     if len(seq) != 2:
         raise CompressionError(f"merge needs a 2-layer factorised Sequential, got {len(seq)} layers")
     first, second = seq[0], seq[1]
-    b = second.weight.detach().reshape(second.weight.shape[0], -1)
-    a = first.weight.detach().reshape(first.weight.shape[0], -1)
+    w_second, w_first = _weight(second), _weight(first)
+    b = w_second.detach().reshape(w_second.shape[0], -1)
+    a = w_first.detach().reshape(w_first.shape[0], -1)
     w = b @ a
+    second_bias = _bias(second)
     dense: nn.Module
     if isinstance(first, nn.Conv2d) and isinstance(second, nn.Conv2d):
-        dense = nn.Conv2d(first.in_channels, second.out_channels, first.kernel_size, first.stride, first.padding,
-                          first.dilation, bias=second.bias is not None)
+        dense = nn.Conv2d(first.in_channels, second.out_channels, *_conv_geometry(first),
+                          bias=second_bias is not None)
         dense.weight.data.copy_(w.reshape(second.out_channels, *first.weight.shape[1:]))
     elif isinstance(first, nn.Linear) and isinstance(second, nn.Linear):
         dense = nn.Linear(first.in_features, second.out_features, bias=second.bias is not None)
         dense.weight.data.copy_(w)
     else:
         raise CompressionError("merge needs two Conv2d or two Linear layers")
-    if second.bias is not None:
-        dense.bias.data.copy_(second.bias.detach())
-    return dense.to(first.weight.dtype)
+    if second_bias is not None:
+        _require_bias(dense).data.copy_(second_bias.detach())
+    return dense.to(w_first.dtype)
 
 
 def tucker2_full_ranks(module: nn.Module) -> tuple[int, int]:
@@ -155,10 +181,11 @@ def tucker2(module: nn.Module, ranks: tuple[int, int] | None = None) -> nn.Seque
     core = torch.einsum("oihw,or,is->rshw", w, u_out, u_in)                                     # (r_out, r_in, kh, kw)
     first = nn.Conv2d(in_c, r_in, 1, bias=False)
     first.weight.data.copy_(u_in.t().reshape(r_in, in_c, 1, 1))
-    mid = nn.Conv2d(r_in, r_out, module.kernel_size, module.stride, module.padding, module.dilation, bias=False)
+    mid = nn.Conv2d(r_in, r_out, *_conv_geometry(module), bias=False)
     mid.weight.data.copy_(core)
-    last = nn.Conv2d(r_out, out_c, 1, bias=module.bias is not None)
+    module_bias = _bias(module)
+    last = nn.Conv2d(r_out, out_c, 1, bias=module_bias is not None)
     last.weight.data.copy_(u_out.reshape(out_c, r_out, 1, 1))
-    if module.bias is not None:
-        last.bias.data.copy_(module.bias.detach())
+    if module_bias is not None:
+        _require_bias(last).data.copy_(module_bias.detach())
     return nn.Sequential(first, mid, last).to(module.weight.dtype)

@@ -132,7 +132,9 @@ def write_weights(model: nn.Module, plan: Any, path: str | Path, *, pack: bool =
                 continue
             name = f"{a.layer}.weight"
             w = state.get(name)
-            got = pack_weight(w, a.w_bits) if w is not None else None
+            if w is None:
+                continue
+            got = pack_weight(w, a.w_bits)
             if got is None:
                 continue
             q, s = got

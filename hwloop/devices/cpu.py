@@ -150,7 +150,7 @@ def time_model_layers(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], 
         >>> sorted(per)
         ['0', '1']
     """
-    names = {m: n for n, m in model.named_modules() if isinstance(m, _LEAF_TYPES)}
+    names: dict[torch.nn.Module, str] = {m: n for n, m in model.named_modules() if isinstance(m, _LEAF_TYPES)}
     marks: list[tuple[str, Any, Any]] = []
     starts: dict[torch.nn.Module, Any] = {}
 

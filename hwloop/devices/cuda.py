@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 import shutil
@@ -264,7 +265,7 @@ def leaf_calls(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list
     pass, in order, with the input tensors it received: ``(name, module, args)``."""
     from hwloop.devices.cpu import _LEAF_TYPES
 
-    names = {m: n for n, m in model.named_modules() if isinstance(m, _LEAF_TYPES)}
+    names: dict[torch.nn.Module, str] = {m: n for n, m in model.named_modules() if isinstance(m, _LEAF_TYPES)}
     calls: list[tuple[str, torch.nn.Module, tuple]] = []
 
     def pre(mod: torch.nn.Module, args: tuple) -> None:
@@ -292,7 +293,7 @@ def time_layers_graph(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], 
     out: dict[str, float] = {}
     with torch.inference_mode():
         for name, mod, args in leaf_calls(model, inputs):
-            res = time_cuda_graph(lambda m=mod, a=args: m(*a), timing, request_key=name, deadline=deadline)
+            res = time_cuda_graph(functools.partial(mod, *args), timing, request_key=name, deadline=deadline)
             if not res.ok:
                 raise DeviceError(f"layer {name!r}: {res.error}")
             out[name] = out.get(name, 0.0) + res.latency_ms

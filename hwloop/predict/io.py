@@ -397,6 +397,7 @@ def _from_dir(d: Path, device: str | None, mode: str | None, progress: bool, sta
             specs.append(req.layer)
             ys.append(val)
         else:
+            assert req.model is not None  # a model request names its model
             refs.append(req.model)
             yms.append(val)
             per.append(dict(res.per_layer_ms))

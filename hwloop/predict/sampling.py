@@ -70,13 +70,13 @@ def random_layer_specs(n: int, rng: Any, *, batches: Sequence[int] = (1, 2), dty
                 rank = None
                 if k == "lowrank":
                     rank = max(1, int(min(cin, cout) * rng.uniform(0.1, 0.6)))
-                out.append(LayerSpec("conv2d", (b, cin, hw, hw), out_channels=cout, kernel=kk, stride=stride,
-                                     padding=kk // 2, rank=rank, dtype=dtype))
+                out.append(LayerSpec("conv2d", (b, cin, hw, hw), out_channels=cout, kernel=(kk, kk),
+                                     stride=(stride, stride), padding=(kk // 2, kk // 2), rank=rank, dtype=dtype))
             elif k == "dw":
                 stride = 2 if rng.random() < 0.25 and hw > 4 else 1
                 c = _ch(rng, 8, 1024)
-                out.append(LayerSpec("conv2d", (b, c, hw, hw), out_channels=c, kernel=3, stride=stride,
-                                     padding=1, groups=c, dtype=dtype))
+                out.append(LayerSpec("conv2d", (b, c, hw, hw), out_channels=c, kernel=(3, 3),
+                                     stride=(stride, stride), padding=(1, 1), groups=c, dtype=dtype))
             elif k == "linear":
                 lo = bool(rng.random() < 0.2)
                 cout = int(rng.choice([10, 100, _ch(rng)]))
@@ -92,8 +92,8 @@ def random_layer_specs(n: int, rng: Any, *, batches: Sequence[int] = (1, 2), dty
                     out.append(LayerSpec("pooling", (b, cin, hw, hw), (b, cin, 1, 1), variant="adaptive_avg",
                                          dtype=dtype))
                 elif hw >= 2:
-                    out.append(LayerSpec("pooling", (b, cin, hw, hw), (b, cin, hw // 2, hw // 2), kernel=2,
-                                         stride=2, variant="max", dtype=dtype))
+                    out.append(LayerSpec("pooling", (b, cin, hw, hw), (b, cin, hw // 2, hw // 2), kernel=(2, 2),
+                                         stride=(2, 2), variant="max", dtype=dtype))
             else:
                 out.append(LayerSpec("add", (b, cin, hw, hw), dtype=dtype))
         except Exception:  # noqa: BLE001, S112 - an invalid random combination is simply redrawn

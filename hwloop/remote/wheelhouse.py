@@ -63,12 +63,16 @@ print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "implementation": sy
 
 
 def _packaging() -> Any:
+    import importlib
+
     try:
-        from packaging import requirements, specifiers, version  # noqa: F401
-        import packaging
+        base = "packaging"
+        packaging = importlib.import_module(base)
     except ImportError:  # pragma: no cover - pip always vendors it
-        from pip._vendor import packaging  # type: ignore[no-redef]
-        from pip._vendor.packaging import requirements, specifiers, version  # noqa: F401
+        base = "pip._vendor.packaging"
+        packaging = importlib.import_module(base)
+    for sub in ("requirements", "specifiers", "version"):  # attributes of the package once imported
+        importlib.import_module(f"{base}.{sub}")
     return packaging
 
 

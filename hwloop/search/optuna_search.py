@@ -235,7 +235,9 @@ def create_study(name: str, storage_url: str | None, settings: StudySettings, *,
             raise SearchError(f"study {name!r} already asks for {old.n_trials} trials; n_trials="
                               f"{settings.n_trials} cannot shrink it")
     else:
-        study = optuna.create_study(study_name=name, storage=storage, directions=list(settings.directions),
+        study = optuna.create_study(study_name=name, storage=storage, directions=[optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
+                                                else optuna.study.StudyDirection.MINIMIZE
+                                                for d in settings.directions],
                                     load_if_exists=False)
     study.set_user_attr(SETTINGS_KEY, settings.to_dict())
     status = study_status(study)

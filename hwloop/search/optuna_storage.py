@@ -104,7 +104,9 @@ def open_storage(url: str | None = None, *, heartbeat_interval_s: int = 10, max_
     try:
         if kind == "journal":
             Path(target).parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(target))
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(target))
         engine_kwargs: dict[str, Any] = {}
         if kind == "sqlite":
             engine_kwargs = {"connect_args": {"timeout": 60}}

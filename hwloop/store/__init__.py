@@ -232,10 +232,12 @@ class MeasurementStore:
 
     def _insert(self, table: sa.Table) -> Any:
         if self.backend == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table)
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
 
     def _ensure_device(self, conn: sa.Connection, fp: DeviceFingerprint) -> None:
         key = fp.key
@@ -483,7 +485,7 @@ def result_row(fp: DeviceFingerprint, req: MeasureRequest, res: MeasureResult) -
     }
 
 
-def row_result(row: Mapping[str, Any]) -> MeasureResult:
+def row_result(row: Mapping[Any, Any]) -> MeasureResult:
     """Rebuild a :class:`MeasureResult` from a ``measurements`` row."""
     def f(k: str) -> float:
         v = row[k]

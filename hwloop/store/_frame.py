@@ -51,7 +51,7 @@ def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """A frame from :meth:`MeasurementStore.rows` output (JSON text columns kept, facts flattened)."""
     recs = []
     for r in rows:
-        rec = {c: r.get(c) for c in FRAME_COLUMNS}
+        rec: dict[str, Any] = {c: r.get(c) for c in FRAME_COLUMNS}
         for c in ("latency_ms", "min_ms", "max_ms", "iqr_ms", "cv"):
             rec[c] = float("nan") if rec[c] is None else float(rec[c])
         rec["unstable"] = bool(rec["unstable"])

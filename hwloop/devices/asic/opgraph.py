@@ -189,7 +189,8 @@ class AccelOp:
         extra = set(d) - known
         if extra:
             raise WorkloadError(f"unknown accelerator op field(s) {sorted(extra)}; allowed: {sorted(known)}")
-        return cls(**{k: tuple(v) if k == "fused" else v for k, v in d.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if k == "fused" else v for k, v in d.items()}
+        return cls(**kwargs)
 
 
 def touched_input_elems(in_shape: Sequence[int], out_hw: Sequence[int], kernel: Sequence[int],

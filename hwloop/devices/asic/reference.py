@@ -68,7 +68,8 @@ class ResNet18(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
@@ -82,8 +83,8 @@ def resnet18_conv_layers(batch: int = 1, w_bits: int | None = None, a_bits: int 
     out: list[LayerSpec] = []
 
     def conv(name: str, cin: int, cout: int, hw: int, k: int, s: int) -> int:
-        out.append(LayerSpec("conv2d", (batch, cin, hw, hw), out_channels=cout, kernel=k, stride=s,
-                             padding=k // 2, w_bits=w_bits, a_bits=a_bits, name=name))
+        out.append(LayerSpec("conv2d", (batch, cin, hw, hw), out_channels=cout, kernel=(k, k), stride=(s, s),
+                             padding=(k // 2, k // 2), w_bits=w_bits, a_bits=a_bits, name=name))
         return out[-1].out_shape[2]
 
     hw = conv("conv1", 3, 64, 224, 7, 2)
