@@ -13,10 +13,11 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load_predictor"]
 
 
-def load_predictor(path: Any, *, allow_import: bool | None = None) -> Any:
+def load_predictor(path: Any, *, allow_import: bool | None = None, probe: str | None = None) -> Any:
     """Load a saved latency predictor (see :mod:`hwloop.predict`); the file is untrusted input.
 
-    ``allow_import=True`` lets a predictor class named ``module:Class`` in its metadata be
+    ``probe="scale"`` or ``"refuse"`` checks this machine's speed against the predictor's first
+    (:mod:`hwloop.predict.probe`). ``allow_import=True`` lets a predictor class named ``module:Class`` in its metadata be
     imported (see :mod:`hwloop.trust`); by default only hwloop's own predictor kinds load.
 
     Example:
@@ -25,4 +26,4 @@ def load_predictor(path: Any, *, allow_import: bool | None = None) -> Any:
     """
     from hwloop.predict import load_predictor as _load
 
-    return _load(path, allow_import=allow_import)
+    return _load(path, allow_import=allow_import, probe=probe)

@@ -236,7 +236,8 @@ def show_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    model: str = typer.Argument(..., help="built-in model name or 'package.module:factory'"),
+    model: str = typer.Argument(..., help="built-in model name, 'package.module:factory', or a JSON / JSON-lines "
+                                "file of layer descriptions (no torch needed)"),
     predictor: Path = typer.Option(..., "--predictor", help="predictor JSON file"),
     kwargs: str = typer.Option(None, "--kwargs", help="model kwargs as a JSON object"),
     input_shape: str = typer.Option(None, "--input-shape", help="per-sample input shape, e.g. 3,32,32"),
@@ -245,36 +246,55 @@ def predict_cmd(
     device: str = typer.Option(None, "--device", help="device the prediction is for (warns on mismatch)"),
     layers: bool = typer.Option(False, "--layers", help="also list the per-op predictions"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    probe: str = typer.Option(None, "--probe", help="measure reference layers here first and on a speed mismatch "
+                              "'scale' the predictions (warning) or 'refuse' (default: $HWLOOP_PREDICTOR_PROBE, off)"),
 ) -> None:
     """Predict MODEL's whole-model latency with a saved predictor."""
     import warnings
 
-    from hwloop.cli._common import parse_model_ref
     from hwloop.predict import PredictorWarning, load_predictor
 
-    p = load_predictor(predictor)
-    ref = parse_model_ref(model, kwargs, input_shape, batch, dtype)
+    if probe is not None and probe not in ("scale", "refuse", "off"):
+        raise ConfigError(f"--probe {probe!r} is unknown; allowed: scale, refuse, off")
+    p = load_predictor(predictor, probe="off")  # probed below, where its warning is caught and printed once
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PredictorWarning)
+        if probe is None:
+            from hwloop.predict.probe import env_probe_action, run_probe
+
+            if env_probe_action():
+                run_probe(p, on_mismatch=str(env_probe_action()))
+        elif probe != "off":
+            from hwloop.predict.probe import run_probe
+
+            run_probe(p, on_mismatch=probe)
         if device is not None:
             p.check_device(_device_fingerprint(device))
-        wl = p.trace(ref.build(), ref.example_input())
+        wl, label, ref_dict, names = _workload_of(p, model, kwargs, input_shape, batch, dtype)
         cal = p.predict_workload(wl)
         raw = p.predict_workload(wl, calibrated=False)
     for w in caught:
         if issubclass(w.category, PredictorWarning):
-            err_console.print(f"warning: {w.message}")
+            err_console.print(f"warning: {w.message}", soft_wrap=True, markup=False)
+    res = getattr(p, "probe_result_", None)
+    if res is not None and res.status == "match":
+        err_console.print(res.message, soft_wrap=True, markup=False)
     per = p.predict(wl) if layers else None
     if as_json:
-        out: dict[str, Any] = {"model": ref.to_dict(), "latency_ms": cal, "raw_sum_ms": raw,
+        out: dict[str, Any] = {"model": ref_dict, "latency_ms": cal, "raw_sum_ms": raw,
                                "calibrated": getattr(p, "aggregator_", None) is not None,
-                               "device": p.fingerprint.name if p.fingerprint else None, "mode": p.mode}
+                               "device": p.fingerprint.name if p.fingerprint else None, "mode": p.mode,
+                               "speed_scale": getattr(p, "speed_scale_", 1.0)}
+        if res is not None:
+            out["probe"] = res.to_dict()
         if per is not None:
-            out["layers"] = [{"name": s.name, "op": s.op, "latency_ms": float(v)} for s, v in zip(wl.layers, per)]
+            out["layers"] = [{"name": n, "op": o, "latency_ms": float(v)} for (n, o), v in zip(names, per)]
         print(json.dumps(out, indent=1))
         return
     what = "calibrated" if getattr(p, "aggregator_", None) is not None else "sum of ops (no calibration fitted)"
-    console.print(f"{ref.label} batch {ref.batch} {ref.dtype}: [bold]{cal:.4f} ms[/bold] ({what}; raw sum "
+    if getattr(p, "speed_scale_", 1.0) != 1.0:
+        what += f", scaled {p.speed_scale_:.3f}x by the probe"
+    console.print(f"{label}: [bold]{cal:.4f} ms[/bold] ({what}; raw sum "
                   f"{raw:.4f} ms) on {p.fingerprint.name if p.fingerprint else '?'} ({p.mode})")
     if per is not None:
         from rich.table import Table
@@ -282,6 +302,30 @@ def predict_cmd(
         t = Table()
         for c in ("layer", "op", "ms"):
             t.add_column(c)
-        for s, v in zip(wl.layers, per):
-            t.add_row(s.name, s.op, f"{v:.4f}")
+        for (n, o), v in zip(names, per):
+            t.add_row(n, o, f"{v:.4f}")
         console.print(t)
+
+
+def _workload_of(p: Any, model: str, kwargs: str | None, input_shape: str | None, batch: int, dtype: str
+                 ) -> tuple[Any, str, dict[str, Any], list[tuple[str, str]]]:
+    """(workload, label, JSON description, [(layer name, op)]) of a model name or a layer-description file.
+
+    A ``.json``/``.jsonl`` file holds layer dicts (see :mod:`hwloop.predict.plain`): no model is built and
+    torch is not imported; ``--kwargs``/``--input-shape``/``--batch``/``--dtype`` do not apply to it.
+    """
+    if model.endswith((".json", ".jsonl")):
+        from hwloop.predict.plain import read_layers
+
+        if kwargs or input_shape or batch != 1 or dtype != "float32":
+            raise ConfigError("--kwargs, --input-shape, --batch and --dtype do not apply to a layer file (its layers "
+                              "give shapes and dtypes)")
+        layers = read_layers(model)
+        names = [(str(d.get("name", i)) if isinstance(d, dict) else str(i),
+                  str(d.get("op", "?")) if isinstance(d, dict) else "?") for i, d in enumerate(layers)]
+        return layers, f"{model} ({len(layers)} layers)", {"layers_file": model, "n_layers": len(layers)}, names
+    from hwloop.cli._common import parse_model_ref
+
+    ref = parse_model_ref(model, kwargs, input_shape, batch, dtype)
+    wl = p.trace(ref.build(), ref.example_input())
+    return wl, f"{ref.label} batch {ref.batch} {ref.dtype}", ref.to_dict(), [(s.name, s.op) for s in wl.layers]

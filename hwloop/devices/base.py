@@ -22,11 +22,13 @@ import os
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hwloop.errors import ConfigError
-from hwloop.models import ModelRef
-from hwloop.workload import LayerSpec
+
+if TYPE_CHECKING:  # both import torch; a DeviceFingerprint (loaded with every predictor) needs neither
+    from hwloop.models import ModelRef
+    from hwloop.workload import LayerSpec
 
 __all__ = ["TimingConfig", "DeviceFingerprint", "MeasureRequest", "MeasureResult", "Device", "summarize",
            "Comparison", "compare", "machine_load", "median_ci", "ratio_stats", "RATIO_TOLERANCE", "EXEC_MODES", "REQUEST_KINDS"]
@@ -180,6 +182,9 @@ class MeasureRequest:
     def from_dict(cls, d: Mapping[str, Any]) -> MeasureRequest:
         if not isinstance(d, Mapping) or "kind" not in d:
             raise ConfigError(f"a measure request needs a 'kind', got {d!r}")
+        from hwloop.models import ModelRef
+        from hwloop.workload import LayerSpec
+
         layer = LayerSpec.from_dict(d["layer"]) if d.get("layer") else None
         model = ModelRef.from_dict(d["model"]) if d.get("model") else None
         return cls(str(d["kind"]), layer=layer, model=model)

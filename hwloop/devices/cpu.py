@@ -35,6 +35,7 @@ from hwloop.devices._timing import (Deadline, MeasureTimeout, PerfCounterTimer, 
                                     time_fn, time_interleaved)
 from hwloop.devices.base import (Comparison, DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig,
                                  machine_load, summarize)
+from hwloop.devices.signature import clock_info, speed_signature
 from hwloop.errors import ConfigError
 from hwloop.workload import build_layer, make_inputs
 
@@ -268,7 +269,7 @@ class CpuDevice:
             name=self.name, backend=self.backend, identity=identity,
             info={"hostname": platform.node(), "python": platform.python_version(),
                   "mkldnn": bool(torch.backends.mkldnn.is_available()), "os": platform.platform(),
-                  "preemption": self.preemption})
+                  "preemption": self.preemption, **clock_info(), "speed_signature": speed_signature()})
 
     def _timer(self) -> Timer:
         detect = self.preemption == "retake"

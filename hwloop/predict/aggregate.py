@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from hwloop.errors import PredictorError
-from hwloop.workload import OP_KINDS
+from hwloop.opkinds import OP_KINDS
 
 __all__ = ["AGG_METHODS", "Aggregator", "agg_features"]
 

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hwloop.errors import NotFittedError, PredictorError
-from hwloop.predict.features import FEATURE_SCHEMA, features_from_table, spec_table, specs_from_any, table_from_frame
+from hwloop.predict.features import FEATURE_SCHEMA, features_from_table
 
 __all__ = ["BasePredictor", "LatencyPredictor", "PredictorWarning", "checked_latencies", "data_hash"]
 
@@ -141,29 +141,27 @@ class BasePredictor:
         return self
 
     def _table(self, x: Any) -> np.ndarray:
-        if isinstance(x, np.ndarray) and x.dtype.names is None:
-            return x
-        if isinstance(x, Mapping) or (isinstance(x, np.ndarray) and x.dtype.names is not None):
-            from hwloop.predict.columnar import table_from_columns
+        from hwloop.predict.plain import table_of
 
-            return table_from_columns(x)
-        if hasattr(x, "columns"):
-            return table_from_frame(x)
-        return spec_table(specs_from_any(x))
+        return table_of(x)
 
     def _features(self, table: np.ndarray) -> np.ndarray:
         """Model features of a raw table, in the feature schema this predictor was fitted with."""
         return features_from_table(table, getattr(self, "feature_schema_", FEATURE_SCHEMA))
 
     def predict(self, x: Any) -> np.ndarray:
-        """Latency (ms) of each layer: a sequence of ``LayerSpec``, a ``Workload``, a store DataFrame,
-        a raw table from :func:`~hwloop.predict.features.spec_table`, or a columnar batch (a mapping of
-        arrays or a structured array, see :func:`~hwloop.predict.columnar.table_from_columns`)."""
+        """Latency (ms) of each layer: layer dicts (``LayerSpec`` form, JSON-ready; no torch needed), a
+        sequence of ``LayerSpec``, a ``Workload`` (object or dict), a store DataFrame, a raw table from
+        :func:`~hwloop.predict.features.spec_table`, or a columnar batch (a mapping of arrays, a DataFrame or a
+        structured array, see :func:`~hwloop.predict.columnar.table_from_columns`); see
+        :func:`~hwloop.predict.plain.table_of`."""
         self._check_fitted()
         table = self._table(x)
         if table.shape[0] == 0:
             return np.zeros(0)
-        return checked_latencies(self._predict_table(table), type(self).__name__)
+        ms = self._predict_table(table)
+        scale = getattr(self, "speed_scale_", 1.0)  # set by the probe (hwloop.predict.probe) on another machine
+        return checked_latencies(ms * scale if scale != 1.0 else ms, type(self).__name__)
 
     def score(self, x: Any, y: Any = None) -> float:
         """Fraction of layers predicted within ±10% (higher is better, like scikit-learn's ``score``)."""
@@ -203,8 +201,9 @@ class BasePredictor:
         from hwloop.predict.aggregate import DEPTHWISE_CODE
         from hwloop.predict.features import RAW_COLUMNS
 
-        specs = specs_from_any(layers)
-        table = spec_table(specs)
+        from hwloop.predict.plain import table_of
+
+        table = table_of(layers)
         if table.shape[0] == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         ops = table[:, 0].astype(np.int64)
@@ -223,7 +222,9 @@ class BasePredictor:
         agg = getattr(self, "aggregator_", None)
         if not calibrated or agg is None:
             return float(ms.sum())
-        return float(checked_latencies(np.array([agg.predict_one(ops, ms)]), f"{type(self).__name__} aggregator",
+        scale = getattr(self, "speed_scale_", 1.0)  # the whole calibrated model scales, not only its ops
+        out = agg.predict_one(ops, ms / scale) * scale
+        return float(checked_latencies(np.array([out]), f"{type(self).__name__} aggregator",
                                        allow_zero=len(ops) == 0)[0])
 
     def predict_model(self, model: Any, example: Any, *, calibrated: bool = True, device: Any = None) -> float:
@@ -274,6 +275,15 @@ class BasePredictor:
                           f"using it for {getattr(fp, 'name', fp)!r} ({getattr(fp, 'key', '?')})",
                           PredictorWarning, stacklevel=2)
             ok = False
+        elif self.fingerprint is not None and hasattr(fp, "info"):  # same key: the clock and speed signature tell
+            from hwloop.devices.signature import machine_differences
+
+            diff = machine_differences(self.fingerprint, fp)
+            if diff:
+                warnings.warn(f"predictor was fitted on device {self.fingerprint.name!r} ({self.fingerprint.key}) and "
+                              f"this machine has the same key but differs: {'; '.join(diff)} (probe it: hwloop "
+                              "predict --probe scale)", PredictorWarning, stacklevel=2)
+                ok = False
         if mode is not None and mode != self.mode:
             warnings.warn(f"predictor was fitted for mode {self.mode!r}; using it for {mode!r}", PredictorWarning,
                           stacklevel=2)

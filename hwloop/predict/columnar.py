@@ -54,7 +54,7 @@ import numpy as np
 
 from hwloop.errors import PredictorError
 from hwloop.predict.features import RAW_COLUMNS, VARIANTS
-from hwloop.workload import DTYPES, OP_KINDS
+from hwloop.opkinds import DTYPES, OP_KINDS
 
 __all__ = ["BLOCK_ROWS", "COLUMNS", "ColumnarBatch", "prepare_columns", "table_from_columns", "unique_rows"]
 

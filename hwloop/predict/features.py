@@ -31,13 +31,17 @@ Example:
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hwloop.errors import PredictorError
-from hwloop.workload import DTYPES, OP_KINDS, LayerSpec
+from hwloop.opkinds import DTYPES, OP_KINDS
+
+if TYPE_CHECKING:  # hwloop.workload imports torch; predicting from plain descriptions does not need it
+    from hwloop.workload import LayerSpec
 
 __all__ = [
     "FEATURE_NAMES",
@@ -126,7 +130,7 @@ def spec_table(specs: Sequence[LayerSpec]) -> np.ndarray:
     try:
         rows = [_raw_row(s) for s in specs]
     except AttributeError as e:
-        bad = next(s for s in specs if not isinstance(s, LayerSpec))
+        bad = next(s for s in specs if not is_layerspec(s))
         raise PredictorError(f"expected LayerSpec objects, got {type(bad).__name__}") from e
     if not rows:
         return np.zeros((0, len(RAW_COLUMNS)))
@@ -311,6 +315,13 @@ def features_from_table(t: np.ndarray, schema: int = FEATURE_SCHEMA,
     return out
 
 
+def is_layerspec(x: Any) -> bool:
+    """True for a :class:`~hwloop.workload.LayerSpec`, without importing :mod:`hwloop.workload` (nor torch):
+    while that module is not imported, no ``LayerSpec`` can exist."""
+    mod = sys.modules.get("hwloop.workload")
+    return mod is not None and isinstance(x, mod.LayerSpec)
+
+
 def featurize(specs: Sequence[LayerSpec]) -> np.ndarray:
     """``features_from_table(spec_table(specs))``."""
     return features_from_table(spec_table(specs))
@@ -324,6 +335,8 @@ def specs_from_any(x: Any) -> list[LayerSpec]:
         if "spec_json" not in x.columns:
             raise PredictorError(f"a DataFrame needs a 'spec_json' column (store rows of kind 'layer'), "
                                  f"got columns {list(x.columns)[:8]}")
+        from hwloop.workload import LayerSpec
+
         out = []
         for v in x["spec_json"]:
             d = json.loads(v) if isinstance(v, str) else v
@@ -331,7 +344,7 @@ def specs_from_any(x: Any) -> list[LayerSpec]:
         return out
     specs = list(x)
     for s in specs:
-        if not isinstance(s, LayerSpec):
+        if not is_layerspec(s):
             raise PredictorError(f"expected LayerSpec objects, got {type(s).__name__}")
     return specs
 

@@ -150,6 +150,7 @@ def save_predictor(p: Any, path: Any) -> Path:
         "n_train": getattr(p, "n_train_", 0),
         "metrics": getattr(p, "metrics_", {}),
         "aggregator": agg.to_dict() if agg is not None else None,
+        **({"probe": p.probe_} if getattr(p, "probe_", None) else {}),
         "state": state,
         "files": files,
         "hwloop_version": hwloop.__version__,
@@ -217,13 +218,16 @@ def _predictor_class(kind: Any, path: Path, allow_import: bool | None) -> Any:
     return cls
 
 
-def load_predictor(path: Any, *, allow_import: bool | None = None) -> Any:
+def load_predictor(path: Any, *, allow_import: bool | None = None, probe: str | None = None) -> Any:
     """Load any predictor saved with ``save`` (see the module docstring for the checks).
 
     Args:
         path: the ``.json`` metadata file.
         allow_import: allow a ``module:Class`` predictor class named in the file (imports that code;
             default: only built-in kinds, unless ``hwloop --allow-import`` or ``HWLOOP_ALLOW_IMPORT=1``).
+        probe: ``"scale"`` or ``"refuse"`` runs the probe (:mod:`hwloop.predict.probe`: a few reference layers
+            measured here, about a second; needs torch for a CPU predictor) and scales or refuses on a mismatch;
+            ``"off"`` none; default: ``HWLOOP_PREDICTOR_PROBE`` (``off`` when unset: no probe, no torch).
 
     Example:
         >>> import hwloop  # doctest: +SKIP
@@ -288,7 +292,17 @@ def load_predictor(path: Any, *, allow_import: bool | None = None) -> Any:
         p.target_statistic_ = meta["target_statistic"]
     if meta.get("aggregator"):
         p.aggregator_ = Aggregator.from_dict(meta["aggregator"])
+    if meta.get("probe"):
+        p.probe_ = meta["probe"]
     p.metadata_ = meta
+    if probe is None:
+        from hwloop.predict.probe import env_probe_action
+
+        probe = env_probe_action()
+    if probe is not None and probe != "off":
+        from hwloop.predict.probe import run_probe
+
+        run_probe(p, on_mismatch=probe)
     return p
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from hwloop.errors import PredictorError
 from hwloop.predict.base import BasePredictor
 from hwloop.predict.features import RAW_COLUMNS, baseline_terms
-from hwloop.workload import OP_KINDS
+from hwloop.opkinds import OP_KINDS
 
 __all__ = [
     "GradientBoostingPredictor",

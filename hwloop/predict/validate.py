@@ -62,7 +62,7 @@ _METRIC_RANGES = {"acc5": (0.0, 1.0), "acc10": (0.0, 1.0), "spearman": (-1.0, 1.
                   "test_frac": (0.0, 1.0), "n_layers": (0.0, math.inf), "n_models": (0.0, math.inf)}
 _TOP_KEYS = {"schema_version", "predictor", "params", "feature_schema", "features", "target", "target_statistic",
              "fingerprint", "mode", "training_data_hash", "n_train", "metrics", "aggregator", "state", "files",
-             "hwloop_version", "created", "metadata_sha256"}
+             "hwloop_version", "created", "metadata_sha256", "probe"}
 
 
 def _bad_constant(s: str) -> Any:
@@ -179,7 +179,7 @@ def _check_aggregator(agg: Any, where: str) -> None:
 
 def _check_state(kind: str, state: Any, where: str) -> None:
     from hwloop.predict.features import RAW_COLUMNS, baseline_terms
-    from hwloop.workload import OP_KINDS
+    from hwloop.opkinds import OP_KINDS
 
     if not isinstance(state, Mapping):
         raise _fail(where, f"state must be an object, got {type(state).__name__}")
@@ -248,6 +248,7 @@ def validate_metadata(meta: Mapping[str, Any], where: str, *, builtin_kind: bool
         raise _fail(where, "metrics must be an object")
     _check_metrics(metrics, where)
     _check_aggregator(meta.get("aggregator"), where)
+    _check_probe(meta.get("probe"), where)
     _check_state(kind, meta.get("state", {}), where)
     files = meta.get("files", {})
     if not isinstance(files, Mapping) or set(files) - {"model", "arrays"}:
@@ -260,6 +261,34 @@ def validate_metadata(meta: Mapping[str, Any], where: str, *, builtin_kind: bool
     for k in ("hwloop_version", "created"):
         if k in meta and not isinstance(meta[k], str):
             raise _fail(where, f"{k}={meta[k]!r} must be a string")
+
+
+def _check_probe(probe: Any, where: str) -> None:
+    """A recorded probe: 1-64 valid layer descriptions and as many finite times > 0 (hwloop.predict.probe)."""
+    if probe is None:
+        return
+    keys = {"layers", "ms", "fingerprint_key", "signature", "recorded"}
+    if not isinstance(probe, Mapping) or not {"layers", "ms"} <= set(probe) or set(probe) - keys:
+        raise _fail(where, f"probe must be an object with 'layers' and 'ms' (and optionally "
+                           f"{', '.join(sorted(keys - {'layers', 'ms'}))})")
+    layers, ms = probe["layers"], probe["ms"]
+    if not (isinstance(layers, list) and 1 <= len(layers) <= 64 and isinstance(ms, list) and len(ms) == len(layers)):
+        raise _fail(where, "probe.layers and probe.ms must be lists of the same length, 1 to 64 entries")
+    from hwloop.predict.plain import table_from_dicts
+
+    try:
+        table_from_dicts(layers)
+    except PredictorError as e:
+        raise _fail(where, f"probe.layers: {e}") from None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6 for v in ms):
+        raise _fail(where, "probe.ms must hold finite times in (0, 1e6) ms")
+    sig = probe.get("signature", {})
+    if not isinstance(sig, Mapping) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                               for v in sig.values()):
+        raise _fail(where, "probe.signature must map reference op names to times > 0")
+    for k in ("fingerprint_key", "recorded"):
+        if probe.get(k) is not None and not isinstance(probe[k], str):
+            raise _fail(where, f"probe.{k} must be a string")
 
 
 def _arr(arrays: Mapping[str, np.ndarray], k: str, where: str, kinds: str, ndim: int) -> np.ndarray:
@@ -275,7 +304,7 @@ def _arr(arrays: Mapping[str, np.ndarray], k: str, where: str, kinds: str, ndim:
 
 def validate_arrays(kind: str, arrays: Mapping[str, np.ndarray], where: str, n_features: int) -> None:
     """Check the safetensors arrays of tree ensembles and lookup tables (shapes, indices, finite values)."""
-    from hwloop.workload import OP_KINDS
+    from hwloop.opkinds import OP_KINDS
 
     if kind in ("random_forest", "gradient_boosting"):
         left, right = _arr(arrays, "left", where, "i", 1), _arr(arrays, "right", where, "i", 1)
