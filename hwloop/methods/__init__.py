@@ -12,11 +12,11 @@ Importing this package is cheap (no torch); the classes are imported when first 
 Example:
     >>> from hwloop.methods import METHODS, method_class, list_methods
     >>> sorted(METHODS)
-    ['haloc', 'l1l2', 'lcs', 'sbs']
+    ['haloc', 'l1l2', 'lcs', 'obc', 'sbs']
     >>> method_class("l1l2").name
     'l1l2'
     >>> [name for name, _ in list_methods()]
-    ['l1l2', 'haloc', 'lcs', 'sbs']
+    ['l1l2', 'obc', 'haloc', 'lcs', 'sbs']
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = ["DEFAULT_METHOD", "METHODS", "MethodSpec", "list_methods", "make_meth
 #: method name -> "module:Class" (hwloop's own; imported lazily)
 METHODS: dict[str, str] = {
     "l1l2": "hwloop.methods.l1l2:L1L2Method",
+    "obc": "hwloop.methods.obc.method:ObcMethod",
     "haloc": "hwloop.methods.haloc:HalocMethod",
     "lcs": "hwloop.methods.lcs.method:LcsMethod",
     "sbs": "hwloop.methods.sbs:SbsMethod",

@@ -1,0 +1,404 @@
+"""``obc``: Optimal Brain Compression to a latency budget, post-training (no retraining) behind the method seam.
+
+1. Hessians ``H = 2XXᵀ/N`` of every layer from ``calib`` calibration images (forward hooks, float64).
+2. The database (:mod:`~hwloop.methods.obc.database`): every coupled channel group removed channel by channel
+   with the block OBS update of its consumers (residual-tied layers decide together), every layer quantized
+   with OBQ at each of ``bits`` (and, with ``kinds``, unstructured/2:4 ExactOBS), each level's error the
+   calibration loss with only that unit changed.
+3. The budget (:mod:`~hwloop.methods.obc.dp`): each level's latency saving from the context's latency model
+   (``cost_source="latency"``) or the shared layer cost table on the context's device (``"table"``), a knapsack
+   DP with ``buckets`` buckets for ``target``. The DP's first answer is ``search_end`` (its whole-model latency,
+   next to its additive estimate); when the whole model is above the target (the per-unit savings are additive,
+   the latency of a conv is not: it falls with input × output width) the required saving is raised by the
+   miss and the DP re-solved (``corrections`` times at most), each step listed in ``repairs``.
+4. Stitch: the chosen groups' compensated weights, OBQ / ExactOBS re-run on each chosen layer's *remaining*
+   weights (the Hessian's kept block), batch-norm statistics re-estimated on the calibration images, the masked
+   channels removed for real; the plan (``ChannelPrune``, ``Sparsify``, ``Quantize``) plus the weights rebuild it.
+
+Sparse levels cost as dense (no device cost model here sees sparsity): the DP never buys latency with them.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from hwloop.compress.actions import ChannelPrune, Quantize, Sparsify
+from hwloop.compress.extract import get_module
+from hwloop.compress.keys import SizeKey
+from hwloop.compress.plan import CompressionPlan
+from hwloop.errors import SearchError
+from hwloop.methods.base import Candidate, CompressionMethod, MethodConfig, MethodContext, MethodResult, Repair
+from hwloop.methods.obc.database import Database, build_database, compress_layer, layer_level_name
+from hwloop.methods.obc.dp import solve_savings, unit_savings_from_latency, unit_savings_from_table
+from hwloop.methods.obc.structured import apply_group_, physical_prune, reestimate_bn
+from hwloop.search.accounting import ComputeRecord
+
+__all__ = ["KINDS", "ObcConfig", "ObcMethod"]
+
+KINDS = ("channels", "bits", "unstructured", "n:m")
+ERRORS = ("loss", "obs")
+COST_SOURCES = ("latency", "table")
+CHECKS = ("latency", "device")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _numbers(name: str, v: Any, lo: float, hi: float, *, ints: bool = False, closed_lo: bool = False) -> None:
+    what = "ints" if ints else "numbers"
+    rng = f"[{lo:g}, {hi:g}]" if closed_lo else f"({lo:g}, {hi:g}]"
+    ok = isinstance(v, list) and len(v) > 0 and all(
+        not isinstance(x, bool) and isinstance(x, int if ints else (int, float))
+        and (lo <= x if closed_lo else lo < x) and x <= hi for x in v)
+    if not ok:
+        raise SearchError(f"{name}={v!r} must be a non-empty list of {what} in {rng}")
+
+
+@dataclass(frozen=True)
+class ObcConfig(MethodConfig):
+    """The ``obc`` keys (see the module docstring and ``docs/obc.md``)."""
+
+    calib: int = 1024
+    kinds: list[str] = field(default_factory=lambda: ["channels", "bits"])
+    channel_levels: list[float] = field(default_factory=lambda: [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    bits: list[int] = field(default_factory=lambda: [8, 4])
+    sparsities: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    error: str = "loss"
+    error_images: int = 256
+    rel_damp: float = 0.0
+    dtype: str = "float32"
+    cost_source: str = "latency"
+    buckets: int = 10_000
+    corrections: int = 8
+    tolerance: float = 0.02
+    check: str = "latency"
+    bn_reestimate: bool = True
+    targets: list[float] | None = None
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        if isinstance(self.calib, bool) or not isinstance(self.calib, int) or self.calib < 1:
+            raise SearchError(f"calib={self.calib!r} must be an int >= 1 (calibration images)")
+        if not (isinstance(self.kinds, list) and self.kinds and all(isinstance(k, str) and k in KINDS for k in self.kinds)):
+            raise SearchError(f"kinds={self.kinds!r} must be a non-empty list of {', '.join(KINDS)}")
+        _numbers("channel_levels", self.channel_levels, 0.0, 1.0)
+        _numbers("bits", self.bits, 2, 16, ints=True, closed_lo=True)
+        _numbers("sparsities", self.sparsities, 0.0, 0.99)
+        if self.targets is not None:
+            _numbers("targets", self.targets, 0.0, 1.0)
+        for name, v, allowed in (("error", self.error, ERRORS), ("dtype", self.dtype, tuple(DTYPES)),
+                                 ("cost_source", self.cost_source, COST_SOURCES), ("check", self.check, CHECKS)):
+            if v not in allowed:
+                raise SearchError(f"{name}={v!r} is unknown; allowed: {', '.join(allowed)}")
+        for name, v, lo in (("error_images", self.error_images, 1), ("buckets", self.buckets, 10),
+                            ("corrections", self.corrections, 0), ("finetune_epochs", self.finetune_epochs, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise SearchError(f"{name}={v!r} must be an int >= {lo}")
+        if not (isinstance(self.finetune_lr, (int, float)) and self.finetune_lr > 0):
+            raise SearchError(f"finetune_lr={self.finetune_lr!r} must be a number > 0")
+        if not (isinstance(self.tolerance, (int, float)) and 0.0 <= self.tolerance < 1.0):
+            raise SearchError(f"tolerance={self.tolerance!r} must be a number in [0, 1)")
+        if not (isinstance(self.rel_damp, (int, float)) and 0.0 <= self.rel_damp <= 1.0):
+            raise SearchError(f"rel_damp={self.rel_damp!r} must be a number in [0, 1]")
+
+
+def _calibration(context: MethodContext, n: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out, have = [], 0
+    for x, y in context.train:
+        take = min(n - have, int(x.shape[0]))
+        out.append((x[:take].to(device), y[:take].to(device)))
+        have += take
+        if have >= n:
+            break
+    if not out:
+        raise SearchError("obc: the training loader gave no calibration images")
+    return out
+
+
+class ObcMethod(CompressionMethod):
+    """Optimal Brain Compression to a latency budget (see the module docstring)."""
+
+    name: ClassVar[str] = "obc"
+    summary: ClassVar[str] = ("Optimal Brain Compression: ExactOBS channel removal + OBQ from calibration data, "
+                              "knapsack DP on latency, no retraining (Frantar et al. 2022)")
+    config_class: ClassVar[type[MethodConfig]] = ObcConfig
+    smoke_config: ClassVar[dict[str, Any]] = {"calib": 128, "error_images": 64, "channel_levels": [0.75, 0.5, 0.25],
+                                              "bits": [8, 4], "buckets": 1000}
+
+    def check(self, target: float | None) -> None:
+        cfg = self.config
+        assert isinstance(cfg, ObcConfig)
+        if target is None and not cfg.targets:
+            raise SearchError("[method] obc needs a budget: [budget] target or the method's targets")
+
+    # ------------------------------------------------------------------ pieces the benchmark reuses
+    def database(self, context: MethodContext, model: nn.Module) -> tuple[Database, list[tuple[torch.Tensor, torch.Tensor]]]:
+        cfg = self.config
+        assert isinstance(cfg, ObcConfig)
+        dev = next(model.parameters()).device
+        calib = _calibration(context, cfg.calib, dev)
+        db = build_database(model, context.space, calib, kinds=cfg.kinds, channel_levels=cfg.channel_levels,
+                            bits=cfg.bits, sparsities=cfg.sparsities, error=cfg.error, error_images=cfg.error_images,
+                            rel_damp=cfg.rel_damp, dtype=DTYPES[cfg.dtype], progress=context.progress,
+                            say=context.say)
+        return db, calib
+
+    def savings(self, context: MethodContext, db: Database) -> tuple[float, list[list[float]], str]:
+        """``(original, savings[u][l], what)`` in the units the DP uses."""
+        cfg = self.config
+        assert isinstance(cfg, ObcConfig)
+        space, lat = context.space, context.latency
+        full = dict(space.full_sizes())
+        if cfg.cost_source == "latency":
+            changes = [[self._sizes_of(u, lv, full) for lv in u.levels] for u in db.units]
+            base, sv = unit_savings_from_latency(lat, full, changes)
+            return base, sv, f"{lat.kind} latency model ({lat.unit})"
+        if context.device is None:
+            raise SearchError("[method] obc: cost_source='table' needs a device (MethodContext.device)")
+        specs, full_level = self._level_specs(space, db)
+        table, sv = unit_savings_from_table(specs, full_level, device=context.device, progress=context.progress,
+                                            say=context.say)
+        from hwloop.search.report import measure_compressed
+
+        base = float(measure_compressed(context.device, context.model, None, example=context.example())["latency_ms"])
+        return base, sv, f"cost table {table.device}/{table.source} ({table.unit}); whole dense model measured"
+
+    @staticmethod
+    def _sizes_of(u: Any, lv: Any, full: dict[str, float]) -> dict[str, float]:
+        if u.kind == "group":
+            return {} if lv == u.full else {SizeKey.channels(u.name): float(lv)}
+        key = SizeKey.bits(u.name)
+        if lv[0] == "bits" and key in full:
+            return {key: float(lv[1])}
+        return {}
+
+    @staticmethod
+    def _level_specs(space: Any, db: Database) -> tuple[dict[str, dict[Any, list[Any]]], dict[str, Any]]:
+        slots = [*space.slots, *space.passive_slots()]
+        a_bits = space.options.a_bits
+        out: dict[str, dict[Any, list[Any]]] = {}
+        full: dict[str, Any] = {}
+        for u in db.units:
+            if u.kind == "group":
+                touched = [s for s in slots if u.name in (s.in_key, s.out_key)]
+                out[u.name] = {("ch", k): [s.spec_at(k if s.in_key == u.name else None,
+                                                     k if s.out_key == u.name else None) for s in touched]
+                               for k in u.levels}
+                full[u.name] = ("ch", u.full)
+            else:
+                slot = next(s for s in space.slots if s.name == u.name)
+                out[f"layer:{u.name}"] = {lv: [slot.spec_at(None, None, lv[1], a_bits) if lv[0] == "bits"
+                                               else slot.spec]
+                                          for lv in u.levels}
+                full[f"layer:{u.name}"] = u.full
+        return out, full
+
+    def arch_plan(self, context: MethodContext, db: Database, choice: list[int]) -> CompressionPlan:
+        """The plan of a choice (one level index per unit)."""
+        a_bits = context.space.options.a_bits
+        prune, sparse, quant = [], [], []
+        for u, li in zip(db.units, choice):
+            lv = u.levels[li]
+            if u.kind == "group":
+                if lv < u.full:
+                    prune.append(ChannelPrune(u.name, int(lv)))
+            elif lv[0] == "bits":
+                quant.append(Quantize(u.name, int(lv[1]), a_bits))
+            elif lv[0] == "n:m":
+                sparse.append(Sparsify(u.name, "n:m", n=int(lv[1]), m=int(lv[2])))
+            elif lv[0] == "unstructured":
+                sparse.append(Sparsify(u.name, "unstructured", density=1.0 - float(lv[1])))
+        ref = context.ref
+        return CompressionPlan(base=ref.to_dict() if ref is not None else None, actions=[*prune, *sparse, *quant],
+                               meta={"method": "obc"})
+
+    def whole_model(self, context: MethodContext, model: nn.Module, plan: CompressionPlan | None) -> float:
+        """Whole-model latency of a plan's architecture: the context's latency model (``check="latency"``) or
+        measured on the context's device (``check="device"``: the plan replayed on a copy, no OBS needed)."""
+        cfg = self.config
+        assert isinstance(cfg, ObcConfig)
+        if cfg.check == "latency":
+            return context.latency.original() if plan is None else context.latency.plan_latency(plan)
+        from hwloop.compress.extract import compress_
+        from hwloop.search.report import measure_compressed
+
+        if context.device is None:
+            raise SearchError("[method] obc: check='device' needs a device (MethodContext.device)")
+        ex = context.example()
+        net = copy.deepcopy(model).cpu().eval()
+        if plan is not None:
+            net = compress_(net, plan, ex)
+        return float(measure_compressed(context.device, net, plan, example=ex)["latency_ms"])
+
+    def solve(self, context: MethodContext, db: Database, original: float, savings: list[list[float]],
+              target: float, model: nn.Module | None = None) -> tuple[list[int], dict[str, Any]]:
+        """The DP's first answer, then corrections against the whole-model latency: the required saving moves
+        by the whole model's miss (up when above the target, down when more than ``tolerance`` below it);
+        the answer is the lowest-error one within the target (else the last)."""
+        cfg = self.config
+        assert isinstance(cfg, ObcConfig)
+        errors = [u.errors for u in db.units]
+        base_model = context.model if model is None else model
+        whole0 = self.whole_model(context, base_model, None)
+        required = original * (1.0 - target)
+        steps: list[dict[str, Any]] = []
+        best: tuple[float, list[int], int] | None = None
+        last: list[int] | None = None
+        lo: float | None = None     # required savings known to land within / above the target
+        hi: float | None = None
+        for i in range(cfg.corrections + 1):
+            got = solve_savings(errors, savings, required, cfg.buckets)
+            feasible = got is not None
+            if got is None:      # even the largest savings together fall short: take them all (reported missed)
+                got = ([max(range(len(s)), key=s.__getitem__) for s in savings], float("nan"))
+            choice = got[0]
+            additive = original - sum(s[li] for s, li in zip(savings, choice))
+            whole = self.whole_model(context, base_model, self.arch_plan(context, db, choice))
+            ratio = whole / whole0
+            steps.append({"required_saving": required, "additive": additive, "additive_ratio": additive / original,
+                          "whole": whole, "whole_ratio": ratio, "feasible": feasible, "error": float(got[1])})
+            context.say(f"obc: DP {'answer' if i == 0 else f'correction {i}'}: additive {additive / original:.4f} "
+                        f"x, whole model {ratio:.4f} x (target {target:.4f})")
+            last = choice
+            if ratio <= target * (1 + 1e-9) and (best is None or got[1] < best[0]):
+                best = (float(got[1]), choice, i)
+            if not feasible or target * (1 - cfg.tolerance) <= ratio <= target * (1 + 1e-9):
+                break
+            if ratio > target:
+                hi = required
+            else:
+                lo = required
+            required = (lo + hi) / 2 if lo is not None and hi is not None else required + (ratio - target) * original
+        choice = best[1] if best is not None else last
+        assert choice is not None
+        steps.append({"chosen": len(steps) - 1 if best is None else best[2]})
+        return choice, {"steps": steps, "whole0": whole0}
+
+    def stitch(self, context: MethodContext, model: nn.Module, db: Database, choice: list[int],
+               calib: list[tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
+        """The compressed model of a choice: masked groups, layers re-compressed on their remaining weights,
+        batch-norm re-estimated, channels removed for real."""
+        cfg = self.config
+        assert isinstance(cfg, ObcConfig)
+        net = copy.deepcopy(model).eval()
+        masks: dict[str, torch.Tensor] = {}
+        in_mask: dict[str, torch.Tensor] = {}
+        out_mask: dict[str, torch.Tensor] = {}
+        for u, li in zip(db.units, choice):
+            if u.kind != "group":
+                continue
+            assert u.group is not None
+            k = u.levels[li]
+            masks[u.name] = u.group.masks[k]
+            for n in u.group.info.consumers:
+                in_mask[n] = u.group.masks[k]
+            for n in u.group.info.producers:
+                out_mask[n] = u.group.masks[k]
+            if k < u.full:
+                apply_group_(net, u.group.info, u.group.masks[k], u.group.weights[k])
+        for u, li in zip(db.units, choice):
+            lv = u.levels[li]
+            if u.kind != "layer" or lv[0] == "float":
+                continue
+            w = get_module(net, u.name).weight
+            W = w.detach().reshape(w.shape[0], -1)
+            rows = out_mask.get(u.name, torch.ones(W.shape[0], dtype=torch.bool)).to(W.device)
+            cm = in_mask.get(u.name)
+            cols = (torch.ones(W.shape[1], dtype=torch.bool) if cm is None
+                    else cm.repeat_interleave(W.shape[1] // cm.numel())).to(W.device)
+            H = db.hessians[u.name][cols][:, cols]
+            sub = W[rows][:, cols]
+            new, _ = compress_layer(sub, H, lv, rel_damp=cfg.rel_damp, dtype=DTYPES[cfg.dtype])
+            full = torch.zeros_like(W)
+            full[rows.nonzero()[:, 0][:, None], cols.nonzero()[:, 0][None, :]] = new.to(W.dtype)
+            with torch.no_grad():
+                w.copy_(full.reshape(w.shape))
+        if cfg.bn_reestimate:
+            reestimate_bn(net, [x for x, _ in calib])
+        net.eval()
+        return physical_prune(net, context.example().to(next(net.parameters()).device), masks,
+                              context.space.ignored)
+
+    # ------------------------------------------------------------------ run
+    def run(self, context: MethodContext) -> MethodResult:
+        cfg = self.config
+        assert isinstance(cfg, ObcConfig)
+        self.check(context.target)
+        torch.manual_seed(context.seed)
+        ledger = context.ledger
+        assert ledger is not None
+        n0 = len(ledger)
+        model = copy.deepcopy(context.model).eval()
+        t0 = time.perf_counter()
+        db, calib = self.database(context, model)
+        original, savings, what = self.savings(context, db)
+        t1 = time.perf_counter()
+        ledger.add("search", trial=context.trial, wall_s=t1 - t0)
+        context.say(f"obc: database of {len(db.units)} units in {t1 - t0:.1f} s; costs from {what}")
+        targets = [context.target] if context.target is not None else []
+        targets += [t for t in (cfg.targets or []) if t not in targets]
+        cands = []
+        lat = context.latency
+        for target in targets:
+            ts = time.perf_counter()
+            choice, info = self.solve(context, db, original, savings, target, model)
+            plan = self.arch_plan(context, db, choice)
+            te = time.perf_counter()
+            net = self.stitch(context, model, db, choice, calib)
+            tx = time.perf_counter()
+            ledger.add("extract", trial=context.trial, wall_s=tx - ts)
+            acc = acc_x = context.eval_fn(net) if context.eval_fn is not None else None
+            if cfg.finetune_epochs:     # optional; OBC itself does not retrain (default 0)
+                from hwloop.compress.extract import apply_bits_
+                from hwloop.search.train import train_epochs
+
+                ft = train_epochs(net, context.train, cfg.finetune_epochs, cfg.finetune_lr, progress=context.progress)
+                apply_bits_(net, plan.w_bits)    # back onto a grid of each quantized layer's bits
+                net.eval()
+                ledger.add("finetune", trial=context.trial, wall_s=float(ft["seconds"]), train_images=int(ft["images"]),
+                           epochs=float(cfg.finetune_epochs))
+                acc = context.eval_fn(net) if context.eval_fn is not None else None
+            tv = time.perf_counter()
+            ledger.add("eval", trial=context.trial, wall_s=tv - tx)
+            orig = lat.original()
+            pred = lat.plan_latency(plan)
+            steps = info["steps"][:-1]
+            chosen = info["steps"][-1]["chosen"]
+            first, last = steps[0], steps[chosen]
+            scale = orig / info["whole0"]     # the check's units -> the context latency's
+            repairs = [] if chosen == 0 else [Repair("dp-correction", f"after the DP ({chosen} corrections)",
+                                                     first["whole"] * scale, last["whole"] * scale)]
+            sizes = {"channels": {u.name: float(u.levels[li]) for u, li in zip(db.units, choice) if u.kind == "group"},
+                     "layers": {u.name: layer_level_name(u.levels[li]) for u, li in zip(db.units, choice)
+                                if u.kind == "layer"}}
+            cand = Candidate(
+                setting=f"target={target}", model=net, plan=plan, original=orig, predicted=pred, unit=lat.unit,
+                predicted_ms=pred if lat.unit == "ms" else None, accuracy=acc, accuracy_extracted=acc_x, target=target,
+                search_end=first["whole"] * scale, repairs=repairs, seconds={"database": t1 - t0, "dp": te - ts,
+                                                                     "stitch": tx - te, "eval": tv - tx},
+                sizes=sizes,
+                extra={"dp_first_additive_ratio": first["additive_ratio"], "dp_first_whole_ratio": first["whole_ratio"],
+                       "final_additive_ratio": last["additive_ratio"], "final_whole_ratio": last["whole_ratio"],
+                       "dp_steps": steps, "dp_chosen": chosen, "check": cfg.check, "costs": what, "calib_images": sum(int(y.shape[0]) for _, y in calib),
+                       "units": len(db.units), "skipped_groups": db.skipped,
+                       "note": "sparse levels cost as dense (no sparse execution modelled)"})
+            cand.cost = dataclasses_total(ledger, n0, context.trial)
+            cand.judge(context.base_accuracy, context.max_repair_drop)
+            context.say(f"obc: target {target}: budget {cand.status}: {cand.status_reason}")
+            cands.append(cand)
+        return MethodResult(method=self.name, config=cfg.to_dict(), candidates=cands)
+
+
+def dataclasses_total(ledger: Any, n0: int, trial: int | None) -> ComputeRecord:
+    import dataclasses
+
+    cost = ComputeRecord("total")
+    for r in ledger.records[n0:]:
+        cost = cost + r
+    return dataclasses.replace(cost, phase="total", trial=trial)
+
