@@ -31,7 +31,7 @@ from hwloop.workload import LayerSpec, Workload, extract_workload
 __all__ = ["LayerRow", "ProfileReport", "profile_model", "measure_with_store", "StoreOutcome"]
 
 #: ops timed in isolation by default (the others are cheap and timed in context only)
-ISOLATED_OPS = ("conv2d", "linear", "matmul", "batchnorm", "activation", "pooling", "add")
+ISOLATED_OPS = ("conv2d", "linear", "matmul", "batchnorm", "activation", "pooling", "add", "groupnorm", "instancenorm")
 
 
 @dataclass(frozen=True)

@@ -22,28 +22,37 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from hwloop.errors import WorkloadError
 
 __all__ = [
-    "OP_KINDS",
     "DTYPES",
+    "LAYER_OP_KINDS",
+    "NORM_KINDS",
+    "OP_KINDS",
     "LayerSpec",
     "Workload",
+    "WorkloadWarning",
+    "build_layer",  # noqa: F822 (module __getattr__: hwloop.workload_build)
     "extract_layers",
     "extract_workload",
-    "build_layer",
-    "make_inputs",
-    "WorkloadWarning",
+    "make_inputs",  # noqa: F822
 ]
 
+#: op kinds whose index is a predictor's op code (stored in predictor files: never reorder or extend; the same
+#: tuple as :data:`hwloop.opkinds.OP_KINDS`)
 OP_KINDS = ("conv2d", "linear", "matmul", "batchnorm", "activation", "pooling", "add", "other")
+#: normalisations that compute their statistics at run time: ``groupnorm`` (``groups`` = its group count) and
+#: ``instancenorm``; predictors code them as ``batchnorm`` rows with a variant code of their own
+#: (:data:`hwloop.predict.features.NORM_CODES`), accelerators run them on the vector unit
+NORM_KINDS = ("groupnorm", "instancenorm")
+#: every op a :class:`LayerSpec` may have
+LAYER_OP_KINDS = OP_KINDS + NORM_KINDS
 DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
 ACTIVATIONS = ("relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid")
 POOLS = ("max", "avg", "adaptive_avg")
@@ -70,7 +79,7 @@ class LayerSpec:
     """One operator as it executes. Frozen; validated on construction.
 
     Attributes:
-        op: one of :data:`OP_KINDS`.
+        op: one of :data:`LAYER_OP_KINDS` (:data:`OP_KINDS` plus the run-time norms :data:`NORM_KINDS`).
         in_shape: full input shape including batch (NCHW for conv/pool/bn, (N, ..., F) for linear).
         out_shape: full output shape (derived when left empty for conv2d/linear).
         in_channels / out_channels: channel (feature) counts; for matmul ``(M,K)x(K,N)`` they are K and N.
@@ -102,8 +111,8 @@ class LayerSpec:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if self.op not in OP_KINDS:
-            raise WorkloadError(f"op {self.op!r} is unknown; allowed: {', '.join(OP_KINDS)}")
+        if self.op not in LAYER_OP_KINDS:
+            raise WorkloadError(f"op {self.op!r} is unknown; allowed: {', '.join(LAYER_OP_KINDS)}")
         if self.dtype not in DTYPES:
             raise WorkloadError(f"dtype {self.dtype!r} is unknown; allowed: {', '.join(DTYPES)}")
         set_(self, "in_shape", tuple(int(x) for x in self.in_shape))
@@ -183,6 +192,8 @@ class LayerSpec:
                 set_(self, "out_shape", self.in_shape)
             if self.out_channels == 0 and len(self.out_shape) >= 2:
                 set_(self, "out_channels", self.out_shape[1])
+        if self.op == "groupnorm" and self.in_channels % self.groups:
+            raise WorkloadError(f"groupnorm groups={self.groups} must divide its {self.in_channels} channels")
         if self.rank is not None and self.op not in ("conv2d", "linear"):
             raise WorkloadError(f"rank is only meaningful for conv2d/linear, not {self.op}")
 
@@ -202,7 +213,7 @@ class LayerSpec:
     @property
     def out_spatial(self) -> int:
         """Output positions per channel (H*W for conv, product of middle dims for linear)."""
-        if self.op == "conv2d" or (self.op in ("pooling", "batchnorm") and len(self.out_shape) == 4):
+        if self.op == "conv2d" or (self.op in ("pooling", "batchnorm", *NORM_KINDS) and len(self.out_shape) == 4):
             return self.out_shape[2] * self.out_shape[3]
         if self.op in ("linear", "matmul"):
             return math.prod(self.out_shape[1:-1]) if len(self.out_shape) > 2 else 1
@@ -221,7 +232,7 @@ class LayerSpec:
             if self.rank is not None:
                 return self.rank * (self.in_channels + self.out_channels) + b
             return self.in_channels * self.out_channels + b
-        if self.op == "batchnorm":
+        if self.op in ("batchnorm", *NORM_KINDS):
             return 2 * self.in_channels
         return 0
 
@@ -290,7 +301,7 @@ class LayerSpec:
     def replace(self, **changes: Any) -> LayerSpec:
         """A copy with fields changed; derived shapes are recomputed unless given."""
         if "out_shape" not in changes and self.op in ("conv2d", "linear", "matmul", "activation",
-                                                       "batchnorm", "add"):
+                                                       "batchnorm", "add", *NORM_KINDS):
             changes["out_shape"] = ()
         if "in_shape" in changes and "in_channels" not in changes and self.op in ("conv2d", "linear",
                                                                                    "matmul"):
@@ -337,195 +348,6 @@ class Workload:
                    layers=tuple(LayerSpec.from_dict(x) for x in d["layers"]))
 
 
-# --------------------------------------------------------------------------- export path
-def _dtype_name(dt: Any) -> str:
-    s = str(dt).replace("torch.", "")
-    return s if s in DTYPES else "float32"
-
-
-def _shape(node: Any) -> tuple[int, ...] | None:
-    val = node.meta.get("val") if hasattr(node, "meta") else None
-    if val is None or not hasattr(val, "shape"):
-        return None
-    try:
-        return tuple(int(d) for d in val.shape)
-    except (TypeError, ValueError):
-        return None
-
-
-def _module_name(node: Any) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return str(node.name)
-    path = list(stack.values())[-1][0]
-    return str(path).replace("L['self'].", "").replace("L__self___", "") or str(node.name)
-
-
-_ACT_TARGETS = {"relu": "relu", "relu_": "relu", "hardtanh": "relu6", "hardtanh_": "relu6",
-                "gelu": "gelu", "silu": "silu", "silu_": "silu", "sigmoid": "sigmoid", "tanh": "tanh",
-                "hardswish": "hardswish", "hardswish_": "hardswish", "hardsigmoid": "hardsigmoid"}
-_IGNORED = {"view", "reshape", "flatten", "t", "permute", "transpose", "contiguous", "clone",
-            "_assert_tensor_metadata", "getitem", "dropout", "alias", "detach", "expand", "unsqueeze",
-            "squeeze", "size", "sym_size", "_to_copy", "to", "slice", "select", "lift_fresh_copy",
-            "identity", "cat", "flatten.using_ints", "unflatten"}
-
-
-def _node_spec(node: Any, dtype: str) -> LayerSpec | None | str:
-    """Spec for one exported aten node; ``None`` to skip it, or the op name if unknown."""
-    tname = getattr(node.target, "__name__", str(node.target))
-    base = tname.split(".")[0]
-    out = _shape(node)
-    args = node.args
-    name = _module_name(node)
-    if base in _IGNORED or out is None:
-        return None
-    ins = _shape(args[0]) if args and hasattr(args[0], "meta") else None
-    if ins is None:
-        return None
-    if base in ("conv2d", "convolution", "_convolution"):
-        w = _shape(args[1])
-        if w is None or len(w) != 4 or len(ins) != 4:
-            return "conv_non2d"
-        if base == "conv2d":
-            bias = len(args) > 2 and args[2] is not None
-            stride = args[3] if len(args) > 3 else 1
-            pad = args[4] if len(args) > 4 else 0
-            dil = args[5] if len(args) > 5 else 1
-            groups = args[6] if len(args) > 6 else 1
-        else:
-            bias = args[2] is not None
-            stride, pad, dil = args[3], args[4], args[5]
-            if args[6]:
-                return "conv_transpose"
-            groups = args[8]
-        if isinstance(pad, str):
-            return "conv_string_padding"
-        return LayerSpec("conv2d", ins, out, ins[1], w[0], kernel=(w[2], w[3]), stride=stride,
-                         padding=pad, dilation=dil, groups=int(groups), bias=bias, dtype=dtype, name=name)
-    if base == "linear":
-        w = _shape(args[1])
-        if w is None:
-            return "linear"
-        return LayerSpec("linear", ins, out, w[1], w[0], bias=len(args) > 2 and args[2] is not None,
-                         dtype=dtype, name=name)
-    if base == "addmm":
-        x = _shape(args[1])
-        w = _shape(args[2])
-        if x is None or w is None:
-            return "addmm"
-        return LayerSpec("linear", x, out, w[0], w[1], bias=True, dtype=dtype, name=name)
-    if base in ("mm", "bmm", "matmul"):
-        b = _shape(args[1])
-        if b is None:
-            return base
-        return LayerSpec("matmul", ins, out, ins[-1], b[-1], dtype=dtype, name=name)
-    if "batch_norm" in base:
-        return LayerSpec("batchnorm", ins, out, dtype=dtype, name=name)
-    if base in _ACT_TARGETS:
-        return LayerSpec("activation", ins, out, variant=_ACT_TARGETS[base], dtype=dtype, name=name)
-    if base in ("max_pool2d", "max_pool2d_with_indices", "avg_pool2d"):
-        if len(ins) != 4:
-            return base
-        k = args[1]
-        stride = args[2] if len(args) > 2 and args[2] else k
-        pad = args[3] if len(args) > 3 else 0
-        return LayerSpec("pooling", ins, out, kernel=k, stride=stride, padding=pad,
-                         variant="max" if base.startswith("max") else "avg", dtype=dtype, name=name)
-    if base in ("adaptive_avg_pool2d", "_adaptive_avg_pool2d", "mean"):
-        if len(ins) != 4:
-            return base
-        return LayerSpec("pooling", ins, out, kernel=(1, 1), variant="adaptive_avg", dtype=dtype, name=name)
-    if base in ("add", "add_"):
-        other = _shape(args[1]) if len(args) > 1 and hasattr(args[1], "meta") else None
-        if other is None:
-            return LayerSpec("other", ins, out, variant="add_scalar", dtype=dtype, name=name)
-        return LayerSpec("add", ins, out, dtype=dtype, name=name)
-    return LayerSpec("other", ins, out, variant=base, dtype=dtype, name=name)
-
-
-def _extract_export(model: torch.nn.Module, example: torch.Tensor) -> list[LayerSpec]:
-    ep = torch.export.export(model, (example,))
-    dtype = _dtype_name(example.dtype)
-    specs: list[LayerSpec] = []
-    unknown: set[str] = set()
-    for node in ep.graph.nodes:
-        if node.op != "call_function":
-            continue
-        s = _node_spec(node, dtype)
-        if s is None:
-            continue
-        if isinstance(s, str):
-            unknown.add(s)
-            ins = _shape(node.args[0]) if node.args and hasattr(node.args[0], "meta") else None
-            out = _shape(node)
-            if ins and out:
-                specs.append(LayerSpec("other", ins, out, variant=s, dtype=dtype, name=_module_name(node)))
-            continue
-        if s.op == "other":
-            unknown.add(s.variant)
-        specs.append(s)
-    if unknown:
-        warnings.warn(f"ops {sorted(unknown)} have no dedicated kind and were recorded as 'other'",
-                      WorkloadWarning, stacklevel=3)
-    return specs
-
-
-def _extract_hooks(model: torch.nn.Module, example: torch.Tensor) -> list[LayerSpec]:
-    """Fallback: forward hooks on leaf modules. Functional ops (adds) are not seen."""
-    dtype = _dtype_name(example.dtype)
-    specs: list[LayerSpec] = []
-    unknown: set[str] = set()
-    handles = []
-
-    def hook(mod: nn.Module, inp: tuple[Any, ...], out: Any, *, name: str) -> None:
-        if not inp or not isinstance(inp[0], torch.Tensor) or not isinstance(out, torch.Tensor):
-            return
-        ins, outs = tuple(inp[0].shape), tuple(out.shape)
-        s: LayerSpec
-        if isinstance(mod, nn.Conv2d) and isinstance(mod.padding, tuple):
-            s = LayerSpec("conv2d", ins, outs, mod.in_channels, mod.out_channels, kernel=mod.kernel_size,
-                          stride=mod.stride, padding=mod.padding, dilation=mod.dilation, groups=mod.groups,
-                          bias=mod.bias is not None, dtype=dtype, name=name)
-        elif isinstance(mod, nn.Linear):
-            s = LayerSpec("linear", ins, outs, mod.in_features, mod.out_features,
-                          bias=mod.bias is not None, dtype=dtype, name=name)
-        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            s = LayerSpec("batchnorm", ins, outs, dtype=dtype, name=name)
-        elif type(mod).__name__.lower() in _ACT_TARGETS:
-            s = LayerSpec("activation", ins, outs, variant=_ACT_TARGETS[type(mod).__name__.lower()],
-                          dtype=dtype, name=name)
-        elif isinstance(mod, nn.ReLU6):
-            s = LayerSpec("activation", ins, outs, variant="relu6", dtype=dtype, name=name)
-        elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
-            s = LayerSpec("pooling", ins, outs, kernel=mod.kernel_size, stride=mod.stride or mod.kernel_size,
-                          padding=mod.padding, variant="max" if isinstance(mod, nn.MaxPool2d) else "avg",
-                          dtype=dtype, name=name)
-        elif isinstance(mod, nn.AdaptiveAvgPool2d):
-            s = LayerSpec("pooling", ins, outs, variant="adaptive_avg", dtype=dtype, name=name)
-        elif isinstance(mod, (nn.Flatten, nn.Dropout, nn.Identity)):
-            return
-        else:
-            unknown.add(type(mod).__name__)
-            s = LayerSpec("other", ins, outs, variant=type(mod).__name__, dtype=dtype, name=name)
-        specs.append(s)
-
-    import functools
-
-    for name, mod in model.named_modules():
-        if len(list(mod.children())) == 0:
-            handles.append(mod.register_forward_hook(functools.partial(hook, name=name)))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    if unknown:
-        warnings.warn(f"modules {sorted(unknown)} have no dedicated kind and were recorded as 'other'",
-                      WorkloadWarning, stacklevel=3)
-    return specs
-
-
 def extract_workload(model: torch.nn.Module, example: torch.Tensor, *, name: str = "model",
                      method: str = "auto") -> Workload:
     """Trace ``model`` on ``example`` into a :class:`Workload`.
@@ -543,6 +365,8 @@ def extract_workload(model: torch.nn.Module, example: torch.Tensor, *, name: str
         raise WorkloadError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example, torch.Tensor):
         raise WorkloadError(f"example input must be a torch.Tensor, got {type(example).__name__}")
+    from hwloop._workload_extract import _dtype_name, _extract_export, _extract_hooks
+
     was_training = model.training
     model.eval()
     try:
@@ -587,85 +411,10 @@ def extract_layers(model: torch.nn.Module, example: torch.Tensor, *, method: str
     return list(extract_workload(model, example, method=method).layers)
 
 
-# --------------------------------------------------------------------------- building
-def build_layer(spec: LayerSpec) -> torch.nn.Module:
-    """A fresh ``nn.Module`` (eval mode, spec's dtype, on CPU) that executes ``spec``.
+def __getattr__(name: str) -> Any:
+    """``build_layer`` and ``make_inputs`` live in :mod:`hwloop.workload_build` (imported on first use)."""
+    if name in ("build_layer", "make_inputs"):
+        from hwloop import workload_build
 
-    ``add`` and ``matmul`` modules take two inputs; see :func:`make_inputs`. Quantisation
-    bits are recorded but not emulated (the op runs in its float dtype); ``other`` ops
-    run as an identity-shaped elementwise op.
-    """
-    dt = getattr(torch, spec.dtype)
-    m: nn.Module
-    if spec.op == "conv2d":
-        if spec.rank is not None:
-            m = nn.Sequential(
-                nn.Conv2d(spec.in_channels, spec.rank, spec.kernel, spec.stride, spec.padding, spec.dilation,
-                          groups=1, bias=False),
-                nn.Conv2d(spec.rank, spec.out_channels, 1, bias=spec.bias))
-        else:
-            m = nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding,
-                          spec.dilation, groups=spec.groups, bias=spec.bias)
-    elif spec.op == "linear":
-        if spec.rank is not None:
-            m = nn.Sequential(nn.Linear(spec.in_channels, spec.rank, bias=False),
-                              nn.Linear(spec.rank, spec.out_channels, bias=spec.bias))
-        else:
-            m = nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias)
-    elif spec.op == "matmul":
-        m = _MatMul()
-    elif spec.op == "batchnorm":
-        m = nn.BatchNorm2d(spec.in_shape[1]) if len(spec.in_shape) == 4 else nn.BatchNorm1d(spec.in_shape[1])
-    elif spec.op == "activation":
-        acts: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6, "gelu": nn.GELU, "silu": nn.SiLU,
-                                            "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "hardswish": nn.Hardswish,
-                                            "hardsigmoid": nn.Hardsigmoid}
-        m = acts.get(spec.variant, nn.ReLU)()
-    elif spec.op == "pooling":
-        if spec.variant == "adaptive_avg":
-            m = nn.AdaptiveAvgPool2d(spec.out_shape[2:] if len(spec.out_shape) == 4 else 1)
-        elif spec.variant == "avg":
-            m = nn.AvgPool2d(spec.kernel, spec.stride, spec.padding)
-        else:
-            m = nn.MaxPool2d(spec.kernel, spec.stride, spec.padding)
-    elif spec.op == "add":
-        m = _Add()
-    else:
-        m = _Other(spec.out_shape)
-    return m.to(dt).eval()
-
-
-def make_inputs(spec: LayerSpec, *, device: str = "cpu", seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random inputs for :func:`build_layer` of ``spec`` (two tensors for add/matmul)."""
-    g = torch.Generator().manual_seed(seed)
-    dt = getattr(torch, spec.dtype)
-    x = torch.randn(spec.in_shape, generator=g).to(dt).to(device)
-    if spec.op == "add":
-        return (x, torch.randn(spec.in_shape, generator=g).to(dt).to(device))
-    if spec.op == "matmul":
-        bshape = (spec.in_shape[:-2] if len(spec.in_shape) > 2 else ()) + (spec.in_channels, spec.out_channels)
-        return (x, torch.randn(bshape, generator=g).to(dt).to(device))
-    return (x,)
-
-
-class _MatMul(nn.Module):
-    def forward(self, a: Any, b: Any) -> Any:
-        return a @ b
-
-
-class _Add(nn.Module):
-    def forward(self, a: Any, b: Any) -> Any:
-        return a + b
-
-
-class _Other(nn.Module):
-    def __init__(self, out_shape: Sequence[int]) -> None:
-        super().__init__()
-        self.out_shape = tuple(out_shape)
-
-    def forward(self, x: Any) -> Any:
-        n = math.prod(self.out_shape)
-        flat = x.reshape(-1)
-        if flat.numel() >= n:
-            return (flat[:n] * 1.0).reshape(self.out_shape)
-        return torch.nn.functional.pad(flat, (0, n - flat.numel())).reshape(self.out_shape)
+        return getattr(workload_build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -49,6 +49,7 @@ __all__ = [
     "FEATURE_NAMES_V2",
     "FEATURE_SCHEMA",
     "FEATURE_SCHEMAS",
+    "NORM_CODES",
     "RAW_COLUMNS",
     "VARIANTS",
     "baseline_terms",
@@ -68,6 +69,9 @@ VARIANTS = ("", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish",
             "adaptive_avg")
 _VAR = {v: i for i, v in enumerate(VARIANTS)}
 _OP = {o: i for i, o in enumerate(OP_KINDS)}
+#: run-time norms (:data:`hwloop.workload.NORM_KINDS`) → (op code, variant code): ``batchnorm`` rows with variant
+#: codes past the unknown-variant code ``len(VARIANTS)``, so stored predictors keep their feature layout
+NORM_CODES = {"groupnorm": (_OP["batchnorm"], len(VARIANTS) + 1), "instancenorm": (_OP["batchnorm"], len(VARIANTS) + 2)}
 
 RAW_COLUMNS = ("op", "variant", "dtype_bytes", "is_bf16", "batch", "in_channels", "out_channels", "in_h", "in_w",
                "out_h", "out_w", "kernel_h", "kernel_w", "stride", "padding", "groups", "bias", "rank", "w_bits",
@@ -115,7 +119,8 @@ def _hw(shape: tuple[int, ...]) -> tuple[int, int]:
 def _raw_row(s: LayerSpec) -> tuple[float, ...]:
     ih, iw = _hw(s.in_shape)
     oh, ow = _hw(s.out_shape)
-    return (_OP[s.op], _VAR.get(s.variant, len(VARIANTS)), DTYPES[s.dtype], s.dtype == "bfloat16", s.batch,
+    op, var = NORM_CODES.get(s.op) or (_OP[s.op], _VAR.get(s.variant, len(VARIANTS)))
+    return (op, var, DTYPES[s.dtype], s.dtype == "bfloat16", s.batch,
             s.in_channels, s.out_channels, ih, iw, oh, ow, s.kernel[0], s.kernel[1], s.stride[0], s.padding[0],
             s.groups, s.bias, s.rank or 0, s.w_bits or 0, s.a_bits or 0, s.in_elements, s.out_elements, s.macs,
             s.params, s.bytes_moved)

@@ -10,8 +10,8 @@ accelerator operations with the patterns of :func:`asic_patterns`:
 * ``hwloop_asic.dense``: matmul by a parameter (+ transpose of the weight) (+ bias) (+ relu);
   ``hwloop_asic.matmul``: matmul of two activations (+ bias) (+ relu), on the PE array;
 * ``hwloop_asic.pool``: max/avg/adaptive-avg pooling and spatial ``mean``, on the vector unit;
-* ``hwloop_asic.eltwise``: add (+ relu/clip), batch_norm, multiply, divide, subtract,
-  maximum/minimum, relu, clip, on the vector unit.
+* ``hwloop_asic.eltwise``: add (+ relu/clip), batch_norm, group_norm, instance_norm (+ the tiling of its
+  parameters), multiply, divide, subtract, maximum/minimum, relu, clip, on the vector unit.
 
 Every other op (sigmoid, softmax, permute of activations, ...) runs on the modelled host;
 reshapes are free views. :func:`tir_gemm_macs` cross-checks the graph against TVM's own
@@ -57,6 +57,8 @@ _ACTS = {"relu": "relax.nn.relu", "clip": "relax.clip"}
 _POOL_OPS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d", "relax.mean")
 _ELTWISE_OPS = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
                 "relax.minimum", "relax.nn.relu", "relax.clip")
+#: group / instance norm: statistics computed at run time, two passes over the input on the vector unit
+_NORM_OPS = ("relax.nn.group_norm", "relax.nn.instance_norm")
 _GEMM_TIR_PREFIXES = ("conv2d", "group_conv2d", "depthwise_conv2d", "matmul", "dense", "batch_matmul")
 
 
@@ -205,6 +207,10 @@ def asic_patterns(epilogue: bool = True) -> list[Any]:
                                                                 wildcard()), 0)
             out.append(FusionPattern(f"{PATTERN_PREFIX}.eltwise.bn_{act}",
                                      is_op(_ACTS[act])(bn, varg_default_wildcard=True), {}))
+    for op in _NORM_OPS:   # run-time statistics: the vector unit, never an epilogue
+        par = lambda: is_op("relax.tile")(wildcard()) | wildcard()  # instance norm tiles its params
+        out.append(FusionPattern(f"{PATTERN_PREFIX}.eltwise.{op.rsplit('.', 1)[1]}",
+                                 is_op(op)(wildcard(), par(), par()), {}))
     out.append(FusionPattern(f"{PATTERN_PREFIX}.eltwise.bn",
                              is_op("relax.nn.batch_norm")(wildcard(), wildcard(), wildcard(), wildcard(), wildcard()),
                              {}))
@@ -340,6 +346,10 @@ def _composite_op(name: str, comp: str, func: Any, call: Any) -> AccelOp:
             ops = max(in_elems, out_elems)
         return AccelOp(name, "pool", in_elems=in_elems, out_elems=out_elems, vector_ops=ops, fused=fused,
                        pattern=comp)
+    if comp.rsplit(".", 1)[1] in ("group_norm", "instance_norm"):
+        data = max(_elems(a) for a in call.args)
+        return AccelOp(name, "eltwise", in_elems=2 * data, out_elems=out_elems, vector_ops=4 * out_elems,
+                       fused=fused, pattern=comp)
     per = 2 if "bn" in comp.rsplit(".", 1)[1] else 1
     return AccelOp(name, "eltwise", in_elems=in_elems, out_elems=out_elems,
                    vector_ops=out_elems * (per + len(calls) - 1), fused=fused, pattern=comp)

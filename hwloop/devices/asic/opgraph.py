@@ -237,7 +237,8 @@ def ops_from_layer(spec: LayerSpec, *, epilogue: bool = True) -> list[AccelOp]:
     ``fused_epilogue``) batch norm, ReLU/ReLU6 and ``add`` are ``epilogue`` ops: inference
     applies them in the output pipeline of the array op that produced their input (batch
     norm folded into its weights and bias), so an add only reads its residual operand.
-    Without it they run on the vector unit. Other piecewise-linear activations run on the
+    Without it they run on the vector unit. Group and instance norm compute their statistics at run time:
+    always on the vector unit (two passes over the input). Other piecewise-linear activations run on the
     vector unit; the rest, and ``other`` ops, on the host.
 
     Raises:
@@ -293,6 +294,11 @@ def ops_from_layer(spec: LayerSpec, *, epilogue: bool = True) -> list[AccelOp]:
                         fused=("add",), epilogue_stages=1, **common)]
     if spec.op == "batchnorm":
         return [AccelOp(name, "eltwise", in_elems=spec.in_elements, vector_ops=2 * out, **common)]
+    if spec.op in ("groupnorm", "instancenorm"):
+        # statistics at run time: one pass reads the input for the sums (x, x²), a second normalises
+        # (subtract, scale, shift): two reads of the input, four vector ops per element; never an epilogue
+        return [AccelOp(name, "eltwise", in_elems=2 * spec.in_elements, vector_ops=4 * out,
+                        fused=(spec.op,), **common)]
     if spec.op == "add":
         return [AccelOp(name, "eltwise", in_elems=2 * spec.in_elements, vector_ops=out, **common)]
     if spec.op == "activation" and spec.variant in VECTOR_ACTIVATIONS:

@@ -12,8 +12,19 @@ See ``docs/lcs.md``.
 from __future__ import annotations
 
 from hwloop.methods.lcs.family import LcsFamily, Member, Selection, default_grid
-from hwloop.methods.lcs.lines import (MODES, LineConv2d, LineLinear, LineNorm, LineState, alpha_to_bits,
-                                      cos2_regularizer, n_channels, sample_alphas, to_lines, topk_mask)
+from hwloop.methods.lcs.lines import (
+                                      MODES,
+                                      LineConv2d,
+                                      LineLinear,
+                                      LineNorm,
+                                      LineState,
+                                      alpha_to_bits,
+                                      cos2_regularizer,
+                                      n_channels,
+                                      sample_alphas,
+                                      to_lines,
+                                      topk_mask,
+)
 from hwloop.methods.lcs.train import train_lines
 
 __all__ = ["MODES", "LcsFamily", "LineConv2d", "LineLinear", "LineNorm", "LineState", "Member", "Selection",

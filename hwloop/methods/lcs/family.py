@@ -162,8 +162,9 @@ class LcsFamily:
                 store: Any = None, progress: bool = False) -> dict[float, float]:
         """Fill the α → latency (ms) table of ``device``.
 
-        ``source="measure"``: each member measured live (:func:`~hwloop.search.report.measure_compressed`: whole
-        model on the CPU, layer by layer on the asic); ``"table"``: the members' layers costed through the shared
+        ``source="measure"``: each member measured live as a whole model (:func:`~hwloop.search.report.
+        measure_compressed` of its plan: the asic lowers the whole member through TVM, fusing what it can);
+        ``"table"``: the members' layers costed through the shared
         layer cost table (one level per α, measured live on the device once per distinct layer spec and cached
         in ``store``), whole-model cost = :meth:`CostTable.model_cost`.
         """
@@ -177,7 +178,8 @@ class LcsFamily:
             from hwloop.search.report import measure_compressed
 
             for a, m in members.items():
-                out[a] = float(measure_compressed(dev, m.model, m.plan, example=x, timing=timing)["latency_ms"])
+                out[a] = float(measure_compressed(dev, m.model, m.plan, example=x, timing=timing,
+                                                  method="model" if m.plan is not None else "auto")["latency_ms"])
         elif source == "table":
             out = self._table_latency(dev, members, x, store=store, progress=progress)
         else:

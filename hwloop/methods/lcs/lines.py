@@ -48,7 +48,7 @@ MODES = ("width", "topk", "bits")
 
 def n_channels(width: float, c: int) -> int:
     """Channels a layer of ``c`` outputs keeps at ``width`` (prefix slicing; at least one)."""
-    return max(1, min(c, int(round(width * c))))
+    return max(1, min(c, round(width * c)))
 
 
 def alpha_to_bits(alpha: float, lo: int = 3, hi: int = 8) -> int:
@@ -103,7 +103,7 @@ def sample_alphas(mode: str, gen: torch.Generator, *, n_samples: int = 4, endpoi
     ``width``: the sandwich rule (α = 0, α = 1 and ``n_samples − 2`` uniform); ``topk``: one α, an endpoint with
     probability ``endpoint_prob`` (each equally likely), else uniform; ``bits``: one α from {1/n, ..., n/n}.
     """
-    u = lambda: float(torch.rand((), generator=gen))   # noqa: E731
+    u = lambda: float(torch.rand((), generator=gen))
     if mode == "width":
         return [0.0, 1.0] + [u() for _ in range(max(0, n_samples - 2))]
     if mode == "topk":

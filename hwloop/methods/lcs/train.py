@@ -62,7 +62,7 @@ def train_lines(model: nn.Module, state: LineState, loader: DataLoader[Any], *, 
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], lr, momentum, weight_decay)
     per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
     total = epochs * per_epoch
-    state.warmup_steps = int(round(warmup * total))
+    state.warmup_steps = round(warmup * total)
     loss_fn = nn.CrossEntropyLoss()
     step, t0 = 0, time.perf_counter()
     out = {"loss": float("nan"), "cos2": float("nan"), "seconds": 0.0, "steps": 0.0, "images": 0.0,

@@ -1,0 +1,218 @@
+"""LCS benchmark: a structured (width) family of ResNet-20 (instance norm) on CIFAR-10, measured on devices.
+
+Phases (each writes its file under ``--out`` and is skipped when that file exists: rerun the same command to
+resume after an interruption):
+
+1. ``family``  — train the width line (α ∈ [0,1] ↔ width 0.25..1) from scratch: ``family/`` (safetensors + JSON);
+2. ``single_<w>`` — a model trained alone at width 0.25, 0.5, 1.0 for as many epochs: ``single_<w>.safetensors``;
+3. ``eval``    — accuracy of the family members on the α grid, of the single models, and of the dense BN
+   checkpoint (``--checkpoint``, the reference for the shared latency targets);
+4. ``latency`` — α → latency on each device: live measurement of every member and the shared layer cost table
+   (``source="table"``); the dense BN checkpoint measured the same way; α chosen for 0.5/0.6/0.7 of it;
+5. ``trace``   — the run-time controller on a changing budget trace per device (misses by measured latency,
+   regret against the best α by measured latency), with a PNG each.
+
+Run (2 shared cores; state the schedule you used)::
+
+    OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/bench_lcs.py --out benchmarks/results/lcs \\
+        --checkpoint ../shared/checkpoints/resnet20_cifar10_e35.safetensors > benchmarks/results/lcs.log 2>&1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hwloop.methods.lcs import LcsFamily, default_grid, train_lines
+from hwloop.methods.lcs.controller import LcsController, plot_run
+from hwloop.models import ModelRef
+from hwloop.search.train import evaluate, make_task, train_epochs
+
+WIDTHS = (0.25, 0.5, 1.0)
+TARGETS = (0.5, 0.6, 0.7)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def jload(p: Path) -> Any:
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def jsave(p: Path, obj: Any) -> None:
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(p)
+
+
+def alpha_of_width(w: float, lo: float = 0.25, hi: float = 1.0) -> float:
+    return round((w - lo) / (hi - lo), 6)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/lcs")
+    ap.add_argument("--checkpoint", default=str(ROOT / ".." / "shared" / "checkpoints" / "resnet20_cifar10_e35.safetensors"))
+    ap.add_argument("--train-limit", type=int, default=4000)
+    ap.add_argument("--val-limit", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--n-samples", type=int, default=3)
+    ap.add_argument("--grid", type=int, default=7)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--devices", default="asic-tpu32,local-cpu")
+    ap.add_argument("--trace-steps", type=int, default=40)
+    ap.add_argument("--phases", default="family,single,eval,latency,trace")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    phases = set(args.phases.split(","))
+    jsave(out / "args.json", vars(args))
+    task = make_task("cifar10", "resnet20", model_kwargs={"norm": "in"}, batch_size=args.batch,
+                     train_limit=args.train_limit, val_limit=args.val_limit, seed=args.seed)
+    ref = task.ref
+    log(f"schedule: {args.train_limit} training images, {args.epochs} epochs, batch {args.batch}, lr {args.lr} "
+        f"(cosine), sandwich of {args.n_samples} alphas per batch; accuracy on {args.val_limit} CIFAR-10 test images")
+    grid = default_grid(args.grid)
+
+    # 1. the family
+    fam_dir = out / "family"
+    if (fam_dir / "family.json").exists():
+        fam = LcsFamily.load(fam_dir)
+        log("family: loaded")
+    elif "family" in phases:
+        torch.manual_seed(args.seed)
+        fam = LcsFamily.create(ref, "width")
+        log("family: training")
+        h = train_lines(fam.net, fam.state, task.train, epochs=args.epochs, lr=args.lr, n_samples=args.n_samples,
+                        seed=args.seed, progress=False,
+                        on_epoch=lambda e, r: log(f"family epoch {e + 1}: loss {r['loss']:.3f} cos2 {r['cos2']:.2e} "
+                                                  f"{r['seconds']:.0f} s"))
+        fam.save(fam_dir)
+        jsave(out / "family_train.json", h)
+        log(f"family: trained in {h['seconds']:.0f} s, {h['train_image_passes']:.0f} image passes")
+    else:
+        log("family: not trained yet and phase not selected")
+        return 1
+
+    # 2. single models
+    singles: dict[float, Any] = {}
+    for w in WIDTHS:
+        p = out / f"single_{w}.safetensors"
+        sref = ModelRef("resnet20", {"norm": "in", "width_mult": w}, input_shape=(3, 32, 32))
+        if p.exists():
+            from safetensors.torch import load_file
+
+            m = sref.build()
+            m.load_state_dict(load_file(str(p)))
+            singles[w] = m
+        elif "single" in phases:
+            torch.manual_seed(args.seed)
+            m = sref.build().train()
+            log(f"single {w}: training")
+            h = train_epochs(m, task.train, args.epochs, args.lr)
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(p))
+            jsave(out / f"single_{w}_train.json", h)
+            log(f"single {w}: {h['seconds']:.0f} s, {h['images']:.0f} images")
+            singles[w] = m
+
+    # 3. accuracy
+    ev = jload(out / "eval.json")
+    if ev is None and "eval" in phases:
+        log("eval")
+        fam.accuracy.clear()
+        fam.evaluate(task.eval_fn, grid)
+        ev = {"family": {repr(a): fam.accuracy[a] for a in grid},
+              "width": {repr(a): fam.level(a)["width"] for a in grid},
+              "single": {repr(w): evaluate(m, task.val) for w, m in singles.items()},
+              "params": {repr(a): sum(p.numel() for p in fam.at(a).model.parameters()) for a in grid}}
+        dense = ModelRef("resnet20", input_shape=(3, 32, 32)).build()
+        if Path(args.checkpoint).exists():
+            from safetensors.torch import load_file
+
+            dense.load_state_dict(load_file(args.checkpoint))
+            bn_task = make_task("cifar10", "resnet20", batch_size=args.batch, train_limit=64,
+                                val_limit=args.val_limit, seed=args.seed)
+            ev["dense_bn_checkpoint"] = {"path": args.checkpoint, "accuracy": evaluate(dense, bn_task.val)}
+        jsave(out / "eval.json", ev)
+        fam.save(fam_dir)
+    if ev is not None:
+        fam.accuracy = {float(a): v for a, v in ev["family"].items()}
+        log(f"eval: {ev}")
+
+    # 4. latency per device
+    lat = jload(out / "latency.json") or {}
+    if "latency" in phases:
+        from hwloop.devices import MeasureRequest, create_device
+
+        for dev in args.devices.split(","):
+            if dev in lat:
+                continue
+            log(f"latency on {dev}")
+            t0 = time.perf_counter()
+            live = fam.measure(dev, grid, source="measure")
+            table = fam.measure(dev, grid, source="table")
+            dense = ModelRef("resnet20", input_shape=(3, 32, 32))   # the BN checkpoint's architecture, whole model
+            res = create_device(dev).measure([MeasureRequest.for_model(dense)])[0]
+            if not res.ok:
+                raise SystemExit(f"dense model failed on {dev}: {res.error}")
+            dense_ms = float(res.latency_ms)
+            full_in = float(live[1.0])
+            picks = {}
+            for tgt in TARGETS:
+                sel = fam.select(tgt * dense_ms, dev)
+                picks[repr(tgt)] = {"budget_ms": tgt * dense_ms, "alpha": sel.alpha, "width": fam.level(sel.alpha)["width"],
+                                    "table_ms": sel.latency_ms, "measured_ms": live[sel.alpha], "met_table": sel.met,
+                                    "met_measured": live[sel.alpha] <= tgt * dense_ms, "accuracy": sel.accuracy}
+            lat[dev] = {"live_ms": {repr(a): v for a, v in live.items()},
+                        "table_ms": {repr(a): v for a, v in table.items()},
+                        "dense_bn_ms": dense_ms, "in_full_width_over_dense_bn": full_in / dense_ms,
+                        "targets": picks, "seconds": time.perf_counter() - t0}
+            jsave(out / "latency.json", lat)
+            log(f"latency {dev}: {lat[dev]}")
+        fam.save(fam_dir)
+
+    # 5. budget trace
+    tr = jload(out / "trace.json") or {}
+    if "trace" in phases:
+        g = torch.Generator().manual_seed(args.seed + 7)
+        for dev in args.devices.split(","):
+            if dev in tr or dev not in lat:
+                continue
+            live = {float(a): v for a, v in lat[dev]["live_ms"].items()}
+            table = {float(a): v for a, v in lat[dev]["table_ms"].items()}
+            fam.latency[dev] = table          # select reads the table; misses are judged on live measurements
+            lo_ms, hi_ms = min(live.values()), max(live.values())
+            budgets = []
+            for t in range(args.trace_steps):   # a slow sine (battery/load) plus random steps
+                base = 0.5 + 0.45 * math.sin(2 * math.pi * t / args.trace_steps)
+                jump = float(torch.rand((), generator=g)) * 0.3 - 0.15
+                budgets.append(lo_ms * 0.9 + (hi_ms * 1.1 - lo_ms * 0.9) * min(1.0, max(0.0, base + jump)))
+            log(f"trace on {dev}: {len(budgets)} budgets in [{min(budgets):.4g}, {max(budgets):.4g}] ms")
+            ctl = LcsController(fam, dev, reference_ms=live)
+            run = ctl.run(budgets)
+            tr[dev] = run.to_dict()
+            plot_run(run, str(out / f"trace_{dev}.png"))
+            jsave(out / "trace.json", tr)
+            log(f"trace {dev}: {run.summary()}")
+    log("done")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
