@@ -75,12 +75,12 @@ def bench_methods(
 ) -> None:
     """Methods vs controls (uniform, magnitude, FLOPs, random, TPE, TPE to plateau) on one task, devices, targets
     and seeds: one table (mean ± std) and one Pareto plot. Resumable: finished cells are skipped."""
+    import dataclasses
+
     from rich.console import Console
 
     from hwloop.search.harness import run_harness
     from hwloop.search.harness_spec import load_harness_spec
-
-    import dataclasses
 
     s = load_harness_spec(spec)
     err = Console(stderr=True)
@@ -88,8 +88,8 @@ def bench_methods(
     if checkpoint is not None:
         s = dataclasses.replace(s, task=dataclasses.replace(s.task, checkpoint=str(checkpoint)))
         run_dir = out or Path("search/results") / f"{s.name}-{checkpoint.stem}"
-    summary = run_harness(s, run_dir, log=lambda m: err.print(m, highlight=False, markup=False), progress=progress,
-                          max_cells=max_cells, only=(lambda c: only in c.key) if only else None)
+    summary = run_harness(s, run_dir, log=lambda m: err.print(m, highlight=False, markup=False, soft_wrap=True),
+                          progress=progress, max_cells=max_cells, only=(lambda c: only in c.key) if only else None)
     if summary["table"] is not None:
         print(Path(summary["table"]).read_text(encoding="utf-8"))
     err.print(f"{summary['done']} of {summary['cells']} cells done ({summary['ran']} this run"

@@ -166,7 +166,8 @@ class Harness:
             if t.holdout >= len(ds):  # type: ignore[arg-type]
                 raise SearchError(f"[task] holdout={t.holdout} must be below the {len(ds)} training images")  # type: ignore[arg-type]
             perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(t.split_seed)).tolist()  # type: ignore[arg-type]
-            train_ds, val_ds = Subset(ds, sorted(perm[t.holdout:])), Subset(ds, sorted(perm[:t.holdout]))
+            train_ds: Any = Subset(ds, sorted(perm[t.holdout:]))
+            val_ds: Any = Subset(ds, sorted(perm[:t.holdout]))
             test_ds = test.dataset
         else:
             if t.model == "small_cnn":
@@ -187,7 +188,7 @@ class Harness:
 
             try:
                 model.load_state_dict(load_file(t.checkpoint))
-            except Exception as e:  # noqa: BLE001 - missing file, wrong keys or shapes
+            except Exception as e:
                 raise SearchError(f"cannot load checkpoint {t.checkpoint!r}: {str(e).splitlines()[0]}") from e
             shared["pretrain"] = self._checkpoint_cost(t.checkpoint)
         else:

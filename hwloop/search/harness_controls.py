@@ -71,12 +71,12 @@ def _matched(h: Harness, control: str, cell: Cell, ref: dict[str, Any], ledger: 
         raise SearchError(f"the method cell of {cell.key} has no measured latency ratio")
     space, ctl = h.space, h.spec.controls
     if control == "uniform":
-        make = lambda x: uniform_config(space, x)   # noqa: E731
+        make = lambda x: uniform_config(space, x)
     else:
         if h._scores is None:
             h._scores = channel_scores(space)
         scores = h._scores
-        make = lambda x: magnitude_config(space, x, scores)   # noqa: E731
+        make = lambda x: magnitude_config(space, x, scores)
     seen: dict[str, tuple[float, Any]] = {}
 
     def measure(x: float) -> float:
@@ -89,7 +89,7 @@ def _matched(h: Harness, control: str, cell: Cell, ref: dict[str, Any], ledger: 
             seen[key] = (float(_measure(h, cell, net, plan, ledger)["ratio"]), plan)
         return seen[key][0]
 
-    x, ratio, trace = bisect_measured(measure, float(goal), lo=0.0, hi=1.0, steps=ctl.bisect_steps,
+    x, _, trace = bisect_measured(measure, float(goal), lo=0.0, hi=1.0, steps=ctl.bisect_steps,
                                       tol=ctl.tolerance)
     cfg = make(x)
     net, plan = space.compress(cfg)
@@ -120,14 +120,12 @@ def _black_box(h: Harness, control: str, cell: Cell, ref: dict[str, Any], ledger
     trial_images = max(1, round(ctl.trial_fraction * n_train))
     lat = h.latency(cell.device)
     sampler = "random" if control == "random" else "tpe"
-    if control == "tpe-plateau":
-        final, kw = budget, {"patience": ctl.patience}
-    else:
-        final = round(budget * ctl.final_share)
-        kw = {"budget_images": budget - final}
+    plateau = control == "tpe-plateau"
+    final = budget if plateau else round(budget * ctl.final_share)
     res = black_box(h.space, lat, cell.target, h.loader(cell.seed), h.val_eval, sampler=sampler, seed=cell.seed,
                     trial_images=trial_images, lr=sch.lr, weight_decay=sch.weight_decay, max_trials=ctl.max_trials,
-                    max_proposals=ctl.max_proposals, n_startup=ctl.n_startup, ledger=ledger, **kw)
+                    max_proposals=ctl.max_proposals, n_startup=ctl.n_startup, ledger=ledger,
+                    budget_images=None if plateau else budget - final, patience=ctl.patience if plateau else None)
     info = {"trials": res.trials, "proposals": res.proposals, "trial_images": trial_images,
             "search_images": res.images, "stopped": res.stopped}
     if res.config is None:

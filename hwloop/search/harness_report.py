@@ -80,20 +80,20 @@ def write_table(out: str | Path, rows: Sequence[Mapping[str, Any]], shared: Mapp
     n_cells = len(spec.seeds) * len(spec.devices) * len(spec.targets) * (
         len(spec.methods) + len(spec.controls.run) * len(spec.controls.against))
     lines = [f"# {spec.name}: methods vs controls", "",
-             f"{len(rows)} of {n_cells} cells finished"
-             + (" (**partial**: the rest is still running or not started)" if len(rows) < n_cells else "") + ".",
-             f"Starting model: {shared.get('checkpoint')} — validation {shared.get('base_val_accuracy', 0):.2f}%, "
-             f"test {shared.get('base_test_accuracy', 0):.2f}%; splits {shared.get('splits')}.",
-             f"Pre-training (shared, not in the rows): {pre.get('wall_s')} s, {pre.get('epochs')} epochs "
-             f"({pre.get('source')}).",
-             "Cost sources (built once per device, shared): "
-             + "; ".join(f"{k}: {v.get('build_s', 0):.1f} s" for k, v in cost.items()) + ".",
+             (f"{len(rows)} of {n_cells} cells finished"
+              + (" (**partial**: the rest is still running or not started)" if len(rows) < n_cells else "") + "."),
+             (f"Starting model: {shared.get('checkpoint')} — validation {shared.get('base_val_accuracy', 0):.2f}%, "
+              f"test {shared.get('base_test_accuracy', 0):.2f}%; splits {shared.get('splits')}."),
+             (f"Pre-training (shared, not in the rows): {pre.get('wall_s')} s, {pre.get('epochs')} epochs "
+              f"({pre.get('source')})."),
+             ("Cost sources (built once per device, shared): "
+              + "; ".join(f"{k}: {v.get('build_s', 0):.1f} s" for k, v in cost.items()) + "."),
              f"Schedule every entry gets: {dict(vars(spec.schedule))}; controls: {dict(vars(spec.controls))}.", "",
-             "Latency ratio = measured on the device against the dense model; accuracy = test set (choices were "
-             "made on the validation split); mean ± std over the seeds listed. Compute = training images and wall "
-             "seconds of the cell (search, trials, fine-tuning, measurement, evaluation).", "",
-             "| entry | device | target | seeds | measured ratio | test acc % | val acc % | train images | wall s "
-             "| measure s | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             ("Latency ratio = measured on the device against the dense model; accuracy = test set (choices were "
+              "made on the validation split); mean ± std over the seeds listed. Compute = training images and wall "
+              "seconds of the cell (search, trials, fine-tuning, measurement, evaluation)."), "",
+             ("| entry | device | target | seeds | measured ratio | test acc % | val acc % | train images | wall s "
+              "| measure s | status |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in groups:
         lines.append(f"| {g['entry']} | {g['device']} | {g['target']:g} | {','.join(map(str, g['seeds']))} | "
                      f"{_pm(g, 'measured_ratio', '.3f')} | {_pm(g, 'test_accuracy', '.2f')} | "
