@@ -1,0 +1,233 @@
+"""SBS (single-path bit sharing): the super-bit quantizer, the threshold gates, the cost and the method's parts.
+
+The method's run end to end (plan rebuild, predicted vs measured latency, budget verdicts, bad config exits 2) is
+covered by tests/test_methods_contract.py, which runs every registered method.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from hwloop.compress.extract import get_module
+from hwloop.errors import SearchError
+from hwloop.methods import make_method
+from hwloop.methods.base import MethodContext
+from hwloop.methods.measure import measure_candidates
+from hwloop.methods.sbs.cost import BopsCost, TableCost, sbs_layers
+from hwloop.methods.sbs.gated import SbsModel
+from hwloop.methods.sbs.method import SbsConfig, _policy, state_of, top_config
+from hwloop.methods.sbs.quant import super_bit_weight, threshold_gate, uniform_quant
+from hwloop.search.latency import SurrogateLatency
+from hwloop.search.space import SearchSpace, SpaceOptions
+from hwloop.search.train import make_task, train_epochs
+
+torch.set_num_threads(1)
+LEVELS = (2, 4, 8)
+
+
+def _weights() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(16, 8, 3, 3, generator=g), torch.randn(10, 64, generator=g) * 1e-3,
+          torch.rand(4, 5, generator=g) - 0.7]
+    # values exactly on the rounding ties of every grid (z = (k + 1/2) / (2^b - 1)): half-up must agree everywhere
+    d = 255.0
+    ties = torch.tensor([[2 * ((k + 0.5) / d) - 1 for k in range(0, 255, 3)] + [1.0, -1.0]], dtype=torch.float32)
+    for b in (2, 4):
+        m = 2 ** b - 1
+        ties = torch.cat([ties, torch.tensor([[2 * ((k + 0.5) / m) - 1 for k in range(m)] + [1.0] * (87 - m)],
+                                             dtype=torch.float32)])
+    return [*ws, ties]
+
+
+@pytest.mark.parametrize("i", range(4))
+def test_all_gates_on_is_the_top_bit_quantizer_exactly(i: int) -> None:
+    w = _weights()[i]
+    out, _ = super_bit_weight(w, LEVELS, torch.ones(2))
+    assert torch.equal(out, uniform_quant(w, 8))
+    assert not torch.equal(out, uniform_quant(w, 4))          # the test can fail: the grids differ
+    out4, _ = super_bit_weight(w, LEVELS, torch.tensor([1.0, 0.0]))
+    assert torch.equal(out4, uniform_quant(w, 4))
+
+
+@pytest.mark.parametrize("i", range(4))
+@pytest.mark.parametrize("g3", [0.0, 1.0, 0.37])
+def test_b2_off_is_the_base_quantizer_whatever_the_higher_gates(i: int, g3: float) -> None:
+    w = _weights()[i]
+    out, _ = super_bit_weight(w, LEVELS, torch.tensor([0.0, g3]))
+    assert torch.equal(out, uniform_quant(w, 2))
+    assert len(torch.unique(out[0])) <= 4
+
+
+def test_straight_through_gradients() -> None:
+    w = torch.randn(6, 4, requires_grad=True)
+    score = torch.tensor([0.3, 0.9], requires_grad=True)
+    thr = torch.tensor(0.5, requires_grad=True)
+    g = threshold_gate(score, thr)
+    assert g.tolist() == [0.0, 1.0]
+    out, rms = super_bit_weight(w, LEVELS, g)
+    (out.sum() + g.sum()).backward()
+    assert torch.equal(w.grad, torch.ones_like(w))             # identity inside the clip range
+    assert float(thr.grad) != 0 and torch.isfinite(thr.grad).all()
+    assert rms[0] > rms[1] > 0
+
+
+@pytest.fixture(scope="module")
+def small():
+    task = make_task("digits", "small_cnn", train_limit=256, val_limit=256, seed=0)
+    torch.manual_seed(0)
+    model = task.ref.build()
+    train_epochs(model, task.train, 2, 0.05)
+    model.eval()
+    space = SearchSpace.from_ref(task.ref, SpaceOptions(bits=True, a_bits=8), model=model)
+    return task, model, space
+
+
+def _sbs(model, space, first_last: str = "w8a8", prune: bool = True) -> tuple[SbsModel, list]:
+    layers = sbs_layers(space)
+    from hwloop.compress.extract import output_layers
+
+    policy, fixed = _policy(SbsConfig(first_last=first_last), layers,
+                            output_layers(model, space.example))
+    return SbsModel(model, space, layers, policy, fixed, LEVELS, (4, 8), prune=prune), layers
+
+
+def test_a_zero_filter_gate_zeroes_the_filter_and_lowers_bops_exactly(small) -> None:
+    task, model, space = small
+    sbs, layers = _sbs(model, space)
+    sbs.eval()
+    bops = BopsCost(space, layers, LEVELS, (4, 8))
+    cfg = top_config(sbs)
+    full = bops(state_of(sbs, cfg))
+    group = "features.3"
+    cfg["masks"][group] = torch.ones(32, dtype=torch.bool)
+    cfg["masks"][group][5] = False
+    sbs.freeze(cfg)
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [get_module(sbs.net, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
+             for n in ("features.4", "features.7")]
+    x = next(iter(task.train))[0][:8]
+    with torch.no_grad():
+        sbs(x)
+    for h in hooks:
+        h.remove()
+    conv = get_module(sbs.net, group)
+    assert torch.count_nonzero(conv.weight[5]) == 0 and torch.count_nonzero(conv.weight[4]) > 0
+    assert torch.count_nonzero(seen["features.4"][:, 5]) == 0          # the site (batch-norm) output too
+    # analytic: the producer loses one output channel's MACs, the consumer one input channel's, each at 8 x 8 bits
+    oh, ow = seen["features.4"].shape[2:]
+    prod = oh * ow * conv.kernel_size[0] * conv.kernel_size[1] * conv.in_channels * 8 * 8
+    consumer = get_module(sbs.net, "features.7")
+    coh, cow = seen["features.7"].shape[2:]
+    cons = coh * cow * consumer.kernel_size[0] * consumer.kernel_size[1] * consumer.out_channels * 8 * 8
+    after = bops(state_of(sbs, cfg))
+    assert float(full - after) * 1e9 == pytest.approx(prod + cons, rel=1e-9)
+    assert float(after) < float(full)
+
+
+def test_thresholds_receive_finite_gradients(small) -> None:
+    task, model, space = small
+    sbs, layers = _sbs(model, space, first_last="search")
+    bops = BopsCost(space, layers, LEVELS, (4, 8))
+    sbs.train()
+    x, y = next(iter(task.train))
+    c0 = bops.original(8, 8)
+    loss = nn.functional.cross_entropy(sbs(x), y) + 0.5 * bops(sbs.cost_state()) / c0
+    loss.backward()
+    named = dict(sbs.named_thresholds())
+    assert named and all(p.grad is not None and torch.isfinite(p.grad).all() for p in named.values())
+    assert all(float(p.grad.abs().sum()) > 0 for p in named.values()), \
+        {k: p.grad.tolist() for k, p in named.items()}
+
+
+def _mean_bits(lam: float, task, model, space) -> tuple[float, float]:
+    torch.manual_seed(0)
+    sbs, layers = _sbs(model, space, prune=False)   # bits only: pruning would take the cost away from the bits
+    bops = BopsCost(space, layers, LEVELS, (4, 8))
+    c0 = bops.original(8, 8)
+    opt = torch.optim.SGD(sbs.threshold_parameters(), lr=0.01)   # magnitudes count (Adam would normalise them)
+    sbs.train()
+    for i, (x, y) in enumerate(itertools.chain.from_iterable(itertools.repeat(task.train, 4))):
+        loss = nn.functional.cross_entropy(sbs(x), y) + lam * bops(sbs.cost_state()) / c0
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sbs.project_()
+    sbs.eval()
+    with torch.no_grad():
+        sbs(x)
+    hard = sbs.hard_config()
+    searched = [n.name for n in layers if sbs.policy[n.name] == "search"]
+    return (sum(hard["w"][n] for n in searched) / len(searched),
+            sum(hard["a"][n] for n in searched) / len(searched))
+
+
+def test_a_large_lambda_lowers_the_mean_bits(small) -> None:
+    task, model, space = small
+    w0, a0 = _mean_bits(0.0, task, model, space)
+    w1, a1 = _mean_bits(200.0, task, model, space)
+    assert (w0, a0) == (8.0, 8.0)
+    assert w1 < w0 and a1 < a0
+
+
+def test_latency_table_is_exact_at_grid_points_and_agrees_with_the_device(small) -> None:
+    from hwloop.compress import CompressionPlan, from_plan
+    from hwloop.search.report import measure_compressed
+
+    task, model, space = small
+    sbs, layers = _sbs(model, space)
+    table = TableCost(space, layers, LEVELS, (4, 8), "asic-tpu32", grid_points=3, fixed_bits=[(8, 8)])
+    cfg = top_config(sbs)
+    cfg["w"]["features.3"], cfg["a"]["features.3"], cfg["w"]["features.7"] = 2, 4, 4
+    st = state_of(sbs, cfg)
+    assert table.exact(st) == pytest.approx(float(table(st)), rel=1e-6)   # full widths: grid points
+    plan = CompressionPlan(base=task.ref.to_dict(), w_bits={k: int(v) for k, v in cfg["w"].items()})
+    plan = CompressionPlan(base=plan.base, actions=[
+        type(a)(a.layer, a.w_bits, cfg["a"][a.layer]) for a in plan.actions])
+    ms = measure_compressed("asic-tpu32", from_plan(plan.to_dict()), plan)["latency_ms"]
+    assert table.exact(st) == pytest.approx(ms, rel=1e-9)               # mixed a_bits per layer measured as such
+    top = table.exact(state_of(sbs, top_config(sbs)))
+    assert table.exact(st) < top
+
+
+def test_bops_fallback_on_a_device_without_low_bit_kernels(small) -> None:
+    task, model, space = small
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=task.eval_fn,
+                        latency=SurrogateLatency(space), target=0.7, device="local-cpu", seed=0)
+    res = make_method("sbs", {"search_epochs": 1, "finetune_epochs": 0, "max_steps": 3,
+                              "recalibrate_batches": 1}).run(ctx)
+    c = res.candidates[0]
+    assert c.unit == "GBOPs" and c.extra["cost_source"] == "bops" and "no low-bit kernels" in c.extra["note"]
+    assert c.predicted_ratio <= 0.7 and c.extra["bops_ratio"] == pytest.approx(c.predicted_ratio)
+    assert json.dumps(res.to_dict())
+    with pytest.raises(SearchError, match="needs a bit-aware device"):
+        make_method("sbs", {"cost": "latency"}).run(ctx)
+
+
+def test_mixed_activation_bits_are_measured_per_layer(small) -> None:
+    task, model, space = small
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=0.6, device="asic-tpu32", seed=0)
+    res = make_method("sbs", {"search_epochs": 1, "finetune_epochs": 0, "max_steps": 2, "grid_points": 3,
+                              "recalibrate_batches": 1, "prune": False}).run(ctx)
+    measure_candidates(res, ctx)
+    c = res.candidates[0]
+    assert c.measured_ms == pytest.approx(c.predicted_ms, rel=1e-9)
+    assert not c.plan.widths and c.plan.w_bits
+
+
+@pytest.mark.parametrize("table, needle", [
+    ({"w_levels": [2, 3, 8]}, "w_levels=[2, 3, 8] must be bit-widths"),
+    ({"a_levels": [1, 2]}, "a_levels=[1, 2] must start at 2 bits"),
+    ({"first_last": "int4"}, "first_last='int4' is unknown; allowed: w8a8, search, float"),
+    ({"cost": "flops"}, "cost='flops' is unknown"),
+    ({"grid_points": 1}, "grid_points=1 must be"),
+])
+def test_bad_config_is_one_line(table: dict, needle: str) -> None:
+    with pytest.raises(SearchError) as e:
+        make_method("sbs", table)
+    assert needle in str(e.value) and "\n" not in str(e.value)
