@@ -193,8 +193,10 @@ class HalocMethod(CompressionMethod):
         search_end = exp.choice_cost(choice)
         repairs: list[Repair] = []
         if context.target is not None and cfg.repair and search_end > context.target * exp.original:
-            choice = step_down_to_budget(layers, exp, choice, context.target * exp.original)
-            repairs.append(Repair("step_down_ranks", "extraction", search_end, exp.choice_cost(choice)))
+            moved = step_down_to_budget(layers, exp, choice, context.target * exp.original)
+            if moved != choice:   # nothing cheaper among the candidates: no repair happened
+                choice = moved
+                repairs.append(Repair("step_down_ranks", "extraction", search_end, exp.choice_cost(choice)))
         predicted = exp.choice_cost(choice)
         net, actions = extract(wrapped, choice)
         plan = CompressionPlan(base=context.ref.to_dict(), actions=actions,
@@ -224,9 +226,10 @@ class HalocMethod(CompressionMethod):
         for n, m in layers.items():
             lv = choice[n]
             p = m.probs().detach()
-            sizes[n] = {"rank": float(lv[1]) if lv != DENSE else math.nan,
-                        "max_rank": float(max_equal_rank(m.original)), "dense": float(lv == DENSE),
-                        "p": float(p[m.levels.index(lv)]), "step": float(steps[n])}
+            top = float(max_equal_rank(m.original))   # a dense layer is drawn at its largest equal rank
+            sizes[f"rank:{n}"] = {"chosen": float(lv[1]) if lv != DENSE else top, "original": top,
+                                  "dense": float(lv == DENSE), "p": float(p[m.levels.index(lv)]),
+                                  "step": float(steps[n])}
         cost = ComputeRecord("total")
         for r in ledger.records[n0:]:   # this run's records only
             cost = cost + r
