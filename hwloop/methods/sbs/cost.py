@@ -228,8 +228,7 @@ class TableCost(_Base):
             for ia, a in enumerate(al):
                 pw = woh[iw].double() if woh is not None else 1.0
                 pa = aoh[ia].double() if aoh is not None else 1.0
-                v = self._vals[(layer.name, w, a if w is not None else a)] if (layer.name, w, a) in self._vals \
-                    else self._missing(layer, w, a)
+                v = self._vals[(layer.name, w, a)] if (layer.name, w, a) in self._vals else self._missing(layer, w, a)
                 c = ((1 - ti) * (1 - tj) * v[i0, j0] + ti * (1 - tj) * v[i1, j0]
                      + (1 - ti) * tj * v[i0, j1] + ti * tj * v[i1, j1])
                 total = total + pw * pa * c
@@ -240,13 +239,13 @@ class TableCost(_Base):
         cached), not interpolated between grid points."""
         levels: dict[str, dict[Any, list[Any]]] = {}
         for n in self.layers:
-            cin, cout = (int(round(float(v))) for v in self._widths(n, state.channels))
+            cin, cout = (round(float(v)) for v in self._widths(n, state.channels))
             woh, aoh = state.w_onehot.get(n.name), state.a_onehot.get(n.name)
             fw, fa = state.fixed.get(n.name, (None, None))
             w = self.w_levels[int(woh.argmax())] if woh is not None else fw
             a = self.a_levels[int(aoh.argmax())] if aoh is not None else fa
             levels[n.name] = {("sbs", cin, cout, w, a): [self._spec(n, cin, cout, w, a)]}
-        ch = {k: int(round(float(v))) for k, v in state.channels.items()}
+        ch = {k: round(float(v)) for k, v in state.channels.items()}
         passive = [sl.spec_at(None, ch[sl.out_key]) if sl.out_key in ch else sl.spec for sl in self.passive_slots]
         key = tuple((k, next(iter(v))) for k, v in levels.items())
         if (key, tuple(sorted(ch.items()))) not in self._exact:
@@ -267,10 +266,11 @@ def is_bit_aware(device: Any) -> bool:
         return False
     if isinstance(device, str):
         from hwloop.devices.profiles import load_profile
+        from hwloop.errors import ConfigError
 
         try:
             return load_profile(device).backend in BIT_AWARE_BACKENDS
-        except Exception:  # an unknown profile: not bit-aware (the measurement will say what is wrong)
+        except ConfigError:  # an unknown profile: not bit-aware (the measurement will say what is wrong)
             return False
     return getattr(device, "backend", "") in BIT_AWARE_BACKENDS
 

@@ -245,13 +245,25 @@ class SbsMethod(CompressionMethod):
     smoke_config: ClassVar[dict[str, Any]] = {"search_epochs": 1, "finetune_epochs": 1, "max_steps": 4,
                                               "recalibrate_batches": 2, "grid_points": 3}
 
-    def run(self, context: MethodContext) -> MethodResult:  # noqa: C901 - one pipeline, read top to bottom
+    def run(self, context: MethodContext) -> MethodResult:
         cfg = self.config
         assert isinstance(cfg, SbsConfig)
-        led = context.ledger
-        assert led is not None
-        n0 = len(led)
+        assert context.ledger is not None
+        n0 = len(context.ledger)
         torch.manual_seed(context.seed)
+        p = self.prepare(context)
+        history, t_search = self._search(p["sbs"], p["cost"], p["c0"], context, cfg)
+        p["sbs"].eval()
+        x0 = next(iter(context.train))[0]
+        with torch.no_grad():
+            p["sbs"](x0)
+        return self.finish(context, p, p["sbs"].hard_config(), history=history, t_search=t_search, n0=n0)
+
+    def prepare(self, context: MethodContext) -> dict[str, Any]:
+        """The gated model, the cost (and BOPs), ``c0`` (the cost at full width, top bits), the top configuration
+        and the cost note, as a dict (``sbs``, ``cost``, ``bops``, ``c0``, ``top``, ``note``)."""
+        cfg = self.config
+        assert isinstance(cfg, SbsConfig)
         space, example = context.space, context.example()
         layers = sbs_layers(space)
         policy, fixed = _policy(cfg, layers, output_layers(context.model, example))
@@ -279,16 +291,26 @@ class SbsMethod(CompressionMethod):
             raise SearchError(f"the SBS cost of the starting model is {c0}; it must be positive")
         context.say(f"sbs: cost {cost.source} ({cost.unit}); cost0 = {c0:.4g} at full width, top bits"
                     + (f"; {note}" if note else ""))
+        return {"sbs": sbs, "cost": cost, "bops": bops, "c0": c0, "top": top, "note": note}
 
-        history, t_search = self._search(sbs, cost, c0, context, cfg)
-        # ------------------------------------------------------------------ read off, repair, extract
+    def finish(self, context: MethodContext, prepared: dict[str, Any], hard: dict[str, Any], *,
+               history: list[dict[str, float]] | None = None, t_search: float = 0.0, n0: int | None = None,
+               setting: str | None = None) -> MethodResult:
+        """Repair (when asked and above the budget), extract, fine-tune and judge the configuration ``hard``
+        (``SbsModel.hard_config`` format) of ``prepared`` (:meth:`prepare`); a fixed ``hard`` makes a control
+        that goes through the same extraction and QAT fine-tune."""
+        cfg = self.config
+        assert isinstance(cfg, SbsConfig)
+        led = context.ledger
+        assert led is not None
+        n0 = len(led) if n0 is None else n0
+        sbs, cost, bops, c0, top, note = (prepared[k] for k in ("sbs", "cost", "bops", "c0", "top", "note"))
+        space, example = context.space, context.example()
+        layers = sbs.layers
+        history = list(history or [])
         t1 = time.perf_counter()
         with led.phase("extract", trial=context.trial):
             sbs.eval()
-            x0 = next(iter(context.train))[0]
-            with torch.no_grad():
-                sbs(x0)
-            hard = sbs.hard_config()
             search_end = cost.exact(state_of(sbs, hard))
             repairs: list[Repair] = []
             final = hard
@@ -332,7 +354,7 @@ class SbsMethod(CompressionMethod):
         sizes.update({f"channel:{g.key}": {"chosen": float(final["masks"][g.key].sum()), "original": float(g.channels)}
                       for g in sbs.groups})
         cand = Candidate(
-            setting=f"target={context.target}" if context.target is not None else f"lam={cfg.lam}",
+            setting=setting or (f"target={context.target}" if context.target is not None else f"lam={cfg.lam}"),
             model=net, plan=plan, original=c0, predicted=predicted, unit=cost.unit,
             predicted_ms=predicted if cost.unit == "ms" else None, accuracy=acc, accuracy_extracted=acc_x,
             target=context.target, search_end=search_end, repairs=repairs,

@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -45,7 +46,7 @@ def check_levels(levels: Sequence[int], what: str = "w_levels") -> tuple[int, ..
     """Nested levels: strictly increasing, each the double of the previous (2 → 4 → 8), in [1, 16]."""
     lv = tuple(levels)
     if (not lv or any(isinstance(b, bool) or not isinstance(b, int) for b in lv) or lv[0] < 1 or lv[-1] > 16
-            or any(b != 2 * a for a, b in zip(lv, lv[1:]))):
+            or any(b != 2 * a for a, b in itertools.pairwise(lv))):
         raise CompressionError(f"{what}={list(levels)!r} must be bit-widths in [1, 16], each twice the previous "
                                "(nested grids), e.g. [2, 4, 8]")
     return lv
@@ -76,7 +77,7 @@ def residual_codes(z: torch.Tensor, levels: Sequence[int]) -> list[torch.Tensor]
     z = z.detach()
     codes = [_rhu(z * float(2 ** levels[0] - 1))]
     n = codes[0]
-    for a, b in zip(levels, levels[1:]):
+    for a, b in itertools.pairwise(levels):
         n = n * float(2 ** a + 1)              # the code so far, on grid b (exact: nested grids)
         r = _rhu(z * float(2 ** b - 1) - n)
         codes.append(r)
