@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,7 @@ class LcsFamily:
 
     def at(self, alpha: float) -> Member:
         """The real member at ``alpha`` (see the module docstring)."""
-        from hwloop.compress.actions import ChannelPrune, Sparsify
+        from hwloop.compress.actions import Action, ChannelPrune, Sparsify
         from hwloop.compress.extract import analyze, compress_
         from hwloop.compress.plan import CompressionPlan
 
@@ -124,6 +124,7 @@ class LcsFamily:
         if self.mode == "bits":
             return Member(alpha, self.line_at(alpha), None, lv)
         x = self.ref.example_input()
+        actions: list[Action]
         if self.mode == "width":
             graph = analyze(self.ref.build(), x)
             actions = [ChannelPrune(g.key, n_channels(lv["width"], g.channels)) for g in graph.groups
@@ -193,7 +194,7 @@ class LcsFamily:
         from hwloop.search.costtable import build_cost_table
         from hwloop.search.report import layer_specs_with_bits
 
-        levels: dict[str, dict[tuple[str, float], list[Any]]] = {}
+        levels: dict[str, dict[Hashable, list[Any]]] = {}
         for a, m in members.items():
             for i, s in enumerate(layer_specs_with_bits(m.model, x, m.plan)):
                 if s.op == "other":

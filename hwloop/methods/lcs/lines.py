@@ -320,13 +320,11 @@ def cos2_regularizer(model: nn.Module, *, norms: bool = False) -> torch.Tensor:
     One cosine over the concatenated endpoints (Wortsman et al.'s subspace regulariser as LCS uses it):
     ``(Σ ω₀·ω₁)² / (Σ ω₀² · Σ ω₁²)``; 1 when ω₁ = c·ω₀, 0 when they are orthogonal.
     """
-    num = den0 = den1 = None
-    for _, m in line_layers(model):
-        if not m.line or (isinstance(m, LineNorm) and not norms):
-            continue
-        w0, w1 = m.endpoint("weight", 0), m.endpoint("weight", 1)
-        d, a, b = (w0 * w1).sum(), (w0 * w0).sum(), (w1 * w1).sum()
-        num, den0, den1 = (d, a, b) if num is None else (num + d, den0 + a, den1 + b)
-    if num is None:
+    terms = [(m.endpoint("weight", 0), m.endpoint("weight", 1)) for _, m in line_layers(model)
+             if m.line and (norms or not isinstance(m, LineNorm))]
+    if not terms:
         return torch.zeros(())
+    num = torch.stack([(w0 * w1).sum() for w0, w1 in terms]).sum()
+    den0 = torch.stack([(w0 * w0).sum() for w0, _ in terms]).sum()
+    den1 = torch.stack([(w1 * w1).sum() for _, w1 in terms]).sum()
     return num.pow(2) / torch.clamp(den0 * den1, min=1e-30)

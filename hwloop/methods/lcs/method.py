@@ -5,7 +5,8 @@ instance norm (``norm="in"``, width) or group norm (``"gn"``, top-k and bits); t
 :class:`~hwloop.methods.base.Candidate` per α on an evenly spaced grid, each a real member
 (:meth:`~hwloop.methods.lcs.family.LcsFamily.at`) with its plan, its predicted cost from the context's latency
 model, its accuracy, and the budget verdict against the context's target (members above it are ``missed``: a
-family spans the whole range, ``select`` picks the one that fits). The family itself rides on the result
+family spans the whole range, ``select`` picks the one that fits; the first candidate is that pick for the context's
+target, the rest follow in α order). The family itself rides on the result
 (:class:`LcsResult`: ``family``, ``select_ms(budget_ms, device)``). ``finetune_epochs`` > 0 fine-tunes every
 member alone after extraction (not part of LCS, which deploys members as trained; off by default).
 
@@ -144,6 +145,12 @@ def family_ref(context: MethodContext, norm: str) -> Any:
     return ref
 
 
+def _sizes(space: Any, sizes: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per decision, the chosen and original size (the run report's layer-size chart)."""
+    full = space.full_sizes()
+    return {k: {"chosen": float(v), "original": float(full.get(k, v))} for k, v in sizes.items()}
+
+
 class LcsMethod(CompressionMethod):
     """Learning Compressible Subspaces (see the module docstring)."""
 
@@ -204,7 +211,7 @@ class LcsMethod(CompressionMethod):
             cand = Candidate(setting=f"alpha={a:g}", model=m.model, plan=m.plan if m.plan is not None else cost_plan,
                              original=original, predicted=pred, unit=lat.unit,
                              predicted_ms=pred if lat.unit == "ms" else None, accuracy=acc, accuracy_extracted=acc,
-                             target=context.target, history=[h], sizes={"level": dict(m.level)},
+                             target=context.target, history=[h], sizes=_sizes(space, sizes),
                              extra={"alpha": a, "mode": cfg.mode, **m.level, "plan_rebuilds": m.plan is not None})
             cand.judge(context.base_accuracy, context.max_repair_drop)
             cands.append(cand)
@@ -214,4 +221,11 @@ class LcsMethod(CompressionMethod):
         for c in cands:
             c.cost = cost   # one training run produced every member
         context.say("lcs: " + ", ".join(f"{c.setting} {c.predicted_ratio:.2f}x acc {c.accuracy}" for c in cands))
-        return LcsResult(method=self.name, config=cfg.to_dict(), candidates=cands, family=fam)
+        res = LcsResult(method=self.name, config=cfg.to_dict(), candidates=cands, family=fam)
+        # the first candidate is the family's pick for the context's budget (what a single-model caller such as
+        # the search pipeline takes): the most accurate within it, else the fastest (reported missed)
+        pick = res.select(context.target) if context.target is not None else max(
+            cands, key=lambda c: (-math.inf if c.accuracy is None else c.accuracy, c.extra["alpha"]))
+        pick = pick or min(cands, key=lambda c: c.predicted)
+        res.candidates = [pick] + [c for c in cands if c is not pick]
+        return res
