@@ -22,7 +22,7 @@ from hwloop.compress.extract import get_module
 from hwloop.methods.obc.exactobs import collect_hessians, nm_prune, obq_quantize, unstructured_database
 from hwloop.methods.obc.structured import GroupDatabase, GroupInfo, apply_group_, group_infos, structured_database
 
-__all__ = ["Database", "Unit", "build_database", "compress_layer", "layer_level_name"]
+__all__ = ["Database", "Unit", "build_database", "compress_layer", "layer_level_name", "load_database", "save_database"]
 
 #: a layer level: ("float",), ("bits", b), ("unstructured", sparsity), ("n:m", n, m)
 LayerLevel = tuple
@@ -192,3 +192,63 @@ def build_database(model: nn.Module, space: Any, calib: Sequence[tuple[torch.Ten
         u.errors[0] = 0.0
     t1 = time.perf_counter()
     return Database(units, hessians, dense, skipped, {"hessians": t_h - t0, "database": t1 - t_h})
+
+
+def save_database(db: Database, path: str) -> None:
+    """Write a database to one safetensors file (tensors) with its tables in the metadata (JSON; no pickle)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {f"H/{n}": h.contiguous().cpu() for n, h in db.hessians.items()}
+    units = []
+    for i, u in enumerate(db.units):
+        d: dict[str, Any] = {"kind": u.kind, "name": u.name, "levels": [list(lv) if isinstance(lv, tuple) else lv
+                                                                          for lv in u.levels],
+                             "errors": u.errors, "obs_loss": u.obs_loss}
+        if u.group is not None:
+            gi = u.group.info
+            d["info"] = {"key": gi.key, "channels": gi.channels, "producers": list(gi.producers),
+                         "norms": list(gi.norms), "consumers": list(gi.consumers)}
+            for k in u.levels:
+                tensors[f"{i}/mask/{k}"] = u.group.masks[k].to(torch.uint8).contiguous()
+                for n, w in u.group.weights[k].items():
+                    tensors[f"{i}/w/{k}/{n}"] = w.contiguous().cpu()
+        for j, lv in enumerate(u.levels):
+            if lv in u.weights:
+                tensors[f"{i}/lw/{j}"] = u.weights[lv].contiguous().cpu()
+        units.append(d)
+    meta = {"units": units, "dense_loss": db.dense_loss, "skipped": db.skipped, "seconds": db.seconds}
+    save_file(tensors, path, metadata={"hwloop.obc_database": json.dumps(meta)})
+
+
+def load_database(path: str, device: torch.device | str = "cpu") -> Database:
+    """Read a database written by :func:`save_database`."""
+    import json
+
+    from safetensors import safe_open
+
+    from hwloop.methods.obc.structured import GroupDatabase, GroupInfo
+
+    with safe_open(path, framework="pt", device=str(device)) as f:
+        meta = json.loads((f.metadata() or {})["hwloop.obc_database"])
+        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    units = []
+    for i, d in enumerate(meta["units"]):
+        levels = [tuple(lv) if isinstance(lv, list) else lv for lv in d["levels"]]
+        u = Unit(d["kind"], d["name"], levels, list(d["errors"]), list(d["obs_loss"]))
+        if "info" in d:
+            gi = d["info"]
+            info = GroupInfo(gi["key"], gi["channels"], tuple(gi["producers"]), tuple(gi["norms"]),
+                             tuple(gi["consumers"]))
+            g = GroupDatabase(info)
+            for k in levels:
+                g.masks[k] = t[f"{i}/mask/{k}"].to(torch.bool).cpu()
+                g.weights[k] = {n: t[f"{i}/w/{k}/{n}"] for n in info.consumers}
+            u.group = g
+        for j, lv in enumerate(levels):
+            if f"{i}/lw/{j}" in t:
+                u.weights[lv] = t[f"{i}/lw/{j}"]
+        units.append(u)
+    hess = {k[2:]: v for k, v in t.items() if k.startswith("H/")}
+    return Database(units, hess, float(meta["dense_loss"]), list(meta["skipped"]), dict(meta["seconds"]))

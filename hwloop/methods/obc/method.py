@@ -336,10 +336,22 @@ class ObcMethod(CompressionMethod):
         model = copy.deepcopy(context.model).eval()
         t0 = time.perf_counter()
         db, calib = self.database(context, model)
+        return self.run_with(context, model, db, calib, t0=t0, n0=n0)
+
+    def run_with(self, context: MethodContext, model: nn.Module, db: Database,
+                 calib: list[tuple[torch.Tensor, torch.Tensor]], *, t0: float | None = None,
+                 n0: int | None = None) -> MethodResult:
+        """:meth:`run` from a database already built (or loaded) for ``model`` and ``calib``."""
+        cfg = self.config
+        assert isinstance(cfg, ObcConfig)
+        ledger = context.ledger
+        assert ledger is not None
+        n0 = len(ledger) if n0 is None else n0
+        t0 = time.perf_counter() if t0 is None else t0
         original, savings, what = self.savings(context, db)
         t1 = time.perf_counter()
         ledger.add("search", trial=context.trial, wall_s=t1 - t0)
-        context.say(f"obc: database of {len(db.units)} units in {t1 - t0:.1f} s; costs from {what}")
+        context.say(f"obc: database of {len(db.units)} units ready after {t1 - t0:.1f} s; costs from {what}")
         targets = [context.target] if context.target is not None else []
         targets += [t for t in (cfg.targets or []) if t not in targets]
         cands = []

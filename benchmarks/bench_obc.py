@@ -1,0 +1,238 @@
+"""OBC on CIFAR-10 ResNet-20, post-training (no retraining): OBQ vs round-to-nearest, latency targets vs controls.
+
+Run (nice, one thread; the database is cached in ``--out``, finished phases are kept in ``results.json`` so a
+rerun resumes)::
+
+    OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/bench_obc.py \
+        --checkpoint ../shared/checkpoints/resnet20_cifar10_e35.safetensors --out benchmarks/results/obc \
+        > /tmp/bench_obc.log 2>&1
+
+Phases:
+
+* ``quant`` — every conv/linear but the first conv and the classifier quantized at 4/3/2 bits (symmetric
+  per-channel grid, MSE clipping), OBQ vs round-to-nearest on the *same* grid; test accuracy without and with
+  batch-norm re-estimation on the calibration images; the summed layer output errors.
+* ``latency`` — the ``obc`` method (10 channel levels per coupled group × {float, 8, 4} bits per layer, error =
+  calibration loss of 256 images, costs from the shared layer cost table measured on the device, whole-model
+  corrections measured on the device) for each target, measured on the device; the controls of the evidence
+  harness (:mod:`hwloop.search.controls`: uniform width scaling and global magnitude pruning, each bisected
+  onto OBC's *measured* latency ratio, batch-norm statistics re-estimated on the same calibration images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CONVERGED = ROOT / "search/checkpoints/resnet20_cifar10_converged.safetensors"
+E35 = ROOT.parent / "shared/checkpoints/resnet20_cifar10_e35.safetensors"
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Results:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, k: str) -> Any:
+        return self.doc.get(k)
+
+    def put(self, k: str, v: Any) -> None:
+        self.doc[k] = v
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=1, default=float))
+        os.replace(tmp, self.path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default=None, help="ResNet-20 safetensors state_dict (default: the converged "
+                    "checkpoint if it exists, else ../shared/checkpoints/resnet20_cifar10_e35.safetensors)")
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared/data/cifar10"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/obc"))
+    ap.add_argument("--devices", default="asic-tpu32")
+    ap.add_argument("--targets", default="0.7,0.6,0.5")
+    ap.add_argument("--calib", type=int, default=1024)
+    ap.add_argument("--bits", default="4,3,2")
+    ap.add_argument("--eval-limit", type=int, default=10000, help="test images scored")
+    ap.add_argument("--phases", default="quant,latency")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+
+    from safetensors.torch import load_file
+
+    from hwloop.compress.extract import get_module
+    from hwloop.data import make_loaders
+    from hwloop.methods.base import MethodContext
+    from hwloop.methods.measure import measure_candidates
+    from hwloop.methods.obc.database import load_database, save_database
+    from hwloop.methods.obc.exactobs import collect_hessians, mse_scales, obq_quantize, quantize_rtn
+    from hwloop.methods.obc.method import ObcConfig, ObcMethod
+    from hwloop.methods.obc.structured import reestimate_bn
+    from hwloop.models import ModelRef
+    from hwloop.search.controls import bisect_measured, channel_scores, magnitude_config, uniform_config
+    from hwloop.search.latency import select_latency_model
+    from hwloop.search.report import compare_compressed
+    from hwloop.search.space import SearchSpace, SpaceOptions
+
+    ckpt = Path(args.checkpoint) if args.checkpoint else (CONVERGED if CONVERGED.exists() else E35)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = Results(out / "results.json")
+    if res.get("checkpoint") not in (None, str(ckpt)):
+        say(f"results.json was made from {res.get('checkpoint')}; start a new --out for {ckpt}")
+        return 2
+    res.put("checkpoint", str(ckpt))
+    say(f"checkpoint {ckpt}")
+    t_all = time.perf_counter()
+    ref = ModelRef("resnet20")
+    model = ref.build()
+    model.load_state_dict(load_file(str(ckpt)))
+    model.eval()
+    train, _ = make_loaders("cifar10", 128, root=args.data_root, augment=False, seed=0)
+    _, test = make_loaders("cifar10", 500, root=args.data_root, augment=False, seed=0)
+    calib: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for x, y in train:
+        calib.append((x, y))
+        if sum(int(b.shape[0]) for b, _ in calib) >= args.calib:
+            break
+    n_calib = sum(int(b.shape[0]) for b, _ in calib)
+    xs = [x for x, _ in calib]
+
+    def acc(net: torch.nn.Module) -> float:
+        net.eval()
+        ok = n = 0
+        with torch.no_grad():
+            for x, y in test:
+                ok += int((net(x).argmax(1) == y).sum())
+                n += int(y.shape[0])
+                if n >= args.eval_limit:
+                    break
+        return 100.0 * ok / n
+
+    if res.get("dense") is None:
+        res.put("dense", {"test_accuracy": acc(model), "eval_images": args.eval_limit})
+    dense = res.get("dense")["test_accuracy"]
+    say(f"dense {dense:.2f}% ({args.eval_limit} test images), {n_calib} calibration images")
+    space = SearchSpace.from_ref(ref, SpaceOptions(bits=True, bit_levels=(2, 4, 8), a_bits=8), model=model)
+    phases = set(args.phases.split(","))
+
+    # ------------------------------------------------------------------ OBQ vs RTN
+    if "quant" in phases and res.get("quant") is None:
+        layers = list(space.bit_layers)
+        t0 = time.perf_counter()
+        H = collect_hessians(model, layers, xs)
+        t_h = time.perf_counter() - t0
+        rows = []
+        for b in [int(v) for v in args.bits.split(",")]:
+            row: dict[str, Any] = {"bits": b, "layers": len(layers)}
+            for kind in ("obq", "rtn"):
+                net = copy.deepcopy(model)
+                err = 0.0
+                t1 = time.perf_counter()
+                for n in layers:
+                    w = get_module(net, n).weight
+                    W = w.detach().reshape(w.shape[0], -1)
+                    s = mse_scales(W.double(), b)
+                    if kind == "obq":
+                        q, e = obq_quantize(w, H[n], b, scale=s, dtype=torch.float32)
+                    else:
+                        q = quantize_rtn(W.double(), s, b).reshape(w.shape).float()
+                        d = (W.double() - q.reshape(W.shape).double())
+                        e = float(torch.einsum("ri,ij,rj->", d, H[n], d) / 2)
+                    err += e
+                    with torch.no_grad():
+                        w.copy_(q)
+                row[f"{kind}_seconds"] = time.perf_counter() - t1
+                row[f"{kind}_layer_error"] = err
+                row[f"{kind}_acc"] = acc(net)
+                reestimate_bn(net, xs)
+                row[f"{kind}_acc_bn"] = acc(net)
+                say(f"w{b} {kind}: {row[f'{kind}_acc']:.2f}% ({row[f'{kind}_acc_bn']:.2f}% with BN re-estimation), "
+                    f"summed layer output error {err:.4g}, {row[f'{kind}_seconds']:.1f} s")
+            rows.append(row)
+        res.put("quant", {"hessian_seconds": t_h, "rows": rows, "first_last_float": True,
+                          "grid": "symmetric per output channel, qmax = 2^(b-1)-1, MSE-clipped scale (norm 2.4)"})
+
+    # ------------------------------------------------------------------ latency targets
+    targets = [float(t) for t in args.targets.split(",")]
+    for device in args.devices.split(","):
+        key = f"latency:{device}"
+        if "latency" not in phases or res.get(key) is not None:
+            continue
+        t0 = time.perf_counter()
+        lat = select_latency_model(space, device=device, log=say)
+        kinds = ["channels", "bits"] if device != "local-cpu" else ["channels"]
+        cfg = ObcConfig(calib=args.calib, kinds=kinds, targets=targets, cost_source="table", check="device")
+        meth = ObcMethod(cfg)
+        ctx = MethodContext(model=model, ref=ref, space=space, train=train, eval_fn=acc, latency=lat,
+                            target=None, device=device, seed=0, base_accuracy=dense, log=say, progress=False)
+        dbp = out / f"database-{'-'.join(kinds)}-{args.calib}.safetensors"
+        if dbp.exists():
+            db = load_database(str(dbp))
+            say(f"database loaded from {dbp} (built in {db.seconds})")
+        else:
+            db, _ = meth.database(ctx, copy.deepcopy(model))
+            save_database(db, str(dbp))
+            say(f"database built: {db.seconds}")
+        result = meth.run_with(ctx, copy.deepcopy(model), db, calib, t0=t0)
+        t_method = time.perf_counter() - t0
+        measure_candidates(result, ctx)
+        scores = channel_scores(space)
+        rows = []
+        for c in result.candidates:
+            row = {"target": c.target, "accuracy": c.accuracy, "measured_ratio": c.measured_ratio,
+                   "measured_ms": c.measured_ms, "original_measured_ms": c.original_measured_ms,
+                   "predicted_ratio": c.predicted_ratio, "search_ratio": c.search_ratio, "status": c.status,
+                   "status_reason": c.status_reason, "sizes": c.sizes, "extra": c.extra,
+                   "plan": c.plan.to_dict(), "seconds": c.seconds}
+            goal = float(c.measured_ratio or 0.0)
+            for ctl in ("uniform", "magnitude"):
+                make = (lambda x: uniform_config(space, x)) if ctl == "uniform" else \
+                    (lambda x: magnitude_config(space, x, scores))
+                seen: dict[str, float] = {}
+
+                def measure(x: float, make: Any = make, seen: dict[str, float] = seen) -> float:
+                    plan = space.plan_from_config(make(x))
+                    k = repr(sorted(plan.widths.items()))
+                    if k not in seen:
+                        net, plan = space.compress(make(x))
+                        seen[k] = float(compare_compressed(device, net, plan, model, example=ref.example_input(),
+                                                           rounds=1)["ratio"])
+                    return seen[k]
+
+                x, r, trace = bisect_measured(measure, goal, steps=10, tol=0.01)
+                net, _ = space.compress(make(x))
+                reestimate_bn(net, xs)
+                row[ctl] = {"knob": x, "measured_ratio": r, "accuracy": acc(net), "bisect": trace}
+                say(f"{device} target {c.target}: {ctl} at {r:.3f}x: {row[ctl]['accuracy']:.2f}%")
+            say(f"{device} target {c.target}: OBC {c.accuracy:.2f}% at measured {goal:.3f}x "
+                f"({goal / c.target - 1:+.1%} vs target), DP first answer {c.extra['dp_first_whole_ratio']:.3f}x "
+                f"(additive {c.extra['dp_first_additive_ratio']:.3f}x), {c.status}")
+            rows.append(row)
+        res.put(key, {"rows": rows, "method_seconds": t_method, "config": cfg.to_dict(),
+                      "database_seconds": db.seconds, "units": len(db.units),
+                      "ladder": f"{len(cfg.channel_levels) + 1} channel levels per group x "
+                                f"{['float'] + [f'w{b}' for b in cfg.bits] if 'bits' in kinds else ['float']}"})
+    res.put("wall_s_this_invocation", time.perf_counter() - t_all)
+    say(f"done in {time.perf_counter() - t_all:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
