@@ -230,7 +230,7 @@ def test_whole_model_calibration_is_measured_once_and_cached(tmp_path) -> None:
     scale = cpu.calibrate_model(ref, full, store=db)
     with MeasurementStore(db) as st:
         assert st.count() == n + 1  # the whole model, stored beside its layers
-        whole = [r for r in st.rows("local-cpu", kind="model")][0]["latency_ms"]
+        whole = next(iter(st.rows("local-cpu", kind="model")))["latency_ms"]
     assert cpu.model_cost(full) == pytest.approx(whole, rel=1e-9) and scale > 0
     assert cpu.calibrate_model(ref, full, store=db) == scale  # read back, not measured again
     with pytest.raises(CostTableError, match="needs a 'measure' table"):

@@ -121,7 +121,7 @@ def tucker2_specs(spec: LayerSpec, r_in: int, r_out: int) -> list[LayerSpec]:
         raise CostTableError(f"tucker2 needs a conv2d spec, not {spec.op!r} ({spec.name or 'unnamed'})")
     _check_rank("tucker2 r_in", spec, r_in)
     _check_rank("tucker2 r_out", spec, r_out)
-    b, cin, h, w = spec.in_shape
+    b, _cin, h, w = spec.in_shape
     first = spec.replace(out_channels=r_in, kernel=1, stride=1, padding=0, dilation=1, bias=False, rank=None,
                          name=f"{spec.name}.0")
     core = spec.replace(in_shape=(b, r_in, h, w), out_channels=r_out, bias=False, rank=None, name=f"{spec.name}.1")

@@ -39,6 +39,7 @@ import torch
 from hwloop.compress.keys import SizeKey
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import SearchError
+from hwloop.search.grids import _axis_key, _Batch, _coarse_monotone, _interp_rows, grid_points, interp_grid, tile_nodes
 from hwloop.search.space import LayerSlot, SearchSpace
 from hwloop.workload import LayerSpec
 
@@ -180,84 +181,6 @@ class SurrogateLatency(_SlotLatency):
         return cost * self.scale if self.scale is not None else cost / 1e6
 
 
-def grid_points(size: int, max_points: int) -> list[int]:
-    """Integer grid over ``1..size``: every integer if ``size <= max_points``, else ~``max_points`` evenly
-    spaced integers (always including 1 and ``size``)."""
-    if size <= max_points:
-        return list(range(1, size + 1))
-    pts = np.unique(np.round(np.linspace(1, size, max_points)).astype(int))
-    return [int(p) for p in pts]
-
-
-def interp_grid(table: torch.Tensor, grids: Sequence[torch.Tensor], xs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Multilinear interpolation of ``table`` (shape ``len(g) for g in grids``) at points ``xs``.
-
-    Values outside a grid are clamped to its ends; at grid points the table value is
-    returned exactly. Differentiable in ``xs``.
-
-    Example:
-        >>> t = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
-        >>> g = torch.tensor([1.0, 2.0])
-        >>> float(interp_grid(t, [g, g], [torch.tensor(1.5), torch.tensor(2.0)]))
-        2.0
-    """
-    out = table
-    for d, (g, x) in enumerate(zip(grids, xs)):
-        if g.numel() == 1:
-            out = out.select(0, 0)
-            continue
-        xc = x.clamp(float(g[0]), float(g[-1]))
-        i = int(torch.searchsorted(g, xc.detach().reshape(1), right=True).item()) - 1
-        i = min(max(i, 0), g.numel() - 2)
-        w = (xc - g[i]) / (g[i + 1] - g[i])
-        lo, hi = out.select(0, i), out.select(0, i + 1)
-        out = lo + w * (hi - lo)
-    return out
-
-
-def tile_nodes(grid: torch.Tensor, tile: int) -> torch.Tensor:
-    """Indices of ``grid`` nearest to its ends and to every multiple of ``tile`` inside it.
-
-    On a device that pads partial tiles, latency is a staircase whose steps sit just above multiples of
-    the tile; a secant between consecutive nodes then spans exactly one step, so its slope is the
-    saving of dropping to the next tile boundary.
-
-    Example:
-        >>> tile_nodes(torch.arange(1.0, 65.0), 32).tolist()
-        [0, 31, 63]
-    """
-    lo, hi = float(grid[0]), float(grid[-1])
-    marks = [lo, *[float(m) for m in range(tile, int(hi) + 1, tile) if lo < m < hi], hi]
-    idx = [int(torch.argmin((grid - m).abs())) for m in marks]
-    return torch.unique(torch.tensor(idx, dtype=torch.long))
-
-
-def _coarse_monotone(table: torch.Tensor, grids: Sequence[torch.Tensor], names: Sequence[str], points: int,
-                     tile: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The table's monotone envelope (running max along every axis) sampled at ~``points`` nodes per
-    channel axis, or at the tile boundaries when ``tile > 1`` (bit axes keep every level): the source
-    of the search gradient."""
-    env = table
-    for d in range(env.dim()):
-        env = torch.cummax(env, dim=d).values
-    idx_per_axis: list[torch.Tensor] = []
-    cgrids: list[torch.Tensor] = []
-    for g, n in zip(grids, names):
-        if n == "bits" or g.numel() <= 2:
-            idx = torch.arange(g.numel())
-        elif tile > 1:
-            idx = tile_nodes(g, tile)
-        elif g.numel() <= points:
-            idx = torch.arange(g.numel())
-        else:
-            idx = torch.unique(torch.round(torch.linspace(0, g.numel() - 1, points)).long())
-        idx_per_axis.append(idx)
-        cgrids.append(g[idx])
-    for d, idx in enumerate(idx_per_axis):
-        env = env.index_select(d, idx)
-    return env, cgrids
-
-
 def default_aggregate(space: SearchSpace, predictor: Any) -> str:
     """How per-op predictions become a model latency, matching how the device is measured.
 
@@ -374,6 +297,7 @@ class PredictorLatency(_SlotLatency):
         self._agg: Any = None
         self._tables: dict[str, tuple[torch.Tensor, list[torch.Tensor], list[str]]] = {}
         self._coarse: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._plans: dict[tuple[str, ...], tuple[list[_Batch], torch.Tensor]] = {}
         self.passive: tuple[LayerSlot, ...] = space.passive_slots() if passive else ()
         slots = list(space.slots) + [s.dense for s in space.slots if s.dense is not None] + list(self.passive)
         self._build(slots, progress)
@@ -399,6 +323,8 @@ class PredictorLatency(_SlotLatency):
         an aggregation linear in the per-kind sums."""
         m = ms.detach().cpu().numpy().astype(np.float64)
         value = self._aggregate_np(codes, m)
+        if not (ms.requires_grad and torch.is_grad_enabled()):  # no gradient wanted: the slopes would add 0
+            return torch.tensor(value, dtype=ms.dtype)
         h = max(float(np.abs(m).mean()), 1e-9) * 1e-3
         slope = np.zeros(len(m))
         for k in np.unique(codes):
@@ -456,7 +382,7 @@ class PredictorLatency(_SlotLatency):
         table, grids, names = self._tables[slot.name]
         cin, cout, bits = _slot_size(slot, sizes)
         vals = {"in": cin, "out": cout, "bits": bits}
-        xs = [_t(vals[n]).double() for n in names]
+        xs = [_t(vals[n]).double() for n in names]  # type: ignore[arg-type]  # an axis always has its size
         value = interp_grid(table, grids, xs)
         if self.grad_points is None or slot.name not in self._coarse:
             return value
@@ -464,9 +390,53 @@ class PredictorLatency(_SlotLatency):
         smooth = interp_grid(ctable, cgrids, xs)
         return value.detach() + (smooth - smooth.detach())   # value: fine grid; gradient: monotone envelope
 
+    def _batches(self, slots: Sequence[LayerSlot]) -> tuple[list[_Batch], torch.Tensor]:
+        """The slots grouped by identical axes and grids (tables stacked), and the permutation back to their
+        order; built once per set of active slots."""
+        names = tuple(s.name for s in slots)
+        hit = self._plans.get(names)
+        if hit is not None:
+            return hit
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for j, slot in enumerate(slots):
+            _table, grids, axes = self._tables[slot.name]
+            coarse = self._coarse.get(slot.name) if self.grad_points is not None else None
+            key = (tuple(axes), tuple(tuple(g.tolist()) for g in grids),
+                   None if coarse is None else tuple(tuple(g.tolist()) for g in coarse[1]))
+            groups.setdefault(key, []).append(j)
+        batches = []
+        for (axes, _g, cg), idx in groups.items():
+            ss = [slots[j] for j in idx]
+            first = ss[0].name
+            ctable = torch.stack([self._coarse[s.name][0] for s in ss]) if cg is not None else None
+            batches.append(_Batch(torch.stack([self._tables[s.name][0] for s in ss]), self._tables[first][1], idx,
+                                  ctable, self._coarse[first][1] if cg is not None else None))
+        order = torch.tensor([j for idx in groups.values() for j in idx], dtype=torch.long)
+        plan = (batches, torch.argsort(order))
+        self._plans[names] = plan
+        return plan
+
+    def slot_ms(self, slots: Sequence[LayerSlot], sizes: Sizes) -> torch.Tensor:
+        """Interpolated latency (ms, float64) of each of ``slots`` at ``sizes``, in their order: every
+        :meth:`layer_ms` at once (slots with the same grids interpolated together; the same numbers)."""
+        batches, inverse = self._batches(slots)
+        grad = torch.is_grad_enabled()
+        # each slot's sizes converted in slot order, as layer_ms does: autograd then sums their gradients in the
+        # same order, so the gradients are the same to the bit
+        conv = [[_t(sizes[_axis_key(s, a)]).double() for a in self._tables[s.name][2]] for s in slots]
+        parts = []
+        for b in batches:
+            xs = [torch.stack([conv[j][d].reshape(()) for j in b.rows]) for d in range(len(b.grids))]
+            value = _interp_rows(b.table, b.grids, xs, b.index)
+            if b.ctable is not None and b.cgrids is not None and grad:  # no autograd: the gradient table adds 0
+                smooth = _interp_rows(b.ctable, b.cgrids, xs, b.index)
+                value = value.detach() + (smooth - smooth.detach())
+            parts.append(value.reshape(-1))
+        return torch.cat(parts)[inverse]
+
     def __call__(self, sizes: Sizes, dense: frozenset[str] = frozenset()) -> torch.Tensor:
         slots = [*self.active_slots(dense), *self.passive]
-        ms = torch.stack([self.layer_ms(s, sizes).reshape(()) for s in slots])
+        ms = self.slot_ms(slots, sizes)
         if self.aggregate == "calibrated":
             total = self._calibrated(np.asarray([self._codes[s.name] for s in slots]), ms)
         else:
