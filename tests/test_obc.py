@@ -133,7 +133,7 @@ def test_obq_lies_on_its_grid_and_beats_round_to_nearest(bits: int) -> None:
 
 
 def test_every_2_4_group_has_two_zeros() -> None:
-    W, X, H = _layer(5, 10 * 9, seed=5)      # 10 input channels (the last run of 2 keeps both) × 3×3
+    W, _X, H = _layer(5, 10 * 9, seed=5)      # 10 input channels (the last run of 2 keeps both) × 3×3
     W4 = W.reshape(5, 10, 3, 3)
     Wn, _ = nm_prune(W4, H, 2, 4)
     runs = Wn[:, :8].reshape(5, 2, 4, 9)
@@ -262,7 +262,7 @@ def test_no_budget_is_refused() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu() -> None:
-    W, X, H = _layer(8, 36, seed=7)
+    W, _X, H = _layer(8, 36, seed=7)
     Wc, lc = obq_quantize(W.cuda(), H.cuda(), 4)
     Wp, lp = obq_quantize(W, H, 4)
     assert Wc.device.type == "cuda" and lc == pytest.approx(lp, rel=1e-6)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from hwloop.compress.extract import get_module
-from hwloop.methods.obc.exactobs import collect_hessians, nm_prune, obq_quantize, unstructured_database
+from hwloop.methods.obc.exactobs import collect_hessians, layer_weight, nm_prune, obq_quantize, unstructured_database
 from hwloop.methods.obc.structured import GroupDatabase, GroupInfo, apply_group_, group_infos, structured_database
 
 __all__ = ["Database", "Unit", "build_database", "compress_layer", "layer_level_name", "load_database", "save_database"]
@@ -84,7 +84,7 @@ def _loss(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
 def _snapshot(model: nn.Module, names: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    out = []
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
     for n in names:
         for p in get_module(model, n).parameters(recurse=False):
             out.append((p, p.detach().clone()))
@@ -168,7 +168,7 @@ def build_database(model: nn.Module, space: Any, calib: Sequence[tuple[torch.Ten
                     u.errors.append(_loss(model, err_batches) - dense)
                     _restore(snap)
             else:
-                w = get_module(model, u.name).weight
+                w = layer_weight(get_module(model, u.name))
                 for lv in u.levels:
                     wq, loss = compress_layer(w, hessians[u.name], lv, rel_damp=rel_damp, dtype=dtype)
                     u.weights[lv] = wq
@@ -243,6 +243,7 @@ def load_database(path: str, device: torch.device | str = "cpu") -> Database:
                              tuple(gi["consumers"]))
             g = GroupDatabase(info)
             for k in levels:
+                assert isinstance(k, int)
                 g.masks[k] = t[f"{i}/mask/{k}"].to(torch.bool).cpu()
                 g.weights[k] = {n: t[f"{i}/w/{k}/{n}"] for n in info.consumers}
             u.group = g

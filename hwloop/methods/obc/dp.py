@@ -41,7 +41,7 @@ def knapsack(errors: Sequence[Sequence[float]], costs: Sequence[Sequence[float]]
     dp[0] = 0.0
     back = []
     for e, c in zip(errors, costs):
-        ic = [int(math.ceil(float(x) / step - 1e-9)) if x > 0 else 0 for x in c]
+        ic = [math.ceil(float(x) / step - 1e-9) if x > 0 else 0 for x in c]
         new = np.full(B + 1, np.inf)
         arg = np.full(B + 1, -1, dtype=np.int32)
         for li, (ei, ci) in enumerate(zip(e, ic)):

@@ -35,12 +35,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-__all__ = ["HessianHook", "LayerDatabase", "block_database", "collect_hessians", "mse_scales", "nm_prune",
-           "obq_quantize", "obs_rows", "prepare_hessian", "quantize_rtn", "unstructured_database"]
+__all__ = [
+    "HessianHook",
+    "LayerDatabase",
+    "block_database",
+    "collect_hessians",
+    "layer_weight",
+    "mse_scales",
+    "nm_prune",
+    "obq_quantize",
+    "obs_rows",
+    "prepare_hessian",
+    "quantize_rtn",
+    "unstructured_database",
+]
 
 _COMPACT = 0.75   # compact when the remaining columns fell to this share of the current block
 
@@ -51,12 +64,20 @@ def qmax_of(bits: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- Hessians
+def layer_weight(m: nn.Module) -> torch.Tensor:
+    """A conv/linear layer's weight tensor (TypeError when it has none)."""
+    w = getattr(m, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{type(m).__name__} has no weight tensor")
+    return w
+
+
 class HessianHook:
     """Accumulates ``H = 2XXᵀ/N`` of one conv/linear layer's inputs (float64, running mean over samples)."""
 
     def __init__(self, layer: nn.Module) -> None:
         self.layer = layer
-        w = layer.weight
+        w = layer_weight(layer)
         self.columns = w[0].numel()
         self.H = torch.zeros(self.columns, self.columns, dtype=torch.float64, device=w.device)
         self.n = 0
@@ -65,7 +86,8 @@ class HessianHook:
         """The layer's input as columns × samples (conv: unfolded patches; linear: last dim)."""
         m = self.layer
         if isinstance(m, nn.Conv2d):
-            u = nn.functional.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+            u = nn.functional.unfold(x, m.kernel_size, dilation=m.dilation, padding=cast(Any, m.padding),
+                                     stride=m.stride)
             return u.permute(1, 0, 2).reshape(u.shape[1], -1)
         return x.reshape(-1, x.shape[-1]).t()
 
@@ -185,7 +207,8 @@ def obs_rows(W: torch.Tensor, Hinv: torch.Tensor, *, steps: int | None = None, s
     rr = torch.arange(rows, device=dev)
     qmax = qmax_of(bits) if bits is not None else 0
     outlier = (0.25 * scale ** 2)[:, None] if scale is not None else None
-    buckets = torch.zeros(rows, int(group_allow.numel()), dtype=torch.long, device=dev) if groups is not None else None
+    buckets = (torch.zeros(rows, int(group_allow.numel()), dtype=torch.long, device=dev)
+               if groups is not None and group_allow is not None else None)
     fixed = 0
     for step in range(steps):
         a = w.shape[1]
@@ -267,7 +290,7 @@ def global_allocation(losses: torch.Tensor, sparsity: float) -> tuple[torch.Tens
     layer (sorted globally), counted per row; returns ``(k per row, the layer's loss)`` where the loss sums
     each row's first ``k_i`` step losses."""
     rows, steps = losses.shape
-    count = int(math.ceil(rows * steps * sparsity - 1e-9))
+    count = math.ceil(rows * steps * sparsity - 1e-9)
     order = torch.argsort(losses.reshape(-1), stable=True)[:count]
     k = torch.bincount(torch.div(order, steps, rounding_mode="floor"), minlength=rows)
     cum = torch.cat([torch.zeros(rows, 1, dtype=losses.dtype, device=losses.device), losses.cumsum(1)], 1)
@@ -280,7 +303,7 @@ def unstructured_database(weight: torch.Tensor, H: torch.Tensor, sparsities: Seq
     W0 = _flat(weight).to(H.dtype)
     _, W, Hinv = prepare_hessian(H, W0, rel_damp)
     W, Hinv = W.to(dtype), Hinv.to(dtype)
-    steps = int(math.ceil(W.shape[1] * max(sparsities) - 1e-9)) if sparsities else 0
+    steps = math.ceil(W.shape[1] * max(sparsities) - 1e-9) if sparsities else 0
     _, losses, tr = obs_rows(W, Hinv, steps=steps, trace=True)
     assert tr is not None
     db = LayerDatabase({}, {})

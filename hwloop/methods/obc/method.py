@@ -36,6 +36,7 @@ from hwloop.errors import SearchError
 from hwloop.methods.base import Candidate, CompressionMethod, MethodConfig, MethodContext, MethodResult, Repair
 from hwloop.methods.obc.database import Database, build_database, compress_layer, layer_level_name
 from hwloop.methods.obc.dp import solve_savings, unit_savings_from_latency, unit_savings_from_table
+from hwloop.methods.obc.exactobs import layer_weight
 from hwloop.methods.obc.structured import apply_group_, physical_prune, reestimate_bn
 from hwloop.search.accounting import ComputeRecord
 
@@ -91,14 +92,14 @@ class ObcConfig(MethodConfig):
         _numbers("sparsities", self.sparsities, 0.0, 0.99)
         if self.targets is not None:
             _numbers("targets", self.targets, 0.0, 1.0)
-        for name, v, allowed in (("error", self.error, ERRORS), ("dtype", self.dtype, tuple(DTYPES)),
-                                 ("cost_source", self.cost_source, COST_SOURCES), ("check", self.check, CHECKS)):
-            if v not in allowed:
-                raise SearchError(f"{name}={v!r} is unknown; allowed: {', '.join(allowed)}")
-        for name, v, lo in (("error_images", self.error_images, 1), ("buckets", self.buckets, 10),
-                            ("corrections", self.corrections, 0), ("finetune_epochs", self.finetune_epochs, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise SearchError(f"{name}={v!r} must be an int >= {lo}")
+        for key, val, allowed in (("error", self.error, ERRORS), ("dtype", self.dtype, tuple(DTYPES)),
+                                  ("cost_source", self.cost_source, COST_SOURCES), ("check", self.check, CHECKS)):
+            if val not in allowed:
+                raise SearchError(f"{key}={val!r} is unknown; allowed: {', '.join(allowed)}")
+        for key, num, lo in (("error_images", self.error_images, 1), ("buckets", self.buckets, 10),
+                             ("corrections", self.corrections, 0), ("finetune_epochs", self.finetune_epochs, 0)):
+            if isinstance(num, bool) or not isinstance(num, int) or num < lo:
+                raise SearchError(f"{key}={num!r} must be an int >= {lo}")
         if not (isinstance(self.finetune_lr, (int, float)) and self.finetune_lr > 0):
             raise SearchError(f"finetune_lr={self.finetune_lr!r} must be a number > 0")
         if not (isinstance(self.tolerance, (int, float)) and 0.0 <= self.tolerance < 1.0):
@@ -274,10 +275,10 @@ class ObcMethod(CompressionMethod):
             else:
                 lo = required
             required = (lo + hi) / 2 if lo is not None and hi is not None else required + (ratio - target) * original
-        choice = best[1] if best is not None else last
-        assert choice is not None
+        final = best[1] if best is not None else last
+        assert final is not None
         steps.append({"chosen": len(steps) - 1 if best is None else best[2]})
-        return choice, {"steps": steps, "whole0": whole0}
+        return final, {"steps": steps, "whole0": whole0}
 
     def stitch(self, context: MethodContext, model: nn.Module, db: Database, choice: list[int],
                calib: list[tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
@@ -305,7 +306,7 @@ class ObcMethod(CompressionMethod):
             lv = u.levels[li]
             if u.kind != "layer" or lv[0] == "float":
                 continue
-            w = get_module(net, u.name).weight
+            w = layer_weight(get_module(net, u.name))
             W = w.detach().reshape(w.shape[0], -1)
             rows = out_mask.get(u.name, torch.ones(W.shape[0], dtype=torch.bool)).to(W.device)
             cm = in_mask.get(u.name)
@@ -386,8 +387,9 @@ class ObcMethod(CompressionMethod):
             repairs = [] if chosen == 0 else [Repair("dp-correction", f"after the DP ({chosen} corrections)",
                                                      first["whole"] * scale, last["whole"] * scale)]
             sizes = {"channels": {u.name: float(u.levels[li]) for u, li in zip(db.units, choice) if u.kind == "group"},
-                     "layers": {u.name: layer_level_name(u.levels[li]) for u, li in zip(db.units, choice)
-                                if u.kind == "layer"}}
+                     "w_bits": {u.name: float(u.levels[li][1]) for u, li in zip(db.units, choice)
+                                if u.kind == "layer" and u.levels[li][0] == "bits"}}
+            layers = {u.name: layer_level_name(u.levels[li]) for u, li in zip(db.units, choice) if u.kind == "layer"}
             cand = Candidate(
                 setting=f"target={target}", model=net, plan=plan, original=orig, predicted=pred, unit=lat.unit,
                 predicted_ms=pred if lat.unit == "ms" else None, accuracy=acc, accuracy_extracted=acc_x, target=target,
@@ -397,7 +399,7 @@ class ObcMethod(CompressionMethod):
                 extra={"dp_first_additive_ratio": first["additive_ratio"], "dp_first_whole_ratio": first["whole_ratio"],
                        "final_additive_ratio": last["additive_ratio"], "final_whole_ratio": last["whole_ratio"],
                        "dp_steps": steps, "dp_chosen": chosen, "check": cfg.check, "costs": what, "calib_images": sum(int(y.shape[0]) for _, y in calib),
-                       "units": len(db.units), "skipped_groups": db.skipped,
+                       "units": len(db.units), "skipped_groups": db.skipped, "layers": layers,
                        "note": "sparse levels cost as dense (no sparse execution modelled)"})
             cand.cost = dataclasses_total(ledger, n0, context.trial)
             cand.judge(context.base_accuracy, context.max_repair_drop)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from hwloop.compress.extract import ChannelGroup, analyze, get_module, prune_groups_
-from hwloop.methods.obc.exactobs import prepare_hessian
+from hwloop.methods.obc.exactobs import layer_weight, prepare_hessian
 
 __all__ = ["GroupDatabase", "GroupInfo", "apply_group_", "group_infos", "physical_prune", "reestimate_bn",
            "structured_database"]
@@ -69,8 +69,8 @@ def group_infos(model: nn.Module, groups: Iterable[ChannelGroup]) -> tuple[list[
             m = get_module(model, n)
             if getattr(m, "groups", 1) != 1:
                 why = f"consumer {n} is a grouped conv"
-            elif m.weight[0].numel() % g.channels:
-                why = f"consumer {n}'s {m.weight[0].numel()} inputs do not split over {g.channels} channels"
+            elif layer_weight(m)[0].numel() % g.channels:
+                why = f"consumer {n}'s {layer_weight(m)[0].numel()} inputs do not split over {g.channels} channels"
         if any(n in g.in_layers for n in prods):
             why = "a layer both produces and consumes the group"
         if not g.in_layers:
@@ -89,7 +89,7 @@ def structured_database(model: nn.Module, info: GroupInfo, hessians: Mapping[str
     C = info.channels
     Ws, Hinvs, bss = [], [], []
     for n in info.consumers:
-        w = get_module(model, n).weight.detach()
+        w = layer_weight(get_module(model, n)).detach()
         W0 = w.reshape(w.shape[0], -1).to(torch.float64)
         _, W, Hinv = prepare_hessian(hessians[n], W0, rel_damp)
         Ws.append(W.to(dtype))
@@ -103,8 +103,8 @@ def structured_database(model: nn.Module, info: GroupInfo, hessians: Mapping[str
 
     def record(k: int) -> None:
         db.masks[k] = (~removed).cpu().clone()
-        db.weights[k] = {n: W.reshape(get_module(model, n).weight.shape).to(get_module(model, n).weight.dtype).clone()
-                         for n, W in zip(info.consumers, Ws)}
+        db.weights[k] = {n: W.reshape(layer_weight(get_module(model, n)).shape)
+                         .to(layer_weight(get_module(model, n)).dtype).clone() for n, W in zip(info.consumers, Ws)}
         db.loss[k] = total
 
     if C in want:
@@ -144,18 +144,17 @@ def apply_group_(model: nn.Module, info: GroupInfo, mask: torch.Tensor,
     """Put one level of a group into a dense model by masking (in place): producer rows, biases and batch-norm
     scale/shift of removed channels set to zero, consumer weights replaced by their compensated ones."""
     drop = ~mask.to(torch.bool)
-    for n in info.producers:
+    for n in [*info.producers, *info.norms]:
         m = get_module(model, n)
-        m.weight[drop.to(m.weight.device)] = 0.0
-        if getattr(m, "bias", None) is not None:
-            m.bias[drop.to(m.weight.device)] = 0.0
-    for n in info.norms:
-        m = get_module(model, n)
-        if m.weight is not None:
-            m.weight[drop.to(m.weight.device)] = 0.0
-            m.bias[drop.to(m.weight.device)] = 0.0
-    for n, w in (weights or {}).items():
-        get_module(model, n).weight.copy_(w)
+        if getattr(m, "weight", None) is None:
+            continue
+        w = layer_weight(m)
+        w[drop.to(w.device)] = 0.0
+        b = getattr(m, "bias", None)
+        if isinstance(b, torch.Tensor):
+            b[drop.to(w.device)] = 0.0
+    for n, wt in (weights or {}).items():
+        layer_weight(get_module(model, n)).copy_(wt)
 
 
 def physical_prune(model: nn.Module, example: torch.Tensor, masks: Mapping[str, torch.Tensor],
