@@ -179,7 +179,14 @@ BAD = [
 
 
 @pytest.mark.parametrize("over,msg", BAD, ids=[m[:24] for _, m in BAD])
-def test_bad_spec_is_one_line_and_exit_2(tmp_path: Path, over: dict[str, Any], msg: str) -> None:
+def test_bad_spec_is_one_line(over: dict[str, Any], msg: str) -> None:
+    with pytest.raises(SearchError) as e:
+        HarnessSpec.from_dict(spec_dict(**over), "bad.toml").check_files()
+    assert msg in str(e.value) and "\n" not in str(e.value) and str(e.value).startswith("bad.toml: ")
+
+
+@pytest.mark.parametrize("over,msg", [BAD[0], BAD[3], BAD[11]], ids=["targets", "method-key", "missing-file"])
+def test_bad_spec_on_the_cli_exits_2(tmp_path: Path, over: dict[str, Any], msg: str) -> None:
     p = tmp_path / "bad.toml"
     p.write_text(to_toml(spec_dict(**over)), encoding="utf-8")
     r = subprocess.run([sys.executable, "-m", "hwloop", "bench", "methods", str(p), "--out", str(tmp_path / "o"),
@@ -187,4 +194,4 @@ def test_bad_spec_is_one_line_and_exit_2(tmp_path: Path, over: dict[str, Any], m
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.stderr
-    assert "Traceback" not in r.stderr and not (tmp_path / "o" / "cells").exists()
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()

@@ -110,7 +110,8 @@ def _matched(h: Harness, control: str, cell: Cell, ref: dict[str, Any], ledger: 
             "predicted_ratio": pred, "search_ratio": None, "measured_ratio": float(m["ratio"]),
             "measured_ms": float(m["latency_ms"]), "original_measured_ms": float(m["original_ms"]),
             "status": status, "status_reason": reason, "plan": plan.to_dict(), "setting": f"knob={x:.4f}",
-            "goal_ratio": float(goal), "bisect": [[a, b] for a, b in trace], "knob": x}
+            "goal_ratio": float(goal), "bisect": [[a, b] for a, b in trace], "knob": x,
+            "measured_ratio_ci": m.get("ratio_ci"), "measure_unstable": m.get("unstable")}
 
 
 def _black_box(h: Harness, control: str, cell: Cell, ref: dict[str, Any], ledger: ComputeLedger) -> dict[str, Any]:
@@ -152,4 +153,5 @@ def _black_box(h: Harness, control: str, cell: Cell, ref: dict[str, Any], ledger
             "measured_ratio": float(m["ratio"]), "measured_ms": float(m["latency_ms"]),
             "original_measured_ms": float(m["original_ms"]), "status": status, "status_reason": reason,
             "plan": plan.to_dict(), "setting": f"trials={n_tr}", **info,
+            "measured_ratio_ci": m.get("ratio_ci"), "measure_unstable": m.get("unstable"),
             "best_trial_val": res.accuracy if res.accuracy is not None and math.isfinite(res.accuracy) else None}
