@@ -83,6 +83,47 @@ def uniform_plan(ref: Any, base: torch.nn.Module, names: list[str], frac: float)
     return CompressionPlan(base=ref.to_dict(), actions=acts, meta={"uniform_frac": frac})
 
 
+def report(d: dict[str, Any]) -> str:
+    """Markdown tables of a results.json (what docs/haloc.md quotes)."""
+    def f(v: Any, p: int = 3) -> str:
+        return "—" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
+
+    acc0 = d["dense"]["accuracy"]
+    lines = [(f"checkpoint `{d.get('checkpoint')}`, dense {acc0:.2f}% on {d['schedule']['eval_limit']} test images, "
+             f"schedule {d['schedule']}"), "",
+             "| device | rank fraction | measured ratio | 95% interval | MACs ratio |", "|---|---|---|---|---|"]
+    for k, v in d.items():
+        if k.startswith("uniform/"):
+            ci = v.get("ratio_ci")
+            lines.append(f"| {k.split('/')[1]} | {v['frac']} | {v['ratio']:.3f} | "
+                         f"{'—' if not ci else f'{ci[0]:.3f}–{ci[1]:.3f}'} | {v['macs_ratio']:.3f} |")
+    for k, v in d.items():
+        if k.startswith("bound/"):
+            lines.append(f"\n{k}: cheapest level of every layer {v['min_ratio']:.3f}x ({v['source']}); "
+                         f"{sum(v['factorise_helps'].values())}/{len(v['factorise_helps'])} layers cheaper factorised")
+    lines += ["", ("| run | target | accuracy (Δ vs dense) | after extraction | measured ratio | predicted | search end "
+              "| E[LAT] end | MACs ratio (FLOPs reduction) | status | search+ft wall s |"), "|---" * 11 + "|"]
+    for k, v in d.items():
+        if k.startswith(("haloc/", "ablation/")):
+            lines.append(
+                f"| {k} | {v['target']} | {v['accuracy']:.2f} ({v['accuracy'] - acc0:+.2f}) | "
+                f"{f(v['accuracy_extracted'], 2)} | {f(v['measured_ratio'])} | {f(v['predicted_ratio'])} | "
+                f"{f(v['search_ratio'])} | {f(v['extra'].get('expected_ratio'))} | {v['macs_ratio']:.3f} "
+                f"({100 * (1 - v['macs_ratio']):.1f}%) | {v['status']} | "
+                f"{sum(x for p, x in v['seconds'].items() if p in ('search', 'finetune')):.0f} |")
+    lines += ["", ("| uniform fine-tuned | rank fraction | measured ratio | HALOC measured | accuracy | after extraction |"
+              " MACs ratio |"), "|---" * 7 + "|"]
+    for k, v in d.items():
+        if k.startswith("uniform_ft/"):
+            lines.append(f"| {k} | {v['frac']} | {v['measured_ratio']:.3f} | {v['haloc_measured_ratio']:.3f} | "
+                         f"{v['accuracy']:.2f} | {v['accuracy_extracted']:.2f} | {v['macs_ratio']:.3f} |")
+    if d.get("train_ref"):
+        t = d["train_ref"]
+        lines.append(f"\ntrain_ref: {t['batches']} batches of plain training in {t['wall_s']:.0f} s, "
+                     f"accuracy {t['accuracy']:.2f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default=None, help="ResNet-20 safetensors state_dict (default: the converged "
@@ -101,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dual-lr", type=float, default=0.5)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--phases", default="dense,uniform,haloc,ablation,uniform_ft,train_ref")
+    ap.add_argument("--report", action="store_true", help="print the Markdown tables of --out/results.json and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print(report(Results(Path(args.out) / "results.json").data))
+        return 0
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
 
