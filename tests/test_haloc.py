@@ -215,3 +215,12 @@ def test_config_errors_are_one_line() -> None:
         with pytest.raises(SearchError, match=needle) as e:
             make_method("haloc", bad)
         assert "\n" not in str(e.value) and str(e.value).startswith("[method] haloc: ")
+
+
+def test_the_example_spec_reads_as_haloc() -> None:
+    from hwloop.search.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "search/cifar10_resnet20_haloc.toml")
+    m = spec.method.build()
+    assert m.name == "haloc" and m.config.sampling == "softmax" and m.config.search_epochs == 8
+    assert spec.budget.target == 0.6 and spec.device.name == "asic-tpu32"
