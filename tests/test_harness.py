@@ -195,3 +195,27 @@ def test_bad_spec_on_the_cli_exits_2(tmp_path: Path, over: dict[str, Any], msg: 
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_recalibrate_bn_changes_statistics_not_weights() -> None:
+    """The no-retrain option: batch-norm running statistics re-estimated from training batches, weights untouched."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hwloop.models import ModelRef
+    from hwloop.search.controls import recalibrate_bn
+
+    torch.manual_seed(0)
+    net = ModelRef("small_cnn").build().eval()
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    x = torch.randn(96, 1, 8, 8) * 3 + 1
+    loader = DataLoader(TensorDataset(x, torch.zeros(96, dtype=torch.long)), batch_size=32)
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    assert recalibrate_bn(net, loader, batches=2) == 64
+    assert not torch.allclose(bn.running_mean, before) and not net.training and bn.momentum == 0.1
+    # the first BN sees conv(x): its new running mean is the mean of that over the 64 images
+    conv = net.features[0]
+    with torch.no_grad():
+        expect = conv(x[:64]).mean(dim=(0, 2, 3))
+    assert torch.allclose(bn.running_mean, expect, atol=1e-5)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())

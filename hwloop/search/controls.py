@@ -167,6 +167,7 @@ def recalibrate_bn(net: nn.Module, loader: Any, batches: int) -> int:
     bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or batches <= 0:
         return 0
+    momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None   # cumulative average over the batches
@@ -177,6 +178,8 @@ def recalibrate_bn(net: nn.Module, loader: Any, batches: int) -> int:
             break
         net(x)
         seen += int(x.shape[0])
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
     net.eval()
     return seen
 
