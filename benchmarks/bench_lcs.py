@@ -74,7 +74,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--devices", default="asic-tpu32,local-cpu")
     ap.add_argument("--trace-steps", type=int, default=40)
-    ap.add_argument("--phases", default="family,single,eval,latency,trace")
+    ap.add_argument("--table-devices", default="asic-tpu32", help="devices whose alpha->latency cost table is built")
+    ap.add_argument("--trace-devices", default="asic-tpu32", help="devices the budget trace runs on")
+    ap.add_argument("--phases", default="family,eval,latency,trace,single")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -108,29 +110,6 @@ def main() -> int:
         log("family: not trained yet and phase not selected")
         return 1
 
-    # 2. single models
-    singles: dict[float, Any] = {}
-    for w in WIDTHS:
-        p = out / f"single_{w}.safetensors"
-        sref = ModelRef("resnet20", {"norm": "in", "width_mult": w}, input_shape=(3, 32, 32))
-        if p.exists():
-            from safetensors.torch import load_file
-
-            m = sref.build()
-            m.load_state_dict(load_file(str(p)))
-            singles[w] = m
-        elif "single" in phases:
-            torch.manual_seed(args.seed)
-            m = sref.build().train()
-            log(f"single {w}: training")
-            h = train_epochs(m, task.train, args.epochs, args.lr)
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(p))
-            jsave(out / f"single_{w}_train.json", h)
-            log(f"single {w}: {h['seconds']:.0f} s, {h['images']:.0f} images")
-            singles[w] = m
-
     # 3. accuracy
     ev = jload(out / "eval.json")
     if ev is None and "eval" in phases:
@@ -139,7 +118,6 @@ def main() -> int:
         fam.evaluate(task.eval_fn, grid)
         ev = {"family": {repr(a): fam.accuracy[a] for a in grid},
               "width": {repr(a): fam.level(a)["width"] for a in grid},
-              "single": {repr(w): evaluate(m, task.val) for w, m in singles.items()},
               "params": {repr(a): sum(p.numel() for p in fam.at(a).model.parameters()) for a in grid}}
         dense = ModelRef("resnet20", input_shape=(3, 32, 32)).build()
         if Path(args.checkpoint).exists():
@@ -166,7 +144,7 @@ def main() -> int:
             log(f"latency on {dev}")
             t0 = time.perf_counter()
             live = fam.measure(dev, grid, source="measure")
-            table = fam.measure(dev, grid, source="table")
+            table = fam.measure(dev, grid, source="table") if dev in args.table_devices.split(",") else {}
             dense = ModelRef("resnet20", input_shape=(3, 32, 32))   # the BN checkpoint's architecture, whole model
             res = create_device(dev).measure([MeasureRequest.for_model(dense)])[0]
             if not res.ok:
@@ -174,6 +152,7 @@ def main() -> int:
             dense_ms = float(res.latency_ms)
             full_in = float(live[1.0])
             picks = {}
+            fam.latency[dev] = dict(table or live)
             for tgt in TARGETS:
                 sel = fam.select(tgt * dense_ms, dev)
                 picks[repr(tgt)] = {"budget_ms": tgt * dense_ms, "alpha": sel.alpha, "width": fam.level(sel.alpha)["width"],
@@ -192,7 +171,7 @@ def main() -> int:
     if "trace" in phases:
         g = torch.Generator().manual_seed(args.seed + 7)
         for dev in args.devices.split(","):
-            if dev in tr or dev not in lat:
+            if dev in tr or dev not in lat or dev not in args.trace_devices.split(","):
                 continue
             live = {float(a): v for a, v in lat[dev]["live_ms"].items()}
             table = {float(a): v for a, v in lat[dev]["table_ms"].items()}
@@ -210,6 +189,34 @@ def main() -> int:
             plot_run(run, str(out / f"trace_{dev}.png"))
             jsave(out / "trace.json", tr)
             log(f"trace {dev}: {run.summary()}")
+    # 6. single models (last: the family's figures come first on a busy machine)
+    singles: dict[float, Any] = {}
+    for w in WIDTHS:
+        p = out / f"single_{w}.safetensors"
+        sref = ModelRef("resnet20", {"norm": "in", "width_mult": w}, input_shape=(3, 32, 32))
+        if p.exists():
+            from safetensors.torch import load_file
+
+            m = sref.build()
+            m.load_state_dict(load_file(str(p)))
+            singles[w] = m
+        elif "single" in phases:
+            torch.manual_seed(args.seed)
+            m = sref.build().train()
+            log(f"single {w}: training")
+            h = train_epochs(m, task.train, args.epochs, args.lr)
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(p))
+            jsave(out / f"single_{w}_train.json", h)
+            log(f"single {w}: {h['seconds']:.0f} s, {h['images']:.0f} images")
+            singles[w] = m
+
+    sev = jload(out / "single_eval.json")
+    if sev is None and singles:
+        sev = {repr(w): evaluate(m, task.val) for w, m in singles.items()}
+        jsave(out / "single_eval.json", sev)
+        log(f"single models: accuracy {sev}")
     log("done")
     return 0
 

@@ -3,6 +3,7 @@ and group/instance norm as ops of their own in workloads, predictor features and
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
@@ -15,8 +16,18 @@ from torch import nn
 
 from hwloop.errors import SearchError
 from hwloop.methods import make_method
-from hwloop.methods.lcs import (LcsFamily, LineConv2d, LineLinear, LineNorm, alpha_to_bits, cos2_regularizer,
-                                n_channels, to_lines, topk_mask, train_lines)
+from hwloop.methods.lcs import (
+    LcsFamily,
+    LineConv2d,
+    LineLinear,
+    LineNorm,
+    alpha_to_bits,
+    cos2_regularizer,
+    n_channels,
+    to_lines,
+    topk_mask,
+    train_lines,
+)
 from hwloop.methods.lcs.controller import LcsController, budgets_from_load
 from hwloop.models import ModelRef
 from hwloop.workload import LayerSpec, WorkloadWarning, build_layer, extract_layers, make_inputs
@@ -82,6 +93,7 @@ def test_topk_member_has_the_count_and_its_plan_rebuilds_it(tmp_path: Path) -> N
             nz = int((mod.weight != 0).sum())
             assert nz == (mod.weight.numel() if n == first else max(1, round(dens * mod.weight.numel()))), n
     rebuilt, plan = load_compressed(save_compressed(m.model, m.plan, tmp_path / "m"))
+    assert plan == m.plan and {a.kind for a in plan.actions} == {"sparsify"}
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), m.model(x))
@@ -91,7 +103,7 @@ def test_topk_member_has_the_count_and_its_plan_rebuilds_it(tmp_path: Path) -> N
 def test_alpha_to_bits_is_monotone_and_covers_3_to_8() -> None:
     alphas = [i / 600 for i in range(601)]
     bits = [alpha_to_bits(a) for a in alphas]
-    assert all(b0 <= b1 for b0, b1 in zip(bits, bits[1:]))
+    assert all(b0 <= b1 for b0, b1 in itertools.pairwise(bits))
     assert set(bits) == set(range(3, 9)) and bits[0] == 3 and bits[-1] == 8
     fam = _family("bits")
     x = torch.randn(4, 1, 8, 8)
@@ -275,3 +287,17 @@ def test_whole_models_with_norms_have_no_host_ops_on_the_asic() -> None:
         assert not g.host_ops, (norm, [o.fused for o in g.host_ops])
         norms = [o for o in g.ops if any("norm" in f for f in o.fused)]
         assert len(norms) == 3 and all(o.kind == "eltwise" for o in norms)
+
+
+def test_latency_tables_on_the_asic_table_calibrated_to_the_live_member() -> None:
+    pytest.importorskip("tvm")
+    fam = _family()
+    grid = [0.0, 0.5, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        live = fam.measure("asic-tpu32", grid, source="measure")
+        table = fam.measure("asic-tpu32", grid, source="table", store=False)
+    assert live[0.0] < live[0.5] < live[1.0] and table[0.0] < table[0.5] < table[1.0]
+    assert table[1.0] == pytest.approx(live[1.0], rel=1e-9)        # calibrated on the widest member
+    assert fam.latency_source["asic-tpu32"] == "table+calibrated" and fam.latency["asic-tpu32"] == table
+    assert fam.select(live[0.5] * 1.0001, "asic-tpu32").alpha in grid

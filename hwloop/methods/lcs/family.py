@@ -160,14 +160,17 @@ class LcsFamily:
         return dict(self.accuracy)
 
     def measure(self, device: str | Any, alphas: Sequence[float], *, source: str = "measure", timing: Any = None,
-                store: Any = None, progress: bool = False) -> dict[float, float]:
+                store: Any = None, progress: bool = False, calibrate: bool = True) -> dict[float, float]:
         """Fill the α → latency (ms) table of ``device``.
 
         ``source="measure"``: each member measured live as a whole model (:func:`~hwloop.search.report.
         measure_compressed` of its plan: the asic lowers the whole member through TVM, fusing what it can);
         ``"table"``: the members' layers costed through the shared
         layer cost table (one level per α, measured live on the device once per distinct layer spec and cached
-        in ``store``), whole-model cost = :meth:`CostTable.model_cost`.
+        in ``store``), whole-model cost = :meth:`CostTable.model_cost`; with ``calibrate`` the table is scaled
+        once so that the largest α equals that member's whole-model latency on the device
+        (:meth:`CostTable.calibrate_model`): a sum of layers misses what the device does across layers (fusion
+        on the asic, cache effects on the CPU).
         """
         from hwloop.devices import create_device
 
@@ -182,15 +185,15 @@ class LcsFamily:
                 out[a] = float(measure_compressed(dev, m.model, m.plan, example=x, timing=timing,
                                                   method="model" if m.plan is not None else "auto")["latency_ms"])
         elif source == "table":
-            out = self._table_latency(dev, members, x, store=store, progress=progress)
+            out = self._table_latency(dev, members, x, store=store, progress=progress, calibrate=calibrate)
         else:
             raise SearchError(f"latency source={source!r} is unknown; allowed: measure, table")
         self.latency.setdefault(dev.name, {}).update(out)
-        self.latency_source[dev.name] = source
+        self.latency_source[dev.name] = source + ("+calibrated" if source == "table" and calibrate else "")
         return out
 
     def _table_latency(self, dev: Any, members: Mapping[float, Member], x: torch.Tensor, *, store: Any,
-                       progress: bool) -> dict[float, float]:
+                       progress: bool, calibrate: bool) -> dict[float, float]:
         from hwloop.search.costtable import build_cost_table
         from hwloop.search.report import layer_specs_with_bits
 
@@ -201,6 +204,13 @@ class LcsFamily:
                     continue
                 levels.setdefault(s.name or f"op{i}", {})[("alpha", a)] = [s]
         table = build_cost_table(levels, device=dev, source="measure", store=store, progress=progress)
+        top = max(members)
+        if calibrate and members[top].plan is not None:
+            r = self.ref
+            ref = ModelRef("hwloop.compress:from_plan", {"plan": members[top].plan.to_dict()},
+                           input_shape=r.input_shape, batch=r.batch, dtype=r.dtype)
+            table.calibrate_model(ref, {k: ("alpha", top) for k, v in levels.items() if ("alpha", top) in v},
+                                  store=store)
         return {a: float(table.model_cost({k: ("alpha", a) for k, v in levels.items() if ("alpha", a) in v}))
                 for a in members}
 
