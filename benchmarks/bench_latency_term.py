@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from safetensors.torch import load_file
 
+    import hwloop
     from hwloop.compress.gated import GatedModel
     from hwloop.devices.base import machine_load
     from hwloop.models import ModelRef
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwloop.search.train import make_optimizer
 
     load0 = machine_load()
+    print(f"hwloop from {Path(hwloop.__file__).parent}", flush=True)
     ref = ModelRef("resnet20")
     model = ref.build()
     model.load_state_dict(load_file(args.checkpoint))
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
            "penalty": args.penalty, "space": "channels+bits, tile 32" if args.bits else "channels",
            "rounds": args.rounds, "term_repeats": args.term_repeats, "plain_step_ms": plain * 1e3,
            "latency_models_built_s": round(build_s, 2), "load_before": load0, "load_after": load1, "rows": rows,
-           "torch": torch.__version__, "python": sys.version.split()[0]}
+           "torch": torch.__version__, "python": sys.version.split()[0], "hwloop": str(Path(hwloop.__file__).parent)}
     print(f"checkpoint {args.checkpoint}; batch {args.batch}, {torch.get_num_threads()} thread, penalty "
           f"{args.penalty}, space {res['space']}; machine load {load0['load1']} -> {load1['load1']} on "
           f"{load0['cores']} cores")
