@@ -336,7 +336,7 @@ def _throughput_file(path: Path, table: np.ndarray, batch: dict, specs: list, du
     b1 = xgb.Booster(params={"nthread": 1})
     b1.load_model(p.booster_.save_raw("ubj"))
     acc: dict = {}
-    x = features_from_table(sub, p.feature_schema_, accel_out=acc)
+    x = np.ascontiguousarray(features_from_table(sub, p.feature_schema_, accel_out=acc))  # its fastest layout
     mg = None if p.baseline_coef_ is None else np.log(baseline_ms(sub, p.baseline_coef_, acc)).astype(np.float32)
     step = 8192
 
@@ -357,7 +357,43 @@ def _throughput_file(path: Path, table: np.ndarray, batch: dict, specs: list, du
     print("    where the time goes (1 thread): " + "; ".join(f"{lab} {m / c:,.0f} per CPU-s"
                                                         for lab, (m, c) in parts.items()))
     res["parts_per_cpu_s"] = {lab: m / c for lab, (m, c) in parts.items()}
+    res["vs_booster"] = _vs_booster(path, sub, b1, max(k, 5))
     return res
+
+
+def _vs_booster(path: Path, sub: np.ndarray, b1: object, k: int) -> dict:
+    """Batched prediction (raw table -> ms, the whole public path: de-duplication check, blocks, features,
+    baseline, trees, exp) against the booster alone (XGBoost ``inplace_predict`` of the same rows' features,
+    already computed, C-contiguous float32, the same 8,192-row blocks), one thread each, per CPU-second,
+    interleaved round by round in one run so both see the same machine load (issue 15's must-show)."""
+    import os
+
+    from hwloop.predict import load_predictor
+    from hwloop.predict.features import features_from_table
+    from hwloop.predict.learned import baseline_ms
+
+    p1 = load_predictor(path)
+    p1.n_jobs = 1
+    acc: dict = {}
+    xc = np.ascontiguousarray(features_from_table(sub, p1.feature_schema_, accel_out=acc))
+    mg = None if p1.baseline_coef_ is None else np.log(baseline_ms(sub, p1.baseline_coef_, acc)).astype(np.float32)
+    step = 8192
+
+    def alone() -> None:
+        for s in range(0, len(sub), step):
+            b1.inplace_predict(xc[s:s + step], **({} if mg is None else {"base_margin": mg[s:s + step]}))
+
+    p1.predict(sub[:10_000])
+    load0, ours, trees = os.getloadavg()[0], [], []
+    for _ in range(k):
+        ours.append(_timed(lambda: p1.predict(sub), 1)[1])
+        trees.append(_timed(alone, 1)[1])
+    r_ours, r_trees = len(sub) / statistics.median(ours), len(sub) / statistics.median(trees)
+    print(f"    batched prediction vs the booster alone (1 thread, {len(sub):,} distinct layers, {k} interleaved "
+          f"rounds, median; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}): {r_ours:,.0f} vs {r_trees:,.0f} "
+          f"per CPU-s = {r_ours / r_trees:.1%} of the booster's rate (target >= 80%)")
+    return {"ours_per_cpu_s": r_ours, "booster_per_cpu_s": r_trees, "ratio": r_ours / r_trees, "rounds": k,
+            "load_start": load0, "load_end": os.getloadavg()[0]}
 
 
 def bench_throughput(dirs: list[Path], args: argparse.Namespace) -> dict:
@@ -393,10 +429,11 @@ def bench_throughput(dirs: list[Path], args: argparse.Namespace) -> dict:
 
     # the booster shapes the default may take: accuracy (random 20% of layers held out) and throughput
     d = dirs[0]
-    data = load_training_data(d, statistic=args.statistic, progress=False)
-    tab, y = spec_table(list(data.layer_specs)), data.layer_ms
-    print(f"  booster shapes on {d.name} ({len(y):,} layers, random 20% held out, split seeds 0 and 1): accuracy and "
-          f"throughput (raw table, {n:,} distinct layers, {make_predictor('xgboost').n_jobs} threads)")
+    data = load_training_data(d, statistic=args.statistic, progress=False) if args.boosters else None
+    tab, y = (spec_table(list(data.layer_specs)), data.layer_ms) if data is not None else (None, np.zeros(0))
+    if args.boosters:
+        print(f"  booster shapes on {d.name} ({len(y):,} layers, random 20% held out, split seeds 0 and 1): accuracy and "
+              f"throughput (raw table, {n:,} distinct layers, {make_predictor('xgboost').n_jobs} threads)")
     out["boosters"] = []
     for shape in args.boosters:
         trees, depth, lr, col = shape
@@ -436,8 +473,11 @@ def bench_throughput(dirs: list[Path], args: argparse.Namespace) -> dict:
 
 
 def _boosters(v: str) -> list[tuple[int, int, float, float]]:
-    """``--boosters``: ``"70x9@0.15/0.6,100x10@0.1/0.8"`` -> [(trees, depth, learning rate, colsample), ...]."""
-    out = []
+    """``--boosters``: ``"70x9@0.15/0.6,100x10@0.1/0.8"`` -> [(trees, depth, learning rate, colsample), ...];
+    ``none``: skip the booster-shape section."""
+    out: list[tuple[int, int, float, float]] = []
+    if v.strip().lower() in ("", "none"):
+        return out
     for item in v.split(","):
         try:
             size, rest = item.split("@")

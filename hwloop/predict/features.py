@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -161,23 +161,30 @@ def _gemm_sizes(c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.nd
     return m, k, n, np.where(conv, g, 1)
 
 
-def _gemm(t: np.ndarray, sizes: tuple[np.ndarray, ...] | None = None) -> list[np.ndarray]:
+def _gemm(t: np.ndarray, sizes: tuple[np.ndarray, ...] | None = None) -> Iterator[np.ndarray]:
     """GEMM view ``M×K · K×N`` (per group) and array-fold counts for 16/32/64-wide arrays.
 
     conv: M = batch·out positions, K = in/groups·kernel area, N = out/groups (× groups folds);
     linear/matmul: M = rows, K = in, N = out; low-rank: N = rank, plus the second factor's folds
     (rank × out); other ops: M = elements. ``log2_work_kA_nB``: streamed rows × folds of an A×B array
-    (B > A models low-bit weights packed several per processing element).
+    (B > A models low-bit weights packed several per processing element). Yielded one by one, so the
+    caller can store each before the next is computed (its temporaries stay in cache).
     """
     c = {n: t[:, _R[n]] for n in RAW_COLUMNS}
     m, k, n, reps = sizes if sizes is not None else _gemm_sizes(c)
     rank = c["rank"]
-    out = [m, k, n, np.log2(m + 1), np.log2(k + 1), np.log2(n + 1)]
+    yield from (m, k, n)
+    yield np.log2(m + 1)
+    yield np.log2(k + 1)
+    yield np.log2(n + 1)
     folds = [np.ceil(k / w) * np.ceil(n / w) * reps for w in (16, 32, 64)]
-    second = [np.where(rank > 0, np.ceil(rank / w) * np.ceil(c["out_channels"] / w), 0) for w in (16, 32, 64)]
-    work = [np.log2(np.ceil(k / a) * np.ceil(n / b) * reps * (m + a + b) + 1)
-            for a, b in ((32, 32), (32, 64), (32, 128), (16, 16), (64, 64))]
-    return out + folds + [np.log2(f * (m + 2 * w) + 1) for f, w in zip(folds, (16, 32, 64))] + second + work
+    yield from folds
+    for f, w in zip(folds, (16, 32, 64)):
+        yield np.log2(f * (m + 2 * w) + 1)
+    for w in (16, 32, 64):
+        yield np.where(rank > 0, np.ceil(rank / w) * np.ceil(c["out_channels"] / w), 0)
+    for a, b in ((32, 32), (32, 64), (32, 128), (16, 16), (64, 64)):
+        yield np.log2(np.ceil(k / a) * np.ceil(n / b) * reps * (m + a + b) + 1)
 
 
 def _accel(t: np.ndarray, sizes: tuple[np.ndarray, ...] | None = None) -> dict[str, np.ndarray]:
@@ -266,58 +273,67 @@ def features_from_table(t: np.ndarray, schema: int = FEATURE_SCHEMA,
     t = np.asarray(t, dtype=np.float64)
     if t.ndim != 2 or t.shape[1] != len(RAW_COLUMNS):
         raise PredictorError(f"a raw spec table needs {len(RAW_COLUMNS)} columns, got shape {t.shape}")
-    feature_names(schema)
+    width = len(feature_names(schema))
     t = np.asfortranarray(t)  # every column below is a contiguous view: elementwise ops ~15% faster
     n = t.shape[0]
     c = lambda name: t[:, _R[name]]
-    onehot = np.zeros((n, len(OP_KINDS)))
+    # Each feature is written into a feature-major float32 buffer as soon as it is computed (a contiguous
+    # row; the float64 temporary is freed at once and its memory reused while still in cache), and the buffer
+    # is returned as its transpose: an (n, width) array in Fortran order, which XGBoost reads as fast as a
+    # C-ordered one. Holding every column until a final row-major fill cost ~3x the arithmetic (issue 15).
+    out = np.empty((width, n), dtype=np.float32)
+    j = 0
+
+    def put(*xs: np.ndarray) -> None:
+        nonlocal j
+        for x in xs:
+            out[j] = x
+            j += 1
+
+    out[:len(OP_KINDS)] = 0.0
     if n:
-        onehot[np.arange(n), c("op").astype(np.int64)] = 1.0
+        out[c("op").astype(np.int64), np.arange(n)] = 1.0
+    j = len(OP_KINDS)
     cin, cout, rank, groups = c("in_channels"), c("out_channels"), c("rank"), c("groups")
     # channels and rank are non-negative integers: ``x & (m - 1)`` equals ``x % m`` for m = 8..64
     # and is ~8x cheaper than a float64 modulo
     ici, ico, irk = cin.astype(np.int64), cout.astype(np.int64), rank.astype(np.int64)
-    pad_in = {m: _pad(cin, m) for m in (8, 16, 32, 64)}
-    pad_out = {m: _pad(cout, m) for m in (8, 16, 32, 64)}
     native_bits = 8 * c("dtype_bytes")
     wb = np.where(c("w_bits") > 0, c("w_bits"), native_bits)
     ab = np.where(c("a_bits") > 0, c("a_bits"), native_bits)
     macs, nbytes = c("macs"), c("bytes_moved")
-    cols = [
-        onehot, c("variant"), c("dtype_bytes"), c("is_bf16"), c("batch"), cin, cout, c("in_h"), c("in_w"),
-        c("out_h"), c("out_w"), c("kernel_h"), c("kernel_w"), c("stride"), c("padding"), groups, c("bias"), rank,
-        c("w_bits"), c("a_bits"), wb * ab, ((groups > 1) & (groups == cin)).astype(np.float64),
-        cin / np.maximum(groups, 1), np.log2(macs + 1), np.log2(nbytes + 1), np.log2(c("params") + 1),
-        np.log2(c("in_elements") + 1), np.log2(c("out_elements") + 1), macs / np.maximum(nbytes, 1),
-        c("out_h") * c("out_w"),
-        *(x & (m - 1) for x in (ici, ico) for m in (8, 16, 32, 64)), irk & 7, irk & 15,
-        *(pad_in[m] * pad_out[m] for m in (8, 16, 32, 64)),
-        np.log2(macs * pad_in[32] * pad_out[32] + 1),
-        *_gemm(t, sizes := _gemm_sizes({name: c(name) for name in RAW_COLUMNS})),
-    ]
+    for name in ("variant", "dtype_bytes", "is_bf16", "batch", "in_channels", "out_channels", "in_h", "in_w", "out_h",
+                 "out_w", "kernel_h", "kernel_w", "stride", "padding", "groups", "bias", "rank", "w_bits", "a_bits"):
+        put(c(name))
+    put(wb * ab, ((groups > 1) & (groups == cin)).astype(np.float64), cin / np.maximum(groups, 1))
+    put(np.log2(macs + 1), np.log2(nbytes + 1), np.log2(c("params") + 1), np.log2(c("in_elements") + 1),
+        np.log2(c("out_elements") + 1), macs / np.maximum(nbytes, 1), c("out_h") * c("out_w"))
+    for x in (ici, ico):
+        for m in (8, 16, 32, 64):
+            put(x & (m - 1))
+    put(irk & 7, irk & 15)
+    pad32 = (_pad(cin, 32), _pad(cout, 32))
+    for m in (8, 16, 32, 64):
+        put(pad32[0] * pad32[1] if m == 32 else _pad(cin, m) * _pad(cout, m))
+    put(np.log2(macs * pad32[0] * pad32[1] + 1))
+    sizes = _gemm_sizes({name: c(name) for name in RAW_COLUMNS})
+    for x in _gemm(t, sizes):
+        put(x)
     if schema >= 2:
         a = _accel(t, sizes)
         if accel_out is not None:
             accel_out.update(a)
         for w in _ARRAYS:
-            cols += [np.log2(a[f"folds{w}"] + 1), np.log2(a[f"work{w}"] + 1), np.log2(a[f"lowrank{w}"] + 1),
-                     np.log2(a[f"work{w}"] + a[f"lowrank{w}"] + 1), np.log2(a[f"gpf{w}"])]
-        cols += [np.log2(a["w_bytes"] + 1), np.log2(a["i_bytes"] + 1), np.log2(a["o_bytes"] + 1), a["pack"]]
-        cols += [np.log2(a[f"traffic{c}"] + 1) for c in _CAPS_KIB]
-        cols += [a["pointwise"], np.log2(a["per_sample"] + 1), (a["per_sample"] > 20480).astype(np.float64)]
+            put(np.log2(a[f"folds{w}"] + 1), np.log2(a[f"work{w}"] + 1), np.log2(a[f"lowrank{w}"] + 1),
+                np.log2(a[f"work{w}"] + a[f"lowrank{w}"] + 1), np.log2(a[f"gpf{w}"]))
+        put(np.log2(a["w_bytes"] + 1), np.log2(a["i_bytes"] + 1), np.log2(a["o_bytes"] + 1), a["pack"])
+        for cap in _CAPS_KIB:
+            put(np.log2(a[f"traffic{cap}"] + 1))
+        put(a["pointwise"], np.log2(a["per_sample"] + 1), (a["per_sample"] > 20480).astype(np.float64))
     if schema >= 3:
-        cols += _cpu(t)
-    width = sum(x.shape[1] if x.ndim == 2 else 1 for x in cols)
-    out = np.empty((n, width), dtype=np.float32)  # filled in place: no float64 stack, no second copy
-    j = 0
-    for x in cols:
-        if x.ndim == 2:
-            out[:, j:j + x.shape[1]] = x
-            j += x.shape[1]
-        else:
-            out[:, j] = x
-            j += 1
-    return out
+        put(*_cpu(t))
+    assert j == width, (j, width)
+    return out.T
 
 
 def is_layerspec(x: Any) -> bool:
