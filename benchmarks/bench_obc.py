@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="0.7,0.6,0.5")
     ap.add_argument("--calib", type=int, default=1024)
     ap.add_argument("--bits", default="4,3,2")
-    ap.add_argument("--eval-limit", type=int, default=10000, help="test images scored")
+    ap.add_argument("--eval-limit", type=int, default=10000, help="test images scored (the first N of the test set)")
     ap.add_argument("--phases", default="quant,latency")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwloop.methods.obc.method import ObcConfig, ObcMethod
     from hwloop.methods.obc.structured import reestimate_bn
     from hwloop.models import ModelRef
+    from hwloop.search.costtable import shipped_predictor
     from hwloop.search.controls import bisect_measured, channel_scores, magnitude_config, uniform_config
     from hwloop.search.latency import select_latency_model
     from hwloop.search.report import compare_compressed
@@ -136,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     if "quant" in phases and res.get("quant") is None:
         layers = list(space.bit_layers)
         t0 = time.perf_counter()
+        c0 = time.process_time()
         H = collect_hessians(model, layers, xs)
         t_h = time.perf_counter() - t0
+        c_h = time.process_time() - c0
         rows = []
         for b in [int(v) for v in args.bits.split(",")]:
             row: dict[str, Any] = {"bits": b, "layers": len(layers)}
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 net = copy.deepcopy(model)
                 err = 0.0
                 t1 = time.perf_counter()
+                c1 = time.process_time()
                 for n in layers:
                     w = get_module(net, n).weight
                     W = w.detach().reshape(w.shape[0], -1)
@@ -159,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                     with torch.no_grad():
                         w.copy_(q)
                 row[f"{kind}_seconds"] = time.perf_counter() - t1
+                row[f"{kind}_cpu_seconds"] = time.process_time() - c1
                 row[f"{kind}_layer_error"] = err
                 row[f"{kind}_acc"] = acc(net)
                 reestimate_bn(net, xs)
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"w{b} {kind}: {row[f'{kind}_acc']:.2f}% ({row[f'{kind}_acc_bn']:.2f}% with BN re-estimation), "
                     f"summed layer output error {err:.4g}, {row[f'{kind}_seconds']:.1f} s")
             rows.append(row)
-        res.put("quant", {"hessian_seconds": t_h, "rows": rows, "first_last_float": True,
+        res.put("quant", {"hessian_seconds": t_h, "hessian_cpu_seconds": c_h, "rows": rows, "first_last_float": True,
                           "grid": "symmetric per output channel, qmax = 2^(b-1)-1, MSE-clipped scale (norm 2.4)"})
 
     # ------------------------------------------------------------------ latency targets
@@ -176,22 +181,26 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" not in phases or res.get(key) is not None:
             continue
         t0 = time.perf_counter()
-        lat = select_latency_model(space, device=device, log=say)
+        pred = shipped_predictor(device)
+        lat = select_latency_model(space, predictor_path=str(pred) if pred else None, device=device, log=say)
+        c0 = time.process_time()
         kinds = ["channels", "bits"] if device != "local-cpu" else ["channels"]
         cfg = ObcConfig(calib=args.calib, kinds=kinds, targets=targets, cost_source="table", check="device")
         meth = ObcMethod(cfg)
         ctx = MethodContext(model=model, ref=ref, space=space, train=train, eval_fn=acc, latency=lat,
-                            target=None, device=device, seed=0, base_accuracy=dense, log=say, progress=False)
+                            target=None, device=device, seed=0, base_accuracy=dense, log=say, progress=True)
         dbp = out / f"database-{'-'.join(kinds)}-{args.calib}.safetensors"
         if dbp.exists():
             db = load_database(str(dbp))
             say(f"database loaded from {dbp} (built in {db.seconds})")
         else:
             db, _ = meth.database(ctx, copy.deepcopy(model))
+            db.seconds["cpu"] = time.process_time() - c0
             save_database(db, str(dbp))
             say(f"database built: {db.seconds}")
         result = meth.run_with(ctx, copy.deepcopy(model), db, calib, t0=t0)
         t_method = time.perf_counter() - t0
+        cpu_method = time.process_time() - c0
         measure_candidates(result, ctx)
         scores = channel_scores(space)
         rows = []
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({goal / c.target - 1:+.1%} vs target), DP first answer {c.extra['dp_first_whole_ratio']:.3f}x "
                 f"(additive {c.extra['dp_first_additive_ratio']:.3f}x), {c.status}")
             rows.append(row)
-        res.put(key, {"rows": rows, "method_seconds": t_method, "config": cfg.to_dict(),
+        res.put(key, {"rows": rows, "method_seconds": t_method, "method_cpu_seconds_this_run": cpu_method, "config": cfg.to_dict(),
                       "database_seconds": db.seconds, "units": len(db.units),
                       "ladder": f"{len(cfg.channel_levels) + 1} channel levels per group x "
                                 f"{['float'] + [f'w{b}' for b in cfg.bits] if 'bits' in kinds else ['float']}"})

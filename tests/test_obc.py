@@ -241,6 +241,33 @@ def test_structured_levels_remove_channels_and_the_rebuilt_model_equals_the_stit
         assert torch.equal(again(x), net(x))
 
 
+def test_cli_compresses_a_checkpoint_to_a_measured_budget(digits, tmp_path, capsys) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from hwloop.cli import main
+    from hwloop.compress.extract import load_compressed
+
+    task, model, _ = digits
+    ck = tmp_path / "small_cnn.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ck))
+    out = tmp_path / "run"
+    args = ["search", "obc", str(ck), "--model", "small_cnn", "--task", "digits", "--calib", "128",
+            "--device", "asic-tpu32", "--target", "0.5", "--out", str(out), "--no-progress", "--eval-limit", "128"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["measured_ratio"] <= 0.5 * 1.05 and m["status"] in ("met", "met-by-repair")
+    assert m["extra"]["dp_first_whole_ratio"] == pytest.approx(m["search_ratio"])
+    net, plan = load_compressed(out)
+    assert plan.widths and sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in model.parameters())
+    capsys.readouterr()
+    assert main([*args[:2], str(tmp_path / "nope.safetensors"), *args[3:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint") and "\n" not in err
+    assert main([*args[:2], str(ck), "--model", "resnet20", "--task", "digits"]) == 2   # resnet20 is not a digits model
+
+
 @pytest.mark.parametrize("table, needle", [
     ({"kinds": ["channels", "pixels"]}, "kinds=['channels', 'pixels'] must be a non-empty list of channels"),
     ({"channel_levels": [0.5, 1.5]}, "channel_levels=[0.5, 1.5] must be a non-empty list of numbers in (0, 1]"),

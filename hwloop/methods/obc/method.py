@@ -378,12 +378,15 @@ class ObcMethod(CompressionMethod):
                 acc = context.eval_fn(net) if context.eval_fn is not None else None
             tv = time.perf_counter()
             ledger.add("eval", trial=context.trial, wall_s=tv - tx)
-            orig = lat.original()
-            pred = lat.plan_latency(plan)
             steps = info["steps"][:-1]
             chosen = info["steps"][-1]["chosen"]
             first, last = steps[0], steps[chosen]
-            scale = orig / info["whole0"]     # the check's units -> the context latency's
+            ctx_ratio = lat.plan_latency(plan) / lat.original()
+            if cfg.check == "device":   # the method's cost source is the device: its whole-model latency (ms)
+                orig, pred, unit = float(info["whole0"]), float(last["whole"]), "ms"
+            else:
+                orig, pred, unit = lat.original(), lat.plan_latency(plan), lat.unit
+            scale = orig / info["whole0"]     # the check's units -> the candidate's
             repairs = [] if chosen == 0 else [Repair("dp-correction", f"after the DP ({chosen} corrections)",
                                                      first["whole"] * scale, last["whole"] * scale)]
             sizes = {"channels": {u.name: float(u.levels[li]) for u, li in zip(db.units, choice) if u.kind == "group"},
@@ -391,14 +394,14 @@ class ObcMethod(CompressionMethod):
                                 if u.kind == "layer" and u.levels[li][0] == "bits"}}
             layers = {u.name: layer_level_name(u.levels[li]) for u, li in zip(db.units, choice) if u.kind == "layer"}
             cand = Candidate(
-                setting=f"target={target}", model=net, plan=plan, original=orig, predicted=pred, unit=lat.unit,
-                predicted_ms=pred if lat.unit == "ms" else None, accuracy=acc, accuracy_extracted=acc_x, target=target,
+                setting=f"target={target}", model=net, plan=plan, original=orig, predicted=pred, unit=unit,
+                predicted_ms=pred if unit == "ms" else None, accuracy=acc, accuracy_extracted=acc_x, target=target,
                 search_end=first["whole"] * scale, repairs=repairs, seconds={"database": t1 - t0, "dp": te - ts,
                                                                      "stitch": tx - te, "eval": tv - tx},
                 sizes=sizes,
                 extra={"dp_first_additive_ratio": first["additive_ratio"], "dp_first_whole_ratio": first["whole_ratio"],
                        "final_additive_ratio": last["additive_ratio"], "final_whole_ratio": last["whole_ratio"],
-                       "dp_steps": steps, "dp_chosen": chosen, "check": cfg.check, "costs": what, "calib_images": sum(int(y.shape[0]) for _, y in calib),
+                       "context_latency_ratio": ctx_ratio, "dp_steps": steps, "dp_chosen": chosen, "check": cfg.check, "costs": what, "calib_images": sum(int(y.shape[0]) for _, y in calib),
                        "units": len(db.units), "skipped_groups": db.skipped, "layers": layers,
                        "note": "sparse levels cost as dense (no sparse execution modelled)"})
             cand.cost = dataclasses_total(ledger, n0, context.trial)
