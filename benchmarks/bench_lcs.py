@@ -106,12 +106,17 @@ def main() -> int:
         fam.save(fam_dir)
         jsave(out / "family_train.json", h)
         log(f"family: trained in {h['seconds']:.0f} s, {h['train_image_passes']:.0f} image passes")
+    elif phases <= {"single"}:
+        fam = None   # single models only (may run beside a family run; same --out)
     else:
         log("family: not trained yet and phase not selected")
         return 1
 
     # 3. accuracy
     ev = jload(out / "eval.json")
+    if fam is None:
+        phases &= {"single"}
+        ev = None
     if ev is None and "eval" in phases:
         log("eval")
         fam.accuracy.clear()
@@ -129,7 +134,7 @@ def main() -> int:
             ev["dense_bn_checkpoint"] = {"path": args.checkpoint, "accuracy": evaluate(dense, bn_task.val)}
         jsave(out / "eval.json", ev)
         fam.save(fam_dir)
-    if ev is not None:
+    if ev is not None and fam is not None:
         fam.accuracy = {float(a): v for a, v in ev["family"].items()}
         log(f"eval: {ev}")
 

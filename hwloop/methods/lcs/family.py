@@ -83,6 +83,7 @@ class LcsFamily:
     accuracy: dict[float, float] = field(default_factory=dict)
     latency: dict[str, dict[float, float]] = field(default_factory=dict)
     latency_source: dict[str, str] = field(default_factory=dict)
+    _groups: list[tuple[str, int]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(cls, ref: ModelRef, mode: str, *, lo: float | None = None, hi: float = 1.0, line_convs: bool = True,
@@ -126,9 +127,10 @@ class LcsFamily:
         x = self.ref.example_input()
         actions: list[Action]
         if self.mode == "width":
-            graph = analyze(self.ref.build(), x)
-            actions = [ChannelPrune(g.key, n_channels(lv["width"], g.channels)) for g in graph.groups
-                       if n_channels(lv["width"], g.channels) < g.channels]
+            if self._groups is None:   # (key, channels) of the base's coupled groups, traced once
+                self._groups = [(g.key, g.channels) for g in analyze(self.ref.build(), x).groups]
+            actions = [ChannelPrune(k, n_channels(lv["width"], c)) for k, c in self._groups
+                       if n_channels(lv["width"], c) < c]
         else:
             actions = [Sparsify(n, "unstructured", density=lv["density"]) for n, m in line_layers(self.net)
                        if isinstance(m, LineConv2d) and not m.first and lv["density"] < 1.0]
