@@ -249,7 +249,7 @@ def test_cli_compresses_a_checkpoint_to_a_measured_budget(digits, tmp_path, caps
     from hwloop.cli import main
     from hwloop.compress.extract import load_compressed
 
-    task, model, _ = digits
+    _, model, _ = digits
     ck = tmp_path / "small_cnn.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ck))
     out = tmp_path / "run"
