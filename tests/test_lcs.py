@@ -220,7 +220,8 @@ def test_controller_counts_misses_by_measured_latency_and_regret() -> None:
     assert [s.table_met for s in st] == [True, True, True, False]
     assert st[1].best_alpha == 0.0 and st[1].regret == pytest.approx(50.0)   # missed: charged the best α's accuracy
     assert st[2].regret == pytest.approx(0.0) and st[3].regret == 0.0
-    assert run.summary()["misses"] == 2 and run.switches == 2
+    sm = run.summary()
+    assert sm["misses"] == 2 and sm["infeasible_steps"] == 1 and sm["misses_when_feasible"] == 1 and run.switches == 2
     assert budgets_from_load([0.0, 0.5], 4.0) == [4.0, 2.0]
     with pytest.raises(SearchError, match="load value 1.5"):
         budgets_from_load([1.5], 4.0)

@@ -5,8 +5,8 @@ most accurate α whose *table* latency meets the budget (no data, no retraining)
 *live on the device* (``measure(alpha) -> ms``; by default :func:`hwloop.search.report.measure_compressed`). A step
 is a **miss** when the measured latency is above the budget, whatever the table said. The **regret** of a step is
 the accuracy of the best α that would have met the budget by measured latency (``reference_ms``: one live
-measurement per α, taken once before the run) minus the accuracy delivered (0 when no α meets it; a step whose
-chosen α missed is charged the full accuracy of that best α).
+measurement per α, taken once before the run) minus the accuracy delivered (0 when no α meets it — an
+*infeasible* step; a step whose chosen α missed is charged the full accuracy of that best α).
 
 Example:
     >>> from hwloop.methods.lcs.controller import budgets_from_load
@@ -73,7 +73,10 @@ class ControllerRun:
     def summary(self) -> dict[str, Any]:
         regs = [s.regret for s in self.steps if s.regret is not None]
         accs = [s.accuracy for s in self.steps if s.accuracy is not None]
+        feasible = [s for s in self.steps if s.best_alpha is not None]
         return {"device": self.device, "steps": len(self.steps), "misses": self.misses,
+                "infeasible_steps": len(self.steps) - len(feasible),
+                "misses_when_feasible": sum(s.miss for s in feasible),
                 "table_misses": sum(not s.table_met for s in self.steps), "switches": self.switches,
                 "mean_regret": sum(regs) / len(regs) if regs else None, "max_regret": max(regs) if regs else None,
                 "mean_accuracy": sum(accs) / len(accs) if accs else None}
