@@ -63,6 +63,8 @@ def alpha_of_width(w: float, lo: float = 0.25, hi: float = 1.0) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/lcs")
+    ap.add_argument("--task", default="cifar10", choices=["cifar10", "digits"])
+    ap.add_argument("--model", default="resnet20", help="resnet20 (cifar10) or small_cnn (digits)")
     ap.add_argument("--checkpoint", default=str(ROOT / ".." / "shared" / "checkpoints" / "resnet20_cifar10_e35.safetensors"))
     ap.add_argument("--train-limit", type=int, default=4000)
     ap.add_argument("--val-limit", type=int, default=2000)
@@ -83,10 +85,11 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     phases = set(args.phases.split(","))
     jsave(out / "args.json", vars(args))
-    task = make_task("cifar10", "resnet20", model_kwargs={"norm": "in"}, batch_size=args.batch,
+    task = make_task(args.task, args.model, model_kwargs={"norm": "in"}, batch_size=args.batch,
                      train_limit=args.train_limit, val_limit=args.val_limit, seed=args.seed)
     ref = task.ref
-    log(f"schedule: {args.train_limit} training images, {args.epochs} epochs, batch {args.batch}, lr {args.lr} "
+    shape = tuple(ref.input_shape)
+    log(f"{args.task} {args.model}: {args.train_limit} training images, {args.epochs} epochs, batch {args.batch}, lr {args.lr} "
         f"(cosine), sandwich of {args.n_samples} alphas per batch; accuracy on {args.val_limit} CIFAR-10 test images")
     grid = default_grid(args.grid)
 
@@ -124,8 +127,8 @@ def main() -> int:
         ev = {"family": {repr(a): fam.accuracy[a] for a in grid},
               "width": {repr(a): fam.level(a)["width"] for a in grid},
               "params": {repr(a): sum(p.numel() for p in fam.at(a).model.parameters()) for a in grid}}
-        dense = ModelRef("resnet20", input_shape=(3, 32, 32)).build()
-        if Path(args.checkpoint).exists():
+        dense = ModelRef(args.model, input_shape=shape).build()
+        if args.task == "cifar10" and args.model == "resnet20" and Path(args.checkpoint).exists():
             from safetensors.torch import load_file
 
             dense.load_state_dict(load_file(args.checkpoint))
@@ -150,7 +153,7 @@ def main() -> int:
             t0 = time.perf_counter()
             live = fam.measure(dev, grid, source="measure")
             table = fam.measure(dev, grid, source="table") if dev in args.table_devices.split(",") else {}
-            dense = ModelRef("resnet20", input_shape=(3, 32, 32))   # the BN checkpoint's architecture, whole model
+            dense = ModelRef(args.model, input_shape=shape)   # the BN reference architecture, whole model
             res = create_device(dev).measure([MeasureRequest.for_model(dense)])[0]
             if not res.ok:
                 raise SystemExit(f"dense model failed on {dev}: {res.error}")
@@ -198,7 +201,7 @@ def main() -> int:
     singles: dict[float, Any] = {}
     for w in WIDTHS:
         p = out / f"single_{w}.safetensors"
-        sref = ModelRef("resnet20", {"norm": "in", "width_mult": w}, input_shape=(3, 32, 32))
+        sref = ModelRef(args.model, {"norm": "in", "width_mult": w}, input_shape=shape)
         if p.exists():
             from safetensors.torch import load_file
 
