@@ -389,9 +389,10 @@ class ObcMethod(CompressionMethod):
             scale = orig / info["whole0"]     # the check's units -> the candidate's
             repairs = [] if chosen == 0 else [Repair("dp-correction", f"after the DP ({chosen} corrections)",
                                                      first["whole"] * scale, last["whole"] * scale)]
-            sizes = {"channels": {u.name: float(u.levels[li]) for u, li in zip(db.units, choice) if u.kind == "group"},
-                     "w_bits": {u.name: float(u.levels[li][1]) for u, li in zip(db.units, choice)
-                                if u.kind == "layer" and u.levels[li][0] == "bits"}}
+            sizes = {str(SizeKey.channels(u.name)): {"original": float(u.full), "chosen": float(u.levels[li])}
+                     for u, li in zip(db.units, choice) if u.kind == "group"}
+            sizes.update({str(SizeKey.bits(u.name)): {"original": 32.0, "chosen": float(u.levels[li][1])}
+                          for u, li in zip(db.units, choice) if u.kind == "layer" and u.levels[li][0] == "bits"})
             layers = {u.name: layer_level_name(u.levels[li]) for u, li in zip(db.units, choice) if u.kind == "layer"}
             cand = Candidate(
                 setting=f"target={target}", model=net, plan=plan, original=orig, predicted=pred, unit=unit,
