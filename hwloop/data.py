@@ -59,7 +59,9 @@ SPLITS = ("train", "test")
 
 def cache_root() -> Path:
     """``$HWLOOP_HOME/cache`` (``HWLOOP_HOME`` defaults to ``~/.hwloop``)."""
-    return Path(os.environ.get("HWLOOP_HOME") or Path.home() / ".hwloop").expanduser() / "cache"
+    from hwloop.paths import hwloop_home
+
+    return hwloop_home() / "cache"
 
 
 def default_cifar10_root() -> Path:

@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,7 +89,9 @@ class DemoResult:
 
 
 def _home() -> Path:
-    return Path(os.environ.get("HWLOOP_HOME") or Path.home() / ".hwloop").expanduser()
+    from hwloop.paths import hwloop_home
+
+    return hwloop_home()
 
 
 def summary_line(metrics: dict[str, Any]) -> str:

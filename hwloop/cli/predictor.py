@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ _KINDS = "auto, xgboost, surrogate, ridge_macs, random_forest, gradient_boosting
 
 
 def _default_out(device: str, mode: str) -> Path:
-    home = Path(os.environ.get("HWLOOP_HOME") or Path.home() / ".hwloop").expanduser()
-    return home / "predictors" / f"{device}-{mode}.json"
+    from hwloop.paths import hwloop_home
+
+    return hwloop_home() / "predictors" / f"{device}-{mode}.json"
 
 
 def _source(store: str | None, data: str | None) -> str:

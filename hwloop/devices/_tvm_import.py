@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,9 @@ def tvm_version() -> str:
 
 def hwloop_home() -> Path:
     """``$HWLOOP_HOME`` (default ``~/.hwloop``): where tuning databases live."""
-    return Path(os.environ.get("HWLOOP_HOME") or Path.home() / ".hwloop")
+    from hwloop.paths import hwloop_home as _home
+
+    return _home()
 
 
 def make_target(target: str | Mapping[str, Any], *, threads: int = 1) -> Any:

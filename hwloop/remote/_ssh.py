@@ -34,8 +34,9 @@ class ConnectionLost(RemoteError):
 
 def default_known_hosts() -> Path:
     """``$HWLOOP_HOME/known_hosts`` when ``HWLOOP_HOME`` is set, else ``~/.hwloop/known_hosts``."""
-    home = os.environ.get("HWLOOP_HOME")
-    return (Path(home) if home else Path.home() / ".hwloop") / "known_hosts"
+    from hwloop.paths import hwloop_home
+
+    return hwloop_home() / "known_hosts"
 
 
 def host_key_fingerprint(key: Any) -> str:

@@ -179,8 +179,9 @@ def query_board(client: Any, python: str, names: Iterable[str]) -> BoardPython:
 
 def default_wheelhouse(device: str) -> Path:
     """``$HWLOOP_HOME/wheelhouse/<device>`` (``HWLOOP_HOME`` defaults to ``~/.hwloop``)."""
-    home = os.environ.get("HWLOOP_HOME")
-    return (Path(home) if home else Path.home() / ".hwloop") / "wheelhouse" / device
+    from hwloop.paths import hwloop_home
+
+    return hwloop_home() / "wheelhouse" / device
 
 
 def wheel_tags(filename: str) -> tuple[str, str, set[str]] | None:

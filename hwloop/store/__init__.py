@@ -68,8 +68,9 @@ def default_store_url() -> str:
         >>> default_store_url().startswith("sqlite:///")
         True
     """
-    home = Path(os.environ.get("HWLOOP_HOME") or Path.home() / ".hwloop").expanduser()
-    return f"sqlite:///{(home / 'measurements.db').resolve()}"
+    from hwloop.paths import hwloop_home
+
+    return f"sqlite:///{(hwloop_home() / 'measurements.db').resolve()}"
 
 
 def normalize_url(url: str | os.PathLike[str] | None) -> str:
