@@ -48,66 +48,19 @@ import torch
 from hwloop.compress.actquant import quantized_activations
 from hwloop.compress.extract import save_compressed
 from hwloop.compress.plan import CompressionPlan
-from hwloop.devices import MeasureRequest, create_device
-from hwloop.errors import SearchError
+from hwloop.devices import create_device
+from hwloop.errors import HwloopError, SearchError
 from hwloop.methods import make_method
 from hwloop.methods.base import MethodContext
 from hwloop.methods.l1l2 import l1l2_config
 from hwloop.search.differentiable import SearchConfig
+from hwloop.search.evidence import (bench_markdown, fronts_markdown, fronts_space_options, load_state_file,
+                                    plot_bench, plot_fronts, proxy_latency, record_and_fit)
 from hwloop.search.latency import PredictorLatency, SurrogateLatency
-from hwloop.search.report import layer_specs_with_bits, measure_compressed, predict_compressed
+from hwloop.search.report import measure_compressed, predict_compressed
 from hwloop.search.space import SearchSpace, SpaceOptions
 from hwloop.search.train import make_task, train_epochs
 from hwloop.workload import WorkloadWarning, extract_layers
-
-
-def record_and_fit(space: SearchSpace, device: str, n_models: int, seed: int, out: Path) -> tuple[object, dict]:
-    """Measure the layers of ``n_models`` random compressed variants on ``device``; fit XGBoost on them."""
-    from tqdm.auto import tqdm
-
-    from hwloop.predict.learned import XGBoostPredictor
-
-    rng = np.random.default_rng(seed)
-    dev = create_device(device)
-    specs, ms = [], []
-    t0 = time.perf_counter()
-    for _ in tqdm(range(n_models), desc=f"recording {device}", leave=False):
-        cfg = space.sample(rng)
-        net, plan = space.compress(cfg)
-        layer_specs = [s for s in layer_specs_with_bits(net, space.example, plan) if s.op != "other"]
-        res = dev.measure([MeasureRequest.for_layer(s) for s in layer_specs])
-        for s, r in zip(layer_specs, res):
-            if r.ok:
-                specs.append(s)
-                ms.append(r.latency_ms)
-    rec_s = time.perf_counter() - t0
-    n = len(specs)
-    idx = rng.permutation(n)
-    cut = int(0.8 * n)
-    pred = XGBoostPredictor(n_estimators=400, max_depth=6, n_jobs=2, fingerprint=dev.fingerprint(),
-                            mode="asic" if getattr(dev, "backend", "") == "asic" else "eager")
-    y = np.asarray(ms)
-    pred.fit([specs[i] for i in idx[:cut]], y[idx[:cut]])
-    test = pred.predict([specs[i] for i in idx[cut:]])
-    ape = np.abs(test / y[idx[cut:]] - 1)
-    pred.fit(specs, y)
-    pred.save(out / "predictor.json")
-    info = {"layers": n, "models": n_models, "record_s": rec_s, "holdout_mape": float(ape.mean()),
-            "holdout_within_10pct": float((ape <= 0.10).mean())}
-    return pred, info
-
-
-def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """A safetensors ``state_dict`` (no pickle); a missing or unreadable file exits with a one-line message."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise SystemExit(f"--checkpoint {path}: no such file (a .safetensors state_dict)")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise SystemExit(f"--checkpoint {path}: not a readable safetensors file ({e})") from e
 
 
 def run_fronts(args: argparse.Namespace) -> int:
@@ -119,7 +72,8 @@ def run_fronts(args: argparse.Namespace) -> int:
     loss with a latency target: fitted here on ``--record-models`` random variants measured on the device (or
     ``--predictor FILE``). The proxy search uses ``--proxy flops`` (MACs; ignores bits and tiles) or ``--proxy
     bitops`` (MACs · w_bits · a_bits / 32², what a FLOPs-minded user counts with quantization) with a proxy
-    target. Every extracted model is measured on the device (one layer request per op with the plan's bits).
+    target. Every extracted model is measured on the device as a whole model (``measure_compressed``; on the
+    simulated ASIC that is one layer request per op with the plan's bits, equal to its whole-model path).
     Writes ``fronts.csv``, ``fronts.json``, ``fronts.md`` and ``fronts.png`` (accuracy vs measured latency of both
     sweeps, Pareto fronts drawn).
     """
@@ -136,6 +90,7 @@ def run_fronts(args: argparse.Namespace) -> int:
     opts = fronts_space_options(args.space, args.device)
     ref0 = (ModelRef(args.model, {}, input_shape=(1, 8, 8)) if args.task == "digits"
             else ModelRef(args.model, {"in_channels": 3} if args.model == "small_cnn" else {}))
+    proxy_latency(SearchSpace.from_ref(ref0, opts), args.proxy)   # a bad --proxy fails before any work
     if args.predictor:
         from hwloop.predict.io import load_predictor
 
@@ -159,8 +114,8 @@ def run_fronts(args: argparse.Namespace) -> int:
             train_epochs(model, task.train, pre, args.lr)
         example = task.ref.example_input()
         acc0 = task.eval_fn(model)
-        m0 = measure_compressed(args.device, model, CompressionPlan(base=task.ref.to_dict()), example=example,
-                                method="layers")["latency_ms"]
+        m0 = measure_compressed(args.device, model, CompressionPlan(base=task.ref.to_dict()),
+                                example=example)["latency_ms"]
         omacs = sum(s.macs for s in extract_layers(model, example) if s.op in ("conv2d", "linear"))
         rows.append({"seed": seed, "method": "original", "target": 1.0, "accuracy": acc0, "accuracy_extracted": acc0,
                      "measured_ms": m0, "ratio": 1.0, "predicted_ratio": 1.0, "macs": 1.0, "mean_bits": 8.0,
@@ -178,8 +133,7 @@ def run_fronts(args: argparse.Namespace) -> int:
                     eval_fn=task.eval_fn if args.eval_extracted else None, base_accuracy=acc0)).candidates[0]
                 with quantized_activations.from_plan(res.model, res.plan):   # the plan's a_bits, as fine-tuned
                     acc = task.eval_fn(res.model)
-                ms = measure_compressed(args.device, res.model, res.plan, example=example,
-                                        method="layers")["latency_ms"]
+                ms = measure_compressed(args.device, res.model, res.plan, example=example)["latency_ms"]
                 macs = sum(s.macs for s in extract_layers(res.model, example) if s.op in ("conv2d", "linear"))
                 bits = list(res.plan.w_bits.values())
                 rows.append({"seed": seed, "method": method, "target": t, "accuracy": acc,
@@ -207,9 +161,9 @@ def run_fronts(args: argparse.Namespace) -> int:
         w.writerows(rows)
     (out / "fronts.json").write_text(json.dumps({**summary, "rows": rows}, indent=1, default=float) + "\n",
                                      encoding="utf-8")
-    md = fronts_markdown(rows, summary, sweeps, seeds)
+    md = fronts_markdown(rows, summary, list(sweeps), seeds)
     (out / "fronts.md").write_text(md, encoding="utf-8")
-    plot_fronts(rows, summary, args, out / "fronts.png")
+    plot_fronts(rows, summary, vars(args), out / "fronts.png")
     print(md)
     return 0
 
@@ -217,12 +171,12 @@ def run_fronts(args: argparse.Namespace) -> int:
 def remake_fronts_report(out: Path) -> int:
     """Rewrite ``fronts.md`` and ``fronts.png`` of a finished ``--fronts`` run from its ``fronts.json``."""
     data = json.loads((out / "fronts.json").read_text(encoding="utf-8"))
-    rows, args = data.pop("rows"), argparse.Namespace(**data["args"])
-    sweeps = {m: [] for m in data["fronts"]}
+    rows = data.pop("rows")
+    sweeps = list(data["fronts"])
     seeds = sorted({int(r["seed"]) for r in rows})
     md = fronts_markdown(rows, data, sweeps, seeds)
     (out / "fronts.md").write_text(md, encoding="utf-8")
-    plot_fronts(rows, data, args, out / "fronts.png")
+    plot_fronts(rows, data, data["args"], out / "fronts.png")
     print(md)
     return 0
 
@@ -235,28 +189,8 @@ def target_schedule(args: argparse.Namespace) -> dict[str, float | str]:
             "prune_after_warmup": args.prune_after_warmup}
 
 
-def fronts_space_options(space: str, device: str) -> SpaceOptions:
-    """The space both searches of ``--fronts`` share: ``bits`` (channels + weight bits {2, 4, 8}, 8-bit
-    activations) or ``channels`` (channels only, 8-bit weights and activations); tile 32 on ``asic-tpu*``."""
-    tile = 32 if device.startswith("asic-tpu") else 1
-    if space == "bits":
-        return SpaceOptions(bits=True, a_bits=8, tile=tile)
-    if space == "channels":
-        return SpaceOptions(bits=False, tile=tile)
-    raise SystemExit(f"--space {space!r} is unknown; allowed: bits, channels")
-
-
-def proxy_latency(space: SearchSpace, proxy: str) -> SurrogateLatency:
-    """The FLOPs-like objective of ``--fronts``: ``flops`` (MACs) or ``bitops`` (MACs · w_bits · a_bits / 32²)."""
-    if proxy == "flops":
-        return SurrogateLatency(space, bits_aware=False)
-    if proxy == "bitops":
-        return SurrogateLatency(space, bits_aware=True, a_bits=space.options.a_bits or 8)
-    raise SystemExit(f"--proxy {proxy!r} is unknown; allowed: flops, bitops")
-
-
 def run_aggregation_check(args: argparse.Namespace) -> int:
-    """Measured (op by op, as the reports do) vs the predictor summed over every op vs its whole-model
+    """Measured (the whole model, as the reports do) vs the predictor summed over every op vs its whole-model
     aggregation, for the original and random compressed variants of a few models; prints a table."""
     from hwloop.predict.io import load_predictor
 
@@ -277,84 +211,13 @@ def run_aggregation_check(args: argparse.Namespace) -> int:
         e_sum, e_cal = [], []
         for k in range(args.record_models):
             net, plan = space.compress(space.sample(rng) if k else space.default_config())
-            ms = measure_compressed(dev, net, plan, example=space.example, method="layers")["latency_ms"]
+            ms = measure_compressed(dev, net, plan, example=space.example)["latency_ms"]
             e_sum.append(predict_compressed(pred, net, space.example, plan, aggregate="sum") / ms - 1)
             e_cal.append(predict_compressed(pred, net, space.example, plan, aggregate="calibrated") / ms - 1)
         print(f"| {name} | {len(e_sum)} | {min(e_sum):+.1%} … {max(e_sum):+.1%} | "
               f"{min(e_cal):+.1%} … {max(e_cal):+.1%} |")
     dev.close()
     return 0
-
-
-def fronts_markdown(rows: list[dict], summary: dict, sweeps: dict, seeds: list[int]) -> str:
-    a = summary["args"]
-    lines = [(f"#### {a['model']} on {a['task']} (train {a['train_limit'] or 'all'}, val {a['val_limit'] or 'all'}), "
-              f"device {a['device']}, epochs pretrain,search,finetune = {a['epochs']}, seeds {a['seeds']}"), "",
-             "| method | target | accuracy % (mean ± sd) | measured latency / original | MACs | mean w-bits |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for method in ("original", *sweeps):
-        ts = sorted({r["target"] for r in rows if r["method"] == method})
-        for t in ts:
-            rs = [r for r in rows if r["method"] == method and r["target"] == t]
-            acc = np.array([r["accuracy"] for r in rs])
-            rat = np.array([r["ratio"] for r in rs])
-            lines.append(f"| {method} | {t:g} | {acc.mean():.2f} ± {acc.std():.2f} | {rat.mean():.3f} "
-                         f"({rat.min():.3f}–{rat.max():.3f}) | {np.mean([r['macs'] for r in rs]):.1%} | "
-                         f"{np.mean([r['mean_bits'] for r in rs]):.1f} |")
-    lines += ["", f"Hypervolume per seed (accuracy above {a['reference_accuracy']:g} % × latency below the original's):",
-              ""]
-    for method, hv in summary["hv"].items():
-        lines.append(f"* {method}: " + ", ".join(f"{v:.2f}" for v in hv) + f" (mean {np.mean(hv):.2f})")
-    lines += ["", "Lowest measured latency reaching an accuracy (all seeds pooled):", "",
-              "| accuracy ≥ | " + " | ".join(sweeps) + " |", "|---:|" + "---:|" * len(sweeps)]
-    accs = sorted({round(r["accuracy"]) for r in rows if r["method"] != "original"})
-    levels = np.unique(np.percentile(accs, [20, 40, 60, 80, 95]).round()) if accs else []
-    for lv in levels:
-        cells = []
-        for method in sweeps:
-            ok = [r["ratio"] for r in rows if r["method"] == method and r["accuracy"] >= lv]
-            cells.append(f"{min(ok):.3f}" if ok else "–")
-        lines.append(f"| {lv:g} % | " + " | ".join(cells) + " |")
-    lines += ["", ("Per seed, the lowest measured latency reaching an accuracy; mean over the seeds that reach it "
-                   "(how many):"), "", "| accuracy ≥ | " + " | ".join(sweeps) + " |", "|---:|" + "---:|" * len(sweeps)]
-    for lv in (90.0, 95.0, 97.0, 98.0):
-        cells = []
-        for method in sweeps:
-            per = [min((r["ratio"] for r in rows if r["method"] == method and r["seed"] == s and r["accuracy"] >= lv),
-                       default=None) for s in seeds]
-            hit = [v for v in per if v is not None]
-            cells.append(f"{np.mean(hit):.3f} ({len(hit)}/{len(seeds)})" if hit else f"– (0/{len(seeds)})")
-        lines.append(f"| {lv:g} % | " + " | ".join(cells) + " |")
-    lines += ["", f"wall {summary['wall_s']:.0f} s, torch threads {summary['torch_threads']}"]
-    return "\n".join(lines) + "\n"
-
-
-def plot_fronts(rows: list[dict], summary: dict, args: argparse.Namespace, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
-    colors = {"predictor": "tab:red", "flops": "tab:blue", "bitops": "tab:green"}
-    labels = {"predictor": "learned-predictor search", "flops": "FLOPs-only search", "bitops": "bit-ops search"}
-    for method in summary["fronts"]:
-        col = colors.get(method, "tab:gray")
-        rs = [r for r in rows if r["method"] == method]
-        ax.scatter([r["ratio"] for r in rs], [r["accuracy"] for r in rs], color=col, alpha=0.5, s=22)
-        fr = sorted(summary["fronts"][method], key=lambda p: p[1])
-        ax.step([p[1] for p in fr], [p[0] for p in fr], where="post", color=col, label=f"{labels[method]} (front)")
-    o = [r for r in rows if r["method"] == "original"]
-    ax.scatter([1.0] * len(o), [r["accuracy"] for r in o], color="k", marker="*", s=60, label="original")
-    ax.set_xlabel(f"measured latency on {args.device} / original")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{args.model} on {args.task}, space {getattr(args, 'space', 'bits')}: "
-                 f"{len(summary['hv']['predictor'])} seed(s)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main() -> int:
@@ -472,7 +335,7 @@ def main() -> int:
     def start_model() -> torch.nn.Module:
         net = task.ref.build().train()
         if args.checkpoint:
-            net.load_state_dict(load_checkpoint(args.checkpoint))
+            net.load_state_dict(load_state_file(args.checkpoint, "--checkpoint"))
         return net
 
     # --- baseline: the unpruned model trained for the same schedule length (from the checkpoint: trained further
@@ -483,7 +346,7 @@ def main() -> int:
     rb = train_epochs(base, task.train, base_epochs, args.lr, progress=True, desc="baseline")
     acc_base = task.eval_fn(base)
     orig_plan = CompressionPlan(base=task.ref.to_dict())
-    m_base = measure_compressed(args.device, base, orig_plan, example=example, method="layers")["latency_ms"]
+    m_base = measure_compressed(args.device, base, orig_plan, example=example)["latency_ms"]
     p_base = predict_compressed(pred, base, example, None, aggregate=aggregate)
     say(f"baseline: {base_epochs} epochs in {rb['seconds']:.1f} s, accuracy {acc_base:.2f}%"
         + (f" (checkpoint {acc_start:.2f}%)" if args.checkpoint else "")
@@ -518,7 +381,7 @@ def main() -> int:
             seed=args.seed, base_accuracy=acc_pre, log=lambda m, lb=label: say(f"[{lb}] {m}"),
             progress=True)).candidates[0]
         save_compressed(res.model, res.plan, out / label)
-        meas = measure_compressed(args.device, res.model, res.plan, example=example, method="layers")["latency_ms"]
+        meas = measure_compressed(args.device, res.model, res.plan, example=example)["latency_ms"]
         predicted = predict_compressed(pred, res.model, example, res.plan, aggregate=aggregate)
         macs = sum(s.macs for s in extract_layers(res.model, example) if s.op in ("conv2d", "linear"))
         omacs = sum(s.macs for s in extract_layers(model, example) if s.op in ("conv2d", "linear"))
@@ -544,71 +407,23 @@ def main() -> int:
               "predicted_ms": p_base, "seconds": rb["seconds"], "epochs": base_epochs, "pretrained_accuracy": acc_pre}, "runs": results,
               "torch_threads": torch.get_num_threads()}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
-    md = markdown(report)
+    md = bench_markdown(report)
     (out / "report.md").write_text(md, encoding="utf-8")
     (out / "bench.log").write_text("\n".join(log_lines) + "\n", encoding="utf-8")
-    plot(report, out / "latency_vs_accuracy.png")
+    plot_bench(report, out / "latency_vs_accuracy.png")
     print()
     print(md)
     return 0
 
 
-def markdown(r: dict) -> str:
-    b = r["baseline"]
-    a = r["args"]
-    lines = [(f"### {a['model']} on {a['task']} (train {a['train_limit'] or 'all'}, val {a['val_limit'] or 'all'}), "
-              f"device {a['device']}, epochs pretrain,search,finetune = {a['epochs']}"), "",
-             (f"predictor: XGBoost on {r['predictor']['layers']} measured layers, hold-out MAPE "
-              f"{r['predictor']['holdout_mape']:.1%} ({r['predictor']['holdout_within_10pct']:.0%} within 10%)"), "",
-             *([(f"start: checkpoint {a['checkpoint']} (test accuracy {b['pretrained_accuracy']:.2f}%); the baseline is "
-                 f"it trained {b.get('epochs')} more epochs (= search + fine-tune); bit levels {a.get('bit_levels')}"), ""]
-               if a.get("checkpoint") else []),
-             ("| run | accuracy % | Δacc vs baseline | measured ms | vs baseline | predicted ms | pred. error | MACs | "
-              "params | wall s | cost vs baseline |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|",
-             (f"| unpruned baseline | {b['accuracy']:.2f} | – | {b['measured_ms']:.4f} | – | {b['predicted_ms']:.4f} | "
-              f"{b['predicted_ms'] / b['measured_ms'] - 1:+.1%} | 100% | – | {b['seconds']:.1f} | 1.00 |")]
-    for label, x in r["runs"].items():
-        lines.append(f"| {label}-driven search (target {x['target']:.2f}) | {x['accuracy']:.2f} | "
-                     f"{-x['accuracy_drop']:+.2f} | {x['measured_ms']:.4f} | {-x['measured_reduction']:+.1%} | "
-                     f"{x['predicted_ms']:.4f} | {x['prediction_error']:+.1%} | {x['macs'] / x['original_macs']:.1%} |"
-                     f" {x['params']} | {x['seconds']['total']:.1f} | {x['cost_ratio']:.2f} |")
-    lines.append("")
-    for label, x in r["runs"].items():
-        lines.append(f"* {label}: accuracy right after extraction {x['accuracy_extracted']:.2f}%, mean weight bits "
-                     f"{x.get('mean_w_bits', float('nan')):.1f}, wall s {', '.join(f'{k} {v:.0f}' for k, v in x['seconds'].items())}")
-        if "history" in x:   # runs recorded before the target schedule have no search trace in the report
-            trace = "; ".join(f"epoch {h['epoch']}: ratio {h['ratio_end']:.3f}, lambda {h['lambda']:.3g}"
-                              for h in x["history"])
-            lines.append(f"  search: dual_lr {x['dual_lr']:g}, target warm-up {x['target_warmup']:g} "
-                         f"({x['target_curve']}), dual_kp {x['dual_kp']:g}, {x['latency_penalty']} penalty, "
-                         f"prune after warm-up {x.get('prune_after_warmup', False)}; {trace}; soft latency at the end of the "
-                         f"search {x['soft_final_ratio']:.3f} x (hard sizes {x['hard_search_ratio']:.3f} x), extracted "
-                         f"{x['predicted_ratio']:.3f} x original")
-    return "\n".join(lines) + "\n"
-
-
-def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    b = r["baseline"]
-    ax.scatter([b["measured_ms"]], [b["accuracy"]], color="k", label="unpruned (same epochs)")
-    colors = {"predictor": "tab:red", "flops": "tab:blue"}
-    for label, x in r["runs"].items():
-        ax.scatter([x["measured_ms"]], [x["accuracy"]], color=colors.get(label, "gray"), label=f"{label}-driven")
-        ax.scatter([x["predicted_ms"]], [x["accuracy"]], color=colors.get(label, "gray"), marker="x")
-    ax.set_xlabel(f"latency on {r['args']['device']} (ms; x = predicted)")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def cli() -> int:
+    """:func:`main` with the package's one-line errors (bad option values, a missing checkpoint) as exit code 2."""
+    try:
+        return main()
+    except HwloopError as e:
+        print(f"bench_search: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

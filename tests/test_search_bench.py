@@ -1,6 +1,7 @@
 """benchmarks/bench_search.py and benchmarks/train_checkpoint.py: the options issue 7's evidence runs use.
 
-Tiny schedules on the digits task (seconds); the simulated ASIC is the real device backend here.
+Tiny schedules on the digits task (seconds); the simulated ASIC is the real device backend here. The benchmark's
+parts are tested through the package (:mod:`hwloop.search.evidence`), the script only as a command.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import pytest
 import torch
 
 from hwloop.compress import CompressionPlan
+from hwloop.errors import ConfigError
 from hwloop.models import ModelRef
+from hwloop.search.evidence import fronts_space_options, proxy_latency
 from hwloop.search.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,28 +33,27 @@ def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-def _import_bench():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import bench_search
-    finally:
-        sys.path.pop(0)
-    return bench_search
-
-
 def test_fronts_space_and_bitops_proxy() -> None:
-    bs = _import_bench()
-    space = SearchSpace.from_ref(ModelRef("small_cnn", {}, input_shape=(1, 8, 8)), bs.fronts_space_options("bits",
-                                                                                                           "asic-tpu32"))
+    space = SearchSpace.from_ref(ModelRef("small_cnn", {}, input_shape=(1, 8, 8)),
+                                 fronts_space_options("bits", "asic-tpu32"))
     assert space.options.bits and space.options.a_bits == 8 and space.options.tile == 32
-    assert not bs.fronts_space_options("channels", "asic-tpu32").bits
+    assert not fronts_space_options("channels", "asic-tpu32").bits
     full = space.full_sizes()
     low = {k: (4.0 if k.startswith("bits:") else v) for k, v in full.items()}
-    flops, bitops = bs.proxy_latency(space, "flops"), bs.proxy_latency(space, "bitops")
+    flops, bitops = proxy_latency(space, "flops"), proxy_latency(space, "bitops")
     assert float(flops(low)) == float(flops(full))          # MACs ignore the weight bits
     assert float(bitops(low)) < float(bitops(full))         # bit-ops count them
-    with pytest.raises(SystemExit, match="allowed: flops, bitops"):
-        bs.proxy_latency(space, "params")
+    with pytest.raises(ConfigError, match="allowed: flops, bitops"):
+        proxy_latency(space, "params")
+    with pytest.raises(ConfigError, match="allowed: bits, channels"):
+        fronts_space_options("widths", "asic-tpu32")
+
+
+def test_fronts_rejects_an_unknown_proxy_in_one_line(tmp_path: Path) -> None:
+    r = _bench("--fronts", *TINY, "--epochs", "0,1,1", "--proxy", "params", "--predictor", "x.json",
+               "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 2 and "proxy 'params' is unknown; allowed: flops, bitops" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_fronts_run_writes_both_methods_measured(tmp_path: Path) -> None:
@@ -102,7 +104,8 @@ def test_bench_from_checkpoint_gives_the_baseline_the_same_budget(tmp_path: Path
 def test_bench_rejects_a_missing_checkpoint(tmp_path: Path) -> None:
     r = _bench(*TINY, "--epochs", "0,1,1", "--checkpoint", str(tmp_path / "nope.safetensors"), "--out",
                str(tmp_path / "o"), cwd=tmp_path)
-    assert r.returncode != 0 and "no such file" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--checkpoint" in r.stderr and "no such file" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_bench_rejects_a_non_positive_gate_lr(tmp_path: Path) -> None:
