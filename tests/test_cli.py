@@ -73,3 +73,44 @@ def test_cuda_device_without_gpu_is_one_line_error() -> None:
         pytest.skip("this machine has a GPU")
     p = run_cli("profile", "small_cnn", "--no-store", "--device", "local-gpu")
     assert p.returncode == 2 and "needs CUDA" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_search_show_states_where_the_search_ended_the_repairs_and_the_verdict(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = {"name": "t", "device": "asic-tpu32", "latency_model": "learned", "latency_unit": "ms",
+               "original_accuracy": 97.0, "accuracy": 37.5, "target": 0.5, "search_ratio": 0.523, "model_ratio": 0.5,
+               "repairs": [{"step": "enforce_budget", "when": "extract", "before": 0.0615, "after": 0.0588}],
+               "budget_status": "missed", "budget_reason": "met only by repair, which cost 59.5 accuracy points",
+               "predicted_ratio": 0.5, "measured_ratio": 0.512, "measured_ratio_ci": [0.51, 0.514],
+               "prediction_error": -0.023, "measure_method": "layers"}
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"metrics": metrics}), encoding="utf-8")
+    assert main(["search", "show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "target 0.500 x; the method itself ended at 0.523 x (learned latency model), the result 0.500 x" in out
+    assert "repair: enforce_budget (extract): 0.0615 -> 0.0588 ms" in out
+    assert "status: missed (met only by repair, which cost 59.5 accuracy points)" in out
+    assert ("latency ratio: predicted 0.500 x vs measured 0.512 x on asic-tpu32 (layers, 95% interval "
+            "0.510-0.514) (prediction error -2.3% in ms)") in out
+    # a run recorded before these fields: no budget lines, nothing invented
+    (run / "metrics.json").write_text(json.dumps({"metrics": {"name": "old", "accuracy": 90.0}}), encoding="utf-8")
+    assert main(["search", "show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "status:" not in out and "budget:" not in out and "repair" not in out
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("repairs", {"a": 1}, "repairs is a JSON dict; allowed: a list"),
+    ("repairs", [{"step": "x", "before": "big", "after": 1}], "repairs[0]="),
+    ("budget_status", 3, "budget_status=3 is not text"),
+    ("search_ratio", "half", "search_ratio='half' is not a number"),
+])
+def test_search_show_rejects_malformed_honesty_fields(tmp_path: Path, field: str, value: object,
+                                                      message: str) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"metrics": {"name": "t", field: value}}), encoding="utf-8")
+    r = run_cli("search", "show", str(run))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -37,8 +38,8 @@ def run(
 
     s = load_spec(spec)
     if predictor or objective:
-        s = dataclasses.replace(s, predictor=dataclasses.replace(
-            s.predictor, **{k: v for k, v in (("path", predictor), ("objective", objective)) if v}))
+        changes: dict[str, Any] = {k: v for k, v in (("path", predictor), ("objective", objective)) if v}
+        s = dataclasses.replace(s, predictor=dataclasses.replace(s.predictor, **changes))
     if target is not None:
         s = dataclasses.replace(s, budget=dataclasses.replace(s.budget, target=target))
     if no_measure:
@@ -52,7 +53,7 @@ def run(
     console.print(f"run directory: {run_dir}")
 
 
-def _print_summary(m: dict) -> None:
+def _print_summary(m: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -73,6 +74,41 @@ def _print_summary(m: dict) -> None:
         t.add_row("baseline accuracy % (same epochs)", fmt(m.get("baseline_accuracy")), "")
         t.add_row("wall time vs baseline", "1.0", fmt(m.get("cost_ratio")))
     Console().print(t)
+    for line in _honesty_lines(m):
+        print(line)
+
+
+def _ratio(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f} x"
+
+
+def _honesty_lines(m: dict[str, Any]) -> list[str]:
+    """Where the method itself ended, what repairs changed, the budget verdict, and predicted vs measured ratios
+    (runs recorded before these fields existed print only what they have)."""
+    lines = []
+    if "target" in m or "search_ratio" in m:
+        lines.append(f"budget: target {_ratio(m.get('target'))}; the method itself ended at "
+                     f"{_ratio(m.get('search_ratio'))} ({m.get('latency_model')} latency model), the result "
+                     f"{_ratio(m.get('model_ratio'))}")
+    for r in m.get("repairs") or []:
+        lines.append(f"repair: {r.get('step')} ({r.get('when')}): {r.get('before'):.4g} -> {r.get('after'):.4g} "
+                     f"{m.get('latency_unit') or ''}".rstrip())
+    if "repairs" in m and not m["repairs"]:
+        lines.append("repairs: none")
+    if m.get("budget_status"):
+        reason = m.get("budget_reason")
+        lines.append(f"status: {m['budget_status']}" + (f" ({reason})" if reason else ""))
+    if "measured_ratio" in m:
+        ci = m.get("measured_ratio_ci")
+        ci_text = f", 95% interval {ci[0]:.3f}-{ci[1]:.3f}" if isinstance(ci, list) and len(ci) == 2 else ""
+        unstable = "; UNSTABLE, measure again on a quieter machine" if m.get("measure_unstable") else ""
+        pred = (f"predicted {_ratio(m.get('predicted_ratio'))} vs " if m.get("predicted_ratio") is not None
+                else "")
+        err = (f" (prediction error {m['prediction_error']:+.1%} in ms)" if m.get("prediction_error") is not None
+               else "")
+        lines.append(f"latency ratio: {pred}measured {_ratio(m['measured_ratio'])} on {m.get('device')} "
+                     f"({m.get('measure_method')}{ci_text}){err}{unstable}")
+    return lines
 
 
 @search_app.command("space")
@@ -94,7 +130,7 @@ def space(
     ref = parse_model_ref(model, kwargs, input_shape)
     sp = SearchSpace.from_ref(ref, SpaceOptions(lowrank=lowrank, bits=bits))
     groups = {f"width:{g.key}": g for g in sp.graph.groups}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for d in sp.dimensions():
         g = groups.get(d.name)
         rows.append({"name": d.name, "kind": d.kind, "size": d.size, "low": round(d.low, 4), "high": d.high,
@@ -111,12 +147,37 @@ def space(
     Console().print(t)
 
 
-_SUMMARY_NUMBERS = ("original_accuracy", "accuracy", "model_original", "model_predicted", "original_predicted_ms",
+_SUMMARY_NUMBERS = ("target", "search_ratio", "model_ratio", "measured_ratio", "predicted_ratio", "prediction_error",
+                    "original_accuracy", "accuracy", "model_original", "model_predicted", "original_predicted_ms",
                     "predicted_ms", "original_measured_ms", "measured_ms", "original_macs", "macs",
                     "original_params", "params", "baseline_accuracy", "cost_ratio")
 
 
-def _read_json_object(path: Path, what: str) -> dict:  # type: ignore[type-arg]
+def _check_honesty_fields(p: Path, m: dict[str, Any]) -> None:
+    """``repairs`` a list of {step, when, before, after} objects; ``budget_status``/``budget_reason`` text."""
+    import math
+
+    from hwloop.errors import SearchError
+
+    reps = m.get("repairs")
+    if reps is not None:
+        if not isinstance(reps, list):
+            raise SearchError(f"{p}: repairs is a JSON {type(reps).__name__}; allowed: a list of "
+                              "{step, when, before, after} objects")
+        for i, r in enumerate(reps):
+            ok = isinstance(r, dict) and all(
+                isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) and math.isfinite(r[k])
+                for k in ("before", "after"))
+            if not ok:
+                raise SearchError(f"{p}: repairs[{i}]={r!r:.80} is malformed; allowed: an object with numbers "
+                                  "'before' and 'after'")
+    for k in ("budget_status", "budget_reason"):
+        v = m.get(k)
+        if v is not None and not isinstance(v, str):
+            raise SearchError(f"{p}: {k}={v!r:.80} is not text; allowed: a string or null")
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
     """The JSON object in ``path``; a one-line SearchError when it is unreadable, not JSON or not an object."""
     from hwloop.errors import SearchError
 
@@ -155,6 +216,7 @@ def show(run_dir: Path = typer.Argument(..., help="a run directory written by 'h
         v = m.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise SearchError(f"{p}: {k}={v!r} is not a number; allowed: a finite number or null")
+    _check_honesty_fields(p, m)
     notes = []
     plan_path = run_dir / "plan.json"
     if plan_path.exists():

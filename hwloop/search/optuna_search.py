@@ -23,7 +23,9 @@ Example:
     >>> from hwloop.search.optuna_search import StudySettings, create_study, run_worker
     >>> settings = StudySettings(sampler="random", n_trials=3, directions=("minimize",), seed=0,
     ...                          objective={"name": "python", "params": {}})
-    >>> study = create_study("doc", "sqlite:///:memory:", settings)   # doctest: +SKIP
+    >>> study = create_study("doc", "sqlite:///:memory:", settings)
+    >>> study.study_name, [d.name for d in study.directions], study.user_attrs["hwloop_settings"]["n_trials"]
+    ('doc', ['MINIMIZE'], 3)
 """
 
 from __future__ import annotations
