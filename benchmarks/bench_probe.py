@@ -51,7 +51,7 @@ def main() -> None:
           f"{np.median(secs):.2f} s per probe (median of {len(secs)}); per layer {min(r.per_layer):.2f}-"
           f"{max(r.per_layer):.2f}x")
     scale = float(np.median(ratios))
-    timing = TimingConfig(warmup=5, repeats=15, min_repeat_ms=2.0, max_cv=0.05, max_retries=2)
+    timing = TimingConfig(warmup=5, repeats=15, min_repeat_ms=2.0, max_cv=0.05, max_retries=2, timeout_s=600.0)
     rows = []
     for name in args.models.split(","):
         ref = ModelRef(name)

@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # torch is the [torch] extra: predicting from layer files works without it
+        if (e.name or "").split(".")[0] not in ("torch", "torch_pruning", "torchvision"):
+            raise
+        print(f"error: this command needs {e.name} (pip install 'hwloop[torch]'); without it hwloop predicts from "
+              "layer descriptions only (hwloop predict LAYERS.json --predictor FILE)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
