@@ -37,7 +37,7 @@ from hwloop.devices.base import (Comparison, DeviceFingerprint, MeasureRequest, 
                                  machine_load, summarize)
 from hwloop.devices.signature import clock_info, speed_signature
 from hwloop.errors import ConfigError
-from hwloop.workload import build_layer, make_inputs
+from hwloop.workload_build import build_layer, make_inputs
 
 __all__ = [
     "CLOCKS",
