@@ -85,10 +85,11 @@ class _Base:
 
     def _widths(self, layer: SbsLayer, channels: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         s = layer.spec
-        cout = _t(channels[layer.out_key]) if layer.out_key in channels else _t(s.out_channels)
+        ko, ki = layer.out_key, layer.in_key
+        cout = _t(channels[ko]) if ko is not None and ko in channels else _t(s.out_channels)
         if layer.depthwise:
             return cout, cout
-        cin = _t(channels[layer.in_key]) if layer.in_key in channels else _t(s.in_channels)
+        cin = _t(channels[ki]) if ki is not None and ki in channels else _t(s.in_channels)
         return cin, cout
 
     def full_state(self, w_bits: int | None, a_bits: int | None) -> CostState:
@@ -188,6 +189,7 @@ class TableCost(_Base):
         self.source = f"table:{self.table.source}"
         self.rest = self.table.passive_cost()
         self._vals: dict[tuple[str, int | None, int | None], torch.Tensor] = {}
+        self._stack: dict[tuple[Any, ...], torch.Tensor] = {}
         for n in self.layers:
             gin, gout = self.grids[n.name]
             for w, a in pairs:
@@ -223,15 +225,17 @@ class TableCost(_Base):
         fw, fa = state.fixed.get(layer.name, (None, None))
         wl = list(self.w_levels) if woh is not None else [fw]
         al = list(self.a_levels) if aoh is not None else [fa]
-        total = torch.zeros((), dtype=torch.float64)
-        for iw, w in enumerate(wl):
-            for ia, a in enumerate(al):
-                pw = woh[iw].double() if woh is not None else 1.0
-                pa = aoh[ia].double() if aoh is not None else 1.0
-                v = self._vals[(layer.name, w, a)] if (layer.name, w, a) in self._vals else self._missing(layer, w, a)
-                c = ((1 - ti) * (1 - tj) * v[i0, j0] + ti * (1 - tj) * v[i1, j0]
-                     + (1 - ti) * tj * v[i0, j1] + ti * tj * v[i1, j1])
-                total = total + pw * pa * c
+        key = (layer.name, tuple(wl), tuple(al))
+        if key not in self._stack:   # (n_w, n_a, n_in, n_out) of this layer's table values
+            self._stack[key] = torch.stack([torch.stack([
+                self._vals[(layer.name, w, a)] if (layer.name, w, a) in self._vals else self._missing(layer, w, a)
+                for a in al]) for w in wl])
+        v = self._stack[key]
+        corners = ((1 - ti) * (1 - tj) * v[:, :, i0, j0] + ti * (1 - tj) * v[:, :, i1, j0]
+                   + (1 - ti) * tj * v[:, :, i0, j1] + ti * tj * v[:, :, i1, j1])          # (n_w, n_a)
+        pw = woh.double() if woh is not None else torch.ones(1, dtype=torch.float64)
+        pa = aoh.double() if aoh is not None else torch.ones(1, dtype=torch.float64)
+        total = pw @ corners @ pa
         return total
 
     def exact(self, state: CostState) -> float:

@@ -64,7 +64,8 @@ class _Weight(nn.Module):
         self.layer = layer
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return self._owner._weight(self.layer, w)  # type: ignore[attr-defined]
+        owner: Any = self.__dict__["_owner"]
+        return owner._weight(self.layer, w)
 
 
 class SbsModel(nn.Module):
@@ -100,7 +101,7 @@ class SbsModel(nn.Module):
         for n in searched:
             self.w_thr[_key(n)] = nn.Parameter(torch.zeros(len(self.w_levels) - 1))
             self.a_thr[_key(n)] = nn.Parameter(torch.zeros(len(self.a_levels) - 1))
-            w = get_module(self.net, n).weight.detach()
+            w = self._raw(n).detach()
             z, _ = normalise(w, clip)
             codes = residual_codes(z, self.w_levels)
             top = float(2 ** self.w_levels[-1] - 1)
@@ -144,10 +145,11 @@ class SbsModel(nn.Module):
 
     # ------------------------------------------------------------------ gates
     def _raw(self, layer: str) -> torch.Tensor:
-        mod = get_module(self.net, layer)
+        mod: Any = get_module(self.net, layer)
         if parametrize.is_parametrized(mod, "weight"):
             return mod.parametrizations.weight.original
-        return mod.weight
+        w: torch.Tensor = mod.weight
+        return w
 
     def filter_scores(self, key: str) -> torch.Tensor:
         g = next(x for x in self.groups if x.key == key)

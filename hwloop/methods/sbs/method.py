@@ -70,6 +70,7 @@ class SbsConfig(MethodConfig):
         prune: filter-wise 0-bit gates on the channel groups (False: mixed precision only).
         cost: ``auto``, ``latency`` (needs a bit-aware device) or ``bops``.
         table_source: the cost table's source (``auto``, ``measure``, ``predictor``).
+        table_store: a measurement store URL caching the table's measurements (None: in memory only).
         grid_points: channel grid points per axis of the latency table.
         clip: weight clip as a fraction of each channel's largest magnitude.
         recalibrate_batches: batch-norm re-estimation batches after extraction.
@@ -92,6 +93,7 @@ class SbsConfig(MethodConfig):
     prune: bool = True
     cost: str = "auto"
     table_source: str = "auto"
+    table_store: str | None = None
     grid_points: int = 5
     clip: float = 1.0
     recalibrate_batches: int = 4
@@ -280,10 +282,12 @@ class SbsMethod(CompressionMethod):
                                                                  else [])]))
             cost: Any = TableCost(space, layers, cfg.w_levels, cfg.a_levels, context.device,
                                   grid_points=cfg.grid_points, fixed_bits=extra_pairs, source=cfg.table_source,
+                                  store=cfg.table_store if cfg.table_store is not None else False,
                                   progress=context.progress)
         else:
             cost = bops
-            note = (f"device {context.device!r} has no low-bit kernels in hwloop's cost model: cost in BOPs"
+            note = ("cost in BOPs (cost = 'bops')" if cfg.cost == "bops" else
+                    f"device {context.device!r} has no low-bit kernels in hwloop's cost model: cost in BOPs"
                     if context.device else "no device: cost in BOPs")
         top = top_config(sbs)
         c0 = cost.exact(state_of(sbs, top))
