@@ -79,7 +79,8 @@ def test_search_show_states_where_the_search_ended_the_repairs_and_the_verdict(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     metrics = {"name": "t", "device": "asic-tpu32", "latency_model": "learned", "latency_unit": "ms",
                "original_accuracy": 97.0, "accuracy": 37.5, "target": 0.5, "search_ratio": 0.523, "model_ratio": 0.5,
-               "repairs": [{"step": "enforce_budget", "when": "extract", "before": 0.0615, "after": 0.0588}],
+               "repairs": [{"step": "enforce_budget", "when": "extract", "before": 0.0615, "after": 0.0588},
+                           {"step": "fill_budget", "when": "extract", "before": 0.0588, "after": 0.0588}],
                "budget_status": "missed", "budget_reason": "met only by repair, which cost 59.5 accuracy points",
                "predicted_ratio": 0.5, "measured_ratio": 0.512, "measured_ratio_ci": [0.51, 0.514],
                "prediction_error": -0.023, "measure_method": "layers"}
@@ -89,15 +90,26 @@ def test_search_show_states_where_the_search_ended_the_repairs_and_the_verdict(
     assert main(["search", "show", str(run)]) == 0
     out = capsys.readouterr().out
     assert "target 0.500 x; the method itself ended at 0.523 x (learned latency model), the result 0.500 x" in out
-    assert "repair: enforce_budget (extract): 0.0615 -> 0.0588 ms" in out
+    assert "repair: enforce_budget (extract): 0.0615 -> 0.0588 ms\n" in out
+    assert "repair: fill_budget (extract): 0.0588 -> 0.0588 ms (no change)" in out
     assert "status: missed (met only by repair, which cost 59.5 accuracy points)" in out
     assert ("latency ratio: predicted 0.500 x vs measured 0.512 x on asic-tpu32 (layers, 95% interval "
             "0.510-0.514) (prediction error -2.3% in ms)") in out
+    # the verdict is in the latency model; the device's interval lies above the target: said so
+    assert "measured: MISSES the target 0.500 x on the device (the status above is judged in the learned" in out
     # a run recorded before these fields: no budget lines, nothing invented
     (run / "metrics.json").write_text(json.dumps({"metrics": {"name": "old", "accuracy": 90.0}}), encoding="utf-8")
     assert main(["search", "show", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "status:" not in out and "budget:" not in out and "repair" not in out
+    assert "status:" not in out and "budget:" not in out and "repair" not in out and "MISSES" not in out
+    # a surrogate run: its model ratio beside the measured one; inside the target: no miss line
+    (run / "metrics.json").write_text(json.dumps({"metrics": {
+        "name": "s", "device": "asic-tpu32", "latency_model": "surrogate", "target": 0.9, "model_ratio": 0.325,
+        "measured_ratio": 0.877, "measured_ratio_ci": [0.876, 0.878], "measure_method": "layers"}}), encoding="utf-8")
+    assert main(["search", "show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "latency ratio: surrogate latency model 0.325 x vs measured 0.877 x on asic-tpu32" in out
+    assert "MISSES" not in out
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [

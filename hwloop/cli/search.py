@@ -91,8 +91,9 @@ def _honesty_lines(m: dict[str, Any]) -> list[str]:
                      f"{_ratio(m.get('search_ratio'))} ({m.get('latency_model')} latency model), the result "
                      f"{_ratio(m.get('model_ratio'))}")
     for r in m.get("repairs") or []:
-        lines.append(f"repair: {r.get('step')} ({r.get('when')}): {r.get('before'):.4g} -> {r.get('after'):.4g} "
-                     f"{m.get('latency_unit') or ''}".rstrip())
+        same = abs(r["after"] - r["before"]) <= 1e-9 * max(abs(r["before"]), 1e-30)
+        lines.append(f"repair: {r.get('step')} ({r.get('when')}): {r['before']:.4g} -> {r['after']:.4g} "
+                     f"{m.get('latency_unit') or ''}".rstrip() + (" (no change)" if same else ""))
     if "repairs" in m and not m["repairs"]:
         lines.append("repairs: none")
     if m.get("budget_status"):
@@ -102,12 +103,20 @@ def _honesty_lines(m: dict[str, Any]) -> list[str]:
         ci = m.get("measured_ratio_ci")
         ci_text = f", 95% interval {ci[0]:.3f}-{ci[1]:.3f}" if isinstance(ci, list) and len(ci) == 2 else ""
         unstable = "; UNSTABLE, measure again on a quieter machine" if m.get("measure_unstable") else ""
-        pred = (f"predicted {_ratio(m.get('predicted_ratio'))} vs " if m.get("predicted_ratio") is not None
-                else "")
+        if m.get("predicted_ratio") is not None:
+            pred = f"predicted {_ratio(m['predicted_ratio'])} vs "
+        elif m.get("model_ratio") is not None:   # no predictor in ms: the search's own latency model
+            pred = f"{m.get('latency_model')} latency model {_ratio(m['model_ratio'])} vs "
+        else:
+            pred = ""
         err = (f" (prediction error {m['prediction_error']:+.1%} in ms)" if m.get("prediction_error") is not None
                else "")
         lines.append(f"latency ratio: {pred}measured {_ratio(m['measured_ratio'])} on {m.get('device')} "
                      f"({m.get('measure_method')}{ci_text}){err}{unstable}")
+        low = ci[0] if isinstance(ci, list) and len(ci) == 2 else m["measured_ratio"]
+        if m.get("target") is not None and low > m["target"]:
+            lines.append(f"measured: MISSES the target {_ratio(m['target'])} on the device (the status above is "
+                         f"judged in the {m.get('latency_model')} latency model)")
     return lines
 
 
