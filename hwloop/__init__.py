@@ -24,6 +24,6 @@ def load_predictor(path: Any, *, allow_import: bool | None = None, probe: str | 
         >>> import hwloop  # doctest: +SKIP
         >>> hwloop.load_predictor("measurements/local-cpu/predictor.json").predict_model(model, x)  # doctest: +SKIP
     """
-    from hwloop.predict import load_predictor as _load
+    from hwloop.predict.io import load_predictor as _load
 
     return _load(path, allow_import=allow_import, probe=probe)

@@ -33,7 +33,7 @@ from hwloop.opkinds import OP_KINDS
 
 __all__ = ["AGG_METHODS", "Aggregator", "agg_features"]
 
-AGG_METHODS = ("linear", "scale")
+AGG_METHODS = ("linear", "scale", "pooled")
 #: op code used for depthwise convolutions (one past :data:`~hwloop.workload.OP_KINDS`)
 DEPTHWISE_CODE = len(OP_KINDS)
 _SUM_KINDS = (*OP_KINDS, "conv2d_depthwise")
@@ -58,10 +58,11 @@ class Aggregator:
         method: ``"linear"`` or ``"scale"``.
     """
 
-    def __init__(self, method: str = "linear") -> None:
+    def __init__(self, method: str = "linear", strength: float = 1.0) -> None:
         if method not in AGG_METHODS:
             raise PredictorError(f"aggregation method {method!r} is unknown; allowed: {', '.join(AGG_METHODS)}")
         self.method = method
+        self.strength = float(strength)
 
     def fit(self, per_model: Sequence[tuple[np.ndarray, np.ndarray]], latencies_ms: np.ndarray) -> Aggregator:
         """Fit on ``(op_codes, per_op_ms)`` of each measured model and its measured latency.
@@ -78,6 +79,8 @@ class Aggregator:
             ratio = np.log(y) - np.log(np.maximum(x[:, :_N].sum(axis=1), 1e-12))
             coef = np.zeros(len(AGG_FEATURES))
             coef[:_N] = float(np.exp(np.median(ratio)))
+        elif self.method == "pooled":
+            coef = _fit_pooled(x, y, self.strength)
         else:
             from scipy.optimize import nnls
 
@@ -110,3 +113,24 @@ class Aggregator:
         agg.n_models_ = int(d["n_models"])
         agg.raw_sum_ratio_ = float(d["raw_sum_ratio"])
         return agg
+
+
+def _fit_pooled(x: np.ndarray, y: np.ndarray, strength: float) -> np.ndarray:
+    """``pooled`` calibration: per-kind scales ``a_k`` pulled toward one shared scale ``s`` learned across every
+    family (penalty ``strength · n · Σ_k (a_k − s)²`` on relative error), plus per-op overhead and a constant,
+    all non-negative. A kind the calibration models lack (or barely have) takes the shared scale instead of an
+    arbitrary NNLS value, so a family with an op mix the calibration never saw is scaled like the others."""
+    from scipy.optimize import lsq_linear
+
+    n = len(y)
+    a = x / y[:, None]  # relative error: each model's row divided by its latency
+    # variables: a_0..a_{N-1}, n_ops, const, s
+    design = np.hstack([a, np.zeros((n, 1))])
+    pen = np.zeros((_N, _N + 3))
+    w = np.sqrt(strength * n) * np.maximum(np.median(a[:, :_N].sum(axis=1)), 1e-12)
+    for k in range(_N):
+        pen[k, k], pen[k, _N + 2] = w, -w
+    full = np.vstack([design, pen])
+    col = np.maximum(np.abs(full).max(axis=0), 1e-12)
+    sol = lsq_linear(full / col, np.concatenate([np.ones(n), np.zeros(_N)]), bounds=(0, np.inf)).x / col
+    return sol[:_N + 2]

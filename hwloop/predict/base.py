@@ -176,14 +176,15 @@ class BasePredictor:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ whole models
-    def fit_aggregator(self, workloads: Sequence[Any], latencies_ms: Any, method: str = "linear"
+    def fit_aggregator(self, workloads: Sequence[Any], latencies_ms: Any, method: str = "pooled"
                        ) -> BasePredictor:
         """Fit the whole-model calibration on measured models (see :class:`~hwloop.predict.aggregate.Aggregator`).
 
         Args:
             workloads: one ``Workload`` (or list of ``LayerSpec``) per measured model.
             latencies_ms: the measured end-to-end latency of each.
-            method: ``"linear"`` (per-kind scale + per-op overhead + constant, non-negative).
+            method: ``"pooled"`` (default: per-kind scales pulled toward one shared scale, + per-op overhead +
+                constant, non-negative), ``"linear"`` (free per-kind scales) or ``"scale"`` (one constant).
         """
         from hwloop.predict.aggregate import Aggregator
 

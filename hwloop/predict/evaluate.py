@@ -104,7 +104,7 @@ def evaluate_layer_split(make: Callable[[], Any], specs: Sequence[Any], y_ms: An
 
 
 def evaluate_models(layer_predictor: Any, workloads: Sequence[Any], y_ms: Any, groups: Sequence[str], *,
-                    folds: int = 5, seed: int = 0, method: str = "linear") -> dict[str, Any]:
+                    folds: int = 5, seed: int = 0, method: str = "pooled") -> dict[str, Any]:
     """Protocols (b) and (c): K-fold leave-models-out calibration of a fitted layer predictor.
 
     Args:

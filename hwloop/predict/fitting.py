@@ -64,7 +64,7 @@ def choose_kind(n_layers: int, requested: str = "auto") -> str:
     return "xgboost" if n_layers >= MIN_LEARNED_LAYERS else "surrogate"
 
 
-def fit_predictor(data: Any, kind: str = "auto", *, evaluate: bool = True, aggregate: str | None = "linear",
+def fit_predictor(data: Any, kind: str = "auto", *, evaluate: bool = True, aggregate: str | None = "pooled",
                   plot_path: Any = None, folds: int = 5, seed: int = 0, params: dict[str, Any] | None = None
                   ) -> Any:
     """Fit a predictor of ``kind`` on :class:`~hwloop.predict.io.TrainingData`.
@@ -73,7 +73,8 @@ def fit_predictor(data: Any, kind: str = "auto", *, evaluate: bool = True, aggre
         data: measured layers (and whole models) of one device and mode.
         kind: a predictor kind or ``auto`` (see :func:`choose_kind`).
         evaluate: run the three evaluation protocols and store them in ``metrics_``.
-        aggregate: aggregation method fitted on the measured whole models (None: plain sum).
+        aggregate: aggregation method fitted on the measured whole models (None: plain sum); default ``pooled``
+            (per-kind scales pulled toward one shared scale: generalises to unseen model families).
         plot_path: parity plot PNG (with ``evaluate``).
         folds / seed: evaluation settings.
         params: constructor parameters of the predictor.
