@@ -1,8 +1,11 @@
 """Every ``>>>`` example in ``hwloop/`` runs here: one case per module.
 
 Modules are found with ``pkgutil.walk_packages``, so a module added later is picked up without
-editing this file. Examples that need hardware (a GPU, an SSH board) are marked ``+SKIP`` in their
-docstrings; ELLIPSIS and NORMALIZE_WHITESPACE are on for every example.
+editing this file (``__main__`` modules are left out: importing one starts the CLI). ELLIPSIS and
+NORMALIZE_WHITESPACE are on for every example. ``+SKIP`` marks the examples that need a device or
+timing (GPU, TVM builds, CPU timing, the simulated-device measurement of a whole method run), data
+that is not in the checkout (the CIFAR-10 tarball, an image folder, a saved predictor) or minutes of
+training (a search spec, an Optuna objective); every other example runs here.
 """
 from __future__ import annotations
 
