@@ -55,7 +55,10 @@ def layer_specs_with_bits(model: nn.Module, example: torch.Tensor, plan: Compres
         return specs
     out = []
     quantized = False   # ops after a quantized conv/linear (BN, ReLU, add, pool) run on its a_bits activations
-    a_of = {a.layer: a.a_bits for a in plan.of_kind("quantize")}   # per layer: a plan may mix them (sbs)
+    from hwloop.compress.actions import Quantize
+
+    # per layer: a plan may mix them (sbs)
+    a_of = {a.layer: a.a_bits for a in plan.of_kind(Quantize) if isinstance(a, Quantize)}
     cur_a = None
     for s in specs:
         b = plan.w_bits.get(s.name)
