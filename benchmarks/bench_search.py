@@ -55,7 +55,7 @@ from hwloop.methods.base import MethodContext
 from hwloop.methods.l1l2 import l1l2_config
 from hwloop.search.differentiable import SearchConfig
 from hwloop.search.evidence import (bench_markdown, fronts_markdown, fronts_space_options, load_state_file,
-                                    plot_bench, plot_fronts, proxy_latency, record_and_fit)
+                                    plot_bench, plot_fronts, proxy_latency, record_and_fit, write_keeping_note)
 from hwloop.search.latency import PredictorLatency, SurrogateLatency
 from hwloop.search.report import measure_compressed, predict_compressed
 from hwloop.search.space import SearchSpace, SpaceOptions
@@ -175,7 +175,7 @@ def remake_fronts_report(out: Path) -> int:
     sweeps = list(data["fronts"])
     seeds = sorted({int(r["seed"]) for r in rows})
     md = fronts_markdown(rows, data, sweeps, seeds)
-    (out / "fronts.md").write_text(md, encoding="utf-8")
+    write_keeping_note(out / "fronts.md", md)   # a "superseded" note added after the run stays
     plot_fronts(rows, data, data["args"], out / "fronts.png")
     print(md)
     return 0

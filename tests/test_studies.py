@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hwloop.errors import ConfigError
-from hwloop.search.evidence import bench_markdown, load_state_file
+from hwloop.search.evidence import bench_markdown, load_state_file, write_keeping_note
 from hwloop.search.studies import schedule_markdown, schedule_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,3 +71,14 @@ def test_load_state_file_rejects_missing_and_unreadable_files(tmp_path: Path) ->
     bad.write_bytes(b"\x00" * 16)
     with pytest.raises(ConfigError, match="not a readable safetensors file"):
         load_state_file(str(bad), "--init")
+
+
+def test_a_regenerated_report_keeps_the_note_added_after_the_run(tmp_path: Path) -> None:
+    md = tmp_path / "fronts.md"
+    md.write_text("> **Superseded.** old device.\n\n| old | table |\n", encoding="utf-8")
+    write_keeping_note(md, "| new | table |\n")
+    assert md.read_text(encoding="utf-8") == "> **Superseded.** old device.\n\n| new | table |\n"
+    plain = tmp_path / "plain.md"
+    write_keeping_note(plain, "| t |\n")                      # no old file, no note
+    write_keeping_note(plain, "| u |\n")
+    assert plain.read_text(encoding="utf-8") == "| u |\n"

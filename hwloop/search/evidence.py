@@ -30,7 +30,7 @@ from hwloop.search.latency import SurrogateLatency
 from hwloop.search.space import SearchSpace, SpaceOptions
 
 __all__ = ["bench_markdown", "fronts_markdown", "fronts_space_options", "load_state_file", "plot_bench",
-           "plot_fronts", "proxy_latency", "record_and_fit"]
+           "plot_fronts", "proxy_latency", "record_and_fit", "write_keeping_note"]
 
 
 def record_and_fit(space: SearchSpace, device: str, n_models: int, seed: int, out: Path) -> tuple[Any, dict[str, Any]]:
@@ -86,6 +86,14 @@ def load_state_file(path: str, what: str = "--checkpoint") -> dict[str, torch.Te
         return load_file(path)
     except (SafetensorError, OSError) as e:
         raise ConfigError(f"{what} {path}: not a readable safetensors file ({e})") from e
+
+
+def write_keeping_note(path: Path, text: str) -> None:
+    """Write a regenerated Markdown report, keeping the note quoted at the top of the old file (its leading
+    ``> ...`` lines, e.g. a "superseded" warning added after the run)."""
+    old = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    note = old[:next((i for i, line in enumerate(old) if line.strip() and not line.startswith(">")), 0)]
+    path.write_text("\n".join(note) + ("\n" if note else "") + text, encoding="utf-8")
 
 
 def fronts_space_options(space: str, device: str) -> SpaceOptions:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # run from a checkout
 
+from hwloop.search.evidence import write_keeping_note
 from hwloop.search.studies import plot_schedules, schedule_markdown, schedule_rows
 
 __all__ = ["HINGE", "OLD", "PRUNE", "RUNS", "SOFT", "main"]
@@ -41,10 +42,7 @@ def main() -> int:
     out = Path(__file__).resolve().parent
     rows = schedule_rows(RESULTS, RUNS)
     table = schedule_markdown(rows)
-    md = out / "front.md"
-    old = md.read_text(encoding="utf-8").splitlines() if md.is_file() else []
-    note = old[:next((i for i, line in enumerate(old) if not line.startswith(">") and line.strip()), 0)]
-    md.write_text("\n".join(note) + ("\n" if note else "") + table, encoding="utf-8")
+    write_keeping_note(out / "front.md", table)
     print(table, end="")
     plot_schedules(rows, COLORS, out / "front.png", device="asic-tpu32",
                    title="ResNet-20 from the checkpoint: search 1 + fine-tune 1 epoch")
