@@ -93,10 +93,10 @@ class HessianHook:
 
     def add(self, x: torch.Tensor) -> None:
         b = x.shape[0]
-        cols = self.columns_of(x.detach()).to(torch.float64)
+        cols = self.columns_of(x.detach())
         self.H *= self.n / (self.n + b)
         self.n += b
-        self.H += (2.0 / self.n) * (cols @ cols.t())
+        self.H += (2.0 / self.n) * (cols @ cols.t()).to(torch.float64)   # batch product in the input's dtype
 
 
 def collect_hessians(model: nn.Module, layers: Sequence[str], batches: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -303,7 +303,8 @@ def unstructured_database(weight: torch.Tensor, H: torch.Tensor, sparsities: Seq
     W0 = _flat(weight).to(H.dtype)
     _, W, Hinv = prepare_hessian(H, W0, rel_damp)
     W, Hinv = W.to(dtype), Hinv.to(dtype)
-    steps = math.ceil(W.shape[1] * max(sparsities) - 1e-9) if sparsities else 0
+    # every row is traced to the end: the global allocation may prune one row far more than the average
+    steps = W.shape[1] if sparsities else 0
     _, losses, tr = obs_rows(W, Hinv, steps=steps, trace=True)
     assert tr is not None
     db = LayerDatabase({}, {})
