@@ -26,6 +26,15 @@ from hwloop.search.report import measure_compressed
 from hwloop.store import MeasurementStore
 from hwloop.workload import LayerSpec, WorkloadWarning, extract_layers
 
+def _quick_cpu():
+    """local-cpu with a short timing (the tests check bookkeeping, not the CPU's figures)."""
+    from hwloop.devices.base import TimingConfig
+
+    dev = create_device("local-cpu")
+    dev.timing = TimingConfig(warmup=1, repeats=3, min_repeat_ms=0.2, max_cv=1.0, max_retries=0)
+    return dev
+
+
 CONV = LayerSpec("conv2d", (1, 32, 16, 16), out_channels=32, kernel=3, padding=1, name="conv")
 FC = LayerSpec("linear", (1, 64), out_channels=10, name="fc")
 
@@ -145,7 +154,7 @@ def test_surrogate_is_bit_scaled_macs() -> None:
 
 def test_cpu_costs_bits_as_float_and_calibrates(tmp_path) -> None:
     small = LayerSpec("conv2d", (1, 8, 8, 8), out_channels=8, kernel=3, padding=1, name="c")
-    t = build_cost_table({"c": conv_levels(small, w_bits=[4], out_channels=[4])}, device="local-cpu",
+    t = build_cost_table({"c": conv_levels(small, w_bits=[4], out_channels=[4])}, device=_quick_cpu(),
                          source="measure", store=str(tmp_path / "cpu.db"), progress=False)
     assert t.cost("c", ("bits", 4)) == t.cost("c", ("dense",))  # one float measurement for both
     assert "bits not modelled on the cpu backend" in t.note
@@ -224,7 +233,8 @@ def test_whole_model_calibration_is_measured_once_and_cached(tmp_path) -> None:
                             progress=False)
     assert asic.calibrate_model(ref, full, store=False) == pytest.approx(1.0, rel=1e-9)  # op by op = whole model
     db = str(tmp_path / "cpu.db")
-    cpu = build_cost_table(levels, device="local-cpu", source="measure", store=db, passive=passive, progress=False)
+    cpu = build_cost_table(levels, device=_quick_cpu(), source="measure", store=db, passive=passive,
+                           progress=False)
     with MeasurementStore(db) as st:
         n = st.count()
     scale = cpu.calibrate_model(ref, full, store=db)
