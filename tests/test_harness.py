@@ -56,7 +56,8 @@ def test_every_cell_runs_and_the_table_is_written(run: Any) -> None:
         assert 0 <= r["test_accuracy"] <= 100 and 0 <= r["val_accuracy"] <= 100
         assert r["phases"]["measure"]["device_measurements"] >= 2
     md = (out / "results.md").read_text()
-    assert "| l1l2 | asic-tpu32 | 0.5 | 0 |" in md and " ± " in md and "7 of 7 cells finished" in md
+    assert "| l1l2 | asic-tpu32 | 0.5 | 0 |" in md and "7 of 7 cells finished" in md
+    assert " ± " not in md.split("|---|")[-1]     # one seed: values without a spread
     assert (out / "pareto.png").stat().st_size > 10_000
     csv = (out / "results.csv").read_text().splitlines()
     assert len(csv) == 1 + 7 and csv[0].startswith("entry,kind,device,target,n,seeds,measured_ratio_mean")

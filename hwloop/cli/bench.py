@@ -71,6 +71,8 @@ def bench_methods(
                                                            "(default --out then ends in -<file stem>)"),
     only: str = typer.Option(None, "--only", help="run only cells whose key contains this text, "
                                                   "e.g. l1l2__asic-tpu32__t0.5__s0"),
+    table_only: bool = typer.Option(False, "--table-only", help="only write the table and plot from the finished "
+                                                               "cells (safe while another run adds cells)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
 ) -> None:
     """Methods vs controls (uniform, magnitude, FLOPs, random, TPE, TPE to plateau) on one task, devices, targets
@@ -89,7 +91,7 @@ def bench_methods(
         s = dataclasses.replace(s, task=dataclasses.replace(s.task, checkpoint=str(checkpoint)))
         run_dir = out or Path("search/results") / f"{s.name}-{checkpoint.stem}"
     summary = run_harness(s, run_dir, log=lambda m: err.print(m, highlight=False, markup=False, soft_wrap=True),
-                          progress=progress, max_cells=max_cells, only=(lambda c: only in c.key) if only else None)
+                          progress=progress, max_cells=0 if table_only else max_cells, only=(lambda c: only in c.key) if only else None)
     if summary["table"] is not None:
         print(Path(summary["table"]).read_text(encoding="utf-8"))
     err.print(f"{summary['done']} of {summary['cells']} cells done ({summary['ran']} this run"

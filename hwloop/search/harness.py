@@ -330,8 +330,6 @@ class Harness:
         write the table and the plot. Returns ``{"done", "ran", "failed", "skipped", "table"}``."""
         from tqdm.auto import tqdm
 
-        from hwloop.search.harness_report import write_table
-
         self.claim_folder()
         cells = [c for c in self.cells() if only is None or only(c)]
         todo = [c for c in cells if self.done(c) is None]
@@ -363,10 +361,17 @@ class Harness:
             self.log(f"done {c.key}: test {_fmt(row['test_accuracy'])}%, measured ratio "
                      f"{_fmt(row.get('measured_ratio'))}, {row['status']}, {row['train_images']} images, "
                      f"{row['cell_wall_s']:.0f} s")
+            self.table(cells)   # the partial table after every cell: readable while the rest runs
         bar.close()
-        rows = [d for c in cells if (d := self.done(c)) is not None]
-        table = write_table(self.out, rows, self._shared(), self.spec) if rows else None
+        rows, table = self.table(cells)
         return {"done": len(rows), "ran": ran, "failed": failed, "cells": len(cells), "table": table}
+
+    def table(self, cells: list[Cell] | None = None) -> tuple[list[dict[str, Any]], Path | None]:
+        """Write the table and plot from the finished cells (of ``cells``, default all); returns (rows, md path)."""
+        from hwloop.search.harness_report import write_table
+
+        rows = [d for c in (cells if cells is not None else self.cells()) if (d := self.done(c)) is not None]
+        return rows, (write_table(self.out, rows, self._shared(), self.spec) if rows else None)
 
 
 def _fmt(v: Any) -> str:

@@ -58,6 +58,8 @@ def _pm(g: Mapping[str, Any], f: str, fmt: str) -> str:
     m, s = g.get(f"{f}_mean"), g.get(f"{f}_std")
     if m is None:
         return "–"
+    if g.get("n") == 1:   # one seed: no spread to show
+        return f"{m:{fmt}}"
     return f"{m:{fmt}} ± {s:{fmt}}"
 
 
@@ -90,7 +92,7 @@ def write_table(out: str | Path, rows: Sequence[Mapping[str, Any]], shared: Mapp
               + "; ".join(f"{k}: {v.get('build_s', 0):.1f} s" for k, v in cost.items()) + "."),
              f"Schedule every entry gets: {dict(vars(spec.schedule))}; controls: {dict(vars(spec.controls))}.", "",
              ("Latency ratio = measured on the device against the dense model; accuracy = test set (choices were "
-              "made on the validation split); mean ± std over the seeds listed. Compute = training images and wall "
+              "made on the validation split); mean ± std over the seeds listed (the value alone: one seed). Compute = training images and wall "
               "seconds of the cell (search, trials, fine-tuning, measurement, evaluation)."), "",
              ("| entry | device | target | seeds | measured ratio | test acc % | val acc % | train images | wall s "
               "| measure s | status |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
