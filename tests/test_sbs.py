@@ -174,13 +174,14 @@ def test_a_large_lambda_lowers_the_mean_bits(small) -> None:
     assert w1 < w0 and a1 < a0
 
 
-def test_latency_table_is_exact_at_grid_points_and_agrees_with_the_device(small) -> None:
+@pytest.mark.parametrize("device", ["asic-tpu32", "asic-eyeriss"])
+def test_latency_table_is_exact_at_grid_points_and_agrees_with_the_device(small, device: str) -> None:
     from hwloop.compress import CompressionPlan, from_plan
     from hwloop.search.report import measure_compressed
 
     task, model, space = small
     sbs, layers = _sbs(model, space)
-    table = TableCost(space, layers, LEVELS, (4, 8), "asic-tpu32", grid_points=3, fixed_bits=[(8, 8)])
+    table = TableCost(space, layers, LEVELS, (4, 8), device, grid_points=3, fixed_bits=[(8, 8)])
     cfg = top_config(sbs)
     cfg["w"]["features.3"], cfg["a"]["features.3"], cfg["w"]["features.7"] = 2, 4, 4
     st = state_of(sbs, cfg)
@@ -188,7 +189,7 @@ def test_latency_table_is_exact_at_grid_points_and_agrees_with_the_device(small)
     plan = CompressionPlan(base=task.ref.to_dict(), w_bits={k: int(v) for k, v in cfg["w"].items()})
     plan = CompressionPlan(base=plan.base, actions=[
         type(a)(a.layer, a.w_bits, cfg["a"][a.layer]) for a in plan.actions])
-    ms = measure_compressed("asic-tpu32", from_plan(plan.to_dict()), plan)["latency_ms"]
+    ms = measure_compressed(device, from_plan(plan.to_dict()), plan)["latency_ms"]
     assert table.exact(st) == pytest.approx(ms, rel=1e-9)               # mixed a_bits per layer measured as such
     top = table.exact(state_of(sbs, top_config(sbs)))
     assert table.exact(st) < top

@@ -83,7 +83,7 @@ class SbsConfig(MethodConfig):
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    gate_lr: float = 0.05
+    gate_lr: float = 0.01
     lam: float = 2.0
     dual_lr: float = 0.02
     target_warmup: float = 0.3
