@@ -11,8 +11,10 @@ This times, interleaved round by round on one thread (so load on the machine hit
   (``select_latency_model(objective="learned")``), and the bit-scaled surrogate;
 * ``term <model>``: the term alone (its forward and backward on the gate sizes), many times.
 
-It prints the medians, the term's share of a plain step (term alone / plain; and (step − plain) / plain, noisier),
-the machine load before and after, and which checkpoint gave the figures; ``--out`` writes them as JSON.
+It prints the medians in wall-clock and in thread CPU time (what this thread computed: on a loaded machine the
+wall clock stretches with the wait for a core, the thread clock does not), the term's share of a plain step (term
+alone / plain; and (step − plain) / plain, noisier), the machine load before and after, and which checkpoint and
+which hwloop tree gave the figures; ``--out`` writes them as JSON.
 
     OMP_NUM_THREADS=1 nice -n 12 python benchmarks/bench_latency_term.py \\
         --checkpoint ../shared/checkpoints/resnet20_cifar10_e35.safetensors --rounds 15 --out /tmp/latency_term.json
