@@ -73,6 +73,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--n-samples", type=int, default=3)
     ap.add_argument("--grid", type=int, default=7)
+    ap.add_argument("--shared-convs", action="store_true", help="only norms on the line (the reference code's setting)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--devices", default="asic-tpu32,local-cpu")
     ap.add_argument("--trace-steps", type=int, default=40)
@@ -90,7 +91,8 @@ def main() -> int:
     ref = task.ref
     shape = tuple(ref.input_shape)
     log(f"{args.task} {args.model}: {args.train_limit} training images, {args.epochs} epochs, batch {args.batch}, lr {args.lr} "
-        f"(cosine), sandwich of {args.n_samples} alphas per batch; accuracy on {args.val_limit} CIFAR-10 test images")
+        f"(cosine), sandwich of {args.n_samples} alphas per batch, shared convs {args.shared_convs}; accuracy on "
+        f"{len(task.val.dataset)} held-out images ({'CIFAR-10 test' if args.task == 'cifar10' else 'digits val split'})")
     grid = default_grid(args.grid)
 
     # 1. the family
@@ -100,7 +102,7 @@ def main() -> int:
         log("family: loaded")
     elif "family" in phases:
         torch.manual_seed(args.seed)
-        fam = LcsFamily.create(ref, "width")
+        fam = LcsFamily.create(ref, "width", line_convs=not args.shared_convs)
         log("family: training")
         h = train_lines(fam.net, fam.state, task.train, epochs=args.epochs, lr=args.lr, n_samples=args.n_samples,
                         seed=args.seed, progress=False,

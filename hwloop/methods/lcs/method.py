@@ -50,8 +50,9 @@ class LcsConfig(MethodConfig):
         n_samples: α values per batch in width mode (sandwich rule).
         endpoint_prob: top-k's chance of sampling an endpoint.
         warmup: top-k's share of training with the kept fraction annealed from dense.
-        line_convs: convs/linears on the line too (False: shared weights, only norms on the line — the reference
-            code's structured setting).
+        line_convs: convs/linears on the line too (False: shared weights, only norms on the line). Default: False
+            for ``width`` (the reference code's structured setting; on digits it gave a monotone family, lines a dip
+            at width 0.5, docs/lcs.md), True for ``topk`` and ``bits``.
         grid: candidates at ``grid`` evenly spaced α in [0, 1].
         finetune_epochs: fine-tune each member alone after extraction (0: LCS's own setting).
     """
@@ -72,7 +73,7 @@ class LcsConfig(MethodConfig):
     n_samples: int = 4
     endpoint_prob: float = 0.5
     warmup: float = 0.5
-    line_convs: bool = True
+    line_convs: bool | None = None
     grid: int = 7
     finetune_epochs: int = 0
 
@@ -175,7 +176,8 @@ class LcsMethod(CompressionMethod):
         n0 = len(ledger)
         ref = family_ref(context, cfg.norm)
         torch.manual_seed(context.seed)
-        fam = LcsFamily.create(ref, cfg.mode, lo=cfg.lo, hi=cfg.hi, line_convs=cfg.line_convs)
+        line_convs = cfg.mode != "width" if cfg.line_convs is None else cfg.line_convs
+        fam = LcsFamily.create(ref, cfg.mode, lo=cfg.lo, hi=cfg.hi, line_convs=line_convs)
         fam.state.bits_lo, fam.state.bits_hi = cfg.bits_lo, cfg.bits_hi
         t0 = time.perf_counter()
         h = train_lines(fam.net, fam.state, context.train, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
