@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hwloop.methods.lcs import LcsFamily, default_grid, train_lines  # noqa: E402
-from hwloop.methods.lcs.controller import LcsController, budgets_from_load, plot_run  # noqa: E402
+from hwloop.methods.lcs import LcsFamily, default_grid, train_lines
+from hwloop.methods.lcs.controller import LcsController, budgets_from_load, plot_run
 
 
 def main() -> int:
