@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bits", default="4,3,2")
     ap.add_argument("--eval-limit", type=int, default=10000, help="test images scored (the first N of the test set)")
     ap.add_argument("--phases", default="quant,latency")
+    ap.add_argument("--ladder-bits", default="4", help="OBQ bit-widths per layer in the latency database "
+                    "(besides float; 8 bits costs as float on asic-tpu32, whose default is int8)")
+    ap.add_argument("--error-images", type=int, default=256, help="calibration images a level's loss is measured on")
+    ap.add_argument("--bn-variants", action="store_true", help="quant phase: also score with BN re-estimation")
+    ap.add_argument("--bisect-steps", type=int, default=8)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -166,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"{kind}_cpu_seconds"] = time.process_time() - c1
                 row[f"{kind}_layer_error"] = err
                 row[f"{kind}_acc"] = acc(net)
-                reestimate_bn(net, xs)
-                row[f"{kind}_acc_bn"] = acc(net)
-                say(f"w{b} {kind}: {row[f'{kind}_acc']:.2f}% ({row[f'{kind}_acc_bn']:.2f}% with BN re-estimation), "
-                    f"summed layer output error {err:.4g}, {row[f'{kind}_seconds']:.1f} s")
+                if args.bn_variants:
+                    reestimate_bn(net, xs)
+                    row[f"{kind}_acc_bn"] = acc(net)
+                say(f"w{b} {kind}: {row[f'{kind}_acc']:.2f}% ({row.get(f'{kind}_acc_bn')} with BN re-estimation), "
+                    f"summed layer output error {err:.4g}, {row[f'{kind}_seconds']:.1f} s "
+                    f"({row[f'{kind}_cpu_seconds']:.1f} s CPU)")
+                res.put("quant_partial", rows + [row])
             rows.append(row)
         res.put("quant", {"hessian_seconds": t_h, "hessian_cpu_seconds": c_h, "rows": rows, "first_last_float": True,
                           "grid": "symmetric per output channel, qmax = 2^(b-1)-1, MSE-clipped scale (norm 2.4)"})
@@ -185,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         lat = select_latency_model(space, predictor_path=str(pred) if pred else None, device=device, log=say)
         c0 = time.process_time()
         kinds = ["channels", "bits"] if device != "local-cpu" else ["channels"]
-        cfg = ObcConfig(calib=args.calib, kinds=kinds, targets=targets, cost_source="table", check="device")
+        cfg = ObcConfig(calib=args.calib, kinds=kinds, targets=targets, cost_source="table", check="device",
+                        bits=[int(b) for b in args.ladder_bits.split(",")], error_images=args.error_images)
         meth = ObcMethod(cfg)
         ctx = MethodContext(model=model, ref=ref, space=space, train=train, eval_fn=acc, latency=lat,
                             target=None, device=device, seed=0, base_accuracy=dense, log=say, progress=True)
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            rounds=1)["ratio"])
                     return seen[k]
 
-                x, r, trace = bisect_measured(measure, goal, steps=10, tol=0.01)
+                x, r, trace = bisect_measured(measure, goal, steps=args.bisect_steps, tol=0.02)
                 net, _ = space.compress(make(x))
                 reestimate_bn(net, xs)
                 row[ctl] = {"knob": x, "measured_ratio": r, "accuracy": acc(net), "bisect": trace}
