@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--dual-lr", type=float, default=0.5)
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--tau-end", type=float, default=1.0, help="softmax temperature at the end of the search")
     ap.add_argument("--phases", default="dense,uniform,haloc,ablation,uniform_ft,train_ref")
     ap.add_argument("--report", action="store_true", help="print the Markdown tables of --out/results.json and exit")
     args = ap.parse_args(argv)
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwloop.search.space import SearchSpace
     from hwloop.search.train import _subset, evaluate, train_epochs
 
-    ckpt = Path(args.checkpoint) if args.checkpoint else (CONVERGED if CONVERGED.exists() else E35)
+    ckpt = Path(args.checkpoint).resolve() if args.checkpoint else (CONVERGED if CONVERGED.exists() else E35).resolve()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = Results(out / "results.json")
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     res.put("checkpoint", str(ckpt))
     res.put("schedule", {"steps": args.steps, "batch": args.batch, "eval_limit": args.eval_limit,
                          "sampling": args.sampling, "arch_lr": args.arch_lr, "lam": args.lam, "dual_lr": args.dual_lr,
-                         "lr": args.lr, "threads": 1})
+                         "lr": args.lr, "tau_end": args.tau_end, "threads": 1})
     say(f"checkpoint {ckpt}")
     phases = set(args.phases.split(","))
     devices = args.devices.split(",")
@@ -249,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                             base_accuracy=acc0, log=say)
         cfg = {"search_epochs": 1, "finetune_epochs": 1, "max_steps": args.steps, "sampling": args.sampling,
                "arch_lr": args.arch_lr, "lam": args.lam, "dual_lr": args.dual_lr, "mu": mu, "lr": args.lr,
-               "finetune_lr": args.lr, "cost_source": SOURCES.get(dev, "auto"), "recalibrate_batches": 8}
+               "finetune_lr": args.lr, "cost_source": SOURCES.get(dev, "auto"), "recalibrate_batches": 8,
+               "tau_end": args.tau_end}
         r = make_method("haloc", cfg).run(ctx)
         measure_candidates(r, ctx)
         c = r.candidates[0]
@@ -309,6 +311,22 @@ def main(argv: list[str] | None = None) -> int:
                               "accuracy": eval_fn(net)})
         say(f"train_ref: {2 * args.steps} batches in {res.get('train_ref')['wall_s']:.0f} s, "
             f"acc {res.get('train_ref')['accuracy']:.2f}")
+    # ---- 7. measure the searched structures again (a loaded machine disturbs the CPU's interleaved comparison)
+    if "remeasure" in phases:
+        from hwloop.compress.extract import from_plan
+        from hwloop.compress.plan import CompressionPlan
+
+        for k in [k for k in list(res.data) if k.startswith(("haloc/", "ablation/"))]:
+            _, dev, target, seed = k.split("/")
+            if dev not in devices or res.get(f"remeasure/{k}") is not None:
+                continue
+            mu = 0.0 if k.startswith("ablation/") else 1.0
+            plan = CompressionPlan.from_json((out / f"plan_{dev}_{float(target)}_{seed}_{mu}.json").read_text())
+            net = from_plan(plan)
+            runs = [compare_compressed(dev, net, plan, base, example=example) for _ in range(3)]
+            res.put(f"remeasure/{k}", [{"ratio": m["ratio"], "ratio_ci": m.get("ratio_ci"), "unstable": m.get("unstable"),
+                                        "latency_ms": m["latency_ms"], "original_ms": m["original_ms"]} for m in runs])
+            say(f"remeasure/{k}: ratios {[round(m['ratio'], 3) for m in runs]}")
     say("done")
     return 0
 
