@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--eval-limit", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--gate-lr", type=float, default=0.05)
+    ap.add_argument("--gate-lr", type=float, default=0.01)
     ap.add_argument("--lam", type=float, default=2.0)
     ap.add_argument("--phases", default="ref,sbs-lat,w4a4,ptq,l1l2,sbs-bops,uniform-bits")
     ap.add_argument("--figure", default=str(ROOT / "docs/figures/sbs_bitmap.png"))
