@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwloop.workload import DTYPES, LayerSpec, WorkloadWarning
+from hwloop.workload import DTYPES, LayerSpec, WorkloadWarning, _pair
 
 
 def _dtype_name(dt: Any) -> str:
@@ -77,8 +77,8 @@ def _node_spec(node: Any, dtype: str) -> LayerSpec | None | str:
             groups = args[8]
         if isinstance(pad, str):
             return "conv_string_padding"
-        return LayerSpec("conv2d", ins, out, ins[1], w[0], kernel=(w[2], w[3]), stride=stride,
-                         padding=pad, dilation=dil, groups=int(groups), bias=bias, dtype=dtype, name=name)
+        return LayerSpec("conv2d", ins, out, ins[1], w[0], kernel=(w[2], w[3]), stride=_pair(stride, "stride"),
+                         padding=_pair(pad, "padding"), dilation=_pair(dil, "dilation"), groups=int(groups), bias=bias, dtype=dtype, name=name)
     if base == "linear":
         w = _shape(args[1])
         if w is None:
@@ -110,7 +110,8 @@ def _node_spec(node: Any, dtype: str) -> LayerSpec | None | str:
         k = args[1]
         stride = args[2] if len(args) > 2 and args[2] else k
         pad = args[3] if len(args) > 3 else 0
-        return LayerSpec("pooling", ins, out, kernel=k, stride=stride, padding=pad,
+        return LayerSpec("pooling", ins, out, kernel=_pair(k, "kernel"), stride=_pair(stride, "stride"),
+                         padding=_pair(pad, "padding"),
                          variant="max" if base.startswith("max") else "avg", dtype=dtype, name=name)
     if base in ("adaptive_avg_pool2d", "_adaptive_avg_pool2d", "mean"):
         if len(ins) != 4:
@@ -164,8 +165,9 @@ def _extract_hooks(model: torch.nn.Module, example: torch.Tensor) -> list[LayerS
         ins, outs = tuple(inp[0].shape), tuple(out.shape)
         s: LayerSpec
         if isinstance(mod, nn.Conv2d) and isinstance(mod.padding, tuple):
-            s = LayerSpec("conv2d", ins, outs, mod.in_channels, mod.out_channels, kernel=mod.kernel_size,
-                          stride=mod.stride, padding=mod.padding, dilation=mod.dilation, groups=mod.groups,
+            s = LayerSpec("conv2d", ins, outs, mod.in_channels, mod.out_channels, kernel=_pair(mod.kernel_size, "kernel"),
+                          stride=_pair(mod.stride, "stride"), padding=_pair(mod.padding, "padding"),
+                          dilation=_pair(mod.dilation, "dilation"), groups=mod.groups,
                           bias=mod.bias is not None, dtype=dtype, name=name)
         elif isinstance(mod, nn.Linear):
             s = LayerSpec("linear", ins, outs, mod.in_features, mod.out_features,
@@ -182,8 +184,8 @@ def _extract_hooks(model: torch.nn.Module, example: torch.Tensor) -> list[LayerS
         elif isinstance(mod, nn.ReLU6):
             s = LayerSpec("activation", ins, outs, variant="relu6", dtype=dtype, name=name)
         elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
-            s = LayerSpec("pooling", ins, outs, kernel=mod.kernel_size, stride=mod.stride or mod.kernel_size,
-                          padding=mod.padding, variant="max" if isinstance(mod, nn.MaxPool2d) else "avg",
+            s = LayerSpec("pooling", ins, outs, kernel=_pair(mod.kernel_size, "kernel"),
+                          stride=_pair(mod.stride or mod.kernel_size, "stride"), padding=_pair(mod.padding, "padding"), variant="max" if isinstance(mod, nn.MaxPool2d) else "avg",
                           dtype=dtype, name=name)
         elif isinstance(mod, nn.AdaptiveAvgPool2d):
             s = LayerSpec("pooling", ins, outs, variant="adaptive_avg", dtype=dtype, name=name)

@@ -171,9 +171,9 @@ class LayerSpec:
                     f"{self.op} in_channels={self.in_channels} differs from in_shape[-1]={self.in_shape[-1]}")
             if self.out_channels < 1:
                 raise WorkloadError(f"{self.op} needs out_channels >= 1")
-            exp = self.in_shape[:-1] + (self.out_channels,)
+            exp_lin: tuple[int, ...] = self.in_shape[:-1] + (self.out_channels,)
             if not self.out_shape:
-                set_(self, "out_shape", exp)
+                set_(self, "out_shape", exp_lin)
         else:
             if self.in_channels == 0 and len(self.in_shape) >= 2:
                 set_(self, "in_channels", self.in_shape[1])
@@ -287,7 +287,7 @@ class LayerSpec:
         if extra:
             raise WorkloadError(f"unknown LayerSpec field(s) {sorted(extra)}; allowed: {sorted(known)}")
         try:
-            kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+            kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
             return cls(**kw)
         except TypeError as e:
             raise WorkloadError(f"malformed LayerSpec {dict(d)!r}: {e}") from e

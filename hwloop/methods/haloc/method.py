@@ -164,9 +164,9 @@ class HalocMethod(CompressionMethod):
         levels: dict[str, list[Any]] = {}
         for n in names:
             ranks = rank_ladder(max_equal_rank(get_module(base, n)), steps[n], cfg.max_candidates)
-            lv = ([DENSE] if cfg.allow_dense else []) + [rank_level(r) for r in ranks]
-            if any(x != DENSE for x in lv):
-                levels[n] = lv
+            ladder = ([DENSE] if cfg.allow_dense else []) + [rank_level(r) for r in ranks]
+            if any(x != DENSE for x in ladder):
+                levels[n] = ladder
         if not levels:
             raise SearchError(f"[method] haloc: no layer has a rank candidate at the latency steps {steps}")
         table = build(*table_levels(specs, levels))
@@ -185,7 +185,7 @@ class HalocMethod(CompressionMethod):
                          max_steps=cfg.max_steps, progress=context.progress, log=context.log)
         seconds["search"] = slog.seconds
         images = slog.weight_images + slog.arch_images
-        n_train = len(context.train.dataset) if hasattr(context.train, "dataset") else max(1, images)
+        n_train = len(context.train.dataset) if hasattr(context.train, "dataset") else max(1, images)  # type: ignore[arg-type]
         ledger.add("search", trial=context.trial, wall_s=slog.seconds, train_images=images,
                    epochs=images / max(1, n_train))
 

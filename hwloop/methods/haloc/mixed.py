@@ -184,7 +184,7 @@ def extract(model: nn.Module, choice: Mapping[str, Level] | None = None) -> tupl
         set_module(net, name, branch)
         if level != DENSE:
             r = int(level[1])
-            if isinstance(branch[0], nn.Conv2d):
+            if isinstance(branch[0], nn.Conv2d):  # type: ignore[index]  # a branch is an nn.Sequential
                 actions.append(LowRank(name, "tucker2", (r, r)))
             else:
                 actions.append(LowRank(name, "svd", (r,)))
