@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--dual-lr", type=float, default=0.5)
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--arch-paths", type=int, default=2,
+                    help="gumbel: branches an architecture step runs (0: all; the method's default is 0)")
+    ap.add_argument("--init-scale", type=float, default=2.0, help="initial logits from the branches' fidelity (0: uniform)")
     ap.add_argument("--tau-end", type=float, default=1.0, help="softmax temperature at the end of the search")
     ap.add_argument("--phases", default="dense,uniform,haloc,ablation,uniform_ft,train_ref")
     ap.add_argument("--report", action="store_true", help="print the Markdown tables of --out/results.json and exit")
@@ -178,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     res.put("checkpoint", str(ckpt))
     res.put("schedule", {"steps": args.steps, "batch": args.batch, "eval_limit": args.eval_limit,
                          "sampling": args.sampling, "arch_lr": args.arch_lr, "lam": args.lam, "dual_lr": args.dual_lr,
-                         "lr": args.lr, "tau_end": args.tau_end, "threads": 1})
+                         "lr": args.lr, "tau_end": args.tau_end, "arch_paths": args.arch_paths,
+                         "init_scale": args.init_scale, "threads": 1})
     say(f"checkpoint {ckpt}")
     phases = set(args.phases.split(","))
     devices = args.devices.split(",")
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = {"search_epochs": 1, "finetune_epochs": 1, "max_steps": args.steps, "sampling": args.sampling,
                "arch_lr": args.arch_lr, "lam": args.lam, "dual_lr": args.dual_lr, "mu": mu, "lr": args.lr,
                "finetune_lr": args.lr, "cost_source": SOURCES.get(dev, "auto"), "recalibrate_batches": 8,
-               "tau_end": args.tau_end}
+               "tau_end": args.tau_end, "arch_paths": args.arch_paths, "init_scale": args.init_scale}
         r = make_method("haloc", cfg).run(ctx)
         measure_candidates(r, ctx)
         c = r.candidates[0]

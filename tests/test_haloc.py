@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -224,3 +225,110 @@ def test_the_example_spec_reads_as_haloc() -> None:
     m = spec.method.build()
     assert m.name == "haloc" and m.config.sampling == "softmax" and m.config.search_epochs == 8
     assert spec.budget.target == 0.6 and spec.device.name == "asic-tpu32"
+
+
+# --- issue 18 follow-up: the search ended at the cheapest candidate of every layer whatever the target -----------
+
+LADDER = {"features.3": [DENSE, *[rank_level(r) for r in (2, 4, 6, 8, 10, 12, 14, 16)]],
+          "features.7": [DENSE, *[rank_level(r) for r in (4, 8, 12, 16, 20, 24, 28, 32)]]}
+
+
+class StairTable:
+    """asic-tpu32's shape: a Tucker-2 branch costs ``0.15 + 1.2·r/r_max`` of the dense layer (full rank > dense),
+    plus a passive rest of 0.5. Cheapest ratio 0.44."""
+
+    unit, source = "ms", "synthetic"
+    def cost(self, layer, level) -> float:
+        return 1.0 if tuple(level) == DENSE else 0.15 + 1.2 * level[1] / {"features.3": 16, "features.7": 32}[layer]
+
+    def model_cost(self, choice, base: float = 0.0) -> float:
+        return 0.5 + sum(self.cost(n, lv) for n, lv in choice.items())
+
+
+def test_the_hinge_releases_once_the_argmax_is_at_or_below_the_target(digits) -> None:
+    from hwloop.methods.haloc.search import _latency_term
+
+    _, model = digits
+    layers = mixed_layers(wrap_model(model, LADDER))
+    exp = ExpectedLatency(StairTable(), layers)
+    for m in layers.values():   # argmax at the cheapest rank (ratio 0.44), much mass on dense: E[LAT] above 0.75
+        with torch.no_grad():
+            m.alpha.copy_(torch.tensor([1.0, 1.2] + [0.0] * 7))
+    term, e, hard = _latency_term(exp, 10.0, 0.75)
+    assert e > 0.75 and hard == pytest.approx(0.44)
+    assert float(term.detach()) == 0.0
+    grads = torch.autograd.grad(term, [m.alpha for m in layers.values()], allow_unused=True)
+    assert all(g is None or float(g.abs().max()) == 0.0 for g in grads), grads   # before the fix: E > target pushed
+    for m in layers.values():   # argmax dense (ratio 1.0): the term pushes, towards the cheaper candidates
+        with torch.no_grad():
+            m.alpha.copy_(torch.tensor([1.0] + [0.0] * 8))
+    term, e, hard = _latency_term(exp, 10.0, 0.75)
+    assert hard == pytest.approx(1.0) and float(term.detach()) > 0
+    g = torch.autograd.grad(term, layers["features.3"].alpha)[0]
+    assert g[0] > 0 and g[1] < 0   # dense (cost 1.0 > E) down, rank 2 (the cheapest) up
+
+
+def test_init_logits_put_the_most_faithful_branch_on_top(digits) -> None:
+    from hwloop.methods.haloc.search import init_logits
+
+    task, model = digits
+    wrapped = wrap_model(model, LADDER)
+    a = init_logits(wrapped, next(iter(task.train))[0], 2.0)
+    for n, m in mixed_layers(wrapped).items():
+        ranks = a[n][1:]
+        assert all(x <= y + 1e-6 for x, y in itertools.pairwise(ranks)), (n, a[n])   # larger rank: higher logit
+        assert min(a[n]) == pytest.approx(-2.0) and a[n][1] == pytest.approx(-2.0)  # the smallest rank is worst
+        assert m.levels[m.argmax()] in (DENSE, m.levels[-1]) and max(a[n]) > -1e-3
+
+
+def test_the_task_loss_reaches_the_logits_in_gumbel_architecture_steps(digits) -> None:
+    """The one-branch straight-through gate only rescales the branch, which the next batch norm (training mode)
+    undoes: the task loss's gradient on the logits is ~0. ``st_all`` (and ``st_paths``) compare branches."""
+    task, model = digits
+    x, y = next(iter(task.train))
+    wrapped = wrap_model(model, LADDER).train()
+    layers = mixed_layers(wrapped)
+    norms = {}
+    for key, st_all, paths in (("one", False, 0), ("all", True, 0), ("two", True, 2)):
+        for m in layers.values():
+            m.mode, m.st_all, m.st_paths, m.alpha.grad = "gumbel", st_all, paths, None
+        torch.manual_seed(3)
+        out = wrapped(x)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        norms[key] = float(torch.cat([m.alpha.grad for m in layers.values()]).norm())
+        if key == "one":
+            ref_out = out.detach()
+        elif key == "all":   # the same samples: the forward value is the sampled branches' output
+            torch.testing.assert_close(out.detach(), ref_out, atol=1e-5, rtol=1e-5)
+        if key == "two":
+            assert all(int((m.alpha.grad != 0).sum()) <= 2 for m in layers.values())
+    assert norms["all"] > 100 * norms["one"] and norms["two"] > 10 * norms["one"], norms
+
+
+@pytest.mark.parametrize("target", [0.9, 0.75])
+def test_the_search_follows_its_target_not_the_cheapest_candidates(digits, target: float) -> None:
+    from hwloop.methods.haloc.search import alternate
+
+    task, model = digits
+    torch.manual_seed(0)
+    wrapped = wrap_model(model, LADDER)
+    layers = mixed_layers(wrapped)
+    for m in layers.values():
+        m.mode = "gumbel"
+    exp = ExpectedLatency(StairTable(), layers)
+    cheapest = exp.choice_cost({n: m.levels[int(exp.costs[n].argmin())] for n, m in layers.items()}) / exp.original
+    trace: list[dict[str, float]] = []
+    alternate(wrapped, exp, task.train, epochs=10, lr=0.01, arch_lr=0.1, momentum=0.9, weight_decay=5e-4, lam=1.0,
+              dual_lr=0.5, mu=1.0, target=target, trace=trace, init_scale=2.0)
+    choice = exp.argmax_choice()
+    if exp.choice_cost(choice) > target * exp.original:   # the method's repair
+        choice = step_down_to_budget(layers, exp, choice, target * exp.original)
+    final = exp.choice_cost(choice) / exp.original
+    arg = [t["argmax_ratio"] for t in trace]
+    assert cheapest == pytest.approx(0.44)
+    assert target - 0.2 <= final <= target + 1e-9, (final, arg)
+    assert sum(a == pytest.approx(cheapest) for a in arg[len(arg) // 2:]) < len(arg) // 4, arg
+    for t in trace:   # the latency term is silent whenever the argmax is at or below the target
+        if t["argmax_ratio"] <= target:
+            assert t["grad_lat"] == 0.0, t
+    assert max(t["grad_ce"] for t in trace) > 1e-3   # the task loss does reach the logits

@@ -73,6 +73,10 @@ class HalocConfig(MethodConfig):
         max_steps: batches per epoch (None: the whole loader).
         recalibrate_batches: batches to re-estimate batch-norm statistics after extraction.
         repair: step ranks down when the argmax ranks end above the target (reported as a repair).
+        init_scale: initial logits ``−init_scale·e_k/max(e)`` from each branch's feature-map error on the first
+            batch (:func:`~hwloop.methods.haloc.search.init_logits`); 0: uniform logits.
+        arch_paths: with ``gumbel``, the branches an architecture step runs (0: all; ``k >= 2``: the sampled
+            one and ``k − 1`` others drawn by ``p``).
     """
 
     search_epochs: int = 2
@@ -96,6 +100,8 @@ class HalocConfig(MethodConfig):
     max_steps: int | None = None
     recalibrate_batches: int = 8
     repair: bool = True
+    init_scale: float = 2.0
+    arch_paths: int = 0
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs", "step", "recalibrate_batches"):
@@ -108,10 +114,12 @@ class HalocConfig(MethodConfig):
             v = getattr(self, n)
             if not (math.isfinite(v) and v > 0):
                 raise SearchError(f"{n}={v!r} must be a finite number > 0")
-        for n in ("momentum", "weight_decay", "lam", "dual_lr", "mu"):
+        for n in ("momentum", "weight_decay", "lam", "dual_lr", "mu", "init_scale"):
             v = getattr(self, n)
             if not (math.isfinite(v) and v >= 0):
                 raise SearchError(f"{n}={v!r} must be a finite number >= 0")
+        if self.arch_paths < 0 or self.arch_paths == 1:
+            raise SearchError(f"arch_paths={self.arch_paths!r} must be 0 (all branches) or >= 2")
         if self.momentum >= 1:
             raise SearchError(f"momentum={self.momentum!r} must be below 1")
         if self.sampling not in MODES:
@@ -182,7 +190,8 @@ class HalocMethod(CompressionMethod):
         slog = alternate(wrapped, exp, context.train, epochs=cfg.search_epochs, lr=cfg.lr, arch_lr=cfg.arch_lr,
                          momentum=cfg.momentum, weight_decay=cfg.weight_decay, lam=cfg.lam, dual_lr=cfg.dual_lr,
                          mu=cfg.mu, target=context.target, tau=cfg.tau, tau_end=cfg.tau_end,
-                         max_steps=cfg.max_steps, progress=context.progress, log=context.log)
+                         max_steps=cfg.max_steps, progress=context.progress, log=context.log,
+                         init_scale=cfg.init_scale, arch_paths=cfg.arch_paths)
         seconds["search"] = slog.seconds
         images = slog.weight_images + slog.arch_images
         n_train = len(context.train.dataset) if hasattr(context.train, "dataset") else max(1, images)  # type: ignore[arg-type]

@@ -10,7 +10,12 @@ A :class:`MixedLowRank` replaces one dense conv (or linear) during the search. I
 * ``original``: a frozen copy of the trained layer, the target of the feature-map-approaching regulariser.
 
 Forward modes: ``softmax`` (DARTS: ``y = Σ_k p_k·f_k(x)``, every branch runs), ``gumbel`` (straight-through
-Gumbel-softmax: one sampled branch runs, scaled by ``1 − p̃_k.detach() + p̃_k`` so the logits get a gradient),
+Gumbel-softmax: one sampled branch runs, scaled by ``1 − p̃_k.detach() + p̃_k`` so the logits get a gradient;
+with :attr:`st_all` every branch runs as ``Σ_j h_j·f_j(x)``, ``h = onehot(k) − p̃.detach() + p̃``: the same forward
+value, but the task loss's gradient compares the branches. The one-branch form gives the logits only the
+gradient of the branch's output *scale*, which a following batch norm in training mode removes: on the digits CNN
+its task gradient on the logits is ~1e-5 against ~4e-2 for ``st_all``, so the architecture steps use ``st_all``;
+:attr:`st_paths` ``>= 2`` runs only branch k and ``st_paths − 1`` others drawn by ``p``, ``q`` renormalised over them),
 and fixed probabilities (:attr:`MixedLowRank.fixed`, e.g. one-hot). With ``collect_fm`` the layer stores
 ``fm_loss``: the mean over the branches that ran of ``‖f_k(x) − W·x‖² / ‖W·x‖²``.
 
@@ -117,6 +122,8 @@ class MixedLowRank(nn.Module):
         self.tau = 1.0
         self.fixed: torch.Tensor | None = None
         self.collect_fm = False
+        self.st_all = False
+        self.st_paths = 0
         self.fm_loss: torch.Tensor | None = None
         self.last_index: int | None = None
 
@@ -130,17 +137,30 @@ class MixedLowRank(nn.Module):
         return int(torch.argmax(self.alpha.detach()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sampled: int | None = None
         if self.fixed is not None:
             weights = [(k, self.fixed[k]) for k in range(len(self.branches)) if float(self.fixed[k]) != 0.0]
         elif self.mode == "gumbel" and self.training:
-            soft = F.gumbel_softmax(self.alpha, tau=self.tau, hard=False)
-            k = int(torch.argmax(soft.detach()))
-            weights = [(k, 1.0 - soft[k].detach() + soft[k])]
+            noisy = (self.alpha - torch.empty_like(self.alpha).exponential_().log()) / self.tau  # as F.gumbel_softmax
+            soft = F.softmax(noisy, dim=0)
+            k = sampled = int(torch.argmax(soft.detach()))
+            if self.st_all:   # forward = branch k; backward compares the branches (y = Σ_j h_j f_j, h = 1_k − q + q)
+                n = len(self.branches)
+                idx = list(range(n))
+                if 2 <= self.st_paths < n:   # k and st_paths − 1 others drawn by p (ProxylessNAS-style paths)
+                    rest = self.probs().detach().clone()
+                    rest[k] = 0.0
+                    idx = [k, *torch.multinomial(rest, self.st_paths - 1).tolist()]
+                q = F.softmax(noisy[idx], dim=0)   # only the logits of the branches that ran get a gradient
+                h = (torch.tensor(idx) == k).to(q) - q.detach() + q
+                weights = [(j, h[i]) for i, j in enumerate(idx)]
+            else:
+                weights = [(k, 1.0 - soft[k].detach() + soft[k])]
         else:
             p = self.probs()
             weights = [(k, p[k]) for k in range(len(self.branches))]
         outs = [(self.branches[k](x), w) for k, w in weights]
-        self.last_index = weights[0][0] if len(weights) == 1 else None
+        self.last_index = weights[0][0] if len(weights) == 1 else sampled
         if self.collect_fm:
             with torch.no_grad():
                 ref = self.original(x)

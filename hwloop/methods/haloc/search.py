@@ -7,9 +7,17 @@ Per iteration (first-order DARTS, as in the paper):
    distance to the frozen original layer's output (the feature-map-approaching regulariser; ``μ = 0`` is the
    ablation);
 2. **architecture step** on the *next* batch (never the one the weights just saw): ``CE + latency term`` over the
-   logits only (Adam). Without a target the term is ``λ·E[LAT]/LAT₀``; with a target it is the hinge
-   ``λ·max(0, E[LAT]/LAT₀ − target)`` and ``λ`` follows dual ascent (``λ ← λ·exp(dual_lr·(ratio/target − 1))``),
-   as ``l1l2`` does with ``latency_penalty = "hinge"``.
+   logits only (Adam); in ``gumbel`` mode with every branch in the backward pass (``MixedLowRank.st_all``), else
+   the task loss cannot reach the logits through the batch norms. Without a target the term is
+   ``λ·E[LAT]/LAT₀``; with a target it is the hinge ``λ·max(0, A − target)`` where ``A`` is the latency ratio of
+   the **argmax** architecture (the one that will be extracted) carrying the gradient of ``E[LAT]/LAT₀``
+   (straight-through), and ``λ`` follows dual ascent on ``A`` (``λ ← λ·exp(dual_lr·(A/target − 1))``).
+
+Why the hinge is on the argmax and the logits start from the branches' fidelity (:func:`init_logits`): with
+uniform logits the latency gradient ``p_k(T_k − E)`` is most negative at each layer's cheapest candidate, so one
+Adam step puts every argmax at the cheapest candidate; with the hinge on ``E[LAT]`` the spread of the
+probabilities keeps ``E`` above the target while the argmax sits at the floor, λ keeps growing and the task loss
+never gets the logits back (issue 18: ResNet-20 on asic-tpu32 ended at 0.598× for targets 0.6 and 0.7).
 
 :func:`arch_steps` runs architecture steps alone (frozen weights, a fixed batch): the λ-monotonicity test uses it.
 :func:`step_down_to_budget` is the repair when the argmax ranks end above the target (recorded by the caller).
@@ -36,7 +44,7 @@ from hwloop.methods.haloc.costs import ExpectedLatency
 from hwloop.methods.haloc.mixed import Level, MixedLowRank, mixed_layers
 from hwloop.search.train import cosine_lr, make_optimizer
 
-__all__ = ["SearchLog", "alternate", "arch_steps", "ladder_down", "set_mode", "step_down_to_budget"]
+__all__ = ["SearchLog", "alternate", "arch_steps", "init_logits", "ladder_down", "set_mode", "step_down_to_budget"]
 
 _LAM_MIN, _LAM_MAX = 1e-4, 1e4
 
@@ -54,8 +62,8 @@ class SearchLog:
     seconds: float = 0.0
 
 
-def set_mode(model: nn.Module, mode: str | None = None, tau: float | None = None, collect_fm: bool | None = None
-             ) -> None:
+def set_mode(model: nn.Module, mode: str | None = None, tau: float | None = None, collect_fm: bool | None = None,
+             st_all: bool | None = None, st_paths: int | None = None) -> None:
     for m in mixed_layers(model).values():
         if mode is not None:
             m.mode = mode
@@ -63,6 +71,10 @@ def set_mode(model: nn.Module, mode: str | None = None, tau: float | None = None
             m.tau = tau
         if collect_fm is not None:
             m.collect_fm = collect_fm
+        if st_all is not None:
+            m.st_all = st_all
+        if st_paths is not None:
+            m.st_paths = st_paths
 
 
 def _params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -72,10 +84,50 @@ def _params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     return weights, arch
 
 
-def _latency_term(exp: ExpectedLatency, lam: float, target: float | None) -> tuple[torch.Tensor, float]:
+def _latency_term(exp: ExpectedLatency, lam: float, target: float | None) -> tuple[torch.Tensor, float, float]:
+    """``(term, E[LAT]/LAT₀, argmax ratio)``. With a target the hinge is on the ratio of the architecture that
+    will be extracted (the argmax), with the gradient of ``E[LAT]`` (straight-through): the term pushes while the
+    argmax is above the target and is exactly zero (no gradient) once it is at or below it."""
     ratio = exp() / exp.original
-    term = lam * (torch.relu(ratio - target) if target is not None else ratio)
-    return term, float(ratio.detach())
+    if target is None:
+        return lam * ratio, float(ratio.detach()), math.nan
+    with torch.no_grad():
+        hard = exp.choice_cost(exp.argmax_choice()) / exp.original
+    term = lam * torch.relu(hard + (ratio - ratio.detach()) - target)
+    return term, float(ratio.detach()), float(hard)
+
+
+@torch.no_grad()
+def init_logits(model: nn.Module, x: torch.Tensor, scale: float) -> dict[str, list[float]]:
+    """Start each mixed layer's logits at ``−scale·e_k/max(e)`` with ``e_k`` branch k's feature-map error
+    ``‖f_k(x) − W·x‖²/‖W·x‖²`` on the batch ``x`` (the inputs the original network gives each layer): the
+    most faithful candidate (dense, the largest rank) starts on top and the latency term walks the argmax down
+    the ladder one candidate at a time. Uniform logits instead put every layer's argmax at its cheapest
+    candidate after the first architecture step (the latency gradient ``p_k(T_k − E)`` is most negative there)."""
+    layers = mixed_layers(model)
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: inputs.__setitem__(n, a[0])) for n, m in layers.items()]
+    was = model.training
+    try:   # run the original network: each layer's input is what the trained model gives it
+        model.eval()
+        for m in layers.values():
+            m.forward = m.original.forward  # type: ignore[method-assign]
+        model(x)
+    finally:
+        for m in layers.values():
+            del m.forward
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    out: dict[str, list[float]] = {}
+    for n, m in layers.items():
+        ref = m.original(inputs[n])
+        denom = ref.pow(2).mean().clamp_min(1e-12)
+        err = torch.stack([(b(inputs[n]) - ref).pow(2).mean() / denom for b in m.branches])
+        a = -scale * err / err.max().clamp_min(1e-12)
+        m.alpha.copy_(a)
+        out[n] = a.tolist()
+    return out
 
 
 def arch_steps(model: nn.Module, exp: ExpectedLatency, batch: tuple[torch.Tensor, torch.Tensor], *, lam: float,
@@ -88,7 +140,7 @@ def arch_steps(model: nn.Module, exp: ExpectedLatency, batch: tuple[torch.Tensor
     model.train()
     set_mode(model, collect_fm=False)
     for _ in range(steps):
-        term, _ = _latency_term(exp, lam, target)
+        term, _, _ = _latency_term(exp, lam, target)
         loss = F.cross_entropy(model(x), y) + term
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -107,11 +159,19 @@ def _batches(loader: Any, max_steps: int | None) -> Iterator[tuple[torch.Tensor,
 def alternate(model: nn.Module, exp: ExpectedLatency, loader: Any, *, epochs: int, lr: float, arch_lr: float,
               momentum: float, weight_decay: float, lam: float, dual_lr: float, mu: float, target: float | None,
               tau: float = 1.0, tau_end: float = 1.0, max_steps: int | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> SearchLog:
+              log: Callable[[str], None] | None = None, trace: list[dict[str, float]] | None = None,
+              init_scale: float = 0.0, arch_paths: int = 0) -> SearchLog:
     """The alternating search (see the module docstring) over ``epochs`` passes of ``loader``: even batches are
-    weight steps, odd batches architecture steps. ``τ`` goes geometrically from ``tau`` to ``tau_end``."""
+    weight steps, odd batches architecture steps. ``τ`` goes geometrically from ``tau`` to ``tau_end``.
+    ``arch_paths`` (gumbel): branches run in an architecture step (0: all; see ``MixedLowRank.st_paths``).
+    ``init_scale > 0`` starts the logits with :func:`init_logits` on the first batch (0: uniform). ``trace`` (a
+    list) receives one row per architecture step: ``E[LAT]/LAT₀``, the argmax ratio, ``λ`` and the norms of the
+    logits' gradient from the task loss and from the latency term."""
     from tqdm.auto import tqdm
 
+    if init_scale > 0:
+        init_logits(model, next(iter(loader))[0], init_scale)
+    set_mode(model, st_paths=arch_paths)
     weights, arch = _params(model)
     opt_w = make_optimizer(weights, lr, momentum, weight_decay)
     opt_a = torch.optim.Adam(arch, lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
@@ -131,7 +191,7 @@ def alternate(model: nn.Module, exp: ExpectedLatency, loader: Any, *, epochs: in
             frac = step / total
             set_mode(model, tau=tau * (tau_end / tau) ** frac)
             if i % 2 == 0:   # weight step
-                set_mode(model, collect_fm=mu > 0)
+                set_mode(model, collect_fm=mu > 0, st_all=False)
                 for g in opt_w.param_groups:
                     g["lr"] = cosine_lr(lr, step, total)
                 logits = model(x)
@@ -148,14 +208,24 @@ def alternate(model: nn.Module, exp: ExpectedLatency, loader: Any, *, epochs: in
                 n_w += 1
                 out.weight_images += int(y.shape[0])
             else:            # architecture step on a batch the weights did not just see
-                set_mode(model, collect_fm=False)
-                term, ratio = _latency_term(exp, out.lam, target)
+                set_mode(model, collect_fm=False, st_all=True)
+                term, ratio, hard = _latency_term(exp, out.lam, target)
                 ce = F.cross_entropy(model(x), y)
                 opt_a.zero_grad(set_to_none=True)
+                if trace is not None:   # the latency term's own gradient on the logits (cheap: no network)
+                    g_lat = torch.autograd.grad(term, arch, retain_graph=True, allow_unused=True)
                 (ce + term).backward()
+                if trace is not None:
+                    gl = torch.cat([(g if g is not None else torch.zeros_like(a)).flatten()
+                                    for g, a in zip(g_lat, arch)])
+                    gt = torch.cat([(a.grad if a.grad is not None else torch.zeros_like(a)).flatten() for a in arch])
+                    arg_t = exp.choice_cost(exp.argmax_choice()) / exp.original
+                    trace.append({"step": float(step), "expected_ratio": ratio, "argmax_ratio": arg_t,
+                                  "lam": out.lam, "grad_ce": float((gt - gl).norm()), "grad_lat": float(gl.norm()),
+                                  "cos_ce_lat": float(F.cosine_similarity(gt - gl, gl, dim=0, eps=1e-12))})
                 opt_a.step()
                 if target is not None and dual_lr > 0:
-                    err = ratio / target - 1.0
+                    err = hard / target - 1.0   # the extracted architecture's ratio
                     out.lam = min(_LAM_MAX, max(_LAM_MIN, out.lam * math.exp(max(-5.0, min(5.0, dual_lr * err)))))
                 ce_a += float(ce.detach())
                 n_a += 1
@@ -173,7 +243,7 @@ def alternate(model: nn.Module, exp: ExpectedLatency, loader: Any, *, epochs: in
                 f"E[LAT] {out.expected_ratio:.3f}x argmax {arg:.3f}x")
     out.steps = step
     out.seconds = time.perf_counter() - t0
-    set_mode(model, collect_fm=False)
+    set_mode(model, collect_fm=False, st_all=False)
     return out
 
 
