@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=None, help="ResNet-20 safetensors state_dict (default: the converged "
                     "checkpoint if it exists, else ../shared/checkpoints/resnet20_cifar10_e35.safetensors)")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared/data/cifar10"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/haloc"))
+    ap.add_argument("--out", default=str(ROOT / "search/results/haloc"))
     ap.add_argument("--devices", default="asic-tpu32,local-cpu")
     ap.add_argument("--targets", default="0.5,0.6,0.7")
     ap.add_argument("--seeds", default="0")

@@ -14,8 +14,8 @@ resume after an interruption):
 
 Run (2 shared cores; state the schedule you used)::
 
-    OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/bench_lcs.py --out benchmarks/results/lcs \\
-        --checkpoint ../shared/checkpoints/resnet20_cifar10_e35.safetensors > benchmarks/results/lcs.log 2>&1
+    OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/bench_lcs.py --out search/results/lcs \\
+        --checkpoint ../shared/checkpoints/resnet20_cifar10_e35.safetensors > search/results/lcs.log 2>&1
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def alpha_of_width(w: float, lo: float = 0.25, hi: float = 1.0) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results/lcs")
+    ap.add_argument("--out", default="search/results/lcs")
     ap.add_argument("--task", default="cifar10", choices=["cifar10", "digits"])
     ap.add_argument("--model", default="resnet20", help="resnet20 (cifar10) or small_cnn (digits)")
     ap.add_argument("--checkpoint", default=str(ROOT / ".." / "shared" / "checkpoints" / "resnet20_cifar10_e35.safetensors"))

@@ -4,7 +4,7 @@ Run (nice, one thread; the database is cached in ``--out``, finished phases are 
 rerun resumes)::
 
     OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/bench_obc.py \
-        --checkpoint ../shared/checkpoints/resnet20_cifar10_e35.safetensors --out benchmarks/results/obc \
+        --checkpoint ../shared/checkpoints/resnet20_cifar10_e35.safetensors --out search/results/obc \
         > /tmp/bench_obc.log 2>&1
 
 Phases:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=None, help="ResNet-20 safetensors state_dict (default: the converged "
                     "checkpoint if it exists, else ../shared/checkpoints/resnet20_cifar10_e35.safetensors)")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared/data/cifar10"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/obc"))
+    ap.add_argument("--out", default=str(ROOT / "search/results/obc"))
     ap.add_argument("--devices", default="asic-tpu32")
     ap.add_argument("--targets", default="0.7,0.6,0.5")
     ap.add_argument("--calib", type=int, default=1024)

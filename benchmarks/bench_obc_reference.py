@@ -11,7 +11,7 @@ The reference is not part of hwloop; make a patched copy outside the project fir
 then::
 
     OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/bench_obc_reference.py /tmp/obcref \
-        ../shared/checkpoints/resnet20_cifar10_e35.safetensors benchmarks/results/obc/reference_compare.json
+        ../shared/checkpoints/resnet20_cifar10_e35.safetensors search/results/obc/reference_compare.json
 """
 import copy
 import json

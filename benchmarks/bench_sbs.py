@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=None, help="ResNet-20 safetensors state_dict (default: the converged "
                     "checkpoint if it exists, else ../shared/checkpoints/resnet20_cifar10_e35.safetensors)")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared/data/cifar10"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/sbs"))
+    ap.add_argument("--out", default=str(ROOT / "search/results/sbs"))
     ap.add_argument("--targets", default="0.5,0.7", help="latency budgets (fractions of the dense model)")
     ap.add_argument("--bops-targets", default="0.25,0.125", help="BOPs budgets (fractions of W8A8)")
     ap.add_argument("--seeds", default="0")

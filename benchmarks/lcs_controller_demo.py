@@ -1,6 +1,6 @@
 """LCS run-time controller demo: one family, a changing latency budget, α switched at every step.
 
-Loads an exported family (``--family DIR``, e.g. ``benchmarks/results/lcs/family`` from ``bench_lcs.py``) or trains a
+Loads an exported family (``--family DIR``, e.g. ``search/results/lcs/family`` from ``bench_lcs.py``) or trains a
 small width family on digits in seconds; fills its α → latency table on the device from the shared layer cost
 table; then follows a budget trace (a slow sine for battery/thermal state plus load spikes from
 :func:`~hwloop.methods.lcs.controller.budgets_from_load`). Misses are counted on latencies measured live on the device

@@ -4,7 +4,7 @@ Latency does not depend on the weights, so this needs no training: every member 
 model (``LcsFamily.measure(source="measure")``); on asic-tpu32 also through the shared layer cost table, calibrated
 on the widest member and uncalibrated. Run::
 
-    OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/lcs_latency.py asic-tpu32 benchmarks/results/lcs_latency/asic-tpu32.json
+    OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/lcs_latency.py asic-tpu32 search/results/lcs_latency/asic-tpu32.json
 """
 import json
 import sys
