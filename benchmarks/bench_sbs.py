@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--gate-lr", type=float, default=0.01)
     ap.add_argument("--lam", type=float, default=2.0)
+    ap.add_argument("--min-keep", type=float, default=0.25, help="SBS's per-group channel floor (fraction of each "
+                    "group's channels; 0.05 = the space's minimum, the runs before the floor existed)")
     ap.add_argument("--phases", default="ref,sbs-lat,w4a4,ptq,l1l2,sbs-bops,uniform-bits")
     ap.add_argument("--figure", default=str(ROOT / "docs/figures/sbs_bitmap.png"))
     ap.add_argument("--report-only", action="store_true", help="print the tables of --out/results.json and exit")
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     res.put("checkpoint", str(ckpt))
     res.put("schedule", {"steps": args.steps, "batch": args.batch, "eval_limit": args.eval_limit, "lr": args.lr,
-                         "gate_lr": args.gate_lr, "lam": args.lam})
+                         "gate_lr": args.gate_lr, "lam": args.lam, "min_keep": args.min_keep})
     say(f"checkpoint {ckpt}; {args.steps} search + {args.steps} fine-tune batches of {args.batch}; "
         f"test subset {args.eval_limit}")
 
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                              base_accuracy=dense["accuracy"], log=say)
 
     base_cfg = {"search_epochs": 1, "finetune_epochs": 1, "max_steps": args.steps, "lr": args.lr,
-                "gate_lr": args.gate_lr, "lam": args.lam, "table_store": f"sqlite:///{out / 'costs.db'}"}
+                "gate_lr": args.gate_lr, "lam": args.lam, "min_keep": args.min_keep,
+                "table_store": f"sqlite:///{out / 'costs.db'}"}
 
     def record(key: str, ctx: MethodContext, result: Any, extra: dict[str, Any] | None = None) -> None:
         measure_candidates(result, ctx)

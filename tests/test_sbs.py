@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from hwloop.methods.base import MethodContext
 from hwloop.methods.measure import measure_candidates
 from hwloop.methods.sbs.cost import BopsCost, TableCost, sbs_layers
 from hwloop.methods.sbs.gated import SbsModel
-from hwloop.methods.sbs.method import SbsConfig, _policy, state_of, top_config
+from hwloop.methods.sbs.method import SbsConfig, _policy, enforce, state_of, top_config
 from hwloop.methods.sbs.quant import super_bit_weight, threshold_gate, uniform_quant
 from hwloop.search.latency import SurrogateLatency
 from hwloop.search.space import SearchSpace, SpaceOptions
@@ -87,13 +88,14 @@ def small():
     return task, model, space
 
 
-def _sbs(model, space, first_last: str = "w8a8", prune: bool = True) -> tuple[SbsModel, list]:
+def _sbs(model, space, first_last: str = "w8a8", prune: bool = True, min_keep: float = 0.25
+         ) -> tuple[SbsModel, list]:
     layers = sbs_layers(space)
     from hwloop.compress.extract import output_layers
 
     policy, fixed = _policy(SbsConfig(first_last=first_last), layers,
                             output_layers(model, space.example))
-    return SbsModel(model, space, layers, policy, fixed, LEVELS, (4, 8), prune=prune), layers
+    return SbsModel(model, space, layers, policy, fixed, LEVELS, (4, 8), prune=prune, min_keep=min_keep), layers
 
 
 def test_a_zero_filter_gate_zeroes_the_filter_and_lowers_bops_exactly(small) -> None:
@@ -174,6 +176,55 @@ def test_a_large_lambda_lowers_the_mean_bits(small) -> None:
     assert w1 < w0 and a1 < a0
 
 
+def _kept_after_huge_lambda(task, model, space, min_keep: float) -> tuple[SbsModel, dict[str, int]]:
+    torch.manual_seed(0)
+    sbs, layers = _sbs(model, space, min_keep=min_keep)
+    bops = BopsCost(space, layers, LEVELS, (4, 8))
+    c0 = bops.original(8, 8)
+    opt = torch.optim.SGD(sbs.threshold_parameters(), lr=0.01)
+    sbs.train()
+    for i, (x, y) in enumerate(task.train):
+        loss = nn.functional.cross_entropy(sbs(x), y) + 1e4 * bops(sbs.cost_state()) / c0
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sbs.project_()
+        if i == 3:
+            break
+    sbs.eval()
+    with torch.no_grad():
+        sbs(x)
+    return sbs, {k: int(m.sum()) for k, m in sbs.hard_config()["masks"].items()}
+
+
+def test_a_huge_lambda_leaves_every_group_at_its_channel_floor(small) -> None:
+    task, model, space = small
+    sbs, kept = _kept_after_huge_lambda(task, model, space, 0.25)
+    floor = {g.key: math.ceil(0.25 * g.channels) for g in sbs.groups}
+    assert kept and all(kept[k] >= floor[k] for k in kept), (kept, floor)
+    assert any(kept[k] == floor[k] for k in kept), (kept, floor)        # the cost did push down to the floor
+    # the same run with the space's 5% minimum as the floor goes below 25% (the test above can fail)
+    _, low = _kept_after_huge_lambda(task, model, space, 0.05)
+    assert any(low[k] < floor[k] for k in low), (low, floor)
+
+
+def test_the_repair_and_the_extracted_plan_keep_the_floor(small) -> None:
+    task, model, space = small
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=0.01, device="local-cpu", seed=0)
+    m = make_method("sbs", {"search_epochs": 0, "finetune_epochs": 0, "recalibrate_batches": 1, "min_keep": 0.5})
+    p = m.prepare(ctx)  # type: ignore[attr-defined]
+    sbs = p["sbs"]
+    floor = {g.key: math.ceil(0.5 * g.channels) for g in sbs.groups}
+    budget = 0.01 * p["c0"]                          # out of reach: the repair must stop at the floor, not pass it
+    cfg = enforce(sbs, p["cost"], top_config(sbs), budget)
+    assert {k: int(v.sum()) for k, v in cfg["masks"].items()} == floor
+    c = m.finish(ctx, p, top_config(sbs)).candidates[0]  # type: ignore[attr-defined]
+    widths = {a.group: a.kept for a in c.plan.actions if type(a).__name__ == "ChannelPrune"}
+    assert widths == floor, (widths, floor)
+    assert c.sizes[f"channel:{sbs.groups[0].key}"]["chosen"] == floor[sbs.groups[0].key]
+
+
 @pytest.mark.parametrize("device", ["asic-tpu32", "asic-eyeriss"])
 def test_latency_table_is_exact_at_grid_points_and_agrees_with_the_device(small, device: str) -> None:
     from hwloop.compress import CompressionPlan, from_plan
@@ -227,6 +278,8 @@ def test_mixed_activation_bits_are_measured_per_layer(small) -> None:
     ({"first_last": "int4"}, "first_last='int4' is unknown; allowed: w8a8, search, float"),
     ({"cost": "flops"}, "cost='flops' is unknown"),
     ({"grid_points": 1}, "grid_points=1 must be"),
+    ({"min_keep": 0}, "min_keep=0.0 must be a fraction of each group's channels in (0, 1]"),
+    ({"min_keep": 1.5}, "min_keep=1.5 must be a fraction"),
 ])
 def test_bad_config_is_one_line(table: dict, needle: str) -> None:
     with pytest.raises(SearchError) as e:

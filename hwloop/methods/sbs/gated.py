@@ -10,7 +10,8 @@ Every conv/linear layer is one of
 
 Every prunable channel group (:attr:`SearchSpace.graph`, coupled across residual adds) has a filter-wise 0-bit gate
 per channel: kept when the channel's relative filter norm (mean over the group's layers of ``‖w_c‖ / max_c ‖w_c‖``)
-exceeds the group's learned threshold; the largest ``min_keep`` always stay. A 0 gate zeroes the filters of the
+exceeds the group's learned threshold; the largest :meth:`SbsModel.floor` always stay (``min_keep`` of the group's
+channels, and at least the space's own minimum), so no group, e.g. a residual stream, collapses to a channel or two. A 0 gate zeroes the filters of the
 group's layers and their outputs after batch-norm (its sites), so the channel is gone as extraction removes it.
 
 Gates are hard in the forward pass, straight-through in the backward pass; :meth:`SbsModel.cost_state` hands the
@@ -21,6 +22,7 @@ thresholds then no longer matter), :meth:`SbsModel.release` gives back the plain
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -78,11 +80,13 @@ class SbsModel(nn.Module):
         policy: layer → ``search`` | ``fixed`` | ``float``; fixed: layer → ``(w, a)``.
         prune: attach filter-wise 0-bit gates to the channel groups.
         clip: the weight clip (fraction of each channel's largest magnitude).
+        min_keep: the per-group channel floor of the filter gates, a fraction in (0, 1] of each coupled group's
+            channels (rounded up; never below the space's ``min_keep``).
     """
 
     def __init__(self, model: nn.Module, space: Any, layers: Sequence[SbsLayer], policy: Mapping[str, str],
                  fixed: Mapping[str, tuple[int, int]], w_levels: Sequence[int], a_levels: Sequence[int], *,
-                 prune: bool = True, clip: float = 1.0, act_momentum: float = 0.1) -> None:
+                 prune: bool = True, clip: float = 1.0, act_momentum: float = 0.1, min_keep: float = 0.25) -> None:
         super().__init__()
         self.net = copy.deepcopy(model)
         self.space = space
@@ -94,6 +98,9 @@ class SbsModel(nn.Module):
         self.fixed = dict(fixed)
         self.w_levels, self.a_levels = tuple(w_levels), tuple(a_levels)
         self.clip, self.act_momentum = clip, act_momentum
+        if isinstance(min_keep, bool) or not isinstance(min_keep, (int, float)) or not 0.0 < min_keep <= 1.0:
+            raise CompressionError(f"min_keep={min_keep!r} must be a fraction of each group's channels in (0, 1]")
+        self.min_keep = float(min_keep)
         self.w_thr = nn.ParameterDict()
         self.a_thr = nn.ParameterDict()
         self.f_thr = nn.ParameterDict()
@@ -144,6 +151,10 @@ class SbsModel(nn.Module):
                 p.clamp_(min=0.0)
 
     # ------------------------------------------------------------------ gates
+    def floor(self, channels: int) -> int:
+        """The fewest channels a group of ``channels`` keeps: ``ceil(min_keep·channels)``, at least the space's."""
+        return min(channels, max(self.space.min_keep(channels), math.ceil(self.min_keep * channels - 1e-9)))
+
     def _raw(self, layer: str) -> torch.Tensor:
         mod: Any = get_module(self.net, layer)
         if parametrize.is_parametrized(mod, "weight"):
@@ -173,7 +184,7 @@ class SbsModel(nn.Module):
                 gate = keep + (gate - gate.detach())
             else:
                 forced = torch.zeros_like(s)
-                forced[torch.argsort(s.detach(), descending=True)[:self.space.min_keep(g.channels)]] = 1.0
+                forced[torch.argsort(s.detach(), descending=True)[:self.floor(g.channels)]] = 1.0
                 gate = gate + ((1.0 - gate) * forced).detach()
             out[g.key] = gate
         return out

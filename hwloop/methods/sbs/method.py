@@ -68,6 +68,8 @@ class SbsConfig(MethodConfig):
         w_levels / a_levels: nested weight bit-widths (each twice the previous) and activation bit-widths.
         first_last: the first conv and the classifier: ``w8a8`` (fixed), ``search`` (gated) or ``float``.
         prune: filter-wise 0-bit gates on the channel groups (False: mixed precision only).
+        min_keep: the channel floor of every coupled group, a fraction in (0, 1] of its channels (rounded up): the
+            filter gates and the repair never leave a group with fewer (1.0: no pruning).
         cost: ``auto``, ``latency`` (needs a bit-aware device) or ``bops``.
         table_source: the cost table's source (``auto``, ``measure``, ``predictor``).
         table_store: a measurement store URL caching the table's measurements (None: in memory only).
@@ -91,6 +93,7 @@ class SbsConfig(MethodConfig):
     a_levels: tuple[int, ...] | list[int] = (4, 8)
     first_last: str = "w8a8"
     prune: bool = True
+    min_keep: float = 0.25
     cost: str = "auto"
     table_source: str = "auto"
     table_store: str | None = None
@@ -116,6 +119,9 @@ class SbsConfig(MethodConfig):
                 raise SearchError(f"{n}={v!r} must be a finite number >= 0")
         if not 0.0 <= self.target_warmup <= 1.0:
             raise SearchError(f"target_warmup={self.target_warmup!r} must be a fraction in [0, 1]")
+        if (isinstance(self.min_keep, bool) or not isinstance(self.min_keep, (int, float))
+                or not 0.0 < self.min_keep <= 1.0):
+            raise SearchError(f"min_keep={self.min_keep!r} must be a fraction of each group's channels in (0, 1]")
         if not 0.0 < self.clip <= 1.0:
             raise SearchError(f"clip={self.clip!r} must be in (0, 1]")
         if isinstance(self.grid_points, bool) or not 2 <= self.grid_points <= 65:
@@ -185,7 +191,7 @@ def top_config(sbs: SbsModel) -> dict[str, Any]:
 def enforce(sbs: SbsModel, cost: Any, config: dict[str, Any], budget: float, max_iters: int = 10_000
             ) -> dict[str, Any]:
     """Greedy repair until within ``budget``: each step lowers one layer's weight or activation bits by a level, or
-    drops ~5% of a group's kept channels (lowest filter scores first, at least ``min_keep`` stay), whichever saves
+    drops ~5% of a group's kept channels (lowest filter scores first, at least :meth:`SbsModel.floor` stay), whichever saves
     the most cost per unit of damage (a bit step: the new grid step ``1/(2^b − 1)``; pruning: the removed share of
     the group's filter-score mass)."""
     cfg = {"masks": {k: m.clone() for k, m in config["masks"].items()}, "w": dict(config["w"]), "a": dict(config["a"])}
@@ -205,7 +211,7 @@ def enforce(sbs: SbsModel, cost: Any, config: dict[str, Any], budget: float, max
         for g in sbs.groups:
             m = cfg["masks"][g.key]
             kept = int(m.sum())
-            new = max(sbs.space.min_keep(g.channels), kept - max(1, math.ceil(0.05 * kept)))
+            new = max(sbs.floor(g.channels), kept - max(1, math.ceil(0.05 * kept)))
             if new < kept:
                 s = scores[g.key].clone()
                 s[~m] = -math.inf
@@ -274,7 +280,7 @@ class SbsMethod(CompressionMethod):
             raise SearchError(f"[method] sbs: cost='latency' needs a bit-aware device (asic-tpu32, asic-eyeriss); "
                               f"the context's device is {context.device!r}")
         sbs = SbsModel(context.model, space, layers, policy, fixed, cfg.w_levels, cfg.a_levels, prune=cfg.prune,
-                       clip=cfg.clip)
+                       clip=cfg.clip, min_keep=cfg.min_keep)
         bops = BopsCost(space, layers, cfg.w_levels, cfg.a_levels)
         note = ""
         if cfg.cost == "latency" or (cfg.cost == "auto" and bit_aware):
