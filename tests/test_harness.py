@@ -93,6 +93,12 @@ def test_controls_get_the_methods_training(run: Any) -> None:
     assert p["stopped"].startswith("no improvement in 2") or p["stopped"].startswith("max_trials")
     assert p["train_images"] == p["search_images"] + images
     assert rows["flops"]["cost_source"] == "surrogate/flops" and rows["l1l2"]["cost_source"] == "predictor/learned"
+    # the FLOPs variant is judged against the method's measured latency like the other controls; its own
+    # budget verdict (in FLOPs) is kept apart
+    f = rows["flops"]
+    off = f["measured_ratio"] / rows["l1l2"]["measured_ratio"] - 1
+    assert f["status"] == ("matched" if abs(off) <= 0.03 else "off-target"), (f["status"], off)
+    assert f["budget_status"] in ("met", "met-by-repair", "missed") and "the method's" in f["status_reason"]
 
 
 def test_rerun_skips_finished_cells_and_reruns_a_missing_one(run: Any) -> None:

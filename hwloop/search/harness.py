@@ -285,6 +285,7 @@ class Harness:
             control = cell.entry.partition("@")[0]
             if control == "flops":
                 row = self._method_row(self._entry(cell.ref), cell, ledger, objective="flops")
+                row.update(_flops_match(row, ref, self.spec.controls.tolerance))
             else:
                 row = control_row(self, control, cell, ref, ledger)
         tot = ledger.total()
@@ -389,3 +390,19 @@ def run_harness(spec: HarnessSpec, out: str | Path, *, log: Callable[[str], None
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:
     """A detached copy (controls never change the starting model)."""
     return copy.deepcopy(model).eval()
+
+
+def _flops_match(row: dict[str, Any], ref: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """The ``flops`` control runs the method at the same FLOPs *target*; its measured latency is then compared with
+    the method's measured latency like the other controls' (``matched`` / ``off-target``), the method's own budget
+    verdict kept as ``budget_status``."""
+    mine, goal = row.get("measured_ratio"), ref.get("measured_ratio")
+    out = {"budget_status": row.get("status"), "budget_reason": row.get("status_reason")}
+    if mine is None or not goal:
+        return out
+    off = float(mine) / float(goal) - 1
+    status = "matched" if abs(off) <= tolerance else "off-target"
+    reason = (f"measured {float(mine):.3f}x vs the method's {float(goal):.3f}x ({off:+.1%}, tolerance "
+              f"±{tolerance:.0%}) at the same FLOPs target; its own budget: {row.get('status')}")
+    out.update(status=status, status_reason=reason)
+    return out
