@@ -106,6 +106,22 @@ def test_surrogate_unfitted_and_one_constant_fit() -> None:
     assert math.isclose(p.scale_ms_per_mac_, 3e-7, rel_tol=1e-9)
 
 
+def test_predictor_registry_is_the_one_source_of_kinds() -> None:
+    from hwloop.cli.predictor import _KINDS
+    from hwloop.predict import PREDICTORS, WHOLE_MODEL_KINDS
+    from hwloop.predict import io as pio
+    from hwloop.trust import import_builtin
+
+    assert pio.PREDICTORS is PREDICTORS
+    assert set(PREDICTOR_KINDS) | set(WHOLE_MODEL_KINDS) == set(PREDICTORS)
+    assert not set(PREDICTOR_KINDS) & set(WHOLE_MODEL_KINDS)
+    for kind, target in PREDICTORS.items():  # each entry names the class whose kind it is
+        assert import_builtin(target).kind == kind
+    assert _KINDS.split(", ") == ["auto", *PREDICTOR_KINDS]
+    with pytest.raises(PredictorError, match=r"'nope' is unknown; allowed: xgboost, surrogate, .*graph_cost"):
+        make_predictor("nope")
+
+
 # ----------------------------------------------------------------------------- contract suite
 @pytest.mark.parametrize("kind", PREDICTOR_KINDS)
 def test_predictor_contract(kind: str, synth: tuple[list[LayerSpec], np.ndarray], tmp_path: Path) -> None:

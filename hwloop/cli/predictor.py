@@ -12,8 +12,9 @@ import typer
 from hwloop.cli._app import app, predictor_app
 from hwloop.cli._common import console, err_console
 from hwloop.errors import ConfigError
+from hwloop.predict import PREDICTOR_KINDS
 
-_KINDS = "auto, xgboost, surrogate, ridge_macs, random_forest, gradient_boosting, lookup"
+_KINDS = ", ".join(("auto", *PREDICTOR_KINDS))
 
 
 def _default_out(device: str, mode: str) -> Path:
@@ -128,7 +129,6 @@ def fit_cmd(
     (median CV), 25%); ``--force`` saves it anyway (see :func:`hwloop.predict.fitting.quality_check`).
     """
     from hwloop.errors import PredictorError, StoreError
-    from hwloop.predict import PREDICTOR_KINDS
     from hwloop.predict.fitting import fit_predictor, quality_check
     from hwloop.predict.io import TrainingData, load_training_data
 

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from hwloop.errors import PredictorError
+from hwloop.predict import PREDICTORS  # re-exported: the registry lives in hwloop.predict
 from hwloop.predict.features import FEATURE_SCHEMA, FEATURE_SCHEMAS, feature_names
 
 __all__ = [
@@ -62,16 +63,6 @@ SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 #: timing statistics a predictor can be trained on
 STATISTICS = ("min", "median")
-#: predictor kind -> "module:Class"
-PREDICTORS: dict[str, str] = {
-    "surrogate": "hwloop.predict.surrogate:SurrogatePredictor",
-    "xgboost": "hwloop.predict.learned:XGBoostPredictor",
-    "ridge_macs": "hwloop.predict.learned:RidgeMacsPredictor",
-    "random_forest": "hwloop.predict.learned:RandomForestPredictor",
-    "gradient_boosting": "hwloop.predict.learned:GradientBoostingPredictor",
-    "lookup": "hwloop.predict.learned:LookupTablePredictor",
-    "graph_cost": "hwloop.predict.graph_cost:GraphCostPredictor",
-}
 
 
 #: the largest model/arrays file a predictor may have (hwloop's own are about 1 MB)
