@@ -72,3 +72,19 @@ def test_a_failing_request_comes_back_as_a_failure() -> None:
     bad = MeasureRequest.for_model(ModelRef("small_cnn", input_shape=(3, 2, 2)))  # builds, then fails to run
     (res,) = measure_anchored(dev, [bad], anchor, t)
     assert not res.ok and "channels" in (res.error or "")
+
+
+def test_cli_profile_anchor_reuses_the_stored_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hwloop.cli import main
+
+    db = str(tmp_path / "m.db")
+    args = ["profile", "small_cnn", "--kwargs", '{"width_mult": 0.5}', "--anchor", "small_cnn", "--repeats", "5",
+            "--store", db]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "anchored whole model" in first and "(measured)" in first
+    assert main(args) == 0
+    assert "(store)" in capsys.readouterr().out
+    assert main(["profile", "small_cnn", "--anchor", "nosuchnet", "--store", db]) == 2
+    err = capsys.readouterr().err
+    assert "nosuchnet" in err and "allowed" in err

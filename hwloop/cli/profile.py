@@ -55,11 +55,12 @@ def print_report(rep: Any, *, top: int | None = None, timing: Any = None) -> Non
 
 def run_profile(model: str, device: str, store: str | None, kwargs: str | None, input_shape: str | None, batch: int,
                 dtype: str, repeats: int | None, warmup: int | None, no_store: bool, show_all: bool,
-                remeasure: bool = False) -> Any:
+                remeasure: bool = False, anchor: str | None = None) -> Any:
     from hwloop.devices.profiles import create_device, load_profile
     from hwloop.profiling import profile_model
 
     ref = parse_model_ref(model, kwargs, input_shape, batch, dtype)
+    anchor_ref = parse_model_ref(anchor, None, input_shape, batch, dtype) if anchor else None
     prof = load_profile(device)
     timing = timing_with(prof.timing, repeats=repeats, warmup=warmup)
     st = None
@@ -70,12 +71,34 @@ def run_profile(model: str, device: str, store: str | None, kwargs: str | None, 
     dev = create_device(prof)
     try:
         rep = profile_model(ref, dev, st, timing, remeasure=remeasure)
+        anchored = _anchored(dev, ref, anchor_ref, timing, st) if anchor_ref is not None else None
     finally:
         dev.close()
         if st is not None:
             st.close()
     print_report(rep, top=None if show_all else 40, timing=timing)
+    if anchored is not None:
+        a = anchored.extra["anchor"]
+        console.print(f"[bold]anchored whole model: {_fmt(anchored.latency_ms)} ms[/bold]"
+                      f"{' *' if anchored.unstable else ''} = {a['ratio']:.4f} (interleaved, 95% CI "
+                      f"{a['ratio_ci'][0]:.4f}–{a['ratio_ci'][1]:.4f}) × the anchor's reference {a['ms']:.4f} ms "
+                      f"({a['source']}); the anchor ran at {a['now_ms'] / a['ms']:.3f}× its reference just now")
+        if st is None:
+            err_console.print("[yellow]warning:[/yellow] --no-store: the anchor's reference was measured now and not "
+                              "kept, so this figure is not comparable with other runs")
     return rep
+
+
+def _anchored(dev: Any, ref: Any, anchor_ref: Any, timing: Any, st: Any) -> Any:
+    from hwloop.devices import MeasureRequest
+    from hwloop.devices.anchor import calibrate_anchor, measure_anchored
+
+    anchor = calibrate_anchor(dev, MeasureRequest.for_model(anchor_ref), timing, store=st)
+    (res,) = measure_anchored(dev, [MeasureRequest.for_model(ref)], anchor, timing)
+    if not res.ok:
+        err_console.print(f"[red]failed[/red] anchored measurement: {res.error}")
+        return None
+    return res
 
 
 @app.command("profile")
@@ -94,10 +117,13 @@ def profile(
     show_all: bool = typer.Option(False, "--all", help="print every layer"),
     remeasure: bool = typer.Option(False, "--remeasure", help="measure again instead of reusing stored rows (the "
                                                               "newest row is used; older ones stay as history)"),
+    anchor: str = typer.Option(None, "--anchor", help="also give the whole-model latency anchored to this built-in "
+                                                      "model (interleaved with it, times its reference kept in the "
+                                                      "store): comparable across runs on a drifting machine"),
 ) -> None:
     """Profile a model: per-layer table (isolated and in context) and whole-model latency."""
     run_profile(model, device, store, kwargs, input_shape, batch, dtype, repeats, warmup, no_store, show_all,
-                remeasure)
+                remeasure, anchor)
 
 
 @app.command("demo")
