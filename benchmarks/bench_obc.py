@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -75,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--error-images", type=int, default=256, help="calibration images a level's loss is measured on")
     ap.add_argument("--bn-variants", action="store_true", help="quant phase: also score with BN re-estimation")
     ap.add_argument("--bisect-steps", type=int, default=8)
+    ap.add_argument("--bn-mode", default="reset", help="batch-norm re-estimation of OBC and the controls: reset "
+                    "(cumulative average over the calibration images) or blend (momentum from the trained statistics)")
+    ap.add_argument("--bn-data", default="train", help="images of the batch-norm re-estimation: train (as many "
+                    "images from the training loader with its crop + flip augmentation) or calib (the calibration images)")
+    ap.add_argument("--holdout", type=int, default=0, help="calibration from the training images less this many "
+                    "held out (seed 0, the converged checkpoint's validation split), which are scored too")
+    ap.add_argument("--val-limit", type=int, default=2500, help="held-out images scored (with --holdout)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -90,11 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     from hwloop.methods.obc.method import ObcConfig, ObcMethod
     from hwloop.methods.obc.structured import reestimate_bn
     from hwloop.models import ModelRef
-    from hwloop.search.costtable import shipped_predictor
     from hwloop.search.controls import bisect_measured, channel_scores, magnitude_config, uniform_config
+    from hwloop.search.costtable import shipped_predictor
     from hwloop.search.latency import select_latency_model
     from hwloop.search.report import compare_compressed
     from hwloop.search.space import SearchSpace, SpaceOptions
+
+    def obc_interleaves(meth: Any, ctx: Any) -> bool:
+        return bool(meth.interleaved(ctx))
 
     ckpt = Path(args.checkpoint) if args.checkpoint else (CONVERGED if CONVERGED.exists() else E35)
     out = Path(args.out)
@@ -110,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     model = ref.build()
     model.load_state_dict(load_file(str(ckpt)))
     model.eval()
-    train, _ = make_loaders("cifar10", 128, root=args.data_root, augment=False, seed=0)
+    train, val = make_loaders("cifar10", 128, root=args.data_root, augment=False, seed=0, holdout=args.holdout)
+    train_aug, _ = make_loaders("cifar10", 128, root=args.data_root, augment=True, seed=0, holdout=args.holdout)
     _, test = make_loaders("cifar10", 500, root=args.data_root, augment=False, seed=0)
     calib: list[tuple[torch.Tensor, torch.Tensor]] = []
     for x, y in train:
@@ -131,8 +143,24 @@ def main(argv: list[str] | None = None) -> int:
                     break
         return 100.0 * ok / n
 
+    def vacc(net: torch.nn.Module) -> float | None:
+        if not args.holdout:
+            return None
+        net.eval()
+        ok = n = 0
+        with torch.no_grad():
+            for x, y in val:
+                ok += int((net(x).argmax(1) == y).sum())
+                n += int(y.shape[0])
+                if n >= args.val_limit:
+                    break
+        return 100.0 * ok / n
+
+    res.put("bn_mode", args.bn_mode)
+    res.put("bn_data", args.bn_data)
+    res.put("holdout", args.holdout)
     if res.get("dense") is None:
-        res.put("dense", {"test_accuracy": acc(model), "eval_images": args.eval_limit})
+        res.put("dense", {"test_accuracy": acc(model), "eval_images": args.eval_limit, "val_accuracy": vacc(model)})
     dense = res.get("dense")["test_accuracy"]
     say(f"dense {dense:.2f}% ({args.eval_limit} test images), {n_calib} calibration images")
     space = SearchSpace.from_ref(ref, SpaceOptions(bits=True, bit_levels=(2, 4, 8), a_bits=8), model=model)
@@ -172,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"{kind}_layer_error"] = err
                 row[f"{kind}_acc"] = acc(net)
                 if args.bn_variants:
-                    reestimate_bn(net, xs)
+                    reestimate_bn(net, xs, mode=args.bn_mode)
                     row[f"{kind}_acc_bn"] = acc(net)
                 say(f"w{b} {kind}: {row[f'{kind}_acc']:.2f}% ({row.get(f'{kind}_acc_bn')} with BN re-estimation), "
                     f"summed layer output error {err:.4g}, {row[f'{kind}_seconds']:.1f} s "
@@ -194,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         c0 = time.process_time()
         kinds = ["channels", "bits"] if device != "local-cpu" else ["channels"]
         cfg = ObcConfig(calib=args.calib, kinds=kinds, targets=targets, cost_source="table", check="device",
-                        bits=[int(b) for b in args.ladder_bits.split(",")], error_images=args.error_images)
+                        bits=[int(b) for b in args.ladder_bits.split(",")], error_images=args.error_images,
+                        bn_mode=args.bn_mode, bn_data=args.bn_data)
         meth = ObcMethod(cfg)
         ctx = MethodContext(model=model, ref=ref, space=space, train=train, eval_fn=acc, latency=lat,
                             target=None, device=device, seed=0, base_accuracy=dense, log=say, progress=True)
@@ -207,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             db.seconds["cpu"] = time.process_time() - c0
             save_database(db, str(dbp))
             say(f"database built: {db.seconds}")
+        ctx = dataclasses.replace(ctx, train=train_aug)   # the database from the plain calibration images above;
+        xs_bn = meth.bn_batches(ctx, calib)                # batch norm from the training loader (augmented) or them
         result = meth.run_with(ctx, copy.deepcopy(model), db, calib, t0=t0)
         t_method = time.perf_counter() - t0
         cpu_method = time.process_time() - c0
@@ -214,12 +245,21 @@ def main(argv: list[str] | None = None) -> int:
         scores = channel_scores(space)
         rows = []
         for c in result.candidates:
-            row = {"target": c.target, "accuracy": c.accuracy, "measured_ratio": c.measured_ratio,
+            row = {"target": c.target, "accuracy": c.accuracy, "val_accuracy": vacc(c.model),
+                   "measured_ratio": c.measured_ratio,
                    "measured_ms": c.measured_ms, "original_measured_ms": c.original_measured_ms,
                    "predicted_ratio": c.predicted_ratio, "search_ratio": c.search_ratio, "status": c.status,
                    "status_reason": c.status_reason, "sizes": c.sizes, "extra": c.extra,
                    "plan": c.plan.to_dict(), "seconds": c.seconds}
-            goal = float(c.measured_ratio or 0.0)
+            if ctx.device is not None and obc_interleaves(meth, ctx):   # the CPU: the interleaved ratio, as the DP checked
+                cmp = compare_compressed(device, c.model, c.plan, model, example=ref.example_input())
+                row["interleaved"] = {"ratio": cmp["ratio"], "ratio_ci": cmp["ratio_ci"], "unstable": cmp["unstable"],
+                                      "load": cmp["load"], "latency_ms": cmp["latency_ms"],
+                                      "original_ms": cmp["original_ms"]}
+                say(f"{device} target {c.target}: interleaved ratio {cmp['ratio']:.3f} "
+                    f"(95% {cmp['ratio_ci'][0]:.3f}-{cmp['ratio_ci'][1]:.3f}), load {cmp['load']}")
+            goal = float(row["interleaved"]["ratio"] if "interleaved" in row else (c.measured_ratio or 0.0))
+            row["goal_ratio"] = goal
             for ctl in ("uniform", "magnitude"):
                 make = (lambda x: uniform_config(space, x)) if ctl == "uniform" else \
                     (lambda x: magnitude_config(space, x, scores))
@@ -236,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 x, r, trace = bisect_measured(measure, goal, steps=args.bisect_steps, tol=0.02)
                 net, _ = space.compress(make(x))
-                reestimate_bn(net, xs)
-                row[ctl] = {"knob": x, "measured_ratio": r, "accuracy": acc(net), "bisect": trace}
+                reestimate_bn(net, xs_bn, mode=args.bn_mode)
+                row[ctl] = {"knob": x, "measured_ratio": r, "accuracy": acc(net), "val_accuracy": vacc(net),
+                            "bisect": trace}
                 say(f"{device} target {c.target}: {ctl} at {r:.3f}x: {row[ctl]['accuracy']:.2f}%")
             say(f"{device} target {c.target}: OBC {c.accuracy:.2f}% at measured {goal:.3f}x "
                 f"({goal / c.target - 1:+.1%} vs target), DP first answer {c.extra['dp_first_whole_ratio']:.3f}x "

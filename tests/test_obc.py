@@ -5,6 +5,7 @@ real, the database file round trip, and the method's config errors."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 
@@ -275,6 +276,8 @@ def test_cli_compresses_a_checkpoint_to_a_measured_budget(digits, tmp_path, caps
     ({"calib": 0}, "calib=0 must be an int >= 1"),
     ({"cost_source": "flops"}, "cost_source='flops' is unknown; allowed: latency, table"),
     ({"check": "guess"}, "check='guess' is unknown; allowed: latency, device"),
+    ({"bn_mode": "ema"}, "bn_mode='ema' is unknown; allowed: reset, blend"),
+    ({"bn_data": "test"}, "bn_data='test' is unknown; allowed: train, calib"),
 ])
 def test_bad_config_is_one_line(table: dict, needle: str) -> None:
     with pytest.raises(SearchError) as e:
@@ -294,3 +297,68 @@ def test_cuda_matches_cpu() -> None:
     Wp, lp = obq_quantize(W, H, 4)
     assert Wc.device.type == "cuda" and lc == pytest.approx(lp, rel=1e-6)
     assert torch.allclose(Wc.cpu(), Wp, atol=1e-9)
+
+
+def test_bn_reestimation_modes() -> None:
+    from torch import nn
+
+    from hwloop.methods.obc.structured import reestimate_bn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    xs = [torch.randn(16, 3, 8, 8) * 2 + 1 for _ in range(4)]
+    with torch.no_grad():
+        y = net[0](torch.cat(xs))
+    bn = net[1]
+    reestimate_bn(net, xs)                  # reset: the cumulative average of the batch statistics
+    assert torch.allclose(bn.running_mean, y.mean((0, 2, 3)), atol=1e-5)
+    assert bn.momentum == 0.1 and not net.training
+    prior = torch.full((4,), 5.0)
+    bn.running_mean.copy_(prior)
+    reestimate_bn(net, xs[:1], mode="blend")   # blend: one momentum step from the trained statistics
+    with torch.no_grad():
+        m1 = net[0](xs[0]).mean((0, 2, 3))
+    assert torch.allclose(bn.running_mean, 0.9 * prior + 0.1 * m1, atol=1e-5)
+    with pytest.raises(SearchError, match=r"mode='cumulative' is unknown; allowed: reset, blend"):
+        reestimate_bn(net, xs, mode="cumulative")
+
+
+def test_bn_data_train_draws_from_the_training_loader_once(digits) -> None:
+    """``bn_data="train"`` re-estimates on images from the context's training loader as it gives them (the same
+    draw for every target of a run); ``"calib"`` on the calibration images."""
+    from hwloop.methods.base import MethodContext
+    from hwloop.search.latency import SurrogateLatency
+
+    task, model, space = digits
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=0.5)
+    calib = [(torch.zeros(8, *x.shape[1:]), y[:8]) for x, y in [next(iter(task.train))]]
+    meth = make_method("obc", {})
+    assert meth.config.bn_data == "train"
+    a, b = meth.bn_batches(ctx, calib), meth.bn_batches(ctx, calib)
+    assert sum(len(x) for x in a) == 8 and all(torch.equal(u, v) for u, v in zip(a, b))
+    assert a[0].abs().sum() > 0          # training images, not the (zero) calibration batch
+    assert torch.equal(make_method("obc", {"bn_data": "calib"}).bn_batches(ctx, calib)[0], calib[0][0])
+
+
+def test_cpu_check_is_an_interleaved_ratio(digits) -> None:
+    """On the CPU the whole-model check is one interleaved comparison against the dense model, not two absolute
+    latencies measured at different times (and not a layer sum against a whole model)."""
+    from hwloop.methods.base import MethodContext
+    from hwloop.search.latency import SurrogateLatency
+
+    task, model, space = digits
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=0.5, device="local-cpu")
+    meth = make_method("obc", {"check": "device", "kinds": ["channels"], "calib": 64})
+    assert meth.interleaved(ctx)
+    assert not make_method("obc", {"check": "latency"}).interleaved(ctx)
+    assert not meth.interleaved(dataclasses.replace(ctx, device="asic-tpu32"))
+    from hwloop.compress.actions import ChannelPrune
+    from hwloop.compress.plan import CompressionPlan
+
+    g = space.graph.groups[0]
+    half = CompressionPlan(base=task.ref.to_dict(), actions=[ChannelPrune(g.key, g.channels // 2)])
+    r, whole, info = meth.whole_ratio(ctx, model, half, 2.0)
+    lo, hi = info["ratio_ci"]
+    assert 0.0 < lo <= r <= hi < 1.5 and whole == pytest.approx(2.0 * r)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from hwloop.compress.extract import ChannelGroup, analyze, get_module, prune_groups_
+from hwloop.errors import SearchError
 from hwloop.methods.obc.exactobs import layer_weight, prepare_hessian
 
 __all__ = ["GroupDatabase", "GroupInfo", "apply_group_", "group_infos", "physical_prune", "reestimate_bn",
@@ -168,15 +169,21 @@ def physical_prune(model: nn.Module, example: torch.Tensor, masks: Mapping[str, 
 
 
 @torch.no_grad()
-def reestimate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> int:
-    """Batch-norm running statistics recomputed over ``batches`` (cumulative average); returns how many layers."""
+def reestimate_bn(model: nn.Module, batches: Sequence[torch.Tensor], mode: str = "reset") -> int:
+    """Batch-norm running statistics recomputed over ``batches``; returns how many layers.
+
+    ``mode="reset"``: the statistics are reset and become the cumulative average over the batches;
+    ``"blend"``: not reset, updated with each layer's own momentum (the trained statistics are the prior)."""
+    if mode not in ("reset", "blend"):
+        raise SearchError(f"batch-norm re-estimation mode={mode!r} is unknown; allowed: reset, blend")
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or not batches:
         return 0
     saved = [(m, m.momentum) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
+    if mode == "reset":
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
     was = model.training
     model.train()
     try:
