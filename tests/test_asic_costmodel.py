@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hwloop.devices.asic import AcceleratorSpec, AccelOp, OpGraph, cost_graph, cost_layer, cost_layers
+from hwloop.devices.asic.spec import FILL_DRAIN, SPATIAL_UNROLLS, WEIGHT_LOADS
 from hwloop.devices.profiles import load_profile
 from hwloop.errors import ConfigError, WorkloadError
 from hwloop.workload import LayerSpec
@@ -70,6 +71,74 @@ def test_other_dataflows_closed_form() -> None:
     assert cost_layer(conv(4, 4, 6, 3), rs).compute_cycles == 16 * 17
     # without double buffering every fold pays its weight load: 4 * (22 + 4)
     assert cost_layer(conv(8, 8, 4, 1), WS.replace(double_buffer=False)).compute_cycles == 4 * 26
+
+
+# ZigZag's TPU-like mapping (spatial_unroll="k_c"): C of one group on the rows, K on the columns, the
+# kernel window streamed (M*kh*kw rows per fold), a weight load of rows*kh*kw = 4*9 = 36 cycles.
+WS_KC = WS.replace(spatial_unroll="k_c")
+
+
+@pytest.mark.parametrize("spec,folds,stream,load", [
+    # depthwise 3x3 on 8 channels, 6x6 input: C = K = 1 per group -> one PE per group, 8 folds of 16*9 rows
+    (conv(8, 8, 6, 3, groups=8), 8, 16 * 9, 36),
+    # 3-channel stem 3->8, 3x3: C = 3 of 4 rows, K = 8 -> 2 column folds of 16*9 rows
+    (conv(3, 8, 6, 3), 2, 16 * 9, 36),
+    # grouped 3x3, 2 groups of 4->4: one fold per group
+    (conv(8, 8, 6, 3, groups=2), 2, 16 * 9, 36),
+    # 1x1 conv 8->8 on 4x4 pixels and dense 10->6: no kernel window, the same folds as k_ckk
+    (conv(8, 8, 4, 1), 4, 16, 4),
+    (LayerSpec("linear", (1, 10), out_channels=6), 6, 1, 4),
+])
+def test_k_c_unrolling_closed_form(spec: LayerSpec, folds: int, stream: int, load: int) -> None:
+    c = cost_layer(spec, WS_KC)
+    assert c.compute_cycles == folds * (stream + 6) + load
+    assert c.cycles == pytest.approx(folds * (stream + 6) + load, abs=0.05)
+    assert c.macs == spec.macs and c.bound == "compute"
+    # fill/drain once per op: the folds stream back to back
+    assert cost_layer(spec, WS_KC.replace(fill_drain="per_op")).compute_cycles == folds * stream + 6 + load
+    # without double buffering every fold pays its weight load
+    assert cost_layer(spec, WS_KC.replace(double_buffer=False)).compute_cycles == folds * (stream + 6 + load)
+    # every PE's weight register written through its own port: one cycle per weight it holds, not rows (4)
+    assert cost_layer(spec, WS_KC.replace(weight_load="parallel")).compute_cycles == folds * (stream + 6) + load // 4
+
+
+def test_k_c_runs_a_depthwise_conv_on_one_pe_per_group() -> None:
+    dw = conv(8, 8, 6, 3, groups=8)
+    kc, kckk = cost_layer(dw, WS_KC), cost_layer(dw, WS)
+    # 1,152 MACs in 1,236 cycles on a 16-PE array: under 1/16 utilisation (one PE busy)
+    assert kc.macs == 1152 and kc.compute_cycles == 1236
+    assert kc.utilisation < 1 / 16 < kckk.utilisation
+    # the k_ckk mapping (9 taps on the rows, groups one after another): 24 folds * 22 + 4 = 532
+    assert kckk.compute_cycles == 532
+
+
+def test_fill_drain_per_op_output_stationary_closed_form() -> None:
+    # 1x1 conv 8->8 on 16 pixels: 8 folds of K = 8 cycles, then one fill/drain of 6
+    os_ = WS.replace(dataflow="output_stationary", fill_drain="per_op")
+    assert cost_layer(conv(8, 8, 4, 1), os_).compute_cycles == 8 * 8 + 6
+
+
+def test_epilogue_param_bytes_is_read_per_output_channel() -> None:
+    spec = conv(8, 24, 4, 3, padding=1)
+    with_params, without = cost_layer(spec, WS_ISO), cost_layer(spec, WS_ISO.replace(epilogue_param_bytes=0.0))
+    assert with_params.dram_bytes - without.dram_bytes == 24 * 8
+    assert cost_layer(spec, WS_ISO.replace(epilogue_param_bytes=2.0)).dram_bytes - without.dram_bytes == 24 * 2
+
+
+def test_later_fields_keep_the_cost_model_2_identity() -> None:
+    # the fields added for the ZigZag cross-check leave to_dict (the device identity) at their defaults,
+    # so the shipped profiles keep their fingerprints and recorded data
+    cm2 = {"rows", "cols", "dataflow", "pe_bits", "pack_low_bits", "max_pack", "clock_mhz", "weight_buffer_kib",
+           "input_buffer_kib", "output_buffer_kib", "double_buffer", "dram_gbps", "dram_latency_ns",
+           "op_overhead_cycles", "fused_epilogue", "keep_activations_on_chip", "vector_ops_per_cycle", "host_gops",
+           "host_overhead_us", "e_mac_pj", "e_sram_pj_per_byte", "e_dram_pj_per_byte"}
+    for acc in [AcceleratorSpec(), *SHIPPED]:
+        assert set(acc.to_dict()) == cm2
+    kc = AcceleratorSpec(spatial_unroll="k_c", fill_drain="per_op", weight_load="parallel", epilogue_param_bytes=0)
+    d = kc.to_dict()
+    assert (d["spatial_unroll"], d["fill_drain"], d["weight_load"], d["epilogue_param_bytes"]) == (
+        "k_c", "per_op", "parallel", 0.0)
+    assert AcceleratorSpec.from_dict(d) == kc and AcceleratorSpec.from_dict(AcceleratorSpec().to_dict()) == AcceleratorSpec()
 
 
 def test_packing_and_wide_bits_closed_form() -> None:
@@ -197,6 +266,20 @@ def test_spec_validation_messages() -> None:
         AcceleratorSpec(e_mac_pj=-0.1)
     with pytest.raises(ConfigError, match="pack_low_bits"):
         AcceleratorSpec(pack_low_bits="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="spatial_unroll='k_x' is unknown; allowed: k_ckk, k_c"):
+        AcceleratorSpec(spatial_unroll="k_x")
+    with pytest.raises(ConfigError, match="spatial_unroll='k_c' needs dataflow='weight_stationary'"):
+        AcceleratorSpec(spatial_unroll="k_c", dataflow="output_stationary")
+    with pytest.raises(ConfigError, match="fill_drain='per_layer' is unknown; allowed: per_fold, per_op"):
+        AcceleratorSpec(fill_drain="per_layer")
+    with pytest.raises(ConfigError, match="fill_drain='per_op' needs a systolic dataflow"):
+        AcceleratorSpec(fill_drain="per_op", dataflow="row_stationary")
+    with pytest.raises(ConfigError, match="weight_load='broadcast' is unknown; allowed: shift, parallel"):
+        AcceleratorSpec(weight_load="broadcast")
+    with pytest.raises(ConfigError, match="weight_load='parallel' needs dataflow='weight_stationary'"):
+        AcceleratorSpec(weight_load="parallel", dataflow="row_stationary")
+    with pytest.raises(ConfigError, match="epilogue_param_bytes=-1"):
+        AcceleratorSpec(epilogue_param_bytes=-1)
 
 
 @pytest.mark.parametrize("profile", ["asic-tpu32", "asic-eyeriss"])
@@ -214,7 +297,17 @@ accels = st.builds(
     pack_low_bits=st.booleans(), max_pack=st.integers(1, 4), weight_buffer_kib=st.floats(0.5, 512),
     input_buffer_kib=st.floats(0.5, 512), output_buffer_kib=st.floats(0.5, 256), double_buffer=st.booleans(),
     dram_gbps=st.floats(0.1, 100), dram_latency_ns=st.floats(0, 500), clock_mhz=st.floats(50, 2000),
-    op_overhead_cycles=st.floats(0, 2000)) | st.sampled_from(SHIPPED)
+    op_overhead_cycles=st.floats(0, 2000)) | st.builds(
+    # the mapping modes of issue 14's ZigZag-like spec (weight-stationary: k_c; systolic: fill/drain per op)
+    AcceleratorSpec, rows=st.integers(2, 40), cols=st.integers(2, 40), dataflow=st.just("weight_stationary"),
+    spatial_unroll=st.sampled_from(SPATIAL_UNROLLS), fill_drain=st.sampled_from(FILL_DRAIN),
+    weight_load=st.sampled_from(WEIGHT_LOADS), epilogue_param_bytes=st.floats(0, 16), pack_low_bits=st.booleans(), max_pack=st.integers(1, 4),
+    weight_buffer_kib=st.floats(0.5, 512), input_buffer_kib=st.floats(0.5, 512),
+    output_buffer_kib=st.floats(0.5, 256), double_buffer=st.booleans(), keep_activations_on_chip=st.booleans(),
+    dram_gbps=st.floats(0.1, 100), dram_latency_ns=st.floats(0, 500), clock_mhz=st.floats(50, 2000),
+    op_overhead_cycles=st.floats(0, 2000)) | st.builds(
+    AcceleratorSpec, rows=st.integers(2, 40), cols=st.integers(2, 40), dataflow=st.just("output_stationary"),
+    fill_drain=st.just("per_op"), double_buffer=st.booleans(), dram_gbps=st.floats(0.1, 100)) | st.sampled_from(SHIPPED)
 
 
 @st.composite

@@ -6,6 +6,11 @@ Array ops (conv, depthwise, dense, matmul) are GEMMs ``M×K · K×N`` repeated o
   ``folds = ⌈K/rows⌉·⌈N/(cols·pack)⌉·⌈groups/g⌉`` (``g`` small groups placed block-diagonally
   when ``K ≤ rows``), each fold streams ``M`` rows plus fill/drain ``rows + cols − 2``, and
   weights preload in ``rows`` cycles (hidden behind the previous fold when double-buffered).
+  With ``spatial_unroll = "k_c"`` (ZigZag's TPU-like mapping) only the input channels ``C`` of one
+  group are on the rows: ``folds = ⌈C/rows⌉·⌈N/(cols·pack)⌉·groups``, each streams ``M·kh·kw`` rows
+  (the kernel window is a temporal loop over the ``kh·kw`` weights each PE keeps) and a weight load
+  takes ``rows·kh·kw`` cycles (``kh·kw`` with ``weight_load = "parallel"``, 1 under ``k_ckk``). With ``fill_drain = "per_op"`` the fill/drain ``rows + cols − 2`` is
+  paid once per op instead of once per fold.
   Output-stationary swaps the roles of ``M`` and ``K``. Row-stationary (Eyeriss) maps each
   (input channel, filter) pair to a PE set of ``kernel_h`` rows × ``min(out_h, cols)``
   columns doing 1-D row convolutions of ``out_w·kernel_w`` MACs. Depthwise convs therefore
@@ -16,8 +21,9 @@ Array ops (conv, depthwise, dense, matmul) are GEMMs ``M×K · K×N`` repeated o
   per tile; the cheaper loop order is taken. Weights are read at ``w_bits``; activations are
   read and written at ``a_bits`` unless they stay on chip (a tensor no larger than
   :attr:`~AcceleratorSpec.activation_capacity_bytes`), and a strided conv reads only the pixels
-  its windows touch; per output channel ``EPILOGUE_PARAM_BYTES`` of bias + requantisation
-  scale; a residual operand added in the epilogue is read like an input.
+  its windows touch; per output channel ``epilogue_param_bytes`` (default
+  ``EPILOGUE_PARAM_BYTES``) of bias + requantisation scale; a residual operand added in the
+  epilogue is read like an input.
 * **Overlap**: with double buffering, ``cycles = max(compute + first fold's load + last fold's
   write-back, memory + one fold)``; without, ``compute + memory``. Every op adds ``op_overhead_cycles``.
 
@@ -57,7 +63,8 @@ __all__ = ["BOUNDS", "COST_MODEL_VERSION", "EPILOGUE_PARAM_BYTES", "EPILOGUE_STA
 #: 2: fused epilogue (BN/ReLU/add), activations kept on chip, strided reads, per-channel epilogue parameters.
 COST_MODEL_VERSION = 2
 #: bytes of epilogue parameters per output channel of an array op: an int32 bias (a folded batch norm's
-#: shift lands there) and an int32 requantisation multiplier (its scale), as integer inference needs.
+#: shift lands there) and an int32 requantisation multiplier (its scale), as integer inference needs
+#: (the default of the spec field ``epilogue_param_bytes``).
 EPILOGUE_PARAM_BYTES = 8.0
 #: cycles of pipeline latency one epilogue stage (folded BN, residual add, ReLU/clip) adds to an array op's
 #: drain; its throughput cost is zero (one result per cycle, like the array).
@@ -133,17 +140,34 @@ def cost_arrays(a: dict[str, np.ndarray], acc: AcceleratorSpec) -> dict[str, np.
         pack = np.ones_like(wb)
     passes = np.ceil(wb / pe) * np.ceil(ab / pe)
     ce = cols * pack
+    skew = rows + cols - 2  # fill/drain of the systolic array
+    k_rows, fold_w_elems = k, rows * ce  # the reduction on the rows; one fold's weights
     if acc.dataflow == "weight_stationary":
-        gpf = np.where((k <= rows) & (n <= ce), np.maximum(1.0, np.minimum(np.floor(rows / k), np.floor(ce / n))), 1.0)
-        folds = _ceil_div(k, rows) * _ceil_div(n, ce) * _ceil_div(g, gpf)
-        fold_c = m + rows + cols - 2
-        load = rows if db else folds * rows
-        compute = passes * (folds * fold_c + load)
-        k_folds = _ceil_div(k, rows)
+        if acc.spatial_unroll == "k_c":
+            # ZigZag's TPU-like mapping: C on the rows, K on the columns, one group at a time; each PE
+            # keeps its kh*kw weights and the kernel window is streamed (M*kh*kw rows per fold)
+            kk = kh * kw
+            k_rows = np.maximum(a["cin_per_group"], 1.0)
+            folds = _ceil_div(k_rows, rows) * _ceil_div(n, ce) * g
+            stream = m * kk
+            w_load = (rows if acc.weight_load == "shift" else 1.0) * kk
+            fold_w_elems = rows * ce * kk
+        else:
+            gpf = np.where((k <= rows) & (n <= ce), np.maximum(1.0, np.minimum(np.floor(rows / k), np.floor(ce / n))), 1.0)
+            folds = _ceil_div(k, rows) * _ceil_div(n, ce) * _ceil_div(g, gpf)
+            stream = m
+            w_load = rows if acc.weight_load == "shift" else 1.0
+        load = w_load if db else folds * w_load
+        fold_c = stream + skew
+        if acc.fill_drain == "per_op":  # folds stream back to back: one fill/drain per op
+            compute = passes * (folds * stream + skew + load)
+        else:
+            compute = passes * (folds * fold_c + load)
+        k_folds = _ceil_div(k_rows, rows)
     elif acc.dataflow == "output_stationary":
         folds = _ceil_div(m, rows) * _ceil_div(n, ce) * g
-        fold_c = k + rows + cols - 2
-        compute = passes * folds * fold_c
+        fold_c = k + skew
+        compute = passes * (folds * k + skew) if acc.fill_drain == "per_op" else passes * folds * fold_c
         k_folds = np.ones_like(k)
     else:  # row_stationary
         oh = a["out_h"]
@@ -180,7 +204,7 @@ def cost_arrays(a: dict[str, np.ndarray], acc: AcceleratorSpec) -> dict[str, np.
     i_bytes = off_chip(a["in_elems"] * abyte, a["read_elems"] * abyte)  # a strided conv reads what it uses
     o_bytes = off_chip(a["out_elems"] * abyte, a["out_elems"] * abyte)
     r_bytes = off_chip(a["residual_elems"] * abyte, a["residual_elems"] * abyte)
-    b_bytes = a["bias_elems"] * EPILOGUE_PARAM_BYTES
+    b_bytes = a["bias_elems"] * acc.epilogue_param_bytes
     nw = np.maximum(1.0, _ceil_div(w_bytes, wcap))
     ni = np.maximum(1.0, _ceil_div(i_bytes, icap))
     traffic_w_outer = w_bytes + i_bytes * nw + o_bytes + r_bytes + b_bytes
@@ -194,8 +218,11 @@ def cost_arrays(a: dict[str, np.ndarray], acc: AcceleratorSpec) -> dict[str, np.
     if db:
         # pipeline prologue/epilogue: the first fold's operands arrive before compute starts and the
         # last fold's outputs leave after it ends (one array-sized slice of K and N over M rows)
-        fold_w = np.minimum(np.minimum(w_bytes, wcap), rows * ce * wb / 8)
-        fold_i = np.minimum(np.minimum(i_bytes, icap), m * rows * abyte)
+        fold_w = np.minimum(np.minimum(w_bytes, wcap), fold_w_elems * wb / 8)
+        if acc.spatial_unroll == "k_c":  # one fold reads min(C, rows) channels of one group
+            fold_i = np.minimum(i_bytes, icap) * np.minimum(1.0, rows / k_rows) / g
+        else:
+            fold_i = np.minimum(np.minimum(i_bytes, icap), m * rows * abyte)
         fold_o = np.minimum(np.minimum(o_bytes, ocap), m * np.minimum(n, ce) * abyte)
         first_load = (fold_w + fold_i + b_bytes) / bpc + lat
         last_write = fold_o / bpc

@@ -1,7 +1,8 @@
 """The accelerator specification: the ``[spec]`` table of a ``devices/asic-*.toml`` profile.
 
 An :class:`AcceleratorSpec` describes a simulated accelerator: a ``rows`` × ``cols`` PE
-array with a dataflow, PE bit-width and low-bit packing, a clock, three on-chip buffers,
+array with a dataflow, a spatial unrolling (which loops sit on the array), how often the
+array's fill/drain skew is paid, PE bit-width and low-bit packing, a clock, three on-chip buffers,
 DRAM bandwidth and latency, a per-op fixed overhead, an output pipeline (epilogue) that
 applies folded batch norm, ReLU/ReLU6 and a residual add to the array's results, whether
 activations stay on chip between ops, a vector unit for pooling and elementwise ops, a host
@@ -27,15 +28,30 @@ from typing import Any
 
 from hwloop.errors import ConfigError
 
-__all__ = ["DATAFLOWS", "AcceleratorSpec"]
+__all__ = ["DATAFLOWS", "FILL_DRAIN", "SPATIAL_UNROLLS", "WEIGHT_LOADS", "AcceleratorSpec"]
 
 #: supported array dataflows (how the GEMM/conv loops map onto the PE array).
 DATAFLOWS = ("weight_stationary", "output_stationary", "row_stationary")
+#: which loops of a conv a weight-stationary array unrolls: ``k_ckk`` puts the whole reduction
+#: (input channels x kernel window) on the rows and packs small groups block-diagonally; ``k_c``
+#: puts only the input channels of one group on the rows (ZigZag's TPU-like mapping: D1 <- K,
+#: D2 <- C), the kernel window, pixels and groups being temporal loops.
+SPATIAL_UNROLLS = ("k_ckk", "k_c")
+#: when the array's fill/drain skew (``rows + cols - 2`` cycles) is paid: once per fold, or once
+#: per op (folds stream back to back through the array, as ZigZag's cost model charges it).
+FILL_DRAIN = ("per_fold", "per_op")
+#: how a weight-stationary array's weights get into its PEs: shifted down the columns, one row a cycle
+#: (TPU v1), or written into every PE's register through its own port at once (ZigZag's TPU-like ``rf_128B``).
+WEIGHT_LOADS = ("shift", "parallel")
+#: fields added after cost model 2 with the value that reproduces it; :meth:`AcceleratorSpec.to_dict`
+#: leaves them out at these values, so the shipped profiles keep their device fingerprints.
+_LATER_DEFAULTS: dict[str, Any] = {"spatial_unroll": "k_ckk", "fill_drain": "per_fold", "weight_load": "shift",
+                                   "epilogue_param_bytes": 8.0}
 
 _INT_FIELDS = ("rows", "cols", "pe_bits", "max_pack")
 _POS_FLOAT_FIELDS = ("clock_mhz", "weight_buffer_kib", "input_buffer_kib", "output_buffer_kib", "dram_gbps",
                      "vector_ops_per_cycle", "host_gops")
-_NONNEG_FLOAT_FIELDS = ("dram_latency_ns", "op_overhead_cycles", "host_overhead_us")
+_NONNEG_FLOAT_FIELDS = ("dram_latency_ns", "op_overhead_cycles", "host_overhead_us", "epilogue_param_bytes")
 _ENERGY_FIELDS = ("e_mac_pj", "e_sram_pj_per_byte", "e_dram_pj_per_byte")
 
 
@@ -51,6 +67,28 @@ class AcceleratorSpec:
             ``output_stationary``: output pixels on rows, output channels on columns, K
             streamed. ``row_stationary``: Eyeriss-style 1-D row convolutions per PE, a PE
             set of kernel-height rows × output-row columns.
+        spatial_unroll: one of :data:`SPATIAL_UNROLLS` (weight-stationary only). ``k_ckk``
+            (default): the reduction ``C·kh·kw`` of one group on the rows, its output channels
+            on the columns, ``⌊rows/K⌋`` small groups side by side (block-diagonal), output
+            pixels streamed. ``k_c``: only the ``C`` input channels of one group on the rows and
+            its ``K`` output channels on the columns; each PE keeps its ``kh·kw`` weights in a
+            register file and the kernel window, the output pixels and the groups are temporal
+            loops (a fold streams ``M·kh·kw`` rows). This is the mapping file of ZigZag's
+            TPU-like accelerator (``inputs/mapping/tpu_like.yaml``: ``D1: K 32, D2: C 32``), so a
+            depthwise conv runs on one PE per group and a 3-channel stem on 3 rows.
+        fill_drain: one of :data:`FILL_DRAIN`. ``per_fold`` (default): each fold pays the
+            array's skew ``rows + cols − 2``. ``per_op``: the folds of an op stream back to back
+            (the next fold's inputs enter behind the previous fold's, its weights double-buffered)
+            and the skew is paid once per op; ZigZag's cost model charges its systolic drain
+            once per layer (``systolic_dimensions: [D1, D2]`` of ``tpu_like.yaml``). Systolic
+            dataflows only (weight- and output-stationary).
+        weight_load: one of :data:`WEIGHT_LOADS` (weight-stationary only): how long loading a
+            fold's weights into the array takes (hidden behind the previous fold but the first
+            when double-buffered). ``shift`` (default): ``rows`` cycles per weight a PE holds
+            (``rows·kh·kw`` under ``k_c``), weights shifting down the columns as in TPU v1.
+            ``parallel``: one cycle per weight a PE holds, every PE's weight register written
+            through its own port (ZigZag's ``tpu_like.yaml``: ``rf_128B`` per PE, an 8-bit write
+            port each, fed from DRAM).
         pe_bits: native multiplier width of one PE.
         pack_low_bits: whether ``pe_bits // w_bits`` low-bit weights share one PE
             (two 4-bit MACs per 8-bit PE); capped at ``max_pack``.
@@ -62,6 +100,10 @@ class AcceleratorSpec:
         dram_gbps: DRAM bandwidth in GB/s (1e9 bytes/s).
         dram_latency_ns: latency of one DRAM transfer (exposed once per op with double
             buffering, once per tile without).
+        epilogue_param_bytes: bytes read per output channel of an array op for the output
+            pipeline: an int32 bias (a folded batch norm's shift) and an int32 requantisation
+            multiplier = 8 (default). 0 models layers without them (ZigZag's layers have only
+            the operands W, I and O).
         op_overhead_cycles: fixed cost of launching any op that runs on the array, the vector
             unit or the host (configuration, sync); ops fused into an epilogue pay none.
         fused_epilogue: the array's output pipeline applies batch norm (folded into the
@@ -83,6 +125,9 @@ class AcceleratorSpec:
     rows: int = 32
     cols: int = 32
     dataflow: str = "weight_stationary"
+    spatial_unroll: str = "k_ckk"
+    fill_drain: str = "per_fold"
+    weight_load: str = "shift"
     pe_bits: int = 8
     pack_low_bits: bool = False
     max_pack: int = 2
@@ -94,6 +139,7 @@ class AcceleratorSpec:
     dram_gbps: float = 12.8
     dram_latency_ns: float = 100.0
     op_overhead_cycles: float = 200.0
+    epilogue_param_bytes: float = 8.0
     fused_epilogue: bool = True
     keep_activations_on_chip: bool = True
     vector_ops_per_cycle: float = 32.0
@@ -114,6 +160,16 @@ class AcceleratorSpec:
         if self.dataflow not in DATAFLOWS:
             raise ConfigError(f"accelerator spec dataflow={self.dataflow!r} is unknown; "
                               f"allowed: {', '.join(DATAFLOWS)}")
+        for n, allowed in (("spatial_unroll", SPATIAL_UNROLLS), ("fill_drain", FILL_DRAIN), ("weight_load", WEIGHT_LOADS)):
+            if getattr(self, n) not in allowed:
+                raise ConfigError(f"accelerator spec {n}={getattr(self, n)!r} is unknown; allowed: {', '.join(allowed)}")
+        for n, default in (("spatial_unroll", "k_ckk"), ("weight_load", "shift")):
+            if getattr(self, n) != default and self.dataflow != "weight_stationary":
+                raise ConfigError(f"accelerator spec {n}={getattr(self, n)!r} needs dataflow='weight_stationary' "
+                                  f"(got {self.dataflow!r}); allowed otherwise: {default!r}")
+        if self.fill_drain != "per_fold" and self.dataflow == "row_stationary":
+            raise ConfigError(f"accelerator spec fill_drain={self.fill_drain!r} needs a systolic dataflow "
+                              "(weight_stationary or output_stationary); allowed with row_stationary: 'per_fold'")
         for n in ("pack_low_bits", "double_buffer", "fused_epilogue", "keep_activations_on_chip"):
             if not isinstance(getattr(self, n), bool):
                 raise ConfigError(f"accelerator spec {n}={getattr(self, n)!r} must be true or false")
@@ -209,9 +265,17 @@ class AcceleratorSpec:
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field but ``name`` (what identifies the hardware)."""
+        """Every field but ``name`` (what identifies the hardware).
+
+        A field added after cost model 2 (``spatial_unroll``, ``fill_drain``, ``weight_load``,
+        ``epilogue_param_bytes``) is left out while it has the value that reproduces cost model 2,
+        so a profile that does not set it keeps its device fingerprint (and its recorded data).
+        """
         d = dataclasses.asdict(self)
         d.pop("name")
+        for n, v in _LATER_DEFAULTS.items():
+            if d[n] == v:
+                d.pop(n)
         return d
 
     def replace(self, **changes: Any) -> AcceleratorSpec:
