@@ -509,3 +509,46 @@ def test_proportional_gain_scales_lambda_by_the_last_error() -> None:
     assert lams[0.0] == pytest.approx(math.exp(0.1 * (ratios[0.0] / 0.5 - 1)), rel=1e-9)   # dual ascent from lam=1
     with pytest.raises(SearchError, match="latency_penalty='square' is unknown; allowed: linear, hinge"):
         SearchConfig(target=0.5, latency_penalty="square")
+
+
+def test_rewind_extracts_the_starting_weights_of_the_channels_the_gates_keep() -> None:
+    from hwloop.compress.extract import get_module
+    from hwloop.compress.gated import extract, rewind
+
+    space = SearchSpace.from_ref(ModelRef("small_cnn"))
+    gm = GatedModel(space, init_spread=0.0)
+    key, gate = next(iter(gm.channel_gates.items()))
+    width = gate.max_size // 2
+    with torch.no_grad():
+        for p in gm.weight_parameters():   # the "search-trained" weights differ from the starting ones
+            p.mul_(0.5)
+        gate.a.copy_(torch.rand(gate.max_size, generator=torch.Generator().manual_seed(1)) + 0.1)
+    mask = gate.keep_mask(width)
+    start = get_module(space.model, key).weight.detach()
+    net, plan = extract(rewind(gm, widths={key: width}), widths={key: width})
+    assert plan.widths[key] == width
+    assert torch.equal(get_module(net, key).weight, start[mask])          # the starting weights, those channels
+    old, _ = extract(gm, widths={key: width})
+    assert not torch.allclose(get_module(old, key).weight, start[mask])   # extract alone keeps the trained ones
+
+
+def test_finetune_from_start_stops_at_the_warmup_end_and_keeps_the_images() -> None:
+    from hwloop.search.accounting import ComputeLedger
+
+    out = {}
+    for how in ("search", "start"):
+        task = make_task("digits", "small_cnn", batch_size=64, train_limit=512)   # 8 steps per epoch, same order
+        space = SearchSpace.from_ref(task.ref)
+        led = ComputeLedger()
+        cfg = SearchConfig(search_epochs=2, finetune_epochs=1, target=0.6, target_warmup=0.5, prune_after_warmup=True,
+                           latency_penalty="hinge", recalibrate_batches=0, finetune_from=how)
+        res = differentiable_search(space, SurrogateLatency(space), task.train, None, cfg, ledger=led)
+        out[how] = (res, led.total(phase="search").train_images, led.total(phase="finetune").train_images)
+    (r0, s0, f0), (r1, s1, f1) = out["search"], out["start"]
+    assert (s0, f0) == (2 * 512, 512)
+    assert (s1, f1) == (512, 2 * 512)              # the search stopped at the warm-up end (step 8 of 16) ...
+    assert s0 + f0 == s1 + f1                      # ... and the fine-tune got the steps it did not use
+    assert r1.plan.widths == r0.plan.widths and r1.plan.widths   # same widths: the search up to there is the same
+    assert r1.predicted / r1.original <= 0.6 + 1e-9
+    with pytest.raises(SearchError, match="finetune_from"):
+        SearchConfig(finetune_from="checkpoint")

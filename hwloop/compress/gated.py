@@ -42,7 +42,7 @@ from hwloop.compress.lowrank import factorize, merge
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import CompressionError
 
-__all__ = ["FixedQuant", "GateSpace", "GatedModel", "GatedWeight", "extract", "quantized_weights"]
+__all__ = ["FixedQuant", "GateSpace", "GatedModel", "GatedWeight", "extract", "quantized_weights", "rewind"]
 
 
 class _GateOptions(Protocol):
@@ -308,6 +308,36 @@ def _fold(mod: nn.Module, scale: torch.Tensor) -> None:
                 mod.bias.mul_(scale)
         else:
             raise CompressionError(f"cannot fold a gate into {type(mod).__name__}")
+
+
+def rewind(gm: GatedModel, model: nn.Module | None = None, *, widths: Mapping[str, int] | None = None,
+           rule: str = "effective") -> GatedModel:
+    """A gated model on ``model``'s weights (default: the space's) that keeps exactly the channels (and ranks) the
+    gates of ``gm`` keep (``widths`` / ``rule`` as in :func:`extract`) and holds ``gm``'s bits; its kept gates are
+    1 (rank gates: the starting singular values), so :func:`extract` on it gives the *starting* weights of the
+    channels ``gm`` chose, not the weights trained while the gates moved.
+
+    Example:
+        >>> from hwloop.models import ModelRef
+        >>> from hwloop.search.space import SearchSpace
+        >>> space = SearchSpace.from_ref(ModelRef("small_cnn"))
+        >>> gm = GatedModel(space)
+        >>> key = next(iter(gm.channel_gates))
+        >>> with torch.no_grad():
+        ...     gm.channel_gates[key].a[:3] = torch.tensor([0.0, 2.0, 0.0])
+        >>> g0 = rewind(gm, widths={key: gm.channel_gates[key].max_size - 2})
+        >>> torch.equal(g0.channel_gates[key].keep_mask(gm.channel_gates[key].max_size - 2),
+        ...             gm.channel_gates[key].keep_mask(gm.channel_gates[key].max_size - 2))
+        True
+    """
+    g0 = GatedModel(gm.space, model, init_spread=0.0)
+    with torch.no_grad():
+        for k, gate in gm.channel_gates.items():
+            mask = gate.keep_mask(widths.get(k) if widths else None, rule=rule)
+            g0.channel_gates[k].a.mul_(mask.to(g0.channel_gates[k].a.dtype))
+        for n, b in gm.bit_gates.items():
+            g0.bit_gates[n].load_state_dict(b.state_dict())
+    return g0
 
 
 def extract(gm: GatedModel, *, widths: Mapping[str, int] | None = None, rule: str = "effective",

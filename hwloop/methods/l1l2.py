@@ -57,6 +57,7 @@ class L1L2Config(MethodConfig):
     quantize_activations: bool = _D.quantize_activations
     fill_budget: bool = _D.fill_budget
     gate_init_spread: float = _D.gate_init_spread
+    finetune_from: str = _D.finetune_from
 
     def __post_init__(self) -> None:
         # the rules that do not depend on the budget; run() checks the rest with the real target

@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hwloop.compress.actquant import quantized_activations
-from hwloop.compress.gated import GatedModel, extract, quantized_weights
+from hwloop.compress.gated import GatedModel, extract, quantized_weights, rewind
 from hwloop.compress.keys import SizeKey, rank_layer
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import SearchError
@@ -53,11 +53,13 @@ from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
 from hwloop.methods.budget import enforce_budget, fill_budget, hard_sizes, round_widths_to_tile
 
-__all__ = ["LATENCY_PENALTIES", "TARGET_CURVES", "SearchConfig", "SearchResult", "differentiable_search",
-           "effective_target", "enforce_budget", "fill_budget", "recalibrate_batchnorm", "round_widths_to_tile"]
+__all__ = ["FINETUNE_FROM", "LATENCY_PENALTIES", "TARGET_CURVES", "SearchConfig", "SearchResult",
+           "differentiable_search", "effective_target", "enforce_budget", "fill_budget", "recalibrate_batchnorm",
+           "round_widths_to_tile"]
 
 TARGET_CURVES = ("linear", "geometric", "cubic")
 LATENCY_PENALTIES = ("linear", "hinge")
+FINETUNE_FROM = ("search", "start")
 _LAM_MIN, _LAM_MAX = 1e-4, 1e4
 _EXP_CAP = 50.0   # exp(50)·_LAM_MIN > _LAM_MAX: a larger step on log λ changes nothing but can overflow
 
@@ -143,6 +145,12 @@ class SearchConfig:
             the extracted model with the inputs of those layers fake-quantized to ``a_bits``
             (:class:`~hwloop.compress.actquant.quantized_activations`; ranges observed on the recalibration
             batches and during fine-tuning, stored as ``plan.meta["a_amax"]``).
+        finetune_from: ``search`` (default, the behaviour before this option): the fine-tune starts from the weights
+            the search trained while the gates moved (the latency penalty and the shrinking gates damage them);
+            ``start``: from the starting model's weights of the channels the gates chose (:func:`~hwloop.compress.
+            gated.rewind`; the search only picks the widths and channels). With ``prune_after_warmup`` the search
+            then stops when the widths are fixed and the fine-tune gets the search steps left over, so the run
+            trains on the same number of images.
         gate_init_spread: channel gates start spread over ``[1 − gate_init_spread, 1]`` by weight norm (the function
             unchanged; :class:`~hwloop.compress.gated.GatedModel`), so the latency term has a gradient from the first
             step; 0 starts them all at 1, where the gradient of ``s(a)`` is exactly zero (the behaviour before this
@@ -172,6 +180,7 @@ class SearchConfig:
     quantize_activations: bool = True
     fill_budget: bool = False
     gate_init_spread: float = 0.1
+    finetune_from: str = "search"
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs"):
@@ -212,6 +221,8 @@ class SearchConfig:
         rb = self.recalibrate_batches
         if not isinstance(rb, int) or isinstance(rb, bool) or rb < 0:
             raise SearchError(f"recalibrate_batches={rb!r} must be an integer >= 0")
+        if self.finetune_from not in FINETUNE_FROM:
+            raise SearchError(f"finetune_from={self.finetune_from!r} is unknown; allowed: {', '.join(FINETUNE_FROM)}")
         sp = self.gate_init_spread
         if not isinstance(sp, (int, float)) or isinstance(sp, bool) or not 0.0 <= sp < 1.0:
             raise SearchError(f"gate_init_spread={sp!r} must be a number in [0, 1)")
@@ -399,14 +410,17 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
     frozen: dict[str, int] | None = None       # widths fixed when the warm-up ends (prune_after_warmup)
     masks: dict[str, torch.Tensor] = {}
     repairs: list[dict[str, Any]] = []
+    early = config.finetune_from == "start" and warm_end is not None   # stop once the widths are fixed
     for ep in range(config.search_epochs):
+        if early and frozen is not None:
+            break
         sums = {"loss": 0.0, "task": 0.0, "ratio": 0.0}
         n = 0
         t0 = time.perf_counter()
         with led.phase("search", trial=trial) as ph:
             for i, (x, y) in enumerate(tqdm(train_loader, desc=f"search {ep + 1}/{config.search_epochs}",
                                             disable=not progress, leave=False, total=steps)):
-                if i >= steps:
+                if i >= steps or (early and frozen is not None):
                     break
                 for grp in opt_w.param_groups:
                     grp["lr"] = cosine_lr(config.lr, step, total)
@@ -495,7 +509,8 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
 
             meta = {"latency_kind": latency.kind, "latency_unit": latency.unit, "original": l0,
                     "config": asdict(config)}
-            net, plan = extract(gm, widths=widths, rule=config.keep_rule, merge_if=merge_if, meta=meta)
+            src = rewind(gm, model, widths=widths, rule=config.keep_rule) if config.finetune_from == "start" else gm
+            net, plan = extract(src, widths=widths, rule=config.keep_rule, merge_if=merge_if, meta=meta)
             predicted = latency.plan_latency(plan)
             a_bits = plan.a_bits if plan.a_bits is not None and 2 <= plan.a_bits <= 16 else None
             aq = stack.enter_context(quantized_activations(
@@ -512,7 +527,17 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
 
         t2 = time.perf_counter()
         with led.phase("finetune", trial=trial) as ph:
-            if config.finetune_epochs:
+            left = total - step if early else 0   # search steps not run (stopped at the warm-up end)
+            if left > 0:
+                from hwloop.search.baselines import finetune
+
+                want = config.finetune_epochs * steps + left
+                n_ep = math.ceil(want / steps)
+                seen, eps = finetune(net, train_loader, n_ep, config.lr, w_bits=plan.w_bits, momentum=config.momentum,
+                                     weight_decay=config.weight_decay, max_steps=math.ceil(want / n_ep))
+                ph.train_images += seen
+                ph.epochs += eps * min(steps, math.ceil(want / n_ep)) / steps
+            elif config.finetune_epochs:
                 with quantized_weights(net, plan.w_bits):
                     r = train_epochs(net, train_loader, config.finetune_epochs, config.lr, momentum=config.momentum,
                                      weight_decay=config.weight_decay, progress=progress, desc="fine-tune",
