@@ -68,8 +68,8 @@ def report(data: dict[str, Any]) -> str:
             f"{sched.get('eval_limit')} test images; {sched.get('steps')} search + {sched.get('steps')} fine-tune "
             f"batches of {sched.get('batch')}; dense latency on asic-tpu32 {data['dense']['asic_ms']:.4f} ms "
             f"(packing off {data['dense']['asic_nopack_ms']:.4f} ms)"), "",
-           "| entry | seed | accuracy % | vs ref-W8A8 | asic-tpu32 latency (packing on) | packing off | BOPs vs W8A8 "
-           "| BOP reduction | mean w/a bits | method's own end | status |",
+           ("| entry | seed | accuracy % | vs ref-W8A8 | asic-tpu32 latency (packing on) | packing off | BOPs vs W8A8 "
+            "| BOP reduction | mean w/a bits | method's own end | status |"),
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, v in rows.items():
         name, seed = k.split("/")
@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lam", type=float, default=2.0)
     ap.add_argument("--min-keep", type=float, default=0.25, help="SBS's per-group channel floor (fraction of each "
                     "group's channels; 0.05 = the space's minimum, the runs before the floor existed)")
+    ap.add_argument("--thr-init", default="0.05", help="SBS's threshold start, a margin below the gated scores "
+                    "('none': thresholds at 0, the runs before the boundary start existed)")
+    ap.add_argument("--penalty", default="hinge", choices=("hinge", "two-sided", "linear"), help="SBS's budget term")
+    ap.add_argument("--gate-momentum", type=float, default=0.0, help="Adam's beta1 on SBS's thresholds")
+    ap.add_argument("--target-warmup", type=float, default=0.3)
     ap.add_argument("--phases", default="ref,sbs-lat,w4a4,ptq,l1l2,sbs-bops,uniform-bits")
     ap.add_argument("--figure", default=str(ROOT / "docs/figures/sbs_bitmap.png"))
     ap.add_argument("--report-only", action="store_true", help="print the tables of --out/results.json and exit")
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwloop.search.space import SearchSpace, SpaceOptions
     from hwloop.search.train import _subset, evaluate
 
+    thr_init = None if args.thr_init.lower() == "none" else float(args.thr_init)
     ckpt = Path(args.checkpoint) if args.checkpoint else (CONVERGED if CONVERGED.exists() else E35)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     res.put("checkpoint", str(ckpt))
     res.put("schedule", {"steps": args.steps, "batch": args.batch, "eval_limit": args.eval_limit, "lr": args.lr,
-                         "gate_lr": args.gate_lr, "lam": args.lam, "min_keep": args.min_keep})
+                         "gate_lr": args.gate_lr, "lam": args.lam, "min_keep": args.min_keep,
+                         "thr_init": thr_init, "penalty": args.penalty, "target_warmup": args.target_warmup,
+                         "gate_momentum": args.gate_momentum})
     say(f"checkpoint {ckpt}; {args.steps} search + {args.steps} fine-tune batches of {args.batch}; "
         f"test subset {args.eval_limit}")
 
@@ -188,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base_cfg = {"search_epochs": 1, "finetune_epochs": 1, "max_steps": args.steps, "lr": args.lr,
                 "gate_lr": args.gate_lr, "lam": args.lam, "min_keep": args.min_keep,
-                "table_store": f"sqlite:///{out / 'costs.db'}"}
+                "thr_init": thr_init, "penalty": args.penalty, "target_warmup": args.target_warmup,
+                "gate_momentum": args.gate_momentum, "table_store": f"sqlite:///{out / 'costs.db'}"}
 
     def record(key: str, ctx: MethodContext, result: Any, extra: dict[str, Any] | None = None) -> None:
         measure_candidates(result, ctx)

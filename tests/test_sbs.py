@@ -280,8 +280,34 @@ def test_mixed_activation_bits_are_measured_per_layer(small) -> None:
     ({"grid_points": 1}, "grid_points=1 must be"),
     ({"min_keep": 0}, "min_keep=0.0 must be a fraction of each group's channels in (0, 1]"),
     ({"min_keep": 1.5}, "min_keep=1.5 must be a fraction"),
+    ({"thr_init": 1.0}, "thr_init=1.0 must be a margin in [0, 1)"),
+    ({"penalty": "square"}, "penalty='square' is unknown; allowed: linear, hinge, two-sided"),
 ])
 def test_bad_config_is_one_line(table: dict, needle: str) -> None:
     with pytest.raises(SearchError) as e:
         make_method("sbs", table)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def _search_end(small, target: float, **keys) -> tuple[float, list]:
+    task, model, space = small
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=target, device="asic-tpu32", seed=0)
+    res = make_method("sbs", {"search_epochs": 6, "finetune_epochs": 0, "recalibrate_batches": 1, "grid_points": 3,
+                              "repair": False, **keys}).run(ctx)
+    c = res.candidates[0]
+    assert not c.repairs
+    return c.search_end / c.original, [s for h in c.history for s in h["steps"]]
+
+
+@pytest.mark.parametrize("target", [0.5, 0.7])
+def test_the_search_itself_lands_near_the_target_without_repair(small, target: float) -> None:
+    """24 steps on asic-tpu32's table: with the thresholds started at the boundary (the default) the hard
+    configuration's cost ends within 10% of the target, no repair; started at 0 (the code before) it never moves."""
+    end, steps = _search_end(small, target)
+    assert abs(end / target - 1) <= 0.10, (end, steps)
+    assert len(steps) == 24 and steps[-1][2] == pytest.approx(target)       # per-step trace: step, ratio, target, λ
+    assert abs(steps[-1][1] / target - 1) <= 0.10 and steps[0][1] == pytest.approx(1.0)   # from 1 to the target
+    if target == 0.5:
+        old, _ = _search_end(small, target, thr_init=None)
+        assert old > 0.9, old

@@ -7,7 +7,10 @@ never reported as the method's own result.
 * :func:`hard_sizes` — the sizes extraction will use (``ch:<group>`` widths, ``bits:<layer>``);
 * :func:`round_widths_to_tile` — round widths up to the device tile when that costs no latency;
 * :func:`enforce_budget` — shrink widths until within the budget (greedy, smallest gates first);
-* :func:`fill_budget` — grow widths back while within the budget.
+* :func:`fill_budget` — grow widths back while within the budget;
+* :class:`BudgetTerm` — not a repair: the budget term *inside* a differentiable search (the target annealed from
+  1 over a warm-up, the hinge or linear penalty, λ by dual ascent on ``log λ``), one implementation for every
+  method that searches against a budget (:func:`anneal_target` is its schedule).
 
 Example:
     >>> from hwloop.models import ModelRef
@@ -35,7 +38,96 @@ from hwloop.compress.keys import SizeKey
 if TYPE_CHECKING:  # pragma: no cover
     from hwloop.search.latency import LatencyModel
 
-__all__ = ["enforce_budget", "fill_budget", "hard_sizes", "round_widths_to_tile"]
+__all__ = ["PENALTIES", "TARGET_CURVES", "BudgetTerm", "anneal_target", "enforce_budget", "fill_budget",
+           "hard_sizes", "round_widths_to_tile"]
+
+TARGET_CURVES = ("linear", "geometric", "cubic")
+PENALTIES = ("linear", "hinge", "two-sided")
+_EXP_CAP = 50.0   # a larger step on log λ changes nothing once λ is clamped, but exp() could overflow
+
+
+def anneal_target(target: float, step: int, total: int, warmup: float, curve: str = "linear") -> float:
+    """The budget in force at optimiser ``step`` (0-based) of ``total``: from 1.0 down to ``target`` over the first
+    ``warmup`` fraction of the steps, then ``target``. Progress ``p = step / (warmup·total)``: ``linear``
+    ``1 − (1 − target)·p``; ``geometric`` ``target**p``; ``cubic`` ``target + (1 − target)·(1 − p)³`` (Zhu & Gupta).
+
+    Example:
+        >>> [round(anneal_target(0.5, s, 10, 0.5), 2) for s in (0, 1, 5, 9)], anneal_target(0.5, 3, 10, 0.0)
+        ([1.0, 0.9, 0.5, 0.5], 0.5)
+    """
+    if curve not in TARGET_CURVES:
+        from hwloop.errors import SearchError
+
+        raise SearchError(f"target_curve={curve!r} is unknown; allowed: {', '.join(TARGET_CURVES)}")
+    span = warmup * total
+    if span <= 0 or step >= span:
+        return target
+    p = max(0.0, step / span)
+    if curve == "linear":
+        return 1.0 - (1.0 - target) * p
+    if curve == "geometric":
+        return float(target ** p)
+    return target + (1.0 - target) * (1.0 - p) ** 3
+
+
+class BudgetTerm:
+    """The budget term of a differentiable search, step by step.
+
+    ``term(ratio, step)`` is the loss term for the cost ratio ``ratio = cost/cost₀`` (a tensor: the hard
+    configuration's value, gradients however the caller routes them): ``hinge``: ``λ·max(0, ratio − target_t)``
+    (an exact penalty: no pull once within the target in force), ``linear``: ``λ·ratio``; without a target
+    ``λ·ratio`` with λ fixed. ``target_t`` = :func:`anneal_target`. After the optimiser step, ``update(ratio)`` moves
+    λ by PI control of ``log λ`` on ``e = ratio/target_t − 1``: ``λ_I ← λ_I·exp(dual_lr·e)``, ``λ = λ_I·exp(dual_kp·e)``,
+    clamped to ``[lam_min, lam_max]``. ``trace`` keeps ``(step, ratio, target_t, λ)`` of every step.
+
+    Example:
+        >>> import torch
+        >>> b = BudgetTerm(0.5, 10, lam=1.0, dual_lr=0.5, warmup=0.5)
+        >>> float(b.term(torch.tensor(0.95), 0)), round(b.target_t, 2)   # within the target in force: no pull
+        (0.0, 1.0)
+        >>> round(float(b.term(torch.tensor(0.95), 5)), 3), b.update(0.95) > 1.0   # above it: pull, λ grows
+        (0.45, True)
+    """
+
+    def __init__(self, target: float | None, total: int, *, lam: float, dual_lr: float, dual_kp: float = 0.0,
+                 warmup: float = 0.0, curve: str = "linear", penalty: str = "hinge", lam_min: float = 1e-4,
+                 lam_max: float = 1e4) -> None:
+        if penalty not in PENALTIES:
+            from hwloop.errors import SearchError
+
+            raise SearchError(f"latency_penalty={penalty!r} is unknown; allowed: {', '.join(PENALTIES)}")
+        self.target, self.total, self.warmup, self.curve, self.penalty = target, total, warmup, curve, penalty
+        self.dual_lr, self.dual_kp, self.lam_min, self.lam_max = dual_lr, dual_kp, lam_min, lam_max
+        self.lam = self.lam_i = float(lam)
+        self.step = 0
+        self.target_t: float | None = None
+        self.trace: list[tuple[int, float, float | None, float]] = []
+
+    def target_at(self, step: int) -> float | None:
+        return None if self.target is None else anneal_target(self.target, step, self.total, self.warmup,
+                                                              self.curve)
+
+    def term(self, ratio: torch.Tensor, step: int) -> torch.Tensor:
+        self.step, self.target_t = step, self.target_at(step)
+        if self.target_t is not None and self.penalty == "hinge":
+            return self.lam * torch.clamp(ratio - self.target_t, min=0.0)
+        if self.target_t is not None and self.penalty == "two-sided":
+            return self.lam * (ratio - self.target_t).abs()
+        return self.lam * ratio
+
+    def _clamp(self, v: float) -> float:
+        return min(self.lam_max, max(self.lam_min, v))
+
+    def update(self, ratio: float) -> float:
+        """The dual step after the optimiser step (nothing without a target or with ``dual_lr = dual_kp = 0``)."""
+        t = self.target_t
+        if t is not None and (self.dual_lr or self.dual_kp):
+            err = ratio / t - 1.0
+            self.lam_i = self._clamp(self.lam_i * math.exp(min(_EXP_CAP, self.dual_lr * err)))
+            self.lam = (self._clamp(self.lam_i * math.exp(min(_EXP_CAP, self.dual_kp * err))) if self.dual_kp
+                        else self.lam_i)
+        self.trace.append((self.step, float(ratio), t, self.lam))
+        return self.lam
 
 
 def hard_sizes(gm: GatedModel, widths: Mapping[str, int] | None = None) -> dict[str, float]:

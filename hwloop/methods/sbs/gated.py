@@ -150,6 +150,31 @@ class SbsModel(nn.Module):
             for p in self.threshold_parameters():
                 p.clamp_(min=0.0)
 
+    @torch.no_grad()
+    def init_thresholds_(self, margin: float, x: torch.Tensor | None = None) -> dict[str, float]:
+        """Start every threshold ``margin`` below the score it gates, so the first steps of cost pressure already
+        change the configuration (thresholds at 0 leave a gap of about 1 to cross at ``gate_lr`` per step: with a
+        short schedule the search never leaves the full model). Filter gates: ``margin`` below the lowest score
+        the floor does not force; weight / activation bit gates: ``1 − margin`` (scores are relative to the start,
+        so 1 there; activations read that start from one forward pass of ``x``). Returns the thresholds set."""
+        if x is not None and len(self.a_thr):
+            was = self.training
+            self.train()
+            self(x)
+            self.train(was)
+        out: dict[str, float] = {}
+        for g in self.groups:
+            s = torch.sort(self.filter_scores(g.key).detach(), descending=True).values
+            free = s[self.floor(g.channels):]
+            v = max(0.0, float(free.min()) - margin) if free.numel() else 0.0
+            self.f_thr[_key(g.key)].fill_(v)
+            out[f"filter:{g.key}"] = v
+        for d in (self.w_thr, self.a_thr):
+            for k, p in d.items():
+                p.fill_(max(0.0, 1.0 - margin))
+                out[k] = max(0.0, 1.0 - margin)
+        return out
+
     # ------------------------------------------------------------------ gates
     def floor(self, channels: int) -> int:
         """The fewest channels a group of ``channels`` keeps: ``ceil(min_keep·channels)``, at least the space's."""

@@ -42,6 +42,7 @@ from hwloop.compress.gated import quantized_weights
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import CompressionError, SearchError
 from hwloop.methods.base import Candidate, CompressionMethod, MethodConfig, MethodContext, MethodResult, Repair
+from hwloop.methods.budget import PENALTIES, BudgetTerm
 from hwloop.methods.sbs.cost import BopsCost, CostState, TableCost, is_bit_aware, sbs_layers
 from hwloop.methods.sbs.gated import SbsModel
 from hwloop.methods.sbs.quant import check_levels
@@ -63,6 +64,15 @@ class SbsConfig(MethodConfig):
         search_epochs / finetune_epochs / max_steps: the schedule (``max_steps`` caps the steps per epoch).
         lr / momentum / weight_decay: SGD on the weights (search and fine-tune, cosine decay).
         gate_lr: Adam on the thresholds.
+        thr_init: every threshold starts this margin below the score it gates (:meth:`SbsModel.init_thresholds_`:
+            filter gates below the lowest score the floor does not force, bit gates at ``1 − thr_init``), so the
+            cost moves the configuration from the first steps; ``None``: thresholds start at 0, about 1 below the
+            bit scores, and a short search never leaves the full model (the behaviour before this key).
+        gate_momentum: Adam's β₁ on the thresholds. 0 (default): a threshold stops when the cost pull stops (the
+            hinge is 0 once within the target in force); with 0.9 the momentum carries the gates on for ~10 steps
+            past the target (on digits at 0.7: 0.52 with 0.9, 0.68 with 0).
+        penalty: the budget term (:class:`hwloop.methods.budget.BudgetTerm`): ``hinge`` ``λ·max(0, r − t)``,
+            ``two-sided`` ``λ·|r − t|`` (also pulls back up to the target), ``linear`` ``λ·r``.
         lam / dual_lr: initial λ and its dual-ascent rate (0: fixed λ; without a target λ is fixed).
         target_warmup: fraction of the search steps over which the target falls from 1 to the budget.
         w_levels / a_levels: nested weight bit-widths (each twice the previous) and activation bit-widths.
@@ -86,6 +96,9 @@ class SbsConfig(MethodConfig):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     gate_lr: float = 0.01
+    thr_init: float | None = 0.05
+    gate_momentum: float = 0.0
+    penalty: str = "hinge"
     lam: float = 2.0
     dual_lr: float = 0.02
     target_warmup: float = 0.3
@@ -117,6 +130,14 @@ class SbsConfig(MethodConfig):
             v = getattr(self, n)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise SearchError(f"{n}={v!r} must be a finite number >= 0")
+        ti = self.thr_init
+        if ti is not None and (isinstance(ti, bool) or not isinstance(ti, (int, float)) or not 0.0 <= ti < 1.0):
+            raise SearchError(f"thr_init={ti!r} must be a margin in [0, 1) below the gated scores, or none "
+                              "(thresholds start at 0)")
+        if not (isinstance(self.gate_momentum, (int, float)) and 0.0 <= self.gate_momentum < 1.0):
+            raise SearchError(f"gate_momentum={self.gate_momentum!r} must be in [0, 1) (Adam's beta1 on the thresholds)")
+        if self.penalty not in PENALTIES:
+            raise SearchError(f"penalty={self.penalty!r} is unknown; allowed: {', '.join(PENALTIES)}")
         if not 0.0 <= self.target_warmup <= 1.0:
             raise SearchError(f"target_warmup={self.target_warmup!r} must be a fraction in [0, 1]")
         if (isinstance(self.min_keep, bool) or not isinstance(self.min_keep, (int, float))
@@ -384,17 +405,22 @@ class SbsMethod(CompressionMethod):
         led = context.ledger
         assert led is not None
         opt_w = make_optimizer(sbs.weight_parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
-        opt_g = torch.optim.Adam(sbs.threshold_parameters(), lr=cfg.gate_lr)
+        if cfg.thr_init is not None:
+            sbs.init_thresholds_(cfg.thr_init, next(iter(context.train))[0])
+        opt_g = torch.optim.Adam(sbs.threshold_parameters(), lr=cfg.gate_lr, betas=(cfg.gate_momentum, 0.999))
         loss_fn = nn.CrossEntropyLoss()
         steps = min(len(context.train), cfg.max_steps) if cfg.max_steps else len(context.train)
-        total, step, lam = cfg.search_epochs * steps, 0, float(cfg.lam)
+        total, step = cfg.search_epochs * steps, 0
         target = context.target
+        term = BudgetTerm(target, total, lam=cfg.lam, dual_lr=cfg.dual_lr if target is not None else 0.0,
+                          warmup=cfg.target_warmup, curve="linear", penalty=cfg.penalty, lam_min=_LAM_MIN,
+                          lam_max=_LAM_MAX)
         history: list[dict[str, float]] = []
         t_search = 0.0
         sbs.train()
         for ep in range(cfg.search_epochs):
             sums = {"loss": 0.0, "task": 0.0, "ratio": 0.0}
-            n, ratio, t_eff = 0, 1.0, 1.0
+            n, ratio = 0, 1.0
             t0 = time.perf_counter()
             with led.phase("search", trial=context.trial) as ph:
                 for i, (x, y) in enumerate(tqdm(context.train, desc=f"sbs search {ep + 1}/{cfg.search_epochs}",
@@ -405,12 +431,7 @@ class SbsMethod(CompressionMethod):
                         grp["lr"] = cosine_lr(cfg.lr, step, total)
                     task = loss_fn(sbs(x), y)
                     ratio_t = cost(sbs.cost_state()) / c0
-                    if target is not None:
-                        warm = cfg.target_warmup * total
-                        t_eff = target + (1.0 - target) * max(0.0, 1.0 - step / warm) if warm > 0 else target
-                        loss = task + lam * torch.clamp(ratio_t - t_eff, min=0.0)
-                    else:
-                        loss = task + lam * ratio_t
+                    loss = task + term.term(ratio_t, step)
                     opt_w.zero_grad(set_to_none=True)
                     opt_g.zero_grad(set_to_none=True)
                     loss.backward()
@@ -418,8 +439,7 @@ class SbsMethod(CompressionMethod):
                     opt_g.step()
                     sbs.project_()
                     ratio = float(ratio_t.detach())
-                    if target is not None and cfg.dual_lr > 0:
-                        lam = min(_LAM_MAX, max(_LAM_MIN, lam * math.exp(min(5.0, cfg.dual_lr * (ratio / t_eff - 1)))))
+                    term.update(ratio)
                     sums["loss"] += float(loss.detach())
                     sums["task"] += float(task.detach())
                     sums["ratio"] += ratio
@@ -428,9 +448,13 @@ class SbsMethod(CompressionMethod):
                     step += 1
                 ph.epochs += n / max(1, steps)
             t_search += time.perf_counter() - t0
-            rec = {"epoch": ep + 1, **{k: v / max(1, n) for k, v in sums.items()}, "lambda": lam, "ratio_end": ratio}
+            rec: dict[str, Any] = {"epoch": ep + 1, **{k: v / max(1, n) for k, v in sums.items()},
+                                   "lambda": term.lam, "ratio_end": ratio}
             if target is not None:
-                rec["target_end"] = t_eff
+                rec["target_end"] = term.target_t
+            # per step: the hard configuration's cost ratio (what the search would end at), target in force, λ
+            rec["steps"] = [[s, round(r, 5), None if t is None else round(t, 5), round(lm, 5)]
+                            for s, r, t, lm in term.trace[-n:]] if n else []
             history.append(rec)
             context.say("sbs search epoch {epoch}: loss {loss:.4f} task {task:.4f} cost ratio {ratio_end:.3f} "
                         "lambda {lambda:.3f}".format(**rec))
