@@ -326,7 +326,7 @@ def main() -> int:
                  "holdout_within_10pct": float("nan"), "reused": args.predictor}
     else:
         pred, pinfo = record_and_fit(space, args.device, args.record_models, args.seed, out)
-    say(f"predictor: {pinfo['layers']} layers of {pinfo['models']} random variants measured on {args.device} in "
+    say(f"predictor ({pinfo.get('kind_reason', 'reused')}): {pinfo['layers']} layers of {pinfo['models']} random variants measured on {args.device} in "
         f"{pinfo['record_s']:.1f} s; hold-out MAPE {pinfo['holdout_mape']:.1%}, within 10%: "
         f"{pinfo['holdout_within_10pct']:.1%}")
     example = task.ref.example_input()

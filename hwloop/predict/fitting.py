@@ -1,11 +1,16 @@
 """Fit a device's predictor from its measurements: choose the kind, fit, calibrate, evaluate.
 
-This is what ``hwloop predictor fit`` and the benchmarks run.
+This is what ``hwloop predictor fit`` and the benchmarks run. :func:`learned_policy` is the one rule for when
+a learned predictor replaces the ℓ1/ℓ2 surrogate; ``hwloop predictor fit --kind auto``, a search given a store
+(:func:`hwloop.search.latency.select_latency_model`) and the search benchmark's recorded predictor
+(:func:`hwloop.search.evidence.record_and_fit`) all follow it.
 
 Example:
-    >>> from hwloop.predict.fitting import choose_kind
+    >>> from hwloop.predict.fitting import choose_kind, learned_policy
     >>> choose_kind(n_layers=0), choose_kind(n_layers=5000)
     ('surrogate', 'xgboost')
+    >>> learned_policy(49)
+    (False, '49 measured layers < 50: ℓ1/ℓ2 surrogate')
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from typing import Any
 
 from hwloop.errors import PredictorError
 
-__all__ = ["MIN_LEARNED_LAYERS", "NOISE_FACTOR", "MIN_REFUSED_MAPE", "choose_kind", "fit_predictor", "quality_check"]
+__all__ = ["MIN_LEARNED_LAYERS", "NOISE_FACTOR", "MIN_REFUSED_MAPE", "choose_kind", "fit_predictor",
+           "learned_policy", "quality_check"]
 
-#: fewer measured layers than this and ``auto`` picks the surrogate (scaled by one fitted constant)
+#: a learned predictor replaces the ℓ1/ℓ2 surrogate from this many measured layers of the device on
+#: (fewer: the surrogate, scaled by one fitted constant); see :func:`learned_policy`
 MIN_LEARNED_LAYERS = 50
 
 
@@ -57,11 +64,26 @@ def quality_check(metrics: dict[str, Any], floor_pct: float) -> str | None:
     return None
 
 
+def learned_policy(n_layers: int) -> tuple[bool, str]:
+    """Whether ``n_layers`` measured layers of a device are enough for a learned predictor, and why (one line).
+
+    The one policy for when a learned predictor (XGBoost) replaces the ℓ1/ℓ2 surrogate: at least
+    :data:`MIN_LEARNED_LAYERS` measured layers.
+
+    Example:
+        >>> learned_policy(120)
+        (True, '120 measured layers >= 50: learned predictor')
+    """
+    if n_layers >= MIN_LEARNED_LAYERS:
+        return True, f"{n_layers} measured layers >= {MIN_LEARNED_LAYERS}: learned predictor"
+    return False, f"{n_layers} measured layers < {MIN_LEARNED_LAYERS}: ℓ1/ℓ2 surrogate"
+
+
 def choose_kind(n_layers: int, requested: str = "auto") -> str:
-    """``requested`` unless ``auto``: the learned predictor with enough layers, the surrogate otherwise."""
+    """``requested`` unless ``auto``: by :func:`learned_policy`, the learned predictor or the surrogate."""
     if requested != "auto":
         return requested
-    return "xgboost" if n_layers >= MIN_LEARNED_LAYERS else "surrogate"
+    return "xgboost" if learned_policy(n_layers)[0] else "surrogate"
 
 
 def fit_predictor(data: Any, kind: str = "auto", *, evaluate: bool = True, aggregate: str | None = "pooled",
@@ -103,10 +125,8 @@ def fit_predictor(data: Any, kind: str = "auto", *, evaluate: bool = True, aggre
     if evaluate and data.n_layers >= 10:
         p.metrics_ = evaluate_predictor(make, data, folds=folds, seed=seed, plot_path=plot_path, fitted=p)
     if kind == "auto":
-        p.kind_reason_ = (f"{data.n_layers} measured layers >= {MIN_LEARNED_LAYERS}: learned predictor"
-                          if chosen != "surrogate" else
-                          f"{data.n_layers} measured layers < {MIN_LEARNED_LAYERS}: ℓ1/ℓ2 surrogate"
-                          + (" scaled by one fitted constant" if data.n_layers else " at nominal scale"))
+        p.kind_reason_ = learned_policy(data.n_layers)[1] + (
+            "" if chosen != "surrogate" else " scaled by one fitted constant" if data.n_layers else " at nominal scale")
     else:
         p.kind_reason_ = f"requested {chosen}"
     return p

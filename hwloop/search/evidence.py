@@ -37,12 +37,16 @@ def record_and_fit(space: SearchSpace, device: str, n_models: int, seed: int, ou
     """Measure the layers of ``n_models`` random compressed variants on ``device``; fit XGBoost on them.
 
     80 % of the layers fit a predictor that scores the other 20 % (``holdout_mape``, ``holdout_within_10pct``);
-    the saved predictor (``out/predictor.json``) is then fitted on all of them.
+    the saved predictor (``out/predictor.json``) is then fitted on all of them. With fewer measured layers than
+    :func:`hwloop.predict.fitting.learned_policy` asks for, the ℓ1/ℓ2 surrogate (one fitted constant) is fitted
+    instead; ``kind`` and ``kind_reason`` in the returned info say which.
     """
     from tqdm.auto import tqdm
 
     from hwloop.devices import MeasureRequest, create_device
+    from hwloop.predict.fitting import learned_policy
     from hwloop.predict.learned import XGBoostPredictor
+    from hwloop.predict.surrogate import SurrogatePredictor
     from hwloop.search.report import layer_specs_with_bits
 
     rng = np.random.default_rng(seed)
@@ -62,8 +66,10 @@ def record_and_fit(space: SearchSpace, device: str, n_models: int, seed: int, ou
     n = len(specs)
     idx = rng.permutation(n)
     cut = int(0.8 * n)
-    pred = XGBoostPredictor(n_estimators=400, max_depth=6, n_jobs=2, fingerprint=dev.fingerprint(),
-                            mode="asic" if getattr(dev, "backend", "") == "asic" else "eager")
+    learned, why = learned_policy(n)
+    mode = "asic" if getattr(dev, "backend", "") == "asic" else "eager"
+    pred = (XGBoostPredictor(n_estimators=400, max_depth=6, n_jobs=2, fingerprint=dev.fingerprint(), mode=mode)
+            if learned else SurrogatePredictor(fingerprint=dev.fingerprint(), mode=mode))
     y = np.asarray(ms)
     pred.fit([specs[i] for i in idx[:cut]], y[idx[:cut]])
     test = pred.predict([specs[i] for i in idx[cut:]])
@@ -71,7 +77,7 @@ def record_and_fit(space: SearchSpace, device: str, n_models: int, seed: int, ou
     pred.fit(specs, y)
     pred.save(out / "predictor.json")
     info = {"layers": n, "models": n_models, "record_s": rec_s, "holdout_mape": float(ape.mean()),
-            "holdout_within_10pct": float((ape <= 0.10).mean())}
+            "holdout_within_10pct": float((ape <= 0.10).mean()), "kind": pred.kind, "kind_reason": why}
     return pred, info
 
 
@@ -199,7 +205,8 @@ def bench_markdown(r: Mapping[str, Any]) -> str:
     a = r["args"]
     lines = [(f"### {a['model']} on {a['task']} (train {a['train_limit'] or 'all'}, val {a['val_limit'] or 'all'}), "
               f"device {a['device']}, epochs pretrain,search,finetune = {a['epochs']}"), "",
-             (f"predictor: XGBoost on {r['predictor']['layers']} measured layers, hold-out MAPE "
+             (f"predictor: {'ℓ1/ℓ2 surrogate' if r['predictor'].get('kind') == 'surrogate' else 'XGBoost'} on "
+              f"{r['predictor']['layers']} measured layers, hold-out MAPE "
               f"{r['predictor']['holdout_mape']:.1%} ({r['predictor']['holdout_within_10pct']:.0%} within 10%)"), "",
              *([(f"start: checkpoint {a['checkpoint']} (test accuracy {b['pretrained_accuracy']:.2f}%); the baseline "
                  f"is it trained {b.get('epochs')} more epochs (= search + fine-tune); bit levels "

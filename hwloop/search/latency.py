@@ -505,6 +505,7 @@ def select_latency_model(space: SearchSpace, *, predictor: Any = None, predictor
 
 
 def _fit_from_store(store: str, device: str, say: Callable[[str], None]) -> tuple[Any, str]:
+    from hwloop.predict.fitting import learned_policy
     from hwloop.predict.io import load_training_data
     from hwloop.predict.learned import XGBoostPredictor
 
@@ -512,8 +513,9 @@ def _fit_from_store(store: str, device: str, say: Callable[[str], None]) -> tupl
         data = load_training_data(store, device=device, progress=False)
     except Exception as e:  # noqa: BLE001 - no store, no rows, schema issues: fall back and log the reason
         return None, f"the store {store} has no usable data for device {device!r} ({str(e).splitlines()[0]})"
-    if data.n_layers < 20:
-        return None, f"the store has only {data.n_layers} layer measurements for {device!r} (need >= 20)"
+    learned, why = learned_policy(data.n_layers)
+    if not learned:
+        return None, f"the store {store} has too few layers of {device!r} ({why})"
     pred = XGBoostPredictor(n_estimators=300, fingerprint=data.fingerprint, mode=data.mode).fit(
         list(data.layer_specs), data.layer_ms)
     if data.n_models >= 3:
