@@ -311,3 +311,20 @@ def test_the_search_itself_lands_near_the_target_without_repair(small, target: f
     if target == 0.5:
         old, _ = _search_end(small, target, thr_init=None)
         assert old > 0.9, old
+
+
+def test_budget_term_hinge_warmup_and_dual_ascent() -> None:
+    from hwloop.methods.budget import BudgetTerm
+
+    b = BudgetTerm(0.5, 10, lam=2.0, dual_lr=0.5, warmup=0.4)
+    assert [round(b.target_at(s), 3) for s in (0, 2, 4, 9)] == [1.0, 0.75, 0.5, 0.5]
+    r = torch.tensor(0.7, requires_grad=True)
+    assert float(b.term(r, 1)) == 0.0                          # within the target in force (0.875): no pull
+    b.term(r, 4).backward()
+    assert float(r.grad) == pytest.approx(2.0)                 # above it: λ
+    assert b.update(0.7) > 2.0 and b.update(0.3) < b.trace[0][3]   # λ up above the target, down below it
+    assert [t[:3] for t in b.trace] == [(4, 0.7, 0.5), (4, 0.3, 0.5)]
+    two = BudgetTerm(0.5, 10, lam=1.0, dual_lr=0.0, penalty="two-sided")
+    assert float(two.term(torch.tensor(0.3), 0)) == pytest.approx(0.2)
+    with pytest.raises(SearchError, match="penalty='square' is unknown"):
+        BudgetTerm(0.5, 10, lam=1.0, dual_lr=0.1, penalty="square")

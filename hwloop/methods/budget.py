@@ -95,7 +95,7 @@ class BudgetTerm:
         if penalty not in PENALTIES:
             from hwloop.errors import SearchError
 
-            raise SearchError(f"latency_penalty={penalty!r} is unknown; allowed: {', '.join(PENALTIES)}")
+            raise SearchError(f"penalty={penalty!r} is unknown; allowed: {', '.join(PENALTIES)}")
         self.target, self.total, self.warmup, self.curve, self.penalty = target, total, warmup, curve, penalty
         self.dual_lr, self.dual_kp, self.lam_min, self.lam_max = dual_lr, dual_kp, lam_min, lam_max
         self.lam = self.lam_i = float(lam)
