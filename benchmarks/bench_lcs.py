@@ -80,6 +80,11 @@ def main() -> int:
     ap.add_argument("--table-devices", default="asic-tpu32", help="devices whose alpha->latency cost table is built")
     ap.add_argument("--trace-devices", default="asic-tpu32", help="devices the budget trace runs on")
     ap.add_argument("--phases", default="family,eval,latency,trace,single")
+    ap.add_argument("--init-checkpoint", default=None,
+                    help="start the family and the single models from this checkpoint (same architecture, any norm: "
+                         "conv/linear weights and norm gamma/beta; BN statistics dropped); default: from scratch")
+    ap.add_argument("--single-widths", default=",".join(map(str, WIDTHS)),
+                    help="the widths of the models trained alone (comma list; run several processes to parallelise)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -94,6 +99,12 @@ def main() -> int:
         f"(cosine), sandwich of {args.n_samples} alphas per batch, shared convs {args.shared_convs}; accuracy on "
         f"{len(task.val.dataset)} held-out images ({'CIFAR-10 test' if args.task == 'cifar10' else 'digits val split'})")
     grid = default_grid(args.grid)
+    init = None
+    if args.init_checkpoint:
+        from safetensors.torch import load_file
+
+        init = load_file(args.init_checkpoint)
+        log(f"start: {args.init_checkpoint} (weights and norm gamma/beta; BN statistics dropped)")
 
     # 1. the family
     fam_dir = out / "family"
@@ -102,7 +113,7 @@ def main() -> int:
         log("family: loaded")
     elif "family" in phases:
         torch.manual_seed(args.seed)
-        fam = LcsFamily.create(ref, "width", line_convs=not args.shared_convs)
+        fam = LcsFamily.create(ref, "width", line_convs=not args.shared_convs, init=init)
         log("family: training")
         h = train_lines(fam.net, fam.state, task.train, epochs=args.epochs, lr=args.lr, n_samples=args.n_samples,
                         seed=args.seed, progress=False,
@@ -201,9 +212,23 @@ def main() -> int:
             log(f"trace {dev}: {run.summary()}")
     # 6. single models (last: the family's figures come first on a busy machine)
     singles: dict[float, Any] = {}
-    for w in WIDTHS:
+    for w in [float(v) for v in args.single_widths.split(",")]:
         p = out / f"single_{w}.safetensors"
         sref = ModelRef(args.model, {"norm": "in", "width_mult": w}, input_shape=shape)
+        if init is not None and "single" in phases and not (out / f"single_{w}.json").exists():
+            # the checkpoint's first channels at width w (prefix slicing, as the family's member there), trained alone
+            torch.manual_seed(args.seed)
+            m = LcsFamily.create(ref, "width", line_convs=False, init=init).at(alpha_of_width(w)).model.train()
+            log(f"single {w}: training from {args.init_checkpoint} sliced to width {w}")
+            h = train_epochs(m, task.train, args.epochs, args.lr)
+            acc = evaluate(m, task.val)
+            jsave(out / f"single_{w}.json", {"width": w, "accuracy": acc, "train": h,
+                                              "params": sum(q.numel() for q in m.parameters()),
+                                              "init": args.init_checkpoint})
+            log(f"single {w}: {h['seconds']:.0f} s, {h['images']:.0f} images, accuracy {acc}")
+            continue
+        if init is not None:
+            continue
         if p.exists():
             from safetensors.torch import load_file
 

@@ -233,6 +233,7 @@ def test_controller_counts_misses_by_measured_latency_and_regret() -> None:
     ({"norm": "bn"}, "norm='bn' is unknown"),
     ({"grid": 1}, "grid=1 must be an integer in [2, 101]"),
     ({"lo": 1.5}, "lo=1.5 must be in (0, hi=1.0]"),
+    ({"init": "imagenet"}, "init='imagenet' is unknown; allowed: context, scratch"),
 ])
 def test_bad_config_is_one_line(table: dict, needle: str) -> None:
     with pytest.raises(SearchError) as e:
@@ -302,3 +303,82 @@ def test_latency_tables_on_the_asic_table_calibrated_to_the_live_member() -> Non
     assert table[1.0] == pytest.approx(live[1.0], rel=1e-9)        # calibrated on the widest member
     assert fam.latency_source["asic-tpu32"] == "table+calibrated" and fam.latency["asic-tpu32"] == table
     assert fam.select(live[0.5] * 1.0001, "asic-tpu32").alpha in grid
+
+
+def test_a_family_starts_from_a_batch_norm_checkpoint_and_bad_weights_are_one_line() -> None:
+    torch.manual_seed(3)
+    bn = ModelRef("small_cnn", input_shape=(1, 8, 8)).build()
+    with torch.no_grad():
+        for m in bn.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.fill_(7.0)   # dropped: an instance norm has no running statistics
+    fam = LcsFamily.create(REF, "width", line_convs=False, init=bn.state_dict())
+    assert fam.flags["init"] == "state"
+    full = dict(fam.at(1.0).model.named_modules())
+    for name, m in bn.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            assert torch.equal(full[name].weight, m.weight), name
+            if m.bias is not None:
+                assert torch.equal(full[name].bias, m.bias), name
+    quarter = dict(fam.at(0.0).model.named_modules())   # width 0.25: the checkpoint's first channels
+    assert torch.equal(quarter["features.0"].weight, bn.features[0].weight[:4])
+    assert torch.equal(quarter["features.1"].bias, bn.features[1].bias[:4])
+    wide = ModelRef("small_cnn", {"width_mult": 2.0}, input_shape=(1, 8, 8)).build().state_dict()
+    with pytest.raises(SearchError) as e:
+        LcsFamily.create(REF, "width", init=wide)
+    assert "features.0.weight has shape (32, 1, 3, 3), the model (16, 1, 3, 3)" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SearchError, match="missing .*features.0.weight"):
+        LcsFamily.create(REF, "width", init={k: v for k, v in bn.state_dict().items() if k != "features.0.weight"})
+
+
+_CKPT = Path(__file__).resolve().parents[1] / "search" / "checkpoints" / "resnet20_cifar10_converged.safetensors"
+
+
+def _real_cache() -> Path:
+    from hwloop.data import cache_root
+
+    return cache_root()
+
+
+_CIFAR_CACHE = _real_cache()   # read at import, before the autouse fixture points HWLOOP_HOME at a temporary folder
+
+
+def _cifar_or_skip():  # noqa: ANN202
+    from torch.utils.data import DataLoader, Subset
+
+    from hwloop.data import make_loaders
+
+    if not _CKPT.exists():
+        pytest.skip(f"{_CKPT} is not here")
+    if not list(_CIFAR_CACHE.glob("cifar10-*-train-x.npy")):
+        pytest.skip(f"no decoded CIFAR-10 in {_CIFAR_CACHE} (decoding takes minutes; any CIFAR-10 run makes it)")
+    train, val = make_loaders("cifar10", 64, cache_dir=_CIFAR_CACHE, seed=0)
+    g = torch.Generator().manual_seed(0)
+    train = DataLoader(Subset(train.dataset, torch.randperm(50000, generator=g)[:256].tolist()), batch_size=64,
+                       shuffle=True, generator=torch.Generator().manual_seed(0))
+    return train, DataLoader(Subset(val.dataset, range(128)), batch_size=128)
+
+
+def test_cifar_resnet20_family_from_the_checkpoint_lowers_the_training_loss() -> None:
+    """Regression (docs/lcs.md, CIFAR-10): from scratch an instance-norm ResNet-20 stayed at chance (loss ≈ ln 10)
+    for 50–100 steps, so every family member and single model scored ~10%; started from the trained checkpoint a
+    few sandwich steps must lower the loss of a fixed batch of test images clearly."""
+    from safetensors.torch import load_file
+
+    train, val = _cifar_or_skip()
+    torch.manual_seed(0)
+    fam = LcsFamily.create(ModelRef("resnet20", {"norm": "in"}), "width", line_convs=False, init=load_file(str(_CKPT)))
+    xb, yb = next(iter(val))
+
+    def loss_at(a: float) -> float:
+        with torch.no_grad():
+            return float(F.cross_entropy(fam.line_at(a)(xb), yb))
+
+    before = {a: loss_at(a) for a in (0.0, 1.0)}
+    train_lines(fam.net, fam.state, train, epochs=1, lr=0.05, n_samples=2, seed=0)
+    after = {a: loss_at(a) for a in (0.0, 1.0)}
+    assert after[1.0] < before[1.0] - 0.15, (before, after)          # full width: 2.63 -> 2.31 when written
+    assert after[0.0] + after[1.0] < before[0.0] + before[1.0] - 0.15, (before, after)

@@ -41,7 +41,7 @@ from hwloop.errors import SearchError
 from hwloop.methods.lcs.lines import LineConv2d, LineNorm, LineState, line_layers, n_channels, to_lines
 from hwloop.models import ModelRef
 
-__all__ = ["FAMILY_FORMAT", "LcsFamily", "Member", "Selection", "default_grid"]
+__all__ = ["FAMILY_FORMAT", "LcsFamily", "Member", "Selection", "default_grid", "init_from_state"]
 
 FAMILY_FORMAT = 1
 
@@ -87,11 +87,21 @@ class LcsFamily:
 
     @classmethod
     def create(cls, ref: ModelRef, mode: str, *, lo: float | None = None, hi: float = 1.0, line_convs: bool = True,
-               line_norms: bool = True, quantize_activations: bool = True) -> LcsFamily:
-        """A fresh (untrained) family on ``ref`` (a model with instance/group norm), ω₀ = the ref's weights."""
-        net, state = to_lines(ref.build(), mode, lo=lo, hi=hi, line_convs=line_convs, line_norms=line_norms,
+               line_norms: bool = True, quantize_activations: bool = True,
+               init: Mapping[str, torch.Tensor] | None = None) -> LcsFamily:
+        """A fresh (untrained) family on ``ref`` (a model with instance/group norm), ω₀ = the ref's weights.
+
+        ``init``: a state dict of the same architecture with any norm (e.g. a trained batch-norm checkpoint) whose
+        conv/linear weights and norm affine parameters become the start (:func:`init_from_state`); both endpoints
+        of a line start there when the convs are shared, ω₁ stays an independent draw when they are on the line.
+        """
+        model = ref.build()
+        if init is not None:
+            init_from_state(model, init)
+        net, state = to_lines(model, mode, lo=lo, hi=hi, line_convs=line_convs, line_norms=line_norms,
                               quantize_activations=quantize_activations)
-        flags = {"line_convs": line_convs, "line_norms": line_norms, "quantize_activations": quantize_activations}
+        flags = {"line_convs": line_convs, "line_norms": line_norms, "quantize_activations": quantize_activations,
+                 "init": "state" if init is not None else "scratch"}
         return cls(ref=ref, net=net, state=state, flags=flags)
 
     @property
@@ -276,6 +286,7 @@ class LcsFamily:
                              line_convs=bool(flags.get("line_convs", True)),
                              line_norms=bool(flags.get("line_norms", True)),
                              quantize_activations=bool(flags.get("quantize_activations", True)))
+            fam.flags.update(flags)
             fam.state.bits_lo, fam.state.bits_hi = int(desc["bits_lo"]), int(desc["bits_hi"])
             fam.accuracy = {float(a): float(v) for a, v in desc.get("accuracy", {}).items()}
             fam.latency = {str(k): {float(a): float(v) for a, v in t.items()} for k, t in desc.get("latency", {}).items()}
@@ -295,6 +306,36 @@ class LcsFamily:
                               f"unexpected {unexpected[:3]}")
         fam.net.eval()
         return fam
+
+
+#: batch-norm buffers that an instance/group-norm model has no place for (dropped by :func:`init_from_state`)
+_NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def init_from_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``state`` (same architecture, any norm) into ``model`` in place: weights, biases, norm γ/β.
+
+    Batch-norm running statistics are dropped (an instance/group norm computes its statistics per image). Why
+    (docs/lcs.md): an instance-norm ResNet-20 trained from scratch stays at chance for the first ~100 SGD steps on
+    CIFAR-10 — every norm before the global average pool fixes each channel's mean per image, so the pooled
+    features hardly differ between images — while one started from a trained checkpoint's weights learns at once.
+
+    Raises:
+        SearchError: a key of the model missing from ``state``, an extra key, or a shape that differs (one line).
+    """
+    own = model.state_dict()
+    src = {k: v for k, v in state.items() if k.rpartition(".")[2] not in _NORM_BUFFERS}
+    missing = sorted(set(own) - set(src))
+    extra = sorted(set(src) - set(own))
+    if missing or extra:
+        raise SearchError(f"the initial weights do not fit the family's model: missing {missing[:3]}, unexpected "
+                          f"{extra[:3]} (allowed: a state dict of the same architecture, any norm)")
+    bad = [k for k in own if tuple(own[k].shape) != tuple(src[k].shape)]
+    if bad:
+        k = bad[0]
+        raise SearchError(f"the initial weights do not fit the family's model: {k} has shape {tuple(src[k].shape)}, "
+                          f"the model {tuple(own[k].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in src.items()})
 
 
 def norm_layers(net: nn.Module) -> list[str]:

@@ -55,6 +55,10 @@ class LcsConfig(MethodConfig):
             at width 0.5, docs/lcs.md), True for ``topk`` and ``bits``.
         grid: candidates at ``grid`` evenly spaced α in [0, 1].
         finetune_epochs: fine-tune each member alone after extraction (0: LCS's own setting).
+        init: ``context`` (default): start from the context's pre-trained weights (conv/linear weights and the
+            norm's γ/β; batch-norm statistics dropped); ``scratch``: the architecture's fresh initialisation, as in
+            the paper. On CIFAR-10 an instance-norm ResNet-20 from scratch stayed at chance for 50–100 SGD steps
+            (docs/lcs.md, "CIFAR-10 ResNet-20").
     """
 
     mode: str = "width"
@@ -76,6 +80,7 @@ class LcsConfig(MethodConfig):
     line_convs: bool | None = None
     grid: int = 7
     finetune_epochs: int = 0
+    init: str = "context"
 
     def __post_init__(self) -> None:
         def bad(key: str, allowed: str) -> SearchError:
@@ -115,6 +120,8 @@ class LcsConfig(MethodConfig):
             raise bad("endpoint_prob", "in [0, 1]")
         if not 0 <= self.warmup < 1:
             raise bad("warmup", "in [0, 1)")
+        if self.init not in ("context", "scratch"):
+            raise SearchError(f"init={self.init!r} is unknown; allowed: context, scratch")
         if not 2 <= self.grid <= 101:
             raise bad("grid", "an integer in [2, 101]")
 
@@ -177,7 +184,8 @@ class LcsMethod(CompressionMethod):
         ref = family_ref(context, cfg.norm)
         torch.manual_seed(context.seed)
         line_convs = cfg.mode != "width" if cfg.line_convs is None else cfg.line_convs
-        fam = LcsFamily.create(ref, cfg.mode, lo=cfg.lo, hi=cfg.hi, line_convs=line_convs)
+        init = context.model.state_dict() if cfg.init == "context" else None
+        fam = LcsFamily.create(ref, cfg.mode, lo=cfg.lo, hi=cfg.hi, line_convs=line_convs, init=init)
         fam.state.bits_lo, fam.state.bits_hi = cfg.bits_lo, cfg.bits_hi
         t0 = time.perf_counter()
         h = train_lines(fam.net, fam.state, context.train, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
