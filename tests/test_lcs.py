@@ -346,7 +346,7 @@ def _real_cache() -> Path:
 _CIFAR_CACHE = _real_cache()   # read at import, before the autouse fixture points HWLOOP_HOME at a temporary folder
 
 
-def _cifar_or_skip():  # noqa: ANN202
+def _cifar_or_skip():
     from torch.utils.data import DataLoader, Subset
 
     from hwloop.data import make_loaders
