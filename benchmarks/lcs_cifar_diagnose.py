@@ -25,8 +25,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hwloop.models import ModelRef  # noqa: E402
-from hwloop.search.train import cosine_lr, make_optimizer, make_task  # noqa: E402
+from hwloop.models import ModelRef
+from hwloop.search.train import cosine_lr, make_optimizer, make_task
 
 CKPT = ROOT / "search" / "checkpoints" / "resnet20_cifar10_converged.safetensors"
 
@@ -44,8 +44,9 @@ def steps(variant: str, n_steps: int, lr: float, checkpoint: str) -> None:
                 if isinstance(ch, nn.InstanceNorm2d):
                     setattr(mod, cn, nn.GroupNorm(1, ch.num_features))
     if variant == "warm":
-        from hwloop.methods.lcs.family import init_from_state
         from safetensors.torch import load_file
+
+        from hwloop.methods.lcs.family import init_from_state
 
         init_from_state(m, load_file(checkpoint))
         print(f"warm: accuracy at 0 steps {task.eval_fn(m)}", flush=True)
@@ -77,7 +78,7 @@ def features() -> None:
         torch.manual_seed(0)
         m = ModelRef("resnet20", {"norm": norm}).build().train()
         feats: dict[str, torch.Tensor] = {}
-        m.pool.register_forward_hook(lambda mod, i, o: feats.__setitem__("p", o.flatten(1)))
+        m.pool.register_forward_hook(lambda mod, i, o, f=feats: f.__setitem__("p", o.flatten(1)))
         logits = m(x)
         p = feats["p"].detach()
         print(f"{norm}: pooled features, between-image std / mean {float(p.std(0).mean() / p.mean()):.3f}; "
