@@ -12,7 +12,7 @@ import pytest
 
 from hwloop.predict import load_predictor, make_predictor
 from hwloop.predict.columnar import BLOCK_ROWS, table_from_columns, unique_rows
-from hwloop.predict.features import features_from_table, spec_table
+from hwloop.predict.features import features_from_table, reference_features, spec_table
 from hwloop.predict.learned import _DEDUP_MIN_ROWS, baseline_ms
 from hwloop.predict.sampling import random_layer_specs
 from hwloop.workload import LayerSpec
@@ -22,11 +22,11 @@ V1 = REPO / "measurements" / "local-cpu" / "schema-v1"
 
 
 def reference(p: object, table: np.ndarray) -> np.ndarray:
-    """The definition: features and baseline of the whole table, one call to the booster."""
-    acc: dict = {}
-    x = features_from_table(table, p.feature_schema_, accel_out=acc)  # type: ignore[attr-defined]
+    """The definition: the reference features and baseline (its own terms, one BLAS product per op kind) of
+    the whole table, one call to the booster."""
+    x = reference_features(table, p.feature_schema_)  # type: ignore[attr-defined]
     coef = p.baseline_coef_  # type: ignore[attr-defined]
-    kw = {} if coef is None else {"base_margin": np.log(baseline_ms(table, coef, acc)).astype(np.float32)}
+    kw = {} if coef is None else {"base_margin": np.log(baseline_ms(table, coef)).astype(np.float32)}
     return np.exp(p.booster_.inplace_predict(x, **kw).astype(np.float64))  # type: ignore[attr-defined]
 
 
@@ -133,3 +133,139 @@ def test_schema1_file_predicts_the_same_on_a_large_repeated_batch() -> None:
     np.testing.assert_allclose(p.predict(table), np.tile(exp["predict_ms"], table.shape[0] // len(specs)),
                                rtol=1e-6)
     np.testing.assert_array_equal(p.predict(table), reference(p, table))
+
+
+# --------------------------------------------------------------------------- the fast paths (issue 15)
+SHIPPED = sorted(p for p in (REPO / "measurements").glob("*/predictor.json")
+                 if json.loads(p.read_text()).get("predictor") == "xgboost")
+
+
+def _tables() -> dict[str, np.ndarray]:
+    """Random raw tables: LayerSpecs with low-bit and low-rank layers, and a distinct columnar batch (the
+    throughput benchmark's generator)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_predict import distinct_batch
+
+    specs = random_layer_specs(6000, np.random.default_rng(8), bits=((None, None), (4, 8), (2, 8), (8, 4)))
+    return {"specs": spec_table(specs), "columnar": distinct_batch(34_000, np.random.default_rng(9))[1]}
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict[str, np.ndarray]:
+    return _tables()
+
+
+@pytest.mark.parametrize("schema", [1, 2, 3])
+def test_fast_features_are_bit_identical_to_the_reference(tables: dict[str, np.ndarray], schema: int) -> None:
+    from hwloop.predict.features import baseline_terms
+
+    for name, t in tables.items():
+        acc_ref: dict = {}
+        acc: dict = {}
+        want = reference_features(t, schema, accel_out=acc_ref)
+        got = features_from_table(t, schema, accel_out=acc)
+        assert got.shape == want.shape and got.dtype == np.float32, name
+        bad = np.flatnonzero(~np.all(got == want, axis=0))
+        assert bad.size == 0, f"{name}: features {bad.tolist()} differ"
+        for k, v in acc_ref.items():
+            np.testing.assert_array_equal(np.broadcast_to(acc[k], v.shape), v, err_msg=k)
+        if schema >= 2:  # the (18, n) terms are baseline_terms' columns
+            np.testing.assert_array_equal(acc["terms_T"].T, baseline_terms(t))
+
+
+def test_fast_features_fall_back_on_invalid_op_codes(tables: dict[str, np.ndarray]) -> None:
+    t = tables["specs"][:50].copy()
+    t[3, 0] = 1.5  # not an op code: the reference's own behaviour
+    np.testing.assert_array_equal(features_from_table(t), reference_features(t))
+
+
+@pytest.mark.parametrize("schema", [1, 2, 3])
+def test_jit_kernel_is_bit_identical_to_the_reference(tables: dict[str, np.ndarray], schema: int) -> None:
+    pytest.importorskip("numba")
+    from hwloop.predict.features_jit import jit_block
+
+    coef = load_predictor(SHIPPED[0]).baseline_coef_ if schema >= 2 else None  # type: ignore[attr-defined]
+    for name, t in tables.items():
+        got = jit_block(t, schema, coef, {})
+        assert got is not None
+        x, margin = got
+        want = reference_features(t, schema)
+        assert x.flags.c_contiguous and x.dtype == np.float32
+        bad = np.flatnonzero(~np.all(x == want, axis=0))
+        assert bad.size == 0, f"{name}: features {bad.tolist()} differ"
+        if coef is not None:
+            assert margin is not None
+            ref = np.log(baseline_ms(t, coef)).astype(np.float32)
+            np.testing.assert_allclose(margin, ref, rtol=1e-6)  # float32 margin: a last-bit flip at most
+            assert np.count_nonzero(margin != ref) <= len(t) // 10_000
+    bad_t = tables["specs"][:10].copy()
+    bad_t[2, 5] = np.nan
+    assert jit_block(bad_t, schema, coef) is None  # non-finite rows: the numpy path decides
+
+
+def test_baseline_from_the_terms_matches_the_definition(tables: dict[str, np.ndarray]) -> None:
+    for path in SHIPPED:
+        coef = load_predictor(path).baseline_coef_  # type: ignore[attr-defined]
+        if coef is None:
+            continue
+        for t in tables.values():
+            acc: dict = {}
+            features_from_table(t, 3, accel_out=acc)
+            got, want = baseline_ms(t, coef, acc), baseline_ms(t, coef)
+            np.testing.assert_allclose(got, want, rtol=1e-14)
+            assert np.count_nonzero(np.log(got).astype(np.float32) != np.log(want).astype(np.float32)) == 0
+
+
+@pytest.mark.parametrize("jit", ["on", "off"])
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.name)
+def test_shipped_predictors_predict_what_the_definition_predicts(
+        tables: dict[str, np.ndarray], path: Path, jit: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole batched path (de-duplication check, blocks, fast or fused features, baseline, trees) on every
+    shipped XGBoost predictor: within 1e-12 of the definition (in practice equal)."""
+    from hwloop.predict.features_jit import JIT_MIN_ROWS, available
+
+    if jit == "off":
+        monkeypatch.setenv("HWLOOP_NO_JIT", "1")
+    elif not available():
+        pytest.skip("numba is not installed (the fused kernel is optional: pip install hwloop[fast])")
+    p = load_predictor(path)
+    for name, t in tables.items():
+        table = t if len(t) >= JIT_MIN_ROWS else np.tile(t, (JIT_MIN_ROWS // len(t) + 1, 1))[::-1].copy()
+        for n_jobs in (1, 2):
+            p.n_jobs = n_jobs  # type: ignore[attr-defined]
+            got, want = p.predict(table), reference(p, table)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=f"{path} {name} n_jobs={n_jobs}")
+
+
+def test_a_sample_without_repeats_skips_the_full_check(fitted: tuple[object, list[LayerSpec]],
+                                                       tables: dict[str, np.ndarray],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import hwloop.predict.columnar as columnar
+    from hwloop.predict.learned import _DEDUP_SAMPLE
+
+    p, _ = fitted
+    t = tables["columnar"]
+    assert len(t) >= 4 * _DEDUP_SAMPLE
+    seen: list[int] = []
+    real = columnar.unique_rows
+
+    def counting(table: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(len(table))
+        return real(table, seed)
+
+    monkeypatch.setattr(columnar, "unique_rows", counting)
+    np.testing.assert_array_equal(p.predict(t), reference(p, t))  # type: ignore[attr-defined]
+    assert seen == [_DEDUP_SAMPLE]  # only the sample was checked
+    seen.clear()
+    twice = np.concatenate([t, t])[np.random.default_rng(0).permutation(2 * len(t))]  # 50% repeats, shuffled
+    calls: list[int] = []
+    real_rows = p._predict_rows  # type: ignore[attr-defined]
+    p._predict_rows = lambda rows: (calls.append(len(rows)), real_rows(rows))[1]  # type: ignore[attr-defined]
+    try:
+        got = p.predict(twice)  # type: ignore[attr-defined]
+    finally:
+        del p._predict_rows  # type: ignore[attr-defined]
+    assert seen == [_DEDUP_SAMPLE, len(twice)] and calls == [len(t)]
+    np.testing.assert_array_equal(got, reference(p, twice))

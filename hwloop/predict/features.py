@@ -56,6 +56,7 @@ __all__ = [
     "feature_names",
     "features_from_table",
     "featurize",
+    "reference_features",
     "spec_table",
     "specs_from_any",
     "table_from_frame",
@@ -268,8 +269,19 @@ def _cpu(t: np.ndarray) -> list[np.ndarray]:
 def features_from_table(t: np.ndarray, schema: int = FEATURE_SCHEMA,
                         accel_out: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Every feature of ``schema`` (:data:`FEATURE_NAMES`; :data:`FEATURE_NAMES_V1`/``_V2`` for 1/2) from a raw
-    table (vectorised, float32). ``accel_out`` (a dict) receives the intermediate quantities that
-    :func:`baseline_terms` reuses."""
+    table (vectorised, float32; an ``(n, width)`` array in Fortran order). ``accel_out`` (a dict) receives the
+    intermediate quantities that :func:`baseline_terms` reuses.
+
+    Computed by :func:`hwloop.predict.features_fast.fast_features`: the same values, bit for bit, as
+    :func:`reference_features` (the readable definition), in fewer numpy passes."""
+    from hwloop.predict.features_fast import fast_features
+
+    return fast_features(t, schema, accel_out)
+
+
+def reference_features(t: np.ndarray, schema: int = FEATURE_SCHEMA,
+                       accel_out: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """The definition of every feature (see :func:`features_from_table`, which computes the same values faster)."""
     t = np.asarray(t, dtype=np.float64)
     if t.ndim != 2 or t.shape[1] != len(RAW_COLUMNS):
         raise PredictorError(f"a raw spec table needs {len(RAW_COLUMNS)} columns, got shape {t.shape}")

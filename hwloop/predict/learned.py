@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +46,10 @@ _R = {c: i for i, c in enumerate(RAW_COLUMNS)}
 BASELINES = ("nnls", "none")
 #: batches of at least this many rows are checked for repeated rows (cheap next to predicting them)
 _DEDUP_MIN_ROWS = 4096
+#: batches of at least 4x this many rows check a random sample of this many rows first; only a sample with a
+#: repeated row leads to the full check (a batch with >= 10% repeats spread over 10^6 rows shows some in the
+#: sample; one that shows none is predicted row by row: the same predictions, the full check's cost saved)
+_DEDUP_SAMPLE = 8192
 
 
 def fit_baseline(table: np.ndarray, y_ms: np.ndarray) -> dict[str, Any]:
@@ -69,15 +74,40 @@ def fit_baseline(table: np.ndarray, y_ms: np.ndarray) -> dict[str, Any]:
 
 def baseline_ms(table: np.ndarray, coef: Mapping[str, Any], accel: dict[str, np.ndarray] | None = None
                 ) -> np.ndarray:
-    """The baseline latency (ms, > 0) of each row of a raw table under :func:`fit_baseline` coefficients."""
-    terms = baseline_terms(table, accel)
+    """The baseline latency (ms, > 0) of each row of a raw table under :func:`fit_baseline` coefficients.
+
+    With ``accel["terms_T"]`` (from :func:`~hwloop.predict.features.features_from_table`'s ``accel_out``) every
+    op kind's linear model is evaluated in one matrix product and each row takes its own kind's value: the
+    same sums in another order (a float64 result may differ in its last bit; 0 of 300,000 random rows changed
+    the float32 margin the trees get, ``tests/test_predict_throughput.py``)."""
     op = table[:, _R["op"]].astype(np.int64)
+    terms_t = None if accel is None else accel.get("terms_T")
+    if terms_t is not None and terms_t.shape[1] == len(op) and (len(op) == 0 or 0 <= op.min() <= op.max() < 64):
+        keys = [k for k in coef["per_op"] if 0 <= int(k) < 64]
+        cm = np.asarray([coef["global"], *(coef["per_op"][k] for k in keys)], dtype=np.float64)
+        lut = np.zeros(64, dtype=np.int64)
+        for j, k in enumerate(keys):
+            lut[int(k)] = j + 1
+        every = cm @ terms_t  # (1 + op kinds, n)
+        return np.maximum(np.take_along_axis(every, lut[op][None, :], axis=0)[0], 1e-7)
+    terms = baseline_terms(table, accel)
     out = terms @ np.asarray(coef["global"], dtype=np.float64)
     for o, c in coef["per_op"].items():
         rows = op == int(o)
         if rows.any():
             out[rows] = terms[rows] @ np.asarray(c, dtype=np.float64)
     return np.maximum(out, 1e-7)
+
+
+_local = threading.local()
+
+
+def _scratch() -> dict[str, np.ndarray]:
+    """Per-thread buffers of the fused kernel (reused block after block: no page faults per block)."""
+    d = getattr(_local, "scratch", None)
+    if d is None:
+        d = _local.scratch = {}
+    return d
 
 
 class XGBoostPredictor(BasePredictor):
@@ -173,11 +203,20 @@ class XGBoostPredictor(BasePredictor):
             return table_from_columns(x, threads=max(1, int(self.n_jobs)))
         return super()._table(x)
 
-    def _predict_block(self, rows: np.ndarray, booster: Any) -> np.ndarray:
-        """Latency (ms) of a few thousand raw-table rows (features, baseline and trees of one block)."""
+    def _predict_block(self, rows: np.ndarray, booster: Any, jit: bool = False) -> np.ndarray:
+        """Latency (ms) of a few thousand raw-table rows (features, baseline and trees of one block); ``jit``:
+        through the fused kernel of :mod:`hwloop.predict.features_jit` (the same features and predictions)."""
         from hwloop.predict.features import features_from_table
 
         coef = getattr(self, "baseline_coef_", None)
+        if jit:
+            from hwloop.predict.features_jit import jit_block
+
+            got = jit_block(rows, getattr(self, "feature_schema_", 1), coef, _scratch())
+            if got is not None:
+                xj, mj = got
+                raw = booster.inplace_predict(xj) if mj is None else booster.inplace_predict(xj, base_margin=mj)
+                return np.exp(np.asarray(raw, dtype=np.float64))
         accel: dict[str, np.ndarray] = {}
         x = features_from_table(rows, getattr(self, "feature_schema_", 1), accel_out=accel)
         if coef is None:
@@ -192,10 +231,11 @@ class XGBoostPredictor(BasePredictor):
         import xgboost as xgb
 
         cache = self.__dict__.get("_workers")
-        if cache is None or cache[0] is not self.booster_ or len(cache[1]) != self.n_jobs:
+        want = max(1, int(self.n_jobs))
+        if cache is None or cache[0] is not self.booster_ or len(cache[1]) != want:
             raw = self.booster_.save_raw("ubj")
             copies = []
-            for _ in range(self.n_jobs):
+            for _ in range(want):
                 b = xgb.Booster(params={"nthread": 1})
                 b.load_model(raw)
                 copies.append(b)
@@ -208,7 +248,9 @@ class XGBoostPredictor(BasePredictor):
 
         Rows repeat in real batches (the same layer shapes across candidate models): a batch of at
         least ``_DEDUP_MIN_ROWS`` rows is de-duplicated exactly (:func:`~hwloop.predict.columnar.unique_rows`)
-        and, when at least 10% of its rows are repeats, only its distinct rows are predicted. Blocks are
+        and, when at least 10% of its rows are repeats, only its distinct rows are predicted (a large batch
+        first checks a random sample of ``_DEDUP_SAMPLE`` rows and skips the full check when the sample has
+        no repeat). Blocks are
         cache-sized (features are 2x cheaper per row than on 64k-row chunks); large batches run
         them in ``n_jobs`` threads (numpy and XGBoost release the GIL), each with its own
         single-threaded booster copy. Every row's prediction is the same as predicting it alone.
@@ -217,6 +259,10 @@ class XGBoostPredictor(BasePredictor):
         if n >= _DEDUP_MIN_ROWS:
             from hwloop.predict.columnar import unique_rows
 
+            if n >= 4 * _DEDUP_SAMPLE:  # a random sample without any repeat: the whole check is not worth it
+                pick = np.sort(np.random.default_rng(0).choice(n, _DEDUP_SAMPLE, replace=False))
+                if len(unique_rows(table[pick])[0]) == _DEDUP_SAMPLE:
+                    return self._predict_rows(table)
             first, inverse = unique_rows(table)
             if len(first) <= 0.9 * n:
                 return self._predict_rows(table[first])[inverse]
@@ -225,12 +271,19 @@ class XGBoostPredictor(BasePredictor):
     def _predict_rows(self, table: np.ndarray) -> np.ndarray:
         from hwloop.predict.columnar import BLOCK_ROWS
 
+        from hwloop.predict.features_jit import JIT_MIN_ROWS, available
+
         n = table.shape[0]
-        step = min(BLOCK_ROWS, self.batch_rows)
+        jit = n >= JIT_MIN_ROWS and available()
+        # numpy features: cache-sized blocks; the fused kernel streams rows, so its blocks are batch_rows long
+        # (each XGBoost call costs ~2 ms of set-up, ~0.2 us per row of an 8,192-row block)
+        step = self.batch_rows if jit else min(BLOCK_ROWS, self.batch_rows)
         out = np.empty(n)
         if n <= step or self.n_jobs <= 1:
+            # one thread asked for: a single-threaded booster copy (the loaded booster may carry another nthread)
+            booster = self._worker_boosters()[0] if self.n_jobs <= 1 else self.booster_
             for s in range(0, n, step):
-                out[s:s + step] = self._predict_block(table[s:s + step], self.booster_)
+                out[s:s + step] = self._predict_block(table[s:s + step], booster, jit)
             return out
         from concurrent.futures import ThreadPoolExecutor
 
@@ -239,7 +292,7 @@ class XGBoostPredictor(BasePredictor):
 
         def run(w: int) -> None:
             for s in starts[w::len(workers)]:
-                out[s:s + step] = self._predict_block(table[s:s + step], workers[w])
+                out[s:s + step] = self._predict_block(table[s:s + step], workers[w], jit)
 
         with ThreadPoolExecutor(len(workers)) as ex:
             list(ex.map(run, range(len(workers))))
