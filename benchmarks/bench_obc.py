@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         pred = shipped_predictor(device)
         lat = select_latency_model(space, predictor_path=str(pred) if pred else None, device=device, log=say)
         c0 = time.process_time()
-        kinds = ["channels", "bits"] if device != "local-cpu" else ["channels"]
+        kinds = ["channels", "bits"] if not device.startswith("local-cpu") else ["channels"]   # no low-bit CPU kernels
         cfg = ObcConfig(calib=args.calib, kinds=kinds, targets=targets, cost_source="table", check="device",
                         bits=[int(b) for b in args.ladder_bits.split(",")], error_images=args.error_images,
                         bn_mode=args.bn_mode, bn_data=args.bn_data)

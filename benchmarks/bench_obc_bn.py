@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "search/results/obc/bn_reestimate"))
     ap.add_argument("--variants", default="none,cum-plain-1024,cum-aug-1024,cum-plain-4096,blend")
     ap.add_argument("--models", default="dense,w4")
-    ap.add_argument("--val-limit", type=int, default=2500, help="held-out training images scored (of 5,000)")
+    ap.add_argument("--val-limit", type=int, default=2560, help="held-out training images scored (of 5,000; "
+                    "whole batches of 128)")
     ap.add_argument("--test-limit", type=int, default=2000, help="test images scored (the first N)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 reestimate_bn(net, take(plain if kind == "plain" else aug, int(n)))
             dt = time.perf_counter() - t0
             row = {"val": acc(net, val, args.val_limit), "test": acc(net, test, args.test_limit), "seconds": dt,
-                   "val_images": args.val_limit, "test_images": args.test_limit}
+                   "val_images": -(-args.val_limit // 128) * 128, "test_images": args.test_limit}
             doc.setdefault("rows", {})[key] = row
             put()
             say(f"{key}: validation {row['val']:.2f}%, test {row['test']:.2f}% ({dt:.1f} s)")
