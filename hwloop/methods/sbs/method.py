@@ -3,8 +3,9 @@
 One run: attach the super-bit weights, activation bit gates and filter-wise 0-bit gates (:class:`SbsModel`), train
 weights and thresholds jointly with the task loss plus ``λ · max(0, cost/cost₀ − target)`` (the cost of the hard
 configuration in the forward pass, straight-through gradients; the target annealed from 1 over ``target_warmup``
-of the steps, λ raised by dual ascent while above it), read the configuration off the gates (``search_end``: the
-method's own end), repair it onto the budget if asked (recorded), extract (pruned filters removed with
+of the steps, λ raised by dual ascent while above it: :class:`hwloop.methods.budget.BudgetTerm`; the thresholds
+start ``thr_init`` below the scores they gate and move by Adam without momentum), read the configuration off the
+gates (``search_end``: the method's own end), repair it onto the budget if asked (recorded), extract (pruned filters removed with
 ``ChannelPrune`` on the coupled groups, per-layer ``Quantize(w_bits, a_bits)``), recalibrate batch-norm and run a
 QAT fine-tune of the fixed configuration at the plan's scheme (symmetric per-channel weights, symmetric per-tensor
 activations with observed ranges).
