@@ -184,7 +184,7 @@ def test_fast_features_fall_back_on_invalid_op_codes(tables: dict[str, np.ndarra
 @pytest.mark.parametrize("schema", [1, 2, 3])
 def test_jit_kernel_is_bit_identical_to_the_reference(tables: dict[str, np.ndarray], schema: int) -> None:
     pytest.importorskip("numba")
-    from hwloop.predict.features_jit import jit_block
+    from hwloop.predict.features_jit import jit_block, order
 
     coef = load_predictor(SHIPPED[0]).baseline_coef_ if schema >= 2 else None  # type: ignore[attr-defined]
     for name, t in tables.items():
@@ -193,6 +193,7 @@ def test_jit_kernel_is_bit_identical_to_the_reference(tables: dict[str, np.ndarr
         x, margin = got
         want = reference_features(t, schema)
         assert x.flags.c_contiguous and x.dtype == np.float32
+        x = x[:, np.argsort(order(schema))]  # the kernel's column order -> the feature order
         bad = np.flatnonzero(~np.all(x == want, axis=0))
         assert bad.size == 0, f"{name}: features {bad.tolist()} differ"
         if coef is not None:
@@ -269,3 +270,16 @@ def test_a_sample_without_repeats_skips_the_full_check(fitted: tuple[object, lis
         del p._predict_rows  # type: ignore[attr-defined]
     assert seen == [_DEDUP_SAMPLE, len(twice)] and calls == [len(t)]
     np.testing.assert_array_equal(got, reference(p, twice))
+
+
+def test_the_permuted_booster_predicts_what_the_booster_predicts(tables: dict[str, np.ndarray]) -> None:
+    pytest.importorskip("xgboost")
+    from hwloop.predict.features_jit import order, permuted_booster
+
+    for path in SHIPPED:
+        p = load_predictor(path)
+        schema = p.feature_schema_  # type: ignore[attr-defined]
+        x = np.ascontiguousarray(reference_features(tables["specs"], schema))
+        b = permuted_booster(p.booster_, schema)  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(b.inplace_predict(np.ascontiguousarray(x[:, order(schema)])),
+                                      p.booster_.inplace_predict(x))  # type: ignore[attr-defined]

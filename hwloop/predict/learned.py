@@ -100,6 +100,7 @@ def baseline_ms(table: np.ndarray, coef: Mapping[str, Any], accel: dict[str, np.
 
 
 _local = threading.local()
+_jit_lock = threading.Lock()
 
 
 def _scratch() -> dict[str, np.ndarray]:
@@ -212,10 +213,12 @@ class XGBoostPredictor(BasePredictor):
         if jit:
             from hwloop.predict.features_jit import jit_block
 
-            got = jit_block(rows, getattr(self, "feature_schema_", 1), coef, _scratch())
+            schema = getattr(self, "feature_schema_", 1)
+            got = jit_block(rows, schema, coef, _scratch())
             if got is not None:
                 xj, mj = got
-                raw = booster.inplace_predict(xj) if mj is None else booster.inplace_predict(xj, base_margin=mj)
+                bj = self._jit_booster(booster, schema)
+                raw = bj.inplace_predict(xj) if mj is None else bj.inplace_predict(xj, base_margin=mj)
                 return np.exp(np.asarray(raw, dtype=np.float64))
         accel: dict[str, np.ndarray] = {}
         x = features_from_table(rows, getattr(self, "feature_schema_", 1), accel_out=accel)
@@ -225,6 +228,20 @@ class XGBoostPredictor(BasePredictor):
             margin = np.log(baseline_ms(rows, coef, accel or None)).astype(np.float32)
             raw = booster.inplace_predict(x, base_margin=margin)
         return np.exp(np.asarray(raw, dtype=np.float64))
+
+    def _jit_booster(self, booster: Any, schema: int) -> Any:
+        """``booster`` reading the fused kernel's column order (:func:`~hwloop.predict.features_jit.permuted_booster`),
+        made once per booster object."""
+        from hwloop.predict.features_jit import permuted_booster
+
+        cache: dict[int, tuple[Any, Any]] = self.__dict__.setdefault("_jit_boosters", {})
+        hit = cache.get(id(booster))
+        if hit is None or hit[0] is not booster:
+            with _jit_lock:
+                hit = cache.get(id(booster))
+                if hit is None or hit[0] is not booster:
+                    hit = cache[id(booster)] = (booster, permuted_booster(booster, schema))
+        return hit[1]
 
     def _worker_boosters(self) -> list[Any]:
         """One single-threaded copy of the booster per worker thread (no oversubscription, no shared state)."""
