@@ -105,35 +105,15 @@ def finetune(net: nn.Module, loader: Any, epochs: int, lr: float, *, w_bits: Map
              on_epoch: Callable[[int], None] | None = None) -> tuple[int, float]:
     """SGD + cosine fine-tuning (weights fake-quantized to ``w_bits``); returns (images, epochs) processed.
 
+    :func:`hwloop.search.train.train_epochs` (the one training loop) with this older return shape;
     ``on_epoch(epoch)`` runs after each epoch (e.g. to report intermediate accuracy; it may raise
     ``optuna.TrialPruned``).
     """
-    from hwloop.compress.gated import quantized_weights
-    from hwloop.search.train import cosine_lr, make_optimizer
+    from hwloop.search.train import train_epochs
 
-    steps = min(len(loader), max_steps) if max_steps else len(loader)
-    total, step, images = epochs * steps, 0, 0
-    loss_fn = nn.CrossEntropyLoss()
-    with quantized_weights(net, dict(w_bits or {})):
-        opt = make_optimizer(net.parameters(), lr, momentum, weight_decay)
-        for ep in range(epochs):
-            net.train()
-            for i, (x, y) in enumerate(loader):
-                if i >= steps:
-                    break
-                for g in opt.param_groups:
-                    g["lr"] = cosine_lr(lr, step, total)
-                loss = loss_fn(net(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                images += int(y.numel())
-                step += 1
-            net.eval()
-            if on_epoch is not None:
-                on_epoch(ep)
-    net.eval()
-    return images, float(epochs)
+    r = train_epochs(net, loader, epochs, lr, momentum=momentum, weight_decay=weight_decay, max_steps=max_steps,
+                     w_bits=w_bits, on_epoch=on_epoch)
+    return int(r["images"]), float(r["epochs"])
 
 
 class CompressionObjective:

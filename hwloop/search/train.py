@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,38 +112,64 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 
 def train_epochs(model: nn.Module, loader: DataLoader[Any], epochs: int, lr: float, *, momentum: float = 0.9,
                  weight_decay: float = 5e-4, progress: bool = False, desc: str = "train",
-                 max_steps: int | None = None) -> dict[str, float]:
-    """Plain supervised training with cosine LR.
+                 max_steps: int | None = None, w_bits: Mapping[str, int] | None = None,
+                 on_epoch: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Plain supervised training with cosine LR (SGD, Nesterov momentum): hwloop's one training loop.
+
+    Each epoch iterates ``loader`` exactly once, so a shuffling loader draws one permutation per epoch (the
+    progress bar is advanced by hand: ``tqdm(loader)`` from ``tqdm.auto`` would call ``iter(loader)`` a second
+    time and draw the shuffle twice).
+
+    Args:
+        model / loader / epochs / lr / momentum / weight_decay: what to train, on what, how long, how.
+        progress / desc: a progress bar per epoch.
+        max_steps: at most this many batches per epoch.
+        w_bits: weights fake-quantized to these bits (layer name -> bits) while training.
+        on_epoch: called with the epoch index after each epoch, the model in eval mode (e.g. to report
+            intermediate accuracy; it may raise ``optuna.TrialPruned``).
 
     Returns:
         ``{"loss": last epoch mean, "seconds": wall, "images": training images processed, "epochs": epochs}``.
     """
     if epochs < 0:
         raise SearchError(f"epochs={epochs} must be >= 0")
+    from contextlib import nullcontext
+
     from tqdm.auto import tqdm
 
-    model.train()
-    opt = make_optimizer(model.parameters(), lr, momentum, weight_decay)
+    quant: Any = nullcontext()
+    if w_bits:
+        from hwloop.compress.gated import quantized_weights
+
+        quant = quantized_weights(model, dict(w_bits))
     steps_per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
     total, step, t0, mean = epochs * steps_per_epoch, 0, time.perf_counter(), float("nan")
     images = 0
     loss_fn = nn.CrossEntropyLoss()
-    for ep in range(epochs):
-        running, n = 0.0, 0
-        for i, (x, y) in enumerate(tqdm(loader, desc=f"{desc} {ep + 1}/{epochs}", disable=not progress,
-                                        leave=False, total=steps_per_epoch)):
-            if i >= steps_per_epoch:
-                break
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(lr, step, total)
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += float(loss.detach())
-            images += int(y.shape[0])
-            n += 1
-            step += 1
-        mean = running / max(1, n)
+    with quant:
+        opt = make_optimizer(model.parameters(), lr, momentum, weight_decay)
+        for ep in range(epochs):
+            model.train()
+            running, n = 0.0, 0
+            with tqdm(total=steps_per_epoch, desc=f"{desc} {ep + 1}/{epochs}", disable=not progress,
+                      leave=False) as bar:
+                for i, (x, y) in enumerate(loader):
+                    if i >= steps_per_epoch:
+                        break
+                    for group in opt.param_groups:
+                        group["lr"] = cosine_lr(lr, step, total)
+                    loss = loss_fn(model(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    running += float(loss.detach())
+                    images += int(y.shape[0])
+                    n += 1
+                    step += 1
+                    bar.update(1)
+            mean = running / max(1, n)
+            if on_epoch is not None:
+                model.eval()
+                on_epoch(ep)
     model.eval()
     return {"loss": mean, "seconds": time.perf_counter() - t0, "images": float(images), "epochs": float(epochs)}
