@@ -569,7 +569,7 @@ CASES: list[tuple[str, list[str], dict[str, FileContent], list[str]]] = [
     ("search-data-task", ["search", "run", "{f}"], {"s.toml": 'name = "s"\n[data]\ntask = "imagenet"\n'},
      ["imagenet", "allowed"]),
     ("search-batch-size", ["search", "run", "{f}"], {"s.toml": search("").replace('"digits"', '"digits"\nbatch_size = 0')},
-     ["batch_size=0", "positive"]),
+     ["batch_size=0", "integer >= 1"]),
     ("search-device-unknown", ["search", "run", "{f}"], {"s.toml": search("[device]\nname = \"nope\"\n")},
      ["'nope'", "known devices"]),
     ("search-device-repeats", ["search", "run", "{f}"], {"s.toml": search("[device]\nrepeats = -1\n")},

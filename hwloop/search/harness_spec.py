@@ -41,14 +41,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwloop._toml import describe_type, fits_type, read_toml
+from hwloop._toml import fits_type, read_toml
 from hwloop.errors import SearchError
+from hwloop.search._validate import check_choice, check_int, check_number, check_table
 from hwloop.search.controls import CONTROLS
 from hwloop.search.spec import SpaceSection
 
@@ -57,25 +57,8 @@ __all__ = ["ControlsSection", "CostSection", "HarnessSpec", "MethodEntry", "Sche
 
 
 def _table(section: str, cls: type, d: Any) -> Any:
-    if not isinstance(d, Mapping):
-        raise SearchError(f"[{section}] must be a table, got {type(d).__name__}")
-    known = [f.name for f in dataclasses.fields(cls)]
-    extra = sorted(set(d) - set(known))
-    if extra:
-        raise SearchError(f"[{section}] has unknown key(s) {extra}; allowed: {sorted(known)}")
-    hints = typing.get_type_hints(cls)
-    for k, v in d.items():
-        if not fits_type(v, hints[k]):
-            raise SearchError(f"[{section}] {k}={v!r} must be {describe_type(hints[k])}")
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
-    return cls(**kw)
-
-
-def _pos_int(section: str, name: str, v: Any, low: int = 1, none: bool = False) -> None:
-    if v is None and none:
-        return
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise SearchError(f"[{section}] {name}={v!r} must be an integer >= {low}{' (or omitted)' if none else ''}")
+    """``cls`` built from the checked table ``[section]`` (lists become tuples: the sections are frozen)."""
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in check_table(section, cls, d).items()})
 
 
 @dataclass(frozen=True)
@@ -103,14 +86,13 @@ class TaskSection:
         if self.model not in TASKS[self.task]:
             raise SearchError(f"[task] model={self.model!r} is not available for task {self.task!r}; "
                               f"allowed: {', '.join(TASKS[self.task])}")
-        _pos_int("task", "pretrain_epochs", self.pretrain_epochs, 0)
-        _pos_int("task", "batch_size", self.batch_size)
-        _pos_int("task", "split_seed", self.split_seed, 0)
-        if isinstance(self.holdout, bool) or not isinstance(self.holdout, int) or self.holdout < 1:
-            raise SearchError(f"[task] holdout={self.holdout!r} must be an integer >= 1: the training images held out "
-                              "as the validation split every choice is made on (the test set gives only final numbers)")
+        check_int("task", "pretrain_epochs", self.pretrain_epochs, 0)
+        check_int("task", "batch_size", self.batch_size)
+        check_int("task", "split_seed", self.split_seed, 0)
+        check_int("task", "holdout", self.holdout, why=": the training images held out as the validation split "
+                  "every choice is made on (the test set gives only final numbers)")
         for n in ("train_limit", "val_limit", "test_limit"):
-            _pos_int("task", n, getattr(self, n), 1, none=True)
+            check_int("task", n, getattr(self, n), 1, none=True)
         if self.checkpoint is None and self.pretrain_epochs == 0:
             raise SearchError("[task] needs checkpoint = \"FILE.safetensors\" or pretrain_epochs >= 1 "
                               "(the methods compress a trained model)")
@@ -128,14 +110,12 @@ class ScheduleSection:
     max_steps: int | None = None
 
     def __post_init__(self) -> None:
-        _pos_int("schedule", "search_epochs", self.search_epochs, 0)
-        _pos_int("schedule", "finetune_epochs", self.finetune_epochs, 0)
-        _pos_int("schedule", "max_steps", self.max_steps, 1, none=True)
+        check_int("schedule", "search_epochs", self.search_epochs, 0)
+        check_int("schedule", "finetune_epochs", self.finetune_epochs, 0)
+        check_int("schedule", "max_steps", self.max_steps, 1, none=True)
         for n in ("lr", "gate_lr"):
-            if not getattr(self, n) > 0:
-                raise SearchError(f"[schedule] {n}={getattr(self, n)!r} must be a number > 0")
-        if self.weight_decay < 0:
-            raise SearchError(f"[schedule] weight_decay={self.weight_decay!r} must be a number >= 0")
+            check_number("schedule", n, getattr(self, n))
+        check_number("schedule", "weight_decay", self.weight_decay, inclusive=True)
 
     def method_defaults(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,15 +131,13 @@ class CostSection:
     aggregate: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.objective not in ("auto", "learned", "surrogate"):
-            raise SearchError(f"[cost] objective={self.objective!r} is unknown; allowed: auto, learned, surrogate "
-                              "(the FLOPs source is the 'flops' control)")
-        if self.aggregate not in ("auto", "sum", "calibrated"):
-            raise SearchError(f"[cost] aggregate={self.aggregate!r} is unknown; allowed: auto, sum, calibrated")
+        check_choice("cost", "objective", self.objective, ("auto", "learned", "surrogate"),
+                     " (the FLOPs source is the 'flops' control)")
+        check_choice("cost", "aggregate", self.aggregate, ("auto", "sum", "calibrated"))
         for k, v in self.predictors.items():
             if not isinstance(v, str) or not v:
                 raise SearchError(f"[cost] predictors.{k}={v!r} must be a predictor file path")
-        _pos_int("cost", "max_grid_points", self.max_grid_points, 2)
+        check_int("cost", "max_grid_points", self.max_grid_points, 2)
 
 
 @dataclass(frozen=True)
@@ -192,8 +170,8 @@ class ControlsSection:
         if not 0 < self.final_share < 1:
             raise SearchError(f"[controls] final_share={self.final_share!r} must be in (0, 1)")
         for n in ("bisect_steps", "patience", "max_trials", "max_proposals", "n_startup"):
-            _pos_int("controls", n, getattr(self, n))
-        _pos_int("controls", "bn_batches", self.bn_batches, 0)
+            check_int("controls", n, getattr(self, n))
+        check_int("controls", "bn_batches", self.bn_batches, 0)
 
 
 @dataclass(frozen=True)

@@ -38,17 +38,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from hwloop._toml import describe_type, fits_type, read_toml
+from hwloop._toml import read_toml
 from hwloop.errors import SearchError
 from hwloop.methods import MethodSpec
+from hwloop.search._validate import check_choice, check_int, check_number, check_table
 
 __all__ = [
     "BudgetSection",
@@ -66,24 +65,13 @@ __all__ = [
 
 #: what a key allows beyond its type (named in the error when the value is of the wrong type)
 _HINTS = {("budget", "target"): "a fraction of the original latency in (0, 1]",
-          ("budget", "lam"): "a number >= 0", ("data", "batch_size"): "a positive int",
+          ("budget", "lam"): "a number >= 0", ("data", "batch_size"): "an integer >= 1",
           ("space", "lowrank"): "true, false or a list of layer names"}
 
 
 def _check(section: str, cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
     """The keys of ``[section]``, each checked against ``cls``'s field types (one-line SearchError)."""
-    if not isinstance(d, Mapping):
-        raise SearchError(f"[{section}] must be a table, got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    extra = set(d) - known
-    if extra:
-        raise SearchError(f"[{section}] has unknown key(s) {sorted(extra)}; allowed: {sorted(known)}")
-    hints = typing.get_type_hints(cls)
-    for k, v in d.items():
-        if not fits_type(v, hints[k]):
-            what = _HINTS.get((section, k)) or describe_type(hints[k])
-            raise SearchError(f"[{section}] {k}={v!r} must be {what}")
-    return dict(d)
+    return check_table(section, cls, d, {k: h for (sec, k), h in _HINTS.items() if sec == section})
 
 
 @dataclass(frozen=True)
@@ -106,12 +94,9 @@ class DataSection:
     root: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise SearchError(f"[data] batch_size={self.batch_size!r} must be a positive int")
+        check_int("data", "batch_size", self.batch_size)
         for n in ("train_limit", "val_limit"):
-            v = getattr(self, n)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise SearchError(f"[data] {n}={v!r} must be a positive int")
+            check_int("data", n, getattr(self, n), none=True)
 
 
 @dataclass(frozen=True)
@@ -123,9 +108,7 @@ class DeviceSection:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise SearchError(f"[device] name={self.name!r} must be a device name, e.g. local-cpu")
-        if self.repeats is not None and (isinstance(self.repeats, bool) or not isinstance(self.repeats, int)
-                                         or self.repeats < 1):
-            raise SearchError(f"[device] repeats={self.repeats!r} must be an integer >= 1 (or omitted)")
+        check_int("device", "repeats", self.repeats, none=True)
 
 
 @dataclass(frozen=True)
@@ -137,11 +120,9 @@ class PredictorSection:
     aggregate: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.objective not in ("auto", "learned", "surrogate", "flops"):
-            raise SearchError(f"[predictor] objective={self.objective!r} is unknown; "
-                              "allowed: auto, learned, surrogate, flops")
-        if self.aggregate not in ("auto", "sum", "calibrated"):
-            raise SearchError(f"[predictor] aggregate={self.aggregate!r} is unknown; allowed: auto, sum, calibrated")
+        check_choice("predictor", "objective", self.objective, ("auto", "learned", "surrogate", "flops"))
+        check_choice("predictor", "aggregate", self.aggregate, ("auto", "sum", "calibrated"))
+        check_int("predictor", "max_grid_points", self.max_grid_points, 2)
 
 
 @dataclass(frozen=True)
@@ -211,19 +192,11 @@ class ScheduleSection:
 
     def __post_init__(self) -> None:
         for n in ("pretrain_epochs", "search_epochs", "finetune_epochs"):
-            v = getattr(self, n)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise SearchError(f"[schedule] {n}={v!r} must be an integer >= 0")
+            check_int("schedule", n, getattr(self, n), 0)
         for n in ("lr", "gate_lr"):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise SearchError(f"[schedule] {n}={v!r} must be a finite number > 0")
-        wd = self.weight_decay
-        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not math.isfinite(wd) or wd < 0:
-            raise SearchError(f"[schedule] weight_decay={wd!r} must be a finite number >= 0")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
-                                           or self.max_steps < 1):
-            raise SearchError(f"[schedule] max_steps={self.max_steps!r} must be an integer >= 1 (or omitted)")
+            check_number("schedule", n, getattr(self, n))
+        check_number("schedule", "weight_decay", self.weight_decay, inclusive=True)
+        check_int("schedule", "max_steps", self.max_steps, none=True)
 
 
 @dataclass(frozen=True)
