@@ -243,7 +243,7 @@ def test_shipped_predictors_predict_what_the_definition_predicts(
 def test_a_sample_without_repeats_skips_the_full_check(fitted: tuple[object, list[LayerSpec]],
                                                        tables: dict[str, np.ndarray],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import hwloop.predict.columnar as columnar
+    from hwloop.predict import columnar
     from hwloop.predict.learned import _DEDUP_SAMPLE
 
     p, _ = fitted

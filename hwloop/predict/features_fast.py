@@ -38,7 +38,7 @@ import numpy as np
 from hwloop.opkinds import OP_KINDS
 from hwloop.predict.features import _ARRAYS, _CAPS_KIB, FEATURE_SCHEMA, RAW_COLUMNS, feature_names
 
-__all__ = ["fast_features", "TERMS"]
+__all__ = ["TERMS", "fast_features"]
 
 _NOP = len(OP_KINDS)
 #: rows of ``accel_out["terms_T"]`` (the order of :func:`~hwloop.predict.features.baseline_terms`' columns)
@@ -62,7 +62,7 @@ def fast_features(t: np.ndarray, schema: int = FEATURE_SCHEMA, accel_out: dict[s
     opi = tf[0].astype(np.int64)
     if opi.min() < 0 or opi.max() >= _NOP or not np.array_equal(opi, tf[0]):
         return reference_features(t, schema, accel_out)  # invalid op codes: the reference's behaviour
-    (_, _, db, _, b, cin, cout, ih, iw, oh, ow, kh, kw, stride, _, groups, _, rank, wbits, abits, in_el, out_el,
+    (_, _, db, _, b, cin, cout, _, _, oh, ow, kh, kw, _, _, groups, _, rank, wbits, abits, in_el, out_el,
      macs, params, nbytes) = tf
     out = np.empty((width, n), dtype=np.float32)
     s1, s2, s3 = np.empty(n), np.empty(n), np.empty(n)

@@ -5,15 +5,18 @@ numpy passes over each block, whose cost rivals the trees' own. With numba insta
 (``pip install hwloop[fast]``), :func:`jit_block` computes a block's features, baseline terms and baseline in
 one pass over its rows, writing each row of the feature matrix once (row-major, the layout XGBoost reads
 fastest). The float64 arithmetic is the reference's (:func:`~hwloop.predict.features.reference_features`:
-the same operations in the same order, no fast-math, no fused multiply-add), and every ``log2`` is numpy's,
-applied to the collected arguments in one call, so the float32 features are bit-identical to the
-reference. The baseline sums its 18 terms in a fixed order (the reference's BLAS product may differ in a
-float64 last bit; ``tests/test_predict_throughput.py`` compares the predictions).
+the same operations in the same order, no fast-math, no fused multiply-add; only exact shortcuts such as
+``x / 1 == x`` and ``x / 2**k == x * 2**-k``), and every ``log2`` is numpy's: the kernel collects the
+arguments of 1,024 rows, numpy's ``log2`` writes them into the matrix, whose columns are in
+:func:`order` (the logarithms last) and which a copy of the booster with renumbered split indices
+(:func:`permuted_booster`) predicts. So the float32 features are bit-identical to the reference's. The
+baseline sums its 18 terms in a fixed order (the reference's BLAS product may differ in a float64 last bit;
+``tests/test_predict_throughput.py`` compares the predictions).
 
-Used by :class:`~hwloop.predict.learned.XGBoostPredictor` for blocks of a batch of at least
-:data:`JIT_MIN_ROWS` rows when numba imports and ``HWLOOP_NO_JIT`` is unset; the kernel is compiled on
-first use and cached by numba (``__pycache__``). Rows with non-finite values or invalid op codes make
-:func:`jit_block` return None (the numpy path handles them, errors included).
+Used by :class:`~hwloop.predict.learned.XGBoostPredictor` for a batch of at least :data:`JIT_MIN_ROWS`
+rows when numba imports and ``HWLOOP_NO_JIT`` is unset, in chunks of its ``batch_rows``; the kernel is
+compiled on first use and cached by numba (``__pycache__``). A value that is not finite or an op code
+outside 0..7 makes :func:`jit_block` return None (the numpy path handles such rows, errors included).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ JIT_MIN_ROWS = 16384
 _SUB_ROWS = 1024
 #: feature indices that are ``log2`` of an argument the kernel collects (all ``log2(x + 1)`` except the
 #: groups-per-fold features 76, 81, 86: ``log2(gpf)``)
-LOG_COLS = {1: (30, 31, 32, 33, 34, 51, 55, 56, 57, 61, 62, 63, 67, 68, 69, 70, 71)}
+LOG_COLS: dict[int, tuple[int, ...]] = {1: (30, 31, 32, 33, 34, 51, 55, 56, 57, 61, 62, 63, 67, 68, 69, 70, 71)}
 LOG_COLS[2] = (*LOG_COLS[1], *range(72, 90), *range(91, 97), 98)
 LOG_COLS[3] = (*LOG_COLS[2], 102, 104, 105, 106, 107)
 _kernels: list[Any] = []
@@ -220,15 +223,6 @@ def available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _buffer(scratch: dict[str, np.ndarray] | None, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    if scratch is None:
-        return np.empty(shape, dtype=dtype)
-    buf = scratch.get(name)
-    if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = scratch[name] = np.empty(shape, dtype=dtype)
-    return buf
 
 
 def order(schema: int) -> np.ndarray:

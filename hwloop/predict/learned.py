@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from hwloop.errors import PredictorError
+from hwloop.opkinds import OP_KINDS
 from hwloop.predict.base import BasePredictor
 from hwloop.predict.features import RAW_COLUMNS, baseline_terms
-from hwloop.opkinds import OP_KINDS
 
 __all__ = [
     "GradientBoostingPredictor",
@@ -287,7 +287,6 @@ class XGBoostPredictor(BasePredictor):
 
     def _predict_rows(self, table: np.ndarray) -> np.ndarray:
         from hwloop.predict.columnar import BLOCK_ROWS
-
         from hwloop.predict.features_jit import JIT_MIN_ROWS, available
 
         n = table.shape[0]
