@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from hwloop.devices import MeasureRequest, create_device
 from hwloop.predict.sampling import random_layer_specs
@@ -53,6 +54,9 @@ def test_an_old_log_is_imported_once_and_exported_from_the_store(tmp_path: Path)
     m, rep = pd.read_parquet(out / "measurements.parquet"), pd.read_parquet(out / "repeat.parquet")
     assert list(m["workload_key"]) == keys and list(rep["workload_key"]) == rep_keys
     assert (m["error"].isna()).all() and (m["latency_ms"] > 0).all()
+    # the format of the shipped data sets (recorded by the earlier recorder): the same columns, in order
+    assert pq.read_schema(out / "measurements.parquet").names == \
+        pq.read_schema(REPO / "measurements" / "asic-tpu32" / "measurements.parquet").names
     assert gzip.decompress((out / "workloads.jsonl.gz").read_bytes()) == (raw / "workloads.jsonl").read_bytes()
     # the stores are the log now: a second run imports nothing and exports the same rows
     r = _record("--device", "asic-tpu32", "--export-only", "--raw", str(raw), "--out", str(out), cwd=tmp_path)
