@@ -12,8 +12,9 @@
    the latency of a conv is not: it falls with input × output width) the required saving is raised by the
    miss and the DP re-solved (``corrections`` times at most), each step listed in ``repairs``.
 4. Stitch: the chosen groups' compensated weights, OBQ / ExactOBS re-run on each chosen layer's *remaining*
-   weights (the Hessian's kept block), batch-norm statistics re-estimated on the calibration images, the masked
-   channels removed for real; the plan (``ChannelPrune``, ``Sparsify``, ``Quantize``) plus the weights rebuild it.
+   weights (the Hessian's kept block), batch-norm statistics re-estimated (``bn_data``: training-loader
+   images), the masked channels removed for real; the plan (``ChannelPrune``, ``Sparsify``, ``Quantize``)
+   plus the weights rebuild it.
 
 Sparse levels cost as dense (no device cost model here sees sparsity): the DP never buys latency with them.
 """
