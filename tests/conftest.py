@@ -43,6 +43,24 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(scope="module")
+def digits_pretrained():  # type: ignore[no-untyped-def]
+    """(task, model, space): digits (256 train / 256 val images) and small_cnn pre-trained 2 epochs (seed 0), with
+    its search space of channels and weight bits (8-bit activations); one per test module (tests may change it)."""
+    import torch
+
+    from hwloop.search.space import SearchSpace, SpaceOptions
+    from hwloop.search.train import make_task, train_epochs
+
+    task = make_task("digits", "small_cnn", train_limit=256, val_limit=256, seed=0)
+    torch.manual_seed(0)
+    model = task.ref.build()
+    train_epochs(model, task.train, 2, 0.05)
+    model.eval()
+    space = SearchSpace.from_ref(task.ref, SpaceOptions(bits=True, a_bits=8), model=model)
+    return task, model, space
+
+
 @pytest.fixture(scope="session")
 def postgres_url():  # type: ignore[no-untyped-def]
     """URL of a throw-away PostgreSQL 15 server's admin database (tests/pg.py); skipped when unavailable.

@@ -173,17 +173,8 @@ def test_dp_equals_brute_force() -> None:
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from hwloop.search.space import SearchSpace, SpaceOptions
-    from hwloop.search.train import make_task, train_epochs
-
-    task = make_task("digits", "small_cnn", train_limit=256, val_limit=256, seed=0)
-    torch.manual_seed(0)
-    model = task.ref.build()
-    train_epochs(model, task.train, 2, 0.05)
-    model.eval()
-    space = SearchSpace.from_ref(task.ref, SpaceOptions(bits=True, a_bits=8), model=model)
-    return task, model, space
+def digits(digits_pretrained):
+    return digits_pretrained  # tests/conftest.py
 
 
 def test_structured_levels_remove_channels_and_the_rebuilt_model_equals_the_stitched(digits, tmp_path) -> None:

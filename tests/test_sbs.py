@@ -24,8 +24,6 @@ from hwloop.methods.sbs.gated import SbsModel
 from hwloop.methods.sbs.method import SbsConfig, _policy, enforce, state_of, top_config
 from hwloop.methods.sbs.quant import super_bit_weight, threshold_gate, uniform_quant
 from hwloop.search.latency import SurrogateLatency
-from hwloop.search.space import SearchSpace, SpaceOptions
-from hwloop.search.train import make_task, train_epochs
 
 torch.set_num_threads(1)
 LEVELS = (2, 4, 8)
@@ -78,14 +76,8 @@ def test_straight_through_gradients() -> None:
 
 
 @pytest.fixture(scope="module")
-def small():
-    task = make_task("digits", "small_cnn", train_limit=256, val_limit=256, seed=0)
-    torch.manual_seed(0)
-    model = task.ref.build()
-    train_epochs(model, task.train, 2, 0.05)
-    model.eval()
-    space = SearchSpace.from_ref(task.ref, SpaceOptions(bits=True, a_bits=8), model=model)
-    return task, model, space
+def small(digits_pretrained):
+    return digits_pretrained  # tests/conftest.py
 
 
 def _sbs(model, space, first_last: str = "w8a8", prune: bool = True, min_keep: float = 0.25
