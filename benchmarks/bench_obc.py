@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwloop.search.latency import select_latency_model
     from hwloop.search.report import compare_compressed
     from hwloop.search.space import SearchSpace, SpaceOptions
+    from hwloop.search.train import evaluate
 
     def obc_interleaves(meth: Any, ctx: Any) -> bool:
         return bool(meth.interleaved(ctx))
@@ -134,27 +135,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def acc(net: torch.nn.Module) -> float:
         net.eval()
-        ok = n = 0
-        with torch.no_grad():
-            for x, y in test:
-                ok += int((net(x).argmax(1) == y).sum())
-                n += int(y.shape[0])
-                if n >= args.eval_limit:
-                    break
-        return 100.0 * ok / n
+        return evaluate(net, test, args.eval_limit)
 
     def vacc(net: torch.nn.Module) -> float | None:
         if not args.holdout:
             return None
         net.eval()
-        ok = n = 0
-        with torch.no_grad():
-            for x, y in val:
-                ok += int((net(x).argmax(1) == y).sum())
-                n += int(y.shape[0])
-                if n >= args.val_limit:
-                    break
-        return 100.0 * ok / n
+        return evaluate(net, val, args.val_limit)
 
     res.put("bn_mode", args.bn_mode)
     res.put("bn_data", args.bn_data)

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwloop.methods.obc.structured import reestimate_bn
     from hwloop.models import ModelRef
     from hwloop.search.space import SearchSpace, SpaceOptions
+    from hwloop.search.train import evaluate
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,14 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     def acc(net: torch.nn.Module, loader: Any, limit: int) -> float:
         say(f"scoring {limit} images")
         net.eval()
-        ok = n = 0
-        with torch.no_grad():
-            for x, y in loader:
-                ok += int((net(x).argmax(1) == y).sum())
-                n += int(y.shape[0])
-                if n >= limit:
-                    break
-        return 100.0 * ok / n
+        return evaluate(net, loader, limit)
 
     nets: dict[str, torch.nn.Module] = {"dense": model}
     if "w4" in args.models:

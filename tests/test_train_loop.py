@@ -46,3 +46,23 @@ def test_finetune_is_train_epochs() -> None:
     r = train_epochs(b, _loader(), 2, 0.1, w_bits={"": 4}, max_steps=3)
     assert seen == (int(r["images"]), 2.0) == (48, 2.0)
     assert torch.equal(a.weight, b.weight) and len(torch.unique(a.weight[0].abs())) <= 8  # 4-bit weights baked in
+
+
+def test_evaluate_limit_scores_whole_batches_until_enough() -> None:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hwloop.search.train import evaluate
+
+    x = torch.zeros(10, 2)
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    net = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.copy_(torch.tensor([1.0, 0.0]))   # always predicts class 0
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    net.train()
+    assert evaluate(net, loader) == 40.0            # 4 of 10
+    assert evaluate(net, loader, limit=3) == 100.0  # the first batch only (4 images, all class 0)
+    assert evaluate(net, loader, limit=5) == 50.0   # two batches: 4 of 8
+    assert net.training                              # the mode is restored

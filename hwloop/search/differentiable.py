@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -47,17 +47,23 @@ from hwloop.compress.gated import GatedModel, extract, quantized_weights, rewind
 from hwloop.compress.keys import SizeKey, rank_layer
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import SearchError
+from hwloop.methods.budget import (
+    TARGET_CURVES,
+    anneal_target,
+    enforce_budget,
+    fill_budget,
+    hard_sizes,
+    round_widths_to_tile,
+)
 from hwloop.search.accounting import ComputeLedger
 from hwloop.search.latency import LatencyModel
 from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
-from hwloop.methods.budget import enforce_budget, fill_budget, hard_sizes, round_widths_to_tile
 
 __all__ = ["FINETUNE_FROM", "LATENCY_PENALTIES", "TARGET_CURVES", "SearchConfig", "SearchResult",
            "differentiable_search", "effective_target", "enforce_budget", "fill_budget", "recalibrate_batchnorm",
            "round_widths_to_tile"]
 
-TARGET_CURVES = ("linear", "geometric", "cubic")
 LATENCY_PENALTIES = ("linear", "hinge")
 FINETUNE_FROM = ("search", "start")
 _LAM_MIN, _LAM_MAX = 1e-4, 1e4
@@ -83,17 +89,7 @@ def effective_target(target: float, step: int, total: int, warmup: float, curve:
         >>> round(effective_target(0.25, 2, 8, 0.5, "geometric"), 3), effective_target(0.5, 3, 10, 0.0)
         (0.5, 0.5)
     """
-    if curve not in TARGET_CURVES:
-        raise SearchError(f"target_curve={curve!r} is unknown; allowed: {', '.join(TARGET_CURVES)}")
-    span = warmup * total
-    if span <= 0 or step >= span:
-        return target
-    p = max(0.0, step / span)
-    if curve == "linear":
-        return 1.0 - (1.0 - target) * p
-    if curve == "geometric":
-        return float(target ** p)
-    return target + (1.0 - target) * (1.0 - p) ** 3
+    return anneal_target(target, step, total, warmup, curve)   # one implementation (methods.budget)
 
 
 @dataclass(frozen=True)

@@ -87,14 +87,17 @@ def make_task(name: str, model: str, *, batch_size: int = 64, train_limit: int |
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader[Any]) -> float:
-    """Top-1 accuracy (%) of ``model`` on ``loader`` (the model's train/eval mode is restored)."""
+def evaluate(model: nn.Module, loader: DataLoader[Any], limit: int | None = None) -> float:
+    """Top-1 accuracy (%) of ``model`` on ``loader`` (the model's train/eval mode is restored); with ``limit``,
+    on whole batches until at least ``limit`` images were scored."""
     was = model.training
     model.eval()
     correct = total = 0
     for x, y in loader:
         correct += int((model(x).argmax(1) == y).sum())
         total += int(y.numel())
+        if limit is not None and total >= limit:
+            break
     model.train(was)
     return 100.0 * correct / max(1, total)
 
