@@ -51,28 +51,62 @@ def _with_probe(src: Path, dst: Path, factor: float) -> Path:
 
 
 def test_a_probe_recorded_here_matches_here(recorded: Path) -> None:
+    """A probe taken right after recording matches. The machine's speed may drift between two moments
+    (a shared CI machine ran 1.2-1.4x slower for minutes), so record and probe back to back, up to 3 times."""
     p = hwloop.load_predictor(recorded)
     assert p.probe_["ms"] and p.probe_["fingerprint_key"]
     before = p.predict(list(PROBE_LAYERS))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", PredictorWarning)  # a match warns about nothing
-        r = run_probe(p)
-    assert r.status == "match" and r.reference == "recorded" and abs(np.log(r.ratio)) < np.log(1.15), r.message
+    results = []
+    for _ in range(3):
+        record_probe(p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PredictorWarning)
+            r = run_probe(p)
+        results.append(r)
+        if r.status == "match":
+            break
+    assert r.status == "match" and r.reference == "recorded" and abs(np.log(r.ratio)) < np.log(1.15), \
+        [x.message for x in results]
     assert p.speed_scale_ == 1.0 and np.array_equal(p.predict(list(PROBE_LAYERS)), before)
     assert r.seconds < 30
 
 
-def test_a_recorded_probe_1_7x_slower_scales_with_a_warning_or_refuses(recorded: Path, tmp_path: Path) -> None:
-    slow = _with_probe(recorded, tmp_path / "slow.json", 1.7)  # the fitting machine was 1.7x slower
+def test_the_probe_decision_on_given_times(recorded: Path) -> None:
+    """The decision itself, on times given instead of measured: the recorded ones match exactly, 1.16x
+    slower scales, 1.14x does not, and refuse refuses."""
+    p = hwloop.load_predictor(recorded)
+    ms = np.asarray(p.probe_["ms"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PredictorWarning)  # a match warns about nothing
+        r = run_probe(p, measured_ms=ms)
+        assert r.status == "match" and r.ratio == pytest.approx(1.0) and "within ±15%, predictions unchanged" in r.message
+        assert run_probe(p, measured_ms=ms * 1.14).status == "match"
+    with pytest.warns(PredictorWarning, match=r"1\.16x slower .*scaled by 1\.160"):
+        r = run_probe(p, measured_ms=ms * 1.16)
+    assert r.status == "scaled" and p.speed_scale_ == pytest.approx(1.16)
+    with pytest.raises(PredictorError, match="refusing to predict"):
+        run_probe(p, measured_ms=ms / 1.7, on_mismatch="refuse")
+    with pytest.raises(PredictorError, match="measured_ms must hold 8 finite times"):
+        run_probe(p, measured_ms=ms[:3])
+
+
+def test_a_recorded_probe_3x_slower_scales_with_a_warning_or_refuses(recorded: Path, tmp_path: Path) -> None:
+    """A file fitted on a machine 3x slower: a real probe here scales every prediction by its ratio (3x, so
+    that a machine drifting even 2x between recording and probing still shows the direction), or refuses;
+    the exact ratio is checked on the recorded times."""
+    slow = _with_probe(recorded, tmp_path / "slow.json", 3.0)
     plain = hwloop.load_predictor(slow, probe="off")
     layers = [dict(d) for d in PROBE_LAYERS]
     base_layers, base_model = plain.predict(layers), plain.predict_workload(layers)
     with pytest.warns(PredictorWarning, match=r"faster than the predictor's recorded probe.*scaled by 0\.\d+"):
         p = hwloop.load_predictor(slow, probe="scale")
     r = p.probe_result_
-    assert r.status == "scaled" and 1 / 1.7 / 1.15 < r.ratio < 1 / 1.7 * 1.15, r.message
+    assert r.status == "scaled" and r.ratio < 1 / 1.15, r.message
     np.testing.assert_allclose(p.predict(layers), base_layers * r.ratio, rtol=1e-6)
     np.testing.assert_allclose(p.predict_workload(layers), base_model * r.ratio, rtol=1e-6)
+    with pytest.warns(PredictorWarning):
+        exact = run_probe(plain, measured_ms=np.asarray(json.loads(recorded.read_text())["probe"]["ms"]))
+    assert exact.ratio == pytest.approx(1 / 3.0)
     with pytest.raises(PredictorError) as e:
         hwloop.load_predictor(slow, probe="refuse")
     assert "\n" not in str(e.value) and "refusing to predict for this machine" in str(e.value)
@@ -80,7 +114,7 @@ def test_a_recorded_probe_1_7x_slower_scales_with_a_warning_or_refuses(recorded:
 
 def test_the_environment_variable_probes_on_load_and_the_cli_says_which(recorded: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    slow = _with_probe(recorded, tmp_path / "slow.json", 1.7)
+    slow = _with_probe(recorded, tmp_path / "slow.json", 3.0)
     monkeypatch.setenv("HWLOOP_PREDICTOR_PROBE", "refuse")
     with pytest.raises(PredictorError, match="refusing"):
         hwloop.load_predictor(slow)
@@ -98,7 +132,10 @@ def test_the_environment_variable_probes_on_load_and_the_cli_says_which(recorded
     assert r.returncode == 2 and r.stderr.startswith("error: probe:") and r.stderr.count("\n") == 1, r.stderr
     r = subprocess.run(cmd[:-2] + ["--predictor", str(recorded), "--probe", "scale"], capture_output=True,
                        text=True, timeout=300)
-    assert r.returncode == 0 and "within ±15%, predictions unchanged" in r.stderr, r.stderr
+    # the same machine moments later: matches unless the machine's speed drifted meanwhile (exact decision:
+    # test_the_probe_decision_on_given_times); either way the CLI says which, on one line
+    assert r.returncode == 0 and r.stderr.count("probe: this machine runs 8 reference layers") == 1, r.stderr
+    assert "within ±15%, predictions unchanged" in r.stderr or "predictions scaled by" in r.stderr, r.stderr
 
 
 def test_a_tampered_recorded_probe_is_a_one_line_error(recorded: Path, tmp_path: Path) -> None:
