@@ -177,9 +177,13 @@ def run_neighbour(ck: Checkpoint, args: argparse.Namespace) -> dict[str, Any]:
                 timing = devs[prof].timing  # type: ignore[attr-defined]
                 if args.quick:
                     timing = type(timing).from_dict({**timing.to_dict(), "repeats": 8, "max_retries": 0})
-                c = compare(devs[prof], [MeasureRequest.for_model(a), MeasureRequest.for_model(b)], timing)
+                passes = [compare(devs[prof], [MeasureRequest.for_model(a), MeasureRequest.for_model(b)], timing)
+                          for _ in range(args.passes)]
+                # the pass with the median ratio (one pass: the comparison itself)
+                c = sorted(passes, key=lambda x: x.ratios[1] if x.ok else float("inf"))[(len(passes) - 1) // 2]
                 sec[f"{phase}|{prof}|{lab}"] = {
-                    "ok": c.ok, "ratio": c.ratios[1], "ci": list(c.ratio_ci[1]), "unstable": c.unstable,
+                    "ok": all(x.ok for x in passes), "ratio": c.ratios[1], "ci": list(c.ratio_ci[1]),
+                    "pass_ratios": [x.ratios[1] for x in passes], "unstable": c.unstable,
                     "rounds": c.rounds, "load": c.load.get("load1"), "load_end": c.load_end.get("load1"),
                     "original_ms": c.results[0].latency_ms, "compressed_ms": c.results[1].latency_ms,
                     "discarded": [r.extra.get("discarded", 0) for r in c.results],
@@ -190,7 +194,8 @@ def run_neighbour(ck: Checkpoint, args: argparse.Namespace) -> dict[str, Any]:
             ck.save()
     out: dict[str, Any] = {"quiet_load_before": sec.get("_quiet", {}).get("load_before"),
                            "loaded_load_before": sec.get("_loaded", {}).get("load_before"),
-                           "busy_processes": sec.get("_loaded", {}).get("busy_processes"), "profiles": {}}
+                           "busy_processes": sec.get("_loaded", {}).get("busy_processes"), "passes": args.passes,
+                           "profiles": {}}
     for prof in profiles:
         rows = []
         for lab, _, _ in pairs:
@@ -444,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_cpu_timing")
     ap.add_argument("--sections", default="neighbour,timer,repeat", help="comma-separated: neighbour, timer, repeat")
     ap.add_argument("--profiles", default="local-cpu,local-cpu-allthreads", help="profiles of the neighbour section")
+    ap.add_argument("--passes", type=int, default=3, help="independent comparisons per pair and phase (models rebuilt "
+                    "and warmed up each time); the ratio is their median")
     ap.add_argument("--busy", type=int, default=2, help="busy background processes of the loaded phase")
     ap.add_argument("--wait-quiet", type=float, default=0.0, help="seconds to wait for load average < --quiet-max")
     ap.add_argument("--quiet-max", type=float, default=0.5)

@@ -417,8 +417,56 @@ def test_every_result_records_the_load_and_the_profile_fixes_threads() -> None:
     assert allt.fingerprint().identity["threads"] == allt.threads
 
 
+def test_realtime_priority_holds_while_measuring_only_and_says_so() -> None:
+    """The all-threads profile measures under SCHED_FIFO where this process may (root here); every thread
+    is back at its own policy after; where refused, results say so and still measure."""
+    import os
+
+    from hwloop.devices import cpu as cpu_mod
+
+    dev = create_device("local-cpu-allthreads")
+    assert isinstance(dev, CpuDevice) and dev.priority == "realtime"
+    assert dev.fingerprint().info["priority"] == "realtime" and "priority" not in dev.fingerprint().identity
+    seen: list[int] = []
+    ref = ModelRef(f"{__name__}:_policy_probe", input_shape=(3, 4, 4), allow_import=True)
+    _POLICY_SINK.clear()
+    (r,) = dev.measure([MeasureRequest.for_model(ref)], FAST)
+    seen = list(_POLICY_SINK)
+    assert r.ok, r.error
+    allowed = r.extra["priority"] == "realtime"
+    if allowed:  # root in CI: the model ran on a real-time thread
+        assert seen and all(pol == os.SCHED_FIFO for pol in seen)
+    else:
+        assert str(r.extra["priority"]).startswith("normal (realtime refused: ")
+    assert all(os.sched_getscheduler(int(t)) == os.SCHED_OTHER for t in os.listdir("/proc/self/task"))
+    refused = dict(cpu_mod._REFUSED)
+    cpu_mod._REFUSED["why"] = "PermissionError: Operation not permitted"
+    try:
+        (r,) = dev.measure([MeasureRequest.for_layer(conv())], FAST)
+        assert r.ok and r.extra["priority"] == "normal (realtime refused: PermissionError: Operation not permitted)"
+    finally:
+        cpu_mod._REFUSED.clear()
+        cpu_mod._REFUSED.update(refused)
+
+
+_POLICY_SINK: list[int] = []
+
+
+class _PolicyProbe(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+
+        _POLICY_SINK.append(os.sched_getscheduler(0))
+        return x + 1
+
+
+def _policy_probe() -> torch.nn.Module:
+    return _PolicyProbe()
+
+
 @pytest.mark.parametrize(("options", "match"), [({"threads": "many"}, "threads='many'.*'all'"),
                                                 ({"preemption": "ignore"}, "preemption='ignore'.*retake, keep"),
+                                                ({"priority": "high"}, "priority='high'.*normal, realtime"),
                                                 ({"thread": 2}, "'thread'")])
 def test_bad_cpu_options_are_config_errors(options: dict, match: str) -> None:
     from hwloop.devices.profiles import DeviceProfile

@@ -42,6 +42,7 @@ from hwloop.workload_build import build_layer, make_inputs
 __all__ = [
     "CLOCKS",
     "PREEMPTION",
+    "PRIORITIES",
     "CpuDevice",
     "ThreadCpuTimer",
     "cpu_model_name",
@@ -55,6 +56,8 @@ CLOCKS = ("wall", "thread_cpu")
 _CLOCK_IDENTITY = {"thread_cpu": "thread_cpu_time"}
 #: what to do with a sample during which the process was switched out involuntarily
 PREEMPTION = ("retake", "keep")
+#: scheduling of the measuring threads: ``normal`` (as started) or ``realtime`` (SCHED_FIFO while measuring)
+PRIORITIES = ("normal", "realtime")
 
 
 def error_message(e: BaseException) -> str:
@@ -114,6 +117,65 @@ def _threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+_REFUSED: dict[str, str] = {}  # why realtime scheduling was refused here (asked once per process)
+
+
+@contextmanager
+def _realtime(on: bool) -> Iterator[str]:
+    """Run the block with every thread of this process (the intra-op pool included, started first)
+    under ``SCHED_FIFO`` priority 1, restored after; yields the priority in effect (``realtime``, or
+    ``normal (realtime refused: ...)`` where the kernel, container or platform does not allow it).
+
+    A real-time thread runs before every ordinary (CFS) task on its core, whatever their nice value
+    or autogroup, so a busy neighbour no longer takes a core from a multi-threaded op mid-way. The
+    kernel's real-time throttling (``/proc/sys/kernel/sched_rt_runtime_us``, 95% by default) still
+    leaves the rest of the machine its share; measurements are bounded by ``timeout_s``.
+    """
+    if not on:
+        yield "normal"
+        return
+    if "why" in _REFUSED:
+        yield f"normal (realtime refused: {_REFUSED['why']})"
+        return
+    setter = getattr(os, "sched_setscheduler", None)
+    if setter is None or not os.path.isdir("/proc/self/task"):
+        _REFUSED["why"] = "no sched_setscheduler on this platform"
+        yield f"normal (realtime refused: {_REFUSED['why']})"
+        return
+    torch.mm(torch.ones(256, 256), torch.ones(256, 256))  # start the intra-op pool, so it is in /proc/self/task
+    saved: list[tuple[int, int, Any]] = []
+    try:
+        for t in os.listdir("/proc/self/task"):
+            tid = int(t)
+            try:
+                old = (os.sched_getscheduler(tid), os.sched_getparam(tid))
+                setter(tid, os.SCHED_FIFO, os.sched_param(1))
+                saved.append((tid, *old))
+            except ProcessLookupError:  # the thread ended meanwhile
+                continue
+    except OSError as e:
+        for tid, pol, par in saved:
+            with _suppress_os_error():
+                setter(tid, pol, par)
+        _REFUSED["why"] = f"{type(e).__name__}: {e.strerror or e}"
+        yield f"normal (realtime refused: {_REFUSED['why']})"
+        return
+    try:
+        yield "realtime"
+    finally:
+        for tid, pol, par in saved:
+            with _suppress_os_error():
+                setter(tid, pol, par)
+
+
+@contextmanager
+def _suppress_os_error() -> Iterator[None]:
+    try:
+        yield
+    except OSError:
+        pass
 
 
 def prepare_request(req: MeasureRequest, device: str = "cpu") -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
@@ -229,12 +291,21 @@ class CpuDevice:
     (``discarded``; ``disturbed`` = kept once the allowance ran out). ``"keep"`` keeps every sample.
     Every result records the 1-minute load average it started under (``extra["load1"]``).
 
+    **Priority.** ``priority="realtime"`` runs every thread of the process under ``SCHED_FIFO``
+    while measuring (restored after; needs root or ``CAP_SYS_NICE`` and a real-time budget in the
+    cgroup): a busy neighbour then cannot take a core from a multi-threaded op mid-way, which the
+    retake filter alone cannot repair when every sample waits. Where it is refused the device
+    measures at normal priority and each result says so (``extra["priority"]``). The fingerprint
+    info records the request, not the identity: it changes how often a neighbour disturbs a sample,
+    not what is timed.
+
     Args:
         name: the device's name (its profile's name).
         threads: intra-op thread count used while measuring (int, ``"all"``, or None for 1).
         timing: default :class:`TimingConfig` for :meth:`measure`.
         clock: ``"wall"`` (``time.perf_counter_ns``, default) or ``"thread_cpu"``.
         preemption: ``"retake"`` (default) or ``"keep"``.
+        priority: ``"normal"`` (default) or ``"realtime"``.
 
     Example:
         >>> dev = CpuDevice(threads=1, clock="thread_cpu")
@@ -245,11 +316,13 @@ class CpuDevice:
     backend = "cpu"
 
     def __init__(self, name: str = "local-cpu", threads: int | str | None = None, timing: TimingConfig | None = None,
-                 clock: str = "wall", preemption: str = "retake") -> None:
+                 clock: str = "wall", preemption: str = "retake", priority: str = "normal") -> None:
         if clock not in CLOCKS:
             raise ConfigError(f"clock={clock!r} is unknown; allowed: {', '.join(CLOCKS)}")
         if preemption not in PREEMPTION:
             raise ConfigError(f"preemption={preemption!r} is unknown; allowed: {', '.join(PREEMPTION)}")
+        if priority not in PRIORITIES:
+            raise ConfigError(f"priority={priority!r} is unknown; allowed: {', '.join(PRIORITIES)}")
         n = resolve_threads(threads, clock)
         if clock == "thread_cpu" and n != 1:
             raise ConfigError(f"clock='thread_cpu' needs threads = 1 (got {n}): the thread clock counts only the "
@@ -258,6 +331,8 @@ class CpuDevice:
         self.threads = n
         self.clock = clock
         self.preemption = preemption
+        self.priority = priority
+        self.priority_in_effect = priority
         self.timing = timing or TimingConfig()
 
     def fingerprint(self) -> DeviceFingerprint:
@@ -269,7 +344,7 @@ class CpuDevice:
             name=self.name, backend=self.backend, identity=identity,
             info={"hostname": platform.node(), "python": platform.python_version(),
                   "mkldnn": bool(torch.backends.mkldnn.is_available()), "os": platform.platform(),
-                  "preemption": self.preemption, **clock_info(), "speed_signature": speed_signature()})
+                  "preemption": self.preemption, "priority": self.priority, **clock_info(), "speed_signature": speed_signature()})
 
     def _timer(self) -> Timer:
         detect = self.preemption == "retake"
@@ -280,6 +355,8 @@ class CpuDevice:
 
     def _extra(self) -> dict[str, object]:
         extra: dict[str, object] = {"threads": self.threads, "load1": machine_load()["load1"]}
+        if self.priority != "normal":
+            extra["priority"] = self.priority_in_effect
         if self.clock != "wall":
             extra["clock"] = _CLOCK_IDENTITY[self.clock]
         return extra
@@ -298,6 +375,12 @@ class CpuDevice:
                             extra=dict(res.extra))
         return res
 
+    @contextmanager
+    def _priority(self) -> Iterator[None]:
+        with _realtime(self.priority == "realtime") as got:
+            self.priority_in_effect = got
+            yield
+
     def _check_mode(self, t: TimingConfig) -> None:
         if t.mode != "eager":
             raise ConfigError(f"the cpu backend supports mode 'eager' only, not {t.mode!r}")
@@ -315,7 +398,7 @@ class CpuDevice:
         t = timing or self.timing
         self._check_mode(t)
         out: list[MeasureResult] = []
-        with _threads(self.threads):
+        with _threads(self.threads), self._priority():
             for req in requests:
                 try:
                     out.append(self._measure_one(req, t, Deadline(t.timeout_s)))
@@ -348,7 +431,7 @@ class CpuDevice:
             return Comparison(tuple(MeasureResult.failure(k, t, msg) for k in keys), tuple(nan for _ in keys),
                               tuple((nan, nan) for _ in keys), 0, True, True, load, machine_load())
 
-        with _threads(self.threads):
+        with _threads(self.threads), self._priority():
             deadline = Deadline(t.timeout_s * len(requests))
             built = []
             for req in requests:

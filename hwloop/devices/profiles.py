@@ -112,7 +112,7 @@ def backend_options(backend: str) -> tuple[list[str], bool] | None:
 
     Example:
         >>> backend_options("cpu")[0]
-        ['clock', 'preemption', 'threads']
+        ['clock', 'preemption', 'priority', 'threads']
     """
     mod_name, _, cls_name = BACKENDS[backend].partition(":")
     try:
