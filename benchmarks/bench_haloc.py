@@ -9,8 +9,10 @@ Phases (each unit of work is stored in ``--out``/results.json as soon as it is d
    bound of HALOC's own candidate space (each layer at its cheapest candidate, from the cost table).
 3. ``haloc``: HALOC at each reachable target (``--targets``), seeds ``--seeds``; measured on the device.
 4. ``ablation``: the same without the feature-map regulariser (``mu = 0``), first reachable target, seed 0.
-5. ``uniform_ft``: uniform-rank factorisation at the measured latency nearest HALOC's (at or below it), fine-tuned
-   with HALOC's fine-tune schedule.
+5. ``uniform_ft``: uniform-rank factorisation at HALOC's measured latency (HALOC's ``ranks = "uniform"``: of the
+   uniform assignments over rank fractions k/64, the one with the largest cost-table latency at or below HALOC's
+   measured ratio; on asic-tpu32 the table is the measurement), fine-tuned with HALOC's fine-tune schedule
+   (``--uniform-ft-epochs 2``: as many images as HALOC's search + fine-tune).
 6. ``train_ref``: the dense model trained on from the checkpoint for as many batches as HALOC's search + fine-tune
    used (the cost reference and the accuracy reached by plain training of the same length).
 
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="gumbel: branches an architecture step runs (0: all; the method's default is 0)")
     ap.add_argument("--init-scale", type=float, default=2.0, help="initial logits from the branches' fidelity (0: uniform)")
     ap.add_argument("--tau-end", type=float, default=1.0, help="softmax temperature at the end of the search")
+    ap.add_argument("--uniform-ft-epochs", type=int, default=1,
+                    help="uniform_ft: fine-tune passes of --steps batches (1: HALOC's fine-tune; 2: its search + fine-tune)")
     ap.add_argument("--phases", default="dense,uniform,haloc,ablation,uniform_ft,train_ref")
     ap.add_argument("--report", action="store_true", help="print the Markdown tables of --out/results.json and exit")
     args = ap.parse_args(argv)
@@ -165,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     from hwloop.methods.measure import measure_candidates
     from hwloop.models import ModelRef
     from hwloop.search.costtable import build_cost_table
-    from hwloop.search.differentiable import recalibrate_batchnorm
     from hwloop.search.latency import SurrogateLatency
     from hwloop.search.report import compare_compressed
     from hwloop.search.space import SearchSpace
@@ -248,14 +251,16 @@ def main(argv: list[str] | None = None) -> int:
 
     space = SearchSpace.from_ref(ref, model=base)
 
-    def run_haloc(dev: str, target: float, seed: int, mu: float) -> dict[str, Any]:
+    def run_haloc(dev: str, target: float, seed: int, mu: float, ranks: str = "search", ft_epochs: int = 1,
+                  tag: str = "") -> dict[str, Any]:
         ctx = MethodContext(model=base, ref=ref, space=space, train=train, eval_fn=eval_fn,
                             latency=SurrogateLatency(space), target=target, device=dev, seed=seed,
                             base_accuracy=acc0, log=say)
-        cfg = {"search_epochs": 1, "finetune_epochs": 1, "max_steps": args.steps, "sampling": args.sampling,
+        cfg = {"search_epochs": 1, "max_steps": args.steps, "sampling": args.sampling,
                "arch_lr": args.arch_lr, "lam": args.lam, "dual_lr": args.dual_lr, "mu": mu, "lr": args.lr,
                "finetune_lr": args.lr, "cost_source": SOURCES.get(dev, "auto"), "recalibrate_batches": 8,
-               "tau_end": args.tau_end, "arch_paths": args.arch_paths, "init_scale": args.init_scale}
+               "tau_end": args.tau_end, "arch_paths": args.arch_paths, "init_scale": args.init_scale,
+               "ranks": ranks, "finetune_epochs": ft_epochs}
         r = make_method("haloc", cfg).run(ctx)
         measure_candidates(r, ctx)
         c = r.candidates[0]
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         d.update(macs_ratio=macs(c.model, example) / macs0, ranks=c.extra["ranks"], history=c.history,
                  flops_reduction=1 - macs(c.model, example) / macs0, delta_acc=(c.accuracy or 0) - acc0,
                  ledger_wall_s=ctx.ledger.total().wall_s if ctx.ledger else None, config=cfg)
-        (out / f"plan_{dev}_{target}_{seed}_{mu}.json").write_text(c.plan.to_json())
+        (out / f"plan_{tag}{dev}_{target}_{seed}_{mu}.json").write_text(c.plan.to_json())
         return d
 
     # ---- 3./4. HALOC and the ablation
@@ -293,18 +298,13 @@ def main(argv: list[str] | None = None) -> int:
                 key = f"uniform_ft/{dev}/{target}"
                 if h is None or res.get(key) is not None:
                     continue
-                us = [res.get(f"uniform/{dev}/{f}") for f in FRACS if res.get(f"uniform/{dev}/{f}")]
-                below = [u for u in us if u["ratio"] <= h["measured_ratio"] * 1.02]
-                u = max(below, key=lambda u: u["ratio"]) if below else min(us, key=lambda u: u["ratio"])
-                plan = uniform_plan(ref, base, names, u["frac"])
-                net = compress_(copy.deepcopy(base), plan, example)
-                recalibrate_batchnorm(net, train, 8)
-                acc_x = eval_fn(net)
-                ft = train_epochs(net, train, 1, args.lr, max_steps=args.steps)
-                res.put(key, {"frac": u["frac"], "measured_ratio": u["ratio"], "macs_ratio": u["macs_ratio"],
-                              "accuracy_extracted": acc_x, "accuracy": eval_fn(net), "finetune_s": ft["seconds"],
-                              "haloc_measured_ratio": h["measured_ratio"]})
-                say(f"{key}: frac {u['frac']} measured {u['ratio']:.3f}x acc {res.get(key)['accuracy']:.2f}")
+                d = run_haloc(dev, float(h["measured_ratio"]), 0, 1.0, ranks="uniform",
+                              ft_epochs=args.uniform_ft_epochs, tag="uniform_")
+                d.update(frac=d["extra"]["uniform_frac"], haloc_measured_ratio=h["measured_ratio"],
+                         finetune_batches=args.uniform_ft_epochs * args.steps)
+                res.put(key, d)
+                say(f"{key}: frac {d['frac']:.4f} measured {d['measured_ratio']:.3f}x (HALOC {h['measured_ratio']:.3f}x) "
+                    f"acc {d['accuracy']:.2f} MACs {d['macs_ratio']:.3f}x")
 
     # ---- 6. plain training of the same length
     if "train_ref" in phases and res.get("train_ref") is None:

@@ -43,12 +43,14 @@ from hwloop.methods.haloc.mixed import (
     rank_level,
     wrap_model,
 )
-from hwloop.methods.haloc.search import alternate, step_down_to_budget
+from hwloop.methods.haloc.search import SearchLog, alternate, step_down_to_budget
+from hwloop.methods.haloc.uniform import choose_uniform, uniform_ladder
 from hwloop.search.accounting import ComputeRecord
 
 __all__ = ["COST_SOURCES", "HalocConfig", "HalocMethod"]
 
-COST_SOURCES = ("auto", "measure", "predictor", "surrogate")
+COST_SOURCES = ("auto", "measure", "predictor", "surrogate", "context")
+RANK_MODES = ("search", "uniform")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ class HalocConfig(MethodConfig):
         step: rank granularity; 0 reads each layer's from the cost table's latency staircase.
         max_candidates: at most this many rank candidates per layer (the stride becomes a multiple of the step).
         probe_stride: probe the staircase at every ``probe_stride``-th rank.
-        cost_source: the cost table's source: ``auto``, ``measure``, ``predictor`` or ``surrogate``.
+        cost_source: the cost table's source: ``auto``, ``measure``, ``predictor`` or ``surrogate``; ``context``:
+            ``surrogate`` (MACs) when the context's latency model is the MACs surrogate (the evidence harness's
+            ``flops`` control), else ``measure``.
         max_steps: batches per epoch (None: the whole loader).
         recalibrate_batches: batches to re-estimate batch-norm statistics after extraction.
         repair: step ranks down when the argmax ranks end above the target (reported as a repair).
@@ -77,6 +81,11 @@ class HalocConfig(MethodConfig):
             batch (:func:`~hwloop.methods.haloc.search.init_logits`); 0: uniform logits.
         arch_paths: with ``gumbel``, the branches an architecture step runs (0: all; ``k >= 2``: the sampled
             one and ``k − 1`` others drawn by ``p``).
+        ranks: ``search`` (HALOC) or ``uniform``: no search; every factorised layer at one fraction of its largest
+            equal rank, the uniform assignment (fractions ``k/uniform_n``) with the largest cost at or below the
+            target in the cost table (:mod:`~hwloop.methods.haloc.uniform`), then the same extraction, batch-norm
+            re-estimation and fine-tune (the uniform-rank control as a method entry).
+        uniform_n: the uniform ladder's fractions ``k/uniform_n``.
     """
 
     search_epochs: int = 2
@@ -102,12 +111,14 @@ class HalocConfig(MethodConfig):
     repair: bool = True
     init_scale: float = 2.0
     arch_paths: int = 0
+    ranks: str = "search"
+    uniform_n: int = 64
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs", "step", "recalibrate_batches"):
             if getattr(self, n) < 0:
                 raise SearchError(f"{n}={getattr(self, n)!r} must be >= 0")
-        for n in ("max_candidates", "probe_stride"):
+        for n in ("max_candidates", "probe_stride", "uniform_n"):
             if getattr(self, n) < 1:
                 raise SearchError(f"{n}={getattr(self, n)!r} must be >= 1")
         for n in ("lr", "finetune_lr", "arch_lr", "tau", "tau_end"):
@@ -124,14 +135,26 @@ class HalocConfig(MethodConfig):
             raise SearchError(f"momentum={self.momentum!r} must be below 1")
         if self.sampling not in MODES:
             raise SearchError(f"sampling={self.sampling!r} is unknown; allowed: {', '.join(MODES)}")
+        if self.ranks not in RANK_MODES:
+            raise SearchError(f"ranks={self.ranks!r} is unknown; allowed: {', '.join(RANK_MODES)}")
         if self.cost_source not in COST_SOURCES:
             raise SearchError(f"cost_source={self.cost_source!r} is unknown; allowed: {', '.join(COST_SOURCES)}")
         if self.max_steps is not None and self.max_steps < 2:
             raise SearchError(f"max_steps={self.max_steps!r} must be >= 2 (a weight and an architecture batch) or none")
 
 
+def table_source(context: MethodContext, source: str) -> str:
+    """The cost table's source for ``cost_source`` (``context``: MACs when the context's latency model is the
+    MACs surrogate, else ``measure``)."""
+    if source != "context":
+        return source
+    return "surrogate" if getattr(context.latency, "kind", None) == "surrogate" else "measure"
+
+
 def _build_table(context: MethodContext, source: str) -> Any:
     from hwloop.search.costtable import build_cost_table
+
+    source = table_source(context, source)
 
     def build(levels: Any, passive: Any) -> Any:
         return build_cost_table(levels, device=context.device, source=source, progress=context.progress,
@@ -168,6 +191,9 @@ class HalocMethod(CompressionMethod):
         if not names:
             raise SearchError("[method] haloc: the model has no conv (k > 1) or hidden linear layer to factorise")
         build = _build_table(context, cfg.cost_source)
+        if cfg.ranks == "uniform":
+            return self._finish(context, base, *self._uniform(context, base, specs, names, build, seconds, t0),
+                                seconds, n0)
         steps = {n: cfg.step for n in names} if cfg.step else probe_steps(base, specs, names, build, cfg.probe_stride)
         levels: dict[str, list[Any]] = {}
         for n in names:
@@ -197,7 +223,54 @@ class HalocMethod(CompressionMethod):
         n_train = len(context.train.dataset) if hasattr(context.train, "dataset") else max(1, images)  # type: ignore[arg-type]
         ledger.add("search", trial=context.trial, wall_s=slog.seconds, train_images=images,
                    epochs=images / max(1, n_train))
+        return self._finish(context, base, wrapped, layers, exp, slog, steps, levels, table, {}, seconds, n0)
 
+    def _uniform(self, context: MethodContext, base: torch.nn.Module, specs: Any, names: list[str], build: Any,
+                 seconds: dict[str, float], t0: float) -> tuple[Any, ...]:
+        """``ranks = "uniform"``: the uniform assignment at the target from the cost table, wrapped as one-level
+        mixed layers (no search)."""
+        cfg = self.config
+        assert isinstance(cfg, HalocConfig)
+        if context.target is None:
+            raise SearchError("[method] haloc: ranks='uniform' needs a latency target (the uniform rank is chosen "
+                              "at it)")
+        tops = {n: max_equal_rank(get_module(base, n)) for n in names}
+        ladder = uniform_ladder(tops, cfg.uniform_n)
+        all_levels = {n: sorted({rank_level(r[n]) for _, r in ladder}) for n in names}
+        table = build(*table_levels(specs, all_levels))
+        seconds["cost_table"] = time.perf_counter() - t0
+        assert context.ledger is not None
+        context.ledger.add("cost_table", trial=context.trial, wall_s=seconds["cost_table"])
+        original = float(table.model_cost({n: DENSE for n in names}))
+
+        def cost(r: dict[str, int]) -> float:
+            return float(table.model_cost({n: rank_level(x) for n, x in r.items()}))
+
+        pick = choose_uniform(ladder, cost, context.target * original)
+        if pick is None:   # even the smallest ranks are over the target: take them (judged as missed)
+            f, r = ladder[0]
+            pick = (f, r, cost(r))
+        f, ranks, _ = pick
+        levels = {n: [rank_level(ranks[n])] for n in names}
+        wrapped = wrap_model(base, levels)
+        layers = mixed_layers(wrapped)
+        exp = ExpectedLatency(table, layers)
+        slog = SearchLog(lam=0.0)
+        slog.expected_ratio = exp.choice_cost(exp.argmax_choice()) / exp.original
+        context.say(f"haloc uniform: rank fraction {f:.4f} ({len(ladder)} uniform points), "
+                    f"{slog.expected_ratio:.3f}x in the cost table (target {context.target})")
+        return wrapped, layers, exp, slog, {n: 1 for n in names}, levels, table, {"uniform_frac": f}
+
+    def _finish(self, context: MethodContext, base: torch.nn.Module, wrapped: torch.nn.Module, layers: Any,
+                exp: ExpectedLatency, slog: SearchLog, steps: dict[str, int], levels: dict[str, list[Any]],
+                table: Any, extra: dict[str, Any], seconds: dict[str, float], n0: int) -> MethodResult:
+        """Argmax (+ repair), extraction, batch-norm re-estimation, fine-tune, the candidate."""
+        cfg = self.config
+        assert isinstance(cfg, HalocConfig)
+        ledger = context.ledger
+        assert ledger is not None
+        n_train = (len(context.train.dataset) if hasattr(context.train, "dataset")  # type: ignore[arg-type]
+                   else max(1, slog.weight_images + slog.arch_images))
         choice = exp.argmax_choice()
         search_end = exp.choice_cost(choice)
         repairs: list[Repair] = []
@@ -209,8 +282,9 @@ class HalocMethod(CompressionMethod):
         predicted = exp.choice_cost(choice)
         net, actions = extract(wrapped, choice)
         plan = CompressionPlan(base=context.ref.to_dict(), actions=actions,
-                               meta={"method": "haloc", "unit": exp.unit, "predicted": predicted,
-                                     "original": exp.original, "search_end": search_end})
+                               meta={"method": "haloc" if cfg.ranks == "search" else "haloc-uniform",
+                                     "unit": exp.unit, "predicted": predicted, "original": exp.original,
+                                     "search_end": search_end})
         from hwloop.search.differentiable import recalibrate_batchnorm
         from hwloop.search.train import train_epochs
 
@@ -255,7 +329,8 @@ class HalocMethod(CompressionMethod):
                    "lam_final": slog.lam, "steps": dict(steps),
                    "candidates": {n: [list(x) for x in lv] for n, lv in levels.items()},
                    "ranks": {n: (None if lv == DENSE else int(lv[1])) for n, lv in choice.items()},
-                   "cost_source": str(getattr(table, "source", cfg.cost_source))})
+                   "cost_source": str(getattr(table, "source", cfg.cost_source)), "ranks_mode": cfg.ranks,
+                   **extra})
         cand.judge(context.base_accuracy, context.max_repair_drop)
         context.say(f"haloc: budget {cand.status}: {cand.status_reason}")
         return MethodResult(method=self.name, config=cfg.to_dict(), candidates=[cand])
