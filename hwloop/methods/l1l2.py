@@ -58,6 +58,9 @@ class L1L2Config(MethodConfig):
     fill_budget: bool = _D.fill_budget
     gate_init_spread: float = _D.gate_init_spread
     finetune_from: str = _D.finetune_from
+    min_width: float = _D.min_width             # opt-in gate policies (hwloop.search.gate_policy); defaults: off
+    keep_by: str = _D.keep_by
+    gate_optimizer: str = _D.gate_optimizer
 
     def __post_init__(self) -> None:
         # the rules that do not depend on the budget; run() checks the rest with the real target

@@ -56,6 +56,15 @@ from hwloop.methods.budget import (
     round_widths_to_tile,
 )
 from hwloop.search.accounting import ComputeLedger
+from hwloop.search.gate_policy import (
+    apply_width_floor,
+    check_gate_policy,
+    describe,
+    floored_sizes,
+    keep_by_magnitude_,
+    magnitude_scores,
+    make_gate_optimizer,
+)
 from hwloop.search.latency import LatencyModel
 from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
@@ -99,7 +108,7 @@ class SearchConfig:
     Attributes:
         search_epochs / finetune_epochs: schedule length (pretraining is the caller's, see the pipeline).
         lr: SGD learning rate of the weights (cosine decay per phase).
-        gate_lr: Adam learning rate of the gates.
+        gate_lr: learning rate of the gates (Adam, or SGD with ``gate_optimizer = "sgd"``).
         momentum / weight_decay: SGD settings (no weight decay on gates).
         lam: fixed λ (used when ``target`` is None) or the initial λ of dual ascent.
         target: latency budget as a fraction of the original (e.g. 0.5), or None.
@@ -151,6 +160,11 @@ class SearchConfig:
             unchanged; :class:`~hwloop.compress.gated.GatedModel`), so the latency term has a gradient from the first
             step; 0 starts them all at 1, where the gradient of ``s(a)`` is exactly zero (the behaviour before this
             option, which the digits fronts recorded before it were run with).
+        min_width / keep_by / gate_optimizer: opt-in gate policies (:mod:`hwloop.search.gate_policy`; the defaults
+            ``0``, ``gate``, ``adam`` are the behaviour before them): ``min_width`` in ``[0, 1)``: every channel group
+            keeps at least that fraction of its channels, in the search too (its latency is ``max(s(a), floor)``);
+            ``keep_by = "magnitude"``: the gates choose how many channels each group keeps, the starting weights'
+            group L2 magnitude which; ``gate_optimizer = "sgd"``: plain SGD on the gates instead of Adam.
     """
 
     search_epochs: int = 3
@@ -177,6 +191,9 @@ class SearchConfig:
     fill_budget: bool = False
     gate_init_spread: float = 0.1
     finetune_from: str = "search"
+    min_width: float = 0.0
+    keep_by: str = "gate"
+    gate_optimizer: str = "adam"
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs"):
@@ -222,6 +239,7 @@ class SearchConfig:
         sp = self.gate_init_spread
         if not isinstance(sp, (int, float)) or isinstance(sp, bool) or not 0.0 <= sp < 1.0:
             raise SearchError(f"gate_init_spread={sp!r} must be a number in [0, 1)")
+        check_gate_policy(self.min_width, self.keep_by, self.gate_optimizer)
 
     def target_at(self, step: int, total: int) -> float | None:
         """The effective latency target at search step ``step`` of ``total`` (None without a ``target``).
@@ -373,11 +391,14 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
     torch.manual_seed(config.seed)
     gm = GatedModel(space, model, init_spread=config.gate_init_spread)
     gm.train()
+    floors = apply_width_floor(gm, config.min_width)   # {} unless min_width > 0
+    scores = magnitude_scores(space, model) if config.keep_by == "magnitude" else {}
+    start_gates = {k: g.values().detach().clone() for k, g in gm.channel_gates.items()} if scores else {}
     l0 = latency.original()
     if not l0 > 0:
         raise SearchError(f"the latency model gives {l0} for the original model; it must be positive")
     opt_w = make_optimizer(gm.weight_parameters(), config.lr, config.momentum, config.weight_decay)
-    opt_g = torch.optim.Adam(gm.gate_parameters(), lr=config.gate_lr)
+    opt_g = make_gate_optimizer(gm.gate_parameters(), config.gate_optimizer, config.gate_lr)
     lam = float(config.lam)
     lam_i = lam   # the integral (dual-ascent) part of λ; the proportional part multiplies it
     loss_fn = nn.CrossEntropyLoss()
@@ -392,6 +413,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
         mode += f", proportional gain {config.dual_kp:g} on log lambda"
     if config.target is not None and config.latency_penalty == "hinge":
         mode += ", hinge penalty (no pull below the target)"
+    mode += describe(config.min_width, config.keep_by, config.gate_optimizer, config.gate_lr)
     say(f"search: {config.search_epochs} epochs x {steps} steps, {mode}, latency0 = {l0:.4g} {latency.unit} "
         f"({latency.kind})")
 
@@ -421,7 +443,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 for grp in opt_w.param_groups:
                     grp["lr"] = cosine_lr(config.lr, step, total)
                 task = loss_fn(gm(x), y)
-                lat = latency(gm.sizes())
+                lat = latency(floored_sizes(gm.sizes(), floors))
                 ratio_t = lat / l0
                 t_eff = config.target_at(step, total)
                 if t_eff is not None and config.latency_penalty == "hinge":
@@ -443,11 +465,14 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 if warm_end is not None and frozen is None and step + 1 >= warm_end:
                     frozen = _prune_to_budget(gm, latency, config, l0, say, f"warm-up over at step {step + 1}",
                                               repairs)
-                    masks = {k: g.keep_mask(frozen[k]) for k, g in gm.channel_gates.items()}
+                    masks = keep_by_magnitude_(gm, frozen, scores, start_gates) if scores else \
+                        {k: g.keep_mask(frozen[k]) for k, g in gm.channel_gates.items()}
                 if masks:
                     with torch.no_grad():
                         for k, m in masks.items():
                             gm.channel_gates[k].values()[~m] = 0.0
+                            if scores:   # a kept gate stays > 0, so keep_mask(width) still selects exactly m
+                                gm.channel_gates[k].values()[m] = gm.channel_gates[k].values()[m].clamp_min(1e-6)
                 ratio = float(ratio_t.detach())
                 if t_eff is not None:  # PI control of log(lambda): scale-free, fast in short schedules
                     err = ratio / t_eff - 1.0
@@ -471,7 +496,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
         say("search epoch {epoch}: loss {loss:.4f} task {task:.4f} latency ratio {ratio_end:.3f} lambda {lam:.3f}"
             .format(lam=lam, **rec) + (f" (target now {t_eff:.3f})" if t_eff is not None and config.target_warmup
                                        else "") + (f" acc {rec['accuracy']:.2f}" if "accuracy" in rec else ""))
-    soft = float(latency(gm.sizes()).detach())
+    soft = float(latency(floored_sizes(gm.sizes(), floors)).detach())
 
     stack = ExitStack()
     with stack:
@@ -494,6 +519,8 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                     if grown > after:
                         say(f"budget: hard sizes gave {after / l0:.3f} x original (target {config.target:.3f}); "
                             f"grew widths to {grown / l0:.3f} x")
+            if scores and frozen is None:   # keep_by magnitude without a freeze: choose the channels now
+                keep_by_magnitude_(gm, widths, scores, start_gates)
             hard = hard_sizes(gm, widths)
 
             def merge_if(layer: str, rank: int) -> bool:
