@@ -68,16 +68,17 @@ def report(data: dict[str, Any]) -> str:
             f"{sched.get('eval_limit')} test images; {sched.get('steps')} search + {sched.get('steps')} fine-tune "
             f"batches of {sched.get('batch')}; dense latency on asic-tpu32 {data['dense']['asic_ms']:.4f} ms "
             f"(packing off {data['dense']['asic_nopack_ms']:.4f} ms)"), "",
-           ("| entry | seed | accuracy % | vs ref-W8A8 | asic-tpu32 latency (packing on) | packing off | BOPs vs W8A8 "
+           ("| entry | seed | accuracy % | val % | vs ref-W8A8 | asic-tpu32 latency (packing on) | packing off | BOPs vs W8A8 "
             "| BOP reduction | mean w/a bits | method's own end | status |"),
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, v in rows.items():
         name, seed = k.split("/")
         d = v["accuracy"] - refs[seed] if seed in refs else float("nan")
         bits = (f"{v['mean_w_bits']:.2f}/{v['mean_a_bits']:.2f}" if v.get("mean_w_bits") is not None
                 else "/".join(map(str, v.get("bits", []))) or "-")
         own = f"{v['search_ratio']:.3f}" if v.get("search_ratio") is not None else "-"
-        out.append(f"| {name} | {seed[1:]} | {v['accuracy']:.2f} | {d:+.2f} | {v['measured_ratio']:.3f}x | "
+        va = f"{v['val_accuracy']:.2f}" if v.get("val_accuracy") is not None else "-"
+        out.append(f"| {name} | {seed[1:]} | {v['accuracy']:.2f} | {va} | {d:+.2f} | {v['measured_ratio']:.3f}x | "
                    f"{v['nopack_ratio']:.3f}x | {v['bops_ratio']:.4f} | {1 / v['bops_ratio']:.1f}x | {bits} | "
                    f"{own} ({v['unit']}) | {v['status']} |")
     best: dict[str, tuple[float, str]] = {}
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=60, help="batches of the search and of the fine-tune")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--eval-limit", type=int, default=1000)
+    ap.add_argument("--val-limit", type=int, default=0, help="also score every entry on this many held-out "
+                    "training images (the holdout=5000 validation split; 0: not scored): choices are made there")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--gate-lr", type=float, default=0.01)
     ap.add_argument("--lam", type=float, default=2.0)
@@ -113,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
                     "('none': thresholds at 0, the runs before the boundary start existed)")
     ap.add_argument("--penalty", default="hinge", choices=("hinge", "two-sided", "linear"), help="SBS's budget term")
     ap.add_argument("--gate-momentum", type=float, default=0.0, help="Adam's beta1 on SBS's thresholds")
+    ap.add_argument("--gate-step", default="adam", choices=("adam", "cost", "shared"), help="how SBS's thresholds "
+                    "move (hwloop/methods/sbs/step.py)")
+    ap.add_argument("--a-score-momentum", type=float, default=1.0, help="SBS's activation-score moving average "
+                    "(1: each batch's own score)")
     ap.add_argument("--target-warmup", type=float, default=0.3)
     ap.add_argument("--phases", default="ref,sbs-lat,w4a4,ptq,l1l2,sbs-bops,uniform-bits")
     ap.add_argument("--figure", default=str(ROOT / "docs/figures/sbs_bitmap.png"))
@@ -152,11 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     res.put("schedule", {"steps": args.steps, "batch": args.batch, "eval_limit": args.eval_limit, "lr": args.lr,
                          "gate_lr": args.gate_lr, "lam": args.lam, "min_keep": args.min_keep,
                          "thr_init": thr_init, "penalty": args.penalty, "target_warmup": args.target_warmup,
-                         "gate_momentum": args.gate_momentum})
+                         "gate_momentum": args.gate_momentum, "gate_step": args.gate_step,
+                         "a_score_momentum": args.a_score_momentum, "val_limit": args.val_limit})
     say(f"checkpoint {ckpt}; {args.steps} search + {args.steps} fine-tune batches of {args.batch}; "
         f"test subset {args.eval_limit}")
 
-    train, _val = make_loaders("cifar10", args.batch, root=args.data_root, holdout=5000, seed=0)
+    train, val = make_loaders("cifar10", args.batch, root=args.data_root, holdout=5000, seed=0)
+    val = _subset(val, args.val_limit, 2, shuffle=False) if args.val_limit else None
     _, test = make_loaders("cifar10", 256, root=args.data_root, holdout=0, seed=0, augment=False)
     test = _subset(test, args.eval_limit, 1, shuffle=False)   # a fixed random subset (the files are class-sorted)
     ref = ModelRef("resnet20", input_shape=(3, 32, 32))
@@ -165,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     example = ref.example_input()
 
+    vals: list[float] = []   # the validation accuracy of every eval_fn call, in order
+
     def eval_fn(m: torch.nn.Module) -> float:
+        if val is not None:
+            vals.append(float(evaluate(m, val)))
         return float(evaluate(m, test))
 
     space = SearchSpace.from_ref(ref, SpaceOptions(bits=True, a_bits=8), model=model)
@@ -174,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     nopack = AsicDevice("asic-tpu32-nopack", spec={**dict(prof.spec), "pack_low_bits": False})
     ms0 = measure_compressed(tpu, model, None, example=example)["latency_ms"]
     if "dense" not in res.data:
-        res.put("dense", {"accuracy": eval_fn(model), "asic_ms": ms0,
+        res.put("dense", {"accuracy": eval_fn(model), "val_accuracy": vals[-1] if vals else None, "asic_ms": ms0,
                           "asic_nopack_ms": measure_compressed(nopack, model, None, example=example)["latency_ms"]})
     dense = res.data["dense"]
     say(f"dense (float weights; the device runs them at W8A8): accuracy {dense['accuracy']:.2f}, asic-tpu32 "
@@ -197,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     base_cfg = {"search_epochs": 1, "finetune_epochs": 1, "max_steps": args.steps, "lr": args.lr,
                 "gate_lr": args.gate_lr, "lam": args.lam, "min_keep": args.min_keep,
                 "thr_init": thr_init, "penalty": args.penalty, "target_warmup": args.target_warmup,
-                "gate_momentum": args.gate_momentum, "table_store": f"sqlite:///{out / 'costs.db'}"}
+                "gate_momentum": args.gate_momentum, "gate_step": args.gate_step,
+                "a_score_momentum": args.a_score_momentum, "table_store": f"sqlite:///{out / 'costs.db'}"}
 
     def record(key: str, ctx: MethodContext, result: Any, extra: dict[str, Any] | None = None) -> None:
         measure_candidates(result, ctx)
@@ -211,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
                "sbs_bops_ratio": sbs_extra.get("bops_ratio"),
                "mean_w_bits": sbs_extra.get("mean_w_bits"), "mean_a_bits": sbs_extra.get("mean_a_bits"),
                "bit_map": sbs_extra.get("bit_map"), "plan": c.plan.to_dict(), "history": c.history,
-               "wall_s": c.cost.wall_s if c.cost is not None else None, **(extra or {})}
+               "wall_s": c.cost.wall_s if c.cost is not None else None,
+               "val_accuracy": vals[-1] if vals else None, "val_accuracy_extracted": vals[-2] if len(vals) > 1
+               else None, "val_limit": args.val_limit, "gate_step": args.gate_step, **(extra or {})}
+        vals.clear()
         res.put(key, row)
         say(f"{key}: accuracy {c.accuracy:.2f} (extracted {c.accuracy_extracted:.2f}), measured {c.measured_ratio:.3f} "
             f"x dense on asic-tpu32 (packing off {off['ratio']:.3f} x), BOPs "

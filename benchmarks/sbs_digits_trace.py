@@ -58,6 +58,8 @@ def main(argv: list[str]) -> int:
     print("lam", " ".join(f"{lam:.2f}" for *_, lam in tr[::5]))
     hc = sbs.hard_config()
     print("masks", {k: int(v.sum()) for k, v in hc["masks"].items()}, "w", hc["w"], "a", hc["a"])
+    print("thresholds", {n: [round(v, 3) for v in p.detach().flatten().tolist()] for n, p in sbs.named_thresholds()})
+    print("step_scale", [h.get("step_scale") for h in hist])
     print("acc", round(task.eval_fn(sbs), 2))
     print("SEARCH END", round(end, 4), "target", target)
     return 0

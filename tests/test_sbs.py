@@ -80,14 +80,15 @@ def small(digits_pretrained):
     return digits_pretrained  # tests/conftest.py
 
 
-def _sbs(model, space, first_last: str = "w8a8", prune: bool = True, min_keep: float = 0.25
-         ) -> tuple[SbsModel, list]:
+def _sbs(model, space, first_last: str = "w8a8", prune: bool = True, min_keep: float = 0.25,
+         a_score_momentum: float = 1.0) -> tuple[SbsModel, list]:
     layers = sbs_layers(space)
     from hwloop.compress.extract import output_layers
 
     policy, fixed = _policy(SbsConfig(first_last=first_last), layers,
                             output_layers(model, space.example))
-    return SbsModel(model, space, layers, policy, fixed, LEVELS, (4, 8), prune=prune, min_keep=min_keep), layers
+    return SbsModel(model, space, layers, policy, fixed, LEVELS, (4, 8), prune=prune, min_keep=min_keep,
+                    a_score_momentum=a_score_momentum), layers
 
 
 def test_a_zero_filter_gate_zeroes_the_filter_and_lowers_bops_exactly(small) -> None:
@@ -274,6 +275,8 @@ def test_mixed_activation_bits_are_measured_per_layer(small) -> None:
     ({"min_keep": 1.5}, "min_keep=1.5 must be a fraction"),
     ({"thr_init": 1.0}, "thr_init=1.0 must be a margin in [0, 1)"),
     ({"penalty": "square"}, "penalty='square' is unknown; allowed: linear, hinge, two-sided"),
+    ({"a_score_momentum": 1.5}, "a_score_momentum=1.5 must be in (0, 1]"),
+    ({"gate_step": "sgd"}, "gate_step='sgd' is unknown; allowed: adam, cost, shared"),
 ])
 def test_bad_config_is_one_line(table: dict, needle: str) -> None:
     with pytest.raises(SearchError) as e:
@@ -320,3 +323,52 @@ def test_budget_term_hinge_warmup_and_dual_ascent() -> None:
     assert float(two.term(torch.tensor(0.3), 0)) == pytest.approx(0.2)
     with pytest.raises(SearchError, match="penalty='square' is unknown"):
         BudgetTerm(0.5, 10, lam=1.0, dual_lr=0.1, penalty="square")
+
+
+def _one_step(mode: str, shares: tuple[float, ...], task: tuple[float, ...] = ()) -> list[float]:
+    from hwloop.methods.sbs.step import ThresholdStep
+
+    ps = [nn.Parameter(torch.zeros(())) for _ in shares]
+    step = ThresholdStep(ps, lr=0.01, mode=mode)
+    ratio = sum(s * p for s, p in zip(shares, ps))
+    step.zero_grad()
+    step.observe_cost(ratio)
+    (ratio + sum(t * p for t, p in zip(task, ps))).backward()
+    step.step()
+    return [float(p) for p in ps]
+
+
+def test_cost_step_scales_each_threshold_by_its_latency_share() -> None:
+    """``gate_step = "cost"``: a threshold moves in proportion to the latency behind its gate (Adam alone moves every
+    threshold by gate_lr whatever its gradient); ``shared``: in proportion to its whole gradient."""
+    adam = _one_step("adam", (0.9, 0.1, 0.0), task=(0.0, 0.0, 1e-3))
+    assert adam == pytest.approx([-0.01, -0.01, -0.01], rel=1e-3)       # the gate with no latency moves as far
+    cost = _one_step("cost", (0.9, 0.1, 0.0), task=(0.0, 0.0, 1e-3))
+    assert cost[0] == pytest.approx(-0.01 * 0.9 / 0.82, rel=1e-3)       # s_i * sum(s) / sum(s^2) of Adam's step
+    assert cost[1] == pytest.approx(-0.01 * 0.1 / 0.82, rel=1e-3)
+    assert cost[2] == 0.0                                                # no latency behind it: it stays
+    assert 0.9 * cost[0] + 0.1 * cost[1] == pytest.approx(0.9 * adam[0] + 0.1 * adam[1], rel=1e-3)  # same cost pace
+    shared = _one_step("shared", (0.9, 0.1, 0.0), task=(0.0, 0.0, 1e-3))
+    assert shared[0] / shared[1] == pytest.approx(9.0, rel=1e-3) and abs(shared[2]) < 0.002
+
+
+def test_a_smoothed_activation_score_is_not_switched_off_by_one_batch(small) -> None:
+    """``a_score_momentum < 1``: the activation gates read a moving average of their score, so one batch whose
+    8-bit residual comes out a quarter of the usual does not drop the layer to 4 bits (per batch, it does)."""
+    task, model, space = small
+    x, _ = next(iter(task.train))
+    bits = {}
+    for m in (1.0, 0.1):
+        sbs, _ = _sbs(model, space, a_score_momentum=m)
+        sbs.train()
+        sbs(x)                                       # the start: every activation score is 1
+        with torch.no_grad():
+            for k, p in sbs.a_thr.items():
+                p.fill_(0.9)
+                getattr(sbs, f"ascale_{k}").mul_(4.0)   # the same batch now scores 0.25
+        sbs(x)
+        bits[m] = sbs.hard_config()["a"]
+        searched = [n for n in bits[m] if sbs.policy[n] == "search"]
+        assert searched
+    assert all(bits[1.0][n] == 4 for n in searched), bits        # per batch: the noisy batch switches the gate off
+    assert all(bits[0.1][n] == 8 for n in searched), bits        # averaged: 0.9 + 0.1 * 0.25 = 0.925 > 0.9, stays on

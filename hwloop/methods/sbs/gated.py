@@ -82,11 +82,15 @@ class SbsModel(nn.Module):
         clip: the weight clip (fraction of each channel's largest magnitude).
         min_keep: the per-group channel floor of the filter gates, a fraction in (0, 1] of each coupled group's
             channels (rounded up; never below the space's ``min_keep``).
+        a_score_momentum: the weight of a training batch's activation score in a moving average that the
+            activation gates read (1: each batch's own score; smaller: less batch noise, a gate does not switch
+            off because one batch's residual came out small).
     """
 
     def __init__(self, model: nn.Module, space: Any, layers: Sequence[SbsLayer], policy: Mapping[str, str],
                  fixed: Mapping[str, tuple[int, int]], w_levels: Sequence[int], a_levels: Sequence[int], *,
-                 prune: bool = True, clip: float = 1.0, act_momentum: float = 0.1, min_keep: float = 0.25) -> None:
+                 prune: bool = True, clip: float = 1.0, act_momentum: float = 0.1, min_keep: float = 0.25,
+                 a_score_momentum: float = 1.0) -> None:
         super().__init__()
         self.net = copy.deepcopy(model)
         self.space = space
@@ -101,6 +105,10 @@ class SbsModel(nn.Module):
         if isinstance(min_keep, bool) or not isinstance(min_keep, (int, float)) or not 0.0 < min_keep <= 1.0:
             raise CompressionError(f"min_keep={min_keep!r} must be a fraction of each group's channels in (0, 1]")
         self.min_keep = float(min_keep)
+        if isinstance(a_score_momentum, bool) or not isinstance(a_score_momentum, (int, float)) \
+                or not 0.0 < a_score_momentum <= 1.0:
+            raise CompressionError(f"a_score_momentum={a_score_momentum!r} must be in (0, 1] (1: per batch)")
+        self.a_score_momentum = float(a_score_momentum)
         self.w_thr = nn.ParameterDict()
         self.a_thr = nn.ParameterDict()
         self.f_thr = nn.ParameterDict()
@@ -116,6 +124,7 @@ class SbsModel(nn.Module):
                    for j, b in enumerate(self.w_levels) if j > 0]
             self.register_buffer(f"wscale_{_key(n)}", torch.stack(rms) if rms else torch.ones(0))
             self.register_buffer(f"ascale_{_key(n)}", torch.full((len(self.a_levels) - 1,), -1.0))
+            self.register_buffer(f"ascore_{_key(n)}", torch.full((len(self.a_levels) - 1,), -1.0))
         quantized = [n.name for n in self.layers if self.policy.get(n.name) in ("search", "fixed")]
         for n in quantized:
             self.register_buffer(f"amax_{_key(n)}", torch.tensor(-1.0))
@@ -260,7 +269,16 @@ class SbsModel(nn.Module):
         if bool((scale < 0).any()):
             with torch.no_grad():
                 scale.copy_(rms.clamp_min(1e-8))
-        g = threshold_gate(rms / scale, self.a_thr[_key(layer)])
+        score = rms / scale
+        if self.a_score_momentum < 1.0:
+            avg = getattr(self, f"ascore_{_key(layer)}")
+            if self.training:
+                with torch.no_grad():
+                    m = self.a_score_momentum
+                    avg.copy_(score if bool((avg < 0).any()) else (1 - m) * avg + m * score)
+            if not bool((avg < 0).any()):
+                score = avg.clone()
+        g = threshold_gate(score, self.a_thr[_key(layer)])
         if self.frozen is not None:
             on = torch.tensor([1.0 if self.frozen["a"][layer] >= b else 0.0 for b in self.a_levels[1:]])
             g = on + (g - g.detach())

@@ -47,6 +47,7 @@ from hwloop.methods.budget import PENALTIES, BudgetTerm
 from hwloop.methods.sbs.cost import BopsCost, CostState, TableCost, is_bit_aware, sbs_layers
 from hwloop.methods.sbs.gated import SbsModel
 from hwloop.methods.sbs.quant import check_levels
+from hwloop.methods.sbs.step import GATE_STEPS, ThresholdStep
 from hwloop.search.accounting import ComputeRecord
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
 
@@ -72,6 +73,12 @@ class SbsConfig(MethodConfig):
         gate_momentum: Adam's β₁ on the thresholds. 0 (default): a threshold stops when the cost pull stops (the
             hinge is 0 once within the target in force); with 0.9 the momentum carries the gates on for ~10 steps
             past the target (on digits at 0.7: 0.52 with 0.9, 0.68 with 0).
+        gate_step: how the thresholds move (:mod:`hwloop.methods.sbs.step`): ``adam`` (default) Adam per
+            threshold, each by about ``gate_lr`` per step whatever its gradient; ``cost`` that step scaled by the
+            threshold's share of the latency (``|∂cost/∂θ|``, normalised to keep the cost pace); ``shared`` one
+            second moment for all thresholds (each moves in proportion to its gradient).
+        a_score_momentum: the activation gates read a moving average of their score with this weight per batch
+            (1, default: each batch's own score, so batch noise alone can switch a gate off; 0.1: smoothed).
         penalty: the budget term (:class:`hwloop.methods.budget.BudgetTerm`): ``hinge`` ``λ·max(0, r − t)``,
             ``two-sided`` ``λ·|r − t|`` (also pulls back up to the target), ``linear`` ``λ·r``.
         lam / dual_lr: initial λ and its dual-ascent rate (0: fixed λ; without a target λ is fixed).
@@ -99,6 +106,8 @@ class SbsConfig(MethodConfig):
     gate_lr: float = 0.01
     thr_init: float | None = 0.05
     gate_momentum: float = 0.0
+    gate_step: str = "adam"
+    a_score_momentum: float = 1.0
     penalty: str = "hinge"
     lam: float = 2.0
     dual_lr: float = 0.02
@@ -137,6 +146,11 @@ class SbsConfig(MethodConfig):
                               "(thresholds start at 0)")
         if not (isinstance(self.gate_momentum, (int, float)) and 0.0 <= self.gate_momentum < 1.0):
             raise SearchError(f"gate_momentum={self.gate_momentum!r} must be in [0, 1) (Adam's beta1 on the thresholds)")
+        if self.gate_step not in GATE_STEPS:
+            raise SearchError(f"gate_step={self.gate_step!r} is unknown; allowed: {', '.join(GATE_STEPS)}")
+        am = self.a_score_momentum
+        if isinstance(am, bool) or not isinstance(am, (int, float)) or not 0.0 < am <= 1.0:
+            raise SearchError(f"a_score_momentum={am!r} must be in (0, 1] (1: each batch's own activation score)")
         if self.penalty not in PENALTIES:
             raise SearchError(f"penalty={self.penalty!r} is unknown; allowed: {', '.join(PENALTIES)}")
         if not 0.0 <= self.target_warmup <= 1.0:
@@ -302,7 +316,7 @@ class SbsMethod(CompressionMethod):
             raise SearchError(f"[method] sbs: cost='latency' needs a bit-aware device (asic-tpu32, asic-eyeriss); "
                               f"the context's device is {context.device!r}")
         sbs = SbsModel(context.model, space, layers, policy, fixed, cfg.w_levels, cfg.a_levels, prune=cfg.prune,
-                       clip=cfg.clip, min_keep=cfg.min_keep)
+                       clip=cfg.clip, min_keep=cfg.min_keep, a_score_momentum=cfg.a_score_momentum)
         bops = BopsCost(space, layers, cfg.w_levels, cfg.a_levels)
         note = ""
         if cfg.cost == "latency" or (cfg.cost == "auto" and bit_aware):
@@ -408,7 +422,7 @@ class SbsMethod(CompressionMethod):
         opt_w = make_optimizer(sbs.weight_parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
         if cfg.thr_init is not None:
             sbs.init_thresholds_(cfg.thr_init, next(iter(context.train))[0])
-        opt_g = torch.optim.Adam(sbs.threshold_parameters(), lr=cfg.gate_lr, betas=(cfg.gate_momentum, 0.999))
+        opt_g = ThresholdStep(sbs.threshold_parameters(), cfg.gate_lr, cfg.gate_momentum, cfg.gate_step)
         loss_fn = nn.CrossEntropyLoss()
         steps = min(len(context.train), cfg.max_steps) if cfg.max_steps else len(context.train)
         total, step = cfg.search_epochs * steps, 0
@@ -434,7 +448,8 @@ class SbsMethod(CompressionMethod):
                     ratio_t = cost(sbs.cost_state()) / c0
                     loss = task + term.term(ratio_t, step)
                     opt_w.zero_grad(set_to_none=True)
-                    opt_g.zero_grad(set_to_none=True)
+                    opt_g.zero_grad()
+                    opt_g.observe_cost(ratio_t)
                     loss.backward()
                     opt_w.step()
                     opt_g.step()
@@ -453,6 +468,11 @@ class SbsMethod(CompressionMethod):
                                    "lambda": term.lam, "ratio_end": ratio}
             if target is not None:
                 rec["target_end"] = term.target_t
+            if cfg.gate_step == "cost":   # the last step's mean cost-share factor per kind of threshold
+                kinds: dict[str, list[float]] = {}
+                for (name, _), f in zip(sbs.named_thresholds(), opt_g.last_scale):
+                    kinds.setdefault(name.split(":")[0], []).extend(f.flatten().tolist())
+                rec["step_scale"] = {k: round(sum(v) / len(v), 4) for k, v in kinds.items() if v}
             # per step: the hard configuration's cost ratio (what the search would end at), target in force, λ
             rec["steps"] = [[s, round(r, 5), None if t is None else round(t, 5), round(lm, 5)]
                             for s, r, t, lm in term.trace[-n:]] if n else []
