@@ -35,6 +35,10 @@ def obc(
     target: float = typer.Option(0.5, "--target", help="latency budget: a fraction of the dense model's latency"),
     bits: str = typer.Option("8,4", "--bits", help="weight bit-widths offered per layer ('' for none)"),
     eval_limit: int = typer.Option(None, "--eval-limit", help="score only this many validation images"),
+    dp: str = typer.Option("additive", "--dp", help="the DP's cost: additive (per-unit savings, corrected against "
+                           "the device) or joint (the whole model's op sum; exact on asic devices)"),
+    rerank: int = typer.Option(0, "--rerank", help="with --dp joint: stitch its K best answers and keep the lowest "
+                               "calibration loss (0: the DP's answer)"),
     out: Path = typer.Option(Path("runs/obc"), "--out", "-o", help="output directory"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
@@ -67,7 +71,7 @@ def obc(
         raise SearchError(f"--bits={bits!r} must be comma-separated ints, e.g. 8,4") from e
     kinds = ["channels", "bits"] if bit_list else ["channels"]
     cfg = ObcConfig.from_dict({"calib": calib, "kinds": kinds, "bits": bit_list or [8], "cost_source": "table",
-                               "check": "device"}, where="hwloop search obc")
+                               "check": "device", "dp": dp, "rerank": rerank}, where="hwloop search obc")
     t = make_task(task, model, batch_size=128, val_limit=eval_limit, data_root=data_root)
     net = t.ref.build()
     from safetensors.torch import load_file

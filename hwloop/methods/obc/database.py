@@ -22,7 +22,8 @@ from hwloop.compress.extract import get_module
 from hwloop.methods.obc.exactobs import collect_hessians, layer_weight, nm_prune, obq_quantize, unstructured_database
 from hwloop.methods.obc.structured import GroupDatabase, GroupInfo, apply_group_, group_infos, structured_database
 
-__all__ = ["Database", "Unit", "build_database", "compress_layer", "layer_level_name", "load_database", "save_database"]
+__all__ = ["Database", "Unit", "build_database", "compress_layer", "database_key", "layer_level_name", "load_database",
+           "save_database"]
 
 #: a layer level: ("float",), ("bits", b), ("unstructured", sparsity), ("n:m", n, m)
 LayerLevel = tuple
@@ -192,6 +193,24 @@ def build_database(model: nn.Module, space: Any, calib: Sequence[tuple[torch.Ten
         u.errors[0] = 0.0
     t1 = time.perf_counter()
     return Database(units, hessians, dense, skipped, {"hessians": t_h - t0, "database": t1 - t_h})
+
+
+def database_key(model: nn.Module, calib: Sequence[tuple[torch.Tensor, torch.Tensor]], keys: dict[str, Any]) -> str:
+    """A short hash of what decides a database: every weight and buffer of ``model``, the calibration images and
+    labels, and ``keys`` (the database's configuration); the name of its cache file."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for x, y in calib:
+        for t in (x, y):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
 
 
 def save_database(db: Database, path: str) -> None:

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +39,7 @@ from hwloop.methods.base import Candidate, CompressionMethod, MethodConfig, Meth
 from hwloop.methods.obc.database import Database, build_database, compress_layer, layer_level_name
 from hwloop.methods.obc.dp import solve_savings, unit_savings_from_latency, unit_savings_from_table
 from hwloop.methods.obc.exactobs import layer_weight
+from hwloop.methods.obc.joint import JointCost, op_costs, solve_joint_top
 from hwloop.methods.obc.structured import apply_group_, physical_prune, reestimate_bn
 from hwloop.search.accounting import ComputeRecord
 
@@ -49,6 +51,7 @@ COST_SOURCES = ("latency", "table")
 CHECKS = ("latency", "device")
 BN_MODES = ("reset", "blend")
 BN_DATA = ("train", "calib")
+DPS = ("additive", "joint")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -84,6 +87,9 @@ class ObcConfig(MethodConfig):
     bn_mode: str = "reset"
     bn_data: str = "train"
     targets: list[float] | None = None
+    dp: str = "additive"
+    rerank: int = 0
+    database_cache: str | None = None
     finetune_epochs: int = 0
     finetune_lr: float = 0.01
 
@@ -99,17 +105,25 @@ class ObcConfig(MethodConfig):
             _numbers("targets", self.targets, 0.0, 1.0)
         for key, val, allowed in (("error", self.error, ERRORS), ("dtype", self.dtype, tuple(DTYPES)),
                                   ("cost_source", self.cost_source, COST_SOURCES), ("check", self.check, CHECKS),
-                                  ("bn_mode", self.bn_mode, BN_MODES), ("bn_data", self.bn_data, BN_DATA)):
+                                  ("bn_mode", self.bn_mode, BN_MODES), ("bn_data", self.bn_data, BN_DATA),
+                                  ("dp", self.dp, DPS)):
             if val not in allowed:
                 raise SearchError(f"{key}={val!r} is unknown; allowed: {', '.join(allowed)}")
         for key, num, lo in (("error_images", self.error_images, 1), ("buckets", self.buckets, 10),
-                             ("corrections", self.corrections, 0), ("finetune_epochs", self.finetune_epochs, 0)):
+                             ("corrections", self.corrections, 0), ("finetune_epochs", self.finetune_epochs, 0),
+                             ("rerank", self.rerank, 0)):
             if isinstance(num, bool) or not isinstance(num, int) or num < lo:
                 raise SearchError(f"{key}={num!r} must be an int >= {lo}")
         if not (isinstance(self.finetune_lr, (int, float)) and self.finetune_lr > 0):
             raise SearchError(f"finetune_lr={self.finetune_lr!r} must be a number > 0")
         if not (isinstance(self.tolerance, (int, float)) and 0.0 <= self.tolerance < 1.0):
             raise SearchError(f"tolerance={self.tolerance!r} must be a number in [0, 1)")
+        if self.rerank > 1 and self.dp != "joint":
+            raise SearchError(f"rerank={self.rerank} needs dp='joint' (its answers per hub combination)")
+        if self.dp == "joint" and self.cost_source != "table":
+            raise SearchError(f"dp='joint' needs cost_source='table' (per-op costs), not {self.cost_source!r}")
+        if self.database_cache is not None and not (isinstance(self.database_cache, str) and self.database_cache):
+            raise SearchError(f"database_cache={self.database_cache!r} must be a folder path or absent")
         if not (isinstance(self.rel_damp, (int, float)) and 0.0 <= self.rel_damp <= 1.0):
             raise SearchError(f"rel_damp={self.rel_damp!r} must be a number in [0, 1]")
 
@@ -149,11 +163,37 @@ class ObcMethod(CompressionMethod):
         assert isinstance(cfg, ObcConfig)
         dev = next(model.parameters()).device
         calib = _calibration(context, cfg.calib, dev)
+        path = None
+        if cfg.database_cache is not None:
+            from pathlib import Path
+
+            from hwloop.methods.obc.database import database_key, load_database
+
+            key = database_key(model, calib, {**self._db_keys(), "space": repr(context.space.options)})
+            path = Path(cfg.database_cache) / f"obc-db-{key}.safetensors"
+            if path.is_file():
+                context.say(f"obc: database read from {path} (same weights, calibration images and keys)")
+                return load_database(str(path), dev), calib
         db = build_database(model, context.space, calib, kinds=cfg.kinds, channel_levels=cfg.channel_levels,
                             bits=cfg.bits, sparsities=cfg.sparsities, error=cfg.error, error_images=cfg.error_images,
                             rel_damp=cfg.rel_damp, dtype=DTYPES[cfg.dtype], progress=context.progress,
                             say=context.say)
+        if path is not None:
+            from hwloop.methods.obc.database import save_database
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_database(db, str(tmp))
+            tmp.replace(path)
+            context.say(f"obc: database written to {path}")
         return db, calib
+
+    def _db_keys(self) -> dict[str, Any]:
+        """The keys a database depends on (besides the weights and the calibration images)."""
+        cfg = self.config
+        assert isinstance(cfg, ObcConfig)
+        return {k: getattr(cfg, k) for k in ("kinds", "channel_levels", "bits", "sparsities", "error",
+                                             "error_images", "rel_damp", "dtype")}
 
     def savings(self, context: MethodContext, db: Database) -> tuple[float, list[list[float]], str]:
         """``(original, savings[u][l], what)`` in the units the DP uses."""
@@ -204,6 +244,13 @@ class ObcMethod(CompressionMethod):
                                           for lv in u.levels}
                 full[f"layer:{u.name}"] = u.full
         return out, full
+
+    def joint_cost(self, context: MethodContext, db: Database) -> tuple[JointCost, Any]:
+        """The whole model's cost as one term per op (``dp="joint"``, :func:`~hwloop.methods.obc.joint.op_costs`)
+        on the context's device."""
+        if context.device is None:
+            raise SearchError("[method] obc: dp='joint' needs a device (MethodContext.device)")
+        return op_costs(context.space, db.units, context.device, progress=context.progress)
 
     def arch_plan(self, context: MethodContext, db: Database, choice: list[int]) -> CompressionPlan:
         """The plan of a choice (one level index per unit)."""
@@ -276,10 +323,14 @@ class ObcMethod(CompressionMethod):
         return r, r * whole0, info
 
     def solve(self, context: MethodContext, db: Database, original: float, savings: list[list[float]],
-              target: float, model: nn.Module | None = None) -> tuple[list[int], dict[str, Any]]:
+              target: float, model: nn.Module | None = None, joint: JointCost | None = None,
+              pick: Any = None) -> tuple[list[int], dict[str, Any]]:
         """The DP's first answer, then corrections against the whole-model latency: the required saving moves
         by the whole model's miss (up when above the target, down when more than ``tolerance`` below it);
-        the answer is the lowest-error one within the target (else the last)."""
+        the answer is the lowest-error one within the target (else the last). With ``joint`` (``dp="joint"``)
+        the DP's cost is the whole model's op sum (:mod:`~hwloop.methods.obc.joint`), in units scaled so its
+        dense total is ``original``; with ``pick`` (a choice's measured calibration loss) and ``rerank`` ≥ 2 its
+        ``rerank`` best answers are stitched and the lowest loss is the DP's answer (``rerank`` in the step)."""
         cfg = self.config
         assert isinstance(cfg, ObcConfig)
         errors = [u.errors for u in db.units]
@@ -291,18 +342,35 @@ class ObcMethod(CompressionMethod):
         last: list[int] | None = None
         lo: float | None = None     # required savings known to land within / above the target
         hi: float | None = None
+        scale = original / joint.full() if joint is not None else 1.0
         for i in range(cfg.corrections + 1):
-            got = solve_savings(errors, savings, required, cfg.buckets)
+            rerank: list[dict[str, float]] = []
+            if joint is None:
+                got = solve_savings(errors, savings, required, cfg.buckets)
+            else:
+                tops = solve_joint_top(errors, joint, (original - required) / scale, cfg.buckets,
+                                       candidates=[j for j, u in enumerate(db.units) if u.kind == "group"],
+                                       top=max(1, cfg.rerank))
+                got = tops[0] if tops else None
+                if len(tops) > 1 and pick is not None:
+                    losses = [float(pick(ch)) for ch, _ in tops]
+                    got = tops[int(np.argmin(losses))]
+                    rerank = [{"dp_error": float(e), "calib_loss": lo, "dp_ratio": joint.total(ch) / joint.full(),
+                               "choice": [int(v) for v in ch]} for (ch, e), lo in zip(tops, losses)]
+                    context.say(f"obc: rerank: calibration loss {min(losses):.4f} (DP's best answer: {losses[0]:.4f})")
             feasible = got is not None
             if got is None:      # even the largest savings together fall short: take them all (reported missed)
                 got = ([max(range(len(s)), key=s.__getitem__) for s in savings], float("nan"))
             choice = got[0]
             additive = original - sum(s[li] for s, li in zip(savings, choice))
+            model_cost = joint.total(choice) * scale if joint is not None else additive
             ratio, whole, how = self.whole_ratio(context, base_model, self.arch_plan(context, db, choice), whole0)
             steps.append({"required_saving": required, "additive": additive, "additive_ratio": additive / original,
-                          "whole": whole, "whole_ratio": ratio, "feasible": feasible, "error": float(got[1]), **how})
+                          "dp_cost": model_cost, "dp_ratio": model_cost / original,
+                          "whole": whole, "whole_ratio": ratio, "feasible": feasible, "error": float(got[1]),
+                          "choice": [int(li) for li in choice], **({"rerank": rerank} if rerank else {}), **how})
             context.say(f"obc: DP {'answer' if i == 0 else f'correction {i}'}: additive {additive / original:.4f} "
-                        f"x, whole model {ratio:.4f} x (target {target:.4f})")
+                        f"x, DP cost {model_cost / original:.4f} x, whole model {ratio:.4f} x (target {target:.4f})")
             last = choice
             if ratio <= target * (1 + 1e-9) and (best is None or got[1] < best[0]):
                 best = (float(got[1]), choice, i)
@@ -404,7 +472,18 @@ class ObcMethod(CompressionMethod):
         assert ledger is not None
         n0 = len(ledger) if n0 is None else n0
         t0 = time.perf_counter() if t0 is None else t0
-        original, savings, what = self.savings(context, db)
+        joint = None
+        if cfg.dp == "joint":
+            from hwloop.search.report import measure_compressed
+
+            joint, tab = self.joint_cost(context, db)
+            original = float(measure_compressed(context.device, context.model, None,
+                                                example=context.example())["latency_ms"])
+            savings = [[x * original / joint.full() for x in row] for row in joint.single_savings()]
+            what = (f"per-op cost table {tab.device}/{tab.source} ({tab.unit}; {len(joint.terms)} ops, dense sum "
+                    f"{joint.full():.6g}, whole dense model measured {original:.6g}); DP on the whole op sum")
+        else:
+            original, savings, what = self.savings(context, db)
         t1 = time.perf_counter()
         ledger.add("search", trial=context.trial, wall_s=t1 - t0)
         context.say(f"obc: database of {len(db.units)} units ready after {t1 - t0:.1f} s; costs from {what}")
@@ -414,7 +493,11 @@ class ObcMethod(CompressionMethod):
         lat = context.latency
         for target in targets:
             ts = time.perf_counter()
-            choice, info = self.solve(context, db, original, savings, target, model)
+            pick = None
+            if cfg.rerank > 1:
+                def pick(ch: list[int]) -> float:
+                    return calib_loss(self.stitch(context, model, db, ch, calib), calib, cfg.error_images)
+            choice, info = self.solve(context, db, original, savings, target, model, joint, pick)
             plan = self.arch_plan(context, db, choice)
             te = time.perf_counter()
             net = self.stitch(context, model, db, choice, calib)
@@ -455,7 +538,8 @@ class ObcMethod(CompressionMethod):
                 search_end=first["whole"] * scale, repairs=repairs, seconds={"database": t1 - t0, "dp": te - ts,
                                                                      "stitch": tx - te, "eval": tv - tx},
                 sizes=sizes,
-                extra={"dp_first_additive_ratio": first["additive_ratio"], "dp_first_whole_ratio": first["whole_ratio"],
+                extra={"dp": cfg.dp, "dp_first_cost_ratio": first["dp_ratio"],
+                       "dp_first_additive_ratio": first["additive_ratio"], "dp_first_whole_ratio": first["whole_ratio"],
                        "final_additive_ratio": last["additive_ratio"], "final_whole_ratio": last["whole_ratio"],
                        "context_latency_ratio": ctx_ratio, "dp_steps": steps, "dp_chosen": chosen, "check": cfg.check, "costs": what, "calib_images": sum(int(y.shape[0]) for _, y in calib),
                        "units": len(db.units), "skipped_groups": db.skipped, "layers": layers,
@@ -465,6 +549,20 @@ class ObcMethod(CompressionMethod):
             context.say(f"obc: target {target}: budget {cand.status}: {cand.status_reason}")
             cands.append(cand)
         return MethodResult(method=self.name, config=cfg.to_dict(), candidates=cands)
+
+
+def calib_loss(net: nn.Module, calib: list[tuple[torch.Tensor, torch.Tensor]], images: int) -> float:
+    """Mean cross-entropy of ``net`` on the first ``images`` calibration images (the level errors' images)."""
+    from hwloop.methods.obc.database import _loss
+
+    batches, left = [], images
+    for x, y in calib:
+        if left <= 0:
+            break
+        batches.append((x[:left], y[:left]))
+        left -= int(x.shape[0])
+    net.eval()
+    return _loss(net, batches)
 
 
 def dataclasses_total(ledger: Any, n0: int, trial: int | None) -> ComputeRecord:
