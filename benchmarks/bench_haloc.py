@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tau-end", type=float, default=1.0, help="softmax temperature at the end of the search")
     ap.add_argument("--uniform-ft-epochs", type=int, default=1,
                     help="uniform_ft: fine-tune passes of --steps batches (1: HALOC's fine-tune; 2: its search + fine-tune)")
+    ap.add_argument("--uniform-ratio", type=float, default=None,
+                    help="uniform_ft: the latency ratio to land at or below (default: HALOC's measured ratio from "
+                         "--out; give it when HALOC runs elsewhere and the uniform choice is the same for it)")
     ap.add_argument("--phases", default="dense,uniform,haloc,ablation,uniform_ft,train_ref")
     ap.add_argument("--report", action="store_true", help="print the Markdown tables of --out/results.json and exit")
     args = ap.parse_args(argv)
@@ -295,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         for dev in devices:
             for target in reachable(dev):
                 h = res.get(f"haloc/{dev}/{target}/0")
+                if args.uniform_ratio is not None:
+                    h = {"measured_ratio": args.uniform_ratio}
                 key = f"uniform_ft/{dev}/{target}"
                 if h is None or res.get(key) is not None:
                     continue
