@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="0.7,0.6,0.5")
     ap.add_argument("--calib", type=int, default=1024)
     ap.add_argument("--bits", default="4,3,2")
-    ap.add_argument("--eval-limit", type=int, default=10000, help="test images scored (the first N of the test set)")
+    ap.add_argument("--eval-limit", type=int, default=10000, help="test images scored (see --eval-subset)")
+    ap.add_argument("--eval-subset", default="random", choices=["random", "first"], help="which --eval-limit test "
+                    "images (and --val-limit held-out images) are scored: a seeded random subset (test seed 2, held-out "
+                    "seed 1), or the first N (before 2026-12-07; both splits come sorted by class, so the first 1,000 "
+                    "test images are all airplanes)")
     ap.add_argument("--phases", default="quant,latency")
     ap.add_argument("--ladder-bits", default="4", help="OBQ bit-widths per layer in the latency database "
                     "(besides float; 8 bits costs as float on asic-tpu32, whose default is int8)")
@@ -133,6 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     n_calib = sum(int(b.shape[0]) for b, _ in calib)
     xs = [x for x, _ in calib]
 
+    if args.eval_subset == "random":
+        from torch.utils.data import DataLoader, Subset
+
+        def subset(loader: Any, n: int, seed: int) -> Any:
+            ds = loader.dataset
+            idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+            return DataLoader(Subset(ds, sorted(idx)), batch_size=500, shuffle=False)
+
+        test, val = subset(test, args.eval_limit, 2), subset(val, args.val_limit, 1)
+
     def acc(net: torch.nn.Module) -> float:
         net.eval()
         return evaluate(net, test, args.eval_limit)
@@ -143,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         net.eval()
         return evaluate(net, val, args.val_limit)
 
+    res.put("eval_subset", args.eval_subset)
     res.put("bn_mode", args.bn_mode)
     res.put("bn_data", args.bn_data)
     res.put("holdout", args.holdout)
