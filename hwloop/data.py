@@ -344,6 +344,15 @@ def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], l
     return sorted(perm[n_val:]), sorted(perm[:n_val])
 
 
+def _pick(ds: Dataset[Any], limit: int, seed: int) -> Dataset[Any]:
+    """``limit`` items of ``ds`` drawn at random by ``seed``, kept in their stored order (all when it has fewer)."""
+    n = len(ds)  # type: ignore[arg-type]
+    if limit >= n:
+        return ds
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values.tolist()
+    return Subset(ds, idx)
+
+
 def make_loaders(name: str, batch_size: int, *, root: str | os.PathLike[str] | None = None,
                  val_fraction: float = 0.2, seed: int = 0, augment: bool = True, size: int = 32,
                  num_workers: int = 0, cache_dir: str | os.PathLike[str] | None = None,
@@ -360,8 +369,10 @@ def make_loaders(name: str, batch_size: int, *, root: str | os.PathLike[str] | N
     * ``imagefolder``: ``root/train`` + ``root/val`` (or ``root/test``) when present, else a
       ``val_fraction`` split of ``root``; ImageNet normalisation, same augmentation.
 
-    The training loader shuffles with a generator seeded by ``seed``. ``limit`` keeps the
-    first ``limit`` images of each side (quick experiments and tests). ``cache_dir`` and
+    The training loader shuffles with a generator seeded by ``seed``. ``limit`` keeps ``limit``
+    images of each side drawn at random by ``seed`` (in their stored order; quick experiments and
+    tests): the CIFAR-10 arrays are stored class by class, so the first 1,000 test images are all
+    airplanes. ``cache_dir`` and
     ``sha256`` are passed to :func:`load_cifar10`.
 
     Example:
@@ -410,8 +421,7 @@ def make_loaders(name: str, batch_size: int, *, root: str | os.PathLike[str] | N
             train_ds = Subset(ImageFolder(base, size, _Normalize(IMAGENET_MEAN, IMAGENET_STD, augment)), tr_idx)
             val_ds = Subset(ImageFolder(base, size, _Normalize(IMAGENET_MEAN, IMAGENET_STD, False)), va_idx)
     if limit is not None:
-        train_ds = Subset(train_ds, range(min(limit, len(train_ds))))  # type: ignore[arg-type]
-        val_ds = Subset(val_ds, range(min(limit, len(val_ds))))  # type: ignore[arg-type]
+        train_ds, val_ds = _pick(train_ds, limit, seed), _pick(val_ds, limit, seed + 1)
     gen = torch.Generator().manual_seed(seed)
     train = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=gen, num_workers=num_workers,
                        drop_last=False)

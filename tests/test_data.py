@@ -271,6 +271,20 @@ def test_cifar_holdout_is_carved_from_training_images(fake_cifar: Path, tmp_path
     assert [bytes(x.numpy().tobytes()) for x, _ in val_again.dataset] == xs_val  # seeded
 
 
+def test_a_limit_draws_from_every_class_not_the_first_images(fake_cifar: Path, tmp_path: Path) -> None:
+    """The stored CIFAR-10 arrays are sorted by class: ``limit`` keeps a seeded random draw, not the first N
+    (which were all of one class, and made a benchmark score OBC on airplanes only)."""
+    from hwloop.data import make_loaders
+
+    digest = sha256_file(fake_cifar)
+    kw = dict(root=fake_cifar, cache_dir=tmp_path / "c", sha256=digest, augment=False)
+    train, test = make_loaders("cifar10", 4, limit=8, seed=0, **kw)
+    assert len(train.dataset) == len(test.dataset) == 8
+    assert {int(y) for _, y in test.dataset} == {0, 1} and {int(y) for _, y in train.dataset} == {0, 1}
+    _, again = make_loaders("cifar10", 4, limit=8, seed=0, **kw)
+    assert list(again.dataset.indices) == list(test.dataset.indices) == sorted(test.dataset.indices)  # seeded, in order
+
+
 @pytest.mark.parametrize("kw", [{"holdout": -1}, {"holdout": 10**9}, {"holdout": 1.5}])
 def test_cifar_holdout_bad_values(fake_cifar: Path, tmp_path: Path, kw: dict[str, object]) -> None:
     from hwloop.data import make_loaders

@@ -89,7 +89,9 @@ def make_task(name: str, model: str, *, batch_size: int = 64, train_limit: int |
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader[Any], limit: int | None = None) -> float:
     """Top-1 accuracy (%) of ``model`` on ``loader`` (the model's train/eval mode is restored); with ``limit``,
-    on whole batches until at least ``limit`` images were scored."""
+    on whole batches until at least ``limit`` images were scored. ``limit`` takes the loader's first images: give
+    it a loader over a random subset (``make_task``'s ``val_limit``, ``make_loaders``'s ``limit``), since an
+    unshuffled CIFAR-10 loader is sorted by class."""
     was = model.training
     model.eval()
     correct = total = 0
