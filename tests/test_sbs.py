@@ -306,6 +306,9 @@ def test_the_search_itself_lands_near_the_target_without_repair(small, target: f
     if target == 0.5:
         old, _ = _search_end(small, target, thr_init=None)
         assert old > 0.9, old
+        for keys in ({"gate_step": "shared"}, {"gate_step": "cost", "a_score_momentum": 0.1}):   # the opt-in steps
+            end, _ = _search_end(small, target, **keys)      # reach the target too (shared: 0.442 here, so 15%)
+            assert abs(end / target - 1) <= 0.15, (keys, end)
 
 
 def test_budget_term_hinge_warmup_and_dual_ascent() -> None:
