@@ -14,6 +14,12 @@ the weights the fine-tune starts from — by swapping one at a time:
 * ``ckpt_gate_ft_rest``: as ``ckpt_gate_ft`` but fine-tuned only for the images the search did not use up to the
   warm-up end (what a method that stops searching once the widths are fixed could afford).
 
+``--gate-grads`` instead prints, on the harness's first three training batches from the checkpoint (no training),
+the median gate gradient of the task loss and of the latency ratio (λ = 1), per group the mean latency gradient per
+gate, and the latency slope per channel ``∂(L/L₀)/∂s`` of each group: what sizes ``gate_lr`` for
+``gate_optimizer = "sgd"``, and why a latency-aware search cuts the first stage first (one JSON line,
+``OUT/gate_grads.json``).
+
 Choices are read on the validation split; the test accuracy is recorded beside it. Each experiment's result is one
 JSON line in ``OUT/results.jsonl`` (done experiments are skipped on a rerun).
 
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--widths-from", default=None,
                     help="a harness cell JSON: take its plan's widths and run only the checkpoint/magnitude experiment "
                          "(no search)")
+    ap.add_argument("--gate-grads", action="store_true", help="print the gate-gradient magnitudes and exit")
     a = ap.parse_args(argv)
 
     from hwloop.compress.extract import analyze, prune_groups_
@@ -88,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     sc = method.config.search_config(a.target, a.seed)  # type: ignore[attr-defined]
     sfx = f"@{tag}" if tag else ""
 
+    if a.gate_grads:
+        return gate_grads(h, lat, a.seed, out / "gate_grads.json")
+
     if a.widths_from:
         cell = json.loads(Path(a.widths_from).read_text(encoding="utf-8"))
         widths = {x["group"]: int(x["kept"]) for x in cell["plan"]["actions"] if x["kind"] == "channel_prune"}
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     masks = captured["masks"]
     ratio = float(res.predicted) / float(res.original)
     budget = 2 * search_images   # the harness schedule: one search epoch + one fine-tune epoch
-    warm = int(round(sc.target_warmup * search_images)) if sc.prune_after_warmup else search_images
+    warm = round(sc.target_warmup * search_images) if sc.prune_after_warmup else search_images
     if want("search" + sfx):
         record("search" + sfx, overrides=overrides, widths=widths, predicted_ratio=ratio,
                val_extracted=res.accuracy_extracted, search_images=search_images, wall_s=time.perf_counter() - t0,
@@ -153,6 +163,35 @@ def main(argv: list[str] | None = None) -> int:
         assert {k: v for k, v in plan.widths.items()} == {k: w for k, w in widths.items()
                                                           if w < h.space.graph.group(k).channels}, plan.widths
         finish("ckpt_mag_ft" + sfx, net, budget, t, start="checkpoint weights, l1l2 widths, magnitude channels")
+    return 0
+
+
+def gate_grads(h: Any, lat: Any, seed: int, path: Path, batches: int = 3) -> int:
+    """Gate-gradient magnitudes at the start of a search (see the module docstring)."""
+    from hwloop.compress.gated import GatedModel
+
+    gm = GatedModel(h.space, h.model, init_spread=0.1)
+    gm.train()
+    l0 = float(lat.original())
+    task_med, lat_med = [], []
+    per_group: dict[str, float] = {}
+    for i, (x, y) in enumerate(h.loader(seed)):
+        if i >= batches:
+            break
+        gm.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(gm(x), y).backward()
+        task_med.append(float(torch.cat([g.a.grad.abs().flatten() for g in gm.channel_gates.values()]).median()))
+        gm.zero_grad(set_to_none=True)
+        (lat(gm.sizes()) / l0).backward()
+        lat_med.append(float(torch.cat([g.a.grad.abs().flatten() for g in gm.channel_gates.values()]).median()))
+        per_group = {k: float(g.a.grad.abs().mean()) for k, g in gm.channel_gates.items()}
+    sizes = {k: v.detach().clone().requires_grad_(True) for k, v in gm.sizes().items()}
+    (lat(sizes) / l0).backward()
+    slope = {str(k): float(v.grad) for k, v in sizes.items() if v.grad is not None}
+    doc = {"task_grad_median": task_med, "latency_grad_median": lat_med, "latency_grad_mean_per_group": per_group,
+           "latency_slope_per_channel": slope, "batches": batches, "seed": seed}
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(json.dumps(doc, sort_keys=True), flush=True)
     return 0
 
 
