@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwloop.search.latency import SurrogateLatency
     from hwloop.search.report import compare_compressed
     from hwloop.search.space import SearchSpace
-    from hwloop.search.train import _subset, evaluate, train_epochs
+    from hwloop.search.train import evaluate, random_subset, train_epochs
 
     ckpt = Path(args.checkpoint).resolve() if args.checkpoint else (CONVERGED if CONVERGED.exists() else E35).resolve()
     out = Path(args.out)
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     example = ref.example_input()
     train, _ = make_loaders("cifar10", args.batch, root=args.data_root, holdout=5000, seed=0)
     _, test = make_loaders("cifar10", 500, root=args.data_root, seed=0)
-    test = _subset(test, args.eval_limit, 1, shuffle=False)
+    test = random_subset(test, args.eval_limit, 1)
 
     def eval_fn(m: torch.nn.Module) -> float:
         return evaluate(m, test)

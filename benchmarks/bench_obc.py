@@ -138,14 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     xs = [x for x, _ in calib]
 
     if args.eval_subset == "random":
-        from torch.utils.data import DataLoader, Subset
+        from hwloop.search.train import random_subset
 
-        def subset(loader: Any, n: int, seed: int) -> Any:
-            ds = loader.dataset
-            idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-            return DataLoader(Subset(ds, sorted(idx)), batch_size=500, shuffle=False)
-
-        test, val = subset(test, args.eval_limit, 2), subset(val, args.val_limit, 1)
+        test, val = random_subset(test, args.eval_limit, 2, batch_size=500), random_subset(val, args.val_limit, 1,
+                                                                                         batch_size=500)
 
     def acc(net: torch.nn.Module) -> float:
         net.eval()

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="dense,w4")
     ap.add_argument("--val-limit", type=int, default=2560, help="held-out training images scored (of 5,000; "
                     "whole batches of 128)")
-    ap.add_argument("--test-limit", type=int, default=2000, help="test images scored (the first N)")
+    ap.add_argument("--test-limit", type=int, default=2000, help="test images scored (a seeded random subset)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     say("data loaded")
     aug, _ = make_loaders("cifar10", 128, root=args.data_root, augment=True, seed=0, holdout=5000)
     _, test = make_loaders("cifar10", 250, root=args.data_root, augment=False, seed=0)
+    # score seeded random subsets: the stored arrays are sorted by class (the first 2,000 test images are two classes)
+    from hwloop.search.train import random_subset
+
+    test, val = random_subset(test, args.test_limit, 2), random_subset(val, args.val_limit, 1, batch_size=128)
 
     def take(loader: Any, n: int) -> list[torch.Tensor]:
         torch.manual_seed(0)      # the same images (the loaders share the seed) and the same augmentation draws
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 reestimate_bn(net, take(plain if kind == "plain" else aug, int(n)))
             dt = time.perf_counter() - t0
             row = {"val": acc(net, val, args.val_limit), "test": acc(net, test, args.test_limit), "seconds": dt,
-                   "val_images": -(-args.val_limit // 128) * 128, "test_images": args.test_limit}
+                   "val_images": args.val_limit, "test_images": args.test_limit}
             doc.setdefault("rows", {})[key] = row
             put()
             say(f"{key}: validation {row['val']:.2f}%, test {row['test']:.2f}% ({dt:.1f} s)")

@@ -93,14 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     train, val_all = make_loaders("cifar10", 128, root=args.data_root, augment=False, seed=0, holdout=5000)
     _, test_all = make_loaders("cifar10", 500, root=args.data_root, augment=False, seed=0)
 
-    def subset(loader: Any, n: int, seed: int) -> Any:
-        from torch.utils.data import DataLoader, Subset
+    from hwloop.search.train import random_subset
 
-        ds = loader.dataset
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-        return DataLoader(Subset(ds, sorted(idx)), batch_size=500, shuffle=False)
-
-    test, val = subset(test_all, args.test_images, 2), subset(val_all, args.val_images, 1)
+    test = random_subset(test_all, args.test_images, 2, batch_size=500)
+    val = random_subset(val_all, args.val_images, 1, batch_size=500)
     calib: list[tuple[torch.Tensor, torch.Tensor]] = []
     for x, y in train:
         calib.append((x, y))
