@@ -192,8 +192,8 @@ class HalocMethod(CompressionMethod):
             raise SearchError("[method] haloc: the model has no conv (k > 1) or hidden linear layer to factorise")
         build = _build_table(context, cfg.cost_source)
         if cfg.ranks == "uniform":
-            return self._finish(context, base, *self._uniform(context, base, specs, names, build, seconds, t0),
-                                seconds, n0)
+            w, ls, e, sl, st, lv, tb, ex = self._uniform(context, base, specs, names, build, seconds, t0)
+            return self._finish(context, base, w, ls, e, sl, st, lv, tb, ex, seconds, n0)
         steps = {n: cfg.step for n in names} if cfg.step else probe_steps(base, specs, names, build, cfg.probe_stride)
         levels: dict[str, list[Any]] = {}
         for n in names:
