@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -30,7 +29,8 @@ __all__ = ["knapsack", "solve_savings", "unit_savings_from_latency", "unit_savin
 def knapsack(errors: Sequence[Sequence[float]], costs: Sequence[Sequence[float]], budget: float,
              buckets: int = 10_000) -> tuple[list[int], float] | None:
     """The level per unit minimising the summed error with the summed (bucketed) cost within ``budget``;
-    ``(levels, error)`` or None when even the cheapest levels do not fit."""
+    ``(levels, error)`` or None when even the cheapest levels do not fit. Vectorised over each unit's levels;
+    ties go to the lowest level index."""
     if len(errors) != len(costs) or any(len(e) != len(c) for e, c in zip(errors, costs)):
         raise ValueError("errors and costs must have the same units and levels")
     if budget < 0:
@@ -41,18 +41,14 @@ def knapsack(errors: Sequence[Sequence[float]], costs: Sequence[Sequence[float]]
     dp[0] = 0.0
     back = []
     for e, c in zip(errors, costs):
-        ic = [math.ceil(float(x) / step - 1e-9) if x > 0 else 0 for x in c]
-        new = np.full(B + 1, np.inf)
-        arg = np.full(B + 1, -1, dtype=np.int32)
-        for li, (ei, ci) in enumerate(zip(e, ic)):
-            if ci > B:
-                continue
-            cand = np.full(B + 1, np.inf)
-            cand[ci:] = dp[:B + 1 - ci] + float(ei)
-            better = cand < new
-            new[better] = cand[better]
-            arg[better] = li
-        dp = new
+        cost = np.asarray(c, dtype=np.float64)
+        ic = np.where(cost > 0, np.ceil(cost / step - 1e-9), 0).astype(np.int64)
+        cand = np.full((len(ic), B + 1), np.inf)
+        for li, ci in enumerate(ic.tolist()):
+            if ci <= B:
+                cand[li, ci:] = dp[:B + 1 - ci] + float(e[li])
+        arg = np.argmin(cand, axis=0)
+        dp = cand[arg, np.arange(B + 1)]
         back.append((arg, ic))
     t = int(np.argmin(dp))
     if not np.isfinite(dp[t]):
@@ -62,7 +58,7 @@ def knapsack(errors: Sequence[Sequence[float]], costs: Sequence[Sequence[float]]
     for arg, ic in reversed(back):
         li = int(arg[t])
         levels.append(li)
-        t -= ic[li]
+        t -= int(ic[li])
     return levels[::-1], total
 
 

@@ -111,37 +111,12 @@ class JointCost:
         return rows
 
 
-def knapsack_fast(errors: Sequence[np.ndarray], costs: Sequence[np.ndarray], budget: float,
+def knapsack_fast(errors: Sequence[Any], costs: Sequence[Any], budget: float,
                   buckets: int) -> tuple[list[int], float] | None:
-    """:func:`hwloop.methods.obc.dp.knapsack` vectorised over each unit's levels (same answer, ties to the
-    lowest level index)."""
-    if budget < 0:
-        return None
-    step = budget / buckets if budget > 0 else 1.0
-    B = buckets if budget > 0 else 0
-    dp = np.full(B + 1, np.inf)
-    dp[0] = 0.0
-    back = []
-    for e, c in zip(errors, costs):
-        c = np.asarray(c, dtype=np.float64)
-        ic = np.where(c > 0, np.ceil(c / step - 1e-9), 0).astype(np.int64)
-        cand = np.full((len(ic), B + 1), np.inf)
-        for li, ci in enumerate(ic.tolist()):
-            if ci <= B:
-                cand[li, ci:] = dp[:B + 1 - ci] + float(e[li])
-        arg = np.argmin(cand, axis=0)
-        dp = cand[arg, np.arange(B + 1)]
-        back.append((arg, ic))
-    t = int(np.argmin(dp))
-    if not np.isfinite(dp[t]):
-        return None
-    total = float(dp[t])
-    levels = []
-    for arg, ic in reversed(back):
-        li = int(arg[t])
-        levels.append(li)
-        t -= int(ic[li])
-    return levels[::-1], total
+    """:func:`hwloop.methods.obc.dp.knapsack` (vectorised there; kept under this name for callers)."""
+    from hwloop.methods.obc.dp import knapsack
+
+    return knapsack(errors, costs, budget, buckets)
 
 
 def _frontier(cost: np.ndarray, err: np.ndarray) -> np.ndarray:
@@ -225,7 +200,8 @@ def solve_joint_top(errors: Sequence[Sequence[float]], cost: JointCost, budget: 
         idx = np.array(list(product(*[range(cost.n_levels[u]) for u in c])), dtype=np.int64).reshape(-1, len(c))
         grids.append(idx)
     comp_err = [sum((err[u][g[:, j]] for j, u in enumerate(c)), np.zeros(len(g))) for c, g in zip(comps, grids)]
-    const_terms, comp_terms = [], [[] for _ in comps]
+    const_terms: list[Any] = []
+    comp_terms: list[list[Any]] = [[] for _ in comps]
     for t in cost.terms:
         free = {comp_of[d] for d in t.deps if d not in hub_pos}
         if not free:
@@ -296,7 +272,7 @@ def op_costs(space: Any, units: Sequence[Any], device: Any, *, progress: bool = 
             at = dict(zip(deps, combo))
             ci = units[gi[slot.in_key]].levels[at[gi[slot.in_key]]] if slot.in_key in gi else None
             co = units[gi[slot.out_key]].levels[at[gi[slot.out_key]]] if slot.out_key in gi else None
-            lv = units[li[slot.name]].levels[at[li[slot.name]]] if slot.name in li else ("float",)
+            lv: tuple[Any, ...] = units[li[slot.name]].levels[at[li[slot.name]]] if slot.name in li else ("float",)
             bits = int(lv[1]) if lv[0] == "bits" else None
             table[combo] = [slot.spec_at(ci, co, bits, a_bits if bits is not None else None)]
         levels[name] = table

@@ -344,7 +344,7 @@ class ObcMethod(CompressionMethod):
         hi: float | None = None
         scale = original / joint.full() if joint is not None else 1.0
         for i in range(cfg.corrections + 1):
-            rerank: list[dict[str, float]] = []
+            rerank: list[dict[str, Any]] = []
             if joint is None:
                 got = solve_savings(errors, savings, required, cfg.buckets)
             else:
