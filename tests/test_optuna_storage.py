@@ -196,7 +196,7 @@ def test_killed_worker_mid_trial_is_recovered_and_study_completes(tmp_path: Path
     # restart: the new worker must detect the dead trial, re-run it with the same parameters, and finish
     rescuer = _spawn("crash", url, 0.01, "rescuer", tmp_path)
     try:
-        out, err = rescuer.communicate(timeout=40)
+        out, err = rescuer.communicate(timeout=120)  # start-up + the 20 s grace period, on a busy CI machine
     except subprocess.TimeoutExpired:
         rescuer.kill()
         out, err = rescuer.communicate()
