@@ -26,15 +26,29 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
 
-from hwloop.devices._timing import (Deadline, MeasureTimeout, PerfCounterTimer, Timer, involuntary_switches,
-                                    time_fn, time_interleaved)
-from hwloop.devices.base import (Comparison, DeviceFingerprint, MeasureRequest, MeasureResult, TimingConfig,
-                                 machine_load, summarize)
+from hwloop.devices._timing import (
+    Deadline,
+    MeasureTimeout,
+    PerfCounterTimer,
+    Timer,
+    involuntary_switches,
+    time_fn,
+    time_interleaved,
+)
+from hwloop.devices.base import (
+    Comparison,
+    DeviceFingerprint,
+    MeasureRequest,
+    MeasureResult,
+    TimingConfig,
+    machine_load,
+    summarize,
+)
 from hwloop.devices.signature import clock_info, speed_signature
 from hwloop.errors import ConfigError
 from hwloop.workload_build import build_layer, make_inputs
@@ -157,7 +171,7 @@ def _realtime(on: bool) -> Iterator[str]:
                 continue
     except OSError as e:
         for tid, pol, par in saved:
-            with _suppress_os_error():
+            with suppress(OSError):
                 setter(tid, pol, par)
         _REFUSED["why"] = f"{type(e).__name__}: {e.strerror or e}"
         yield f"normal (realtime refused: {_REFUSED['why']})"
@@ -166,16 +180,8 @@ def _realtime(on: bool) -> Iterator[str]:
         yield "realtime"
     finally:
         for tid, pol, par in saved:
-            with _suppress_os_error():
+            with suppress(OSError):
                 setter(tid, pol, par)
-
-
-@contextmanager
-def _suppress_os_error() -> Iterator[None]:
-    try:
-        yield
-    except OSError:
-        pass
 
 
 def prepare_request(req: MeasureRequest, device: str = "cpu") -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
