@@ -111,7 +111,8 @@ def _matched(h: Harness, control: str, cell: Cell, ref: dict[str, Any], ledger: 
             "measured_ms": float(m["latency_ms"]), "original_measured_ms": float(m["original_ms"]),
             "status": status, "status_reason": reason, "plan": plan.to_dict(), "setting": f"knob={x:.4f}",
             "goal_ratio": float(goal), "bisect": [[a, b] for a, b in trace], "knob": x,
-            "measured_ratio_ci": m.get("ratio_ci"), "measure_unstable": m.get("unstable")}
+            "measured_ratio_ci": m.get("ratio_ci"), "measure_unstable": m.get("unstable"),
+            "measured_pass_ratios": m.get("pass_ratios")}
 
 
 def _black_box(h: Harness, control: str, cell: Cell, ref: dict[str, Any], ledger: ComputeLedger) -> dict[str, Any]:
