@@ -37,6 +37,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,8 @@ class Harness:
             if control == "flops":
                 row = self._method_row(self._entry(cell.ref), cell, ledger, objective="flops")
                 row.update(_flops_match(row, ref, self.spec.controls.tolerance))
+            elif control == "flops-matched":
+                row = self._flops_matched_row(cell, ref, ledger)
             else:
                 row = control_row(self, control, cell, ref, ledger)
         tot = ledger.total()
@@ -296,6 +299,39 @@ class Harness:
                    measure_s=meas.wall_s, device_measurements=tot.device_measurements,
                    phases={k: v.to_dict() for k, v in ledger.by_phase().items()},
                    fingerprint=self.spec.fingerprint())
+        return row
+
+    def _flops_matched_row(self, cell: Cell, ref: dict[str, Any], ledger: ComputeLedger, runs: int = 3
+                           ) -> dict[str, Any]:
+        """The method with the FLOPs cost source at the FLOPs target whose MEASURED latency matches the method's:
+        run at the cell's target, then move the target by a secant on log(measured) vs log(target) (one point: in
+        proportion) up to ``runs`` runs; the run nearest the goal is the row, every run's compute is counted."""
+        goal = ref.get("measured_ratio")
+        if goal is None or not goal > 0:
+            raise SearchError(f"the method cell of {cell.key} has no measured latency ratio")
+        goal, tol = float(goal), self.spec.controls.tolerance
+        tried: list[tuple[float, float, dict[str, Any]]] = []
+        t = float(cell.target)
+        for _ in range(max(1, runs)):
+            torch.manual_seed(cell.seed)
+            row = self._method_row(self._entry(cell.ref), dataclasses.replace(cell, target=t), ledger,
+                                   objective="flops")
+            m = row.get("measured_ratio")
+            if m is None or not float(m) > 0:
+                break
+            tried.append((t, float(m), row))
+            if abs(float(m) / goal - 1) <= tol:
+                break
+            t = next_flops_target(tried, goal)
+        if not tried:
+            raise SearchError(f"{cell.key}: the FLOPs-cost run was not measured")
+        t_best, m_best, row = min(tried, key=lambda x: abs(math.log(x[1] / goal)))
+        row.update(_flops_match(row, ref, tol))
+        row["flops_target"] = t_best
+        row["flops_runs"] = [{"flops_target": a, "measured_ratio": b, "val_accuracy": r.get("val_accuracy")}
+                             for a, b, r in tried]
+        row["status_reason"] = (f"{row.get('status_reason')}; FLOPs target {t_best:.3f} after {len(tried)} run(s) "
+                                f"(targets {', '.join(f'{a:.3f}' for a, _, _ in tried)}; all runs' images counted)")
         return row
 
     def _entry(self, label: str) -> MethodEntry:
@@ -390,6 +426,19 @@ def run_harness(spec: HarnessSpec, out: str | Path, *, log: Callable[[str], None
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:
     """A detached copy (controls never change the starting model)."""
     return copy.deepcopy(model).eval()
+
+
+def next_flops_target(tried: list[tuple[float, float, Any]], goal: float, lo: float = 0.02, hi: float = 1.0) -> float:
+    """The next FLOPs target from ``(target, measured ratio, ...)`` runs so far: a secant on log(measured) vs
+    log(target) through the two runs nearest the goal (the slope kept in [0.2, 5]); one run: move in proportion
+    (``target * goal / measured``). Clipped to [lo, hi]."""
+    pts = sorted(tried, key=lambda x: abs(math.log(x[1] / goal)))[:2]
+    t0, m0 = pts[0][0], pts[0][1]
+    slope = 1.0
+    if len(pts) == 2 and pts[1][0] != t0 and pts[1][1] != m0:
+        slope = (math.log(pts[1][1]) - math.log(m0)) / (math.log(pts[1][0]) - math.log(t0))
+        slope = min(5.0, max(0.2, slope))
+    return float(min(hi, max(lo, math.exp(math.log(t0) + (math.log(goal) - math.log(m0)) / slope))))
 
 
 def _flops_match(row: dict[str, Any], ref: dict[str, Any], tolerance: float) -> dict[str, Any]:

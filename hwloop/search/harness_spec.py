@@ -145,7 +145,7 @@ class ControlsSection:
     """``[controls]``: which controls run, against which method, and the knobs of each (see
     :mod:`hwloop.search.controls`)."""
 
-    run: tuple[str, ...] = tuple(CONTROLS)
+    run: tuple[str, ...] = tuple(c for c in CONTROLS if c != "flops-matched")   # opt-in: up to 3 method runs
     against: tuple[str, ...] = ()
     tolerance: float = 0.03
     bisect_steps: int = 8
