@@ -34,6 +34,11 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+#: a method whose measured ratio is above ``target * (1 + MEASURED_SLACK)`` is flagged in the table's status (issue 17's
+#: "measured latency within 5% of the target"), whatever its own cost model said
+MEASURED_SLACK = 0.05
+
+
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One dict per (entry, device, target), in first-seen order: ``<field>_mean`` / ``<field>_std`` (sample
     std; 0 with one seed; None without values), ``n`` seeds, ``seeds`` and ``status`` counts."""
@@ -50,6 +55,11 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             g[f"{f}_std"] = (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
         counts = Counter(str(r.get("status")) for r in rs)
         g["status"] = ", ".join(f"{k} {v}/{len(rs)}" for k, v in sorted(counts.items()))
+        if rs[0].get("kind") == "method":   # a method's status is its own cost model's verdict: say what the device says
+            over = [m for r in rs if (m := _num(r.get("measured_ratio"))) is not None and m > t * (1 + MEASURED_SLACK)]
+            if over:
+                g["status"] += (f"; MEASURED above the target by more than {MEASURED_SLACK:.0%}: {len(over)}/{len(rs)} "
+                                f"(up to {max(over) / t - 1:+.0%})")
         out.append(g)
     return out
 
