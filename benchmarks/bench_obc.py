@@ -87,6 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--holdout", type=int, default=0, help="calibration from the training images less this many "
                     "held out (seed 0, the converged checkpoint's validation split), which are scored too")
     ap.add_argument("--val-limit", type=int, default=2500, help="held-out images scored (with --holdout)")
+    ap.add_argument("--dp", default="additive", choices=["additive", "joint"], help="the DP's cost (obc key dp)")
+    ap.add_argument("--joint-source", default="measure", choices=["measure", "predictor"],
+                    help="dp joint: the per-op costs measured live or from the device's shipped predictor")
+    ap.add_argument("--calibrate", type=int, default=0, help="dp joint: whole-model probes measured before the DP "
+                    "to fit the dense model's fixed share (obc key calibrate; 0: none)")
+    ap.add_argument("--rerank", type=int, default=0, help="dp joint: stitch this many best answers, keep the lowest "
+                    "calibration loss")
+    ap.add_argument("--corrections", type=int, default=8, help="DP re-solves against the whole model after its "
+                    "first answer (obc key corrections; 0: the first answer is the result)")
+    ap.add_argument("--database", default=None, help="a level database file to load (default: "
+                    "OUT/database-<kinds>-<calib>.safetensors, built there when missing)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -221,11 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         kinds = ["channels", "bits"] if not device.startswith("local-cpu") else ["channels"]   # no low-bit CPU kernels
         cfg = ObcConfig(calib=args.calib, kinds=kinds, targets=targets, cost_source="table", check="device",
                         bits=[int(b) for b in args.ladder_bits.split(",")], error_images=args.error_images,
-                        bn_mode=args.bn_mode, bn_data=args.bn_data)
+                        bn_mode=args.bn_mode, bn_data=args.bn_data, dp=args.dp, joint_source=args.joint_source,
+                        calibrate=args.calibrate, rerank=args.rerank, corrections=args.corrections)
         meth = ObcMethod(cfg)
         ctx = MethodContext(model=model, ref=ref, space=space, train=train, eval_fn=acc, latency=lat,
                             target=None, device=device, seed=0, base_accuracy=dense, log=say, progress=True)
-        dbp = out / f"database-{'-'.join(kinds)}-{args.calib}.safetensors"
+        dbp = Path(args.database) if args.database else out / f"database-{'-'.join(kinds)}-{args.calib}.safetensors"
         if dbp.exists():
             db = load_database(str(dbp))
             say(f"database loaded from {dbp} (built in {db.seconds})")
@@ -280,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{device} target {c.target}: {ctl} at {r:.3f}x: {row[ctl]['accuracy']:.2f}%")
             say(f"{device} target {c.target}: OBC {c.accuracy:.2f}% at measured {goal:.3f}x "
                 f"({goal / c.target - 1:+.1%} vs target), DP first answer {c.extra['dp_first_whole_ratio']:.3f}x "
-                f"(additive {c.extra['dp_first_additive_ratio']:.3f}x), {c.status}")
+                f"(additive {c.extra['dp_first_additive_ratio']:.3f}x, DP cost {c.extra['dp_first_cost_ratio']:.3f}x), "
+                f"{c.status}")
             rows.append(row)
         res.put(key, {"rows": rows, "method_seconds": t_method, "method_cpu_seconds_this_run": cpu_method, "config": cfg.to_dict(),
                       "database_seconds": db.seconds, "units": len(db.units),

@@ -247,3 +247,40 @@ def test_cli_bad_dp_is_one_line(tmp_path, capsys) -> None:
     assert "dp='exact' is unknown; allowed: additive, joint" in err and "\n" not in err
     assert main(["search", "obc", str(ck), "--rerank", "4", "--out", str(tmp_path / "o")]) == 2
     assert "rerank=4 needs dp='joint'" in capsys.readouterr().err
+    assert main(["search", "obc", str(ck), "--calibrate", "3", "--out", str(tmp_path / "o")]) == 2
+    assert "calibrate=3 needs dp='joint'" in capsys.readouterr().err
+    assert main(["search", "obc", str(ck), "--dp", "joint", "--joint-source", "guess", "--out", str(tmp_path / "o")]) == 2
+    assert "joint_source='guess' is unknown; allowed: measure, predictor" in capsys.readouterr().err
+
+
+def test_calibrate_fits_the_fixed_share_before_the_dp(digits) -> None:
+    """``calibrate = 3`` on a device whose whole model is 40% fixed + 60% asic-tpu32's op sum (the CPU's per-op
+    overhead, on given numbers: asic-tpu32 measured, then mapped): the probes, measured before the DP, give the
+    fixed share 0.4, and the DP's first answer's cost is the device's whole-model ratio, within the target with no
+    correction; without it the first answer's op sum is within the target but the device's ratio is not."""
+    from hwloop.methods.base import MethodContext
+    from hwloop.methods.obc.method import ObcMethod
+    from hwloop.search.accounting import ComputeLedger
+    from hwloop.search.latency import SurrogateLatency
+
+    class FixedShare(ObcMethod):
+        def whole_ratio(self, context, model, plan, whole0):  # type: ignore[no-untyped-def]
+            r, _, how = super().whole_ratio(context, model, plan, whole0)
+            return 0.4 + 0.6 * r, (0.4 + 0.6 * r) * whole0, how
+
+    task, model, space = digits
+    keys = {"calib": 128, "error_images": 64, "channel_levels": [0.75, 0.5, 0.25], "kinds": ["channels"],
+            "cost_source": "table", "check": "device", "buckets": 2000, "dp": "joint", "bn_data": "calib",
+            "corrections": 0}
+    train = list(itertools.islice(iter(task.train), 4))
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=0.75, device="asic-tpu32", ledger=ComputeLedger())
+    plain = FixedShare(make_method("obc", keys).config).run(ctx).candidates[0].extra["dp_steps"][0]
+    assert plain["dp_ratio"] <= 0.75 < plain["whole_ratio"]
+    c = FixedShare(make_method("obc", {**keys, "calibrate": 3}).config).run(
+        dataclasses_replace(ctx, ledger=ComputeLedger())).candidates[0]
+    first = c.extra["dp_steps"][0]
+    assert c.extra["overhead"]["alpha"] == pytest.approx(0.4, abs=1e-6) and len(c.extra["overhead"]["probes"]) == 3
+    assert first["dp_ratio"] == pytest.approx(first["whole_ratio"], rel=1e-6)
+    assert first["whole_ratio"] <= 0.75 + 1e-9 and c.extra["dp_chosen"] == 0 and not c.repairs
+    assert "fixed share 0.4000 from 3 whole-model probes" in c.extra["costs"]

@@ -39,6 +39,10 @@ def obc(
                            "the device) or joint (the whole model's op sum; exact on asic devices)"),
     rerank: int = typer.Option(0, "--rerank", help="with --dp joint: stitch its K best answers and keep the lowest "
                                "calibration loss (0: the DP's answer)"),
+    joint_source: str = typer.Option("measure", "--joint-source", help="with --dp joint: per-op costs measured "
+                                     "live on --device, or 'predictor' (the device's shipped predictor)"),
+    calibrate: int = typer.Option(0, "--calibrate", help="with --dp joint: whole-model probes measured before the "
+                                  "DP to fit the model's fixed share (the CPU's per-op overhead; 0: none)"),
     out: Path = typer.Option(Path("runs/obc"), "--out", "-o", help="output directory"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
@@ -71,7 +75,8 @@ def obc(
         raise SearchError(f"--bits={bits!r} must be comma-separated ints, e.g. 8,4") from e
     kinds = ["channels", "bits"] if bit_list else ["channels"]
     cfg = ObcConfig.from_dict({"calib": calib, "kinds": kinds, "bits": bit_list or [8], "cost_source": "table",
-                               "check": "device", "dp": dp, "rerank": rerank}, where="hwloop search obc")
+                               "check": "device", "dp": dp, "rerank": rerank,
+                               "joint_source": joint_source, "calibrate": calibrate}, where="hwloop search obc")
     t = make_task(task, model, batch_size=128, val_limit=eval_limit, data_root=data_root)
     net = t.ref.build()
     from safetensors.torch import load_file

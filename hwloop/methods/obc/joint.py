@@ -34,6 +34,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -250,11 +251,16 @@ def solve_joint_top(errors: Sequence[Sequence[float]], cost: JointCost, budget: 
     return [(c, -t) for t, _, c in sorted(best, key=lambda b: (-b[0], -b[1]))]
 
 
-def op_costs(space: Any, units: Sequence[Any], device: Any, *, progress: bool = False) -> tuple[JointCost, Any]:
+def op_costs(space: Any, units: Sequence[Any], device: Any, *, progress: bool = False, source: str = "measure",
+             predictor: Any = None) -> tuple[JointCost, Any]:
     """``(JointCost, cost table)``: one term per op of ``space`` (its conv/linear/batch-norm slots and passive ops)
     over the levels of the units (OBC database units: ``group`` levels = channels kept, ``layer`` levels =
     ``("float",)``, ``("bits", b)``, sparse levels costed as dense) that set its input channels, output channels
-    and bits, each combination costed by the shared layer cost table measured on ``device``."""
+    and bits, each combination costed by the shared layer cost table on ``device``: ``source="measure"`` (live),
+    or ``"predictor"`` (``predictor``, default the one shipped for the device). A predictor with a whole-model
+    aggregation (per-kind scales, per-op overhead, a constant: linear in the ops, :mod:`hwloop.predict.aggregate`)
+    gives each term its aggregated cost and one constant term, so the sum is that aggregation's whole model
+    (checked on the dense model; one line if it is not additive)."""
     from hwloop.search.costtable import build_cost_table
 
     a_bits = space.options.a_bits
@@ -276,11 +282,61 @@ def op_costs(space: Any, units: Sequence[Any], device: Any, *, progress: bool = 
             bits = int(lv[1]) if lv[0] == "bits" else None
             table[combo] = [slot.spec_at(ci, co, bits, a_bits if bits is not None else None)]
         levels[name] = table
-    tab = build_cost_table(levels, device=device, source="measure", progress=progress)
+    if source == "predictor" and (predictor is None or isinstance(predictor, (str, Path))):
+        predictor = _load_predictor(device, predictor)
+    tab = build_cost_table(levels, device=device, source=source, predictor=predictor, progress=progress)
+    agg = getattr(predictor, "aggregator_", None) if tab.calibration == "aggregator" else None
+    weigh = _aggregated(predictor, agg, levels) if agg is not None else None
     terms = []
     for name, deps in deps_of.items():
         arr = np.zeros(tuple(len(units[d].levels) for d in deps))
         for combo in levels[name]:
-            arr[combo] = tab.cost(name, combo)
+            ms = tab.cost(name, combo)
+            arr[combo] = ms if weigh is None else weigh(levels[name][combo][0], ms)
         terms.append(Term(name, deps, arr))
-    return JointCost(terms, [len(u.levels) for u in units]), tab
+    if weigh is not None:
+        terms.append(Term("aggregation constant", (), np.asarray(weigh(None, 0.0))))
+    cost = JointCost(terms, [len(u.levels) for u in units])
+    if agg is not None:   # the terms' sum must be the aggregation of the dense model's ops
+        from hwloop.search.latency import aggregate_predictions
+
+        zero = {name: tuple([0] * len(deps)) for name, deps in deps_of.items()}
+        dense = [levels[name][zero[name]][0] for name in deps_of]
+        codes = np.asarray(predictor.layer_predictions(dense)[0]).reshape(-1)
+        want = aggregate_predictions(agg, codes, np.asarray([tab.cost(name, zero[name]) for name in deps_of]))
+        if not math.isclose(cost.full(), want, rel_tol=1e-6, abs_tol=1e-12):
+            raise SearchError(f"dp='joint': the predictor's whole-model aggregation is not a sum over ops "
+                              f"({cost.full():.6g} summed vs {want:.6g}); use joint_source='measure'")
+    return cost, tab
+
+
+def _load_predictor(device: Any, path: Any) -> Any:
+    from hwloop.predict.io import load_predictor
+    from hwloop.search.costtable import CostTableError, shipped_predictor
+
+    name = device if isinstance(device, str) else str(getattr(device, "name", device))
+    if path is None:
+        path = shipped_predictor(name)
+        if path is None:
+            raise CostTableError(f"joint_source='predictor': no predictor shipped for device {name!r} "
+                                 f"(measurements/{name}/predictor.json); use joint_source='measure'")
+    return load_predictor(str(path))
+
+
+def _aggregated(predictor: Any, agg: Any, levels: dict[str, dict[Any, list[Any]]]) -> Any:
+    """``weigh(spec, ms)``: what one op of ``spec`` predicted at ``ms`` adds to the aggregation (``spec=None``: the
+    aggregation of no ops, its constant)."""
+    from hwloop.search.latency import aggregate_predictions
+
+    specs = list({s.key: s for lv in levels.values() for ss in lv.values() for s in ss}.values())
+    codes = np.asarray(predictor.layer_predictions(specs)[0]).reshape(-1)
+    code_of = {s.key: int(c) for s, c in zip(specs, codes)}
+    empty = np.zeros(0, dtype=np.int64)
+    base = aggregate_predictions(agg, empty, np.zeros(0))
+
+    def weigh(spec: Any, ms: float) -> float:
+        if spec is None:
+            return base
+        return aggregate_predictions(agg, np.asarray([code_of[spec.key]]), np.asarray([ms])) - base
+
+    return weigh

@@ -10,7 +10,8 @@
    DP with ``buckets`` buckets for ``target``. The DP's first answer is ``search_end`` (its whole-model latency,
    next to its additive estimate); when the whole model is above the target (the per-unit savings are additive,
    the latency of a conv is not: it falls with input × output width) the required saving is raised by the
-   miss and the DP re-solved (``corrections`` times at most), each step listed in ``repairs``.
+   miss and the DP re-solved (``corrections`` times at most), each step listed in ``repairs``. ``dp="joint"``
+   costs the whole model op by op; ``calibrate`` adds its fixed share fitted before the DP (the CPU's overhead).
 4. Stitch: the chosen groups' compensated weights, OBQ / ExactOBS re-run on each chosen layer's *remaining*
    weights (the Hessian's kept block), batch-norm statistics re-estimated (``bn_data``: training-loader
    images), the masked channels removed for real; the plan (``ChannelPrune``, ``Sparsify``, ``Quantize``)
@@ -40,6 +41,7 @@ from hwloop.methods.obc.database import Database, build_database, compress_layer
 from hwloop.methods.obc.dp import solve_savings, unit_savings_from_latency, unit_savings_from_table
 from hwloop.methods.obc.exactobs import layer_weight
 from hwloop.methods.obc.joint import JointCost, op_costs, solve_joint_top
+from hwloop.methods.obc.overhead import budget_fraction, calibrate_overhead, overhead_ratio
 from hwloop.methods.obc.structured import apply_group_, physical_prune, reestimate_bn
 from hwloop.search.accounting import ComputeRecord
 
@@ -52,6 +54,7 @@ CHECKS = ("latency", "device")
 BN_MODES = ("reset", "blend")
 BN_DATA = ("train", "calib")
 DPS = ("additive", "joint")
+JOINT_SOURCES = ("measure", "predictor")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -89,6 +92,8 @@ class ObcConfig(MethodConfig):
     targets: list[float] | None = None
     dp: str = "additive"
     rerank: int = 0
+    joint_source: str = "measure"
+    calibrate: int = 0
     database_cache: str | None = None
     finetune_epochs: int = 0
     finetune_lr: float = 0.01
@@ -106,12 +111,12 @@ class ObcConfig(MethodConfig):
         for key, val, allowed in (("error", self.error, ERRORS), ("dtype", self.dtype, tuple(DTYPES)),
                                   ("cost_source", self.cost_source, COST_SOURCES), ("check", self.check, CHECKS),
                                   ("bn_mode", self.bn_mode, BN_MODES), ("bn_data", self.bn_data, BN_DATA),
-                                  ("dp", self.dp, DPS)):
+                                  ("dp", self.dp, DPS), ("joint_source", self.joint_source, JOINT_SOURCES)):
             if val not in allowed:
                 raise SearchError(f"{key}={val!r} is unknown; allowed: {', '.join(allowed)}")
         for key, num, lo in (("error_images", self.error_images, 1), ("buckets", self.buckets, 10),
                              ("corrections", self.corrections, 0), ("finetune_epochs", self.finetune_epochs, 0),
-                             ("rerank", self.rerank, 0)):
+                             ("rerank", self.rerank, 0), ("calibrate", self.calibrate, 0)):
             if isinstance(num, bool) or not isinstance(num, int) or num < lo:
                 raise SearchError(f"{key}={num!r} must be an int >= {lo}")
         if not (isinstance(self.finetune_lr, (int, float)) and self.finetune_lr > 0):
@@ -120,6 +125,9 @@ class ObcConfig(MethodConfig):
             raise SearchError(f"tolerance={self.tolerance!r} must be a number in [0, 1)")
         if self.rerank > 1 and self.dp != "joint":
             raise SearchError(f"rerank={self.rerank} needs dp='joint' (its answers per hub combination)")
+        for key, on in (("calibrate", self.calibrate > 0), ("joint_source", self.joint_source != "measure")):
+            if on and self.dp != "joint":
+                raise SearchError(f"{key}={getattr(self, key)!r} needs dp='joint' (it sets the joint DP's cost)")
         if self.dp == "joint" and self.cost_source != "table":
             raise SearchError(f"dp='joint' needs cost_source='table' (per-op costs), not {self.cost_source!r}")
         if self.database_cache is not None and not (isinstance(self.database_cache, str) and self.database_cache):
@@ -250,7 +258,9 @@ class ObcMethod(CompressionMethod):
         on the context's device."""
         if context.device is None:
             raise SearchError("[method] obc: dp='joint' needs a device (MethodContext.device)")
-        return op_costs(context.space, db.units, context.device, progress=context.progress)
+        cfg = self.config
+        assert isinstance(cfg, ObcConfig)
+        return op_costs(context.space, db.units, context.device, progress=context.progress, source=cfg.joint_source)
 
     def arch_plan(self, context: MethodContext, db: Database, choice: list[int]) -> CompressionPlan:
         """The plan of a choice (one level index per unit)."""
@@ -324,13 +334,14 @@ class ObcMethod(CompressionMethod):
 
     def solve(self, context: MethodContext, db: Database, original: float, savings: list[list[float]],
               target: float, model: nn.Module | None = None, joint: JointCost | None = None,
-              pick: Any = None) -> tuple[list[int], dict[str, Any]]:
+              pick: Any = None, alpha: float = 0.0) -> tuple[list[int], dict[str, Any]]:
         """The DP's first answer, then corrections against the whole-model latency: the required saving moves
         by the whole model's miss (up when above the target, down when more than ``tolerance`` below it);
         the answer is the lowest-error one within the target (else the last). With ``joint`` (``dp="joint"``)
         the DP's cost is the whole model's op sum (:mod:`~hwloop.methods.obc.joint`), in units scaled so its
         dense total is ``original``; with ``pick`` (a choice's measured calibration loss) and ``rerank`` ≥ 2 its
-        ``rerank`` best answers are stitched and the lowest loss is the DP's answer (``rerank`` in the step)."""
+        ``rerank`` best answers are stitched and the lowest loss is the DP's answer (``rerank`` in the step);
+        ``alpha``: the dense model's fixed share (:mod:`~hwloop.methods.obc.overhead`, ``calibrate``)."""
         cfg = self.config
         assert isinstance(cfg, ObcConfig)
         errors = [u.errors for u in db.units]
@@ -342,20 +353,24 @@ class ObcMethod(CompressionMethod):
         last: list[int] | None = None
         lo: float | None = None     # required savings known to land within / above the target
         hi: float | None = None
-        scale = original / joint.full() if joint is not None else 1.0
+
+        def cost_ratio(ch: list[int]) -> float:   # the joint DP's whole-model ratio of a choice
+            assert joint is not None
+            return overhead_ratio(alpha, joint.total(ch) / joint.full())
         for i in range(cfg.corrections + 1):
             rerank: list[dict[str, Any]] = []
             if joint is None:
                 got = solve_savings(errors, savings, required, cfg.buckets)
             else:
-                tops = solve_joint_top(errors, joint, (original - required) / scale, cfg.buckets,
+                budget = joint.full() * budget_fraction(alpha, 1 - required / original)
+                tops = solve_joint_top(errors, joint, budget, cfg.buckets,
                                        candidates=[j for j, u in enumerate(db.units) if u.kind == "group"],
                                        top=max(1, cfg.rerank))
                 got = tops[0] if tops else None
                 if len(tops) > 1 and pick is not None:
                     losses = [float(pick(ch)) for ch, _ in tops]
                     got = tops[int(np.argmin(losses))]
-                    rerank = [{"dp_error": float(e), "calib_loss": lo, "dp_ratio": joint.total(ch) / joint.full(),
+                    rerank = [{"dp_error": float(e), "calib_loss": lo, "dp_ratio": cost_ratio(ch),
                                "choice": [int(v) for v in ch]} for (ch, e), lo in zip(tops, losses)]
                     context.say(f"obc: rerank: calibration loss {min(losses):.4f} (DP's best answer: {losses[0]:.4f})")
             feasible = got is not None
@@ -363,7 +378,7 @@ class ObcMethod(CompressionMethod):
                 got = ([max(range(len(s)), key=s.__getitem__) for s in savings], float("nan"))
             choice = got[0]
             additive = original - sum(s[li] for s, li in zip(savings, choice))
-            model_cost = joint.total(choice) * scale if joint is not None else additive
+            model_cost = cost_ratio(choice) * original if joint is not None else additive
             ratio, whole, how = self.whole_ratio(context, base_model, self.arch_plan(context, db, choice), whole0)
             steps.append({"required_saving": required, "additive": additive, "additive_ratio": additive / original,
                           "dp_cost": model_cost, "dp_ratio": model_cost / original,
@@ -472,16 +487,26 @@ class ObcMethod(CompressionMethod):
         assert ledger is not None
         n0 = len(ledger) if n0 is None else n0
         t0 = time.perf_counter() if t0 is None else t0
-        joint = None
+        joint, alpha, overhead = None, 0.0, None
         if cfg.dp == "joint":
             from hwloop.search.report import measure_compressed
 
             joint, tab = self.joint_cost(context, db)
             original = float(measure_compressed(context.device, context.model, None,
                                                 example=context.example())["latency_ms"])
-            savings = [[x * original / joint.full() for x in row] for row in joint.single_savings()]
-            what = (f"per-op cost table {tab.device}/{tab.source} ({tab.unit}; {len(joint.terms)} ops, dense sum "
-                    f"{joint.full():.6g}, whole dense model measured {original:.6g}); DP on the whole op sum")
+            if cfg.calibrate:    # the dense model's fixed share, from whole-model probes measured before the DP
+                whole0 = self.whole_model(context, model, None)
+
+                def probe(ch: list[int]) -> tuple[float, dict[str, Any]]:
+                    r, _, how = self.whole_ratio(context, model, self.arch_plan(context, db, ch), whole0)
+                    return r, how
+
+                groups = [j for j, u in enumerate(db.units) if u.kind == "group"]
+                alpha, overhead = calibrate_overhead(joint, groups, cfg.calibrate, probe, context.say)
+            savings = [[x * original / joint.full() * (1 - alpha) for x in row] for row in joint.single_savings()]
+            what = (f"per-op cost table {tab.device}/{tab.source} ({tab.unit}; {len(joint.terms)} terms, dense sum "
+                    f"{joint.full():.6g}, whole dense model measured {original:.6g}); DP on the whole op sum"
+                    + (f", fixed share {alpha:.4f} from {cfg.calibrate} whole-model probes" if cfg.calibrate else ""))
         else:
             original, savings, what = self.savings(context, db)
         t1 = time.perf_counter()
@@ -497,7 +522,7 @@ class ObcMethod(CompressionMethod):
             if cfg.rerank > 1:
                 def pick(ch: list[int]) -> float:
                     return calib_loss(self.stitch(context, model, db, ch, calib), calib, cfg.error_images)
-            choice, info = self.solve(context, db, original, savings, target, model, joint, pick)
+            choice, info = self.solve(context, db, original, savings, target, model, joint, pick, alpha)
             plan = self.arch_plan(context, db, choice)
             te = time.perf_counter()
             net = self.stitch(context, model, db, choice, calib)
@@ -543,6 +568,7 @@ class ObcMethod(CompressionMethod):
                        "final_additive_ratio": last["additive_ratio"], "final_whole_ratio": last["whole_ratio"],
                        "context_latency_ratio": ctx_ratio, "dp_steps": steps, "dp_chosen": chosen, "check": cfg.check, "costs": what, "calib_images": sum(int(y.shape[0]) for _, y in calib),
                        "units": len(db.units), "skipped_groups": db.skipped, "layers": layers,
+                       **({"overhead": overhead} if overhead is not None else {}),
                        "note": "sparse levels cost as dense (no sparse execution modelled)"})
             cand.cost = dataclasses_total(ledger, n0, context.trial)
             cand.judge(context.base_accuracy, context.max_repair_drop)

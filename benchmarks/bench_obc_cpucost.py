@@ -1,0 +1,117 @@
+"""Does the joint DP's cost land on the CPU? OBC's architecture answers (no stitching, no accuracy) on a CPU profile:
+the DP on the plain op sum vs the DP on the op sum calibrated with the dense model's fixed share (``calibrate``),
+each answer's predicted ratio next to its measured one (interleaved comparisons against the dense model).
+
+Uses a level database of ``bench_obc.py`` (its units and level errors; channels only on the CPU)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_obc_cpucost.py \
+        --database search/results/obc/cpu_wall_quiet2/database-channels-1024.safetensors \
+        --device local-cpu --out search/results/obc/cpucost_local-cpu/results.json
+
+Per cost source (``--sources``: ``predictor`` = the device's shipped predictor through its whole-model
+aggregation, ``measure`` = the per-op cost table measured live), ``--probes`` whole-model probes fit the fixed
+share; for each target the plain and the calibrated DP's answer is measured ``--repeats`` times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--database", required=True)
+    ap.add_argument("--device", default="local-cpu")
+    ap.add_argument("--targets", default="0.7,0.6,0.5")
+    ap.add_argument("--sources", default="predictor")
+    ap.add_argument("--probes", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--buckets", type=int, default=10000)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from hwloop.compress.actions import ChannelPrune
+    from hwloop.compress.plan import CompressionPlan
+    from hwloop.methods.obc.database import load_database
+    from hwloop.methods.obc.joint import op_costs, solve_joint
+    from hwloop.methods.obc.overhead import budget_fraction, calibrate_overhead, overhead_ratio
+    from hwloop.models import ModelRef
+    from hwloop.search.report import compare_compressed
+    from hwloop.search.space import SearchSpace, SpaceOptions
+
+    ref = ModelRef("resnet20")
+    model = ref.build().eval()
+    space = SearchSpace.from_ref(ref, SpaceOptions(bits=True, bit_levels=(2, 4, 8), a_bits=8), model=model)
+    db = load_database(args.database)
+    units = db.units
+    groups = [i for i, u in enumerate(units) if u.kind == "group"]
+    errors = [u.errors for u in units]
+    ex = ref.example_input()
+
+    def plan_of(ch: list[int]) -> CompressionPlan:
+        acts = [ChannelPrune(units[i].name, int(units[i].levels[ch[i]])) for i in groups
+                if units[i].levels[ch[i]] < units[i].full]
+        return CompressionPlan(base=ref.to_dict(), actions=acts, meta={"method": "obc"})
+
+    def measure(ch: list[int]) -> tuple[float, dict[str, Any]]:
+        m = compare_compressed(args.device, model, plan_of(ch), model, example=ex)
+        return float(m["ratio"]), {"ratio_ci": m["ratio_ci"], "unstable": bool(m["unstable"]),
+                                   "load1": m.get("load", {}).get("load1")}
+
+    out: dict[str, Any] = {"device": args.device, "database": args.database, "probes": args.probes,
+                           "repeats": args.repeats, "sources": {}}
+    for src in args.sources.split(","):
+        t0 = time.perf_counter()
+        cost, tab = op_costs(space, units, args.device, source=src, progress=True)
+        t_cost = time.perf_counter() - t0
+        say(f"{src}: {len(cost.terms)} terms, dense op sum {cost.full():.4f} {tab.unit} ({t_cost:.1f} s)")
+        t0 = time.perf_counter()
+        alpha, info = calibrate_overhead(cost, groups, args.probes, measure, say)
+        t_probe = time.perf_counter() - t0
+        rows = []
+        for target in [float(t) for t in args.targets.split(",")]:
+            for name, a in (("op sum", 0.0), ("calibrated", alpha)):
+                t0 = time.perf_counter()
+                got = solve_joint(errors, cost, cost.full() * budget_fraction(a, target), args.buckets,
+                                  candidates=groups)
+                t_dp = time.perf_counter() - t0
+                if got is None:
+                    say(f"{src} {name} target {target}: nothing fits")
+                    rows.append({"target": target, "cost": name, "feasible": False})
+                    continue
+                ch = got[0]
+                pred = overhead_ratio(a, cost.total(ch) / cost.full())
+                ms = [measure(ch) for _ in range(args.repeats)]
+                r = statistics.median(m[0] for m in ms)
+                rows.append({"target": target, "cost": name, "feasible": True, "choice": ch, "dp_error": got[1],
+                             "predicted_ratio": pred, "measured_ratio": r, "measured": [m[0] for m in ms],
+                             "details": [m[1] for m in ms], "dp_s": t_dp,
+                             "channels_kept": sum(int(units[i].levels[ch[i]]) for i in groups)})
+                say(f"{src} {name} target {target}: predicted {pred:.3f}, measured {r:.3f} "
+                    f"({[round(m[0], 3) for m in ms]}; {r / target - 1:+.1%} vs target), DP {t_dp:.1f} s")
+                out["sources"][src] = {"alpha": alpha, "calibration": info, "cost_s": t_cost, "probe_s": t_probe,
+                                       "rows": rows}
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+    say("done")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
