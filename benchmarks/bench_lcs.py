@@ -12,10 +12,23 @@ resume after an interruption):
 5. ``trace``   — the run-time controller on a changing budget trace per device (misses by measured latency,
    regret against the best α by measured latency), with a PNG each.
 
+Data: ``--holdout N`` (CIFAR-10) splits as the evidence harness does (``hwloop bench methods``): ``N`` training
+images held out by ``--split-seed``, the training subset (``--train-limit``) drawn at random from the rest by
+``--split-seed``, the validation subset (``--val-limit``) from the held-out images by ``--split-seed + 1``, the
+test subset (``--test-limit``, default all 10,000) from the test set by ``--split-seed + 2`` — all at random
+(the stored arrays are sorted by class: never the first N); the choices are made on validation, the test set is
+reported. ``--holdout 0`` (old runs): ``make_task``'s random subsets, validation = a random subset of the test set.
+
+``--norm frozen_bn`` (opt-in): the family keeps the checkpoint's batch norms with their statistics frozen for every
+α and γ/β on the line; its members are ordinary batch-norm ResNet-20s (the single models are trained as ordinary
+batch-norm models, statistics re-estimated: one model at one width needs no per-α statistics).
+
 Run (2 shared cores; state the schedule you used)::
 
-    OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/bench_lcs.py --out search/results/lcs \\
-        --checkpoint ../shared/checkpoints/resnet20_cifar10_e35.safetensors > search/results/lcs.log 2>&1
+    OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/bench_lcs.py --out search/results/lcs_cifar/fbn_s0 \\
+        --norm frozen_bn --holdout 5000 --train-limit 20000 --val-limit 2000 --epochs 2 --lr 0.02 --shared-convs \\
+        --init-checkpoint search/checkpoints/resnet20_cifar10_converged.safetensors \\
+        --checkpoint search/checkpoints/resnet20_cifar10_converged.safetensors --phases family,eval
 """
 
 from __future__ import annotations
@@ -60,6 +73,31 @@ def alpha_of_width(w: float, lo: float = 0.25, hi: float = 1.0) -> float:
     return round((w - lo) / (hi - lo), 6)
 
 
+def harness_split(task: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The evidence harness's CIFAR-10 split (module docstring): the task with training and validation loaders
+    replaced, and the test loader."""
+    from torch.utils.data import DataLoader, Subset
+
+    from hwloop.data import make_loaders
+
+    def pick(ds: Any, limit: int | None, seed: int) -> Any:
+        if limit is None or limit >= len(ds):
+            return ds
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit]
+        return Subset(ds, sorted(idx.tolist()))
+
+    s = args.split_seed
+    tr, va = make_loaders(args.task, args.batch, seed=s, holdout=args.holdout)
+    te = make_loaders(args.task, args.batch, seed=s)[1]
+    train = DataLoader(pick(tr.dataset, args.train_limit, s), batch_size=args.batch, shuffle=True,
+                       generator=torch.Generator().manual_seed(args.seed))
+    val = DataLoader(pick(va.dataset, args.val_limit, s + 1), batch_size=256)
+    test = DataLoader(pick(te.dataset, args.test_limit, s + 2), batch_size=256)
+    task.train, task.val = train, val
+    task.eval_fn = lambda m: evaluate(m, val)
+    return task, test
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="search/results/lcs")
@@ -83,6 +121,15 @@ def main() -> int:
     ap.add_argument("--init-checkpoint", default=None,
                     help="start the family and the single models from this checkpoint (same architecture, any norm: "
                          "conv/linear weights and norm gamma/beta; BN statistics dropped); default: from scratch")
+    ap.add_argument("--norm", default="in", choices=["in", "frozen_bn"],
+                    help="the family's norm: instance norm (the paper's) or, opt-in, batch norm with frozen statistics")
+    ap.add_argument("--fold-start", type=int, default=0, metavar="BATCHES",
+                    help="frozen_bn: before training, fold the batch statistics of the width-0.25 member on this many "
+                         "training batches into the alpha=0 endpoint's gamma/beta (LcsFamily.fold_statistics)")
+    ap.add_argument("--holdout", type=int, default=0, help="training images held out as the validation split "
+                    "(the evidence harness's split; 0: validation = a random subset of the test set)")
+    ap.add_argument("--split-seed", type=int, default=0, help="draws the held-out, training, validation and test subsets")
+    ap.add_argument("--test-limit", type=int, default=None, help="random test images (default: all)")
     ap.add_argument("--single-widths", default=",".join(map(str, WIDTHS)),
                     help="the widths of the models trained alone (comma list; run several processes to parallelise)")
     args = ap.parse_args()
@@ -90,14 +137,24 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     phases = set(args.phases.split(","))
-    jsave(out / "args.json", vars(args))
-    task = make_task(args.task, args.model, model_kwargs={"norm": "in"}, batch_size=args.batch,
+    # one args file per process (single models may run beside the family run in the same folder)
+    jsave(out / ("args.json" if "single" not in phases or "family" in phases
+                 else f"args_single_{args.single_widths.replace(',', '_')}.json"), {**vars(args), "argv": sys.argv})
+    fbn = args.norm == "frozen_bn"
+    if fbn and not (args.init_checkpoint and args.shared_convs):
+        raise SystemExit("--norm frozen_bn needs --init-checkpoint (the statistics to freeze) and --shared-convs")
+    task = make_task(args.task, args.model, model_kwargs={} if fbn else {"norm": "in"}, batch_size=args.batch,
                      train_limit=args.train_limit, val_limit=args.val_limit, seed=args.seed)
+    test = None
+    if args.holdout:
+        task, test = harness_split(task, args)
     ref = task.ref
     shape = tuple(ref.input_shape)
-    log(f"{args.task} {args.model}: {args.train_limit} training images, {args.epochs} epochs, batch {args.batch}, lr {args.lr} "
-        f"(cosine), sandwich of {args.n_samples} alphas per batch, shared convs {args.shared_convs}; accuracy on "
-        f"{len(task.val.dataset)} held-out images ({'CIFAR-10 test' if args.task == 'cifar10' else 'digits val split'})")
+    log(f"{args.task} {args.model} ({args.norm}): {len(task.train.dataset)} training images, {args.epochs} epochs, "
+        f"batch {args.batch}, lr {args.lr} (cosine), sandwich of {args.n_samples} alphas per batch, shared convs "
+        f"{args.shared_convs}; validation {len(task.val.dataset)} images "
+        f"({'held-out training images' if args.holdout else 'CIFAR-10 test' if args.task == 'cifar10' else 'digits'})"
+        + (f", test {len(test.dataset)} images" if test is not None else ""))
     grid = default_grid(args.grid)
     init = None
     if args.init_checkpoint:
@@ -113,7 +170,14 @@ def main() -> int:
         log("family: loaded")
     elif "family" in phases:
         torch.manual_seed(args.seed)
-        fam = LcsFamily.create(ref, "width", line_convs=not args.shared_convs, init=init)
+        fam = LcsFamily.create(ref, "width", line_convs=not args.shared_convs, init=init, frozen_bn=fbn)
+        if args.fold_start:
+            moved = fam.fold_statistics(task.train, alpha=0.0, batches=args.fold_start)
+            log(f"folded the width-0.25 member's statistics of {args.fold_start} batches into alpha=0: {moved}")
+        if init is not None and not (out / "start.json").exists():   # the members before any step (validation)
+            jsave(out / "start.json", {repr(alpha_of_width(w)): evaluate(fam.at(alpha_of_width(w)).model, task.val)
+                                       for w in WIDTHS})
+            log(f"family before training (validation): {jload(out / 'start.json')}")
         log("family: training")
         h = train_lines(fam.net, fam.state, task.train, epochs=args.epochs, lr=args.lr, n_samples=args.n_samples,
                         seed=args.seed, progress=False,
@@ -137,7 +201,7 @@ def main() -> int:
         log("eval")
         fam.accuracy.clear()
         fam.evaluate(task.eval_fn, grid)
-        ev = {"family": {repr(a): fam.accuracy[a] for a in grid},
+        ev = {"family": {repr(a): fam.accuracy[a] for a in grid}, "split": "validation" if args.holdout else "test",
               "width": {repr(a): fam.level(a)["width"] for a in grid},
               "params": {repr(a): sum(p.numel() for p in fam.at(a).model.parameters()) for a in grid}}
         dense = ModelRef(args.model, input_shape=shape).build()
@@ -147,7 +211,12 @@ def main() -> int:
             dense.load_state_dict(load_file(args.checkpoint))
             bn_task = make_task("cifar10", "resnet20", batch_size=args.batch, train_limit=64,
                                 val_limit=args.val_limit, seed=args.seed)
-            ev["dense_bn_checkpoint"] = {"path": args.checkpoint, "accuracy": evaluate(dense, bn_task.val)}
+            ev["dense_bn_checkpoint"] = {"path": args.checkpoint, "accuracy": evaluate(dense, task.val if args.holdout
+                                                                                        else bn_task.val)}
+            if test is not None:
+                ev["dense_bn_checkpoint"]["test"] = evaluate(dense, test)
+        if test is not None:
+            ev["family_test"] = {repr(a): evaluate(fam.at(a).model, test) for a in grid}
         jsave(out / "eval.json", ev)
         fam.save(fam_dir)
     if ev is not None and fam is not None:
@@ -214,15 +283,19 @@ def main() -> int:
     singles: dict[float, Any] = {}
     for w in [float(v) for v in args.single_widths.split(",")]:
         p = out / f"single_{w}.safetensors"
-        sref = ModelRef(args.model, {"norm": "in", "width_mult": w}, input_shape=shape)
+        sref = ModelRef(args.model, {"norm": args.norm if args.norm == "in" else "bn", "width_mult": w},
+                        input_shape=shape)
         if init is not None and "single" in phases and not (out / f"single_{w}.json").exists():
             # the checkpoint's first channels at width w (prefix slicing, as the family's member there), trained alone
             torch.manual_seed(args.seed)
-            m = LcsFamily.create(ref, "width", line_convs=False, init=init).at(alpha_of_width(w)).model.train()
+            m = LcsFamily.create(ref, "width", line_convs=False, init=init, frozen_bn=fbn).at(alpha_of_width(w)).model
             log(f"single {w}: training from {args.init_checkpoint} sliced to width {w}")
-            h = train_epochs(m, task.train, args.epochs, args.lr)
+            start = evaluate(m, task.val)
+            h = train_epochs(m.train(), task.train, args.epochs, args.lr)
             acc = evaluate(m, task.val)
-            jsave(out / f"single_{w}.json", {"width": w, "accuracy": acc, "train": h,
+            jsave(out / f"single_{w}.json", {"width": w, "accuracy": acc, "train": h, "start_accuracy": start,
+                                              "split": "validation" if args.holdout else "test",
+                                              "test_accuracy": evaluate(m, test) if test is not None else None,
                                               "params": sum(q.numel() for q in m.parameters()),
                                               "init": args.init_checkpoint})
             log(f"single {w}: {h['seconds']:.0f} s, {h['images']:.0f} images, accuracy {acc}")

@@ -1,6 +1,7 @@
 """Why an instance-norm ResNet-20 stays at chance on CIFAR-10 for its first SGD steps (issue 20, docs/lcs.md).
 
-Two parts, both on the first CIFAR-10 training images of ``make_task(train_limit=1600, seed=0)``:
+Two parts, both on the 1,600 CIFAR-10 training images that ``make_task(train_limit=1600, seed=0)`` draws at random
+(``random_subset``; never the first N: the stored arrays are sorted by class):
 
 * ``steps VARIANT STEPS LR`` — plain SGD (hwloop's recipe: Nesterov 0.9, weight decay 5e-4, cosine lr, batch 64)
   of a ResNet-20, loss / batch accuracy / gradient norm per step, then accuracy on 500 test images. VARIANT:

@@ -234,6 +234,9 @@ def test_controller_counts_misses_by_measured_latency_and_regret() -> None:
     ({"grid": 1}, "grid=1 must be an integer in [2, 101]"),
     ({"lo": 1.5}, "lo=1.5 must be in (0, hi=1.0]"),
     ({"init": "imagenet"}, "init='imagenet' is unknown; allowed: context, scratch"),
+    ({"mode": "topk", "norm": "frozen_bn"}, "norm='frozen_bn' is for mode 'width'"),
+    ({"norm": "frozen_bn", "init": "scratch"}, "norm='frozen_bn' needs init='context'"),
+    ({"fold_start": 4}, "fold_start=4 must be an integer >= 0, and > 0 only with norm='frozen_bn'"),
 ])
 def test_bad_config_is_one_line(table: dict, needle: str) -> None:
     with pytest.raises(SearchError) as e:
@@ -359,7 +362,9 @@ def _cifar_or_skip():
     g = torch.Generator().manual_seed(0)
     train = DataLoader(Subset(train.dataset, torch.randperm(50000, generator=g)[:256].tolist()), batch_size=64,
                        shuffle=True, generator=torch.Generator().manual_seed(0))
-    return train, DataLoader(Subset(val.dataset, range(128)), batch_size=128)
+    # 128 test images at random (the stored arrays are sorted by class: the first 128 are all airplanes)
+    test_idx = torch.randperm(10000, generator=torch.Generator().manual_seed(1))[:128].tolist()
+    return train, DataLoader(Subset(val.dataset, test_idx), batch_size=128)
 
 
 def test_cifar_resnet20_family_from_the_checkpoint_lowers_the_training_loss() -> None:

@@ -88,20 +88,22 @@ class LcsFamily:
     @classmethod
     def create(cls, ref: ModelRef, mode: str, *, lo: float | None = None, hi: float = 1.0, line_convs: bool = True,
                line_norms: bool = True, quantize_activations: bool = True,
-               init: Mapping[str, torch.Tensor] | None = None) -> LcsFamily:
+               init: Mapping[str, torch.Tensor] | None = None, frozen_bn: bool = False) -> LcsFamily:
         """A fresh (untrained) family on ``ref`` (a model with instance/group norm), ω₀ = the ref's weights.
 
         ``init``: a state dict of the same architecture with any norm (e.g. a trained batch-norm checkpoint) whose
         conv/linear weights and norm affine parameters become the start (:func:`init_from_state`); both endpoints
         of a line start there when the convs are shared, ω₁ stays an independent draw when they are on the line.
+        ``frozen_bn`` (width only; ``ref`` a batch-norm model): its batch norms keep ``init``'s running statistics,
+        frozen for every α, γ/β on the line; every member is then an ordinary batch-norm model of ``ref``.
         """
         model = ref.build()
         if init is not None:
             init_from_state(model, init)
         net, state = to_lines(model, mode, lo=lo, hi=hi, line_convs=line_convs, line_norms=line_norms,
-                              quantize_activations=quantize_activations)
+                              quantize_activations=quantize_activations, frozen_bn=frozen_bn)
         flags = {"line_convs": line_convs, "line_norms": line_norms, "quantize_activations": quantize_activations,
-                 "init": "state" if init is not None else "scratch"}
+                 "init": "state" if init is not None else "scratch", "frozen_bn": frozen_bn}
         return cls(ref=ref, net=net, state=state, flags=flags)
 
     @property
@@ -163,6 +165,60 @@ class LcsFamily:
                     if self.mode == "topk" and p == "weight" and isinstance(lm, LineConv2d) and not lm.first:
                         v = v * topk_mask(v, lv["density"])
                     t.copy_(v)
+                if isinstance(lm, LineNorm) and lm.kind == "fbn":   # the frozen statistics, sliced
+                    for b in ("running_mean", "running_var"):
+                        t = getattr(dst, b)
+                        t.copy_(getattr(lm, b)[: t.shape[0]])
+
+    def fold_statistics(self, loader: Any, *, alpha: float = 0.0, batches: int = 16) -> dict[str, float]:
+        """``frozen_bn`` only, at training time: fold the batch statistics of the member at an endpoint into that
+        endpoint's γ/β.
+
+        The member at ``alpha`` (0 or 1) runs ``batches`` training batches in train mode (its batch norms
+        re-estimate their statistics, cumulative average); per channel the change is folded into the endpoint:
+        ``γ' = γ·σ/σ̂``, ``β' = β + γ·(μ − μ̂)/σ̂`` (σ = √(var + eps)), so that with the family's frozen statistics
+        (μ, σ) the member computes what the re-estimated one does. The frozen statistics stay as they are, so the
+        member on the device still re-estimates nothing; the data is the training data, used once before training.
+        Why: a narrow member sliced from a batch-norm checkpoint sees other statistics than the full network.
+
+        Returns:
+            ``{"layers": n, "mean_abs_log_scale": ...}`` (how far the statistics moved).
+        """
+        if not self.flags.get("frozen_bn"):
+            raise SearchError("fold_statistics is for frozen_bn families (an instance norm has no statistics)")
+        if alpha not in (0.0, 1.0):
+            raise SearchError(f"alpha={alpha!r} must be an endpoint, 0 or 1")
+        if batches < 1:
+            raise SearchError(f"batches={batches!r} must be >= 1")
+        model = self.at(alpha).model
+        bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+        for m in bns.values():
+            m.reset_running_stats()
+            m.momentum = None   # cumulative average over the batches
+        model.train()
+        with torch.no_grad():
+            for i, (x, _) in enumerate(loader):
+                if i >= batches:
+                    break
+                model(x)
+        which, logs = (0 if alpha == 0.0 else 1), []
+        with torch.no_grad():
+            for name, lm in line_layers(self.net):
+                if not (isinstance(lm, LineNorm) and lm.kind == "fbn"):
+                    continue
+                bn = bns[name]
+                c = bn.num_features
+                mu_hat, var_hat = bn.running_mean, bn.running_var
+                assert mu_hat is not None and var_hat is not None   # track_running_stats (reset above)
+                s = torch.sqrt(lm.running_var[:c] + lm.eps)
+                s_hat = torch.sqrt(var_hat + lm.eps)
+                g, b = lm.endpoint("weight", which), lm.endpoint("bias", which)
+                g_new = g[:c] * s / s_hat
+                b_new = b[:c] + g[:c] * (lm.running_mean[:c] - mu_hat) / s_hat
+                g[:c].copy_(g_new)
+                b[:c].copy_(b_new)
+                logs.append(float(torch.log(s / s_hat).abs().mean()))
+        return {"layers": float(len(logs)), "mean_abs_log_scale": sum(logs) / max(1, len(logs))}
 
     # ------------------------------------------------------------------ tables
     def evaluate(self, eval_fn: Any, alphas: Sequence[float]) -> dict[float, float]:
@@ -285,7 +341,8 @@ class LcsFamily:
             fam = cls.create(ref, str(desc["mode"]), lo=float(desc["lo"]), hi=float(desc["hi"]),
                              line_convs=bool(flags.get("line_convs", True)),
                              line_norms=bool(flags.get("line_norms", True)),
-                             quantize_activations=bool(flags.get("quantize_activations", True)))
+                             quantize_activations=bool(flags.get("quantize_activations", True)),
+                             frozen_bn=bool(flags.get("frozen_bn", False)))
             fam.flags.update(flags)
             fam.state.bits_lo, fam.state.bits_hi = int(desc["bits_lo"]), int(desc["bits_hi"])
             fam.accuracy = {float(a): float(v) for a, v in desc.get("accuracy", {}).items()}
@@ -315,7 +372,8 @@ _NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 def init_from_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Copy ``state`` (same architecture, any norm) into ``model`` in place: weights, biases, norm γ/β.
 
-    Batch-norm running statistics are dropped (an instance/group norm computes its statistics per image). Why
+    Batch-norm running statistics are dropped where ``model`` has no place for them (an instance/group norm
+    computes its statistics per image; a batch-norm model, for ``frozen_bn``, takes them). Why
     (docs/lcs.md): an instance-norm ResNet-20 trained from scratch stays at chance for the first ~100 SGD steps on
     CIFAR-10 — every norm before the global average pool fixes each channel's mean per image, so the pooled
     features hardly differ between images — while one started from a trained checkpoint's weights learns at once.
@@ -324,7 +382,7 @@ def init_from_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None
         SearchError: a key of the model missing from ``state``, an extra key, or a shape that differs (one line).
     """
     own = model.state_dict()
-    src = {k: v for k, v in state.items() if k.rpartition(".")[2] not in _NORM_BUFFERS}
+    src = {k: v for k, v in state.items() if k in own or k.rpartition(".")[2] not in _NORM_BUFFERS}
     missing = sorted(set(own) - set(src))
     extra = sorted(set(src) - set(own))
     if missing or extra:

@@ -13,7 +13,10 @@ subspaces``):
   min/max, straight-through) at :func:`alpha_to_bits` bits, 3..8.
 
 Norm layers are instance norm (width: no statistic depends on the channel count) or group norm (topk, bits);
-their affine parameters are on the line too, and nothing is re-estimated on the device.
+their affine parameters are on the line too, and nothing is re-estimated on the device. Opt-in (``frozen_bn``):
+batch norm with its statistics frozen at the starting checkpoint's (sliced by prefix, never updated) and γ/β on
+the line: at every α a fixed per-channel affine that folds into the conv before it, so nothing is re-estimated
+either, and a member is an ordinary batch-norm model.
 
 Example:
     >>> import torch
@@ -246,11 +249,22 @@ class LineLinear(LineConv2d):
 
 
 class LineNorm(LineLayer):
-    """An ``InstanceNorm2d`` (affine, no running statistics) or ``GroupNorm`` whose affine parameters are lines."""
+    """An ``InstanceNorm2d`` (affine, no running statistics) or ``GroupNorm`` whose affine parameters are lines;
+    with ``frozen`` a ``BatchNorm2d`` whose running statistics are frozen buffers (always used, never updated,
+    sliced to the incoming channels) and whose γ/β are lines."""
 
-    def __init__(self, src: nn.Module, state: LineState, *, line: bool = True) -> None:
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
+    def __init__(self, src: nn.Module, state: LineState, *, line: bool = True, frozen: bool = False) -> None:
         super().__init__()
-        if isinstance(src, nn.InstanceNorm2d):
+        if frozen and isinstance(src, nn.BatchNorm2d):
+            if not src.affine or src.running_mean is None or src.running_var is None:
+                raise SearchError("LCS frozen batch norm needs BatchNorm2d(affine=True, track_running_stats=True)")
+            self.kind, self.num_groups, self.num_channels = "fbn", 0, src.num_features
+            self.register_buffer("running_mean", src.running_mean.detach().clone())
+            self.register_buffer("running_var", src.running_var.detach().clone())
+        elif isinstance(src, nn.InstanceNorm2d):
             if not src.affine or src.track_running_stats:
                 raise SearchError("LCS needs InstanceNorm2d(affine=True, track_running_stats=False)")
             self.kind, self.num_groups, self.num_channels = "in", 0, src.num_features
@@ -260,13 +274,16 @@ class LineNorm(LineLayer):
                                   "follow a sliced channel count")
             self.kind, self.num_groups, self.num_channels = "gn", src.num_groups, src.num_channels
         else:
-            raise SearchError(f"LCS line norms are InstanceNorm2d or GroupNorm, got {type(src).__name__}")
+            raise SearchError(f"LCS line norms are InstanceNorm2d, GroupNorm or (frozen_bn) BatchNorm2d, got "
+                              f"{type(src).__name__}")
         self.eps = src.eps
         self._init_line(src, state, ("weight", "bias"), line)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         w, b = self.at("weight")[:c], self.at("bias")[:c]
+        if self.kind == "fbn":   # the frozen statistics in train mode too: a per-channel affine at every alpha
+            return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], w, b, False, 0.0, self.eps)
         if self.kind == "in":
             return F.instance_norm(x, None, None, w, b, True, 0.0, self.eps)
         return F.group_norm(x, self.num_groups, w, b, self.eps)
@@ -278,22 +295,31 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def to_lines(model: nn.Module, mode: str, *, lo: float | None = None, hi: float = 1.0, line_convs: bool = True,
-             line_norms: bool = True, output: str | None = None, **state_kw: object) -> tuple[nn.Module, LineState]:
+             line_norms: bool = True, output: str | None = None, frozen_bn: bool = False,
+             **state_kw: object) -> tuple[nn.Module, LineState]:
     """Replace every Conv2d/Linear/InstanceNorm2d/GroupNorm of ``model`` (in place) by its line layer.
 
     The current weights become ω₀; ω₁ is drawn independently (Kaiming normal; norm affine starts equal).
     ``output`` names the layer whose outputs are the logits (never sliced; default: the last Linear/Conv2d);
     the first conv/linear is never sparsified nor quantized. Batch norm is refused: its running statistics
-    would depend on α (LCS's point is that nothing is re-estimated on the device).
+    would depend on α (LCS's point is that nothing is re-estimated on the device) — unless ``frozen_bn``
+    (width mode only): then its current statistics are frozen for every α and only γ/β are on the line.
     """
     lo = (0.25 if mode == "width" else 0.05 if mode == "topk" else 0.0) if lo is None else lo
     if not 0.0 < hi <= 1.0 or not 0.0 <= lo <= hi:
         raise SearchError(f"the compression range [{lo}, {hi}] must satisfy 0 <= lo <= hi <= 1, hi > 0")
     state = LineState(mode, lo=lo, hi=hi, **state_kw)  # type: ignore[arg-type]
     named = list(model.named_modules())
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for _, m in named):
+    if frozen_bn and mode != "width":
+        raise SearchError(f"frozen_bn is for mode 'width' (mode={mode!r}: sparsified or quantized weights would "
+                          "not match the frozen statistics); allowed there: instance or group norm")
+    bns = [m for _, m in named if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if frozen_bn and any(not isinstance(m, nn.BatchNorm2d) for m in bns):
+        raise SearchError("frozen_bn handles BatchNorm2d only")
+    if bns and not frozen_bn:
         raise SearchError("LCS needs a model with instance or group norm (e.g. ModelRef kwargs norm='in' or 'gn'); "
-                          "batch norm statistics would have to be re-estimated for every alpha")
+                          "batch norm statistics would have to be re-estimated for every alpha (or frozen_bn=True "
+                          "in width mode)")
     weighted = [n for n, m in named if isinstance(m, (nn.Conv2d, nn.Linear))]
     if not weighted:
         raise SearchError("the model has no Conv2d or Linear layer to put on a line")
@@ -303,8 +329,8 @@ def to_lines(model: nn.Module, mode: str, *, lo: float | None = None, hi: float 
             _swap(model, n, LineConv2d(m, state, line=line_convs, first=n == weighted[0], output=n == out_name))
         elif isinstance(m, nn.Linear):
             _swap(model, n, LineLinear(m, state, line=line_convs, first=n == weighted[0], output=n == out_name))
-        elif isinstance(m, (nn.InstanceNorm2d, nn.GroupNorm)):
-            _swap(model, n, LineNorm(m, state, line=line_norms))
+        elif isinstance(m, (nn.InstanceNorm2d, nn.GroupNorm)) or (frozen_bn and isinstance(m, nn.BatchNorm2d)):
+            _swap(model, n, LineNorm(m, state, line=line_norms, frozen=frozen_bn))
     return model, state
 
 

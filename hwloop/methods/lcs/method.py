@@ -42,7 +42,12 @@ class LcsConfig(MethodConfig):
 
     Attributes:
         mode: ``width`` (structured), ``topk`` (unstructured) or ``bits`` (3..8-bit weights and activations).
-        norm: the family's norm layers: ``in`` (instance norm; width) or ``gn`` (group norm; topk, bits).
+        norm: the family's norm layers: ``in`` (instance norm; width) or ``gn`` (group norm; topk, bits); opt-in
+            ``frozen_bn`` (width, with ``init = "context"``): the context's batch norms with their running statistics
+            frozen for every α and γ/β on the line — a per-channel affine at each α, nothing re-estimated on the
+            device, and every member an ordinary batch-norm model of the context's architecture (docs/lcs.md).
+        fold_start: ``frozen_bn`` only: before training, fold the width-``lo`` member's batch statistics on this many
+            training batches into the α = 0 endpoint's γ/β (:meth:`LcsFamily.fold_statistics`; 0: off).
         epochs / lr / momentum / weight_decay / max_steps: the training schedule (cosine LR).
         beta / beta_norms: weight of the cos² endpoint regulariser, and whether norm weights are in it.
         lo / hi: the compression range over α ∈ [0, 1]: width factor (default 0.25..1) or kept fraction (0.05..1).
@@ -81,6 +86,7 @@ class LcsConfig(MethodConfig):
     grid: int = 7
     finetune_epochs: int = 0
     init: str = "context"
+    fold_start: int = 0
 
     def __post_init__(self) -> None:
         def bad(key: str, allowed: str) -> SearchError:
@@ -88,12 +94,19 @@ class LcsConfig(MethodConfig):
 
         if self.mode not in MODES:
             raise SearchError(f"mode={self.mode!r} is unknown; allowed: {', '.join(MODES)}")
-        if self.norm not in ("in", "gn"):
-            raise SearchError(f"norm={self.norm!r} is unknown; allowed: in, gn (batch norm statistics would "
-                              "depend on alpha)")
-        if self.mode == "width" and self.norm != "in":
-            raise SearchError("mode 'width' needs norm='in' (group norm's groups do not follow a sliced channel "
-                              "count)")
+        if self.norm not in ("in", "gn", "frozen_bn"):
+            raise SearchError(f"norm={self.norm!r} is unknown; allowed: in, gn, frozen_bn (batch norm statistics "
+                              "re-estimated per alpha are not allowed)")
+        if self.mode == "width" and self.norm == "gn":
+            raise SearchError("mode 'width' needs norm='in' or 'frozen_bn' (group norm's groups do not follow a "
+                              "sliced channel count)")
+        if self.norm == "frozen_bn" and self.mode != "width":
+            raise SearchError(f"norm='frozen_bn' is for mode 'width' (mode={self.mode!r} needs norm='gn')")
+        if self.fold_start < 0 or (self.fold_start and self.norm != "frozen_bn"):
+            raise bad("fold_start", "an integer >= 0, and > 0 only with norm='frozen_bn'")
+        if self.norm == "frozen_bn" and self.init != "context":
+            raise SearchError("norm='frozen_bn' needs init='context' (the statistics are frozen at the context's "
+                              "trained batch norms)")
         for k in ("epochs", "finetune_epochs"):
             if getattr(self, k) < 0:
                 raise bad(k, "an integer >= 0")
@@ -181,11 +194,15 @@ class LcsMethod(CompressionMethod):
         ledger = context.ledger
         assert ledger is not None
         n0 = len(ledger)
-        ref = family_ref(context, cfg.norm)
+        ref = family_ref(context, "bn" if cfg.norm == "frozen_bn" else cfg.norm)
         torch.manual_seed(context.seed)
         line_convs = cfg.mode != "width" if cfg.line_convs is None else cfg.line_convs
         init = context.model.state_dict() if cfg.init == "context" else None
-        fam = LcsFamily.create(ref, cfg.mode, lo=cfg.lo, hi=cfg.hi, line_convs=line_convs, init=init)
+        fam = LcsFamily.create(ref, cfg.mode, lo=cfg.lo, hi=cfg.hi, line_convs=line_convs, init=init,
+                               frozen_bn=cfg.norm == "frozen_bn")
+        if cfg.fold_start:
+            moved = fam.fold_statistics(context.train, batches=cfg.fold_start)
+            context.say(f"lcs: folded the narrowest member's statistics into alpha=0: {moved}")
         fam.state.bits_lo, fam.state.bits_hi = cfg.bits_lo, cfg.bits_hi
         t0 = time.perf_counter()
         h = train_lines(fam.net, fam.state, context.train, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
