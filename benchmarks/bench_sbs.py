@@ -103,6 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bops-targets", default="0.25,0.125", help="BOPs budgets (fractions of W8A8)")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--steps", type=int, default=60, help="batches of the search and of the fine-tune")
+    ap.add_argument("--ft-steps", type=int, default=None, help="batches of the fine-tune (default: --steps)")
+    ap.add_argument("--control-ft-steps", type=int, default=None, help="fine-tune batches of the fixed "
+                    "configurations (ref, w4a4, ptq, full, uniform-bits; default: --ft-steps); e.g. SBS's search + "
+                    "fine-tune batches, so every entry trains on as many images")
+    ap.add_argument("--finetune-lr", type=float, default=None, help="the fine-tune's lr (default: --lr)")
+    ap.add_argument("--a-signed", default="auto", choices=("symmetric", "auto"), help="activation codes "
+                    "(auto: unsigned for inputs never negative; hwloop/methods/sbs/actq.py)")
+    ap.add_argument("--a-range", default="mse", choices=("max", "mse"), help="the fine-tune's activation ranges")
+    ap.add_argument("--w-range", default="max", choices=("max", "mse"), help="the exported weights' grid range")
+    ap.add_argument("--full-bits", default="4/4", help="phase 'full': uniform w/a bits at full width, e.g. 4/4,2/8")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--eval-limit", type=int, default=1000)
     ap.add_argument("--val-limit", type=int, default=0, help="also score every entry on this many held-out "
@@ -148,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     from hwloop.search.train import _subset, evaluate
 
     thr_init = None if args.thr_init.lower() == "none" else float(args.thr_init)
+    ft_steps = args.steps if args.ft_steps is None else args.ft_steps
+    ctl_steps = ft_steps if args.control_ft_steps is None else args.control_ft_steps
     ckpt = Path(args.checkpoint) if args.checkpoint else (CONVERGED if CONVERGED.exists() else E35)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                          "gate_lr": args.gate_lr, "lam": args.lam, "min_keep": args.min_keep,
                          "thr_init": thr_init, "penalty": args.penalty, "target_warmup": args.target_warmup,
                          "gate_momentum": args.gate_momentum, "gate_step": args.gate_step,
-                         "a_score_momentum": args.a_score_momentum, "val_limit": args.val_limit})
+                         "a_score_momentum": args.a_score_momentum, "val_limit": args.val_limit,
+                         "ft_steps": ft_steps, "control_ft_steps": ctl_steps, "finetune_lr": args.finetune_lr, "a_signed": args.a_signed,
+                         "a_range": args.a_range, "w_range": args.w_range})
     say(f"checkpoint {ckpt}; {args.steps} search + {args.steps} fine-tune batches of {args.batch}; "
         f"test subset {args.eval_limit}")
 
@@ -207,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                              latency=latency or SurrogateLatency(sp), target=target, device="asic-tpu32", seed=seed,
                              base_accuracy=dense["accuracy"], log=say)
 
-    base_cfg = {"search_epochs": 1, "finetune_epochs": 1, "max_steps": args.steps, "lr": args.lr,
+    base_cfg = {"search_epochs": 1, "finetune_epochs": 1 if ft_steps else 0, "max_steps": args.steps, "lr": args.lr,
+                "finetune_lr": args.finetune_lr, "a_signed": args.a_signed, "a_range": args.a_range,
+                "w_range": args.w_range,
+                "finetune_steps": ft_steps or None,
                 "gate_lr": args.gate_lr, "lam": args.lam, "min_keep": args.min_keep,
                 "thr_init": thr_init, "penalty": args.penalty, "target_warmup": args.target_warmup,
                 "gate_momentum": args.gate_momentum, "gate_step": args.gate_step,
@@ -243,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             return
         torch.manual_seed(seed)
         ctx = context(target, seed)
-        m = make_method("sbs", {**base_cfg, "search_epochs": 0, "repair": False, "cost": cost})
+        m = make_method("sbs", {**base_cfg, "search_epochs": 0, "repair": False, "cost": cost,
+                                "finetune_epochs": 1 if ctl_steps else 0, "finetune_steps": ctl_steps or None})
         p = m.prepare(ctx)  # type: ignore[attr-defined]
         sbs = p["sbs"]
         scores = {g.key: sbs.filter_scores(g.key).detach() for g in sbs.groups}
@@ -310,7 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         if "ref" in phases:
             fixed_run(f"ref-w8a8/s{seed}", None, seed, (8, 8), 1.0)
-        lat_block(targets[0], seed)
+        if "full" in phases:   # uniform bits at full width (first conv and classifier W8A8), --full-bits
+            for wa in args.full_bits.split(","):
+                if wa:
+                    wb, ab = (int(v) for v in wa.split("/"))
+                    fixed_run(f"w{wb}a{ab}/s{seed}", None, seed, (wb, ab), 1.0, cost="bops")
+        if targets:
+            lat_block(targets[0], seed)
         if bops_targets:
             bops_block(bops_targets[0], seed)
         if "uniform-bits" in phases:

@@ -277,6 +277,10 @@ def test_mixed_activation_bits_are_measured_per_layer(small) -> None:
     ({"penalty": "square"}, "penalty='square' is unknown; allowed: linear, hinge, two-sided"),
     ({"a_score_momentum": 1.5}, "a_score_momentum=1.5 must be in (0, 1]"),
     ({"gate_step": "sgd"}, "gate_step='sgd' is unknown; allowed: adam, cost, shared"),
+    ({"a_signed": "unsigned"}, "a_signed='unsigned' is unknown; allowed: symmetric, auto"),
+    ({"a_range": "pct"}, "a_range='pct' is unknown; allowed: max, mse"),
+    ({"finetune_lr": 0}, "finetune_lr=0.0 must be a positive number or none"),
+    ({"finetune_steps": 0}, "finetune_steps=0 must be an integer >= 1 or none"),
 ])
 def test_bad_config_is_one_line(table: dict, needle: str) -> None:
     with pytest.raises(SearchError) as e:
@@ -375,3 +379,110 @@ def test_a_smoothed_activation_score_is_not_switched_off_by_one_batch(small) -> 
         assert searched
     assert all(bits[1.0][n] == 4 for n in searched), bits        # per batch: the noisy batch switches the gate off
     assert all(bits[0.1][n] == 8 for n in searched), bits        # averaged: 0.9 + 0.1 * 0.25 = 0.925 > 0.9, stays on
+
+
+# ---------------------------------------------------------------- the fine-tune's activation quantizer (issue 19, floor)
+def test_unsigned_codes_double_the_levels_of_a_post_relu_input() -> None:
+    """A post-ReLU input on symmetric 4-bit codes has 8 levels (the negative half is never used: 3 bits of
+    resolution); ``a_signed = "auto"`` gives it 16 and a quarter of the error (the step halves)."""
+    from hwloop.methods.sbs.actq import quantize_act
+
+    x = torch.relu(torch.randn(20000, generator=torch.Generator().manual_seed(0)))
+    amax = float(x.max())
+    sym, uns = quantize_act(x, amax, 4, True), quantize_act(x, amax, 4, False)
+    assert len(torch.unique(sym)) <= 8 and len(torch.unique(uns)) > 8 and len(torch.unique(uns)) <= 16
+    e_sym, e_uns = float(((sym - x) ** 2).mean()), float(((uns - x) ** 2).mean())
+    assert e_uns < 0.4 * e_sym, (e_uns, e_sym)
+    assert torch.equal(quantize_act(x - 1, amax, 8, True), __import__("hwloop.methods.sbs.quant", fromlist=["q"])
+                       .act_quant(x - 1, torch.tensor(amax), 8))          # symmetric = the plain quantizer
+
+
+def test_the_mse_range_clips_a_long_tail_and_lowers_the_error() -> None:
+    from hwloop.methods.sbs.actq import mse_range, quantize_act
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.relu(torch.randn(50000, generator=g)), torch.tensor([12.0, 15.0])])   # two outliers
+    c = mse_range(x, 4, signed=False)
+    assert 0 < c < 0.5 * float(x.max())
+    err = lambda a: float(((quantize_act(x, a, 4, False) - x) ** 2).mean())   # noqa: E731
+    assert err(c) < 0.5 * err(float(x.max()))
+    assert mse_range(torch.zeros(10), 4, False) == 0.0
+
+
+def _ft_ctx(small) -> MethodContext:
+    task, model, space = small
+    return MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=task.eval_fn,
+                         latency=SurrogateLatency(space), target=0.8, device="asic-tpu32", seed=0)
+
+
+def test_the_fine_tune_quantizes_post_relu_inputs_unsigned_with_clipped_ranges(small) -> None:
+    """The default fine-tune path (``a_signed = "auto"``, ``a_range = "mse"``): every conv input after a ReLU (and
+    the classifier's, after the pool) on unsigned codes with a range below its largest value; the image input
+    (normalised, signed) stays signed; the plan says so (``meta["a_quant"]``) and its activation error at 4 bits is
+    well below the plain quantizer's on the same network."""
+    task, model, space = small
+    x = next(iter(task.train))[0]
+    assert float(x.min()) < 0                               # the image input is signed
+    ctx = _ft_ctx(small)
+    res = make_method("sbs", {"search_epochs": 1, "finetune_epochs": 1, "max_steps": 2, "grid_points": 3,
+                              "recalibrate_batches": 2}).run(ctx)
+    c = res.candidates[0]
+    aq = c.plan.meta["a_quant"]
+    first = "features.0"
+    assert aq[first]["signed"] is True
+    post = [n for n in aq if n != first]
+    assert post and all(aq[n]["signed"] is False for n in post), aq
+    assert c.plan.meta["a_amax"] == {n: v["amax"] for n, v in aq.items()}
+    # the error of every post-ReLU input at 4 bits: mse-clipped unsigned vs the plain symmetric max quantizer
+    from hwloop.methods.sbs.actq import quantize_act, sbs_activations
+
+    net = c.model.eval()
+    with sbs_activations(net, {n: 4 for n in post}, signed="auto", mode="mse") as new:
+        new.calibrate(task.train, 2)
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [get_module(net, n).register_forward_pre_hook(lambda m, a, n=n: seen.__setitem__(n, a[0])) for n in post]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    for n in post:
+        v = seen[n]
+        plain = float(((quantize_act(v, float(v.abs().max()), 4, True) - v) ** 2).mean())
+        ours = float(((quantize_act(v, new.amax[n], 4, new.signed[n]) - v) ** 2).mean())
+        assert ours < 0.5 * plain, (n, ours, plain)
+
+
+def test_the_plain_activation_quantizer_stays_available_and_finetune_lr_is_used(small) -> None:
+    """``a_signed = "symmetric"``, ``a_range = "max"``: the quantizer of the runs before (no ``a_quant`` in the
+    plan); ``finetune_lr`` replaces ``lr`` in the fine-tune (a tiny one leaves the extracted weights in place)."""
+    ctx = _ft_ctx(small)
+    keys = {"search_epochs": 0, "finetune_epochs": 1, "max_steps": 3, "grid_points": 3, "recalibrate_batches": 1,
+            "prune": False}
+    old = make_method("sbs", {**keys, "a_signed": "symmetric", "a_range": "max"}).run(ctx).candidates[0]
+    assert "a_quant" not in old.plan.meta and old.plan.meta["a_amax"]
+    still = make_method("sbs", {**keys, "finetune_lr": 1e-12}).run(ctx).candidates[0]
+    moved = make_method("sbs", {**keys, "finetune_lr": 0.05}).run(ctx).candidates[0]
+    w0 = {k: v for k, v in make_method("sbs", {**keys, "finetune_epochs": 0}).run(ctx).candidates[0]
+          .model.state_dict().items() if k.endswith("weight")}
+    d_still = max(float((still.model.state_dict()[k] - v).abs().max()) for k, v in w0.items())
+    d_moved = max(float((moved.model.state_dict()[k] - v).abs().max()) for k, v in w0.items())
+    assert d_still < 1e-6 < d_moved, (d_still, d_moved)
+
+
+def test_least_error_weight_grids_pack_and_keep_ternary_weights_alive() -> None:
+    """``w_range = "mse"``: per channel the clip with the smallest error on the plan's symmetric grid; the baked
+    weights pack exactly (int4 storage, the same float tensor back) and at 2 bits (ternary) far fewer weights
+    round to 0 than with the step from the largest magnitude."""
+    from hwloop.compress.gates import fake_quant
+    from hwloop.compress.quantstore import pack_weight, unpack_weight
+    from hwloop.methods.sbs.actq import mse_quant
+
+    w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    for bits in (2, 4, 8):
+        q = mse_quant(w, bits)
+        packed = pack_weight(q, bits)
+        assert packed is not None, bits
+        assert torch.equal(unpack_weight(*packed, bits, tuple(q.shape)), q)
+        assert float(((q - w) ** 2).mean()) <= float(((fake_quant(w, bits) - w) ** 2).mean()) + 1e-12
+    zero_mse, zero_max = float((mse_quant(w, 2) == 0).float().mean()), float((fake_quant(w, 2) == 0).float().mean())
+    assert zero_mse < 0.6 and zero_max > 0.7, (zero_mse, zero_max)

@@ -33,7 +33,8 @@ from torch.nn.utils import parametrize
 from hwloop.compress.extract import get_module
 from hwloop.errors import CompressionError
 from hwloop.methods.sbs.cost import CostState, SbsLayer
-from hwloop.methods.sbs.quant import act_quant, normalise, residual_codes, super_bit_weight, threshold_gate
+from hwloop.methods.sbs.actq import A_SIGNED, quantize_act
+from hwloop.methods.sbs.quant import normalise, residual_codes, super_bit_weight, threshold_gate
 
 __all__ = ["SbsModel"]
 
@@ -85,12 +86,14 @@ class SbsModel(nn.Module):
         a_score_momentum: the weight of a training batch's activation score in a moving average that the
             activation gates read (1: each batch's own score; smaller: less batch noise, a gate does not switch
             off because one batch's residual came out small).
+        a_signed: ``symmetric`` (every activation on signed codes, as the plain quantizer) or ``auto`` (unsigned
+            codes ``0 … 2^b − 1`` for an input never seen negative, e.g. after a ReLU: :mod:`~hwloop.methods.sbs.actq`).
     """
 
     def __init__(self, model: nn.Module, space: Any, layers: Sequence[SbsLayer], policy: Mapping[str, str],
                  fixed: Mapping[str, tuple[int, int]], w_levels: Sequence[int], a_levels: Sequence[int], *,
                  prune: bool = True, clip: float = 1.0, act_momentum: float = 0.1, min_keep: float = 0.25,
-                 a_score_momentum: float = 1.0) -> None:
+                 a_score_momentum: float = 1.0, a_signed: str = "symmetric") -> None:
         super().__init__()
         self.net = copy.deepcopy(model)
         self.space = space
@@ -109,6 +112,9 @@ class SbsModel(nn.Module):
                 or not 0.0 < a_score_momentum <= 1.0:
             raise CompressionError(f"a_score_momentum={a_score_momentum!r} must be in (0, 1] (1: per batch)")
         self.a_score_momentum = float(a_score_momentum)
+        if a_signed not in A_SIGNED:
+            raise CompressionError(f"a_signed={a_signed!r} is unknown; allowed: {', '.join(A_SIGNED)}")
+        self.a_signed = a_signed
         self.w_thr = nn.ParameterDict()
         self.a_thr = nn.ParameterDict()
         self.f_thr = nn.ParameterDict()
@@ -128,6 +134,7 @@ class SbsModel(nn.Module):
         quantized = [n.name for n in self.layers if self.policy.get(n.name) in ("search", "fixed")]
         for n in quantized:
             self.register_buffer(f"amax_{_key(n)}", torch.tensor(-1.0))
+            self.register_buffer(f"amin_{_key(n)}", torch.tensor(0.0))
         self.groups = [g for g in space.graph.groups if prune and g.kind == "channel"]
         for g in self.groups:
             self.f_thr[_key(g.key)] = nn.Parameter(torch.zeros(()))
@@ -254,15 +261,18 @@ class SbsModel(nn.Module):
 
     def _act(self, layer: str, x: torch.Tensor) -> torch.Tensor:
         amax = getattr(self, f"amax_{_key(layer)}")
+        amin = getattr(self, f"amin_{_key(layer)}")
         if self.training:
             with torch.no_grad():
                 cur = x.detach().abs().amax()
                 amax.copy_(cur if amax < 0 else (1 - self.act_momentum) * amax + self.act_momentum * cur)
+                amin.copy_(torch.minimum(amin, x.detach().min()))
         if amax < 0:
             return x
+        signed = self.a_signed == "symmetric" or bool(amin < 0)
         if self.policy[layer] == "fixed":
-            return act_quant(x, amax, self.fixed[layer][1])
-        qs = [act_quant(x, amax, b) for b in self.a_levels]
+            return quantize_act(x, amax, self.fixed[layer][1], signed)
+        qs = [quantize_act(x, amax, b, signed) for b in self.a_levels]
         res = [qs[j] - qs[j - 1] for j in range(1, len(qs))]
         rms = torch.stack([(r.detach() ** 2).mean().sqrt() / amax.clamp_min(1e-12) for r in res]).float()
         scale = getattr(self, f"ascale_{_key(layer)}")
@@ -342,6 +352,11 @@ class SbsModel(nn.Module):
     def amax(self) -> dict[str, float]:
         return {n.name: float(getattr(self, f"amax_{_key(n.name)}")) for n in self.layers
                 if hasattr(self, f"amax_{_key(n.name)}") and float(getattr(self, f"amax_{_key(n.name)}")) >= 0}
+
+    def signed(self) -> dict[str, bool]:
+        """Per quantized layer: whether its input is quantized on signed codes (``a_signed``, the inputs seen)."""
+        return {n: self.a_signed == "symmetric" or bool(getattr(self, f"amin_{_key(n)}") < 0)
+                for n in self.amax()}
 
     def release(self) -> nn.Module:
         """Remove every hook and parametrization (raw weights stay) and return the plain network."""

@@ -38,12 +38,13 @@ from torch import nn
 
 from hwloop.compress.actions import ChannelPrune, Quantize
 from hwloop.compress.actquant import quantized_activations
-from hwloop.compress.extract import analyze, apply_bits_, output_layers, prune_groups_
+from hwloop.compress.extract import analyze, apply_bits_, get_module, output_layers, prune_groups_
 from hwloop.compress.gated import quantized_weights
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import CompressionError, SearchError
 from hwloop.methods.base import Candidate, CompressionMethod, MethodConfig, MethodContext, MethodResult, Repair
 from hwloop.methods.budget import PENALTIES, BudgetTerm
+from hwloop.methods.sbs.actq import A_RANGES, A_SIGNED, mse_quant, mse_weights, sbs_activations
 from hwloop.methods.sbs.cost import BopsCost, CostState, TableCost, is_bit_aware, sbs_layers
 from hwloop.methods.sbs.gated import SbsModel
 from hwloop.methods.sbs.quant import check_levels
@@ -93,7 +94,18 @@ class SbsConfig(MethodConfig):
         table_store: a measurement store URL caching the table's measurements (None: in memory only).
         grid_points: channel grid points per axis of the latency table.
         clip: weight clip as a fraction of each channel's largest magnitude.
-        recalibrate_batches: batch-norm re-estimation batches after extraction.
+        recalibrate_batches: batch-norm re-estimation batches after extraction (also the activation-range
+            calibration batches of ``a_range = "mse"``).
+        finetune_lr: the fine-tune's learning rate (None: ``lr``).
+        finetune_steps: the fine-tune's cap on steps per epoch (None: ``max_steps``).
+        a_signed: activation codes (:mod:`hwloop.methods.sbs.actq`): ``auto`` (default: unsigned ``0 … 2^b − 1``
+            codes for inputs never negative, e.g. after a ReLU) or ``symmetric`` (signed codes for every input, the
+            plain quantizer of the runs before), in the search and the fine-tune.
+        a_range: the fine-tune's activation ranges: ``mse`` (default: the least-error clip on the calibration
+            batches, then frozen) or ``max`` (the moving average of each batch's largest magnitude, as before).
+        w_range: the exported weights' grid (symmetric per channel, the plan's scheme): ``max`` (default: the step
+            from each channel's largest magnitude) or ``mse`` (the least-error clip per channel; 2-bit ternary
+            weights keep far more non-zeros), at extraction and in the fine-tune.
         repair: enforce the budget after the search when the method ended above it (recorded as a repair).
     """
 
@@ -124,18 +136,27 @@ class SbsConfig(MethodConfig):
     clip: float = 1.0
     recalibrate_batches: int = 4
     repair: bool = True
+    finetune_lr: float | None = None
+    finetune_steps: int | None = None
+    a_signed: str = "auto"
+    a_range: str = "mse"
+    w_range: str = "max"
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs", "recalibrate_batches"):
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise SearchError(f"{n}={v!r} must be an integer >= 0")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool) or self.max_steps < 1):
-            raise SearchError(f"max_steps={self.max_steps!r} must be an integer >= 1 or none")
-        for n in ("lr", "gate_lr"):
+        for n in ("max_steps", "finetune_steps"):
             v = getattr(self, n)
+            if v is not None and (isinstance(v, bool) or v < 1):
+                raise SearchError(f"{n}={v!r} must be an integer >= 1 or none")
+        for n in ("lr", "gate_lr", "finetune_lr"):
+            v = getattr(self, n)
+            if n == "finetune_lr" and v is None:
+                continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise SearchError(f"{n}={v!r} must be a positive number")
+                raise SearchError(f"{n}={v!r} must be a positive number" + (" or none" if n == "finetune_lr" else ""))
         for n in ("momentum", "weight_decay", "lam", "dual_lr"):
             v = getattr(self, n)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
@@ -173,7 +194,8 @@ class SbsConfig(MethodConfig):
             raise SearchError(f"a_levels={list(self.a_levels)} must start at 2 bits or more (activations have no "
                               "0/1-bit level)")
         for n, allowed in (("first_last", FIRST_LAST), ("cost", COSTS), ("table_source", ("auto", "measure",
-                                                                                           "predictor"))):
+                                                                                           "predictor")),
+                           ("a_signed", A_SIGNED), ("a_range", A_RANGES), ("w_range", A_RANGES)):
             if getattr(self, n) not in allowed:
                 raise SearchError(f"{n}={getattr(self, n)!r} is unknown; allowed: {', '.join(allowed)}")
         if not isinstance(self.prune, bool) or not isinstance(self.repair, bool):
@@ -316,7 +338,8 @@ class SbsMethod(CompressionMethod):
             raise SearchError(f"[method] sbs: cost='latency' needs a bit-aware device (asic-tpu32, asic-eyeriss); "
                               f"the context's device is {context.device!r}")
         sbs = SbsModel(context.model, space, layers, policy, fixed, cfg.w_levels, cfg.a_levels, prune=cfg.prune,
-                       clip=cfg.clip, min_keep=cfg.min_keep, a_score_momentum=cfg.a_score_momentum)
+                       clip=cfg.clip, min_keep=cfg.min_keep, a_score_momentum=cfg.a_score_momentum,
+                       a_signed=cfg.a_signed)
         bops = BopsCost(space, layers, cfg.w_levels, cfg.a_levels)
         note = ""
         if cfg.cost == "latency" or (cfg.cost == "auto" and bit_aware):
@@ -382,11 +405,20 @@ class SbsMethod(CompressionMethod):
                 prune_groups_(analyze(net, example, ignored=space.ignored), masks)
             actions: list[Any] = [ChannelPrune(k, int(m.sum())) for k, m in masks.items()]
             actions += [Quantize(n, int(final["w"][n]), int(final["a"][n])) for n in final["w"]]
-            apply_bits_(net, {n: int(b) for n, b in final["w"].items()})
+            if cfg.w_range == "mse":
+                with torch.no_grad():
+                    for n, b in final["w"].items():
+                        if int(b) < 32:
+                            w: torch.Tensor = getattr(get_module(net, n), "weight")
+                            w.copy_(mse_quant(w, int(b)))
+            else:
+                apply_bits_(net, {n: int(b) for n, b in final["w"].items()})
         t_extract = time.perf_counter() - t1
-        acc_x, acc, amax_out, t_ft = self._finetune(net, final, amax, context, cfg)
+        acc_x, acc, amax_out, a_quant, t_ft = self._finetune(net, final, amax, context, cfg)
         meta = {"method": "sbs", "cost_source": cost.source, "cost_unit": cost.unit, "original": c0,
                 "bops": b_final, "bops_original": b0, "a_amax": amax_out, "config": cfg.to_dict()}
+        if a_quant:   # per layer: bits, range, signed (a_signed / a_range other than the plain quantizer)
+            meta["a_quant"] = a_quant
         plan = CompressionPlan(base=context.ref.to_dict(), actions=actions, meta=meta)
         total = ComputeRecord("total")
         for r in led.records[n0:]:
@@ -482,22 +514,33 @@ class SbsMethod(CompressionMethod):
         return history, t_search
 
     def _finetune(self, net: nn.Module, final: dict[str, Any], amax: dict[str, float], context: MethodContext,
-                  cfg: SbsConfig) -> tuple[float | None, float | None, dict[str, float], float]:
+                  cfg: SbsConfig) -> tuple[float | None, float | None, dict[str, float], dict[str, Any], float]:
         from hwloop.search.differentiable import recalibrate_batchnorm
 
         led = context.ledger
         assert led is not None
         t2 = time.perf_counter()
+        plain = cfg.a_signed == "symmetric" and cfg.a_range == "max"   # the plain quantizer (the default)
+        sq: sbs_activations | None = None
         with ExitStack() as stack:
             aqs = []
-            for b in sorted(set(final["a"].values())):
-                names = [n for n, v in final["a"].items() if v == b]
-                if 2 <= b <= 16:
-                    aqs.append(stack.enter_context(quantized_activations(
-                        net, names, int(b), {n: amax[n] for n in names if n in amax})))
+            if plain:
+                for b in sorted(set(final["a"].values())):
+                    names = [n for n, v in final["a"].items() if v == b]
+                    if 2 <= b <= 16:
+                        aqs.append(stack.enter_context(quantized_activations(
+                            net, names, int(b), {n: amax[n] for n in names if n in amax})))
+            else:
+                sq = stack.enter_context(sbs_activations(
+                    net, {n: int(b) for n, b in final["a"].items() if b is not None and 2 <= b <= 16},
+                    signed=cfg.a_signed, mode=cfg.a_range, amax=amax))
             with led.phase("extract", trial=context.trial):
                 if cfg.recalibrate_batches:
                     recalibrate_batchnorm(net, context.train, cfg.recalibrate_batches)
+                if sq is not None:   # signs and ranges from the recalibrated network, then batch-norm again
+                    sq.calibrate(context.train, max(1, cfg.recalibrate_batches), seed=context.seed)
+                    if cfg.recalibrate_batches:
+                        recalibrate_batchnorm(net, context.train, cfg.recalibrate_batches)
                 net.eval()
 
             def evaluate() -> float | None:
@@ -509,10 +552,12 @@ class SbsMethod(CompressionMethod):
             acc_x = evaluate()
             with led.phase("finetune", trial=context.trial) as ph:
                 if cfg.finetune_epochs:
-                    with quantized_weights(net, {n: int(b) for n, b in final["w"].items()}):
-                        r = train_epochs(net, context.train, cfg.finetune_epochs, cfg.lr, momentum=cfg.momentum,
+                    wq = mse_weights if cfg.w_range == "mse" else quantized_weights
+                    with wq(net, {n: int(b) for n, b in final["w"].items()}):
+                        lr = cfg.finetune_lr if cfg.finetune_lr is not None else cfg.lr
+                        r = train_epochs(net, context.train, cfg.finetune_epochs, lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, progress=context.progress,
-                                         desc="sbs fine-tune", max_steps=cfg.max_steps)
+                                         desc="sbs fine-tune", max_steps=cfg.finetune_steps or cfg.max_steps)
                     ph.train_images += int(r["images"])
                     ph.epochs += float(r["epochs"])
                 net.eval()
@@ -520,6 +565,8 @@ class SbsMethod(CompressionMethod):
             amax_out: dict[str, float] = {}
             for aq in aqs:
                 amax_out.update(aq.amax())
+            a_quant = sq.export() if sq is not None else {}
+            amax_out.update({n: float(v["amax"]) for n, v in a_quant.items()})
         if acc is not None:
             context.say(f"sbs: accuracy extracted {acc_x:.2f}, fine-tuned {acc:.2f}")
-        return acc_x, acc, amax_out, time.perf_counter() - t2
+        return acc_x, acc, amax_out, a_quant, time.perf_counter() - t2
