@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                     "to fit the dense model's fixed share (obc key calibrate; 0: none)")
     ap.add_argument("--rerank", type=int, default=0, help="dp joint: stitch this many best answers, keep the lowest "
                     "calibration loss")
+    ap.add_argument("--margin", type=float, default=0.0, help="the DP's first answer aims at target x (1 - margin) "
+                    "(obc key margin; for a noisy cost such as the CPU's)")
     ap.add_argument("--corrections", type=int, default=8, help="DP re-solves against the whole model after its "
                     "first answer (obc key corrections; 0: the first answer is the result)")
     ap.add_argument("--database", default=None, help="a level database file to load (default: "
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ObcConfig(calib=args.calib, kinds=kinds, targets=targets, cost_source="table", check="device",
                         bits=[int(b) for b in args.ladder_bits.split(",")], error_images=args.error_images,
                         bn_mode=args.bn_mode, bn_data=args.bn_data, dp=args.dp, joint_source=args.joint_source,
-                        calibrate=args.calibrate, rerank=args.rerank, corrections=args.corrections)
+                        calibrate=args.calibrate, rerank=args.rerank, corrections=args.corrections, margin=args.margin)
         meth = ObcMethod(cfg)
         ctx = MethodContext(model=model, ref=ref, space=space, train=train, eval_fn=acc, latency=lat,
                             target=None, device=device, seed=0, base_accuracy=dense, log=say, progress=True)

@@ -284,3 +284,8 @@ def test_calibrate_fits_the_fixed_share_before_the_dp(digits) -> None:
     assert first["dp_ratio"] == pytest.approx(first["whole_ratio"], rel=1e-6)
     assert first["whole_ratio"] <= 0.75 + 1e-9 and c.extra["dp_chosen"] == 0 and not c.repairs
     assert "fixed share 0.4000 from 3 whole-model probes" in c.extra["costs"]
+    m = FixedShare(make_method("obc", {**keys, "calibrate": 3, "margin": 0.1}).config).run(
+        dataclasses_replace(ctx, ledger=ComputeLedger())).candidates[0]
+    aimed = m.extra["dp_steps"][0]
+    assert aimed["dp_ratio"] <= 0.75 * 0.9 + 1e-9 and aimed["whole_ratio"] <= first["whole_ratio"]
+    assert m.status == "met" and m.target == 0.75                 # judged against the target itself

@@ -128,6 +128,8 @@ def test_predictor_terms_sum_to_its_whole_model_aggregation() -> None:
     ({"joint_source": "guess", "dp": "joint", "cost_source": "table"},
      "joint_source='guess' is unknown; allowed: measure, predictor"),
     ({"calibrate": -1}, "calibrate=-1 must be an int >= 0"),
+    ({"margin": 0.5}, "margin=0.5 must be a number in [0, 0.5)"),
+    ({"margin": True}, "margin=True must be float"),
 ])
 def test_bad_config_is_one_line(table: dict, needle: str) -> None:
     with pytest.raises(SearchError) as e:

@@ -94,6 +94,7 @@ class ObcConfig(MethodConfig):
     rerank: int = 0
     joint_source: str = "measure"
     calibrate: int = 0
+    margin: float = 0.0
     database_cache: str | None = None
     finetune_epochs: int = 0
     finetune_lr: float = 0.01
@@ -121,6 +122,9 @@ class ObcConfig(MethodConfig):
                 raise SearchError(f"{key}={num!r} must be an int >= {lo}")
         if not (isinstance(self.finetune_lr, (int, float)) and self.finetune_lr > 0):
             raise SearchError(f"finetune_lr={self.finetune_lr!r} must be a number > 0")
+        if isinstance(self.margin, bool) or not (isinstance(self.margin, (int, float)) and 0.0 <= self.margin < 0.5):
+            raise SearchError(f"margin={self.margin!r} must be a number in [0, 0.5) (the DP aims at "
+                              "target x (1 - margin))")
         if not (isinstance(self.tolerance, (int, float)) and 0.0 <= self.tolerance < 1.0):
             raise SearchError(f"tolerance={self.tolerance!r} must be a number in [0, 1)")
         if self.rerank > 1 and self.dp != "joint":
@@ -347,7 +351,7 @@ class ObcMethod(CompressionMethod):
         errors = [u.errors for u in db.units]
         base_model = context.model if model is None else model
         whole0 = self.whole_model(context, base_model, None)
-        required = original * (1.0 - target)
+        required = original * (1.0 - target * (1.0 - cfg.margin))   # the first answer aims under a noisy cost
         steps: list[dict[str, Any]] = []
         best: tuple[float, list[int], int] | None = None
         last: list[int] | None = None
