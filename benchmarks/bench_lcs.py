@@ -126,6 +126,7 @@ def main() -> int:
     ap.add_argument("--fold-start", type=int, default=0, metavar="BATCHES",
                     help="frozen_bn: before training, fold the batch statistics of the width-0.25 member on this many "
                          "training batches into the alpha=0 endpoint's gamma/beta (LcsFamily.fold_statistics)")
+    ap.add_argument("--clip-grad", type=float, default=0.0, help="clip each step's gradient norm (0: off)")
     ap.add_argument("--holdout", type=int, default=0, help="training images held out as the validation split "
                     "(the evidence harness's split; 0: validation = a random subset of the test set)")
     ap.add_argument("--split-seed", type=int, default=0, help="draws the held-out, training, validation and test subsets")
@@ -180,7 +181,7 @@ def main() -> int:
             log(f"family before training (validation): {jload(out / 'start.json')}")
         log("family: training")
         h = train_lines(fam.net, fam.state, task.train, epochs=args.epochs, lr=args.lr, n_samples=args.n_samples,
-                        seed=args.seed, progress=False,
+                        seed=args.seed, progress=False, clip_grad=args.clip_grad,
                         on_epoch=lambda e, r: log(f"family epoch {e + 1}: loss {r['loss']:.3f} cos2 {r['cos2']:.2e} "
                                                   f"{r['seconds']:.0f} s"))
         fam.save(fam_dir)

@@ -121,3 +121,20 @@ def test_fold_statistics_makes_the_narrow_endpoint_compute_the_recalibrated_memb
     in_fam = LcsFamily.create(ModelRef("small_cnn", {"norm": "in"}, input_shape=(1, 8, 8)), "width")
     with pytest.raises(SearchError, match="for frozen_bn families"):
         in_fam.fold_statistics(data)
+
+
+def test_clip_grad_bounds_each_step_and_bad_values_are_one_line() -> None:
+    from hwloop.search.train import make_task
+
+    task = make_task("digits", "small_cnn", train_limit=64, batch_size=64)
+    fam = _family(_trained_bn(3))
+    before = {n: p.detach().clone() for n, p in fam.net.named_parameters()}
+    lr, clip = 0.1, 0.01
+    train_lines(fam.net, fam.state, task.train, epochs=1, lr=lr, momentum=0.0, weight_decay=0.0, n_samples=3,
+                seed=0, max_steps=1, clip_grad=clip)
+    step = torch.sqrt(sum(((p.detach() - before[n]) ** 2).sum() for n, p in fam.net.named_parameters()))
+    # one plain SGD step (cosine lr = lr at step 0): the update's norm is lr * the clipped gradient norm
+    assert 0 < float(step) <= lr * clip * 1.001
+    with pytest.raises(SearchError) as e:
+        train_lines(fam.net, fam.state, task.train, epochs=1, lr=lr, clip_grad=-1.0)
+    assert "clip_grad=-1.0 must be >= 0" in str(e.value) and "\n" not in str(e.value)

@@ -46,6 +46,7 @@ class LcsConfig(MethodConfig):
             ``frozen_bn`` (width, with ``init = "context"``): the context's batch norms with their running statistics
             frozen for every α and γ/β on the line — a per-channel affine at each α, nothing re-estimated on the
             device, and every member an ordinary batch-norm model of the context's architecture (docs/lcs.md).
+        clip_grad: clip each training step's gradient norm to this (0: off; opt-in, for ``frozen_bn``).
         fold_start: ``frozen_bn`` only: before training, fold the width-``lo`` member's batch statistics on this many
             training batches into the α = 0 endpoint's γ/β (:meth:`LcsFamily.fold_statistics`; 0: off).
         epochs / lr / momentum / weight_decay / max_steps: the training schedule (cosine LR).
@@ -87,6 +88,7 @@ class LcsConfig(MethodConfig):
     finetune_epochs: int = 0
     init: str = "context"
     fold_start: int = 0
+    clip_grad: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(key: str, allowed: str) -> SearchError:
@@ -102,6 +104,8 @@ class LcsConfig(MethodConfig):
                               "sliced channel count)")
         if self.norm == "frozen_bn" and self.mode != "width":
             raise SearchError(f"norm='frozen_bn' is for mode 'width' (mode={self.mode!r} needs norm='gn')")
+        if not (math.isfinite(self.clip_grad) and self.clip_grad >= 0):
+            raise bad("clip_grad", "a number >= 0 (0: off)")
         if self.fold_start < 0 or (self.fold_start and self.norm != "frozen_bn"):
             raise bad("fold_start", "an integer >= 0, and > 0 only with norm='frozen_bn'")
         if self.norm == "frozen_bn" and self.init != "context":
@@ -208,7 +212,8 @@ class LcsMethod(CompressionMethod):
         h = train_lines(fam.net, fam.state, context.train, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
                         weight_decay=cfg.weight_decay, beta=cfg.beta, beta_norms=cfg.beta_norms,
                         n_samples=cfg.n_samples, endpoint_prob=cfg.endpoint_prob, warmup=cfg.warmup,
-                        seed=context.seed, max_steps=cfg.max_steps, progress=context.progress)
+                        seed=context.seed, max_steps=cfg.max_steps, progress=context.progress,
+                        clip_grad=cfg.clip_grad)
         ledger.add("train", trial=context.trial, wall_s=time.perf_counter() - t0,
                    train_images=int(h["train_image_passes"]), epochs=float(cfg.epochs))
         context.say(f"lcs: trained the {cfg.mode} line for {cfg.epochs} epoch(s), {h['train_image_passes']:.0f} "

@@ -37,7 +37,7 @@ __all__ = ["train_lines"]
 def train_lines(model: nn.Module, state: LineState, loader: DataLoader[Any], *, epochs: int, lr: float,
                 momentum: float = 0.9, weight_decay: float = 5e-4, beta: float = 1.0, beta_norms: bool = False,
                 n_samples: int = 4, endpoint_prob: float = 0.5, warmup: float = 0.0, seed: int = 0,
-                max_steps: int | None = None, progress: bool = False,
+                max_steps: int | None = None, progress: bool = False, clip_grad: float = 0.0,
                 on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train both endpoints of ``model`` (line layers from :func:`~hwloop.methods.lcs.lines.to_lines`).
 
@@ -48,6 +48,8 @@ def train_lines(model: nn.Module, state: LineState, loader: DataLoader[Any], *, 
         endpoint_prob: top-k mode's chance of an endpoint α.
         warmup: share of the steps over which top-k's kept fraction anneals from dense (0..1).
         max_steps: batches per epoch at most (quick runs).
+        clip_grad: clip the total gradient norm of each step to this (0: off). Opt-in for ``frozen_bn`` families,
+            whose interior members start with gradients 30–700× the full width's (docs/lcs.md).
         on_epoch: called after each epoch with its index and the running figures (checkpointing).
 
     Returns:
@@ -56,6 +58,8 @@ def train_lines(model: nn.Module, state: LineState, loader: DataLoader[Any], *, 
     """
     if epochs < 0:
         raise SearchError(f"epochs={epochs} must be >= 0")
+    if not clip_grad >= 0:
+        raise SearchError(f"clip_grad={clip_grad} must be >= 0 (0: off)")
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
@@ -92,6 +96,8 @@ def train_lines(model: nn.Module, state: LineState, loader: DataLoader[Any], *, 
                 if reg.requires_grad:
                     reg.backward()
                 out["cos2"] = float(reg.detach()) / beta
+            if clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip_grad)
             opt.step()
             running += batch_loss / len(alphas)
             n += 1
