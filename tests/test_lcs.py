@@ -237,7 +237,7 @@ def test_controller_counts_misses_by_measured_latency_and_regret() -> None:
     ({"mode": "topk", "norm": "frozen_bn"}, "norm='frozen_bn' is for mode 'width'"),
     ({"norm": "frozen_bn", "init": "scratch"}, "norm='frozen_bn' needs init='context'"),
     ({"fold_start": 4}, "fold_start=4 must be an integer >= 0, and > 0 only with norm='frozen_bn'"),
-    ({"clip_grad": -1}, "clip_grad=-1 must be a number >= 0 (0: off)"),
+    ({"clip_grad": -1}, "clip_grad=-1.0 must be a number >= 0 (0: off)"),
 ])
 def test_bad_config_is_one_line(table: dict, needle: str) -> None:
     with pytest.raises(SearchError) as e:
