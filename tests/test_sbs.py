@@ -486,3 +486,37 @@ def test_least_error_weight_grids_pack_and_keep_ternary_weights_alive() -> None:
         assert float(((q - w) ** 2).mean()) <= float(((fake_quant(w, bits) - w) ** 2).mean()) + 1e-12
     zero_mse, zero_max = float((mse_quant(w, 2) == 0).float().mean()), float((fake_quant(w, 2) == 0).float().mean())
     assert zero_mse < 0.6 and zero_max > 0.7, (zero_mse, zero_max)
+
+
+def test_the_harness_spec_loads_and_runs_sbs_on_a_tiny_config(tmp_path, monkeypatch) -> None:
+    """``search/bench-methods-sbs-cifar10-resnet20.toml`` validates (sbs as a ``[[methods]]`` entry, controls matched
+    to it); its sbs entry runs through the evidence harness on digits (2 steps) with the uniform control landing on
+    SBS's measured latency."""
+    from pathlib import Path
+
+    from hwloop.search.harness import run_harness
+    from hwloop.search.harness_spec import HarnessSpec, load_harness_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    spec = load_harness_spec(repo / "search" / "bench-methods-sbs-cifar10-resnet20.toml")
+    spec.check_files()
+    assert [m.name for m in spec.methods] == ["sbs"] and spec.controls.against == ("sbs",)
+    assert spec.targets == (0.5, 0.6, 0.7) and spec.devices == ("asic-tpu32",)
+    opts = dict(spec.methods[0].options)
+    assert opts["gate_lr"] == 0.01 and opts["w_range"] == "mse"
+    tiny = HarnessSpec.from_dict({
+        "name": "sbs-tiny", "devices": ["asic-tpu32"], "targets": [0.6], "seeds": [0],
+        "task": {"task": "digits", "model": "small_cnn", "pretrain_epochs": 2, "holdout": 200},
+        "schedule": {"search_epochs": 1, "finetune_epochs": 1, "lr": 0.02, "max_steps": 3},
+        "cost": {"objective": "learned", "predictors": {"asic-tpu32": str(repo / "measurements/asic-tpu32/predictor.json")}},
+        "methods": [{"name": "sbs", **opts, "grid_points": 3, "recalibrate_batches": 2}],
+        "controls": {"run": ["uniform"], "against": ["sbs"], "bisect_steps": 4, "tolerance": 0.05},
+    })
+    summary = run_harness(tiny, tmp_path, progress=False)
+    rows = {json.loads(p.read_text())["entry"]: json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json")}
+    assert summary["failed"] == [] and set(rows) == {"sbs", "uniform"}, summary
+    s, u = rows["sbs"], rows["uniform"]
+    assert s["measured_ratio"] is not None and 0 < s["measured_ratio"] <= 0.6 * 1.1, s["measured_ratio"]
+    assert 0 <= s["test_accuracy"] <= 100 and 0 <= s["val_accuracy"] <= 100
+    assert abs(u["measured_ratio"] - s["measured_ratio"]) <= 0.1, (u["measured_ratio"], s["measured_ratio"])

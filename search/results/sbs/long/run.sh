@@ -1,7 +1,7 @@
 #!/bin/sh
 # Task 2 of session 5 (issue 19): SBS and its controls with the sound quantization path (a_signed auto, a_range mse,
-# w_range mse: the defaults of benchmarks/bench_sbs.py now) and a longer schedule: SBS 100 search + 100 QAT batches
-# of 64; the controls 200 QAT batches of 64 (as many training images as SBS: 12,800). One process per target.
+# w_range mse) and a longer schedule: SBS 100 search + 100 QAT batches of 64. One process per target; the process was
+# stopped once its SBS entry was stored: the controls ran in their own processes (run_controls.sh, 100 QAT batches).
 cd "$(dirname "$0")/../../../.."
 T="$1"; S="${2:-0}"; O=search/results/sbs/long/t$T; [ "$S" = 0 ] || O=$O/s$S
 mkdir -p $O; [ -f $O/costs.db ] || cp search/results/sbs/gate_step/controls/costs.db $O/costs.db
