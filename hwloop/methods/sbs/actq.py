@@ -23,7 +23,7 @@ Example:
     >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> data = [(torch.randn(64, 4), torch.zeros(64, dtype=torch.long))] * 2
     >>> with sbs_activations(net, {"2": 4}, signed="auto", mode="mse") as aq:
-    ...     aq.calibrate(data, 2)
+    ...     n = aq.calibrate(data, 2)
     ...     y = net.eval()(torch.randn(3, 4))
     >>> aq.export()["2"]["signed"]
     False
