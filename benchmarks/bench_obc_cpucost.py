@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probes", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--buckets", type=int, default=10000)
+    ap.add_argument("--predictor", default=None, help="predictor file for the 'predictor' source (default: the one "
+                    "shipped for --device)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                            "repeats": args.repeats, "sources": {}}
     for src in args.sources.split(","):
         t0 = time.perf_counter()
-        cost, tab = op_costs(space, units, args.device, source=src, progress=True)
+        cost, tab = op_costs(space, units, args.device, source=src, progress=True,
+                             predictor=args.predictor if src == "predictor" else None)
         t_cost = time.perf_counter() - t0
         say(f"{src}: {len(cost.terms)} terms, dense op sum {cost.full():.4f} {tab.unit} ({t_cost:.1f} s)")
         t0 = time.perf_counter()
