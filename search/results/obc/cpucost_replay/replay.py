@@ -18,11 +18,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT))
 
-from hwloop.methods.obc.database import load_database  # noqa: E402
-from hwloop.methods.obc.joint import op_costs  # noqa: E402
-from hwloop.methods.obc.overhead import fit_overhead, overhead_ratio, probe_choices  # noqa: E402
-from hwloop.models import ModelRef  # noqa: E402
-from hwloop.search.space import SearchSpace, SpaceOptions  # noqa: E402
+from hwloop.methods.obc.database import load_database
+from hwloop.methods.obc.joint import op_costs
+from hwloop.methods.obc.overhead import fit_overhead, overhead_ratio, probe_choices
+from hwloop.models import ModelRef
+from hwloop.search.space import SearchSpace, SpaceOptions
 
 q = ROOT / "search/results/obc/cpu_wall_quiet2"
 db = load_database(str(q / "database-channels-1024.safetensors"))
