@@ -49,7 +49,7 @@ def train_lines(model: nn.Module, state: LineState, loader: DataLoader[Any], *, 
         warmup: share of the steps over which top-k's kept fraction anneals from dense (0..1).
         max_steps: batches per epoch at most (quick runs).
         clip_grad: clip the total gradient norm of each step to this (0: off). Opt-in for ``frozen_bn`` families,
-            whose interior members start with gradients 30–700× the full width's (docs/lcs.md).
+            whose narrow and interior members start with gradients 8–50× the full width's (docs/lcs.md).
         on_epoch: called after each epoch with its index and the running figures (checkpointing).
 
     Returns:
