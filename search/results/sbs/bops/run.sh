@@ -11,3 +11,5 @@ case "$1" in
   sbs)     eval $B --phases sbs-bops --bops-targets 0.25,0.125 > $O/bench.log 2>&1 ;;
   uniform) eval $B --phases full --full-bits 4/4 --control-ft-steps 100 --bops-targets= > $O/bench.log 2>&1 ;;
 esac
+# ptq: uniform configurations at full width with no fine-tune (what quantization alone costs), the sound path
+[ "$1" = ptq ] && eval $B --phases full --full-bits 4/3,3/4,3/3 --ft-steps 0 --control-ft-steps 0 --bops-targets= > $O/bench.log 2>&1
