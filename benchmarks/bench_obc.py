@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dp", default="additive", choices=["additive", "joint"], help="the DP's cost (obc key dp)")
     ap.add_argument("--joint-source", default="measure", choices=["measure", "predictor"],
                     help="dp joint: the per-op costs measured live or from the device's shipped predictor")
+    ap.add_argument("--joint-predictor", default=None,
+                    help="dp joint with --joint-source predictor: this predictor file instead of the device's shipped one")
     ap.add_argument("--calibrate", type=int, default=0, help="dp joint: whole-model probes measured before the DP "
                     "to fit the dense model's fixed share (obc key calibrate; 0: none)")
     ap.add_argument("--rerank", type=int, default=0, help="dp joint: stitch this many best answers, keep the lowest "
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         kinds = ["channels", "bits"] if not device.startswith("local-cpu") else ["channels"]   # no low-bit CPU kernels
         cfg = ObcConfig(calib=args.calib, kinds=kinds, targets=targets, cost_source="table", check="device",
                         bits=[int(b) for b in args.ladder_bits.split(",")], error_images=args.error_images,
-                        bn_mode=args.bn_mode, bn_data=args.bn_data, dp=args.dp, joint_source=args.joint_source,
+                        bn_mode=args.bn_mode, bn_data=args.bn_data, dp=args.dp, joint_source=args.joint_source, joint_predictor=args.joint_predictor,
                         calibrate=args.calibrate, rerank=args.rerank, corrections=args.corrections, margin=args.margin)
         meth = ObcMethod(cfg)
         ctx = MethodContext(model=model, ref=ref, space=space, train=train, eval_fn=acc, latency=lat,

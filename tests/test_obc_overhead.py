@@ -135,3 +135,16 @@ def test_bad_config_is_one_line(table: dict, needle: str) -> None:
     with pytest.raises(SearchError) as e:
         make_method("obc", table)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_joint_predictor_names_a_predictor_file_and_needs_the_predictor_source() -> None:
+    ok = make_method("obc", {"dp": "joint", "cost_source": "table", "joint_source": "predictor",
+                             "joint_predictor": "measurements/local-cpu/predictor-wall.json"})
+    assert ok.config.joint_predictor == "measurements/local-cpu/predictor-wall.json"
+    with pytest.raises(SearchError, match=r"joint_predictor='p.json' needs joint_source='predictor'"):
+        make_method("obc", {"dp": "joint", "cost_source": "table", "joint_predictor": "p.json"})
+    with pytest.raises(SearchError, match=r"joint_predictor='p.txt' must be a predictor file path \(\.json\)"):
+        make_method("obc", {"dp": "joint", "cost_source": "table", "joint_source": "predictor",
+                            "joint_predictor": "p.txt"})
+    with pytest.raises(SearchError, match=r"joint_predictor=3 must be str or none"):
+        make_method("obc", {"dp": "joint", "cost_source": "table", "joint_source": "predictor", "joint_predictor": 3})

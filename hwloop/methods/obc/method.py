@@ -93,6 +93,7 @@ class ObcConfig(MethodConfig):
     dp: str = "additive"
     rerank: int = 0
     joint_source: str = "measure"
+    joint_predictor: str | None = None
     calibrate: int = 0
     margin: float = 0.0
     database_cache: str | None = None
@@ -129,6 +130,11 @@ class ObcConfig(MethodConfig):
             raise SearchError(f"tolerance={self.tolerance!r} must be a number in [0, 1)")
         if self.rerank > 1 and self.dp != "joint":
             raise SearchError(f"rerank={self.rerank} needs dp='joint' (its answers per hub combination)")
+        if self.joint_predictor is not None and not (isinstance(self.joint_predictor, str)
+                                                     and self.joint_predictor.endswith(".json")):
+            raise SearchError(f"joint_predictor={self.joint_predictor!r} must be a predictor file path (.json)")
+        if self.joint_predictor is not None and self.joint_source != "predictor":
+            raise SearchError(f"joint_predictor={self.joint_predictor!r} needs joint_source='predictor'")
         for key, on in (("calibrate", self.calibrate > 0), ("joint_source", self.joint_source != "measure")):
             if on and self.dp != "joint":
                 raise SearchError(f"{key}={getattr(self, key)!r} needs dp='joint' (it sets the joint DP's cost)")
@@ -264,7 +270,8 @@ class ObcMethod(CompressionMethod):
             raise SearchError("[method] obc: dp='joint' needs a device (MethodContext.device)")
         cfg = self.config
         assert isinstance(cfg, ObcConfig)
-        return op_costs(context.space, db.units, context.device, progress=context.progress, source=cfg.joint_source)
+        return op_costs(context.space, db.units, context.device, progress=context.progress, source=cfg.joint_source,
+                        predictor=cfg.joint_predictor)
 
     def arch_plan(self, context: MethodContext, db: Database, choice: list[int]) -> CompressionPlan:
         """The plan of a choice (one level index per unit)."""
