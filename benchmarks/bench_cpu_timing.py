@@ -153,7 +153,7 @@ def run_neighbour(ck: Checkpoint, args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from hwloop.devices import MeasureRequest, create_device, load_profile
-    from hwloop.devices.base import compare
+    from hwloop.devices.base import compare_passes
 
     sec = ck.section("neighbour")
     pairs = model_pairs(args.quick)
@@ -177,10 +177,10 @@ def run_neighbour(ck: Checkpoint, args: argparse.Namespace) -> dict[str, Any]:
                 timing = devs[prof].timing  # type: ignore[attr-defined]
                 if args.quick:
                     timing = type(timing).from_dict({**timing.to_dict(), "repeats": 8, "max_retries": 0})
-                passes = [compare(devs[prof], [MeasureRequest.for_model(a), MeasureRequest.for_model(b)], timing)
-                          for _ in range(args.passes)]
-                # the pass with the median ratio (one pass: the comparison itself)
-                c = sorted(passes, key=lambda x: x.ratios[1] if x.ok else float("inf"))[(len(passes) - 1) // 2]
+                # what compare_compressed does: the pass with the median ratio, more passes (up to
+                # --max-passes) while the median has no two neighbours within 5%
+                c, passes = compare_passes(devs[prof], [MeasureRequest.for_model(a), MeasureRequest.for_model(b)],
+                                           timing, passes=args.passes, max_passes=max(args.passes, args.max_passes))
                 sec[f"{phase}|{prof}|{lab}"] = {
                     "ok": all(x.ok for x in passes), "ratio": c.ratios[1], "ci": list(c.ratio_ci[1]),
                     "pass_ratios": [x.ratios[1] for x in passes], "unstable": c.unstable,
@@ -195,6 +195,7 @@ def run_neighbour(ck: Checkpoint, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"quiet_load_before": sec.get("_quiet", {}).get("load_before"),
                            "loaded_load_before": sec.get("_loaded", {}).get("load_before"),
                            "busy_processes": sec.get("_loaded", {}).get("busy_processes"), "passes": args.passes,
+                           "max_passes": max(args.passes, args.max_passes),
                            "profiles": {}}
     for prof in profiles:
         rows = []
@@ -451,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profiles", default="local-cpu,local-cpu-allthreads", help="profiles of the neighbour section")
     ap.add_argument("--passes", type=int, default=3, help="independent comparisons per pair and phase (models rebuilt "
                     "and warmed up each time); the ratio is their median")
+    ap.add_argument("--max-passes", type=int, default=7, help="extra passes while the median pass ratio has no two "
+                    "neighbours within 5%% (what compare_compressed does); set it to --passes for a fixed count")
     ap.add_argument("--busy", type=int, default=2, help="busy background processes of the loaded phase")
     ap.add_argument("--wait-quiet", type=float, default=0.0, help="seconds to wait for load average < --quiet-max")
     ap.add_argument("--quiet-max", type=float, default=0.5)

@@ -47,7 +47,7 @@ def _pair() -> tuple[Any, CompressionPlan, Any]:
 def test_the_median_of_three_passes_is_reported_and_an_outlier_is_not(ratios: list[float], want: float) -> None:
     model, plan, original = _pair()
     dev = ScriptedDevice(ratios)
-    m = compare_compressed(dev, model, plan, original)
+    m = compare_compressed(dev, model, plan, original, max_passes=3)
     assert dev.calls == 3 and m["passes"] == 3 and m["pass_ratios"] == ratios
     assert m["ratio"] == pytest.approx(want) and m["latency_ms"] == pytest.approx(want)
     assert m["ratio_ci"][0] <= m["ratio"] <= m["ratio_ci"][1]
@@ -68,3 +68,30 @@ def test_median_pass_picks_the_lower_middle_of_an_even_count() -> None:
     assert median_pass(comps).ratios[1] == pytest.approx(0.5)
     with pytest.raises(SearchError):
         median_pass([])
+
+
+@pytest.mark.parametrize("ratios, calls, want", [
+    ([0.50, 0.51, 0.52], 3, 0.51),                     # three agree within 5%: no extra pass
+    ([0.50, 0.60, 0.51, 0.52], 4, 0.51),               # 0.50/0.51/0.52 corroborate after the fourth
+    ([0.40, 0.60, 0.80, 0.50, 0.70, 0.45, 0.65], 7, 0.60),  # never agrees: max_passes, the median of seven
+])
+def test_passes_extend_until_the_median_has_close_neighbours(ratios: list[float], calls: int, want: float) -> None:
+    model, plan, original = _pair()
+    dev = ScriptedDevice(ratios)
+    m = compare_compressed(dev, model, plan, original, passes=3, max_passes=7)
+    assert dev.calls == calls and m["passes"] == calls and m["pass_ratios"] == ratios[:calls]
+    assert m["ratio"] == pytest.approx(want)
+
+
+def test_passes_agree_and_compare_passes_reject_bad_settings() -> None:
+    from hwloop.devices.base import compare_passes, passes_agree
+    from hwloop.errors import ConfigError
+
+    assert passes_agree([0.5, 0.52, 0.9, 0.51]) and not passes_agree([0.5, 0.6, 0.7])
+    assert not passes_agree([]) and not passes_agree([0.5, float("nan"), 0.5])
+    dev = ScriptedDevice([0.5])
+    with pytest.raises(ConfigError, match=r"max_passes=2 must be an integer >= passes \(3\)"):
+        compare_passes(dev, [], passes=3, max_passes=2)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"agreement=-0.1"):
+        compare_passes(dev, [], agreement=-0.1)  # type: ignore[arg-type]
+    assert dev.calls == 0

@@ -442,3 +442,63 @@ def compare(device: Device, requests: Sequence[MeasureRequest], timing: TimingCo
     ratios, cis, unstable = ratio_stats(samples, t)
     unstable = unstable or any(x.unstable for x in results)
     return Comparison(tuple(results), ratios, cis, rounds, unstable, False, load, machine_load())
+
+
+#: :func:`compare_passes` accepts the median pass once it and the pass ratios either side of it (the central
+#: three, sorted) lie within this fraction of the median
+PASS_AGREEMENT = 0.05
+
+
+def median_comparison(comps: Sequence[Comparison], index: int = 1) -> Comparison:
+    """The comparison whose ``ratios[index]`` is the median of ``comps`` (the lower middle one for an even
+    count), so a single pass that landed far from the others is never the one reported."""
+    if not comps:
+        raise ConfigError("median_comparison needs at least one comparison")
+    order = sorted(range(len(comps)), key=lambda i: float(comps[i].ratios[index]))
+    return comps[order[(len(comps) - 1) // 2]]
+
+
+def passes_agree(ratios: Sequence[float], agreement: float = PASS_AGREEMENT) -> bool:
+    """Whether the median of ``ratios`` is corroborated: the central three sorted values (all of them when
+    fewer) span at most ``agreement`` of the (lower) median."""
+    v = sorted(float(r) for r in ratios)
+    if not v or not all(math.isfinite(x) and x > 0 for x in v):
+        return False
+    m = (len(v) - 1) // 2
+    central = v[max(0, m - 1): m + 2]
+    return (central[-1] - central[0]) / v[m] <= agreement
+
+
+def compare_passes(device: Device, requests: Sequence[MeasureRequest], timing: TimingConfig | None = None, *,
+                   passes: int = 3, max_passes: int | None = None, agreement: float = PASS_AGREEMENT,
+                   index: int = 1) -> tuple[Comparison, list[Comparison]]:
+    """Several independent :func:`compare` passes of ``requests``; the one with the median ``ratios[index]``.
+
+    ``passes`` comparisons always run; while their median is not corroborated (:func:`passes_agree`: the
+    central three pass ratios within ``agreement`` of it) more run, up to ``max_passes`` (default
+    ``passes``: no extension). On the 2-core CPU VM the pass ratios of one pair spread 5-20% even on a quiet
+    machine (a state of each fresh build, not load: ``benchmarks/bench_cpu_timing.py``), so a median of
+    three can still sit on two passes from the same side; extending until the median has neighbours
+    close by makes it a stable estimate without paying for extra passes where three already agree. A
+    failed comparison ends the passes and is returned as the chosen one.
+
+    Returns:
+        ``(chosen, every_pass)``.
+    """
+    mp = passes if max_passes is None else max_passes
+    if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
+        raise ConfigError(f"passes={passes!r} must be an integer >= 1")
+    if not isinstance(mp, int) or isinstance(mp, bool) or mp < passes:
+        raise ConfigError(f"max_passes={max_passes!r} must be an integer >= passes ({passes})")
+    if not (isinstance(agreement, (int, float)) and math.isfinite(agreement) and agreement >= 0):
+        raise ConfigError(f"agreement={agreement!r} must be a number >= 0")
+    comps: list[Comparison] = []
+    while len(comps) < mp:
+        c = compare(device, requests, timing)
+        comps.append(c)
+        if not c.ok:
+            return c, comps
+        if len(comps) >= passes and passes_agree([x.ratios[index] for x in comps], agreement):
+            break
+    return median_comparison(comps, index), comps
+

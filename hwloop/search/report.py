@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from hwloop.compress.plan import CompressionPlan
-from hwloop.errors import DeviceError, SearchError
+from hwloop.errors import ConfigError, DeviceError, SearchError
 
 __all__ = ["compare_compressed", "median_pass", "layer_specs_with_bits", "measure_compressed", "plot_report", "predict_compressed",
            "write_report"]
@@ -126,25 +126,27 @@ def _plan_ref(plan: CompressionPlan) -> Any:
 def median_pass(comps: Sequence[Any]) -> Any:
     """The comparison whose compressed/original ratio (``ratios[1]``) is the median of ``comps`` (the lower
     middle one for an even count), so a single pass that landed far from the others is never reported."""
+    from hwloop.devices.base import median_comparison
+
     if not comps:
         raise SearchError("median_pass needs at least one comparison")
-    order = sorted(range(len(comps)), key=lambda i: float(comps[i].ratios[1]))
-    return comps[order[(len(comps) - 1) // 2]]
+    return median_comparison(comps, 1)
 
 
 def compare_compressed(device: str | Any, model: nn.Module, plan: CompressionPlan | None, original: nn.Module, *,
                        example: torch.Tensor | None = None, timing: Any = None, rounds: int = 2,
-                       passes: int = 3) -> dict[str, Any]:
+                       passes: int = 3, max_passes: int = 7) -> dict[str, Any]:
     """Measure the compressed ``model`` (the result of ``plan``) against ``original`` on ``device``.
 
     On a device that interleaves (the CPU backend) both whole models are timed in an
     interleaved comparison (original first): the ratio is the median of per-round ratios, so
     load that drifts during the measurement cancels, with its 95% interval and an ``unstable``
     flag when the interval stays wider than ``± max_cv`` after the retries. ``passes`` such
-    comparisons run, each on freshly built models, and the one with the median ratio is reported
-    (``pass_ratios`` lists all): one comparison on a quiet 2-core VM lands 15-40% off the others
-    about once in 25 with a tight interval of its own (``benchmarks/bench_cpu_ratio_load.py``), a
-    state of that build rather than load. Elsewhere
+    comparisons run, each on freshly built models, more (up to ``max_passes``) while the median pass
+    ratio has no two neighbours within 5% of it (:func:`hwloop.devices.base.compare_passes`), and the
+    one with the median ratio is reported (``pass_ratios`` lists all): one comparison on a quiet 2-core
+    VM lands 15-40% off the others about once in 25 with a tight interval of its own
+    (``benchmarks/bench_cpu_ratio_load.py``), a state of that build rather than load. Elsewhere
     :func:`measure_compressed` runs ``rounds`` times for each model in alternating order and
     each keeps its fastest measurement.
 
@@ -157,27 +159,26 @@ def compare_compressed(device: str | Any, model: nn.Module, plan: CompressionPla
         DeviceError: the device failed to measure either model.
     """
     from hwloop.devices import MeasureRequest, create_device
-    from hwloop.devices.base import compare
+    from hwloop.devices.base import compare_passes
 
     if not isinstance(passes, int) or passes < 1:
         raise SearchError(f"passes={passes!r} must be an integer >= 1")
     dev = create_device(device) if isinstance(device, str) else device
     if callable(getattr(dev, "measure_interleaved", None)) and plan is not None and plan.base is not None:
         reqs = [MeasureRequest.for_model(plan.model_ref), MeasureRequest.for_model(_plan_ref(plan))]
-        comps = []
-        for _ in range(passes):
-            c = compare(dev, reqs, timing)
-            if not c.ok:
-                err = next(r.error for r in c.results if not r.ok)
-                raise DeviceError(f"device {dev.name!r} failed to measure the compressed model against the original: "
-                                  f"{err}")
-            comps.append(c)
-        c = median_pass(comps)
+        try:
+            c, comps = compare_passes(dev, reqs, timing, passes=passes, max_passes=max(passes, max_passes))
+        except ConfigError as e:
+            raise SearchError(str(e)) from None
+        if not c.ok:
+            err = next(r.error for r in c.results if not r.ok)
+            raise DeviceError(f"device {dev.name!r} failed to measure the compressed model against the original: "
+                              f"{err}")
         orig, comp = c.results
         return {"latency_ms": float(comp.latency_ms), "original_ms": float(orig.latency_ms),
                 "ratio": float(c.ratios[1]), "ratio_ci": [float(x) for x in c.ratio_ci[1]], "unstable": c.unstable,
                 "interleaved": True, "rounds": c.rounds, "method": "model", "device": dev.name,
-                "load": dict(c.load), "cv": [float(orig.cv), float(comp.cv)], "passes": passes,
+                "load": dict(c.load), "cv": [float(orig.cv), float(comp.cv)], "passes": len(comps),
                 "pass_ratios": [float(x.ratios[1]) for x in comps]}
     orig_plan = CompressionPlan(base=plan.base) if plan is not None and plan.base is not None else None
     runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
