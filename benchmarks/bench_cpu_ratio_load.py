@@ -51,7 +51,8 @@ def measure(args: argparse.Namespace) -> dict:
         dev = CpuDevice("local-cpu", threads=int(opts.get("threads", 1)), clock="wall", preemption="retake",
                         priority=pr)
         load = os.getloadavg()[0]
-        m = compare_compressed(dev, net, plan, model, example=ref.example_input(), passes=args.passes)
+        m = compare_compressed(dev, net, plan, model, example=ref.example_input(), passes=args.passes,
+                               max_passes=max(args.passes, args.max_passes or args.passes))
         out["rows"].append({"priority": pr, "width": w, "ratio": m["ratio"], "ms": m["latency_ms"],
                             "orig_ms": m["original_ms"], "unstable": bool(m["unstable"]), "load": load,
                             "in_effect": dev.priority_in_effect, "pass_ratios": m.get("pass_ratios")})
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("--nice", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--passes", type=int, default=3, help="interleaved comparisons per ratio (median); 1 = the old way")
+    ap.add_argument("--max-passes", type=int, default=None, help="extend to this many passes while the median pass "
+                    "ratio has no two neighbours within 5%% (default: --passes, a fixed count)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"))
     args = ap.parse_args()
