@@ -66,6 +66,7 @@ from hwloop.search.gate_policy import (
     make_gate_optimizer,
 )
 from hwloop.search.latency import LatencyModel
+from hwloop.search.lowrank_cost import MergedLowRankLatency
 from hwloop.search.space import SearchSpace
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
 
@@ -137,7 +138,8 @@ class SearchConfig:
             whose weights never trained. Needs ``target_warmup > 0``.
         keep_rule: ``effective`` (top ``ceil(s(a))`` gates) or ``nonzero``.
         tile: round widths up to a multiple of this when that costs no predicted latency.
-        merge_lowrank: merge a factorised layer back when dense is not slower.
+        merge_lowrank: merge a factorised layer back when dense is not slower; the search then costs every
+            rank-gated layer the same way (:mod:`hwloop.search.lowrank_cost`).
         max_steps: cap on steps per epoch (None: the whole loader).
         seed: torch seed.
         recalibrate_batches: after extraction, re-estimate every batch-norm's running statistics on this many
@@ -148,8 +150,9 @@ class SearchConfig:
             so a budget already met by low bits gets every width back.
         quantize_activations: when the plan has ``a_bits`` (2..16) and quantized layers, fine-tune and score
             the extracted model with the inputs of those layers fake-quantized to ``a_bits``
-            (:class:`~hwloop.compress.actquant.quantized_activations`; ranges observed on the recalibration
-            batches and during fine-tuning, stored as ``plan.meta["a_amax"]``).
+            (:class:`~hwloop.compress.actquant.quantized_activations`: unsigned codes on inputs never negative,
+            least-error ranges read on the recalibration batches and frozen; stored as ``plan.meta["a_quant"]``
+            and ``["a_amax"]``).
         finetune_from: ``search`` (default, the behaviour before this option): the fine-tune starts from the weights
             the search trained while the gates moved (the latency penalty and the shrinking gates damage them);
             ``start``: from the starting model's weights of the channels the gates chose (:func:`~hwloop.compress.
@@ -393,6 +396,8 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
     gm.train()
     floors = apply_width_floor(gm, config.min_width)   # {} unless min_width > 0
     scores = magnitude_scores(space, model) if config.keep_by == "magnitude" else {}
+    if space.lowrank and config.merge_lowrank:   # cost a rank-gated layer as extraction exports it (issue 18)
+        latency = MergedLowRankLatency(latency, space.lowrank)
     start_gates = {k: g.values().detach().clone() for k, g in gm.channel_gates.items()} if scores else {}
     l0 = latency.original()
     if not l0 > 0:
@@ -523,12 +528,10 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
                 keep_by_magnitude_(gm, widths, scores, start_gates)
             hard = hard_sizes(gm, widths)
 
-            def merge_if(layer: str, rank: int) -> bool:
-                if not config.merge_lowrank:
-                    return False
-                with torch.no_grad():
-                    dense_sizes = dict(hard)
-                    return float(latency(dense_sizes, frozenset({layer}))) <= float(latency(dense_sizes))
+            merged = latency.merged(hard) if isinstance(latency, MergedLowRankLatency) else frozenset()
+
+            def merge_if(layer: str, rank: int) -> bool:   # the rule the search priced with (lowrank_cost)
+                return layer in merged
 
             meta = {"latency_kind": latency.kind, "latency_unit": latency.unit, "original": l0,
                     "config": asdict(config)}
@@ -539,8 +542,11 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
             aq = stack.enter_context(quantized_activations(
                 net, list(plan.w_bits) if config.quantize_activations and a_bits else [], a_bits or 8))
             if config.recalibrate_batches:  # the extracted weights already hold the chosen bits
-                recalibrate_batchnorm(net, train_loader, config.recalibrate_batches)   # also observes aq's ranges
-            aq.observe(train_loader, 0 if config.recalibrate_batches else 1)
+                recalibrate_batchnorm(net, train_loader, config.recalibrate_batches)
+            # signs and least-error ranges on the recalibrated network (issue 19: unsigned codes after a ReLU),
+            # then batch-norm again on the quantized inputs
+            if aq.calibrate(train_loader, max(1, config.recalibrate_batches)) and config.recalibrate_batches:
+                recalibrate_batchnorm(net, train_loader, config.recalibrate_batches)
             net.eval()
         t_extract = time.perf_counter() - t1
         acc_x = evaluate(net) if eval_fn is not None else None
@@ -571,7 +577,7 @@ def differentiable_search(space: SearchSpace, latency: LatencyModel, train_loade
         t_ft = time.perf_counter() - t2
         acc = evaluate(net) if eval_fn is not None else None
     if aq.quantizers:
-        plan = replace(plan, meta={**plan.meta, "a_amax": aq.amax()})
+        plan = replace(plan, meta={**plan.meta, "a_amax": aq.amax(), "a_quant": aq.export()})
     if acc is not None:
         say(f"fine-tuned: accuracy {acc:.2f}")
     sizes = _size_table(space, plan)
