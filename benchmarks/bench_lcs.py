@@ -127,6 +127,12 @@ def main() -> int:
                     help="frozen_bn: before training, fold the batch statistics of the width-0.25 member on this many "
                          "training batches into the alpha=0 endpoint's gamma/beta (LcsFamily.fold_statistics)")
     ap.add_argument("--clip-grad", type=float, default=0.0, help="clip each step's gradient norm (0: off)")
+    ap.add_argument("--train-stats", default="frozen", choices=["frozen", "batch"],
+                    help="frozen_bn: train with the frozen checkpoint statistics (frozen) or with each batch's (batch; "
+                         "then a per-alpha statistics table on the grid is stored with the family)")
+    ap.add_argument("--calib-batches", type=int, default=16, help="--train-stats batch: training batches per grid alpha")
+    ap.add_argument("--sort-channels", action="store_true",
+                    help="order the start's channel groups by magnitude first (family and single models)")
     ap.add_argument("--holdout", type=int, default=0, help="training images held out as the validation split "
                     "(the evidence harness's split; 0: validation = a random subset of the test set)")
     ap.add_argument("--split-seed", type=int, default=0, help="draws the held-out, training, validation and test subsets")
@@ -142,6 +148,10 @@ def main() -> int:
     jsave(out / ("args.json" if "single" not in phases or "family" in phases
                  else f"args_single_{args.single_widths.replace(',', '_')}.json"), {**vars(args), "argv": sys.argv})
     fbn = args.norm == "frozen_bn"
+    if args.train_stats == "batch" and not fbn:
+        raise SystemExit("--train-stats batch needs --norm frozen_bn")
+    if args.sort_channels and not args.init_checkpoint:
+        raise SystemExit("--sort-channels needs --init-checkpoint (it orders trained channels)")
     if fbn and not (args.init_checkpoint and args.shared_convs):
         raise SystemExit("--norm frozen_bn needs --init-checkpoint (the statistics to freeze) and --shared-convs")
     task = make_task(args.task, args.model, model_kwargs={} if fbn else {"norm": "in"}, batch_size=args.batch,
@@ -171,10 +181,14 @@ def main() -> int:
         log("family: loaded")
     elif "family" in phases:
         torch.manual_seed(args.seed)
-        fam = LcsFamily.create(ref, "width", line_convs=not args.shared_convs, init=init, frozen_bn=fbn)
+        fam = LcsFamily.create(ref, "width", line_convs=not args.shared_convs, init=init, frozen_bn=fbn,
+                               sort_channels=args.sort_channels, train_stats=args.train_stats)
         if args.fold_start:
             moved = fam.fold_statistics(task.train, alpha=0.0, batches=args.fold_start)
             log(f"folded the width-0.25 member's statistics of {args.fold_start} batches into alpha=0: {moved}")
+        if args.train_stats == "batch" and init is not None and not (out / "start.json").exists():
+            cal = fam.calibrate_statistics(task.train, grid, batches=args.calib_batches)
+            log(f"statistics table of the start (for start.json only): {cal}")
         if init is not None and not (out / "start.json").exists():   # the members before any step (validation)
             jsave(out / "start.json", {repr(alpha_of_width(w)): evaluate(fam.at(alpha_of_width(w)).model, task.val)
                                        for w in WIDTHS})
@@ -184,6 +198,11 @@ def main() -> int:
                         seed=args.seed, progress=False, clip_grad=args.clip_grad,
                         on_epoch=lambda e, r: log(f"family epoch {e + 1}: loss {r['loss']:.3f} cos2 {r['cos2']:.2e} "
                                                   f"{r['seconds']:.0f} s"))
+        if args.train_stats == "batch":
+            t1 = time.perf_counter()
+            h["calibration"] = fam.calibrate_statistics(task.train, grid, batches=args.calib_batches)
+            h["calibration"]["seconds"] = time.perf_counter() - t1
+            log(f"statistics table after training: {h['calibration']}")
         fam.save(fam_dir)
         jsave(out / "family_train.json", h)
         log(f"family: trained in {h['seconds']:.0f} s, {h['train_image_passes']:.0f} image passes")
@@ -289,7 +308,8 @@ def main() -> int:
         if init is not None and "single" in phases and not (out / f"single_{w}.json").exists():
             # the checkpoint's first channels at width w (prefix slicing, as the family's member there), trained alone
             torch.manual_seed(args.seed)
-            m = LcsFamily.create(ref, "width", line_convs=False, init=init, frozen_bn=fbn).at(alpha_of_width(w)).model
+            m = LcsFamily.create(ref, "width", line_convs=False, init=init, frozen_bn=fbn,
+                                 sort_channels=args.sort_channels).at(alpha_of_width(w)).model
             log(f"single {w}: training from {args.init_checkpoint} sliced to width {w}")
             start = evaluate(m, task.val)
             h = train_epochs(m.train(), task.train, args.epochs, args.lr)

@@ -88,7 +88,8 @@ class LcsFamily:
     @classmethod
     def create(cls, ref: ModelRef, mode: str, *, lo: float | None = None, hi: float = 1.0, line_convs: bool = True,
                line_norms: bool = True, quantize_activations: bool = True,
-               init: Mapping[str, torch.Tensor] | None = None, frozen_bn: bool = False) -> LcsFamily:
+               init: Mapping[str, torch.Tensor] | None = None, frozen_bn: bool = False,
+               sort_channels: bool = False, train_stats: str = "frozen") -> LcsFamily:
         """A fresh (untrained) family on ``ref`` (a model with instance/group norm), ω₀ = the ref's weights.
 
         ``init``: a state dict of the same architecture with any norm (e.g. a trained batch-norm checkpoint) whose
@@ -96,14 +97,25 @@ class LcsFamily:
         of a line start there when the convs are shared, ω₁ stays an independent draw when they are on the line.
         ``frozen_bn`` (width only; ``ref`` a batch-norm model): its batch norms keep ``init``'s running statistics,
         frozen for every α, γ/β on the line; every member is then an ordinary batch-norm model of ``ref``.
+        ``sort_channels`` (width, with ``init``): permute the start's channel groups by descending magnitude first
+        (:func:`~hwloop.methods.lcs.bnstats.sort_channels_`, function-preserving), so prefixes keep the important
+        channels. ``train_stats="batch"`` (``frozen_bn``): train with batch statistics; the members then need a
+        per-α statistics table (:meth:`calibrate_statistics`) before :meth:`at`.
         """
         model = ref.build()
         if init is not None:
             init_from_state(model, init)
+        if sort_channels:
+            if init is None or mode != "width":
+                raise SearchError("sort_channels needs mode 'width' and a start (init): it orders trained channels")
+            from hwloop.methods.lcs.bnstats import sort_channels_
+
+            sort_channels_(model, ref.example_input())
         net, state = to_lines(model, mode, lo=lo, hi=hi, line_convs=line_convs, line_norms=line_norms,
-                              quantize_activations=quantize_activations, frozen_bn=frozen_bn)
+                              quantize_activations=quantize_activations, frozen_bn=frozen_bn, train_stats=train_stats)
         flags = {"line_convs": line_convs, "line_norms": line_norms, "quantize_activations": quantize_activations,
-                 "init": "state" if init is not None else "scratch", "frozen_bn": frozen_bn}
+                 "init": "state" if init is not None else "scratch", "frozen_bn": frozen_bn,
+                 "sort_channels": sort_channels, "train_stats": train_stats, "bn_table": 0}
         return cls(ref=ref, net=net, state=state, flags=flags)
 
     @property
@@ -133,6 +145,9 @@ class LcsFamily:
 
         if not 0.0 <= alpha <= 1.0:
             raise SearchError(f"alpha={alpha!r} must be in [0, 1]")
+        if self.flags.get("train_stats") == "batch" and not self.flags.get("bn_table"):
+            raise SearchError("this family trained with batch statistics has no statistics table yet; call "
+                              "calibrate_statistics(loader) before taking members")
         lv = self.level(alpha)
         if self.mode == "bits":
             return Member(alpha, self.line_at(alpha), None, lv)
@@ -165,10 +180,10 @@ class LcsFamily:
                     if self.mode == "topk" and p == "weight" and isinstance(lm, LineConv2d) and not lm.first:
                         v = v * topk_mask(v, lv["density"])
                     t.copy_(v)
-                if isinstance(lm, LineNorm) and lm.kind == "fbn":   # the frozen statistics, sliced
-                    for b in ("running_mean", "running_var"):
+                if isinstance(lm, LineNorm) and lm.kind == "fbn":   # the frozen (or tabled) statistics, sliced
+                    for b, v in zip(("running_mean", "running_var"), lm.stats(alpha)):
                         t = getattr(dst, b)
-                        t.copy_(getattr(lm, b)[: t.shape[0]])
+                        t.copy_(v[: t.shape[0]])
 
     def fold_statistics(self, loader: Any, *, alpha: float = 0.0, batches: int = 16) -> dict[str, float]:
         """``frozen_bn`` only, at training time: fold the batch statistics of the member at an endpoint into that
@@ -219,6 +234,20 @@ class LcsFamily:
                 b[:c].copy_(b_new)
                 logs.append(float(torch.log(s / s_hat).abs().mean()))
         return {"layers": float(len(logs)), "mean_abs_log_scale": sum(logs) / max(1, len(logs))}
+
+    def calibrate_statistics(self, loader: Any, alphas: Sequence[float] | None = None, *, batches: int = 16,
+                             progress: bool = False) -> dict[str, float]:
+        """``frozen_bn`` only, before deployment: the per-α batch-norm statistics table on ``alphas`` (default: the
+        7-point grid) from ``batches`` batches of ``loader`` (:func:`~hwloop.methods.lcs.bnstats.calibrate_table`),
+        stored with the family; members between grid points interpolate it."""
+        from hwloop.methods.lcs.bnstats import calibrate_table
+
+        if not self.flags.get("frozen_bn"):
+            raise SearchError("calibrate_statistics is for frozen_bn families (an instance norm has no statistics)")
+        grid = default_grid(7) if alphas is None else list(alphas)
+        out = calibrate_table(self.net, self.state, loader, grid, batches=batches, progress=progress)
+        self.flags["bn_table"] = int(out["alphas"])
+        return out
 
     # ------------------------------------------------------------------ tables
     def evaluate(self, eval_fn: Any, alphas: Sequence[float]) -> dict[float, float]:
@@ -342,8 +371,10 @@ class LcsFamily:
                              line_convs=bool(flags.get("line_convs", True)),
                              line_norms=bool(flags.get("line_norms", True)),
                              quantize_activations=bool(flags.get("quantize_activations", True)),
-                             frozen_bn=bool(flags.get("frozen_bn", False)))
+                             frozen_bn=bool(flags.get("frozen_bn", False)),
+                             train_stats=str(flags.get("train_stats", "frozen")))
             fam.flags.update(flags)
+            n_table = int(flags.get("bn_table", 0) or 0)
             fam.state.bits_lo, fam.state.bits_hi = int(desc["bits_lo"]), int(desc["bits_hi"])
             fam.accuracy = {float(a): float(v) for a, v in desc.get("accuracy", {}).items()}
             fam.latency = {str(k): {float(a): float(v) for a, v in t.items()} for k, t in desc.get("latency", {}).items()}
@@ -354,6 +385,11 @@ class LcsFamily:
             state = load_file(str(d / "endpoints.safetensors"))
         except (OSError, SafetensorError) as e:
             raise SearchError(f"{d}: cannot read endpoints.safetensors: {e}") from e
+        if n_table:   # room for the per-alpha statistics table (its values come with the tensors)
+            for _, lm in line_layers(fam.net):
+                if isinstance(lm, LineNorm) and lm.kind == "fbn":
+                    z = torch.zeros(n_table, lm.num_channels)
+                    lm.set_table(torch.zeros(n_table), z, z)
         try:
             missing, unexpected = fam.net.load_state_dict(state, strict=False)
         except RuntimeError as e:   # a tensor of the wrong shape

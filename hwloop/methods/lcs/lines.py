@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +42,14 @@ from torch import nn
 
 from hwloop.errors import SearchError
 
-__all__ = ["MODES", "LineConv2d", "LineLayer", "LineLinear", "LineNorm", "LineState", "alpha_to_bits",
+__all__ = ["MODES", "TRAIN_STATS", "LineConv2d", "LineLayer", "LineLinear", "LineNorm", "LineState", "alpha_to_bits",
            "cos2_regularizer", "fake_quant_affine", "line_layers", "n_channels", "sample_alphas", "to_lines",
            "topk_mask", "warmup_density"]
 
 #: compression functions γ(α): structured width, unstructured magnitude top-k, bit-width
 MODES = ("width", "topk", "bits")
+#: which statistics a frozen batch norm normalises by in train mode: the frozen (or tabled) ones, or the batch's
+TRAIN_STATS = ("frozen", "batch")
 
 
 def n_channels(width: float, c: int) -> int:
@@ -255,15 +258,25 @@ class LineNorm(LineLayer):
 
     running_mean: torch.Tensor
     running_var: torch.Tensor
+    table_alpha: torch.Tensor | None
+    table_mean: torch.Tensor | None
+    table_var: torch.Tensor | None
 
-    def __init__(self, src: nn.Module, state: LineState, *, line: bool = True, frozen: bool = False) -> None:
+    def __init__(self, src: nn.Module, state: LineState, *, line: bool = True, frozen: bool = False,
+                 train_stats: str = "frozen") -> None:
         super().__init__()
+        if train_stats not in TRAIN_STATS:
+            raise SearchError(f"train_stats={train_stats!r} is unknown; allowed: {', '.join(TRAIN_STATS)}")
+        self.train_stats = train_stats
+        self._acc: list[Any] | None = None
         if frozen and isinstance(src, nn.BatchNorm2d):
             if not src.affine or src.running_mean is None or src.running_var is None:
                 raise SearchError("LCS frozen batch norm needs BatchNorm2d(affine=True, track_running_stats=True)")
             self.kind, self.num_groups, self.num_channels = "fbn", 0, src.num_features
             self.register_buffer("running_mean", src.running_mean.detach().clone())
             self.register_buffer("running_var", src.running_var.detach().clone())
+            for b in ("table_alpha", "table_mean", "table_var"):   # per-alpha statistics (bnstats.calibrate_table)
+                self.register_buffer(b, None)
         elif isinstance(src, nn.InstanceNorm2d):
             if not src.affine or src.track_running_stats:
                 raise SearchError("LCS needs InstanceNorm2d(affine=True, track_running_stats=False)")
@@ -279,11 +292,54 @@ class LineNorm(LineLayer):
         self.eps = src.eps
         self._init_line(src, state, ("weight", "bias"), line)
 
+    # ---- frozen batch norm: which statistics run
+    def set_table(self, alphas: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Per-α statistics: ``alphas`` (G,) ascending, ``mean`` / ``var`` (G, C) (see ``bnstats.calibrate_table``)."""
+        if self.kind != "fbn":
+            raise SearchError("a statistics table is for frozen batch norm (kind 'fbn')")
+        if mean.shape != (alphas.numel(), self.num_channels) or var.shape != mean.shape:
+            raise SearchError(f"statistics table of shape {tuple(mean.shape)} / {tuple(var.shape)} does not fit "
+                              f"{alphas.numel()} alphas x {self.num_channels} channels")
+        self.register_buffer("table_alpha", alphas.detach().clone())
+        self.register_buffer("table_mean", mean.detach().clone())
+        self.register_buffer("table_var", var.detach().clone())
+
+    def stats(self, alpha: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (mean, var) a frozen batch norm uses at ``alpha`` (all C channels): the table's, interpolated in α,
+        when there is one, else the frozen checkpoint statistics."""
+        if self.table_alpha is None or self.table_mean is None or self.table_var is None:
+            return self.running_mean, self.running_var
+        from hwloop.methods.lcs.bnstats import table_stats
+
+        return table_stats(self.table_alpha, self.table_mean, self.table_var,
+                           self.state.alpha if alpha is None else alpha)
+
+    def start_accumulating(self) -> None:
+        """From now on, normalise by each batch's statistics and sum them (count, Σ mean, Σ unbiased var)."""
+        self._acc = [0, None, None]
+
+    def stop_accumulating(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        acc, self._acc = self._acc, None
+        if not acc or acc[0] == 0:
+            return 0, self.running_mean.new_zeros(0), self.running_var.new_zeros(0)
+        return int(acc[0]), acc[1], acc[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         w, b = self.at("weight")[:c], self.at("bias")[:c]
-        if self.kind == "fbn":   # the frozen statistics in train mode too: a per-channel affine at every alpha
-            return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], w, b, False, 0.0, self.eps)
+        if self.kind == "fbn":
+            if self._acc is not None:   # calibration: batch statistics, summed
+                xd = x.detach()
+                mu, var = xd.mean(dim=(0, 2, 3)), xd.var(dim=(0, 2, 3), unbiased=True)
+                self._acc[0] += 1
+                self._acc[1] = mu if self._acc[1] is None else self._acc[1] + mu
+                self._acc[2] = var if self._acc[2] is None else self._acc[2] + var
+                return F.batch_norm(x, None, None, w, b, True, 0.0, self.eps)
+            if self.training and self.train_stats == "batch":   # trains as a model trained alone; nothing kept
+                return F.batch_norm(x, None, None, w, b, True, 0.0, self.eps)
+            # the frozen (or tabled) statistics, in train mode too: a per-channel affine at every alpha
+            mean, var = self.stats()
+            return F.batch_norm(x, mean[:c], var[:c], w, b, False, 0.0, self.eps)
         if self.kind == "in":
             return F.instance_norm(x, None, None, w, b, True, 0.0, self.eps)
         return F.group_norm(x, self.num_groups, w, b, self.eps)
@@ -296,14 +352,16 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def to_lines(model: nn.Module, mode: str, *, lo: float | None = None, hi: float = 1.0, line_convs: bool = True,
              line_norms: bool = True, output: str | None = None, frozen_bn: bool = False,
-             **state_kw: object) -> tuple[nn.Module, LineState]:
+             train_stats: str = "frozen", **state_kw: object) -> tuple[nn.Module, LineState]:
     """Replace every Conv2d/Linear/InstanceNorm2d/GroupNorm of ``model`` (in place) by its line layer.
 
     The current weights become ω₀; ω₁ is drawn independently (Kaiming normal; norm affine starts equal).
     ``output`` names the layer whose outputs are the logits (never sliced; default: the last Linear/Conv2d);
     the first conv/linear is never sparsified nor quantized. Batch norm is refused: its running statistics
     would depend on α (LCS's point is that nothing is re-estimated on the device) — unless ``frozen_bn``
-    (width mode only): then its current statistics are frozen for every α and only γ/β are on the line.
+    (width mode only): then its current statistics are frozen for every α and only γ/β are on the line;
+    ``train_stats="batch"`` (opt-in) normalises by each batch's statistics in train mode instead (the deployed
+    statistics then come from a per-α table, :func:`hwloop.methods.lcs.bnstats.calibrate_table`).
     """
     lo = (0.25 if mode == "width" else 0.05 if mode == "topk" else 0.0) if lo is None else lo
     if not 0.0 < hi <= 1.0 or not 0.0 <= lo <= hi:
@@ -313,6 +371,8 @@ def to_lines(model: nn.Module, mode: str, *, lo: float | None = None, hi: float 
     if frozen_bn and mode != "width":
         raise SearchError(f"frozen_bn is for mode 'width' (mode={mode!r}: sparsified or quantized weights would "
                           "not match the frozen statistics); allowed there: instance or group norm")
+    if train_stats != "frozen" and not frozen_bn:
+        raise SearchError(f"train_stats={train_stats!r} is for frozen_bn families; allowed otherwise: 'frozen'")
     bns = [m for _, m in named if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if frozen_bn and any(not isinstance(m, nn.BatchNorm2d) for m in bns):
         raise SearchError("frozen_bn handles BatchNorm2d only")
@@ -330,7 +390,7 @@ def to_lines(model: nn.Module, mode: str, *, lo: float | None = None, hi: float 
         elif isinstance(m, nn.Linear):
             _swap(model, n, LineLinear(m, state, line=line_convs, first=n == weighted[0], output=n == out_name))
         elif isinstance(m, (nn.InstanceNorm2d, nn.GroupNorm)) or (frozen_bn and isinstance(m, nn.BatchNorm2d)):
-            _swap(model, n, LineNorm(m, state, line=line_norms, frozen=frozen_bn))
+            _swap(model, n, LineNorm(m, state, line=line_norms, frozen=frozen_bn, train_stats=train_stats))
     return model, state
 
 

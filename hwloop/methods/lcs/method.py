@@ -47,6 +47,13 @@ class LcsConfig(MethodConfig):
             frozen for every α and γ/β on the line — a per-channel affine at each α, nothing re-estimated on the
             device, and every member an ordinary batch-norm model of the context's architecture (docs/lcs.md).
         clip_grad: clip each training step's gradient norm to this (0: off; opt-in, for ``frozen_bn``).
+        train_stats: ``frozen_bn`` only: ``frozen`` (default: the checkpoint's statistics in training too) or, opt-in,
+            ``batch``: train every α with its batch's statistics, then store a per-α statistics table with the family
+            (``calib_batches`` training batches at each of the ``grid`` α, interpolated between them; nothing is
+            re-estimated on the device; :meth:`LcsFamily.calibrate_statistics`).
+        calib_batches: batches per grid α for that table.
+        sort_channels: ``width`` with ``init = "context"``: order each channel group of the start by magnitude
+            before training (function-preserving), so the fixed prefix order keeps the important channels.
         fold_start: ``frozen_bn`` only: before training, fold the width-``lo`` member's batch statistics on this many
             training batches into the α = 0 endpoint's γ/β (:meth:`LcsFamily.fold_statistics`; 0: off).
         epochs / lr / momentum / weight_decay / max_steps: the training schedule (cosine LR).
@@ -89,6 +96,9 @@ class LcsConfig(MethodConfig):
     init: str = "context"
     fold_start: int = 0
     clip_grad: float = 0.0
+    train_stats: str = "frozen"
+    calib_batches: int = 16
+    sort_channels: bool = False
 
     def __post_init__(self) -> None:
         def bad(key: str, allowed: str) -> SearchError:
@@ -108,6 +118,12 @@ class LcsConfig(MethodConfig):
             raise bad("clip_grad", "a number >= 0 (0: off)")
         if self.fold_start < 0 or (self.fold_start and self.norm != "frozen_bn"):
             raise bad("fold_start", "an integer >= 0, and > 0 only with norm='frozen_bn'")
+        if self.train_stats not in ("frozen", "batch") or (self.train_stats == "batch" and self.norm != "frozen_bn"):
+            raise bad("train_stats", "'frozen' or 'batch', and 'batch' only with norm='frozen_bn'")
+        if self.calib_batches < 1:
+            raise bad("calib_batches", "an integer >= 1")
+        if self.sort_channels and (self.mode != "width" or self.init != "context"):
+            raise bad("sort_channels", "false unless mode='width' and init='context'")
         if self.norm == "frozen_bn" and self.init != "context":
             raise SearchError("norm='frozen_bn' needs init='context' (the statistics are frozen at the context's "
                               "trained batch norms)")
@@ -203,7 +219,8 @@ class LcsMethod(CompressionMethod):
         line_convs = cfg.mode != "width" if cfg.line_convs is None else cfg.line_convs
         init = context.model.state_dict() if cfg.init == "context" else None
         fam = LcsFamily.create(ref, cfg.mode, lo=cfg.lo, hi=cfg.hi, line_convs=line_convs, init=init,
-                               frozen_bn=cfg.norm == "frozen_bn")
+                               frozen_bn=cfg.norm == "frozen_bn", sort_channels=cfg.sort_channels,
+                               train_stats=cfg.train_stats)
         if cfg.fold_start:
             moved = fam.fold_statistics(context.train, batches=cfg.fold_start)
             context.say(f"lcs: folded the narrowest member's statistics into alpha=0: {moved}")
@@ -218,6 +235,12 @@ class LcsMethod(CompressionMethod):
                    train_images=int(h["train_image_passes"]), epochs=float(cfg.epochs))
         context.say(f"lcs: trained the {cfg.mode} line for {cfg.epochs} epoch(s), {h['train_image_passes']:.0f} "
                     f"image passes, loss {h['loss']:.3f}, cos2 {h['cos2']:.2e}")
+        if cfg.train_stats == "batch":   # the per-alpha statistics table, stored with the family (forward passes)
+            t1 = time.perf_counter()
+            cal = fam.calibrate_statistics(context.train, default_grid(cfg.grid), batches=cfg.calib_batches)
+            ledger.add("calibrate", trial=context.trial, wall_s=time.perf_counter() - t1)
+            context.say(f"lcs: batch-norm statistics table at {cal['alphas']:.0f} alphas, {cal['images']:.0f} "
+                        "forward image passes")
         lat, space = context.latency, context.space
         original = float(lat.original())
         cands: list[Candidate] = []
