@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="dp joint with --joint-source predictor: this predictor file instead of the device's shipped one")
     ap.add_argument("--calibrate", type=int, default=0, help="dp joint: whole-model probes measured before the DP "
                     "to fit the dense model's fixed share (obc key calibrate; 0: none)")
+    ap.add_argument("--calibrate-by", default="whole", choices=["whole", "resolution"], help="with --calibrate: "
+                    "'whole' one fixed share; 'resolution' one scale per feature-map resolution, with one deep-cut "
+                    "probe per resolution added (obc key calibrate_by)")
     ap.add_argument("--rerank", type=int, default=0, help="dp joint: stitch this many best answers, keep the lowest "
                     "calibration loss")
     ap.add_argument("--margin", type=float, default=0.0, help="the DP's first answer aims at target x (1 - margin) "
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ObcConfig(calib=args.calib, kinds=kinds, targets=targets, cost_source="table", check="device",
                         bits=[int(b) for b in args.ladder_bits.split(",")], error_images=args.error_images,
                         bn_mode=args.bn_mode, bn_data=args.bn_data, dp=args.dp, joint_source=args.joint_source, joint_predictor=args.joint_predictor,
-                        calibrate=args.calibrate, rerank=args.rerank, corrections=args.corrections, margin=args.margin)
+                        calibrate=args.calibrate, calibrate_by=args.calibrate_by, rerank=args.rerank, corrections=args.corrections, margin=args.margin)
         meth = ObcMethod(cfg)
         ctx = MethodContext(model=model, ref=ref, space=space, train=train, eval_fn=acc, latency=lat,
                             target=None, device=device, seed=0, base_accuracy=dense, log=say, progress=True)

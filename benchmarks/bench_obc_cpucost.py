@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probes", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--buckets", type=int, default=10000)
+    ap.add_argument("--calibrate-by", default="whole", help="comma list: whole (one fixed share, the 'calibrated' "
+                    "rows), resolution (one scale per feature-map resolution, one deep-cut probe per resolution added; "
+                    "the 'resolution' rows)")
     ap.add_argument("--predictor", default=None, help="predictor file for the 'predictor' source (default: the one "
                     "shipped for --device)")
     ap.add_argument("--out", required=True)
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwloop.compress.plan import CompressionPlan
     from hwloop.methods.obc.database import load_database
     from hwloop.methods.obc.joint import op_costs, solve_joint
-    from hwloop.methods.obc.overhead import budget_fraction, calibrate_overhead, overhead_ratio
+    from hwloop.methods.obc.overhead import budget_fraction, calibrate_overhead, calibrate_segments, overhead_ratio
     from hwloop.models import ModelRef
     from hwloop.search.report import compare_compressed
     from hwloop.search.space import SearchSpace, SpaceOptions
@@ -85,13 +88,27 @@ def main(argv: list[str] | None = None) -> int:
         t_cost = time.perf_counter() - t0
         say(f"{src}: {len(cost.terms)} terms, dense op sum {cost.full():.4f} {tab.unit} ({t_cost:.1f} s)")
         t0 = time.perf_counter()
-        alpha, info = calibrate_overhead(cost, groups, args.probes, measure, say)
+        seen: dict[tuple[int, ...], tuple[float, dict[str, Any]]] = {}
+
+        def once(ch: list[int], seen: dict[tuple[int, ...], tuple[float, dict[str, Any]]] = seen
+                 ) -> tuple[float, dict[str, Any]]:   # a uniform probe measured once for both fits
+            if tuple(ch) not in seen:
+                seen[tuple(ch)] = measure(ch)
+            return seen[tuple(ch)]
+
+        by = args.calibrate_by.split(",")
+        alpha, info = calibrate_overhead(cost, groups, args.probes, once, say)
+        costs = [("op sum", 0.0, cost), ("calibrated", alpha, cost)]
+        seg_info = None
+        if "resolution" in by:
+            seg_cost, seg_info = calibrate_segments(cost, groups, args.probes, once, say)
+            costs.append(("resolution", 0.0, seg_cost))
         t_probe = time.perf_counter() - t0
         rows = []
         for target in [float(t) for t in args.targets.split(",")]:
-            for name, a in (("op sum", 0.0), ("calibrated", alpha)):
+            for name, a, c in costs:
                 t0 = time.perf_counter()
-                got = solve_joint(errors, cost, cost.full() * budget_fraction(a, target), args.buckets,
+                got = solve_joint(errors, c, c.full() * budget_fraction(a, target), args.buckets,
                                   candidates=groups)
                 t_dp = time.perf_counter() - t0
                 if got is None:
@@ -99,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"target": target, "cost": name, "feasible": False})
                     continue
                 ch = got[0]
-                pred = overhead_ratio(a, cost.total(ch) / cost.full())
+                pred = overhead_ratio(a, c.total(ch) / c.full())
                 ms = [measure(ch) for _ in range(args.repeats)]
                 r = statistics.median(m[0] for m in ms)
                 rows.append({"target": target, "cost": name, "feasible": True, "choice": ch, "dp_error": got[1],
@@ -109,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{src} {name} target {target}: predicted {pred:.3f}, measured {r:.3f} "
                     f"({[round(m[0], 3) for m in ms]}; {r / target - 1:+.1%} vs target), DP {t_dp:.1f} s")
                 out["sources"][src] = {"alpha": alpha, "calibration": info, "cost_s": t_cost, "probe_s": t_probe,
-                                       "rows": rows}
+                                       "rows": rows, **({"resolution": seg_info} if seg_info else {})}
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.out).write_text(json.dumps(out, indent=1, default=float))
     say("done")

@@ -49,11 +49,14 @@ __all__ = ["COMP_LIMIT", "JointCost", "Term", "knapsack_fast", "op_costs", "plan
 
 @dataclass(frozen=True)
 class Term:
-    """One op's cost: ``cost[l_1, ..., l_k]`` with units ``deps[i]`` at level index ``l_i`` (no deps: a scalar)."""
+    """One op's cost: ``cost[l_1, ..., l_k]`` with units ``deps[i]`` at level index ``l_i`` (no deps: a scalar).
+    ``segment``: the feature-map resolution the op runs at (``"16x16"``; ``""`` unknown), which
+    :func:`~hwloop.methods.obc.overhead.calibrate_segments` fits one scale per."""
 
     name: str
     deps: tuple[int, ...]
     cost: np.ndarray
+    segment: str = ""
 
     def at(self, choice: Sequence[int]) -> float:
         return float(self.cost[tuple(int(choice[d]) for d in self.deps)])
@@ -293,7 +296,7 @@ def op_costs(space: Any, units: Sequence[Any], device: Any, *, progress: bool = 
         for combo in levels[name]:
             ms = tab.cost(name, combo)
             arr[combo] = ms if weigh is None else weigh(levels[name][combo][0], ms)
-        terms.append(Term(name, deps, arr))
+        terms.append(Term(name, deps, arr, _resolution(levels[name][tuple([0] * len(deps))][0])))
     if weigh is not None:
         terms.append(Term("aggregation constant", (), np.asarray(weigh(None, 0.0))))
     cost = JointCost(terms, [len(u.levels) for u in units])
@@ -308,6 +311,15 @@ def op_costs(space: Any, units: Sequence[Any], device: Any, *, progress: bool = 
             raise SearchError(f"dp='joint': the predictor's whole-model aggregation is not a sum over ops "
                               f"({cost.full():.6g} summed vs {want:.6g}); use joint_source='measure'")
     return cost, tab
+
+
+def _resolution(spec: Any) -> str:
+    """``"HxW"`` of the op's output feature map (of its input where the output has none, e.g. global pooling);
+    ``""`` for an op without one (a linear layer)."""
+    for shape in (spec.out_shape, spec.in_shape):
+        if shape is not None and len(shape) >= 4 and math.prod(shape[2:]) > 1:
+            return "x".join(str(int(v)) for v in shape[2:])
+    return ""
 
 
 def _load_predictor(device: Any, path: Any) -> Any:

@@ -15,6 +15,21 @@ so the DP's first answer is made under the calibrated cost (``calibrate = K`` in
 target ``t`` the DP's budget on ``S`` is ``S(dense) · (t − α) / (1 − α)`` (:func:`budget_fraction`); ``α = 0``
 is the plain op sum (asic-tpu32, whose whole model *is* the sum of its ops).
 
+One fixed share cannot see *where* the op sum is wrong: uniform probes shrink every part of the model together,
+so a cost that splits the dense model's time wrongly between its parts fits them and still misleads the DP, which
+shrinks the parts it believes expensive. On the quiet CPU the predictor's op sum gives ResNet-20's 8×8 stage 30%
+of the dense time where the whole-model measurements say ~55% (docs/obc.md, "Why the CPU cost was optimistic at
+deep cuts"), and the DP's answers (early stages cut deep, the last kept wide) measured 4–14% slower than
+predicted while the uniform probes measured 3% faster. :func:`calibrate_segments` (``calibrate_by =
+"resolution"``) fits one scale per feature-map resolution (:attr:`Term.segment`) from the uniform probes plus one
+*deep-cut* probe per resolution (that resolution's channel groups at the bottom of their ladders, the rest full):
+
+    C(choice) = c₀ + Σ_k b_k · S_k(choice),   c₀ = S(dense) − Σ_k b_k · S_k(dense)
+
+(``S_k``: the op sum of the terms at resolution ``k``; ``b_k ≥ 0`` by non-negative least squares on
+``r − 1 = Σ_k b_k (S_k − S_k(dense)) / S(dense)``), a cost the DP uses as it is (one scaled term per op, plus
+``c₀``); with one resolution it is the fixed-share fit above.
+
 Example:
     >>> a = fit_overhead([0.8, 0.5, 0.3], [0.86, 0.65, 0.51])      # r = 0.3 + 0.7 s
     >>> round(a, 9), round(overhead_ratio(a, 0.5), 9), round(budget_fraction(a, 0.65), 9)
@@ -27,9 +42,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from hwloop.errors import SearchError
 
-__all__ = ["budget_fraction", "calibrate_overhead", "fit_overhead", "overhead_ratio", "probe_choices"]
+__all__ = ["budget_fraction", "calibrate_overhead", "calibrate_segments", "fit_overhead", "fit_segments",
+           "home_segments", "overhead_ratio", "probe_choices", "segment_probes", "term_segments"]
 
 
 def fit_overhead(s: Sequence[float], r: Sequence[float]) -> float:
@@ -97,3 +115,114 @@ def calibrate_overhead(cost: Any, groups: Sequence[int], k: int,
         say(f"obc: fixed share of the dense model {alpha:.4f} (whole = {alpha:.3f} + {1 - alpha:.3f} x op sum; "
             f"largest probe residual {info['max_abs_residual']:.4f})")
     return alpha, info
+
+
+def term_segments(cost: Any, groups: Sequence[int]) -> list[str | None]:
+    """Each term's segment: its :attr:`Term.segment`, else the home segment (:func:`home_segments`) of its first
+    group; ``"all"`` where nothing is labelled; ``None`` for a term no group changes (a constant)."""
+    homes = home_segments(cost, groups)
+    out: list[str | None] = []
+    for t in cost.terms:
+        gs = [d for d in t.deps if d in homes]
+        out.append(None if not gs else (t.segment or homes[gs[0]]))
+    return out
+
+
+def home_segments(cost: Any, groups: Sequence[int]) -> dict[int, str]:
+    """``{group: segment}``: the labelled segment holding most of the dense cost of the terms the group changes
+    (``"all"`` for every group when no term is labelled)."""
+    full = cost.full_choice
+    out = {}
+    for g in groups:
+        by: dict[str, float] = {}
+        for t in cost.terms:
+            if g in t.deps and t.segment:
+                by[t.segment] = by.get(t.segment, 0.0) + abs(t.at(full))
+        out[int(g)] = max(by, key=lambda k: (by[k], k)) if by else "all"
+    return out
+
+
+def segment_probes(cost: Any, groups: Sequence[int]) -> list[tuple[str, list[int]]]:
+    """One deep-cut probe per segment (sorted): its home groups at their ladder's last level, the rest at full."""
+    homes = home_segments(cost, groups)
+    out = []
+    for seg in sorted(set(homes.values())):
+        ch = [0] * len(cost.n_levels)
+        for g, h in homes.items():
+            if h == seg:
+                ch[g] = cost.n_levels[g] - 1
+        out.append((seg, ch))
+    return out
+
+
+def fit_segments(z: Sequence[Sequence[float]], y: Sequence[float]) -> list[float]:
+    """``b ≥ 0`` minimising ``Σ_p (y_p − Σ_k b_k z_pk)²`` (non-negative least squares): ``z_pk`` a probe's change of
+    segment ``k``'s op sum and ``y_p`` its measured change, both as fractions of the dense model."""
+    from scipy.optimize import nnls
+
+    Z = np.asarray(z, dtype=np.float64)
+    Y = np.asarray(y, dtype=np.float64)
+    if Z.ndim != 2 or len(Z) != len(Y) or len(Y) == 0 or not (np.isfinite(Z).all() and np.isfinite(Y).all()):
+        raise SearchError(f"fit_segments: need finite changes, one row per probe (got {Z.shape} and {Y.shape})")
+    if np.linalg.matrix_rank(Z) < Z.shape[1]:
+        raise SearchError(f"fit_segments: the {len(Y)} probes do not separate the {Z.shape[1]} segments (rank "
+                          f"{np.linalg.matrix_rank(Z)}); add probes")
+    b, _ = nnls(Z, Y)
+    if not np.any(b > 0):
+        raise SearchError(f"fit_segments: the probes measured no speed-up (changes {np.round(Y, 4).tolist()})")
+    return [float(v) for v in b]
+
+
+def calibrate_segments(cost: Any, groups: Sequence[int], k: int,
+                       measure: Callable[[list[int]], tuple[float, dict[str, Any]]],
+                       say: Callable[[str], None] | None = None) -> tuple[Any, dict[str, Any]]:
+    """``(calibrated cost, info)``: ``k`` uniform probes (:func:`probe_choices`) and one deep-cut probe per
+    segment (:func:`segment_probes`) measured by ``measure(choice) -> (whole-model ratio, details)``; one scale
+    per segment by :func:`fit_segments`; the calibrated :class:`~hwloop.methods.obc.joint.JointCost` (every term
+    scaled by its segment's ``b``, constants kept, plus the fixed part ``c₀``; its dense total is the plain op
+    sum's, so a target ``t`` is the budget ``t · full()``). ``info``: every probe (op-sum ratio, measured,
+    fitted, residual), the scales, ``alpha`` (``c₀`` as a share of the dense model) and ``max_abs_residual``."""
+    from hwloop.methods.obc.joint import JointCost, Term
+
+    seg_of = term_segments(cost, groups)
+    segs = sorted({x for x in seg_of if x is not None})
+    full = cost.full_choice
+    s0 = cost.full()
+
+    def parts(ch: list[int]) -> list[float]:
+        v = dict.fromkeys(segs, 0.0)
+        for t, sg in zip(cost.terms, seg_of):
+            if sg is not None:
+                v[sg] += t.at(ch)
+        return [v[x] for x in segs]
+
+    p0 = parts(full)
+    probes = [("uniform", ch) for ch in probe_choices(cost.n_levels, groups, k)] if k > 0 else []
+    probes += [(f"deep {sg}", ch) for sg, ch in segment_probes(cost, groups)]
+    rows: list[dict[str, Any]] = []
+    for kind, ch in probes:
+        r, how = measure(ch)
+        rows.append({"probe_kind": kind, "choice": [int(v) for v in ch], "op_sum_ratio": cost.total(ch) / s0,
+                     "segments": [(a - b) / s0 for a, b in zip(parts(ch), p0)], "measured_ratio": float(r), **how})
+        if say is not None:
+            say(f"obc: probe {len(rows)}/{len(probes)} ({kind}): op sum {rows[-1]['op_sum_ratio']:.4f} x, whole "
+                f"model measured {r:.4f} x")
+    b = fit_segments([p["segments"] for p in rows], [p["measured_ratio"] - 1.0 for p in rows])
+    scale = dict(zip(segs, b))
+    c0 = s0 - sum(bk * pk for bk, pk in zip(b, p0))
+    terms = [t if sg is None else Term(t.name, t.deps, t.cost * scale[sg], t.segment)
+             for t, sg in zip(cost.terms, seg_of)]
+    kept = sum(t.at(full) for t, sg in zip(cost.terms, seg_of) if sg is None)     # constants, already in c0
+    cal = JointCost([*terms, Term("fixed share (calibrated)", (), np.asarray(c0 - kept))], cost.n_levels)
+    for p in rows:
+        p["fitted_ratio"] = cal.total(p["choice"]) / s0
+        p["residual"] = p["measured_ratio"] - p["fitted_ratio"]
+    info = {"by": "resolution", "alpha": c0 / s0, "scales": scale,
+            "dense_share": {sg: pk / s0 for sg, pk in zip(segs, p0)},
+            "calibrated_share": {sg: scale[sg] * pk / s0 for sg, pk in zip(segs, p0)},
+            "probes": rows, "max_abs_residual": max(abs(p["residual"]) for p in rows), "k": k}
+    if say is not None:
+        say("obc: per-resolution scales " + ", ".join(f"{sg} {scale[sg]:.3f} (share {info['dense_share'][sg]:.3f} "
+                                                       f"-> {info['calibrated_share'][sg]:.3f})" for sg in segs)
+            + f"; fixed share {c0 / s0:.4f}; largest probe residual {info['max_abs_residual']:.4f}")
+    return cal, info
