@@ -164,3 +164,17 @@ def test_method_on_asic_finds_every_scale_one(digits) -> None:
     assert first["dp_ratio"] == pytest.approx(first["whole_ratio"], rel=1e-6)
     assert first["whole_ratio"] <= 0.6 + 1e-9 and c.extra["dp_chosen"] == 0 and not c.repairs
     assert "one scale per resolution" in c.extra["costs"]
+
+
+def test_cli_bad_calibrate_by_is_one_line(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from hwloop.cli import main
+
+    ck = tmp_path / "w.safetensors"
+    ck.write_bytes(b"not read: the options are checked first")
+    base = ["search", "obc", str(ck), "--dp", "joint", "--calibrate", "2", "--out", str(tmp_path / "o")]
+    assert main([*base, "--calibrate-by", "stage"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "calibrate_by='stage' is unknown; allowed: whole, resolution" in err and "\n" not in err
+    assert main(["search", "obc", str(ck), "--dp", "joint", "--calibrate-by", "resolution",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "calibrate_by='resolution' needs calibrate >= 1" in capsys.readouterr().err

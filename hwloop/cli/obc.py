@@ -43,6 +43,8 @@ def obc(
                                      "live on --device, or 'predictor' (the device's shipped predictor)"),
     calibrate: int = typer.Option(0, "--calibrate", help="with --dp joint: whole-model probes measured before the "
                                   "DP to fit the model's fixed share (the CPU's per-op overhead; 0: none)"),
+    calibrate_by: str = typer.Option("whole", "--calibrate-by", help="with --calibrate: 'whole' (one fixed share) "
+                                     "or 'resolution' (one scale per feature-map resolution, deep-cut probes added)"),
     margin: float = typer.Option(0.0, "--margin", help="the DP's first answer aims at target x (1 - margin), for a "
                                  "noisy cost such as the CPU's"),
     out: Path = typer.Option(Path("runs/obc"), "--out", "-o", help="output directory"),
@@ -79,7 +81,7 @@ def obc(
     cfg = ObcConfig.from_dict({"calib": calib, "kinds": kinds, "bits": bit_list or [8], "cost_source": "table",
                                "check": "device", "dp": dp, "rerank": rerank,
                                "joint_source": joint_source, "calibrate": calibrate,
-                               "margin": margin}, where="hwloop search obc")
+                               "calibrate_by": calibrate_by, "margin": margin}, where="hwloop search obc")
     t = make_task(task, model, batch_size=128, val_limit=eval_limit, data_root=data_root)
     net = t.ref.build()
     from safetensors.torch import load_file
