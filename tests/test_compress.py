@@ -263,7 +263,8 @@ def test_quantized_activations_hooks_come_off_and_replay_from_a_plan() -> None:
         net.eval()
         quant = net(x)
     assert not torch.allclose(quant, ref) and torch.equal(net(x), ref)   # hooks removed on exit
-    plan = CompressionPlan(base={"name": "small_cnn"}, w_bits={"2": 4}, a_bits=3, meta={"a_amax": aq.amax()})
+    plan = CompressionPlan(base={"name": "small_cnn"}, w_bits={"2": 4}, a_bits=3,
+                           meta={"a_amax": aq.amax(), "a_quant": aq.export()})   # signs too (issue 19)
     with quantized_activations.from_plan(net, CompressionPlan.from_json(plan.to_json())):
         assert torch.equal(net(x), quant)                   # the same ranges give the same outputs
     with quantized_activations.from_plan(net, CompressionPlan(base={"name": "small_cnn"}, a_bits=8)):

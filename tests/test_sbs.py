@@ -448,7 +448,8 @@ def test_the_fine_tune_quantizes_post_relu_inputs_unsigned_with_clipped_ranges(s
     for n in post:
         v = seen[n]
         plain = float(((quantize_act(v, float(v.abs().max()), 4, True) - v) ** 2).mean())
-        ours = float(((quantize_act(v, new.amax[n], 4, new.signed[n]) - v) ** 2).mean())
+        e = new.export()[n]
+        ours = float(((quantize_act(v, e["amax"], 4, e["signed"]) - v) ** 2).mean())
         assert ours < 0.5 * plain, (n, ours, plain)
 
 

@@ -521,23 +521,14 @@ class SbsMethod(CompressionMethod):
         assert led is not None
         t2 = time.perf_counter()
         plain = cfg.a_signed == "symmetric" and cfg.a_range == "max"   # the plain quantizer (the default)
-        sq: sbs_activations | None = None
         with ExitStack() as stack:
-            aqs = []
-            if plain:
-                for b in sorted(set(final["a"].values())):
-                    names = [n for n, v in final["a"].items() if v == b]
-                    if 2 <= b <= 16:
-                        aqs.append(stack.enter_context(quantized_activations(
-                            net, names, int(b), {n: amax[n] for n in names if n in amax})))
-            else:
-                sq = stack.enter_context(sbs_activations(
-                    net, {n: int(b) for n, b in final["a"].items() if b is not None and 2 <= b <= 16},
-                    signed=cfg.a_signed, mode=cfg.a_range, amax=amax))
+            sq: quantized_activations = stack.enter_context(sbs_activations(   # hwloop's one activation quantizer
+                net, {n: int(b) for n, b in final["a"].items() if b is not None and 2 <= b <= 16},
+                signed=cfg.a_signed, mode=cfg.a_range, amax=amax))
             with led.phase("extract", trial=context.trial):
                 if cfg.recalibrate_batches:
                     recalibrate_batchnorm(net, context.train, cfg.recalibrate_batches)
-                if sq is not None:   # signs and ranges from the recalibrated network, then batch-norm again
+                if not plain:   # signs and ranges from the recalibrated network, then batch-norm again
                     sq.calibrate(context.train, max(1, cfg.recalibrate_batches), seed=context.seed)
                     if cfg.recalibrate_batches:
                         recalibrate_batchnorm(net, context.train, cfg.recalibrate_batches)
@@ -562,11 +553,8 @@ class SbsMethod(CompressionMethod):
                     ph.epochs += float(r["epochs"])
                 net.eval()
             acc = evaluate()
-            amax_out: dict[str, float] = {}
-            for aq in aqs:
-                amax_out.update(aq.amax())
-            a_quant = sq.export() if sq is not None else {}
-            amax_out.update({n: float(v["amax"]) for n, v in a_quant.items()})
+            amax_out: dict[str, float] = sq.amax()
+            a_quant = sq.export() if not plain else {}
         if acc is not None:
             context.say(f"sbs: accuracy extracted {acc_x:.2f}, fine-tuned {acc:.2f}")
         return acc_x, acc, amax_out, a_quant, time.perf_counter() - t2
