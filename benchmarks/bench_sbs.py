@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--a-range", default="mse", choices=("max", "mse"), help="the fine-tune's activation ranges")
     ap.add_argument("--w-range", default="max", choices=("max", "mse"), help="the exported weights' grid range")
     ap.add_argument("--w-levels", default="2,4,8", help="SBS's nested weight bit-widths (e.g. 4,8: no 2-bit level)")
+    ap.add_argument("--w-grid", default="superbit", choices=("superbit", "plan"), help="SBS's search weight grids "
+                    "(plan: every level as extraction exports it; 2 bits ternary)")
     ap.add_argument("--full-bits", default="4/4", help="phase 'full': uniform w/a bits at full width, e.g. 4/4,2/8")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--eval-limit", type=int, default=1000)
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                          "gate_momentum": args.gate_momentum, "gate_step": args.gate_step,
                          "a_score_momentum": args.a_score_momentum, "val_limit": args.val_limit,
                          "ft_steps": ft_steps, "control_ft_steps": ctl_steps, "finetune_lr": args.finetune_lr, "a_signed": args.a_signed,
-                         "a_range": args.a_range, "w_range": args.w_range, "w_levels": w_levels})
+                         "a_range": args.a_range, "w_range": args.w_range, "w_levels": w_levels,
+                         "w_grid": args.w_grid})
     say(f"checkpoint {ckpt}; {args.steps} search + {args.steps} fine-tune batches of {args.batch}; "
         f"test subset {args.eval_limit}")
 
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base_cfg = {"search_epochs": 1, "finetune_epochs": 1 if ft_steps else 0, "max_steps": args.steps, "lr": args.lr,
                 "finetune_lr": args.finetune_lr, "a_signed": args.a_signed, "a_range": args.a_range,
-                "w_range": args.w_range, "w_levels": w_levels,
+                "w_range": args.w_range, "w_levels": w_levels, "w_grid": args.w_grid,
                 "finetune_steps": ft_steps or None,
                 "gate_lr": args.gate_lr, "lam": args.lam, "min_keep": args.min_keep,
                 "thr_init": thr_init, "penalty": args.penalty, "target_warmup": args.target_warmup,

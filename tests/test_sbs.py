@@ -279,6 +279,7 @@ def test_mixed_activation_bits_are_measured_per_layer(small) -> None:
     ({"gate_step": "sgd"}, "gate_step='sgd' is unknown; allowed: adam, cost, shared"),
     ({"a_signed": "unsigned"}, "a_signed='unsigned' is unknown; allowed: symmetric, auto"),
     ({"a_range": "pct"}, "a_range='pct' is unknown; allowed: max, mse"),
+    ({"w_grid": "ternary"}, "w_grid='ternary' is unknown; allowed: superbit, plan"),
     ({"finetune_lr": 0}, "finetune_lr=0.0 must be a positive number or none"),
     ({"finetune_steps": 0}, "finetune_steps=0 must be an integer >= 1 or none"),
 ])

@@ -33,8 +33,15 @@ from torch.nn.utils import parametrize
 from hwloop.compress.extract import get_module
 from hwloop.errors import CompressionError
 from hwloop.methods.sbs.cost import CostState, SbsLayer
-from hwloop.methods.sbs.actq import A_SIGNED, quantize_act
-from hwloop.methods.sbs.quant import normalise, residual_codes, super_bit_weight, threshold_gate
+from hwloop.methods.sbs.actq import A_RANGES, A_SIGNED, quantize_act
+from hwloop.methods.sbs.quant import (
+    W_GRIDS,
+    normalise,
+    plan_grid_weight,
+    residual_codes,
+    super_bit_weight,
+    threshold_gate,
+)
 
 __all__ = ["SbsModel"]
 
@@ -93,7 +100,8 @@ class SbsModel(nn.Module):
     def __init__(self, model: nn.Module, space: Any, layers: Sequence[SbsLayer], policy: Mapping[str, str],
                  fixed: Mapping[str, tuple[int, int]], w_levels: Sequence[int], a_levels: Sequence[int], *,
                  prune: bool = True, clip: float = 1.0, act_momentum: float = 0.1, min_keep: float = 0.25,
-                 a_score_momentum: float = 1.0, a_signed: str = "symmetric") -> None:
+                 a_score_momentum: float = 1.0, a_signed: str = "symmetric", w_grid: str = "superbit",
+                 w_range: str = "max") -> None:
         super().__init__()
         self.net = copy.deepcopy(model)
         self.space = space
@@ -115,6 +123,11 @@ class SbsModel(nn.Module):
         if a_signed not in A_SIGNED:
             raise CompressionError(f"a_signed={a_signed!r} is unknown; allowed: {', '.join(A_SIGNED)}")
         self.a_signed = a_signed
+        if w_grid not in W_GRIDS:
+            raise CompressionError(f"w_grid={w_grid!r} is unknown; allowed: {', '.join(W_GRIDS)}")
+        if w_range not in A_RANGES:
+            raise CompressionError(f"w_range={w_range!r} is unknown; allowed: {', '.join(A_RANGES)}")
+        self.w_grid, self.w_range = w_grid, w_range
         self.w_thr = nn.ParameterDict()
         self.a_thr = nn.ParameterDict()
         self.f_thr = nn.ParameterDict()
@@ -249,7 +262,10 @@ class SbsModel(nn.Module):
             cum = self._bit_gates(layer, w)
             self._gates.setdefault(layer, (cum, torch.ones(1)))
             self._gates[layer] = (cum, self._gates[layer][1])
-            out, _ = super_bit_weight(w, self.w_levels, cum[1:], self.clip)
+            if self.w_grid == "plan":   # every level on the grid extraction exports (2 bits: ternary)
+                out = plan_grid_weight(w, self.w_levels, cum[1:], self.w_range)
+            else:
+                out, _ = super_bit_weight(w, self.w_levels, cum[1:], self.clip)
         elif pol == "fixed":
             out, _ = super_bit_weight(w, (self.fixed[layer][0],), torch.ones(0), self.clip)
         else:

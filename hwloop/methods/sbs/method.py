@@ -47,7 +47,7 @@ from hwloop.methods.budget import PENALTIES, BudgetTerm
 from hwloop.methods.sbs.actq import A_RANGES, A_SIGNED, mse_quant, mse_weights, sbs_activations
 from hwloop.methods.sbs.cost import BopsCost, CostState, TableCost, is_bit_aware, sbs_layers
 from hwloop.methods.sbs.gated import SbsModel
-from hwloop.methods.sbs.quant import check_levels
+from hwloop.methods.sbs.quant import W_GRIDS, check_levels
 from hwloop.methods.sbs.step import GATE_STEPS, ThresholdStep
 from hwloop.search.accounting import ComputeRecord
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
@@ -106,6 +106,10 @@ class SbsConfig(MethodConfig):
         w_range: the exported weights' grid (symmetric per channel, the plan's scheme): ``max`` (default: the step
             from each channel's largest magnitude) or ``mse`` (the least-error clip per channel; 2-bit ternary
             weights keep far more non-zeros), at extraction and in the fine-tune.
+        w_grid: the search's weight grids: ``superbit`` (default: the paper's nested super-bit codes; its 2-bit level
+            has 4 values per channel, where the exported plan has 3) or ``plan`` (every level on the grid extraction
+            exports, ``w_range``'s step: the search prices 2 bits as the ternary weights it will get;
+            :func:`~hwloop.methods.sbs.quant.plan_grid_weight`).
         repair: enforce the budget after the search when the method ended above it (recorded as a repair).
     """
 
@@ -141,6 +145,7 @@ class SbsConfig(MethodConfig):
     a_signed: str = "auto"
     a_range: str = "mse"
     w_range: str = "max"
+    w_grid: str = "superbit"
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs", "recalibrate_batches"):
@@ -195,7 +200,8 @@ class SbsConfig(MethodConfig):
                               "0/1-bit level)")
         for n, allowed in (("first_last", FIRST_LAST), ("cost", COSTS), ("table_source", ("auto", "measure",
                                                                                            "predictor")),
-                           ("a_signed", A_SIGNED), ("a_range", A_RANGES), ("w_range", A_RANGES)):
+                           ("a_signed", A_SIGNED), ("a_range", A_RANGES), ("w_range", A_RANGES),
+                           ("w_grid", W_GRIDS)):
             if getattr(self, n) not in allowed:
                 raise SearchError(f"{n}={getattr(self, n)!r} is unknown; allowed: {', '.join(allowed)}")
         if not isinstance(self.prune, bool) or not isinstance(self.repair, bool):
@@ -339,7 +345,7 @@ class SbsMethod(CompressionMethod):
                               f"the context's device is {context.device!r}")
         sbs = SbsModel(context.model, space, layers, policy, fixed, cfg.w_levels, cfg.a_levels, prune=cfg.prune,
                        clip=cfg.clip, min_keep=cfg.min_keep, a_score_momentum=cfg.a_score_momentum,
-                       a_signed=cfg.a_signed)
+                       a_signed=cfg.a_signed, w_grid=cfg.w_grid, w_range=cfg.w_range)
         bops = BopsCost(space, layers, cfg.w_levels, cfg.a_levels)
         note = ""
         if cfg.cost == "latency" or (cfg.cost == "auto" and bit_aware):

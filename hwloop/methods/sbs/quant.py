@@ -38,8 +38,10 @@ import torch
 
 from hwloop.errors import CompressionError
 
-__all__ = ["act_quant", "check_levels", "normalise", "residual_codes", "super_bit_weight", "threshold_gate",
-           "uniform_quant"]
+__all__ = ["W_GRIDS", "act_quant", "check_levels", "normalise", "plan_grid_weight", "residual_codes",
+           "super_bit_weight", "threshold_gate", "uniform_quant"]
+
+W_GRIDS = ("superbit", "plan")
 
 
 def check_levels(levels: Sequence[int], what: str = "w_levels") -> tuple[int, ...]:
@@ -107,6 +109,25 @@ def super_bit_weight(w: torch.Tensor, levels: Sequence[int], gates: torch.Tensor
     out = (q + (lin - lin.detach())).to(w.dtype).reshape(w.shape)
     rms = [((2.0 * codes[j] * mult[j] / top) ** 2).mean().sqrt().float() for j in range(1, len(levels))]
     return out, rms
+
+
+def plan_grid_weight(w: torch.Tensor, levels: Sequence[int], gates: torch.Tensor, w_range: str = "max"
+                     ) -> torch.Tensor:
+    """The gated weight on the grids extraction exports (``w_grid = "plan"``): ``E₁ + Σ_j G_j·(E_j − E_{j−1})`` with
+    ``E_j`` the plan's symmetric per-channel ``levels[j]``-bit weight (codes ``±(2^{b−1}−1)``: 2 bits is ternary; the
+    step from each channel's largest magnitude, or its least-error clip with ``w_range = "mse"``) and ``G_j =
+    gates[j − 1]`` (cumulative, hard in the forward pass). So with the gates of a level the searched weight equals
+    the exported one exactly: the search prices each level as it is exported. Straight-through gradient to ``w``
+    (identity), ``∂ŵ/∂G_j = E_j − E_{j−1}``."""
+    from hwloop.compress.gates import fake_quant
+    from hwloop.methods.sbs.actq import mse_quant
+
+    qs = [mse_quant(w, b) if w_range == "mse" else fake_quant(w.detach(), b) for b in levels]
+    g = [torch.ones((), dtype=w.dtype), *[x.to(w.dtype) for x in gates], torch.zeros((), dtype=w.dtype)]
+    out = torch.zeros_like(qs[0])
+    for j, q in enumerate(qs):   # Σ (G_j − G_{j+1})·E_j: with hard gates exactly one E_j, bit for bit
+        out = out + (g[j] - g[j + 1]) * q
+    return out + (w - w.detach())
 
 
 def threshold_gate(score: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
