@@ -5,10 +5,18 @@ docs/predictors.md quotes ("H100"):
 
 1. **CUDA-graph nets, leave one architecture out** — per (batch, dtype) group, fit on every
    ResNet-20 net (all groups) and predict every VGG-16 net, and the reverse. No row of the held-out
-   architecture — from any file — enters fitting or calibration. Beside :class:`GraphCostPredictor`
-   (GPU cost terms, per-group signed calibration fitted end to end on whole nets): a per-group constant
-   (the training architecture's median latency) and the MACs proxy (latency ∝ MACs, the ratio fitted
-   on the training architecture; its Spearman is that of MACs alone).
+   architecture — from any file — enters fitting or calibration. Three fits of :class:`GraphCostPredictor`
+   (additive per-op costs fitted end to end on whole nets, one calibration per group):
+
+   * ``signed`` — ``features="gpu"``: the 22 GPU cost terms, signed ridge per group (ridge and isolated-layer
+     weight chosen on a split of the training nets, below);
+   * ``nonneg`` — ``features="gpu_nonneg"`` (**the shipped fit**): the same 22 terms, non-negative least squares
+     per group, no constant; no hyper-parameter;
+   * ``physical`` — ``features="physical"``: three non-negative terms per op (kernels, SM waves × main-loop steps,
+     bytes), one fit shared by the groups of a mode, then a scale per group; no hyper-parameter;
+
+   beside a per-group constant (the training architecture's median latency) and the MACs proxy (latency ∝
+   MACs, the ratio fitted on the training architecture; its Spearman is that of MACs alone).
 2. The same within each architecture (50/50 split of every group, seed 0), and for the eager nets.
 3. The unseen-batch fallback: calibrated at one batch only, predicting the other.
 4. **Single layers** (``layers.csv``, eager): XGBoost on hwloop's features, random 80/20 split and
@@ -20,7 +28,8 @@ nets only (for leave-one-architecture-out: of the training architecture's nets).
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_h100.py [--data measurements/h100] [--json out.json]
+    OMP_NUM_THREADS=1 python benchmarks/bench_h100.py [--data measurements/h100] [--json out.json] \
+        [--save predictor.json]
 """
 
 from __future__ import annotations
@@ -99,6 +108,10 @@ def _groups(nets: list[dict]) -> list[tuple[int, str]]:
     return sorted({(n["batch"], n["dtype"]) for n in nets}, key=lambda g: (g[0], g[1] != "float32"))
 
 
+#: the fits reported beside each other; None: the signed fit's parameters chosen by :func:`choose_params`
+FITS: dict[str, dict[str, Any] | None] = {"signed": None, "nonneg": {"features": "gpu_nonneg"},
+                                          "physical": {"features": "physical"}}
+SHIPPED_FIT = "nonneg"
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1)
 LAYER_WEIGHTS = (0.0, 0.1)
 
@@ -110,8 +123,9 @@ def loao(nets: list[dict], layers: list[dict]) -> list[dict[str, Any]]:
     for held in ("vgg16", "resnet20"):
         train = [n for n in nets if n["arch"] != held]
         params = choose_params(train, _layers_without(layers, held))
-        pred_all = _fit_predict(train, [n for n in nets if n["arch"] == held], _layers_without(layers, held), params)
         test_all = [n for n in nets if n["arch"] == held]
+        preds = {f: _fit_predict(train, test_all, _layers_without(layers, held) if fp is None else [], fp or params)
+                 for f, fp in FITS.items()}
         for b, dt in _groups(nets):
             idx = [i for i, n in enumerate(test_all) if (n["batch"], n["dtype"]) == (b, dt)]
             y = np.array([test_all[i]["ms"] for i in idx])
@@ -119,12 +133,14 @@ def loao(nets: list[dict], layers: list[dict]) -> list[dict[str, Any]]:
             const = np.full(len(y), np.median([n["ms"] for n in tr]))
             ratio = np.median([n["ms"] / n["macs"] for n in tr])
             macs = np.array([test_all[i]["macs"] for i in idx]) * ratio
-            out.append({"test": held, "batch": b, "dtype": dt, "params": params, "ours": metrics(pred_all[idx], y),
-                        "constant": metrics(const, y), "macs": metrics(macs, y)})
+            out.append({"test": held, "batch": b, "dtype": dt, "params": params,
+                        **{f: metrics(pr[idx], y) for f, pr in preds.items()}, "constant": metrics(const, y),
+                        "macs": metrics(macs, y)})
     return out
 
 
-def within(nets: list[dict], layers: list[dict], params: dict[str, Any] | None, seed: int = 0) -> list[dict[str, Any]]:
+def within(nets: list[dict], layers: list[dict], params: dict[str, Any] | None, seed: int = 0,
+           fits: tuple[str, ...] = tuple(FITS)) -> list[dict[str, Any]]:
     """50/50 split of every (arch, batch, dtype) group; fit on the first halves (all archs), test the second."""
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -136,7 +152,7 @@ def within(nets: list[dict], layers: list[dict], params: dict[str, Any] | None, 
             train += [grp[i] for i in perm[: len(grp) // 2]]
             test += [grp[i] for i in perm[len(grp) // 2:]]
     params = params if params is not None else choose_params(train, layers)
-    pred = _fit_predict(train, test, layers, params)
+    preds = {f: _fit_predict(train, test, layers if FITS[f] is None else [], FITS[f] or params) for f in fits}
     out = []
     for arch in archs:
         for b, dt in _groups(nets):
@@ -144,7 +160,8 @@ def within(nets: list[dict], layers: list[dict], params: dict[str, Any] | None, 
             y = np.array([test[i]["ms"] for i in idx])
             tr = [n for n in train if n["arch"] == arch and (n["batch"], n["dtype"]) == (b, dt)]
             ratio = np.median([n["ms"] / n["macs"] for n in tr])
-            out.append({"test": arch, "batch": b, "dtype": dt, "params": params, "ours": metrics(pred[idx], y),
+            out.append({"test": arch, "batch": b, "dtype": dt, "params": params,
+                        **{f: metrics(pr[idx], y) for f, pr in preds.items()},
                         "constant": metrics(np.full(len(y), np.median([n["ms"] for n in tr])), y),
                         "macs": metrics(np.array([test[i]["macs"] for i in idx]) * ratio, y)})
     return out
@@ -164,9 +181,9 @@ def fallback(nets: list[dict], layers: list[dict], params: dict[str, Any]) -> li
             test = [n for n in nets if n["batch"] == b_test]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PredictorWarning)
-                pred = _fit_predict(train, test, layers, params)
+                preds = {f: _fit_predict(train, test, layers if fp is None else [], fp or params) for f, fp in FITS.items()}
             y = np.array([n["ms"] for n in test])
-            out.append({"fit_batch": b_fit, "test_batch": b_test, **metrics(pred, y)})
+            out.append({"fit_batch": b_fit, "test_batch": b_test, **{f: metrics(pr, y) for f, pr in preds.items()}})
     return out
 
 
@@ -178,9 +195,9 @@ def choose_params(train: list[dict], layers: list[dict], seed: int = 1) -> dict[
     for ridge in RIDGES:
         for lw in LAYER_WEIGHTS:
             params = {"ridge": ridge, "layer_weight": lw}
-            cells = within(train, layers, params, seed=seed)
-            score = float(np.mean([c["ours"]["acc10"] for c in cells])
-                          + np.nanmean([c["ours"]["spearman"] for c in cells]))
+            cells = within(train, layers, params, seed=seed, fits=("signed",))
+            score = float(np.mean([c["signed"]["acc10"] for c in cells])
+                          + np.nanmean([c["signed"]["spearman"] for c in cells]))
             if best is None or score > best[0]:
                 best = (score, params)
     assert best is not None
@@ -204,7 +221,7 @@ def single_layers(layers: list[dict], seed: int = 0) -> dict[str, Any]:
         return metrics(p.predict([specs[i] for i in te]), y[te])
 
     out["random_80_20"] = run(perm[:cut], perm[cut:])
-    stairs = sorted({x.get("staircase") for x in rows if x.get("staircase")})
+    stairs = sorted({str(x["staircase"]) for x in rows if x.get("staircase")})
     for s in stairs:
         te = np.array([i for i, x in enumerate(rows) if x.get("staircase") == s])
         tr = np.array([i for i, x in enumerate(rows) if x.get("staircase") != s])
@@ -212,20 +229,21 @@ def single_layers(layers: list[dict], seed: int = 0) -> dict[str, Any]:
     return out
 
 
-def save_predictor(d: dict[str, Any], nets: list[dict], res: dict[str, Any], path: Path) -> None:
-    """Fit GraphCostPredictor on every net (CUDA-graph and eager calibrations in one file) and save it."""
+def save_predictor(d: dict[str, Any], nets: list[dict], res: dict[str, Any], path: Path, fit: str = SHIPPED_FIT) -> None:
+    """Fit GraphCostPredictor (``fit``: a key of :data:`FITS`) on every net (CUDA-graph and eager calibrations in
+    one file) and save it."""
     from hwloop.predict.graph_cost import GraphCostPredictor
 
-    params = res["graph_within"][0]["params"]
+    params = FITS[fit] or res["graph_within"][0]["params"]
     p = GraphCostPredictor(**params, fingerprint=d["fingerprint"], mode="cuda_graph")
     p.fit_models([n["wl"] for n in nets], [n["ms"] for n in nets], modes=[n["mode"] for n in nets],
                  layers=[x["spec"] for x in d["layers"]], layer_ms=[x["ms"] for x in d["layers"]])
-    summary = lambda cells: {"mean_spearman": float(np.nanmean([c["ours"]["spearman"] for c in cells])),
-                             "mean_acc10": float(np.mean([c["ours"]["acc10"] for c in cells]))}
-    p.metrics_ = {"source": "benchmarks/bench_h100.py", "statistic": "median",
+    summary = lambda cells: {"mean_spearman": float(np.nanmean([c[fit]["spearman"] for c in cells])),
+                             "mean_acc10": float(np.mean([c[fit]["acc10"] for c in cells]))}
+    p.metrics_ = {"source": "benchmarks/bench_h100.py", "statistic": "median", "fit": fit,
                   **{k: summary(res[k]) for k in ("graph_within", "graph_loao", "eager_within", "eager_loao")}}
     p.save(path)
-    print(f"\nsaved {path} (groups: {', '.join(p.groups_)})")
+    print(f"\nsaved {path} ({fit}; groups: {', '.join(p.groups_)})")
 
 
 def _fmt(c: dict[str, float]) -> str:
@@ -234,17 +252,17 @@ def _fmt(c: dict[str, float]) -> str:
 
 def print_table(title: str, cells: list[dict[str, Any]]) -> None:
     print(f"\n{title}")
-    print("| test arch | batch | dtype | ours rho / ±10% | constant ±10% | MACs rho / ±10% | ours pred/meas |")
-    print("|---|---:|---|---|---|---|---:|")
+    print("| test arch | batch | dtype | " + " | ".join(f"{f} rho / ±10%" for f in FITS)
+          + " | constant ±10% | MACs rho / ±10% | " + " | ".join(f"{f} pred/meas" for f in FITS) + " |")
+    print("|---|---:|---|" + "---|" * (len(FITS) + 2) + "---:|" * len(FITS))
     for c in cells:
-        floored = f" ({c['ours']['n_floored']} at the floor)" if c["ours"]["n_floored"] else ""
-        print(f"| {c['test']} | {c['batch']} | {c['dtype']} | {_fmt(c['ours'])} | {100 * c['constant']['acc10']:5.1f}% "
-              f"| {_fmt(c['macs'])} | {c['ours']['median_ratio']:.2f}{floored} |")
-    o = [c["ours"] for c in cells]
-    print(f"| **mean** | | | {np.mean([x['spearman'] for x in o]):6.3f} {100 * np.mean([x['acc10'] for x in o]):5.1f}% "
-          f"| {100 * np.mean([c['constant']['acc10'] for c in cells]):5.1f}% "
-          f"| {np.mean([c['macs']['spearman'] for c in cells]):6.3f} "
-          f"{100 * np.mean([c['macs']['acc10'] for c in cells]):5.1f}% | |")
+        ratios = [f"{c[f]['median_ratio']:.2f}" + (f" ({c[f]['n_floored']} at the floor)" if c[f]["n_floored"] else "")
+                  for f in FITS]
+        print(f"| {c['test']} | {c['batch']} | {c['dtype']} | " + " | ".join(_fmt(c[f]) for f in FITS)
+              + f" | {100 * c['constant']['acc10']:5.1f}% | {_fmt(c['macs'])} | " + " | ".join(ratios) + " |")
+    mean = lambda k: f"{np.nanmean([c[k]['spearman'] for c in cells]):6.3f} {100 * np.mean([c[k]['acc10'] for c in cells]):5.1f}%"
+    print("| **mean** | | | " + " | ".join(mean(f) for f in FITS)
+          + f" | {100 * np.mean([c['constant']['acc10'] for c in cells]):5.1f}% | {mean('macs')} |" + " |" * len(FITS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write every figure here too")
     ap.add_argument("--skip-layers", action="store_true", help="skip the single-layer XGBoost fits")
     ap.add_argument("--save", default=None, help="fit the shipped predictor on every net and save it here (.json)")
+    ap.add_argument("--fit", choices=tuple(FITS), default=SHIPPED_FIT, help=f"the fit --save writes ({SHIPPED_FIT})")
     args = ap.parse_args(argv)
     d = load(Path(args.data))
     graph = [n for n in d["nets"] if n["mode"] == "cuda_graph"]
@@ -269,16 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     res["graph_fallback"] = fallback(graph, d["layers"], params)
     print("\nunseen batch (calibrated at one batch only, nearest-batch fallback), CUDA-graph nets:")
     for f in res["graph_fallback"]:
-        print(f"  fit b{f['fit_batch']} -> test b{f['test_batch']}: rho {f['spearman']:.3f}, "
-              f"±10% {100 * f['acc10']:.1f}%, "
-              f"pred/meas {f['median_ratio']:.2f}")
+        print(f"  fit b{f['fit_batch']} -> test b{f['test_batch']}: " + "; ".join(
+            f"{k} rho {f[k]['spearman']:.3f}, ±10% {100 * f[k]['acc10']:.1f}%, pred/meas {f[k]['median_ratio']:.2f}"
+            for k in FITS))
     if not args.skip_layers:
         res["single_layers"] = single_layers(d["layers"])
         print("\nsingle layers (layers.csv, eager), XGBoost on hwloop features:")
         for k, v in res["single_layers"].items():
             print(f"  {k}: ±10% {100 * v['acc10']:.1f}% (n={v['n']}), rho {v['spearman']:.3f}")
     if args.save:
-        save_predictor(d, graph + eager, res, Path(args.save))
+        save_predictor(d, graph + eager, res, Path(args.save), args.fit)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=float) + "\n", encoding="utf-8")
     return 0

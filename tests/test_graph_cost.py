@@ -165,3 +165,115 @@ def test_never_a_negative_latency() -> None:
     p.groups_[key]["coef"][F["gemm"]] = -1.0
     with pytest.warns(PredictorWarning, match="returning"):
         assert p.predict_workload(nets[0]) == MIN_MS
+
+
+# ---------------------------------------------------------------- features="physical" (issue 15, session 6)
+from hwloop.predict.gpu_features import PHYSICAL_FEATURE_NAMES, physical_op_features  # noqa: E402
+
+
+def test_physical_features_are_non_negative_and_monotone_in_work() -> None:
+    t = spec_table([conv(64, c, 8, 1, "float16") for c in (8, 60, 64, 256, 512)]
+                   + [conv(c, 64, 8, 1) for c in (16, 64, 256, 1024)]
+                   + [LayerSpec("batchnorm", (1, 64, 8, 8), in_channels=64, out_channels=64)])
+    f = physical_op_features(t, sms=132)
+    p = {n: f[:, i] for i, n in enumerate(PHYSICAL_FEATURE_NAMES)}
+    assert f.shape == (10, 3) and np.all(f >= 0)
+    assert p["kernels"].tolist()[:3] == [1.0, 2.0, 1.0]  # fp16 cout 60: one more (layout) kernel
+    assert np.all(np.diff(p["mbytes"][:5]) > 0) and np.all(np.diff(p["mbytes"][5:9]) > 0)
+    assert np.all(np.diff(p["wave_ksteps"][5:9]) > 0)  # more input channels: more main-loop steps
+    assert p["wave_ksteps"][9] == 0 and p["kernels"][9] == 1 and p["mbytes"][9] == pytest.approx(64 * 64 * 4 * 2 / 1e6 + 128 * 4 / 1e6)
+
+
+def _physical_truth(n: list[LayerSpec], scale: float) -> float:
+    f = physical_op_features(spec_table(n), 132).sum(axis=0)
+    wave = 0.02 if n[0].dtype == "float16" else 0.05
+    return scale * float(f @ np.array([0.003, wave, 0.0004]))
+
+
+def test_physical_fit_recovers_shared_non_negative_costs() -> None:
+    """Latencies from a known shared non-negative model (per-kernel and per-byte costs shared, the per-wave-step cost
+    per dtype) are reproduced on unseen nets of every group; every coefficient is >= 0; the constant is 0."""
+    rng = np.random.default_rng(4)
+    groups = [(1, "float32"), (1, "float16"), (64, "float32")]
+    nets = [net(rng, b, dt) for (b, dt) in groups for _ in range(30)]
+    p = GraphCostPredictor(features="physical").fit_models(nets, [_physical_truth(n, 1.0) for n in nets])
+    assert sorted(p.groups_) == sorted(group_key("cuda_graph", b, dt) for b, dt in groups)
+    for g in p.groups_.values():
+        assert all(c >= 0 for c in g["coef"]) and g["coef"][-1] == 0.0 and g["train_acc10"] == 1.0
+        assert g["scale"] == pytest.approx(1.0, rel=1e-6)
+    test = [net(rng, b, dt) for (b, dt) in groups for _ in range(10)]
+    pred = np.array([p.predict_workload(n) for n in test])
+    want = np.array([_physical_truth(n, 1.0) for n in test])
+    assert np.max(np.abs(pred / want - 1)) < 1e-6
+    # a wider layer never costs less (non-negative coefficients on monotone terms)
+    assert p.predict_workload([conv(16, 64, 16)]) > p.predict_workload([conv(16, 16, 16)])
+
+
+def test_gpu_nonneg_fit_recovers_per_group_costs_and_never_goes_negative() -> None:
+    rng = np.random.default_rng(6)
+    p0 = GraphCostPredictor(ridge=1e-9)
+    truth = {}
+    for b, k in ((1, 0.004), (64, 0.01)):
+        coef = np.zeros(len(GPU_FEATURE_NAMES) + 1)
+        coef[F["launches"]], coef[F["elementwise_mbytes"]], coef[F["gemm_gmacs_aligned"]] = k, 0.3, 0.5
+        truth[b] = coef
+    nets = [net(rng, b) for b in (1, 64) for _ in range(60)]
+    y = [float(p0.model_features(n) @ truth[n[0].batch]) for n in nets]
+    p = GraphCostPredictor(features="gpu_nonneg").fit_models(nets, y)
+    test = [net(rng, b) for b in (1, 64) for _ in range(20)]
+    pred = np.array([p.predict_workload(n) for n in test])
+    want = np.array([p0.model_features(n) @ truth[n[0].batch] for n in test])
+    assert np.max(np.abs(pred / want - 1)) < 1e-4
+    for g in p.groups_.values():
+        assert min(g["coef"]) >= 0 and g["coef"][-1] == 0.0
+    # latencies a signed model made (a negative per-op term): the non-negative fit still never predicts <= 0
+    truth[1][F["gemm_misaligned_out"]] = -0.002
+    y = [float(p0.model_features(n) @ truth[n[0].batch]) for n in nets]
+    q = GraphCostPredictor(features="gpu_nonneg").fit_models(nets, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PredictorWarning)  # no MIN_MS floor warning
+        assert min(q.predict_workload(n) for n in test) > 1e-3
+
+
+def test_physical_option_errors_roundtrip_and_old_files(tmp_path: Path) -> None:
+    with pytest.raises(PredictorError, match="features='roofline' is unknown; allowed: gpu, gpu_nonneg, physical"):
+        GraphCostPredictor(features="roofline")
+    with pytest.raises(PredictorError, match="layer_weight=0.1 needs features='gpu'"):
+        GraphCostPredictor(features="physical", layer_weight=0.1)
+    rng = np.random.default_rng(5)
+    nets = [net(rng, 1) for _ in range(20)]
+    y = [_physical_truth(n, 1.0) for n in nets]
+    p = GraphCostPredictor(features="physical", sms=132).fit_models(nets, y)
+    path = p.save(tmp_path / "phys.json")
+    q = load_predictor(path)
+    assert q.features == "physical" and q.predict_workload(nets[2]) == pytest.approx(p.predict_workload(nets[2]), rel=1e-12)
+    meta = json.loads(path.read_text())
+    meta["state"]["hyper"]["features"] = "magic"
+    meta["metadata_sha256"] = metadata_hash(meta)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(PredictorError, match="features='magic' is unknown") as e:
+        load_predictor(path)
+    assert "\n" not in str(e.value)
+    # a file written before `features` existed loads as the GPU-terms fit
+    g = GraphCostPredictor(sms=132).fit_models(nets, y)
+    old = g.save(tmp_path / "old.json")
+    meta = json.loads(old.read_text())
+    del meta["state"]["hyper"]["features"]
+    meta["metadata_sha256"] = metadata_hash(meta)
+    old.write_text(json.dumps(meta))
+    assert load_predictor(old).features == "gpu"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped H100 predictor not built")
+def test_shipped_predictor_is_non_negative_and_ranks_widths() -> None:
+    """The shipped fit (features="gpu_nonneg"): every coefficient >= 0, no constant, so a wider ResNet-20 is never
+    predicted faster and no sum can go negative."""
+    from hwloop.models import ModelRef
+
+    p = load_predictor(SHIPPED)
+    assert p.features == "gpu_nonneg" and p.fingerprint.identity["gpu"] == "NVIDIA H100 80GB HBM3"
+    for g in p.groups_.values():
+        assert min(g["coef"]) >= 0 and g["coef"][-1] == 0.0
+    small, full = ModelRef("resnet20", {"mids": [4] * 9}), ModelRef("resnet20", {"mids": [16] * 3 + [32] * 3 + [64] * 3})
+    a, b = (p.predict_model(r.build(), r.example_input()) for r in (small, full))
+    assert 0.1 < a <= b < 1.0  # the data's ResNet-20 b1 fp32 graphs: 0.25-0.31 ms

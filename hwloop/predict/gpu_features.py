@@ -36,7 +36,7 @@ import numpy as np
 from hwloop.errors import PredictorError
 from hwloop.predict.features import RAW_COLUMNS
 
-__all__ = ["GPU_FEATURE_NAMES", "KNOWN_SMS", "gpu_op_features", "sms_of"]
+__all__ = ["GPU_FEATURE_NAMES", "KNOWN_SMS", "PHYSICAL_FEATURE_NAMES", "gpu_op_features", "physical_op_features", "sms_of"]
 
 _R = {c: i for i, c in enumerate(RAW_COLUMNS)}
 _TILE_N = (32, 64, 128)
@@ -46,6 +46,8 @@ GPU_FEATURE_NAMES: tuple[str, ...] = (
     "gemm_n_steps64", "gemm_k_steps64", "launches",
     "elementwise", "elementwise_mbytes", "pool", "pool_mbytes", "add", "add_mbytes",
 )
+#: the three non-negative cost terms of :func:`physical_op_features`
+PHYSICAL_FEATURE_NAMES: tuple[str, ...] = ("kernels", "wave_ksteps", "mbytes")
 #: streaming multiprocessors of GPUs hwloop has data for (the fingerprint's ``sm_count`` wins)
 KNOWN_SMS = {"NVIDIA H100 80GB HBM3": 132}
 
@@ -100,3 +102,21 @@ def gpu_op_features(t: np.ndarray, sms: int = 132) -> np.ndarray:
     pool, add = (op == 5).astype(np.float64), (op == 6).astype(np.float64)
     cols += [ew, ew * mb, pool, pool * mb, add, add * mb]
     return np.column_stack(cols)
+
+
+def physical_op_features(t: np.ndarray, sms: int = 132) -> np.ndarray:
+    """Three physical per-op cost terms (:data:`PHYSICAL_FEATURE_NAMES`), float64 (n_ops × 3), each >= 0 and
+    non-decreasing in the op's work, so a non-negative fit of them cannot invert a ranking or go negative:
+
+    * ``kernels`` — kernels the op launches (the ``launches`` column of :func:`gpu_op_features`);
+    * ``wave_ksteps`` — GEMM ops: SM waves of 128×64 CTA tiles × main-loop steps ``ceil(K/32)`` / 100, the serial
+      work of the slowest SM (``gemm_wave_k_n64``); 0 for other ops;
+    * ``mbytes`` — MB read and written (inputs, outputs, weights) by every op that launches a kernel.
+
+    Raises:
+        PredictorError: as :func:`gpu_op_features`.
+    """
+    f = gpu_op_features(t, sms)
+    col = {n: f[:, i] for i, n in enumerate(GPU_FEATURE_NAMES)}
+    mb = col["gemm_mbytes"] + col["elementwise_mbytes"] + col["pool_mbytes"] + col["add_mbytes"]
+    return np.column_stack([col["launches"], col["gemm_wave_k_n64"], mb])

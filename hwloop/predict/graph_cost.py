@@ -13,6 +13,13 @@ it has not seen falls back, with a :class:`~hwloop.predict.base.PredictorWarning
 of the same mode and dtype at the nearest batch size on a log scale (then the nearest dtype of the
 same width); ``benchmarks/bench_h100.py`` measures how well that fallback does (docs/predictors.md).
 
+``features="physical"`` fits three non-negative physical terms per op instead (kernels launched, SM waves ×
+main-loop steps, bytes; :func:`~hwloop.predict.gpu_features.physical_op_features`): one non-negative least-squares
+fit shared by every group of a mode (the per-kernel and per-byte costs shared, the per-wave-step cost per dtype),
+then one scale per group (the median of measured / fitted over the group's models). Few, monotone, shared terms
+transfer to architectures the calibration never saw far better than the signed per-group fit (docs/predictors.md:
+leave-one-architecture-out Spearman 0.80 against 0.52), at some cost within a known architecture.
+
 Isolated-layer data can join the fit (``layer_weight`` > 0): each layer whose latency is at least
 ``gpu_bound_ms`` (so the GPU, not the host, set its eager time) becomes a one-op row of the group of
 its batch and dtype.
@@ -39,14 +46,22 @@ import numpy as np
 from hwloop.errors import PredictorError
 from hwloop.predict.base import BasePredictor, PredictorWarning, data_hash
 from hwloop.predict.features import FEATURE_SCHEMA, RAW_COLUMNS, spec_table, specs_from_any
-from hwloop.predict.gpu_features import GPU_FEATURE_NAMES, gpu_op_features
+from hwloop.predict.gpu_features import (GPU_FEATURE_NAMES, PHYSICAL_FEATURE_NAMES, gpu_op_features,
+                                          physical_op_features)
 
-__all__ = ["MIN_MS", "GraphCostPredictor", "group_key", "parse_group_key"]
+__all__ = ["FEATURE_SETS", "MIN_MS", "GraphCostPredictor", "group_key", "parse_group_key"]
 
 _R = {c: i for i, c in enumerate(RAW_COLUMNS)}
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 #: the smallest whole-model latency returned (ms); a lower calibrated sum warns
 MIN_MS = 1e-3
+#: per-op cost terms of each ``features`` choice
+FEATURE_SETS: dict[str, tuple[str, ...]] = {"gpu": GPU_FEATURE_NAMES, "gpu_nonneg": GPU_FEATURE_NAMES,
+                                             "physical": PHYSICAL_FEATURE_NAMES}
+#: which groups share each term's cost in the non-negative fits: "mode" (all groups of a mode), "dtype", "batch",
+#: or "group" (each group its own)
+TIES: dict[str, dict[str, str]] = {"gpu_nonneg": {n: "group" for n in GPU_FEATURE_NAMES},
+                                   "physical": {"kernels": "mode", "wave_ksteps": "dtype", "mbytes": "mode"}}
 
 
 def group_key(mode: str, batch: int, dtype: str) -> str:
@@ -83,24 +98,34 @@ class GraphCostPredictor(BasePredictor):
             ``sm_count``, else 132, an H100 SXM).
         layer_weight: weight of isolated-layer rows relative to whole-model rows (0: models only).
         gpu_bound_ms: isolated layers at least this slow join the fit when ``layer_weight`` > 0.
+        features: ``"gpu"`` (the GPU cost terms, signed ridge per group), ``"gpu_nonneg"`` (the same terms,
+            non-negative least squares per group, no constant) or ``"physical"`` (three non-negative terms, one fit
+            shared by the groups of a mode plus a scale per group). ``ridge`` and ``layer_weight`` apply to
+            ``"gpu"`` only.
     """
 
     kind = "graph_cost"
 
     def __init__(self, ridge: float = 1e-3, sms: int = 0, layer_weight: float = 0.0, gpu_bound_ms: float = 0.06,
-                 fingerprint: Any = None, mode: str = "cuda_graph") -> None:
+                 fingerprint: Any = None, mode: str = "cuda_graph", features: str = "gpu") -> None:
         super().__init__(fingerprint=fingerprint, mode=mode)
         for n, v in (("ridge", ridge), ("layer_weight", layer_weight), ("gpu_bound_ms", gpu_bound_ms)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise PredictorError(f"{n}={v!r} must be a finite number >= 0")
         if not isinstance(sms, int) or isinstance(sms, bool) or sms < 0:
             raise PredictorError(f"sms={sms!r} must be an integer >= 0 (0: from the fingerprint)")
+        if features not in FEATURE_SETS:
+            raise PredictorError(f"features={features!r} is unknown; allowed: {', '.join(FEATURE_SETS)}")
+        if features != "gpu" and layer_weight > 0:
+            raise PredictorError(f"layer_weight={layer_weight!r} needs features='gpu' (the physical fit uses whole "
+                                 "models only); use layer_weight=0")
+        self.features = features
         self.ridge = float(ridge)
         self.sms = sms
         self.layer_weight = float(layer_weight)
         self.gpu_bound_ms = float(gpu_bound_ms)
 
-    _HYPER = ("ridge", "sms", "layer_weight", "gpu_bound_ms")
+    _HYPER = ("ridge", "sms", "layer_weight", "gpu_bound_ms", "features")
 
     def get_params(self) -> dict[str, Any]:
         """Empty: the hyper-parameters travel in the file's ``state`` (checked by :meth:`_set_state`), so the
@@ -120,7 +145,9 @@ class GraphCostPredictor(BasePredictor):
         return sms_of(self.fingerprint)
 
     def op_features(self, table: np.ndarray) -> np.ndarray:
-        """Per-op cost terms (:data:`~hwloop.predict.gpu_features.GPU_FEATURE_NAMES`) of a raw table."""
+        """Per-op cost terms (:data:`FEATURE_SETS` ``[self.features]``) of a raw table."""
+        if self.features == "physical":
+            return physical_op_features(table, self.sms_)
         return gpu_op_features(table, self.sms_)
 
     def model_features(self, layers: Any) -> np.ndarray:
@@ -170,7 +197,10 @@ class GraphCostPredictor(BasePredictor):
                 for f, lat in zip(feats[sel], ly[sel]):
                     group_rows.append((np.r_[f, 0.0], float(lat), self.layer_weight))
                 n_layers += int(sel.sum())
-        self.groups_ = {key: self._solve(r) for key, r in sorted(rows.items())}
+        if self.features != "gpu":
+            self.groups_ = self._solve_nonneg(rows)
+        else:
+            self.groups_ = {key: self._solve(r) for key, r in sorted(rows.items())}
         xs = np.stack([x for r in rows.values() for x, _, _ in r])
         ys = np.array([v for r in rows.values() for _, v, _ in r])
         self.feature_schema_ = FEATURE_SCHEMA
@@ -192,6 +222,42 @@ class GraphCostPredictor(BasePredictor):
         err = np.abs(pred / y - 1)[x[:, -1] > 0]
         return {"coef": [float(c) for c in coef], "n_models": n_models, "n_layers": len(rows) - n_models,
                 "train_acc10": float(np.mean(err <= 0.1)) if n_models else None}
+
+    def _solve_nonneg(self, rows: dict[str, list[tuple[np.ndarray, float, float]]]) -> dict[str, Any]:
+        """Non-negative least squares on relative error over all groups of a mode at once, without a constant, each
+        term's cost shared by the groups :data:`TIES` names for this feature set (``physical``: per-kernel and
+        per-byte costs by the whole mode, the per-wave-step cost per dtype; ``gpu_nonneg``: each group its own),
+        then times one scale per group (the median of measured / fitted over its models)."""
+        from scipy.optimize import nnls
+
+        out: dict[str, Any] = {}
+        for mode in sorted({parse_group_key(k)[0] for k in rows}):
+            keys = sorted(k for k in rows if parse_group_key(k)[0] == mode)
+            scope = {"mode": lambda k: 0, "dtype": lambda k: parse_group_key(k)[2],
+                     "batch": lambda k: parse_group_key(k)[1], "group": lambda k: k}
+            cols: list[tuple[int, Any]] = []  # (term, scope value) of each design column
+            names, ties = FEATURE_SETS[self.features], TIES[self.features]
+            for t, name in enumerate(names):
+                how = scope[ties[name]]
+                cols += [(t, v) for v in dict.fromkeys(how(k) for k in keys)]
+            x = {k: np.stack([r[0] for r in rows[k]]) for k in keys}
+            y = {k: np.array([r[1] for r in rows[k]]) for k in keys}
+            design = {k: np.column_stack([x[k][:, t] * (scope[ties[names[t]]](k) == v) for t, v in cols])
+                      for k in keys}
+            a = np.vstack([design[k] / y[k][:, None] for k in keys])
+            col = np.maximum(np.abs(a).max(axis=0), 1e-12)
+            sol = nnls(a / col, np.ones(a.shape[0]))[0] / col
+            for k in keys:
+                fitted = design[k] @ sol
+                scale = float(np.median(y[k] / fitted)) if np.all(fitted > 0) else 1.0
+                coef = np.zeros(len(names) + 1)
+                for (t, v), c in zip(cols, sol):
+                    if scope[ties[names[t]]](k) == v:
+                        coef[t] = c * scale
+                err = np.abs(x[k] @ coef / y[k] - 1)
+                out[k] = {"coef": [float(c) for c in coef], "n_models": len(y[k]), "n_layers": 0, "scale": scale,
+                          "train_acc10": float(np.mean(err <= 0.1))}
+        return out
 
     def fit(self, x: Any, y: Any = None) -> GraphCostPredictor:
         """Fit on isolated layers (``LayerSpec`` list, ``Workload`` or store DataFrame): each layer is a
@@ -279,15 +345,24 @@ class GraphCostPredictor(BasePredictor):
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes | None]:
-        state = {"gpu_features": list(GPU_FEATURE_NAMES), "groups": self.groups_,
+        state = {"gpu_features": list(FEATURE_SETS[self.features]), "groups": self.groups_,
                  "hyper": {"ridge": self.ridge, "sms": self.sms_, "layer_weight": self.layer_weight,
-                           "gpu_bound_ms": self.gpu_bound_ms}}
+                           "gpu_bound_ms": self.gpu_bound_ms, "features": self.features}}
         return state, {}, None
 
     def _set_state(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray], native: bytes | None) -> None:
-        if list(state.get("gpu_features", [])) != list(GPU_FEATURE_NAMES):
-            raise PredictorError("predictor file's GPU features differ from this hwloop's "
-                                 f"({len(GPU_FEATURE_NAMES)} named in hwloop/predict/gpu_features.py); refit it")
+        hyper = state.get("hyper")
+        if isinstance(hyper, Mapping) and "features" not in hyper:  # files written before `features` existed
+            hyper = {**hyper, "features": "gpu"}
+        if not isinstance(hyper, Mapping) or set(hyper) != set(self._HYPER):
+            raise PredictorError(f"predictor file's state.hyper must hold exactly {', '.join(self._HYPER)}")
+        names = FEATURE_SETS.get(hyper["features"]) if isinstance(hyper["features"], str) else None
+        if names is None:
+            raise PredictorError(f"predictor file's state.hyper.features={hyper['features']!r} is unknown; allowed: "
+                                 f"{', '.join(FEATURE_SETS)}")
+        if list(state.get("gpu_features", [])) != list(names):
+            raise PredictorError(f"predictor file's GPU features differ from this hwloop's ({len(names)} "
+                                 f"{hyper['features']!r} terms named in hwloop/predict/gpu_features.py); refit it")
         groups = state.get("groups")
         if not isinstance(groups, Mapping) or not groups:
             raise PredictorError("predictor file has no calibration groups (state.groups)")
@@ -295,15 +370,12 @@ class GraphCostPredictor(BasePredictor):
         for key, g in groups.items():
             parse_group_key(key)
             coef = g.get("coef") if isinstance(g, Mapping) else None
-            if (not isinstance(coef, list) or len(coef) != len(GPU_FEATURE_NAMES) + 1
+            if (not isinstance(coef, list) or len(coef) != len(names) + 1
                     or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
                                for c in coef)):
-                raise PredictorError(f"calibration group {key!r} needs {len(GPU_FEATURE_NAMES) + 1} finite "
+                raise PredictorError(f"calibration group {key!r} needs {len(names) + 1} finite "
                                      "coefficients")
             clean[str(key)] = {**dict(g), "coef": [float(c) for c in coef]}
-        hyper = state.get("hyper")
-        if not isinstance(hyper, Mapping) or set(hyper) != set(self._HYPER):
-            raise PredictorError(f"predictor file's state.hyper must hold exactly {', '.join(self._HYPER)}")
         try:
             fresh = GraphCostPredictor(**{k: hyper[k] for k in self._HYPER})
         except PredictorError as e:
