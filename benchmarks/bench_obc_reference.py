@@ -19,7 +19,8 @@ or every conv between the first conv and the classifier (``--layers all``), with
         search/checkpoints/resnet20_cifar10_converged.safetensors search/results/obc/reference_all/compare.json \
         --layers all --kinds obq,unstructured,2:4
 
-The output has one row per layer and kind and a ``totals`` row per kind (summed losses and CPU seconds).
+The output has one row per layer and kind and a ``totals`` row per kind (summed losses and CPU seconds); it is
+rewritten after every row, and ``--resume`` keeps the layers it already has complete (an interrupted run continues).
 """
 import argparse
 import copy
@@ -40,6 +41,8 @@ def main() -> int:
     ap.add_argument("--layers", default="layers.4.conv1", help="comma-separated conv names, or 'all' (every conv "
                     "between the first conv and the classifier)")
     ap.add_argument("--kinds", default="obq,unstructured", help="obq (w4, w3, w2), unstructured (50%%, 80%%), 2:4")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in OUT (same checkpoint) and run "
+                    "only the layers missing there")
     args = ap.parse_args()
     sys.path.insert(0, args.refdir)
 
@@ -81,6 +84,22 @@ def main() -> int:
         return float(torch.einsum("ri,ij,rj->", d, Hm, d) / 2)
 
     rows: list[dict] = []
+    done: set[str] = set()
+    if args.resume and Path(args.out).is_file():
+        prev = json.loads(Path(args.out).read_text())
+        if prev.get("checkpoint") != args.checkpoint:
+            print(f"--resume: {args.out} is for checkpoint {prev.get('checkpoint')!r}, not {args.checkpoint!r}",
+                  file=sys.stderr)
+            return 2
+        per: dict[str, set[str]] = {}
+        for r in prev["rows"]:
+            per.setdefault(r["layer"], set()).add(r["kind"])
+        want = {f"obq w{b}" for b in (4, 3, 2)} if "obq" in kinds else set()
+        want |= {"unstructured 0.5", "unstructured 0.8"} if "unstructured" in kinds else set()
+        done = {n for n, ks in per.items() if want <= ks and ("2:4" not in kinds or "2:4" in ks
+                                                              or m.get_submodule(n).weight.shape[1] % 4)}
+        rows = [r for r in prev["rows"] if r["layer"] in done]
+        print(f"--resume: {len(done)} layers kept from {args.out}: {sorted(done)}", flush=True)
 
     def add(row: dict) -> None:
         rows.append(row)
@@ -98,6 +117,8 @@ def main() -> int:
                                               "totals": list(totals.values())}, indent=1))
 
     for n in layers:
+        if n in done:
+            continue
         layer = m.get_submodule(n)
         W = layer.weight.detach().clone()
         shape = f"{W.shape[0]}x{W[0].numel()}"
