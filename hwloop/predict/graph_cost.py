@@ -13,12 +13,15 @@ it has not seen falls back, with a :class:`~hwloop.predict.base.PredictorWarning
 of the same mode and dtype at the nearest batch size on a log scale (then the nearest dtype of the
 same width); ``benchmarks/bench_h100.py`` measures how well that fallback does (docs/predictors.md).
 
-``features="physical"`` fits three non-negative physical terms per op instead (kernels launched, SM waves ×
+``features="gpu_nonneg"`` fits the same terms with non-negative coefficients and no constant (no sum can go
+negative, and the latency is carried by per-op terms; the shipped H100 predictor). ``features="physical"`` fits
+three non-negative physical terms per op instead (kernels launched, SM waves ×
 main-loop steps, bytes; :func:`~hwloop.predict.gpu_features.physical_op_features`): one non-negative least-squares
 fit shared by every group of a mode (the per-kernel and per-byte costs shared, the per-wave-step cost per dtype),
-then one scale per group (the median of measured / fitted over the group's models). Few, monotone, shared terms
-transfer to architectures the calibration never saw far better than the signed per-group fit (docs/predictors.md:
-leave-one-architecture-out Spearman 0.80 against 0.52), at some cost within a known architecture.
+then one scale per group (the median of measured / fitted over the group's models). Both non-negative fits
+rank architectures the calibration never saw better than the signed per-group fit (docs/predictors.md,
+leave-one-architecture-out Spearman: physical 0.80, gpu_nonneg 0.78, signed 0.52), but neither gets the level of
+an unseen architecture right, and ``physical`` loses accuracy within a known one.
 
 Isolated-layer data can join the fit (``layer_weight`` > 0): each layer whose latency is at least
 ``gpu_bound_ms`` (so the GPU, not the host, set its eager time) becomes a one-op row of the group of
