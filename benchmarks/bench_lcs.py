@@ -29,6 +29,11 @@ Run (2 shared cores; state the schedule you used)::
         --norm frozen_bn --holdout 5000 --train-limit 20000 --val-limit 2000 --epochs 2 --lr 0.02 --shared-convs \\
         --init-checkpoint search/checkpoints/resnet20_cifar10_converged.safetensors \\
         --checkpoint search/checkpoints/resnet20_cifar10_converged.safetensors --phases family,eval
+
+``--train-stats batch`` (opt-in, with ``--norm frozen_bn``): the family trains with batch statistics and stores a
+per-α statistics table (``--calib-batches`` training batches at each grid α) before it is evaluated; ``--sort-channels``
+orders the checkpoint's channel groups by magnitude first (family and single models). The 2026-12-07 runs of
+``docs/lcs.md`` with both: ``benchmarks/lcs_table_run.sh SEED``.
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ def summarise(out: Path) -> dict[str, Any]:
                               "val": r["family_val"], "test": r["family_test"]}
     return {"norm": norm, "args": args, "rows": rows, "dense_bn_checkpoint": ev.get("dense_bn_checkpoint"),
             "dense_bn_asic_tpu32_ms": dense_ms, "targets_asic_tpu32": picks, "split": ev.get("split"),
-            "family_cost": {k: fam_train.get(k) for k in ("seconds", "steps", "images", "train_image_passes")},
+            "family_cost": {k: fam_train.get(k) for k in ("seconds", "steps", "images", "train_image_passes",
+                                                          "calibration")},
             "single_cost": {str(w): {k: d["train"].get(k) for k in ("seconds", "images")} for w, d in singles.items()}}
 
 

@@ -9,6 +9,11 @@ on the widest member and uncalibrated. ``--norm in`` (default): the instance-nor
     OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/lcs_latency.py asic-tpu32 search/results/lcs_latency/asic-tpu32.json
     OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/lcs_latency.py asic-tpu32 \\
         search/results/lcs_latency/asic-tpu32-frozen_bn.json --norm frozen_bn
+    OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/lcs_latency.py asic-tpu32 \
+        search/results/lcs_latency/asic-tpu32-frozen_bn-table.json --family search/results/lcs_cifar/tbl_s0/family
+
+``--family DIR``: measure the members of a trained family (``LcsFamily.load``) instead of an untrained one of
+``--norm`` (a check that its members are the architectures measured above; ``--norm`` is then the family's).
 """
 import argparse
 import json
@@ -30,6 +35,7 @@ ap.add_argument("device")
 ap.add_argument("out")
 ap.add_argument("--norm", default="in", choices=["in", "frozen_bn"])
 ap.add_argument("--grid", type=int, default=7, help="evenly spaced alphas (7: widths 0.25, 0.375, ..., 1)")
+ap.add_argument("--family", default=None, help="a trained family's folder (family.json + endpoints.safetensors)")
 ap.add_argument("--repeats", type=int, default=1, help="live measurements of the whole grid (>1 on a real device: "
                 "median and spread per alpha)")
 args = ap.parse_args()
@@ -41,8 +47,11 @@ fbn = args.norm == "frozen_bn"
 ref = ModelRef("resnet20", {} if fbn else {"norm": "in"}, input_shape=(3, 32, 32))
 init = ref.build().state_dict() if fbn else None
 fam = LcsFamily.create(ref, "width", line_convs=False, init=init, frozen_bn=fbn)
+if args.family:
+    fam = LcsFamily.load(args.family)
+    args.norm = "frozen_bn" if fam.flags.get("frozen_bn") else "in"
 t0 = time.time()
-res: dict = {"device": dev, "norm": args.norm, "command": " ".join(sys.argv),
+res: dict = {"device": dev, "norm": args.norm, "command": " ".join(sys.argv), "family": args.family,
              "note": "latency of the width family's members (weights do not change latency)"}
 runs = [fam.measure(dev, grid, source="measure") for _ in range(max(1, args.repeats))]
 res["live_ms"] = {repr(a): sorted(r[a] for r in runs)[len(runs) // 2] for a in grid}
