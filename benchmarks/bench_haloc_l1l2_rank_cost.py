@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                               prune_after_warmup=True, max_steps=a.steps, seed=seed)
             res = differentiable_search(space, lat, task.train, None, sc)
             m = measure_compressed("asic-tpu32", res.model, res.plan)
+            assert res.hard_search is not None   # set by every differentiable_search
             row = {"target": t, "seed": seed, "search_end": res.hard_search / l0, "predicted": res.predicted / l0,
                    "measured": m["latency_ms"] / dense["latency_ms"], "factorised": dict(res.plan.lowrank)}
             rows.append(row)
