@@ -185,7 +185,9 @@ def test_bad_options_are_one_line() -> None:
     for cfg, needle in (({"train_stats": "batch"}, "train_stats='batch' must be 'frozen' or 'batch', and 'batch' "
                                                    "only with norm='frozen_bn'"),
                         ({"norm": "frozen_bn", "calib_batches": 0}, "calib_batches=0 must be an integer >= 1"),
-                        ({"sort_channels": True, "init": "scratch"}, "sort_channels=True must be false unless")):
+                        ({"sort_channels": True, "init": "scratch"}, "sort_channels=True must be false unless"),
+                        ({"norm": "frozen_bn", "train_stats": "batch", "fold_start": 4},
+                         "fold_start=4 must be 0 with train_stats='batch'")):
         with pytest.raises(SearchError) as e:
             make_method("lcs", cfg)
         assert needle in str(e.value) and "\n" not in str(e.value)

@@ -120,6 +120,8 @@ class LcsConfig(MethodConfig):
             raise bad("fold_start", "an integer >= 0, and > 0 only with norm='frozen_bn'")
         if self.train_stats not in ("frozen", "batch") or (self.train_stats == "batch" and self.norm != "frozen_bn"):
             raise bad("train_stats", "'frozen' or 'batch', and 'batch' only with norm='frozen_bn'")
+        if self.train_stats == "batch" and self.fold_start:
+            raise bad("fold_start", "0 with train_stats='batch' (the table replaces the fold)")
         if self.calib_batches < 1:
             raise bad("calib_batches", "an integer >= 1")
         if self.sort_channels and (self.mode != "width" or self.init != "context"):
