@@ -162,3 +162,74 @@ for name, cols in (("alpha + measured op sum", [sm]), ("alpha + predictor op sum
     print(f"  fit on the probes: {name:26s} fixed share {1 - c[0]:.3f}; probes |res| mean "
           f"{np.mean(np.abs(res[probe])):.4f}; DP answers res mean {np.mean(res[~probe]):+.4f}, |res| mean "
           f"{np.mean(np.abs(res[~probe])):.4f}, max {np.max(np.abs(res[~probe])):.4f}")
+
+# ---- per feature-map resolution (what calibrate_by = "resolution" fits): one scale per resolution of the
+# predictor's op terms (hwloop.methods.obc.overhead.term_segments / fit_segments), fitted here on all the quiet
+# points (the new deep-cut probes were not measured quietly in this session), leave-one-out residuals
+from hwloop.methods.obc.overhead import fit_segments, term_segments  # noqa: E402
+
+groups = sorted(gi.values())
+seg_of = term_segments(cost, groups)
+segs = sorted({x for x in seg_of if x is not None})
+
+
+def seg_parts(ch):
+    v = dict.fromkeys(segs, 0.0)
+    for t, sg in zip(cost.terms, seg_of):
+        if sg is not None:
+            v[sg] += t.at(ch)
+    return np.array([v[x] for x in segs])
+
+
+P0 = seg_parts([0] * len(units))
+Z = np.array([(seg_parts(x[5]) - P0) / full for x in X])
+Y = r - 1
+print(f"\nper resolution: dense shares of the predictor op sum "
+      + ", ".join(f"{sg} {p / full:.3f}" for sg, p in zip(segs, P0)))
+res1 = r - pred([s], fit([s], np.ones(len(r), bool)))      # one fixed share on all points
+for j, sg in enumerate(segs):
+    own = 1 + Z[:, j] / (P0[j] / full)                        # that resolution's own op-sum ratio
+    print(f"  correlation of the fixed-share residual with ({sg} op-sum ratio - s): "
+          f"{np.corrcoef(res1, own - s)[0, 1]:+.3f}")
+b = np.array(fit_segments(Z.tolist(), Y.tolist()))
+print("  scales fitted on all points: " + ", ".join(f"{sg} {v:.3f}" for sg, v in zip(segs, b))
+      + "; calibrated shares " + ", ".join(f"{sg} {v * p / full:.3f}" for sg, v, p in zip(segs, b, P0))
+      + f"; fixed part {1 - float(b @ P0) / full:.3f}")
+loo = []
+for i in range(len(Y)):
+    mk = np.ones(len(Y), bool)
+    mk[i] = False
+    bi = np.array(fit_segments(Z[mk].tolist(), Y[mk].tolist()))
+    loo.append(Y[i] - Z[i] @ bi)
+loo = np.array(loo)
+print(f"  leave-one-out residual: all |.| mean {np.mean(np.abs(loo)):.4f}; DP answers mean {np.mean(loo[~probe]):+.4f}, "
+      f"|.| mean {np.mean(np.abs(loo[~probe])):.4f}, max {np.max(np.abs(loo[~probe])):.4f}; probes mean "
+      f"{np.mean(loo[probe]):+.4f}")
+a1 = fit(([s]), np.ones(len(r), bool))
+loo1 = []
+for i in range(len(Y)):
+    mk = np.ones(len(Y), bool)
+    mk[i] = False
+    loo1.append(r[i] - pred([s[i:i + 1]], fit([s], mk))[0])
+loo1 = np.array(loo1)
+print(f"  (one fixed share on all points, leave-one-out: DP answers mean {np.mean(loo1[~probe]):+.4f}, |.| mean "
+      f"{np.mean(np.abs(loo1[~probe])):.4f}, max {np.max(np.abs(loo1[~probe])):.4f}; probes mean "
+      f"{np.mean(loo1[probe]):+.4f})")
+
+# ---- what the DP would answer under those scales (no measurement: the answers' ratios are the model's)
+from hwloop.methods.obc.joint import JointCost, Term, solve_joint  # noqa: E402
+
+scale = dict(zip(segs, b))
+c0 = full - float(b @ P0)
+kept = sum(t.at([0] * len(units)) for t, sg in zip(cost.terms, seg_of) if sg is None)
+cal = JointCost([*(t if sg is None else Term(t.name, t.deps, t.cost * scale[sg], t.segment)
+                   for t, sg in zip(cost.terms, seg_of)), Term("fixed", (), np.asarray(c0 - kept))], cost.n_levels)
+errors = [u.errors for u in units]
+print("\nthe joint DP on the predictor op sum vs on it calibrated per resolution (scales above):")
+for target in (0.7, 0.6, 0.5):
+    for name, c in (("op sum", cost), ("per resolution", cal)):
+        got = solve_joint(errors, c, c.full() * target, 10000, candidates=groups)
+        ch = got[0]
+        kept_ch = [int(units[i].levels[ch[i]]) for i in groups]
+        print(f"  {target}: {name:15s} choice {ch} channels {kept_ch} -> op sum {cost.total(ch) / full:.4f}, "
+              f"per resolution {cal.total(ch) / full:.4f}, DP error {got[1]:.3f}")
