@@ -1,9 +1,8 @@
 """OBC's CPU cost calibrated per feature-map resolution (issue 17): ``calibrate_by = "resolution"`` fits one scale
 per resolution from the uniform probes plus one deep-cut probe per resolution (hwloop/methods/obc/overhead.py,
-``calibrate_segments``). On the quiet CPU the predictor's op sum gave ResNet-20's 8x8 stage 30% of the dense time
-where the whole-model measurements say ~55%, so the DP, shrinking the stages it believed expensive, ran slower than
-predicted while uniform probes fitted fine (docs/obc.md). Tested on given numbers (the wall clock of a shared
-machine is not reproducible) and through the method on asic-tpu32 (whose whole model is its op sum)."""
+``calibrate_segments``), for a device that splits the model's time between stages otherwise than its cost table
+(uniform probes cannot see that; docs/obc.md). Tested on given numbers (the wall clock of a shared machine is not
+reproducible) and through the method on asic-tpu32 (whose whole model is its op sum)."""
 
 from __future__ import annotations
 

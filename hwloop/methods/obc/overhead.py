@@ -17,12 +17,12 @@ is the plain op sum (asic-tpu32, whose whole model *is* the sum of its ops).
 
 One fixed share cannot see *where* the op sum is wrong: uniform probes shrink every part of the model together,
 so a cost that splits the dense model's time wrongly between its parts fits them and still misleads the DP, which
-shrinks the parts it believes expensive. On the quiet CPU the predictor's op sum gives ResNet-20's 8×8 stage 30%
-of the dense time where the whole-model measurements say ~55% (docs/obc.md, "Why the CPU cost was optimistic at
-deep cuts"), and the DP's answers (early stages cut deep, the last kept wide) measured 4–14% slower than
-predicted while the uniform probes measured 3% faster. :func:`calibrate_segments` (``calibrate_by =
-"resolution"``) fits one scale per feature-map resolution (:attr:`Term.segment`) from the uniform probes plus one
-*deep-cut* probe per resolution (that resolution's channel groups at the bottom of their ladders, the rest full):
+shrinks the parts it believes expensive. :func:`calibrate_segments` (``calibrate_by = "resolution"``) fits one
+scale per feature-map resolution (:attr:`Term.segment`) from the uniform probes plus one *deep-cut* probe per
+resolution (that resolution's channel groups at the bottom of their ladders, the rest full). (On the CPU it was
+built for a stage-split reading of the quiet measurements that its own deep-cut probes then refuted: the scales
+came out nearly equal and the DP's answers were the fixed share's; the CPU's miss is in the DP's non-uniform
+answers, see docs/obc.md, "Why the CPU cost was optimistic at deep cuts".)
 
     C(choice) = c₀ + Σ_k b_k · S_k(choice),   c₀ = S(dense) − Σ_k b_k · S_k(dense)
 
