@@ -49,7 +49,7 @@ def test_the_default_gives_a_post_relu_input_16_levels_at_4_bits() -> None:
     post = torch.unique(q["2"])
     assert float(post.min()) >= 0 and 8 < len(post) <= 16, len(post)
     assert len(torch.unique(q["0"])) <= 15
-    with quantized_activations(net, ["2"], bits=4, signed="symmetric", mode="max") as old:
+    with quantized_activations(net, ["2"], bits=4, signed="symmetric", mode="max"):
         net.train()(data[0][0])                        # the moving maximum, observed in training mode
         net.eval()
         assert len(torch.unique(_inputs_of(net, ["2"], data[0][0])["2"])) <= 8

@@ -52,7 +52,7 @@ def test_gradients_reach_the_weight_and_the_gates() -> None:
 def test_the_gated_model_searches_on_the_plan_grid(small) -> None:
     """A searched layer frozen at 2 bits holds the least-error ternary weights that extraction exports; the default
     (super-bit) holds 4 values per channel there."""
-    task, model, space = small
+    _, model, space = small
     layers = sbs_layers(space)
     policy, fixed = _policy(SbsConfig(), layers, output_layers(model, space.example))
     name = next(n.name for n in layers if policy[n.name] == "search")

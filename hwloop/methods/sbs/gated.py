@@ -32,8 +32,8 @@ from torch.nn.utils import parametrize
 
 from hwloop.compress.extract import get_module
 from hwloop.errors import CompressionError
-from hwloop.methods.sbs.cost import CostState, SbsLayer
 from hwloop.methods.sbs.actq import A_RANGES, A_SIGNED, quantize_act
+from hwloop.methods.sbs.cost import CostState, SbsLayer
 from hwloop.methods.sbs.quant import (
     W_GRIDS,
     normalise,
