@@ -224,18 +224,11 @@ class quantized_activations:
         largest magnitudes). Needs the context to be entered; returns the batches used."""
         if batches <= 0 or not self.quantizers:
             return 0
-        was = self.model.training
-        self.model.eval()
         self._calib = {n: [] for n in self.quantizers}
         self._min = {}
         self._gen = torch.Generator().manual_seed(seed)
-        n = 0
         try:
-            for x, _ in loader:
-                if n >= batches:
-                    break
-                self.model(x)
-                n += 1
+            n = self._forward_eval(loader, batches)
             for name, vals in self._calib.items():
                 if not vals:
                     continue
@@ -248,6 +241,20 @@ class quantized_activations:
                     q.amax.fill_(float(torch.stack([v.abs().max() for v in vals]).mean()))
         finally:
             self._calib = None
+        return n
+
+    def _forward_eval(self, loader: Iterable[Any], batches: int) -> int:
+        """Run the model in eval mode (batch-norm untouched) on up to ``batches`` batches; the batches run."""
+        was = self.model.training
+        self.model.eval()
+        n = 0
+        try:
+            for x, _ in loader:
+                if n >= batches:
+                    break
+                self.model(x)
+                n += 1
+        finally:
             self.model.train(was)
         return n
 
@@ -259,20 +266,11 @@ class quantized_activations:
             return self.calibrate(loader, batches)
         if not self.quantizers or batches <= 0:
             return 0
-        was = self.model.training
-        self.model.eval()
         self._observing = True
-        n = 0
         try:
-            for x, _ in loader:
-                if n >= batches:
-                    break
-                self.model(x)
-                n += 1
+            return self._forward_eval(loader, batches)
         finally:
             self._observing = False
-            self.model.train(was)
-        return n
 
     def amax(self) -> dict[str, float]:
         """The range of every quantizer that has one."""
