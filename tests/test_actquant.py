@@ -90,6 +90,14 @@ def test_a_malformed_plan_entry_is_one_line(entry: object, msg: str) -> None:
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("a_amax", [[1, 2], "2", {"2": "big"}, {"2": None}, {"2": -1.0}, {"2": 10 ** 400}])
+def test_a_malformed_old_plan_range_is_one_line(a_amax: object) -> None:
+    plan = CompressionPlan(base={"name": "small_cnn"}, w_bits={"2": 4}, a_bits=4, meta={"a_amax": a_amax})
+    with pytest.raises(CompressionError) as e:
+        quantized_activations.from_plan(_mlp(), plan)
+    assert "a_amax=" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_bad_options_are_one_line() -> None:
     with pytest.raises(CompressionError, match="a_signed='unsigned' is unknown; allowed: symmetric, auto"):
         quantized_activations(_mlp(), ["2"], 4, signed="unsigned")

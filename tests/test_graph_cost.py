@@ -262,6 +262,16 @@ def test_physical_option_errors_roundtrip_and_old_files(tmp_path: Path) -> None:
     meta["metadata_sha256"] = metadata_hash(meta)
     old.write_text(json.dumps(meta))
     assert load_predictor(old).features == "gpu"
+    # a non-negative fit edited to hold a negative coefficient is refused on load (its sums could go negative)
+    meta = json.loads(path.read_text())
+    meta["state"]["hyper"]["features"] = "physical"
+    key = next(iter(meta["state"]["groups"]))
+    meta["state"]["groups"][key]["coef"][0] = -1.0
+    meta["metadata_sha256"] = metadata_hash(meta)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(PredictorError, match="has a negative coefficient; allowed: coefficients >= 0") as e:
+        load_predictor(path)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped H100 predictor not built")

@@ -162,6 +162,37 @@ def test_batch_statistics_training_keeps_the_frozen_buffers_and_the_table_round_
     with torch.no_grad():
         for a in (0.0, 0.25, 0.5, 0.9, 1.0):
             assert torch.allclose(back.at(a).model(x), fam.at(a).model(x), atol=1e-6), a
+    _tampered_tables_are_refused(tmp_path / "fam")
+
+
+def _tampered_tables_are_refused(src: Path) -> None:
+    """A family directory is untrusted: a table size that does not match its tensors, or table values no
+    calibration could give, is one line on load, never an allocation or NaN members."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    for case in ("rows", "huge", "order", "var"):
+        d = src.parent / f"bad_{case}"
+        shutil.copytree(src, d)
+        desc = json.loads((d / "family.json").read_text())
+        state = load_file(str(d / "endpoints.safetensors"))
+        if case in ("rows", "huge"):
+            desc["flags"]["bn_table"] = -1 if case == "rows" else 10 ** 9
+            (d / "family.json").write_text(json.dumps(desc))
+        else:
+            key = next(k for k in state if k.endswith(".table_alpha" if case == "order" else ".table_var"))
+            v = state[key].clone()
+            if case == "order":
+                v[0], v[-1] = v[-1].clone(), v[0].clone()
+            else:
+                v[0, 0] = -1.0
+            state[key] = v
+            save_file(state, str(d / "endpoints.safetensors"))
+        with pytest.raises(SearchError) as e:
+            LcsFamily.load(d)
+        assert "\n" not in str(e.value) and ("bn_table" in str(e.value) or "table" in str(e.value)), case
 
 
 def test_bad_options_are_one_line() -> None:

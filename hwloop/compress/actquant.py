@@ -82,6 +82,17 @@ def mse_range(samples: torch.Tensor, bits: int, signed: bool, points: int = 64) 
     return best
 
 
+def _is_range(v: Any) -> bool:
+    """Whether ``v`` is a usable stored activation range: a finite real number >= 0 (not a bool)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        f = float(v)
+    except OverflowError:   # a JSON integer too large for a float
+        return False
+    return math.isfinite(f) and f >= 0
+
+
 def _check_bits(bits: Any, what: str = "activation bits") -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
         raise CompressionError(f"{what}={bits!r} must be an int in [2, 16]")
@@ -295,9 +306,7 @@ class quantized_activations:
             amax: dict[str, float] = {}
             signs: dict[str, bool] = {}
             for n, v in aq.items():
-                ok = (isinstance(v, Mapping) and isinstance(v.get("signed"), bool)
-                      and isinstance(v.get("amax"), (int, float)) and not isinstance(v.get("amax"), bool)
-                      and math.isfinite(v["amax"]) and v["amax"] >= 0)
+                ok = (isinstance(v, Mapping) and isinstance(v.get("signed"), bool) and _is_range(v.get("amax")))
                 if not ok:
                     raise CompressionError(f"plan meta a_quant[{n!r}]={v!r} must be {{bits: 2..16, amax: >= 0, "
                                            f"signed: true|false}}")
@@ -305,5 +314,8 @@ class quantized_activations:
                 amax[n], signs[n] = float(v["amax"]), v["signed"]
             return cls(model, bits, amax=amax, signs=signs, signed="auto", mode="mse")
         b = plan.a_bits
-        ranges = dict(plan.meta.get("a_amax", {})) if b is not None and 2 <= b <= 16 else {}
+        raw = plan.meta.get("a_amax", {}) if b is not None and 2 <= b <= 16 else {}
+        if not isinstance(raw, Mapping) or not all(isinstance(n, str) and _is_range(v) for n, v in raw.items()):
+            raise CompressionError(f"plan meta a_amax={raw!r} must be a mapping layer -> a finite range >= 0")
+        ranges = {n: float(v) for n, v in raw.items()}
         return cls(model, list(ranges), int(b) if ranges else 8, ranges, signed="symmetric", mode="max")

@@ -378,6 +378,9 @@ class GraphCostPredictor(BasePredictor):
                                for c in coef)):
                 raise PredictorError(f"calibration group {key!r} needs {len(names) + 1} finite "
                                      "coefficients")
+            if hyper["features"] != "gpu" and min(coef) < 0:   # the non-negative fits: no sum may go negative
+                raise PredictorError(f"calibration group {key!r} of a {hyper['features']!r} predictor has a negative "
+                                     "coefficient; allowed: coefficients >= 0")
             clean[str(key)] = {**dict(g), "coef": [float(c) for c in coef]}
         try:
             fresh = GraphCostPredictor(**{k: hyper[k] for k in self._HYPER})

@@ -83,7 +83,10 @@ def sort_channels_(model: nn.Module, example: torch.Tensor) -> dict[str, list[in
                                       "group: Conv2d, Linear, BatchNorm2d")
                 for t in _OUT_TENSORS:
                     v = getattr(m, t, None)
-                    if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == perm.numel():
+                    if isinstance(v, torch.Tensor) and v.dim() >= 1:
+                        if v.shape[0] != perm.numel():
+                            raise SearchError(f"sort_channels: {name}.{t} has {v.shape[0]} rows, the group "
+                                              f"{key!r} has {perm.numel()} channels")
                         v.copy_(v[perm])
             for name in g.in_layers:
                 m = mods[name]

@@ -44,6 +44,8 @@ from hwloop.models import ModelRef
 __all__ = ["FAMILY_FORMAT", "LcsFamily", "Member", "Selection", "default_grid", "init_from_state"]
 
 FAMILY_FORMAT = 1
+#: the most rows a stored per-alpha statistics table may have (a family file is untrusted input)
+MAX_TABLE_ROWS = 1000
 
 
 def default_grid(n: int = 7) -> list[float]:
@@ -129,8 +131,15 @@ class LcsFamily:
         s.warmup_steps = 0
         return {"width": s.width, "density": s.density, "bits": float(s.bits or 32)}
 
+    def _check_statistics(self) -> None:
+        """A family trained with batch statistics needs its per-alpha table before any member is taken."""
+        if self.flags.get("train_stats") == "batch" and not self.flags.get("bn_table"):
+            raise SearchError("this family trained with batch statistics has no statistics table yet; call "
+                              "calibrate_statistics(loader) before taking members")
+
     def line_at(self, alpha: float) -> nn.Module:
         """A deep copy of the line model fixed at ``alpha`` (eval mode; dynamic slicing/masking/quantizing)."""
+        self._check_statistics()
         net = copy.deepcopy(self.net).eval()
         st = next(m.state for _, m in line_layers(net))
         st.set(alpha)
@@ -145,9 +154,7 @@ class LcsFamily:
 
         if not 0.0 <= alpha <= 1.0:
             raise SearchError(f"alpha={alpha!r} must be in [0, 1]")
-        if self.flags.get("train_stats") == "batch" and not self.flags.get("bn_table"):
-            raise SearchError("this family trained with batch statistics has no statistics table yet; call "
-                              "calibrate_statistics(loader) before taking members")
+        self._check_statistics()
         lv = self.level(alpha)
         if self.mode == "bits":
             return Member(alpha, self.line_at(alpha), None, lv)
@@ -386,6 +393,10 @@ class LcsFamily:
         except (OSError, SafetensorError) as e:
             raise SearchError(f"{d}: cannot read endpoints.safetensors: {e}") from e
         if n_table:   # room for the per-alpha statistics table (its values come with the tensors)
+            sizes = {int(v.shape[0]) for k, v in state.items() if k.endswith(".table_alpha") and v.dim() == 1}
+            if not 1 <= n_table <= MAX_TABLE_ROWS or sizes != {n_table}:
+                raise SearchError(f"{d}: bn_table={n_table!r} does not match the file's statistics tables (rows "
+                                  f"{sorted(sizes)}); allowed: 1..{MAX_TABLE_ROWS} rows, the same in every table")
             for _, lm in line_layers(fam.net):
                 if isinstance(lm, LineNorm) and lm.kind == "fbn":
                     z = torch.zeros(n_table, lm.num_channels)
@@ -397,6 +408,18 @@ class LcsFamily:
         if missing or unexpected:
             raise SearchError(f"{d}/endpoints.safetensors does not fit the family: missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}")
+        for name, lm in line_layers(fam.net):
+            a = getattr(lm, "table_alpha", None) if isinstance(lm, LineNorm) else None
+            if isinstance(a, torch.Tensor):
+                mean, var = getattr(lm, "table_mean"), getattr(lm, "table_var")
+                assert isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor)
+                ok = (bool(torch.isfinite(a).all()) and bool((a >= 0).all()) and bool((a <= 1).all())
+                      and bool((a[1:] > a[:-1]).all()) and bool(torch.isfinite(mean).all())
+                      and bool(torch.isfinite(var).all()) and bool((var >= 0).all()))
+                if not ok:
+                    raise SearchError(f"{d}/endpoints.safetensors: the statistics table of {name!r} is invalid; "
+                                      "allowed: alphas finite, strictly ascending in [0, 1], means finite, "
+                                      "variances finite and >= 0")
         fam.net.eval()
         return fam
 

@@ -122,10 +122,13 @@ class LcsConfig(MethodConfig):
             raise bad("train_stats", "'frozen' or 'batch', and 'batch' only with norm='frozen_bn'")
         if self.train_stats == "batch" and self.fold_start:
             raise bad("fold_start", "0 with train_stats='batch' (the table replaces the fold)")
-        if self.calib_batches < 1:
+        if isinstance(self.calib_batches, bool) or not isinstance(self.calib_batches, int) or self.calib_batches < 1:
             raise bad("calib_batches", "an integer >= 1")
-        if self.sort_channels and (self.mode != "width" or self.init != "context"):
-            raise bad("sort_channels", "false unless mode='width' and init='context'")
+        if not isinstance(self.sort_channels, bool):
+            raise bad("sort_channels", "true or false")
+        if self.sort_channels and (self.mode != "width" or self.init != "context" or self.norm != "frozen_bn"):
+            raise bad("sort_channels", "false unless mode='width', init='context' and norm='frozen_bn' (the sort "
+                      "permutes batch-norm channels)")
         if self.norm == "frozen_bn" and self.init != "context":
             raise SearchError("norm='frozen_bn' needs init='context' (the statistics are frozen at the context's "
                               "trained batch norms)")
