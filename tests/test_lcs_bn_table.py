@@ -208,6 +208,9 @@ def test_bad_options_are_one_line() -> None:
         in_fam.calibrate_statistics(_batches(1))
     fam = LcsFamily.create(BN_REF, "width", line_convs=False, init=_trained_bn().state_dict(), frozen_bn=True,
                            train_stats="batch")
+    for take in (fam.at, fam.line_at):   # no table yet: neither a member nor the line model at an alpha
+        with pytest.raises(SearchError, match="has no statistics table yet"):
+            take(0.5)
     for kw, needle in (({"alphas": [0.0, 1.5]}, "must be a non-empty list of values in [0, 1]"),
                        ({"batches": 0}, "batches=0 must be >= 1")):
         with pytest.raises(SearchError) as e:
@@ -217,6 +220,9 @@ def test_bad_options_are_one_line() -> None:
                                                    "only with norm='frozen_bn'"),
                         ({"norm": "frozen_bn", "calib_batches": 0}, "calib_batches=0 must be an integer >= 1"),
                         ({"sort_channels": True, "init": "scratch"}, "sort_channels=True must be false unless"),
+                        ({"sort_channels": True}, "and norm='frozen_bn' (the sort permutes batch-norm channels)"),
+                        ({"sort_channels": "no"}, "sort_channels='no' must be"),
+                        ({"norm": "frozen_bn", "calib_batches": 2.5}, "calib_batches=2.5 must be"),
                         ({"norm": "frozen_bn", "train_stats": "batch", "fold_start": 4},
                          "fold_start=4 must be 0 with train_stats='batch'")):
         with pytest.raises(SearchError) as e:
