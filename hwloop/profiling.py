@@ -28,7 +28,7 @@ from hwloop.devices.base import Device, MeasureRequest, MeasureResult, TimingCon
 from hwloop.models import ModelRef
 from hwloop.workload import LayerSpec, Workload, extract_workload
 
-__all__ = ["LayerRow", "ProfileReport", "profile_model", "measure_with_store", "StoreOutcome"]
+__all__ = ["LayerRow", "ProfileReport", "profile_model", "measure_with_store", "StoreOutcome", "stale_warning"]
 
 #: ops timed in isolation by default (the others are cheap and timed in context only)
 ISOLATED_OPS = ("conv2d", "linear", "matmul", "batchnorm", "activation", "pooling", "add", "groupnorm", "instancenorm")
@@ -203,3 +203,32 @@ def timing_warnings(load: dict[str, Any], unstable: int, timing: TimingConfig | 
                    f"{', marked *' if marked else ''}): they are measured again next time instead of reused; "
                    "run on a quieter machine or raise repeats")
     return out
+
+
+#: a stored whole-model latency more than this factor away from the same request measured now means the
+#: device's speed moved since the store's rows were taken
+STALE_FACTOR = 1.2
+
+
+def stale_warning(stored_ms: float, now_ms: float, *, factor: float = STALE_FACTOR) -> str | None:
+    """A one-line warning when a stored latency and the same request measured now differ by more than ``factor``.
+
+    The machine fingerprint's speed signature times reference ops by thread CPU time; a VM whose wall clock
+    slows down (host contention) keeps its signature, so rows reused from the store can be stale without any
+    other sign (on this project's VM: the same quiet ResNet-20 1.77 ms one morning, 2.79 ms that afternoon).
+
+    Example:
+        >>> stale_warning(1.0, 1.05) is None
+        True
+        >>> stale_warning(0.40, 0.68)[:44]
+        'stored measurements may be stale: the whole'
+    """
+    if not (math.isfinite(stored_ms) and math.isfinite(now_ms) and stored_ms > 0 and now_ms > 0):
+        return None
+    r = now_ms / stored_ms
+    if 1 / factor <= r <= factor:
+        return None
+    return (f"stored measurements may be stale: the whole model measures {now_ms:.4f} ms now against "
+            f"{stored_ms:.4f} ms stored ({r:.2f}x): this device's speed moved since they were taken, so the "
+            "predictor and the reported ratios may be off; run again with --remeasure")
+
