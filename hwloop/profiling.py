@@ -220,7 +220,7 @@ def stale_warning(stored_ms: float, now_ms: float, *, factor: float = STALE_FACT
     Example:
         >>> stale_warning(1.0, 1.05) is None
         True
-        >>> stale_warning(0.40, 0.68)[:44]
+        >>> stale_warning(0.40, 0.68)[:43]
         'stored measurements may be stale: the whole'
     """
     if not (math.isfinite(stored_ms) and math.isfinite(now_ms) and stored_ms > 0 and now_ms > 0):
