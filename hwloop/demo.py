@@ -168,6 +168,7 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print, warn: Call
     """Run the whole loop (see the module docstring) and return what it measured and wrote."""
     import json
 
+    from hwloop.devices.base import MeasureRequest
     from hwloop.devices.profiles import create_device, load_profile
     from hwloop.models import ModelRef
     from hwloop.predict.fitting import fit_predictor
@@ -204,9 +205,7 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print, warn: Call
              f"{rep.reused} reused from the store")
         warn_once(timing_warnings(rep.load, rep.unstable_count, timing, what="profile measurements", marked=False))
         if rep.reused and not cfg.remeasure:   # reused rows: is this device still as fast as when they were taken?
-            from hwloop.devices.base import MeasureRequest as _Req
-
-            now = dev.measure([_Req.for_model(ref, per_layer=True)], timing)[0]
+            now = dev.measure([MeasureRequest.for_model(ref, per_layer=True)], timing)[0]
             stale = stale_warning(rep.model_ms, now.latency_ms) if now.ok else None
             warn_once([stale] if stale else [])
 
@@ -214,8 +213,6 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print, warn: Call
         n = cfg.variants if cfg.variants is not None else (4 if cfg.quick else 12)
         refs = _variant_refs(n, cfg.seed)
         reqs = []
-        from hwloop.devices.base import MeasureRequest
-
         for r in refs:
             wl = extract_workload(r.build(), r.example_input(), name=r.label)
             reqs += [MeasureRequest.for_layer(s) for s in wl.layers if s.op in ISOLATED_OPS]

@@ -14,29 +14,15 @@ from hwloop.errors import SearchError
 from hwloop.methods.lcs import LcsFamily, LineNorm, to_lines, train_lines
 from hwloop.methods.lcs.bnstats import channel_order, sort_channels_, table_stats
 from hwloop.models import ModelRef
+from test_lcs_frozen_bn import BN_REF, _trained_bn  # the same batch-norm stand-in for a trained checkpoint
 
 torch.set_num_threads(1)
-BN_REF = ModelRef("small_cnn", input_shape=(1, 8, 8))
-
-
-def _trained_bn(ref: ModelRef = BN_REF, seed: int = 0) -> nn.Module:
-    """A batch-norm model with non-trivial statistics and affine parameters (as a trained checkpoint has)."""
-    torch.manual_seed(seed)
-    bn = ref.build()
-    with torch.no_grad():
-        for m in bn.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-                m.running_mean.uniform_(-1.0, 1.0)
-                m.running_var.uniform_(0.5, 2.0)
-    return bn.eval()
 
 
 @pytest.mark.parametrize("name,shape", [("small_cnn", (1, 8, 8)), ("resnet20", (3, 32, 32))])
 def test_sort_channels_preserves_the_function_and_orders_every_group(name: str, shape: tuple[int, ...]) -> None:
     ref = ModelRef(name, input_shape=shape)
-    bn = _trained_bn(ref)
+    bn = _trained_bn(ref=ref)
     x = ref.example_input().repeat(3, 1, 1, 1) + torch.randn(3, *shape)
     with torch.no_grad():
         y = bn(x)

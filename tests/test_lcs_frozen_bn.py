@@ -17,10 +17,10 @@ torch.set_num_threads(1)
 BN_REF = ModelRef("small_cnn", input_shape=(1, 8, 8))
 
 
-def _trained_bn(seed: int = 0) -> nn.Module:
-    """A batch-norm small CNN with non-trivial statistics and affine parameters (as a trained checkpoint has)."""
+def _trained_bn(seed: int = 0, ref: ModelRef = BN_REF) -> nn.Module:
+    """A batch-norm model with non-trivial statistics and affine parameters (as a trained checkpoint has)."""
     torch.manual_seed(seed)
-    bn = BN_REF.build()
+    bn = ref.build()
     with torch.no_grad():
         for m in bn.modules():
             if isinstance(m, nn.BatchNorm2d):
