@@ -173,7 +173,7 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print, warn: Call
     from hwloop.models import ModelRef
     from hwloop.predict.fitting import fit_predictor
     from hwloop.predict.io import load_training_data, save_predictor
-    from hwloop.profiling import ISOLATED_OPS, measure_with_store, profile_model, stale_warning, timing_warnings
+    from hwloop.profiling import ISOLATED_OPS, measure_with_store, profile_model, timing_warnings
     from hwloop.search.pipeline import run_spec
     from hwloop.search.spec import SearchSpec
     from hwloop.store import MeasurementStore
@@ -204,10 +204,7 @@ def run_demo(cfg: DemoConfig, *, echo: Callable[[str], None] = print, warn: Call
         echo(f"      whole model {rep.model_ms:.4f} ms (CV {rep.model_cv:.1%}); {rep.measured} measured, "
              f"{rep.reused} reused from the store")
         warn_once(timing_warnings(rep.load, rep.unstable_count, timing, what="profile measurements", marked=False))
-        if rep.reused and not cfg.remeasure:   # reused rows: is this device still as fast as when they were taken?
-            now = dev.measure([MeasureRequest.for_model(ref, per_layer=True)], timing)[0]
-            stale = stale_warning(rep.model_ms, now.latency_ms) if now.ok else None
-            warn_once([stale] if stale else [])
+        warn_once([rep.stale] if rep.stale else [])   # reused rows: is this device still as fast as then?
 
         # 2. measure the search space's layers and whole models; fit the predictor from the store
         n = cfg.variants if cfg.variants is not None else (4 if cfg.quick else 12)

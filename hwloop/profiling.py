@@ -65,6 +65,7 @@ class ProfileReport:
     model_unstable: bool = False
     load: dict[str, Any] = field(default_factory=dict)
     remeasured_unstable: int = 0
+    stale: str | None = None
 
     @property
     def unstable_count(self) -> int:
@@ -93,6 +94,7 @@ class StoreOutcome:
     measured: int
     reused: int
     remeasured_unstable: int
+    reused_keys: frozenset[str] = frozenset()
 
 
 def measure_with_store(requests: Sequence[MeasureRequest], device: Device, store: Any | None, timing: TimingConfig,
@@ -125,6 +127,7 @@ def measure_with_store(requests: Sequence[MeasureRequest], device: Device, store
             unstable_again += bool(got is not None and got.ok and got.unstable and not remeasure)
             todo.append(r)
     reused = len(results)
+    reused_keys = set(results)
     bar = tqdm(total=len(todo), desc=f"measuring on {device.name}", disable=not progress or not todo, unit="job")
     for i in range(0, len(todo), 8):
         batch = todo[i:i + 8]
@@ -136,12 +139,13 @@ def measure_with_store(requests: Sequence[MeasureRequest], device: Device, store
                 on_result(req, res)
             bar.update(1)
     bar.close()
-    return StoreOutcome([results[r.key] for r in requests], len(todo), reused, unstable_again)
+    return StoreOutcome([results[r.key] for r in requests], len(todo), reused, unstable_again,
+                        reused_keys=frozenset(reused_keys))
 
 
 def profile_model(ref: ModelRef, device: Device, store: Any | None = None, timing: TimingConfig | None = None, *,
                   isolated_ops: Sequence[str] = ISOLATED_OPS, progress: bool = True,
-                  remeasure: bool = False) -> ProfileReport:
+                  remeasure: bool = False, check_stale: bool = True) -> ProfileReport:
     """Measure ``ref`` on ``device``: each layer alone, the whole model, and each layer in context.
 
     Args:
@@ -153,6 +157,10 @@ def profile_model(ref: ModelRef, device: Device, store: Any | None = None, timin
         progress: show a progress bar.
         remeasure: measure every request again instead of reusing stored rows (the new rows
             replace them; the old ones stay in the store's history).
+        check_stale: when the whole model's row is reused from the store, measure the whole model once more
+            (not stored) and set ``stale`` to a one-line warning if the two differ by more than
+            :data:`STALE_FACTOR` (the device's speed moved since the rows were taken: the fingerprint's speed
+            signature, thread CPU time, does not see a wall-clock slowdown).
     """
     t = timing or getattr(device, "timing", None) or TimingConfig()
     load = machine_load()
@@ -163,6 +171,10 @@ def profile_model(ref: ModelRef, device: Device, store: Any | None = None, timin
     results, measured, reused = out.results, out.measured, out.reused
     by_key = {req.key: res for req, res in zip(layer_reqs, results[:-1])}
     model_res = results[-1]
+    stale = None
+    if check_stale and model_req.key in out.reused_keys:
+        now = device.measure([model_req], t)[0]
+        stale = stale_warning(model_res.latency_ms, now.latency_ms) if now.ok else None
     in_ctx = dict(model_res.per_layer_ms) if model_res.ok else {}
     rows = []
     errors = [f"model: {model_res.error}"] if model_res.error else []
@@ -179,7 +191,7 @@ def profile_model(ref: ModelRef, device: Device, store: Any | None = None, timin
                          model_cv=model_res.cv if model_res.ok else float("nan"),
                          store_url=getattr(store, "url", None), measured=measured, reused=reused,
                          errors=tuple(errors), model_unstable=bool(model_res.ok and model_res.unstable), load=load,
-                         remeasured_unstable=out.remeasured_unstable)
+                         remeasured_unstable=out.remeasured_unstable, stale=stale)
 
 
 def timing_warnings(load: dict[str, Any], unstable: int, timing: TimingConfig | None = None, *,

@@ -59,6 +59,36 @@ def test_profile_without_store_prints_table(capsys: pytest.CaptureFixture[str]) 
     assert "whole model:" in out and "features.0" in out
 
 
+def test_profile_flags_stale_stored_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second `hwloop profile` reuses the stored rows; the whole model is measured once more, and a stored row 3x
+    faster than this device runs now (as if taken on a faster day) gives the stale warning naming --remeasure. A
+    fresh profile (nothing reused) gives none."""
+    import dataclasses
+    import re
+
+    from hwloop.cli._common import timing_with
+    from hwloop.devices import MeasureRequest, create_device
+    from hwloop.devices.profiles import load_profile
+    from hwloop.models import ModelRef
+    from hwloop.store import MeasurementStore
+
+    db = tmp_path / "m.db"
+    args = ["profile", "small_cnn", "--store", str(db), "--repeats", "5", "--warmup", "1"]
+    assert main(args) == 0
+    assert "may be stale" not in capsys.readouterr().err
+    dev = create_device("local-cpu")
+    timing = timing_with(load_profile("local-cpu").timing, repeats=5, warmup=1)
+    fp, req = dev.fingerprint(), MeasureRequest.for_model(ModelRef("small_cnn"), per_layer=True)
+    with MeasurementStore(db) as st:
+        res = st.get(fp.key, req.key, timing.key)
+        assert res is not None and res.ok
+        # stored stable, so it is reused however noisy this machine made the first measurement
+        st.add(fp, req, dataclasses.replace(res, latency_ms=res.latency_ms / 3, unstable=False), replace=True)
+    assert main(args) == 0
+    err = re.sub(r"\s+", " ", capsys.readouterr().err)
+    assert "stored measurements may be stale" in err and "--remeasure" in err
+
+
 def test_bench_list_and_unknown_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "list"]) == 0
     assert "bench_harness" in capsys.readouterr().out

@@ -128,27 +128,3 @@ def test_stale_warning_flags_a_device_whose_speed_moved() -> None:
     assert w is not None and "1.70x" in w and "--remeasure" in w and "\n" not in w
     assert stale_warning(1.0, 0.5) is not None
     assert stale_warning(float("nan"), 1.0) is None and stale_warning(0.0, 1.0) is None
-
-
-def test_demo_warns_when_the_stored_rows_are_stale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A second demo run reuses the first's rows; with the stored whole model made 3x faster than this device runs
-    it (as if measured on a faster day), the run says the rows may be stale and names --remeasure."""
-    import dataclasses
-
-    from hwloop.demo import DEMO_MODEL, DIGITS_SHAPE
-    from hwloop.devices import create_device
-
-    out, db = tmp_path / "demo", tmp_path / "m.db"
-    args = ["demo", "--quick", "--no-progress", "--out", str(out), "--store", str(db)]
-    assert main(args) == 0
-    capsys.readouterr()
-    ref = ModelRef(DEMO_MODEL["name"], dict(DEMO_MODEL["kwargs"]), input_shape=DIGITS_SHAPE)  # type: ignore[arg-type]
-    dev = create_device("local-cpu")
-    fp, req = dev.fingerprint(), MeasureRequest.for_model(ref, per_layer=True)
-    with MeasurementStore(db) as st:
-        res = st.get(fp.key, req.key, dev.timing.key)  # type: ignore[attr-defined]
-        assert res is not None and res.ok
-        st.add(fp, req, dataclasses.replace(res, latency_ms=res.latency_ms / 3), replace=True)
-    assert main(args) == 0
-    err = re.sub(r"\s+", " ", capsys.readouterr().err)
-    assert "stored measurements may be stale" in err and "--remeasure" in err

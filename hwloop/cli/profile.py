@@ -49,7 +49,7 @@ def print_report(rep: Any, *, top: int | None = None, timing: Any = None) -> Non
                   + (f" ({rep.store_url})" if rep.store_url else "") + load)
     for e in rep.errors:
         console.print(f"[red]failed[/red] {e}")
-    for w in timing_warnings(rep.load, rep.unstable_count, timing):
+    for w in [*timing_warnings(rep.load, rep.unstable_count, timing), *([rep.stale] if rep.stale else [])]:
         err_console.print(f"[yellow]warning:[/yellow] {w}")
 
 
