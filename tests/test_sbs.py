@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from hwloop.compress.actions import Quantize
 from hwloop.compress.extract import get_module
 from hwloop.errors import SearchError
 from hwloop.methods import make_method
@@ -23,6 +24,7 @@ from hwloop.methods.sbs.cost import BopsCost, TableCost, sbs_layers
 from hwloop.methods.sbs.gated import SbsModel
 from hwloop.methods.sbs.method import SbsConfig, _policy, enforce, state_of, top_config
 from hwloop.methods.sbs.quant import super_bit_weight, threshold_gate, uniform_quant
+from hwloop.methods.sbs.uniform import uniform_config
 from hwloop.search.latency import SurrogateLatency
 
 torch.set_num_threads(1)
@@ -522,3 +524,29 @@ def test_the_harness_spec_loads_and_runs_sbs_on_a_tiny_config(tmp_path, monkeypa
     assert s["measured_ratio"] is not None and 0 < s["measured_ratio"] <= 0.6 * 1.1, s["measured_ratio"]
     assert 0 <= s["test_accuracy"] <= 100 and 0 <= s["val_accuracy"] <= 100
     assert abs(u["measured_ratio"] - s["measured_ratio"]) <= 0.1, (u["measured_ratio"], s["measured_ratio"])
+
+
+@pytest.mark.parametrize("bits, target", [((4, 4), 0.15), ((8, 8), 0.5)])   # BOPs of W8A8: W4A4 alone is 0.26
+def test_uniform_entry_is_the_largest_uniform_configuration_within_the_target(small, bits, target) -> None:
+    task, model, space = small
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=target, device="local-cpu", seed=0)
+    m = make_method("sbs", {"uniform": list(bits), "finetune_epochs": 0, "recalibrate_batches": 1, "cost": "bops"})
+    p = m.prepare(ctx)  # type: ignore[attr-defined]
+    res = m.run(ctx)
+    c = res.candidates[0]
+    bm = c.extra["bit_map"]
+    searched = {n: v for n, v in bm.items() if v["policy"] == "search"}
+    assert searched and all((v["w_bits"], v["a_bits"]) == bits for v in searched.values())
+    assert all((v["w_bits"], v["a_bits"]) == (8, 8) for v in bm.values() if v["policy"] == "fixed")
+    assert c.predicted_ratio <= target + 1e-9 and not c.repairs and c.history == []
+    frac = float(c.setting.rpartition(" ")[2])
+    kept = [c.sizes[k]["chosen"] / c.sizes[k]["original"] for k in c.sizes if k.startswith("channel:")]
+    assert kept and all(abs(f - frac) <= 0.5 / 8 + 1e-9 for f in kept), (frac, kept)   # one fraction, rounded
+    # the largest: one channel step more in every group is over the budget (the test fails for a too-small fraction)
+    sbs = p["sbs"]
+    scores = {g.key: sbs.filter_scores(g.key).detach() for g in sbs.groups}
+    step = 1.0 / max(g.channels for g in sbs.groups)
+    over = uniform_config(p["top"], sbs.groups, sbs.policy, bits, frac + step, scores, sbs.space.min_keep)
+    assert frac < 1 and float(p["cost"].exact(state_of(sbs, over))) > target * p["c0"]
+    assert c.plan.w_bits and set(a.a_bits for a in c.plan.actions if isinstance(a, Quantize)) <= {bits[1], 8}

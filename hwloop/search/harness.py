@@ -353,7 +353,7 @@ class Harness:
         cand = result.select(cell.target) or min(result.candidates, key=lambda c: c.predicted_ratio)
         measure_candidates(MethodResult(result.method, result.config, [cand]), ctx)
         with ledger.phase("test"):
-            test_acc = self.test_eval(cand.model)
+            test_acc = plan_accuracy(self.test_eval, cand.model, cand.plan)
         return {"method": entry.name, "cost_source": f"{lat.kind}/{objective or self.spec.cost.objective}",
                 "latency_unit": lat.unit, "val_accuracy": cand.accuracy, "test_accuracy": test_acc,
                 "predicted_ratio": cand.predicted_ratio, "search_ratio": cand.search_ratio,
@@ -421,6 +421,15 @@ def run_harness(spec: HarnessSpec, out: str | Path, *, log: Callable[[str], None
     """Run (or resume) the harness of ``spec`` into ``out`` (see the module docstring)."""
     spec.check_files()
     return Harness(spec, out, log=log, progress=progress).run(only=only, max_cells=max_cells)
+
+
+def plan_accuracy(eval_fn: Callable[[torch.nn.Module], float], model: torch.nn.Module, plan: Any) -> float:
+    """``eval_fn(model)`` with the plan's activation quantization applied (``meta["a_quant"]`` / ``a_amax``: the
+    quantizer the method scored its validation accuracy with); the plain ``eval_fn(model)`` for a plan without."""
+    from hwloop.compress.actquant import quantized_activations
+
+    with quantized_activations.from_plan(model, plan):
+        return float(eval_fn(model))
 
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:

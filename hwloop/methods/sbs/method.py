@@ -49,6 +49,7 @@ from hwloop.methods.sbs.cost import BopsCost, CostState, TableCost, is_bit_aware
 from hwloop.methods.sbs.gated import SbsModel
 from hwloop.methods.sbs.quant import W_GRIDS, check_levels
 from hwloop.methods.sbs.step import GATE_STEPS, ThresholdStep
+from hwloop.methods.sbs.uniform import check_uniform, fit_fraction, uniform_config
 from hwloop.search.accounting import ComputeRecord
 from hwloop.search.train import cosine_lr, make_optimizer, train_epochs
 
@@ -111,6 +112,10 @@ class SbsConfig(MethodConfig):
             exports, ``w_range``'s step: the search prices 2 bits as the ternary weights it will get;
             :func:`~hwloop.methods.sbs.quant.plan_grid_weight`).
         repair: enforce the budget after the search when the method ended above it (recorded as a repair).
+        uniform: ``[w_bits, a_bits]``: no search, a control through the same extraction and QAT fine-tune: every
+            searched layer at these bits, every channel group cut by one fraction to the target
+            (:mod:`hwloop.methods.sbs.uniform`; ``[4, 4]`` uniform W4A4, ``[8, 8]`` prune-then-quantize); None
+            (default): the search.
     """
 
     search_epochs: int = 3
@@ -146,6 +151,7 @@ class SbsConfig(MethodConfig):
     a_range: str = "mse"
     w_range: str = "max"
     w_grid: str = "superbit"
+    uniform: tuple[int, int] | list[int] | None = None
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs", "recalibrate_batches"):
@@ -206,10 +212,12 @@ class SbsConfig(MethodConfig):
                 raise SearchError(f"{n}={getattr(self, n)!r} is unknown; allowed: {', '.join(allowed)}")
         if not isinstance(self.prune, bool) or not isinstance(self.repair, bool):
             raise SearchError("prune and repair must be true or false")
+        object.__setattr__(self, "uniform", check_uniform(self.uniform, self.w_levels, self.a_levels))
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         d["w_levels"], d["a_levels"] = list(self.w_levels), list(self.a_levels)
+        d["uniform"] = list(self.uniform) if self.uniform is not None else None
         return d
 
 
@@ -324,12 +332,32 @@ class SbsMethod(CompressionMethod):
         n0 = len(context.ledger)
         torch.manual_seed(context.seed)
         p = self.prepare(context)
+        if cfg.uniform is not None:
+            return self._uniform(context, p, n0)
         history, t_search = self._search(p["sbs"], p["cost"], p["c0"], context, cfg)
         p["sbs"].eval()
         x0 = next(iter(context.train))[0]
         with torch.no_grad():
             p["sbs"](x0)
         return self.finish(context, p, p["sbs"].hard_config(), history=history, t_search=t_search, n0=n0)
+
+    def _uniform(self, context: MethodContext, p: dict[str, Any], n0: int) -> MethodResult:
+        """``uniform = [w, a]``: the uniform configuration within the target (no search), then :meth:`finish`."""
+        cfg = self.config
+        assert isinstance(cfg, SbsConfig) and cfg.uniform is not None
+        sbs, cost, c0 = p["sbs"], p["cost"], p["c0"]
+        bits = (int(cfg.uniform[0]), int(cfg.uniform[1]))
+        scores = {g.key: sbs.filter_scores(g.key).detach() for g in sbs.groups}
+
+        def config(f: float) -> dict[str, Any]:
+            return uniform_config(p["top"], sbs.groups, sbs.policy, bits, f, scores, sbs.space.min_keep)
+
+        budget = None if context.target is None else context.target * c0
+        frac = fit_fraction(lambda f: float(cost.exact(state_of(sbs, config(f)))), budget)
+        context.say(f"sbs uniform W{bits[0]}A{bits[1]}: channel fraction {frac:.4f} "
+                    f"({float(cost.exact(state_of(sbs, config(frac)))) / c0:.4f} x cost0)")
+        return self.finish(context, p, config(frac), n0=n0,
+                           setting=f"uniform W{bits[0]}A{bits[1]}, channel fraction {frac:.4f}")
 
     def prepare(self, context: MethodContext) -> dict[str, Any]:
         """The gated model, the cost (and BOPs), ``c0`` (the cost at full width, top bits), the top configuration
