@@ -56,3 +56,13 @@ def test_flops_matched_lands_nearer_the_methods_measured_latency_and_counts_ever
     # every run's training is counted: more images than one run of the method when it took more than one run
     assert fm["train_images"] >= len(runs) * 0.9 * rows["l1l2"]["train_images"]
     assert "FLOPs target" in fm["status_reason"]
+    # every run keeps its validation and test accuracy; the interpolation exists exactly when the runs bracket
+    assert fm["flops_max_runs"] == 3 and fm["flops_stop"] in ("within", "bracketed", "cap", "bound")
+    assert all(r["val_accuracy"] is not None and r["test_accuracy"] is not None for r in runs)
+    under = [r for r in runs if r["measured_ratio"] <= goal]
+    over = [r for r in runs if r["measured_ratio"] > goal]
+    assert (fm["interp_test_accuracy"] is not None) == bool(under and over)
+    if under and over:
+        lo, hi = sorted((max(under, key=lambda r: r["measured_ratio"])["test_accuracy"],
+                         min(over, key=lambda r: r["measured_ratio"])["test_accuracy"]))
+        assert lo - 1e-9 <= fm["interp_test_accuracy"] <= hi + 1e-9

@@ -54,8 +54,9 @@ CONTROLS: Mapping[str, str] = {
     "uniform": "every channel group scaled by one width multiplier, bisected to the method's measured latency",
     "magnitude": "global channel L2 magnitude pruning (Torch-Pruning importance), bisected to the measured latency",
     "flops": "the method itself with the FLOPs (MACs) cost source instead of latency",
-    "flops-matched": "the method with the FLOPs cost source, its FLOPs target moved (secant, <= 3 runs) until its "
-                     "measured latency matches the method's; every run's compute counted",
+    "flops-matched": "the method with the FLOPs cost source, its FLOPs target moved until its runs bracket the "
+                     "method's measured latency or one matches it (<= [controls] flops_runs runs, default 3); "
+                     "accuracy interpolated at it; every run's compute counted",
     "random": "random search over the space at the method's training images (trials + final fine-tune)",
     "tpe": "Optuna TPE over the space at the method's training images (trials + final fine-tune)",
     "tpe-plateau": "Optuna TPE until its best validation accuracy stops improving, then the final fine-tune",

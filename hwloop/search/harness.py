@@ -47,9 +47,10 @@ from torch.utils.data import DataLoader, Subset
 
 from hwloop.errors import SearchError
 from hwloop.search.accounting import ComputeLedger
+from hwloop.search.harness_flops import next_flops_target
 from hwloop.search.harness_spec import HarnessSpec, MethodEntry
 
-__all__ = ["Cell", "Harness", "run_harness"]
+__all__ = ["Cell", "Harness", "next_flops_target", "run_harness"]
 
 
 @dataclass(frozen=True)
@@ -301,37 +302,74 @@ class Harness:
                    fingerprint=self.spec.fingerprint())
         return row
 
-    def _flops_matched_row(self, cell: Cell, ref: dict[str, Any], ledger: ComputeLedger, runs: int = 3
-                           ) -> dict[str, Any]:
+    def _flops_matched_row(self, cell: Cell, ref: dict[str, Any], ledger: ComputeLedger) -> dict[str, Any]:
         """The method with the FLOPs cost source at the FLOPs target whose MEASURED latency matches the method's:
-        run at the cell's target, then move the target by a secant on log(measured) vs log(target) (one point: in
-        proportion) up to ``runs`` runs; the run nearest the goal is the row, every run's compute is counted."""
+        run at the cell's target, then move the target (:func:`~hwloop.search.harness_flops.match_flops_target`)
+        until the runs bracket the method's measured latency or one is within the tolerance, up to
+        ``[controls] flops_runs`` runs. The nearest run is the row; the accuracy linearly interpolated (in measured
+        latency) between the bracketing runs is added as ``interp_val_accuracy`` / ``interp_test_accuracy``; every
+        run's compute is counted. Each finished run is appended to ``cells/<key>.runs.jsonl`` and reused on a
+        restart (same spec fingerprint and goal)."""
+        from hwloop.search.harness_flops import STOPS, interpolate, match_flops_target
+
         goal = ref.get("measured_ratio")
         if goal is None or not goal > 0:
             raise SearchError(f"the method cell of {cell.key} has no measured latency ratio")
-        goal, tol = float(goal), self.spec.controls.tolerance
-        tried: list[tuple[float, float, dict[str, Any]]] = []
-        t = float(cell.target)
-        for _ in range(max(1, runs)):
-            torch.manual_seed(cell.seed)
-            row = self._method_row(self._entry(cell.ref), dataclasses.replace(cell, target=t), ledger,
-                                   objective="flops")
-            m = row.get("measured_ratio")
-            if m is None or not float(m) > 0:
-                break
-            tried.append((t, float(m), row))
-            if abs(float(m) / goal - 1) <= tol:
-                break
-            t = next_flops_target(tried, goal)
-        if not tried:
+        goal, tol, cap = float(goal), self.spec.controls.tolerance, self.spec.controls.flops_runs
+        log_path = self.cells_dir / f"{cell.key}.runs.jsonl"
+        saved = _load_flops_runs(log_path, self.spec.fingerprint(), goal)
+        rows: list[dict[str, Any]] = []
+
+        def run(t: float) -> float | None:
+            key = f"{t:.12g}"
+            if key in saved:
+                rec = saved[key]
+                for r in rec["ledger"]:
+                    ledger.add(**r)
+                self.log(f"{cell.key}: FLOPs target {t:.3f} reused from {log_path.name}")
+            else:
+                n0 = len(ledger)
+                torch.manual_seed(cell.seed)
+                row = self._method_row(self._entry(cell.ref), dataclasses.replace(cell, target=t), ledger,
+                                       objective="flops")
+                new = ledger.records[n0:]
+                row["run_train_images"] = sum(r.train_images for r in new)
+                row["run_wall_s"] = sum(r.wall_s for r in new)
+                rec = {"fingerprint": self.spec.fingerprint(), "goal": goal, "target": key, "row": row,
+                       "ledger": [r.to_dict() for r in new]}
+                with open(log_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(rec, sort_keys=True, default=float) + "\n")
+            rows.append(rec["row"])
+            m = rec["row"].get("measured_ratio")
+            self.log(f"{cell.key}: FLOPs target {t:.3f} measured {_fmt(m)} (goal {goal:.3f}), "
+                     f"val {_fmt(rec['row'].get('val_accuracy'))}%")
+            return float(m) if isinstance(m, (int, float)) and m > 0 else None
+
+        res = match_flops_target(run, float(cell.target), goal, tolerance=tol, max_runs=cap)
+        if not res.tried:
             raise SearchError(f"{cell.key}: the FLOPs-cost run was not measured")
-        t_best, m_best, row = min(tried, key=lambda x: abs(math.log(x[1] / goal)))
+        row = dict(rows[res.nearest])
+        t_best = res.tried[res.nearest][0]
         row.update(_flops_match(row, ref, tol))
-        row["flops_target"] = t_best
-        row["flops_runs"] = [{"flops_target": a, "measured_ratio": b, "val_accuracy": r.get("val_accuracy")}
-                             for a, b, r in tried]
-        row["status_reason"] = (f"{row.get('status_reason')}; FLOPs target {t_best:.3f} after {len(tried)} run(s) "
-                                f"(targets {', '.join(f'{a:.3f}' for a, _, _ in tried)}; all runs' images counted)")
+        runs = [{"flops_target": t, "measured_ratio": m, "val_accuracy": r.get("val_accuracy"),
+                 "test_accuracy": r.get("test_accuracy"), "train_images": r.get("run_train_images"),
+                 "wall_s": r.get("run_wall_s"), "budget_status": r.get("status")}
+                for (t, m), r in zip(res.tried, rows)]
+        iv = interpolate([(r["flops_target"], r["measured_ratio"], r["val_accuracy"]) for r in runs], goal)
+        it = interpolate([(r["flops_target"], r["measured_ratio"], r["test_accuracy"]) for r in runs], goal)
+        row.update(flops_target=t_best, flops_runs=runs, flops_max_runs=cap, flops_stop=res.stop,
+                   interp_val_accuracy=iv, interp_test_accuracy=it,
+                   flops_bracket=([res.tried[i][0] for i in res.bracket] if res.bracket else None))
+        for k in ("run_train_images", "run_wall_s"):
+            row.pop(k, None)
+        interp = (f"accuracy interpolated at {goal:.3f}x between the runs measured "
+                  f"{res.tried[res.bracket[0]][1]:.3f}x and {res.tried[res.bracket[1]][1]:.3f}x: val {iv:.2f}%, "
+                  f"test {it:.2f}%" if res.bracket and iv is not None and it is not None
+                  else "no bracket: no interpolated accuracy")
+        row["status_reason"] = (f"{row.get('status_reason')}; FLOPs target {t_best:.3f} nearest of {len(res.tried)} "
+                                f"run(s) (targets {', '.join(f'{a:.3f}' for a, _ in res.tried)}; measured "
+                                f"{', '.join(f'{m:.3f}' for _, m in res.tried)}; stopped at {STOPS[res.stop]}, cap "
+                                f"{cap}; all runs' images counted); {interp}")
         return row
 
     def _entry(self, label: str) -> MethodEntry:
@@ -437,17 +475,22 @@ def copy_model(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).eval()
 
 
-def next_flops_target(tried: list[tuple[float, float, Any]], goal: float, lo: float = 0.02, hi: float = 1.0) -> float:
-    """The next FLOPs target from ``(target, measured ratio, ...)`` runs so far: a secant on log(measured) vs
-    log(target) through the two runs nearest the goal (the slope kept in [0.2, 5]); one run: move in proportion
-    (``target * goal / measured``). Clipped to [lo, hi]."""
-    pts = sorted(tried, key=lambda x: abs(math.log(x[1] / goal)))[:2]
-    t0, m0 = pts[0][0], pts[0][1]
-    slope = 1.0
-    if len(pts) == 2 and pts[1][0] != t0 and pts[1][1] != m0:
-        slope = (math.log(pts[1][1]) - math.log(m0)) / (math.log(pts[1][0]) - math.log(t0))
-        slope = min(5.0, max(0.2, slope))
-    return float(min(hi, max(lo, math.exp(math.log(t0) + (math.log(goal) - math.log(m0)) / slope))))
+def _load_flops_runs(path: Path, fingerprint: str, goal: float) -> dict[str, dict[str, Any]]:
+    """The finished runs of a flops-matched cell logged by an earlier (interrupted) attempt: target -> record,
+    only those of this spec fingerprint and goal (a rerun method cell changes the goal); unreadable lines skipped."""
+    out: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (isinstance(rec, dict) and rec.get("fingerprint") == fingerprint
+                and isinstance(rec.get("goal"), float) and math.isclose(rec["goal"], goal, rel_tol=1e-12)
+                and isinstance(rec.get("row"), dict) and isinstance(rec.get("ledger"), list)):
+            out[str(rec.get("target"))] = rec
+    return out
 
 
 def _flops_match(row: dict[str, Any], ref: dict[str, Any], tolerance: float) -> dict[str, Any]:

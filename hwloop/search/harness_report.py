@@ -27,7 +27,10 @@ from typing import Any
 __all__ = ["summarize", "write_table"]
 
 _STATS = ("measured_ratio", "test_accuracy", "val_accuracy", "predicted_ratio", "train_images", "cell_wall_s",
-          "measure_s")
+          "measure_s", "interp_test_accuracy", "interp_val_accuracy")
+#: fields only some rows have (flops-matched: the accuracy interpolated at the method's measured latency between its
+#: bracketing runs); their columns appear only in tables that have them, with the count of seeds that have a value
+_OPTIONAL = ("interp_test_accuracy", "interp_val_accuracy")
 
 
 def _num(v: Any) -> float | None:
@@ -53,6 +56,8 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             vals = [v for r in rs if (v := _num(r.get(f))) is not None]
             g[f"{f}_mean"] = statistics.fmean(vals) if vals else None
             g[f"{f}_std"] = (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
+            if f in _OPTIONAL:
+                g[f"{f}_n"] = len(vals)
         counts = Counter(str(r.get("status")) for r in rs)
         g["status"] = ", ".join(f"{k} {v}/{len(rs)}" for k, v in sorted(counts.items()))
         if rs[0].get("kind") == "method":   # a method's status is its own cost model's verdict: say what the device says
@@ -73,16 +78,27 @@ def _pm(g: Mapping[str, Any], f: str, fmt: str) -> str:
     return f"{m:{fmt}} ± {s:{fmt}}"
 
 
+def _pm_k(g: Mapping[str, Any], f: str) -> str:
+    """``mean ± std`` of an optional field and, when not every seed has it, ``(k/n)``."""
+    k = g.get(f"{f}_n") or 0
+    if not k:
+        return "–"
+    v = f"{g[f + '_mean']:.2f}" if k == 1 else f"{g[f + '_mean']:.2f} ± {g[f + '_std']:.2f}"
+    return v if k == g.get("n") else f"{v} ({k}/{g.get('n')})"
+
+
 def write_table(out: str | Path, rows: Sequence[Mapping[str, Any]], shared: Mapping[str, Any], spec: Any) -> Path:
     """Write ``results.csv``, ``results.md`` and ``pareto.png`` into ``out``; returns the markdown path."""
     d = Path(out)
     groups = summarize(rows)
     pre = shared.get("pretrain") or {}
     cost = shared.get("cost_sources") or {}
+    opt = [f for f in _OPTIONAL if any(g.get(f"{f}_n") for g in groups)]
+    stats = [f for f in _STATS if f not in _OPTIONAL or f in opt]
     with open(d / "results.csv", "w", newline="", encoding="utf-8") as fh:
-        cols = ["entry", "kind", "device", "target", "n", "seeds", *[f"{f}_{s}" for f in _STATS for s in
-                                                                    ("mean", "std")], "status", "pretrain_wall_s",
-                "cost_source_build_s"]
+        cols = ["entry", "kind", "device", "target", "n", "seeds", *[f"{f}_{s}" for f in stats for s in
+                                                                    ("mean", "std")],
+                *[f"{f}_n" for f in opt], "status", "pretrain_wall_s", "cost_source_build_s"]
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for g in groups:
@@ -104,12 +120,19 @@ def write_table(out: str | Path, rows: Sequence[Mapping[str, Any]], shared: Mapp
              ("Latency ratio = measured on the device against the dense model; accuracy = test set (choices were "
               "made on the validation split); mean ± std over the seeds listed (the value alone: one seed). Compute = training images and wall "
               "seconds of the cell (search, trials, fine-tuning, measurement, evaluation)."), "",
-             ("| entry | device | target | seeds | measured ratio | test acc % | val acc % | train images | wall s "
-              "| measure s | status |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+             *([("Interpolated (flops-matched only): the test / validation accuracy linearly interpolated in measured "
+                 "latency between the two runs that bracket the method's measured latency (one at or under, one "
+                 "over), at that latency; (k/n): seeds with a bracket. The accuracy columns before it are the run "
+                 "nearest that latency."), ""] if opt else []),
+             ("| entry | device | target | seeds | measured ratio | test acc % | val acc % | "
+              + "".join({"interp_test_accuracy": "interpolated test acc % | ",
+                         "interp_val_accuracy": "interpolated val acc % | "}[f] for f in opt)
+              + "train images | wall s | measure s | status |"), "|---" * (11 + len(opt)) + "|"]
     for g in groups:
         lines.append(f"| {g['entry']} | {g['device']} | {g['target']:g} | {','.join(map(str, g['seeds']))} | "
                      f"{_pm(g, 'measured_ratio', '.3f')} | {_pm(g, 'test_accuracy', '.2f')} | "
-                     f"{_pm(g, 'val_accuracy', '.2f')} | {_pm(g, 'train_images', '.0f')} | "
+                     f"{_pm(g, 'val_accuracy', '.2f')} | {''.join(_pm_k(g, f) + ' | ' for f in opt)}"
+                     f"{_pm(g, 'train_images', '.0f')} | "
                      f"{_pm(g, 'cell_wall_s', '.0f')} | {_pm(g, 'measure_s', '.0f')} | {g['status']} |")
     md = d / "results.md"
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")

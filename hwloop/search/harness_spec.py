@@ -156,6 +156,7 @@ class ControlsSection:
     max_proposals: int = 2000
     n_startup: int = 5
     bn_batches: int = 0
+    flops_runs: int = 3     # flops-matched: at most this many method runs (not in the fingerprint: each cell records it)
 
     def __post_init__(self) -> None:
         bad = [c for c in self.run if c not in CONTROLS]
@@ -172,6 +173,9 @@ class ControlsSection:
         for n in ("bisect_steps", "patience", "max_trials", "max_proposals", "n_startup"):
             check_int("controls", n, getattr(self, n))
         check_int("controls", "bn_batches", self.bn_batches, 0)
+        v = self.flops_runs
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 20:
+            raise SearchError(f"[controls] flops_runs={v!r} must be an integer in [1, 20] (flops-matched's run cap)")
 
 
 @dataclass(frozen=True)
@@ -286,6 +290,7 @@ class HarnessSpec:
             d.pop(k)
         d["methods"] = sorted(d["methods"], key=lambda m: m["label"])
         d["controls"].pop("run")
+        d["controls"].pop("flops_runs")   # how many runs flops-matched may take: recorded in its cells (flops_max_runs)
         blob = json.dumps({**d, **dict(cell or {})}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
