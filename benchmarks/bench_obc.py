@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="dp joint with --joint-source predictor: this predictor file instead of the device's shipped one")
     ap.add_argument("--calibrate", type=int, default=0, help="dp joint: whole-model probes measured before the DP "
                     "to fit the dense model's fixed share (obc key calibrate; 0: none)")
-    ap.add_argument("--calibrate-by", default="whole", choices=["whole", "resolution"], help="with --calibrate: "
+    ap.add_argument("--calibrate-by", default="whole", choices=["whole", "resolution", "dp"], help="with --calibrate: "
                     "'whole' one fixed share; 'resolution' one scale per feature-map resolution, with one deep-cut "
-                    "probe per resolution added (obc key calibrate_by)")
+                    "probe per resolution added; 'dp' one fixed share fitted on the DP's own answers at the uniform probes' op-sum "
+                    "budgets (obc key calibrate_by)")
     ap.add_argument("--rerank", type=int, default=0, help="dp joint: stitch this many best answers, keep the lowest "
                     "calibration loss")
     ap.add_argument("--margin", type=float, default=0.0, help="the DP's first answer aims at target x (1 - margin) "

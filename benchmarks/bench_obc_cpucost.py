@@ -44,18 +44,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--buckets", type=int, default=10000)
     ap.add_argument("--calibrate-by", default="whole", help="comma list: whole (one fixed share, the 'calibrated' "
                     "rows), resolution (one scale per feature-map resolution, one deep-cut probe per resolution added; "
-                    "the 'resolution' rows)")
+                    "the 'resolution' rows), dp (one fixed share fitted on the DP's own answers at the uniform probes' op-sum "
+                    "budgets; the 'dp-calibrated' rows)")
     ap.add_argument("--predictor", default=None, help="predictor file for the 'predictor' source (default: the one "
                     "shipped for --device)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
+    from hwloop.compress import from_plan
     from hwloop.compress.actions import ChannelPrune
     from hwloop.compress.plan import CompressionPlan
     from hwloop.methods.obc.database import load_database
     from hwloop.methods.obc.joint import op_costs, solve_joint
-    from hwloop.methods.obc.overhead import budget_fraction, calibrate_overhead, calibrate_segments, overhead_ratio
+    from hwloop.methods.obc.overhead import (
+        RatioMap,
+        budget_of,
+        calibrate_dp,
+        calibrate_overhead,
+        calibrate_segments,
+        ratio_of,
+    )
     from hwloop.models import ModelRef
     from hwloop.search.report import compare_compressed
     from hwloop.search.space import SearchSpace, SpaceOptions
@@ -75,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return CompressionPlan(base=ref.to_dict(), actions=acts, meta={"method": "obc"})
 
     def measure(ch: list[int]) -> tuple[float, dict[str, Any]]:
-        m = compare_compressed(args.device, model, plan_of(ch), model, example=ex)
+        plan = plan_of(ch)       # the exported model (a device that does not interleave measures this one)
+        m = compare_compressed(args.device, from_plan(plan.to_dict()).eval(), plan, model, example=ex)
         return float(m["ratio"]), {"ratio_ci": m["ratio_ci"], "unstable": bool(m["unstable"]),
                                    "load1": m.get("load", {}).get("load1")}
 
@@ -98,17 +108,25 @@ def main(argv: list[str] | None = None) -> int:
 
         by = args.calibrate_by.split(",")
         alpha, info = calibrate_overhead(cost, groups, args.probes, once, say)
-        costs = [("op sum", 0.0, cost), ("calibrated", alpha, cost)]
+        costs: list[tuple[str, float | RatioMap, Any]] = [("op sum", 0.0, cost), ("calibrated", alpha, cost)]
         seg_info = None
         if "resolution" in by:
             seg_cost, seg_info = calibrate_segments(cost, groups, args.probes, once, say)
             costs.append(("resolution", 0.0, seg_cost))
+        dp_info = None
+        if "dp" in by:
+            def solve(budget: float, cost: Any = cost) -> list[int] | None:
+                got = solve_joint(errors, cost, budget, args.buckets, candidates=groups)
+                return None if got is None else got[0]
+
+            alpha_dp, dp_info = calibrate_dp(cost, groups, args.probes, solve, once, say)
+            costs.append(("dp-calibrated", alpha_dp, cost))
         t_probe = time.perf_counter() - t0
         rows = []
         for target in [float(t) for t in args.targets.split(",")]:
             for name, a, c in costs:
                 t0 = time.perf_counter()
-                got = solve_joint(errors, c, c.full() * budget_fraction(a, target), args.buckets,
+                got = solve_joint(errors, c, c.full() * budget_of(a, target), args.buckets,
                                   candidates=groups)
                 t_dp = time.perf_counter() - t0
                 if got is None:
@@ -116,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"target": target, "cost": name, "feasible": False})
                     continue
                 ch = got[0]
-                pred = overhead_ratio(a, c.total(ch) / c.full())
+                pred = ratio_of(a, c.total(ch) / c.full())
                 ms = [measure(ch) for _ in range(args.repeats)]
                 r = statistics.median(m[0] for m in ms)
                 rows.append({"target": target, "cost": name, "feasible": True, "choice": ch, "dp_error": got[1],
@@ -126,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{src} {name} target {target}: predicted {pred:.3f}, measured {r:.3f} "
                     f"({[round(m[0], 3) for m in ms]}; {r / target - 1:+.1%} vs target), DP {t_dp:.1f} s")
                 out["sources"][src] = {"alpha": alpha, "calibration": info, "cost_s": t_cost, "probe_s": t_probe,
-                                       "rows": rows, **({"resolution": seg_info} if seg_info else {})}
+                                       "rows": rows, **({"resolution": seg_info} if seg_info else {}),
+                                       **({"dp": dp_info} if dp_info else {})}
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.out).write_text(json.dumps(out, indent=1, default=float))
     say("done")

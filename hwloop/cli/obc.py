@@ -44,7 +44,8 @@ def obc(
     calibrate: int = typer.Option(0, "--calibrate", help="with --dp joint: whole-model probes measured before the "
                                   "DP to fit the model's fixed share (the CPU's per-op overhead; 0: none)"),
     calibrate_by: str = typer.Option("whole", "--calibrate-by", help="with --calibrate: 'whole' (one fixed share) "
-                                     "or 'resolution' (one scale per feature-map resolution, deep-cut probes added)"),
+                                     "'resolution' (one scale per feature-map resolution, deep-cut probes added) or "
+                                     "'dp' (one fixed share fitted on the DP's own answers)"),
     margin: float = typer.Option(0.0, "--margin", help="the DP's first answer aims at target x (1 - margin), for a "
                                  "noisy cost such as the CPU's"),
     out: Path = typer.Option(Path("runs/obc"), "--out", "-o", help="output directory"),

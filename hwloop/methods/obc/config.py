@@ -21,7 +21,7 @@ BN_MODES = ("reset", "blend")
 BN_DATA = ("train", "calib")
 DPS = ("additive", "joint")
 JOINT_SOURCES = ("measure", "predictor")
-CALIBRATE_BY = ("whole", "resolution")
+CALIBRATE_BY = ("whole", "resolution", "dp")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -108,8 +108,7 @@ class ObcConfig(MethodConfig):
             if on and self.dp != "joint":
                 raise SearchError(f"{key}={getattr(self, key)!r} needs dp='joint' (it sets the joint DP's cost)")
         if self.calibrate_by != "whole" and self.calibrate < 1:
-            raise SearchError(f"calibrate_by={self.calibrate_by!r} needs calibrate >= 1 (its uniform probes; one "
-                              "deep-cut probe per resolution is added)")
+            raise SearchError(f"calibrate_by={self.calibrate_by!r} needs calibrate >= 1 (the number of its probes)")
         if self.dp == "joint" and self.cost_source != "table":
             raise SearchError(f"dp='joint' needs cost_source='table' (per-op costs), not {self.cost_source!r}")
         if self.database_cache is not None and not (isinstance(self.database_cache, str) and self.database_cache):

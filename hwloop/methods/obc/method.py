@@ -40,8 +40,15 @@ from hwloop.methods.obc.config import DTYPES, KINDS, ObcConfig
 from hwloop.methods.obc.database import Database, build_database, compress_layer, layer_level_name
 from hwloop.methods.obc.dp import solve_savings, unit_savings_from_latency, unit_savings_from_table
 from hwloop.methods.obc.exactobs import layer_weight
-from hwloop.methods.obc.joint import JointCost, op_costs, solve_joint_top
-from hwloop.methods.obc.overhead import budget_fraction, calibrate_overhead, calibrate_segments, overhead_ratio
+from hwloop.methods.obc.joint import JointCost, op_costs, solve_joint, solve_joint_top
+from hwloop.methods.obc.overhead import (
+    RatioMap,
+    budget_of,
+    calibrate_dp,
+    calibrate_overhead,
+    calibrate_segments,
+    ratio_of,
+)
 from hwloop.methods.obc.structured import apply_group_, physical_prune, reestimate_bn
 from hwloop.search.accounting import ComputeRecord
 
@@ -247,14 +254,15 @@ class ObcMethod(CompressionMethod):
 
     def solve(self, context: MethodContext, db: Database, original: float, savings: list[list[float]],
               target: float, model: nn.Module | None = None, joint: JointCost | None = None,
-              pick: Any = None, alpha: float = 0.0) -> tuple[list[int], dict[str, Any]]:
+              pick: Any = None, alpha: float | RatioMap = 0.0) -> tuple[list[int], dict[str, Any]]:
         """The DP's first answer, then corrections against the whole-model latency: the required saving moves
         by the whole model's miss (up when above the target, down when more than ``tolerance`` below it);
         the answer is the lowest-error one within the target (else the last). With ``joint`` (``dp="joint"``)
         the DP's cost is the whole model's op sum (:mod:`~hwloop.methods.obc.joint`), in units scaled so its
         dense total is ``original``; with ``pick`` (a choice's measured calibration loss) and ``rerank`` ≥ 2 its
         ``rerank`` best answers are stitched and the lowest loss is the DP's answer (``rerank`` in the step);
-        ``alpha``: the dense model's fixed share (:mod:`~hwloop.methods.obc.overhead`, ``calibrate``)."""
+        ``alpha``: the dense model's fixed share (:mod:`~hwloop.methods.obc.overhead`, ``calibrate``), or the
+        :class:`~hwloop.methods.obc.overhead.RatioMap` of ``calibrate_by = "dp"``."""
         cfg = self.config
         assert isinstance(cfg, ObcConfig)
         errors = [u.errors for u in db.units]
@@ -269,13 +277,13 @@ class ObcMethod(CompressionMethod):
 
         def cost_ratio(ch: list[int]) -> float:   # the joint DP's whole-model ratio of a choice
             assert joint is not None
-            return overhead_ratio(alpha, joint.total(ch) / joint.full())
+            return ratio_of(alpha, joint.total(ch) / joint.full())
         for i in range(cfg.corrections + 1):
             rerank: list[dict[str, Any]] = []
             if joint is None:
                 got = solve_savings(errors, savings, required, cfg.buckets)
             else:
-                budget = joint.full() * budget_fraction(alpha, 1 - required / original)
+                budget = joint.full() * budget_of(alpha, 1 - required / original)
                 tops = solve_joint_top(errors, joint, budget, cfg.buckets,
                                        candidates=[j for j, u in enumerate(db.units) if u.kind == "group"],
                                        top=max(1, cfg.rerank))
@@ -400,7 +408,8 @@ class ObcMethod(CompressionMethod):
         assert ledger is not None
         n0 = len(ledger) if n0 is None else n0
         t0 = time.perf_counter() if t0 is None else t0
-        joint, alpha, overhead = None, 0.0, None
+        joint, overhead = None, None
+        alpha: float | RatioMap = 0.0
         if cfg.dp == "joint":
             from hwloop.search.report import measure_compressed
 
@@ -417,13 +426,24 @@ class ObcMethod(CompressionMethod):
                 groups = [j for j, u in enumerate(db.units) if u.kind == "group"]
                 if cfg.calibrate_by == "resolution":     # one scale per resolution; the cost carries the fixed part
                     joint, overhead = calibrate_segments(joint, groups, cfg.calibrate, probe, context.say)
+                elif cfg.calibrate_by == "dp":           # the DP's own answers at fixed op-sum budgets as the probes
+                    plain = joint
+
+                    def solve(budget: float) -> list[int] | None:
+                        got = solve_joint([u.errors for u in db.units], plain, budget, cfg.buckets,
+                                          candidates=groups)
+                        return None if got is None else got[0]
+
+                    alpha, overhead = calibrate_dp(joint, groups, cfg.calibrate, solve, probe, context.say)
                 else:
                     alpha, overhead = calibrate_overhead(joint, groups, cfg.calibrate, probe, context.say)
-            savings = [[x * original / joint.full() * (1 - alpha) for x in row] for row in joint.single_savings()]
+            share = alpha.alpha if isinstance(alpha, RatioMap) else alpha
+            savings = [[x * original / joint.full() * (1 - share) for x in row] for row in joint.single_savings()]
             what = (f"per-op cost table {tab.device}/{tab.source} ({tab.unit}; {len(joint.terms)} terms, dense sum "
                     f"{joint.full():.6g}, whole dense model measured {original:.6g}); DP on the whole op sum"
                     + (f", fixed share {overhead['alpha']:.4f} from {len(overhead['probes'])} whole-model probes"
-                       + (", one scale per resolution" if cfg.calibrate_by == "resolution" else "")
+                       + {"resolution": ", one scale per resolution", "dp": " (the DP's own answers)"}.get(
+                           cfg.calibrate_by, "")
                        if overhead is not None else ""))
         else:
             original, savings, what = self.savings(context, db)

@@ -40,14 +40,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from hwloop.errors import SearchError
 
-__all__ = ["budget_fraction", "calibrate_overhead", "calibrate_segments", "fit_overhead", "fit_segments",
-           "home_segments", "overhead_ratio", "probe_choices", "segment_probes", "term_segments"]
+__all__ = ["RatioMap", "budget_fraction", "budget_of", "calibrate_dp", "calibrate_overhead", "calibrate_segments", "fit_overhead", "fit_segments",
+           "home_segments", "overhead_ratio", "probe_choices", "ratio_of", "segment_probes", "term_segments"]
 
 
 def fit_overhead(s: Sequence[float], r: Sequence[float]) -> float:
@@ -75,6 +76,63 @@ def overhead_ratio(alpha: float, s: float) -> float:
 def budget_fraction(alpha: float, target: float) -> float:
     """The op-sum ratio whose calibrated whole-model ratio is ``target`` (<= 0: no answer can reach it)."""
     return (target - alpha) / (1.0 - alpha)
+
+
+@dataclass(frozen=True)
+class RatioMap:
+    """The whole-model ratio as a monotone piecewise-linear function of the op-sum ratio, through the dense point
+    ``(1, 1)`` and the probes ``(s_k, r_k)`` (measured ratios made non-decreasing in ``s`` by pooling adjacent
+    violators); outside the probes' range the fixed-share line of ``alpha``. What ``calibrate_by = "dp"`` gives the
+    DP: the DP's answers at nearby budgets measure as the probes did, so a target between two probes is read off
+    the segment between them instead of one line fitted through all.
+
+    Example:
+        >>> m = RatioMap((0.4, 0.7, 1.0), (0.5, 0.8, 1.0), 0.1)
+        >>> round(m.ratio(0.55), 9), round(m.budget(0.65), 9), round(m.budget(0.3), 9)
+        (0.65, 0.55, 0.222222222)
+    """
+
+    s: tuple[float, ...]
+    r: tuple[float, ...]
+    alpha: float
+
+    def ratio(self, s: float) -> float:
+        if s < self.s[0]:
+            return overhead_ratio(self.alpha, s)
+        return float(np.interp(s, self.s, self.r))
+
+    def budget(self, target: float) -> float:
+        if target < self.r[0]:
+            return budget_fraction(self.alpha, target)
+        return float(np.interp(target, self.r, self.s))
+
+    @classmethod
+    def fit(cls, s: Sequence[float], r: Sequence[float], alpha: float) -> RatioMap:
+        """From probes ``(s, r)`` (not including the dense point) and the fallback ``alpha``."""
+        pts = sorted(zip([float(v) for v in s], [float(v) for v in r]))
+        pts = [p for p in pts if p[0] < 1.0] + [(1.0, 1.0)]
+        blocks: list[list[float]] = []           # pool adjacent violators: [sum of s, sum of r, count]
+        for a, b in pts:
+            blocks.append([a, b, 1.0])
+            while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] >= blocks[-1][1] / blocks[-1][2]:
+                x = blocks.pop()
+                blocks[-1] = [blocks[-1][0] + x[0], blocks[-1][1] + x[1], blocks[-1][2] + x[2]]
+        xs = [bl[0] / bl[2] for bl in blocks]
+        ys = [bl[1] / bl[2] for bl in blocks]
+        if xs[-1] != 1.0:                       # the dense point pooled with a probe: keep it exact
+            xs.append(1.0)
+            ys.append(1.0)
+        return cls(tuple(xs), tuple(ys), float(alpha))
+
+
+def ratio_of(alpha: float | RatioMap, s: float) -> float:
+    """The calibrated whole-model ratio of an op-sum ratio ``s`` under a fixed share or a :class:`RatioMap`."""
+    return alpha.ratio(s) if isinstance(alpha, RatioMap) else overhead_ratio(alpha, s)
+
+
+def budget_of(alpha: float | RatioMap, target: float) -> float:
+    """The op-sum ratio whose calibrated whole-model ratio is ``target`` (fixed share or :class:`RatioMap`)."""
+    return alpha.budget(target) if isinstance(alpha, RatioMap) else budget_fraction(alpha, target)
 
 
 def probe_choices(n_levels: Sequence[int], groups: Sequence[int], k: int) -> list[list[int]]:
@@ -106,6 +164,44 @@ def calibrate_overhead(cost: Any, groups: Sequence[int], k: int,
         rows.append({"choice": [int(v) for v in ch], "op_sum_ratio": float(s), "measured_ratio": float(r), **how})
         if say is not None:
             say(f"obc: overhead probe {len(rows)}/{k}: op sum {s:.4f} x, whole model measured {r:.4f} x")
+    return _fit_rows(rows, k, say)
+
+
+def calibrate_dp(cost: Any, groups: Sequence[int], k: int, solve: Callable[[float], Sequence[int] | None],
+                 measure: Callable[[list[int]], tuple[float, dict[str, Any]]],
+                 say: Callable[[str], None] | None = None) -> tuple[RatioMap, dict[str, Any]]:
+    """``(map, info)`` as :func:`calibrate_overhead`, the probes being *the DP's own answers* (``calibrate_by =
+    "dp"``): ``solve(budget) -> choice`` (the DP on the plain op sum ``cost``, None when nothing fits) at the op-sum
+    budgets of the ``k`` uniform probes (:func:`probe_choices`; fixed points, not the targets), each answer measured
+    whole. An optimiser picks the choices whose costs are most optimistic, so a cost fitted on other choices (uniform
+    probes) leaves its answers slower than predicted; fitted on its answers, the fixed share carries that bias. With
+    one fixed share the calibrated DP at any target is the plain DP at another budget, so its answer is of the
+    family the probes sampled. The result is a :class:`RatioMap` through the probes (the fixed share fitted on
+    them, ``info["alpha"]``, beyond their range): the bias is not one share at every budget. ``info["probes"]``
+    rows have ``probe_kind`` ``"dp"`` and ``budget_ratio``; ``info["map"]`` the map's points."""
+    rows: list[dict[str, Any]] = []
+    full = cost.full()
+    budgets = sorted({round(cost.total(ch) / full, 12) for ch in probe_choices(cost.n_levels, groups, k)},
+                     reverse=True)
+    for b in budgets:
+        ch = solve(full * b)
+        if ch is None:
+            continue
+        s = cost.total(ch) / full
+        r, how = measure([int(v) for v in ch])
+        rows.append({"probe_kind": "dp", "budget_ratio": float(b), "choice": [int(v) for v in ch],
+                     "op_sum_ratio": float(s), "measured_ratio": float(r), **how})
+        if say is not None:
+            say(f"obc: DP-answer probe {len(rows)}/{len(budgets)} (op-sum budget {b:.4f}): op sum {s:.4f} x, whole "
+                f"model measured {r:.4f} x")
+    if not rows:
+        raise SearchError(f"calibrate_by='dp': the DP found no answer at any of the {len(budgets)} probe budgets")
+    alpha, info = _fit_rows(rows, k, say)
+    rmap = RatioMap.fit([p["op_sum_ratio"] for p in rows], [p["measured_ratio"] for p in rows], alpha)
+    return rmap, {**info, "by": "dp", "map": {"op_sum_ratio": list(rmap.s), "measured_ratio": list(rmap.r)}}
+
+
+def _fit_rows(rows: list[dict[str, Any]], k: int, say: Callable[[str], None] | None) -> tuple[float, dict[str, Any]]:
     alpha = fit_overhead([p["op_sum_ratio"] for p in rows], [p["measured_ratio"] for p in rows])
     for p in rows:
         p["fitted_ratio"] = overhead_ratio(alpha, p["op_sum_ratio"])
