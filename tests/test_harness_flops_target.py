@@ -174,3 +174,24 @@ def test_the_table_shows_interpolated_accuracy_only_where_rows_have_it(tmp_path:
     header = next(x for x in md.splitlines() if x.startswith("| entry |"))
     assert header.count("|") == line.count("|") and "interpolated test acc %" in header
     assert "interp_test_accuracy_mean" in (tmp_path / "results.csv").read_text()
+
+
+def test_a_run_reused_from_an_older_cell_is_marked(tmp_path: Path) -> None:
+    import json
+
+    cell = Cell("flops-matched", "control", "l1l2", "asic-tpu32", 0.6, 0)
+    h = _harness(tmp_path)
+    rec = {"fingerprint": h.spec.fingerprint(), "goal": GOAL, "target": "0.6",
+           "row": {"measured_ratio": recorded(0.6), "val_accuracy": 84.9, "test_accuracy": None,
+                   "reused_from": "cells/old/x.json", "run_train_images": 100},
+           "ledger": [{"phase": "search", "trial": None, "wall_s": 1.0, "device_s": 0.0, "train_images": 100,
+                       "epochs": 1.0, "device_measurements": 0}]}
+    (h.cells_dir / f"{cell.key}.runs.jsonl").write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    ledger = ComputeLedger()
+    row = h._flops_matched_row(cell, {"measured_ratio": GOAL}, ledger)
+    assert 0.6 not in h.calls and len(h.calls) == len(row["flops_runs"]) - 1
+    first = row["flops_runs"][0]
+    assert first["reused_from"] == "cells/old/x.json" and first["test_accuracy"] is None
+    assert "1 run(s) reused from cells/old/x.json" in row["status_reason"]
+    assert ledger.total().train_images == 100 * len(row["flops_runs"])
+    assert row["interp_test_accuracy"] == pytest.approx(69 + 20 * GOAL)   # the bracketing runs have test accuracy

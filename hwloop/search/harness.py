@@ -353,23 +353,28 @@ class Harness:
         row.update(_flops_match(row, ref, tol))
         runs = [{"flops_target": t, "measured_ratio": m, "val_accuracy": r.get("val_accuracy"),
                  "test_accuracy": r.get("test_accuracy"), "train_images": r.get("run_train_images"),
-                 "wall_s": r.get("run_wall_s"), "budget_status": r.get("status")}
+                 "wall_s": r.get("run_wall_s"), "budget_status": r.get("status"),
+                 **({"reused_from": r["reused_from"]} if r.get("reused_from") else {})}
                 for (t, m), r in zip(res.tried, rows)]
         iv = interpolate([(r["flops_target"], r["measured_ratio"], r["val_accuracy"]) for r in runs], goal)
         it = interpolate([(r["flops_target"], r["measured_ratio"], r["test_accuracy"]) for r in runs], goal)
         row.update(flops_target=t_best, flops_runs=runs, flops_max_runs=cap, flops_stop=res.stop,
                    interp_val_accuracy=iv, interp_test_accuracy=it,
                    flops_bracket=([res.tried[i][0] for i in res.bracket] if res.bracket else None))
-        for k in ("run_train_images", "run_wall_s"):
+        for k in ("run_train_images", "run_wall_s", "reused_from"):
             row.pop(k, None)
+        srcs = sorted({str(r["reused_from"]) for r in runs if r.get("reused_from")})
+        n_re = sum(1 for r in runs if r.get("reused_from"))
+        reused = f"; {n_re} run(s) reused from {', '.join(srcs)}" if n_re else ""
         interp = (f"accuracy interpolated at {goal:.3f}x between the runs measured "
                   f"{res.tried[res.bracket[0]][1]:.3f}x and {res.tried[res.bracket[1]][1]:.3f}x: val {iv:.2f}%, "
                   f"test {it:.2f}%" if res.bracket and iv is not None and it is not None
-                  else "no bracket: no interpolated accuracy")
+                  else "no bracket: no interpolated accuracy" if not res.bracket
+                  else "a bracketing run has no recorded accuracy: no interpolated accuracy")
         row["status_reason"] = (f"{row.get('status_reason')}; FLOPs target {t_best:.3f} nearest of {len(res.tried)} "
                                 f"run(s) (targets {', '.join(f'{a:.3f}' for a, _ in res.tried)}; measured "
                                 f"{', '.join(f'{m:.3f}' for _, m in res.tried)}; stopped at {STOPS[res.stop]}, cap "
-                                f"{cap}; all runs' images counted); {interp}")
+                                f"{cap}; all runs' images counted{reused}); {interp}")
         return row
 
     def _entry(self, label: str) -> MethodEntry:
