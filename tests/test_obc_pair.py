@@ -186,3 +186,13 @@ def test_calibrate_by_dp_needs_calibrate() -> None:
     make_method("obc", {**keys, "calibrate": 3})
     with pytest.raises(SearchError, match="allowed: whole, resolution, dp"):
         make_method("obc", {**keys, "calibrate": 3, "calibrate_by": "pairs"})
+
+
+def test_cli_calibrate_by_dp_needs_calibrate(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from hwloop.cli import main
+
+    ck = tmp_path / "w.safetensors"
+    ck.write_bytes(b"not read: the options are checked first")
+    assert main(["search", "obc", str(ck), "--dp", "joint", "--calibrate-by", "dp", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "calibrate_by='dp' needs calibrate >= 1" in err and "\n" not in err

@@ -165,6 +165,33 @@ def test_method_on_asic_finds_every_scale_one(digits) -> None:
     assert "one scale per resolution" in c.extra["costs"]
 
 
+def test_method_calibrate_by_dp_on_asic(digits) -> None:  # type: ignore[no-untyped-def]
+    """Through the method on asic-tpu32 (whole model = its op sum): the probes are the DP's answers at the uniform
+    probes' op-sum budgets, each measures what it costs, so the map is the identity and the first answer costs what
+    the device measures, within the target, with no correction."""
+    from hwloop.methods.base import MethodContext
+    from hwloop.search.accounting import ComputeLedger
+    from hwloop.search.latency import SurrogateLatency
+
+    task, model, space = digits
+    keys = {"calib": 64, "error_images": 32, "channel_levels": [0.5, 0.25], "kinds": ["channels"],
+            "cost_source": "table", "check": "device", "buckets": 1000, "dp": "joint", "bn_data": "calib",
+            "corrections": 0, "calibrate": 2, "calibrate_by": "dp"}
+    train = list(itertools.islice(iter(task.train), 2))
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=0.6, device="asic-tpu32", ledger=ComputeLedger())
+    c = make_method("obc", keys).run(ctx).candidates[0]
+    ov = c.extra["overhead"]
+    assert ov["by"] == "dp" and 1 <= len(ov["probes"]) <= 2
+    assert all(p["probe_kind"] == "dp" and p["op_sum_ratio"] <= p["budget_ratio"] + 1e-9 for p in ov["probes"])
+    assert ov["max_abs_residual"] < 1e-6 and ov["alpha"] == pytest.approx(0.0, abs=1e-6)
+    assert ov["map"]["measured_ratio"] == pytest.approx(ov["map"]["op_sum_ratio"], abs=1e-6)
+    first = c.extra["dp_steps"][0]
+    assert first["dp_ratio"] == pytest.approx(first["whole_ratio"], rel=1e-6)
+    assert first["whole_ratio"] <= 0.6 + 1e-9 and c.extra["dp_chosen"] == 0 and not c.repairs
+    assert "the DP's own answers" in c.extra["costs"]
+
+
 def test_cli_bad_calibrate_by_is_one_line(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     from hwloop.cli import main
 
