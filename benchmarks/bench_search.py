@@ -295,6 +295,8 @@ def main() -> int:
             SearchConfig(**kw)
         except SearchError as e:
             ap.exit(2, f"{flag}: {e}\n")
+    if args.checkpoint:
+        load_state_file(args.checkpoint, "--checkpoint")   # a missing file is refused before any work
     if args.fronts:
         return run_fronts(args)
     if args.aggregation_check:

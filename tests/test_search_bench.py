@@ -33,6 +33,23 @@ def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
+def _bench_refused(*args: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """The benchmark's command line in this process (for refusals: no interpreter start-up per case): its exit
+    status and stderr."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_search_cli", REPO / "benchmarks" / "bench_search.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(sys, "argv", ["bench_search.py", *args])
+    try:
+        rc = mod.cli()
+    except SystemExit as e:   # argparse's ap.exit
+        rc = int(e.code or 0)
+    return rc, capsys.readouterr().err
+
+
 def test_fronts_space_and_bitops_proxy() -> None:
     space = SearchSpace.from_ref(ModelRef("small_cnn", {}, input_shape=(1, 8, 8)),
                                  fronts_space_options("bits", "asic-tpu32"))
@@ -49,11 +66,11 @@ def test_fronts_space_and_bitops_proxy() -> None:
         fronts_space_options("widths", "asic-tpu32")
 
 
-def test_fronts_rejects_an_unknown_proxy_in_one_line(tmp_path: Path) -> None:
-    r = _bench("--fronts", *TINY, "--epochs", "0,1,1", "--proxy", "params", "--predictor", "x.json",
-               "--out", str(tmp_path / "o"), cwd=tmp_path)
-    assert r.returncode == 2 and "proxy 'params' is unknown; allowed: flops, bitops" in r.stderr
-    assert "Traceback" not in r.stderr
+def test_fronts_rejects_an_unknown_proxy_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    rc, err = _bench_refused("--fronts", *TINY, "--epochs", "0,1,1", "--proxy", "params", "--predictor", "x.json",
+                             "--out", str(tmp_path / "o"), capsys=capsys, monkeypatch=monkeypatch)
+    assert rc == 2 and "proxy 'params' is unknown; allowed: flops, bitops" in err and "Traceback" not in err
 
 
 def test_fronts_run_writes_both_methods_measured(tmp_path: Path) -> None:
@@ -101,18 +118,19 @@ def test_bench_from_checkpoint_gives_the_baseline_the_same_budget(tmp_path: Path
     assert "start: checkpoint" in (out / "report.md").read_text(encoding="utf-8")
 
 
-def test_bench_rejects_a_missing_checkpoint(tmp_path: Path) -> None:
-    r = _bench(*TINY, "--epochs", "0,1,1", "--checkpoint", str(tmp_path / "nope.safetensors"), "--out",
-               str(tmp_path / "o"), cwd=tmp_path)
-    assert r.returncode == 2 and "--checkpoint" in r.stderr and "no such file" in r.stderr
-    assert "Traceback" not in r.stderr
+def test_bench_rejects_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    rc, err = _bench_refused(*TINY, "--epochs", "0,1,1", "--checkpoint", str(tmp_path / "nope.safetensors"),
+                             "--out", str(tmp_path / "o"), capsys=capsys, monkeypatch=monkeypatch)
+    assert rc == 2 and "--checkpoint" in err and "no such file" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()                                # refused before any work
 
 
-def test_bench_rejects_a_non_positive_gate_lr(tmp_path: Path) -> None:
-    r = _bench(*TINY, "--epochs", "0,1,1", "--methods", "predictor", "--gate-lr", "0", "--out", str(tmp_path / "o"),
-               cwd=tmp_path)
-    assert r.returncode == 2 and "--gate-lr: gate_lr=0.0 must be a positive number" in r.stderr
-    assert "Traceback" not in r.stderr
+def test_bench_rejects_a_non_positive_gate_lr(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    rc, err = _bench_refused(*TINY, "--epochs", "0,1,1", "--methods", "predictor", "--gate-lr", "0", "--out",
+                             str(tmp_path / "o"), capsys=capsys, monkeypatch=monkeypatch)
+    assert rc == 2 and "--gate-lr: gate_lr=0.0 must be a positive number" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [
@@ -121,9 +139,11 @@ def test_bench_rejects_a_non_positive_gate_lr(tmp_path: Path) -> None:
     ("--dual-kp", "-1", "--dual-kp: dual_kp=-1.0 must be a finite number >= 0"),
     ("--dual-lr", "0", "--dual-lr: dual_lr=0.0 must be a positive number"),
 ])
-def test_bench_rejects_a_bad_target_schedule(tmp_path: Path, flag: str, value: str, message: str) -> None:
-    r = _bench(*TINY, "--epochs", "0,1,1", flag, value, "--out", str(tmp_path / "o"), cwd=tmp_path)
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+def test_bench_rejects_a_bad_target_schedule(tmp_path: Path, flag: str, value: str, message: str,
+                                             capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    rc, err = _bench_refused(*TINY, "--epochs", "0,1,1", flag, value, "--out", str(tmp_path / "o"), capsys=capsys,
+                             monkeypatch=monkeypatch)
+    assert rc == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()                                # rejected before any work
 
 
