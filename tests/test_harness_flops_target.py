@@ -51,11 +51,37 @@ def test_the_recorded_stall_is_reproduced_then_bracketed_within_the_cap() -> Non
     assert len(new.tried) == 4                 # one extra run settles it
 
 
-def test_a_bracket_bisects_in_log_target() -> None:
+def test_a_bracket_takes_a_safeguarded_false_position_in_log_space() -> None:
     tried = [(0.5, 0.7), (0.2, 0.5), (0.3, 0.58), (0.4, 0.65)]
     assert bracket(tried, 0.6) == (2, 3)       # the nearest under (0.58) and over (0.65)
-    assert next_flops_target(tried, 0.6) == pytest.approx(math.sqrt(0.3 * 0.4))
+    w = math.log(0.6 / 0.58) / math.log(0.65 / 0.58)
+    assert next_flops_target(tried, 0.6) == pytest.approx(math.exp(math.log(0.3) + w * math.log(0.4 / 0.3)))
+    # a goal next to one end: kept 10% inside the log-target interval (no stall at the end)
+    assert next_flops_target(tried, 0.5801) == pytest.approx(math.exp(math.log(0.3) + 0.1 * math.log(0.4 / 0.3)))
     assert bracket(tried, 0.45) is None and bracket(tried, 0.5) == (1, 2)   # "at" the goal counts as under
+
+
+SEED1 = [(0.6, 0.8040184999686969), (0.39446636045890293, 0.6562792485757215),
+         (0.25229920643637765, 0.5621500931259), (0.17684996072295872, 0.4066365898704063)]
+GOAL1 = 0.5285970857071307
+
+
+def test_a_wide_bracket_is_narrowed_before_interpolating() -> None:
+    """Session 7's seed 1: the doubled step overshot to 0.407 for l1l2's 0.529 (a bracket 23% wide)."""
+    def seed1(t: float) -> float:
+        pts = sorted(SEED1)
+        for (ta, ma), (tb, mb) in zip(pts, pts[1:]):
+            if ta * (1 - 1e-9) <= t <= tb * (1 + 1e-9):
+                w = math.log(t / ta) / math.log(tb / ta)
+                return math.exp(math.log(ma) + w * math.log(mb / ma))
+        raise AssertionError(t)
+
+    r = match_flops_target(seed1, 0.6, GOAL1, tolerance=0.03, max_runs=6)
+    assert [t for t, _ in r.tried[:4]] == pytest.approx([t for t, _ in SEED1], rel=1e-9)   # the recorded runs
+    assert len(r.tried) == 5 and r.stop == "within"       # not stopped at the wide bracket: one more run inside it
+    assert SEED1[3][0] < r.tried[4][0] < SEED1[2][0]
+    narrow = match_flops_target(seed1, 0.6, GOAL1, tolerance=0.03, max_runs=4)
+    assert narrow.stop == "cap" and narrow.bracket == (3, 2)   # with 4 runs: the wide bracket, reported as such
 
 
 def test_interpolated_accuracy_is_linear_in_measured_latency_between_the_nearest_bracket() -> None:

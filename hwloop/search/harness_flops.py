@@ -4,10 +4,12 @@ training), so the harness's loop (:meth:`hwloop.search.harness.Harness._flops_ma
 responses.
 
 The control runs the method with the FLOPs (MACs) cost source at a FLOPs *target*, measures the result on the device
-and moves the target until its runs **bracket** the method's measured latency ratio (one run at or under it, one
-over) or one run lands within the tolerance, up to ``max_runs`` runs (``[controls] flops_runs``). The accuracy
-at the method's measured latency is then linearly interpolated (in measured latency) between the two bracketing runs
-nearest it on each side; the nearest run is kept as the row.
+and moves the target until one run lands within the tolerance of the method's measured latency ratio, or its runs
+**bracket** it (one run at or under it, one over) with both bracketing runs within :data:`BRACKET_SPAN` times the
+tolerance (a wider bracket is narrowed first: the linear interpolation below is only trusted over a short span), up
+to ``max_runs`` runs (``[controls] flops_runs``). The accuracy at the method's measured latency is then linearly
+interpolated (in measured latency) between the two bracketing runs nearest it on each side; the nearest run is kept
+as the row.
 
 Example:
     >>> runs = match_flops_target(lambda t: 0.2 + 0.7 * t, start=0.6, goal=0.5, tolerance=0.003, max_runs=6)
@@ -24,10 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FlopsMatch", "bracket", "interpolate", "match_flops_target", "next_flops_target"]
+__all__ = ["BRACKET_SPAN", "FlopsMatch", "bracket", "interpolate", "match_flops_target", "next_flops_target"]
+
+#: a bracket ends the search when both of its runs are within this many tolerances of the goal
+BRACKET_SPAN = 3.0
 
 #: why the target search stopped (``FlopsMatch.stop``)
-STOPS = {"within": "a run within the tolerance", "bracketed": "runs on both sides of the method's measured latency",
+STOPS = {"within": "a run within the tolerance",
+         "bracketed": f"runs on both sides of the method's measured latency, each within {BRACKET_SPAN:g} tolerances",
          "cap": "the run cap", "bound": "the FLOPs target at its bound (the goal is out of reach)",
          "unmeasured": "a run without a measured latency"}
 
@@ -50,7 +56,9 @@ def bracket(tried: Sequence[Sequence[Any]], goal: float) -> tuple[int, int] | No
 def next_flops_target(tried: Sequence[Sequence[Any]], goal: float, lo: float = 0.02, hi: float = 1.0) -> float:
     """The next FLOPs target from ``(target, measured ratio, ...)`` runs so far, clipped to [lo, hi].
 
-    * bracketed (runs on both sides of ``goal``): the midpoint in log(target) of the nearest run on each side;
+    * bracketed (runs on both sides of ``goal``): false position in log(measured) vs log(target) between the
+      nearest run on each side, kept inside the middle 80% of their log(target) interval (so it cannot stall at an
+      end; a flat pair gives the midpoint);
     * one run: move in proportion (``target * goal / measured``);
     * otherwise a secant on log(measured) vs log(target) through the two runs nearest the goal (the slope kept in
       [0.2, 5]); from the third run on one side its step is doubled per further run (a secant that fell short
@@ -61,8 +69,13 @@ def next_flops_target(tried: Sequence[Sequence[Any]], goal: float, lo: float = 0
         raise ValueError("next_flops_target needs at least one run")
     b = bracket(pts, goal)
     if b is not None:
-        t = math.sqrt(pts[b[0]][0] * pts[b[1]][0])
-        return float(min(hi, max(lo, t)))
+        (ta, ma), (tb, mb) = pts[b[0]], pts[b[1]]
+        la, lb = math.log(ta), math.log(tb)
+        if la == lb or ma == mb:
+            return float(min(hi, max(lo, math.sqrt(ta * tb))))
+        w = (math.log(goal) - math.log(ma)) / (math.log(mb) - math.log(ma))
+        w = min(0.9, max(0.1, w))
+        return float(min(hi, max(lo, math.exp(la + w * (lb - la)))))
     near = sorted(pts, key=lambda x: abs(math.log(x[1] / goal)))[:2]
     t0, m0 = near[0]
     slope = 1.0
@@ -90,8 +103,8 @@ class FlopsMatch:
 def match_flops_target(run: Callable[[float], float | None], start: float, goal: float, *, tolerance: float,
                        max_runs: int, lo: float = 0.02, hi: float = 1.0) -> FlopsMatch:
     """Call ``run(target) -> measured ratio`` from ``start`` until a run is within ``tolerance`` of ``goal``
-    (relative), or the runs bracket ``goal``, or ``max_runs`` runs, or the next target repeats one (clipped at a
-    bound), or a run is not measured (None)."""
+    (relative), or the runs bracket ``goal`` with both bracketing runs within ``BRACKET_SPAN * tolerance``, or
+    ``max_runs`` runs, or the next target repeats one (clipped at a bound), or a run is not measured (None)."""
     if not goal > 0:
         raise ValueError(f"goal={goal!r} must be > 0")
     res = FlopsMatch()
@@ -113,7 +126,8 @@ def match_flops_target(run: Callable[[float], float | None], start: float, goal:
         if abs(float(m) / goal - 1) <= tolerance:
             res.stop = "within"
             break
-        if bracket(res.tried, goal) is not None:
+        b = bracket(res.tried, goal)
+        if b is not None and all(abs(res.tried[i][1] / goal - 1) <= BRACKET_SPAN * tolerance for i in b):
             res.stop = "bracketed"
             break
     if res.tried:
