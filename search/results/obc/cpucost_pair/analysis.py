@@ -112,3 +112,20 @@ for band in sorted(set(tgt.values())):
           f"mean {res.mean():+.4f}, |.| max {np.abs(res).max():.4f}")
 allres = np.array(allres)
 print(f"  all: mean {allres.mean():+.4f}, |.| mean {np.abs(allres).mean():.4f}, max {np.abs(allres).max():.4f}")
+
+# ---- the same, with the monotone map of calibrate_by = "dp" (RatioMap) through the other bands' DP answers
+from hwloop.methods.obc.overhead import RatioMap  # noqa: E402
+
+print("\nwithin session 7 (quiet): the RatioMap through the DP answers at the other bands, predictor op sum:")
+allres = []
+for band in sorted(set(tgt.values())):
+    te = np.array([tgt.get(i) == band for i in range(len(pts))])
+    tr = s7 & ~te
+    b = float(np.sum((s[tr] - 1) * (r[tr] - 1)) / np.sum((s[tr] - 1) ** 2))
+    m = RatioMap.fit(s[tr].tolist(), r[tr].tolist(), 1 - b)
+    res = r[te] - np.array([m.ratio(float(x)) for x in s[te]])
+    allres.extend(res.tolist())
+    print(f"  op-sum band {band:.1f}: n={te.sum():2d}, map through {tr.sum()} others: residual mean {res.mean():+.4f}, "
+          f"|.| max {np.abs(res).max():.4f}{'  (below the lowest probe: the fixed share)' if band == min(tgt.values()) else ''}")
+allres = np.array(allres)
+print(f"  all: mean {allres.mean():+.4f}, |.| mean {np.abs(allres).mean():.4f}, max {np.abs(allres).max():.4f}")
