@@ -31,7 +31,7 @@ from hwloop.sweep import SweepSpec, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 T = TimingConfig(warmup=1, repeats=3, min_repeat_ms=0.2, max_retries=0)
-N = 40
+N = 24
 STORED = re.compile(r"^stored device=(\S+) workload=([0-9a-f]{16}) timing=([0-9a-f]{16}) status=(ok|failed|kept)$")
 SUMMARY = re.compile(r"^sweep \S+: measured (\d+), already stored (\d+), stored by other workers (\d+), "
                      r"failed (\d+)(?:, took over (\d+) expired claim\(s\))?$")
