@@ -24,6 +24,7 @@ __all__ = [
     "INSTALL_HINT",
     "fuse_for_tuning",
     "hwloop_home",
+    "import_tensor_intrin",
     "make_target",
     "require_tvm",
     "target_string",
@@ -46,6 +47,34 @@ def require_tvm() -> Any:
     except ImportError as e:
         raise DeviceUnavailableError(f"the tvm backend needs apache-tvm with Relax ({e}); {INSTALL_HINT}") from e
     return tvm
+
+
+def import_tensor_intrin() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` (MetaSchedule's ``TuneContext`` does on first use) in a fraction of the time.
+
+    The module parses a few hundred TVMScript intrinsics at import; each ``@T.prim_func`` calls ``inspect.stack()``,
+    which by default reads a source line for every frame through ``inspect.getmodule`` (a scan of ``sys.modules``:
+    thousands of entries once torch is loaded). That made the import cost ~60 s of CPU on this project's 2-core VM
+    (~5 min of wall clock under load). During this one import ``inspect.stack`` returns frames without source lines
+    (``context=0``): the parser uses the frames' locals for closure variables, and the source line only to spot
+    functions defined inside ``@I.ir_module`` classes, of which that module has none. ~24 s of CPU instead.
+    """
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    require_tvm()
+    orig = inspect.stack
+
+    def stack(context: int = 1) -> list[inspect.FrameInfo]:
+        return orig(0)
+
+    inspect.stack = stack  # type: ignore[assignment]
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = orig  # type: ignore[assignment]
 
 
 def tvm_version() -> str:

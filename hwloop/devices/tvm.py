@@ -46,6 +46,7 @@ from hwloop.devices._timing import retry_until_stable
 from hwloop.devices._tvm_import import (
     fuse_for_tuning,
     hwloop_home,
+    import_tensor_intrin,
     make_target,
     require_tvm,
     target_string,
@@ -235,6 +236,7 @@ class TvmDevice:
         import tvm.s_tir.meta_schedule as ms
         from tvm.s_tir.meta_schedule import relax_integration as ri
 
+        import_tensor_intrin()   # before TuneContext imports it the slow way
         t0 = time.perf_counter()
         wd = self.work_dir
         wd.mkdir(parents=True, exist_ok=True)
