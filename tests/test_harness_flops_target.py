@@ -156,6 +156,7 @@ def test_the_row_keeps_every_run_interpolates_and_resumes(tmp_path: Path) -> Non
     h2, ledger2 = _harness(tmp_path), ComputeLedger()
     row2 = h2._flops_matched_row(cell, {"measured_ratio": 0.6}, ledger2)
     assert h2.calls == [] and ledger2.total().train_images == 400
+    assert row["reused_wall_s"] == 0.0 and row2["reused_wall_s"] == pytest.approx(4 * 0.25)   # added to cell_wall_s
     assert row2["interp_test_accuracy"] == row["interp_test_accuracy"]
     # another goal (the method cell was rerun) does not reuse them
     h3 = _harness(tmp_path, runs=2)

@@ -296,7 +296,8 @@ class Harness:
         meas = ledger.total(phase="measure")
         row.update(entry=cell.entry, kind=cell.kind, ref=cell.ref, device=cell.device, target=cell.target,
                    seed=cell.seed, base_val_accuracy=self.base_val, base_test_accuracy=self.base_test,
-                   train_images=tot.train_images, epochs=tot.epochs, cell_wall_s=time.perf_counter() - t0,
+                   train_images=tot.train_images, epochs=tot.epochs,
+                   cell_wall_s=time.perf_counter() - t0 + float(row.get("reused_wall_s") or 0.0),
                    measure_s=meas.wall_s, device_measurements=tot.device_measurements,
                    phases={k: v.to_dict() for k, v in ledger.by_phase().items()},
                    fingerprint=self.spec.fingerprint())
@@ -309,7 +310,7 @@ class Harness:
         ``[controls] flops_runs`` runs. The nearest run is the row; the accuracy linearly interpolated (in measured
         latency) between the bracketing runs is added as ``interp_val_accuracy`` / ``interp_test_accuracy``; every
         run's compute is counted. Each finished run is appended to ``cells/<key>.runs.jsonl`` and reused on a
-        restart (same spec fingerprint and goal)."""
+        restart (same spec fingerprint and goal; their wall seconds, ``reused_wall_s``, are added to the cell's)."""
         from hwloop.search.harness_flops import STOPS, interpolate, match_flops_target
 
         goal = ref.get("measured_ratio")
@@ -319,6 +320,7 @@ class Harness:
         log_path = self.cells_dir / f"{cell.key}.runs.jsonl"
         saved = _load_flops_runs(log_path, self.spec.fingerprint(), goal)
         rows: list[dict[str, Any]] = []
+        reused_wall = [0.0]
 
         def run(t: float) -> float | None:
             key = f"{t:.12g}"
@@ -326,6 +328,7 @@ class Harness:
                 rec = saved[key]
                 for r in rec["ledger"]:
                     ledger.add(**r)
+                reused_wall[0] += sum(float(r.get("wall_s") or 0.0) for r in rec["ledger"])
                 self.log(f"{cell.key}: FLOPs target {t:.3f} reused from {log_path.name}")
             else:
                 n0 = len(ledger)
@@ -359,7 +362,7 @@ class Harness:
         iv = interpolate([(r["flops_target"], r["measured_ratio"], r["val_accuracy"]) for r in runs], goal)
         it = interpolate([(r["flops_target"], r["measured_ratio"], r["test_accuracy"]) for r in runs], goal)
         row.update(flops_target=t_best, flops_runs=runs, flops_max_runs=cap, flops_stop=res.stop,
-                   interp_val_accuracy=iv, interp_test_accuracy=it,
+                   interp_val_accuracy=iv, interp_test_accuracy=it, reused_wall_s=reused_wall[0],
                    flops_bracket=([res.tried[i][0] for i in res.bracket] if res.bracket else None))
         for k in ("run_train_images", "run_wall_s", "reused_from"):
             row.pop(k, None)
