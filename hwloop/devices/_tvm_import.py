@@ -22,6 +22,7 @@ from hwloop.errors import ConfigError, DeviceUnavailableError, WorkloadError
 
 __all__ = [
     "INSTALL_HINT",
+    "build_without_intrinsics",
     "fuse_for_tuning",
     "hwloop_home",
     "import_tensor_intrin",
@@ -75,6 +76,21 @@ def import_tensor_intrin() -> None:
         import tvm.s_tir.tensor_intrin  # noqa: F401
     finally:
         inspect.stack = orig  # type: ignore[assignment]
+
+
+def build_without_intrinsics(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's default candidate build without its ``import tvm.s_tir.tensor_intrin``.
+
+    ``LocalBuilder`` starts a fresh worker process for every batch of candidates, and the default build imports
+    every tensor intrinsic there (see :func:`import_tensor_intrin`: ~60 s of CPU each time, longer than the build
+    time limit on a loaded 2-core machine, so every candidate failed and tuning never ended). The candidates come
+    scheduled (tensorized blocks already hold the intrinsic's body), so the build itself needs no registry.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
 
 
 def tvm_version() -> str:

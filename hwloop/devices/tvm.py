@@ -44,6 +44,7 @@ from typing import Any
 
 from hwloop.devices._timing import retry_until_stable
 from hwloop.devices._tvm_import import (
+    build_without_intrinsics,
     fuse_for_tuning,
     hwloop_home,
     import_tensor_intrin,
@@ -220,7 +221,8 @@ class TvmDevice:
         import tvm.s_tir.meta_schedule as ms
 
         if self._builder is None:
-            self._builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=self.build_timeout_s)
+            self._builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=self.build_timeout_s,
+                                                    f_build=build_without_intrinsics)
         if self._runner is None:
             cfg = ms.runner.EvaluatorConfig(number=1, repeat=3, min_repeat_ms=10, enable_cpu_cache_flush=False)
             self._runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=cfg)
