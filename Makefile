@@ -7,6 +7,8 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.hwloop-installed
 PYTEST_ARGS ?=
+# two pytest workers, each test file on one worker (module fixtures built once); TEST_WORKERS=0 runs serially
+TEST_WORKERS ?= 2
 
 .PHONY: demo test typecheck setup sysdeps check-venv bench clean
 
@@ -39,7 +41,7 @@ typecheck: $(STAMP)
 	$(BIN)/python -m mypy
 
 test: $(STAMP) sysdeps check-venv typecheck
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/hwloop bench --help
