@@ -159,14 +159,23 @@ def test_dp_probes_land_where_uniform_probes_miss() -> None:
 
 
 def test_ratio_map_is_monotone_through_the_dense_point() -> None:
-    """Pooled where the probes disagree with monotonicity, exact at the dense point, the fixed-share line below the
-    lowest probe, and ``budget`` inverts ``ratio``."""
+    """Pooled where the probes disagree with monotonicity, exact at the dense point, the fixed-share slope through
+    the lowest probe below it (continuous), and ``budget`` inverts ``ratio``."""
     m = RatioMap.fit([0.3, 0.5, 0.6, 0.8], [0.4, 0.62, 0.58, 0.85], alpha=0.1)
     assert list(m.s) == [0.3, pytest.approx(0.55), 0.8, 1.0] and list(m.r) == [0.4, pytest.approx(0.6), 0.85, 1.0]
     assert all(b > a for a, b in zip(m.r, m.r[1:]))
-    assert m.ratio(1.0) == 1.0 and m.ratio(0.2) == pytest.approx(0.1 + 0.9 * 0.2)
+    assert m.ratio(1.0) == 1.0 and m.ratio(0.2) == pytest.approx(0.4 + 0.9 * (0.2 - 0.3))   # slope 1 - alpha
     for t in (0.3, 0.45, 0.6, 0.7, 0.9):
         assert m.ratio(m.budget(t)) == pytest.approx(t)
+    # continuous and monotone at the lowest probe, where the fixed-share line (0.1 + 0.9 s: 0.37 at 0.3) and the
+    # probe (0.4) disagree: a target between them gets a budget under the probe's, never above it
+    for t in (0.38, 0.39, 0.399):
+        assert m.budget(t) < 0.3 and m.ratio(m.budget(t)) == pytest.approx(t)
+    grid = [0.05 * k for k in range(21)]
+    assert all(m.ratio(b) >= m.ratio(a) for a, b in zip(grid, grid[1:]))
+    # a probe measured at or above the dense model is dropped; identical answers are one point
+    m2 = RatioMap.fit([0.5, 0.5, 0.95], [0.6, 0.64, 1.03], alpha=0.1)
+    assert list(m2.s) == [0.5, 1.0] and list(m2.r) == [pytest.approx(0.62), 1.0]
     assert ratio_of(0.25, 0.5) == pytest.approx(0.625) and budget_of(0.25, 0.625) == pytest.approx(0.5)
     assert fit_overhead([0.3, 0.8], [0.4, 0.85]) < 1
 

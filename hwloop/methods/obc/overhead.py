@@ -82,14 +82,15 @@ def budget_fraction(alpha: float, target: float) -> float:
 class RatioMap:
     """The whole-model ratio as a monotone piecewise-linear function of the op-sum ratio, through the dense point
     ``(1, 1)`` and the probes ``(s_k, r_k)`` (measured ratios made non-decreasing in ``s`` by pooling adjacent
-    violators); outside the probes' range the fixed-share line of ``alpha``. What ``calibrate_by = "dp"`` gives the
+    violators); below the lowest probe the fixed-share slope ``1 - alpha`` through that probe (continuous, so
+    ``budget`` inverts ``ratio`` everywhere). What ``calibrate_by = "dp"`` gives the
     DP: the DP's answers at nearby budgets measure as the probes did, so a target between two probes is read off
     the segment between them instead of one line fitted through all.
 
     Example:
         >>> m = RatioMap((0.4, 0.7, 1.0), (0.5, 0.8, 1.0), 0.1)
         >>> round(m.ratio(0.55), 9), round(m.budget(0.65), 9), round(m.budget(0.3), 9)
-        (0.65, 0.55, 0.222222222)
+        (0.65, 0.55, 0.177777778)
     """
 
     s: tuple[float, ...]
@@ -97,28 +98,34 @@ class RatioMap:
     alpha: float
 
     def ratio(self, s: float) -> float:
-        if s < self.s[0]:
-            return overhead_ratio(self.alpha, s)
+        if s < self.s[0]:   # below the lowest probe: the fixed-share slope through that probe (continuous)
+            return self.r[0] + (1.0 - self.alpha) * (s - self.s[0])
         return float(np.interp(s, self.s, self.r))
 
     def budget(self, target: float) -> float:
-        if target < self.r[0]:
-            return budget_fraction(self.alpha, target)
+        if target < self.r[0]:   # the inverse of ratio() below the lowest probe
+            return self.s[0] + (target - self.r[0]) / (1.0 - self.alpha)
         return float(np.interp(target, self.r, self.s))
 
     @classmethod
     def fit(cls, s: Sequence[float], r: Sequence[float], alpha: float) -> RatioMap:
         """From probes ``(s, r)`` (not including the dense point) and the fallback ``alpha``."""
         pts = sorted(zip([float(v) for v in s], [float(v) for v in r]))
-        pts = [p for p in pts if p[0] < 1.0] + [(1.0, 1.0)]
+        pts = [p for p in pts if p[0] < 1.0 and p[1] < 1.0] + [(1.0, 1.0)]   # a probe at or above dense: no info
         blocks: list[list[float]] = []           # pool adjacent violators: [sum of s, sum of r, count]
         for a, b in pts:
             blocks.append([a, b, 1.0])
             while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] >= blocks[-1][1] / blocks[-1][2]:
                 x = blocks.pop()
                 blocks[-1] = [blocks[-1][0] + x[0], blocks[-1][1] + x[1], blocks[-1][2] + x[2]]
-        xs = [bl[0] / bl[2] for bl in blocks]
-        ys = [bl[1] / bl[2] for bl in blocks]
+        merged: list[list[float]] = []           # identical DP answers (equal s): one point, r averaged
+        for bl in blocks:
+            if merged and merged[-1][0] / merged[-1][2] == bl[0] / bl[2]:
+                merged[-1] = [merged[-1][0] + bl[0], merged[-1][1] + bl[1], merged[-1][2] + bl[2]]
+            else:
+                merged.append(bl)
+        xs = [bl[0] / bl[2] for bl in merged]
+        ys = [bl[1] / bl[2] for bl in merged]
         if xs[-1] != 1.0:                       # the dense point pooled with a probe: keep it exact
             xs.append(1.0)
             ys.append(1.0)
