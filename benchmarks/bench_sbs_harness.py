@@ -37,6 +37,11 @@ WHAT = {"sbs": "SBS (w_levels 4,8)", "w4a4-uniform": "uniform W4A4 QAT", "prune-
         "magnitude": "harness magnitude control (W8A8 latency, float)"}
 
 
+
+def _nums(rows: list[dict[str, Any]], key: str) -> list[float]:
+    """The numeric values of ``key`` (a missed or unmeasured cell has None: left out, not a crash)."""
+    return [float(c[key]) for c in rows if isinstance(c.get(key), (int, float))]
+
 def bops_of(plan_dict: dict[str, Any]) -> tuple[float, float | None, float | None]:
     """(BOPs / uniform-W8A8 BOPs of the dense model, MAC-weighted mean w bits, mean a bits) of a plan."""
     import torch
@@ -89,15 +94,16 @@ def main() -> int:
             bops = [bops_of(c["plan"]) for c in rs if c.get("plan")]
             diff = ""
             if e != "sbs":
-                both = [s for s in (int(c["seed"]) for c in rs) if s in sbs]
                 cs = {int(c["seed"]): c for c in rs}
+                both = [s for s in cs if s in sbs and all(isinstance(x[s].get(k), (int, float)) for x in (sbs, cs)
+                                                           for k in ("test_accuracy", "val_accuracy"))]
                 dt = [float(sbs[s]["test_accuracy"]) - float(cs[s]["test_accuracy"]) for s in both]
                 dv = [float(sbs[s]["val_accuracy"]) - float(cs[s]["val_accuracy"]) for s in both]
                 diff = f"{_ms(dt)} ({_ms(dv)}), seeds {both}" if both else "–"
             st = sorted({str(c.get("status")) for c in rs})
             print(f"| {t:g} | {WHAT.get(e, e)} | {','.join(str(c['seed']) for c in rs)} | "
-                  f"{_ms([float(c['test_accuracy']) for c in rs])} | {_ms([float(c['val_accuracy']) for c in rs])} | "
-                  f"{_ms([float(c['measured_ratio']) for c in rs], 3)}× | {_ms([b[0] for b in bops], 3)} | "
+                  f"{_ms(_nums(rs, 'test_accuracy'))} | {_ms(_nums(rs, 'val_accuracy'))} | "
+                  f"{_ms(_nums(rs, 'measured_ratio'), 3)}× | {_ms([b[0] for b in bops], 3)} | "
                   f"{_ms([b[1] for b in bops if b[1] is not None], 2)}/{_ms([b[2] for b in bops if b[2] is not None], 2)}"
                   f" | {'/'.join(st)} | {diff} |")
     if not by:

@@ -60,7 +60,7 @@ def test_profile_without_store_prints_table(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_profile_flags_stale_stored_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A second `hwloop profile` reuses the stored rows; the whole model is measured once more, and a stored row 3x
+    """A second `hwloop profile` reuses the stored rows; the whole model is measured once more, and a stored row 10x
     faster than this device runs now (as if taken on a faster day) gives the stale warning naming --remeasure. A
     fresh profile (nothing reused) gives none."""
     import dataclasses
@@ -83,7 +83,7 @@ def test_profile_flags_stale_stored_rows(tmp_path: Path, capsys: pytest.CaptureF
         res = st.get(fp.key, req.key, timing.key)
         assert res is not None and res.ok
         # stored stable, so it is reused however noisy this machine made the first measurement
-        st.add(fp, req, dataclasses.replace(res, latency_ms=res.latency_ms / 3, unstable=False), replace=True)
+        st.add(fp, req, dataclasses.replace(res, latency_ms=res.latency_ms / 10, unstable=False), replace=True)
     assert main(args) == 0
     err = re.sub(r"\s+", " ", capsys.readouterr().err)
     assert "stored measurements may be stale" in err and "--remeasure" in err

@@ -18,7 +18,7 @@ from hwloop.store import MeasurementStore
 
 REPO = Path(__file__).resolve().parents[1]
 STORED = re.compile(r"^stored device=(\S+) workload=([0-9a-f]{16}) timing=([0-9a-f]{16}) status=(ok|failed|kept)$")
-N_LAYERS = 24   # killed after 6 (+ at most one batch of 4): enough left to resume
+N_LAYERS = 48   # killed after 6: the rest must outlast the moment between reading the 6th line and the kill
 
 
 def _env() -> dict[str, str]:

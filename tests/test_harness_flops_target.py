@@ -222,3 +222,18 @@ def test_a_run_reused_from_an_older_cell_is_marked(tmp_path: Path) -> None:
     assert "1 run(s) reused from cells/old/x.json" in row["status_reason"]
     assert ledger.total().train_images == 100 * len(row["flops_runs"])
     assert row["interp_test_accuracy"] == pytest.approx(69 + 20 * GOAL)   # the bracketing runs have test accuracy
+
+
+def test_the_run_log_reuses_only_measured_runs_of_this_spec_and_goal(tmp_path: Path) -> None:
+    """A run without a measured ratio (a device failure) is not reused: the next attempt runs it again instead of
+    failing the cell on every restart; a torn last line (a kill mid-write), another spec or another goal is skipped."""
+    import json
+
+    from hwloop.search.harness import _load_flops_runs
+
+    good = {"fingerprint": "f", "goal": 0.6, "target": "0.5", "row": {"measured_ratio": 0.62}, "ledger": []}
+    lines = [good, {**good, "target": "0.4", "row": {"measured_ratio": None}},
+             {**good, "target": "0.3", "fingerprint": "other"}, {**good, "target": "0.2", "goal": 0.7}]
+    p = tmp_path / "cell.runs.jsonl"
+    p.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"fingerprint": "f", "go')
+    assert list(_load_flops_runs(p, "f", 0.6)) == ["0.5"]

@@ -43,10 +43,13 @@ def _bench_refused(*args: str, capsys: pytest.CaptureFixture[str], monkeypatch: 
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     monkeypatch.setattr(sys, "argv", ["bench_search.py", *args])
+    threads = torch.get_num_threads()   # the benchmark sets torch's threads: keep this worker's as they were
     try:
         rc = mod.cli()
     except SystemExit as e:   # argparse's ap.exit
         rc = int(e.code or 0)
+    finally:
+        torch.set_num_threads(threads)
     return rc, capsys.readouterr().err
 
 

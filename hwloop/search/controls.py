@@ -55,7 +55,8 @@ CONTROLS: Mapping[str, str] = {
     "magnitude": "global channel L2 magnitude pruning (Torch-Pruning importance), bisected to the measured latency",
     "flops": "the method itself with the FLOPs (MACs) cost source instead of latency",
     "flops-matched": "the method with the FLOPs cost source, its FLOPs target moved until its runs bracket the "
-                     "method's measured latency or one matches it (<= [controls] flops_runs runs, default 3); "
+                     "method's measured latency (both runs within 3 tolerances of it) or one matches it "
+                     "(<= [controls] flops_runs runs, default 3); "
                      "accuracy interpolated at it; every run's compute counted",
     "random": "random search over the space at the method's training images (trials + final fine-tune)",
     "tpe": "Optuna TPE over the space at the method's training images (trials + final fine-tune)",

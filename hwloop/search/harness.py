@@ -340,8 +340,14 @@ class Harness:
                 row["run_wall_s"] = sum(r.wall_s for r in new)
                 rec = {"fingerprint": self.spec.fingerprint(), "goal": goal, "target": key, "row": row,
                        "ledger": [r.to_dict() for r in new]}
-                with open(log_path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(rec, sort_keys=True, default=float) + "\n")
+                m_new = row.get("measured_ratio")
+                if isinstance(m_new, (int, float)) and m_new > 0:   # an unmeasured run is retried next time
+                    torn = log_path.is_file() and not log_path.read_bytes().endswith(b"\n") and \
+                        log_path.stat().st_size > 0
+                    with open(log_path, "a", encoding="utf-8") as fh:   # after a torn line (a kill): a new line
+                        fh.write(("\n" if torn else "") + json.dumps(rec, sort_keys=True, default=float) + "\n")
+                        fh.flush()
+                        os.fsync(fh.fileno())
             rows.append(rec["row"])
             m = rec["row"].get("measured_ratio")
             self.log(f"{cell.key}: FLOPs target {t:.3f} measured {_fmt(m)} (goal {goal:.3f}), "
@@ -485,7 +491,8 @@ def copy_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def _load_flops_runs(path: Path, fingerprint: str, goal: float) -> dict[str, dict[str, Any]]:
     """The finished runs of a flops-matched cell logged by an earlier (interrupted) attempt: target -> record,
-    only those of this spec fingerprint and goal (a rerun method cell changes the goal); unreadable lines skipped."""
+    only those of this spec fingerprint and goal (a rerun method cell changes the goal) with a measured ratio;
+    unreadable lines skipped."""
     out: dict[str, dict[str, Any]] = {}
     if not path.is_file():
         return out
@@ -496,7 +503,8 @@ def _load_flops_runs(path: Path, fingerprint: str, goal: float) -> dict[str, dic
             continue
         if (isinstance(rec, dict) and rec.get("fingerprint") == fingerprint
                 and isinstance(rec.get("goal"), float) and math.isclose(rec["goal"], goal, rel_tol=1e-12)
-                and isinstance(rec.get("row"), dict) and isinstance(rec.get("ledger"), list)):
+                and isinstance(rec.get("row"), dict) and isinstance(rec.get("ledger"), list)
+                and isinstance(rec["row"].get("measured_ratio"), (int, float)) and rec["row"]["measured_ratio"] > 0):
             out[str(rec.get("target"))] = rec
     return out
 
