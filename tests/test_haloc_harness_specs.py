@@ -133,4 +133,6 @@ def test_runner_runs_the_selected_cells_in_order(tmp_path: Path) -> None:
     # the folder is the harness's own: a rerun skips both cells
     h = Harness(load_harness_spec(tmp_path / "spec.toml"), out, progress=False)
     assert h.run(only=lambda c: c.seed == 0 and c.entry == "haloc")["ran"] == 0
+    md = (out / "results.md").read_text()   # a filtered run still writes the table of every finished cell
+    assert "2 of 4 cells finished" in md and "| uniform-rank |" in md and "| haloc |" in md
     assert json.loads((out / "cells" / done[0]).read_text())["entry"] == "haloc"

@@ -450,10 +450,11 @@ class Harness:
             self.log(f"done {c.key}: test {_fmt(row['test_accuracy'])}%, measured ratio "
                      f"{_fmt(row.get('measured_ratio'))}, {row['status']}, {row['train_images']} images, "
                      f"{row['cell_wall_s']:.0f} s")
-            self.table(cells)   # the partial table after every cell: readable while the rest runs
+            self.table()   # the partial table after every cell (every finished cell, not only this run's filter)
         bar.close()
-        rows, table = self.table(cells)
-        return {"done": len(rows), "ran": ran, "failed": failed, "cells": len(cells), "table": table}
+        _, table = self.table()
+        done = sum(1 for c in cells if self.done(c) is not None)
+        return {"done": done, "ran": ran, "failed": failed, "cells": len(cells), "table": table}
 
     def table(self, cells: list[Cell] | None = None) -> tuple[list[dict[str, Any]], Path | None]:
         """Write the table and plot from the finished cells (of ``cells``, default all); returns (rows, md path)."""
