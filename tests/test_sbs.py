@@ -550,3 +550,15 @@ def test_uniform_entry_is_the_largest_uniform_configuration_within_the_target(sm
     over = uniform_config(p["top"], sbs.groups, sbs.policy, bits, frac + step, scores, sbs.space.min_keep)
     assert frac < 1 and float(p["cost"].exact(state_of(sbs, over))) > target * p["c0"]
     assert c.plan.w_bits and set(a.a_bits for a in c.plan.actions if isinstance(a, Quantize)) <= {bits[1], 8}
+
+
+def test_uniform_entry_over_an_unreachable_target_stays_uniform_and_misses(small) -> None:
+    """Below what the uniform configuration reaches at its narrowest, the budget repair would lower bits and make
+    "uniform W8A8" mixed precision: it is not repaired; the candidate stays W8A8 and says it missed."""
+    task, model, space = small
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=1e-4, device="local-cpu", seed=0)
+    m = make_method("sbs", {"uniform": [8, 8], "finetune_epochs": 0, "recalibrate_batches": 1, "cost": "bops"})
+    c = m.run(ctx).candidates[0]
+    assert all((v["w_bits"], v["a_bits"]) == (8, 8) for v in c.extra["bit_map"].values())
+    assert not c.repairs and c.predicted_ratio > 1e-4 and c.status != "met"

@@ -356,7 +356,7 @@ class SbsMethod(CompressionMethod):
         frac = fit_fraction(lambda f: float(cost.exact(state_of(sbs, config(f)))), budget)
         context.say(f"sbs uniform W{bits[0]}A{bits[1]}: channel fraction {frac:.4f} "
                     f"({float(cost.exact(state_of(sbs, config(frac)))) / c0:.4f} x cost0)")
-        return self.finish(context, p, config(frac), n0=n0,
+        return self.finish(context, p, config(frac), n0=n0, repair=False,   # over the target: a miss, not mixed bits
                            setting=f"uniform W{bits[0]}A{bits[1]}, channel fraction {frac:.4f}")
 
     def prepare(self, context: MethodContext) -> dict[str, Any]:
@@ -398,10 +398,11 @@ class SbsMethod(CompressionMethod):
 
     def finish(self, context: MethodContext, prepared: dict[str, Any], hard: dict[str, Any], *,
                history: list[dict[str, float]] | None = None, t_search: float = 0.0, n0: int | None = None,
-               setting: str | None = None) -> MethodResult:
+               setting: str | None = None, repair: bool = True) -> MethodResult:
         """Repair (when asked and above the budget), extract, fine-tune and judge the configuration ``hard``
         (``SbsModel.hard_config`` format) of ``prepared`` (:meth:`prepare`); a fixed ``hard`` makes a control
-        that goes through the same extraction and QAT fine-tune."""
+        that goes through the same extraction and QAT fine-tune (``repair=False``: never repaired, so a uniform
+        configuration over the target stays uniform and the judge reports the miss)."""
         cfg = self.config
         assert isinstance(cfg, SbsConfig)
         led = context.ledger
@@ -417,7 +418,7 @@ class SbsMethod(CompressionMethod):
             search_end = cost.exact(state_of(sbs, hard))
             repairs: list[Repair] = []
             final = hard
-            if context.target is not None and cfg.repair and search_end > context.target * c0:
+            if context.target is not None and cfg.repair and repair and search_end > context.target * c0:
                 budget, after = context.target * c0, search_end
                 for _ in range(8):   # the greedy steps read the interpolated table; the exact cost decides
                     final = enforce(sbs, cost, final, budget)
