@@ -138,22 +138,27 @@ def digits(digits_pretrained):  # type: ignore[no-untyped-def]
     return digits_pretrained  # tests/conftest.py
 
 
-def test_method_on_asic_finds_every_scale_one(digits) -> None:
-    """Through the method on asic-tpu32, whose whole model is the sum of its ops: the per-resolution fit finds
-    every scale 1 and no fixed share, and the DP's first answer costs what the device measures, within the target
-    with no correction."""
+def _obc_on_asic(digits, keys: dict, batches: int):  # type: ignore[no-untyped-def]
+    """The obc method on asic-tpu32 with ``keys`` at target 0.6 from ``batches`` calibration batches: its candidate."""
     from hwloop.methods.base import MethodContext
     from hwloop.search.accounting import ComputeLedger
     from hwloop.search.latency import SurrogateLatency
 
     task, model, space = digits
+    train = list(itertools.islice(iter(task.train), batches))
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=0.6, device="asic-tpu32", ledger=ComputeLedger())
+    return make_method("obc", keys).run(ctx).candidates[0]
+
+
+def test_method_on_asic_finds_every_scale_one(digits) -> None:
+    """Through the method on asic-tpu32, whose whole model is the sum of its ops: the per-resolution fit finds
+    every scale 1 and no fixed share, and the DP's first answer costs what the device measures, within the target
+    with no correction."""
     keys = {"calib": 128, "error_images": 64, "channel_levels": [0.75, 0.5, 0.25], "kinds": ["channels"],
             "cost_source": "table", "check": "device", "buckets": 2000, "dp": "joint", "bn_data": "calib",
             "corrections": 0, "calibrate": 2, "calibrate_by": "resolution"}
-    train = list(itertools.islice(iter(task.train), 4))
-    ctx = MethodContext(model=model, ref=task.ref, space=space, train=train, eval_fn=None,
-                        latency=SurrogateLatency(space), target=0.6, device="asic-tpu32", ledger=ComputeLedger())
-    c = make_method("obc", keys).run(ctx).candidates[0]
+    c = _obc_on_asic(digits, keys, batches=4)
     ov = c.extra["overhead"]
     assert ov["by"] == "resolution" and len(ov["scales"]) >= 2
     assert len(ov["probes"]) == 2 + len(ov["scales"])
@@ -169,18 +174,10 @@ def test_method_calibrate_by_dp_on_asic(digits) -> None:  # type: ignore[no-unty
     """Through the method on asic-tpu32 (whole model = its op sum): the probes are the DP's answers at the uniform
     probes' op-sum budgets, each measures what it costs, so the map is the identity and the first answer costs what
     the device measures, within the target, with no correction."""
-    from hwloop.methods.base import MethodContext
-    from hwloop.search.accounting import ComputeLedger
-    from hwloop.search.latency import SurrogateLatency
-
-    task, model, space = digits
     keys = {"calib": 64, "error_images": 32, "channel_levels": [0.5, 0.25], "kinds": ["channels"],
             "cost_source": "table", "check": "device", "buckets": 1000, "dp": "joint", "bn_data": "calib",
             "corrections": 0, "calibrate": 2, "calibrate_by": "dp"}
-    train = list(itertools.islice(iter(task.train), 2))
-    ctx = MethodContext(model=model, ref=task.ref, space=space, train=train, eval_fn=None,
-                        latency=SurrogateLatency(space), target=0.6, device="asic-tpu32", ledger=ComputeLedger())
-    c = make_method("obc", keys).run(ctx).candidates[0]
+    c = _obc_on_asic(digits, keys, batches=2)
     ov = c.extra["overhead"]
     assert ov["by"] == "dp" and 1 <= len(ov["probes"]) <= 2
     assert all(p["probe_kind"] == "dp" and p["op_sum_ratio"] <= p["budget_ratio"] + 1e-9 for p in ov["probes"])
