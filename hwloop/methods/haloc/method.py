@@ -43,7 +43,8 @@ from hwloop.methods.haloc.mixed import (
     rank_level,
     wrap_model,
 )
-from hwloop.methods.haloc.search import SearchLog, alternate, step_down_to_budget
+from hwloop.methods.haloc.joint import WIDTH_PREFIX, JointExpectedLatency, build_joint, extract_joint, width_gates, width_sizes
+from hwloop.methods.haloc.search import Expected, SearchLog, alternate, set_mode, step_down_to_budget
 from hwloop.methods.haloc.uniform import choose_uniform, uniform_ladder
 from hwloop.search.accounting import ComputeRecord
 
@@ -86,6 +87,9 @@ class HalocConfig(MethodConfig):
             target in the cost table (:mod:`~hwloop.methods.haloc.uniform`), then the same extraction, batch-norm
             re-estimation and fine-tune (the uniform-rank control as a method entry).
         uniform_n: the uniform ladder's fractions ``k/uniform_n``.
+        widths: joint channel pruning (:mod:`~hwloop.methods.haloc.joint`): candidate widths of every coupled
+            channel group as fractions of its channels (e.g. ``[0.25, 0.5, 0.75]``; the full width is always one),
+            searched with the ranks, costed jointly; empty: ranks only (the paper's HALOC).
     """
 
     search_epochs: int = 2
@@ -113,6 +117,7 @@ class HalocConfig(MethodConfig):
     arch_paths: int = 0
     ranks: str = "search"
     uniform_n: int = 64
+    widths: tuple[float, ...] | list[float] = ()
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs", "step", "recalibrate_batches"):
@@ -139,8 +144,21 @@ class HalocConfig(MethodConfig):
             raise SearchError(f"ranks={self.ranks!r} is unknown; allowed: {', '.join(RANK_MODES)}")
         if self.cost_source not in COST_SOURCES:
             raise SearchError(f"cost_source={self.cost_source!r} is unknown; allowed: {', '.join(COST_SOURCES)}")
+        ws = self.widths
+        if not isinstance(ws, (list, tuple)) or any(isinstance(f, bool) or not isinstance(f, (int, float))
+                                                    or not 0 < float(f) <= 1 for f in ws):
+            raise SearchError(f"widths={ws!r} must be a list of fractions in (0, 1]")
+        object.__setattr__(self, "widths", tuple(float(f) for f in ws))
+        if self.widths and self.ranks != "search":
+            raise SearchError(f"widths={list(self.widths)} needs ranks='search' (the uniform-rank control prunes "
+                              "no channels)")
         if self.max_steps is not None and self.max_steps < 2:
             raise SearchError(f"max_steps={self.max_steps!r} must be >= 2 (a weight and an architecture batch) or none")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["widths"] = list(self.widths)
+        return d
 
 
 def table_source(context: MethodContext, source: str) -> str:
@@ -203,16 +221,22 @@ class HalocMethod(CompressionMethod):
                 levels[n] = ladder
         if not levels:
             raise SearchError(f"[method] haloc: no layer has a rank candidate at the latency steps {steps}")
-        table = build(*table_levels(specs, levels))
-        seconds["cost_table"] = time.perf_counter() - t0
-        ledger.add("cost_table", trial=context.trial, wall_s=seconds["cost_table"])
-        context.say(f"haloc: {len(levels)} layers, steps {sorted(set(steps.values()))}, cost unit {table.unit}")
-
         wrapped = wrap_model(base, levels)
         layers = mixed_layers(wrapped)
-        for m in layers.values():
-            m.mode = cfg.sampling
-        exp = ExpectedLatency(table, layers)
+        exp: Expected
+        if cfg.widths:   # joint pruning: width gates on every channel group, one table over ranks and widths
+            gates, exp = build_joint(wrapped, base, example, layers, cfg.widths, build)
+            table = exp.table
+        else:
+            table = build(*table_levels(specs, levels))
+            exp = ExpectedLatency(table, layers)
+            gates = {}
+        set_mode(wrapped, mode=cfg.sampling)
+        seconds["cost_table"] = time.perf_counter() - t0
+        ledger.add("cost_table", trial=context.trial, wall_s=seconds["cost_table"])
+        context.say(f"haloc: {len(levels)} layers, steps {sorted(set(steps.values()))}"
+                    + (f", {len(gates)} channel groups at widths {list(cfg.widths)}" if gates else "")
+                    + f", cost unit {table.unit}")
         slog = alternate(wrapped, exp, context.train, epochs=cfg.search_epochs, lr=cfg.lr, arch_lr=cfg.arch_lr,
                          momentum=cfg.momentum, weight_decay=cfg.weight_decay, lam=cfg.lam, dual_lr=cfg.dual_lr,
                          mu=cfg.mu, target=context.target, tau=cfg.tau, tau_end=cfg.tau_end,
@@ -262,7 +286,7 @@ class HalocMethod(CompressionMethod):
         return wrapped, layers, exp, slog, {n: 1 for n in names}, levels, table, {"uniform_frac": f}
 
     def _finish(self, context: MethodContext, base: torch.nn.Module, wrapped: torch.nn.Module, layers: Any,
-                exp: ExpectedLatency, slog: SearchLog, steps: dict[str, int], levels: dict[str, list[Any]],
+                exp: Expected, slog: SearchLog, steps: dict[str, int], levels: dict[str, list[Any]],
                 table: Any, extra: dict[str, Any], seconds: dict[str, float], n0: int) -> MethodResult:
         """Argmax (+ repair), extraction, batch-norm re-estimation, fine-tune, the candidate."""
         cfg = self.config
@@ -275,12 +299,17 @@ class HalocMethod(CompressionMethod):
         search_end = exp.choice_cost(choice)
         repairs: list[Repair] = []
         if context.target is not None and cfg.repair and search_end > context.target * exp.original:
-            moved = step_down_to_budget(layers, exp, choice, context.target * exp.original)
+            units = exp.units if isinstance(exp, JointExpectedLatency) else layers
+            moved = step_down_to_budget(units, exp, choice, context.target * exp.original)
             if moved != choice:   # nothing cheaper among the candidates: no repair happened
                 choice = moved
                 repairs.append(Repair("step_down_ranks", "extraction", search_end, exp.choice_cost(choice)))
         predicted = exp.choice_cost(choice)
-        net, actions = extract(wrapped, choice)
+        gates = width_gates(wrapped)
+        if gates:
+            net, actions = extract_joint(wrapped, context.example(), choice)
+        else:
+            net, actions = extract(wrapped, choice)
         plan = CompressionPlan(base=context.ref.to_dict(), actions=actions,
                                meta={"method": "haloc" if cfg.ranks == "search" else "haloc-uniform",
                                      "unit": exp.unit, "predicted": predicted, "original": exp.original,
@@ -313,6 +342,7 @@ class HalocMethod(CompressionMethod):
             sizes[f"rank:{n}"] = {"chosen": float(lv[1]) if lv != DENSE else top, "original": top,
                                   "dense": float(lv == DENSE), "p": float(p[m.levels.index(lv)]),
                                   "step": float(steps[n])}
+        sizes.update(width_sizes(gates, choice))
         cost = ComputeRecord("total")
         for r in ledger.records[n0:]:   # this run's records only
             cost = cost + r
@@ -328,7 +358,10 @@ class HalocMethod(CompressionMethod):
             extra={"expected_ratio": slog.expected_ratio, "argmax_ratio": search_end / exp.original,
                    "lam_final": slog.lam, "steps": dict(steps),
                    "candidates": {n: [list(x) for x in lv] for n, lv in levels.items()},
-                   "ranks": {n: (None if lv == DENSE else int(lv[1])) for n, lv in choice.items()},
+                   "ranks": {n: (None if lv == DENSE else int(lv[1])) for n, lv in choice.items()
+                             if not n.startswith(WIDTH_PREFIX)},
+                   "widths": {n[len(WIDTH_PREFIX):]: int(lv[1]) for n, lv in choice.items()
+                              if n.startswith(WIDTH_PREFIX)},
                    "cost_source": str(getattr(table, "source", cfg.cost_source)), "ranks_mode": cfg.ranks,
                    **extra})
         cand.judge(context.base_accuracy, context.max_repair_drop)

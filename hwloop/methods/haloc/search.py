@@ -41,12 +41,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwloop.methods.haloc.costs import ExpectedLatency
+from hwloop.methods.haloc.joint import JointExpectedLatency, WidthGate, init_width_logits, width_gates
 from hwloop.methods.haloc.mixed import Level, MixedLowRank, mixed_layers
 from hwloop.search.train import cosine_lr, make_optimizer
 
 __all__ = ["SearchLog", "alternate", "arch_steps", "init_logits", "ladder_down", "set_mode", "step_down_to_budget"]
 
 _LAM_MIN, _LAM_MAX = 1e-4, 1e4
+
+#: the expected latency over rank logits alone, or over rank and width logits (joint pruning)
+Expected = ExpectedLatency | JointExpectedLatency
 
 
 @dataclass
@@ -75,16 +79,23 @@ def set_mode(model: nn.Module, mode: str | None = None, tau: float | None = None
             m.st_all = st_all
         if st_paths is not None:
             m.st_paths = st_paths
+    for g in width_gates(model).values():   # joint pruning (widths): the gates follow the layers' mode
+        if mode is not None:
+            g.mode = mode
+        if tau is not None:
+            g.tau = tau
+        if st_all is not None:
+            g.st_all = st_all
 
 
 def _params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    arch = [m.alpha for m in mixed_layers(model).values()]
+    arch = [m.alpha for m in mixed_layers(model).values()] + [g.alpha for g in width_gates(model).values()]
     ids = {id(p) for p in arch}
     weights = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     return weights, arch
 
 
-def _latency_term(exp: ExpectedLatency, lam: float, target: float | None) -> tuple[torch.Tensor, float, float]:
+def _latency_term(exp: Expected, lam: float, target: float | None) -> tuple[torch.Tensor, float, float]:
     """``(term, E[LAT]/LAT₀, argmax ratio)``. With a target the hinge is on the ratio of the architecture that
     will be extracted (the argmax), with the gradient of ``E[LAT]`` (straight-through): the term pushes while the
     argmax is above the target and is exactly zero (no gradient) once it is at or below it."""
@@ -105,6 +116,7 @@ def init_logits(model: nn.Module, x: torch.Tensor, scale: float) -> dict[str, li
     the ladder one candidate at a time. Uniform logits instead put every layer's argmax at its cheapest
     candidate after the first architecture step (the latency gradient ``p_k(T_k − E)`` is most negative there)."""
     layers = mixed_layers(model)
+    gates = width_gates(model)
     inputs: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: inputs.__setitem__(n, a[0])) for n, m in layers.items()]
     was = model.training
@@ -112,10 +124,14 @@ def init_logits(model: nn.Module, x: torch.Tensor, scale: float) -> dict[str, li
         model.eval()
         for m in layers.values():
             m.forward = m.original.forward  # type: ignore[method-assign]
+        for g in gates.values():
+            g.bypass = True
         model(x)
     finally:
         for m in layers.values():
             del m.forward
+        for g in gates.values():
+            g.bypass = False
         for h in hooks:
             h.remove()
         model.train(was)
@@ -127,10 +143,13 @@ def init_logits(model: nn.Module, x: torch.Tensor, scale: float) -> dict[str, li
         a = -scale * err / err.max().clamp_min(1e-12)
         m.alpha.copy_(a)
         out[n] = a.tolist()
+    init_width_logits(gates, scale)   # joint pruning: full width on top, as the dense / largest-rank branch
+    for k, g in gates.items():
+        out[f"width:{k}"] = g.alpha.tolist()
     return out
 
 
-def arch_steps(model: nn.Module, exp: ExpectedLatency, batch: tuple[torch.Tensor, torch.Tensor], *, lam: float,
+def arch_steps(model: nn.Module, exp: Expected, batch: tuple[torch.Tensor, torch.Tensor], *, lam: float,
                steps: int, lr: float = 3e-3, target: float | None = None) -> float:
     """``steps`` architecture steps on one fixed batch with the weights frozen (fixed ``λ``); returns the
     final expected latency ratio ``E[LAT]/LAT₀``."""
@@ -156,7 +175,7 @@ def _batches(loader: Any, max_steps: int | None) -> Iterator[tuple[torch.Tensor,
         yield b
 
 
-def alternate(model: nn.Module, exp: ExpectedLatency, loader: Any, *, epochs: int, lr: float, arch_lr: float,
+def alternate(model: nn.Module, exp: Expected, loader: Any, *, epochs: int, lr: float, arch_lr: float,
               momentum: float, weight_decay: float, lam: float, dual_lr: float, mu: float, target: float | None,
               tau: float = 1.0, tau_end: float = 1.0, max_steps: int | None = None, progress: bool = False,
               log: Callable[[str], None] | None = None, trace: list[dict[str, float]] | None = None,
@@ -254,7 +273,7 @@ def ladder_down(levels: Sequence[Level], current: Level, cost: Mapping[Level, fl
     return max(cheaper, key=lambda lv: cost[lv]) if cheaper else None
 
 
-def step_down_to_budget(layers: Mapping[str, MixedLowRank], exp: ExpectedLatency, choice: Mapping[str, Level],
+def step_down_to_budget(layers: Mapping[str, MixedLowRank | WidthGate], exp: Expected, choice: Mapping[str, Level],
                         budget: float, max_iters: int = 10_000) -> dict[str, Level]:
     """Move layers to cheaper candidates until ``exp.choice_cost(choice) <= budget`` (a repair): each step takes
     the move with the largest cost saving per unit of logit given up (``α_current − α_next``)."""

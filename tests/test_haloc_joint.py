@@ -1,0 +1,179 @@
+"""HALOC with channel pruning in the same search (hwloop.methods.haloc.joint): width gates, the joint cost, extraction."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from hwloop.compress.extract import load_compressed, output_layers, save_compressed
+from hwloop.compress.plan import CompressionPlan
+from hwloop.errors import SearchError
+from hwloop.methods import make_method
+from hwloop.methods.haloc.costs import layer_specs
+from hwloop.methods.haloc.joint import WIDTH_PREFIX, build_joint, extract_joint, width_gates
+from hwloop.methods.haloc.mixed import DENSE, eligible_layers, mixed_layers, rank_level, wrap_model
+from hwloop.methods.haloc.search import arch_steps, init_logits, set_mode
+from hwloop.models import ModelRef
+from hwloop.search.costtable import build_cost_table
+from hwloop.search.train import make_task, train_epochs
+
+torch.set_num_threads(1)
+
+
+def _macs(levels, passive):
+    return build_cost_table(levels, device="asic-tpu32", source="surrogate", progress=False, passive=passive)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    """ResNet-20 with random batch-norm statistics (so a wrongly masked channel shows), wrapped with two ranks per
+    conv and width gates at 1/4, 1/2, 3/4 of every group, costed in MACs."""
+    torch.manual_seed(0)
+    ref = ModelRef("resnet20")
+    model = ref.build().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    x = ref.example_input()
+    names = eligible_layers(model, output_layers(model, x))
+    wrapped = wrap_model(model, {n: [DENSE, rank_level(4), rank_level(8)] for n in names})
+    gates, exp = build_joint(wrapped, model, x, mixed_layers(wrapped), [0.25, 0.5, 0.75], _macs)
+    return ref, model, wrapped, gates, exp
+
+
+def test_every_group_gets_a_gate_and_the_full_choice_is_the_original(resnet) -> None:
+    ref, model, wrapped, gates, exp = resnet
+    assert len(gates) == 12   # 3 residual streams + 9 block-internal groups; not the classifier's output
+    assert all(len(g.levels) == 4 and g.levels[-1] == ("w", g.channels) for g in gates.values())
+    whole = _macs({"m": {DENSE: [s for s in layer_specs(model, ref.example_input()) if s.op != "other"]}}, [])
+    assert exp.original == pytest.approx(whole.model_cost({"m": DENSE}), rel=1e-12)
+
+
+def test_one_hot_cost_and_output_are_the_extracted_models(resnet, tmp_path: Path) -> None:
+    """For random hard choices: E[LAT] at one-hot probabilities = choice_cost = the MACs of the ops the extracted
+    model runs; the extracted (physically pruned and factorised) model computes what the masked search model does;
+    the plan rebuilds it."""
+    ref, model, wrapped, gates, exp = resnet
+    x = ref.example_input()
+    xs = torch.randn(4, 3, 32, 32)
+    rng = random.Random(0)
+    for trial in range(2):
+        choice = {n: rng.choice(u.levels) for n, u in exp.units.items()}
+        for n, u in exp.units.items():
+            u.fixed = torch.tensor([1.0 if lv == choice[n] else 0.0 for lv in u.levels])
+        wrapped.eval()
+        with torch.no_grad():
+            y_search = wrapped(xs)
+            e = float(exp())
+        net, actions = extract_joint(wrapped, x, choice)
+        specs = [s for s in layer_specs(net, x) if s.op != "other"]
+        real = _macs({"m": {DENSE: specs}}, []).model_cost({"m": DENSE})
+        assert e == pytest.approx(exp.choice_cost(choice), rel=1e-9) and e == pytest.approx(real, rel=1e-9)
+        assert real < exp.original
+        with torch.no_grad():
+            y = net.eval()(xs)
+        torch.testing.assert_close(y, y_search, atol=1e-4, rtol=1e-4)
+        pruned = {a.group: a.kept for a in actions if a.kind == "channel_prune"}
+        assert pruned == {k: choice[WIDTH_PREFIX + k][1] for k, g in gates.items()
+                          if choice[WIDTH_PREFIX + k][1] < g.channels}
+        assert not width_gates(net) and not any(n.endswith("alpha") for n, _ in net.named_parameters())
+        rebuilt, _ = load_compressed(save_compressed(net, CompressionPlan(base=ref.to_dict(), actions=actions),
+                                                     tmp_path / f"c{trial}"))
+        with torch.no_grad():
+            assert torch.equal(rebuilt.eval()(xs), y)
+    for u in exp.units.values():
+        u.fixed = None
+
+
+def test_a_group_draws_one_width_per_forward_pass(resnet) -> None:
+    """Every site of a residual stream (four batch norms) is masked with the same sampled width in one pass, and
+    a new width may be drawn in the next."""
+    ref, model, wrapped, gates, exp = resnet
+    stream = gates["conv1"]   # the first stage's residual stream: the stem's bn1 and each block's bn2
+    seen: list[list[frozenset[int]]] = []
+    sites = ["bn1", "layers.0.bn2", "layers.1.bn2", "layers.2.bn2"]
+    hooks = [wrapped.get_submodule(s).register_forward_hook(
+        lambda mod, i, o: seen[-1].append(frozenset(torch.nonzero(o.abs().sum(dim=(0, 2, 3)) > 1e-6).flatten()
+                                                    .tolist()))) for s in sites]
+    try:
+        set_mode(wrapped, mode="gumbel", st_all=True)
+        wrapped.train()
+        torch.manual_seed(1)
+        with torch.no_grad():
+            stream.alpha.zero_()
+            for _ in range(6):
+                seen.append([])
+                wrapped(torch.randn(2, 3, 32, 32))
+    finally:
+        for h in hooks:
+            h.remove()
+        set_mode(wrapped, mode="softmax", st_all=False)
+        wrapped.eval()
+    assert all(len(set(s)) == 1 for s in seen), seen
+    assert len({s[0] for s in seen}) > 1   # widths are drawn, not fixed
+
+
+def test_init_puts_full_width_on_top_and_a_large_lambda_narrows(resnet) -> None:
+    ref, model, wrapped, gates, exp = resnet
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.randint(0, 10, (8,))
+    init_logits(wrapped, x, 2.0)
+    assert all(g.argmax() == len(g.levels) - 1 for g in gates.values())
+    assert float(exp().detach()) < exp.original   # the ranks' mixture is already cheaper than dense
+    for p in wrapped.parameters():
+        p.requires_grad_(False)
+    for u in exp.units.values():
+        u.alpha.requires_grad_(True)
+    start = float(exp())
+    e = arch_steps(wrapped, exp, (x, y), lam=100.0, steps=15, lr=0.1)
+    for p in wrapped.parameters():
+        p.requires_grad_(True)
+    widths = {k: g.levels[g.argmax()][1] for k, g in gates.items()}
+    assert e < 0.8 * start and any(w < gates[k].channels for k, w in widths.items()), (start, e, widths)
+
+
+def test_the_method_prunes_and_factorises_to_its_target() -> None:
+    from hwloop.methods.base import MethodContext
+    from hwloop.search.latency import SurrogateLatency
+    from hwloop.search.space import SearchSpace
+
+    task = make_task("digits", "small_cnn", train_limit=256, val_limit=256, seed=0)
+    torch.manual_seed(0)
+    model = task.ref.build()
+    train_epochs(model, task.train, 1, 0.05)
+    model.eval()
+    space = SearchSpace.from_ref(task.ref, model=model)
+    ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=None,
+                        latency=SurrogateLatency(space), target=0.5, device="asic-tpu32")
+    res = make_method("haloc", {"search_epochs": 1, "finetune_epochs": 0, "max_steps": 4, "max_candidates": 3,
+                                "recalibrate_batches": 1, "sampling": "gumbel", "cost_source": "surrogate",
+                                "widths": [0.25, 0.5, 0.75]}).run(ctx)
+    c = res.candidates[0]
+    assert c.predicted <= 0.5 * c.original + 1e-9
+    assert set(c.extra["widths"]) == {"features.0", "features.3", "features.7"}
+    kinds = [a.kind for a in c.plan.actions]
+    assert "channel_prune" in kinds and kinds == sorted(kinds, key=lambda k: k != "low_rank")   # low rank first
+    specs = [s for s in layer_specs(c.model, task.ref.example_input()) if s.op != "other"]
+    real = _macs({"m": {DENSE: specs}}, []).model_cost({"m": DENSE})
+    assert c.predicted == pytest.approx(real, rel=1e-9)   # the prediction is the extracted model's own cost
+    assert res.config["widths"] == [0.25, 0.5, 0.75]
+
+
+@pytest.mark.parametrize("widths,msg", [([0.0], r"fractions in \(0, 1\]"), ([1.5], r"fractions in \(0, 1\]"),
+                                        (["a"], r"fractions in \(0, 1\]"), ([True], r"fractions in \(0, 1\]")])
+def test_width_config_errors_are_one_line(widths, msg) -> None:
+    with pytest.raises(SearchError, match=msg) as e:
+        make_method("haloc", {"widths": widths})
+    assert "\n" not in str(e.value)
+
+
+def test_widths_need_the_rank_search() -> None:
+    with pytest.raises(SearchError, match="needs ranks='search'"):
+        make_method("haloc", {"widths": [0.5], "ranks": "uniform"})
