@@ -33,7 +33,8 @@ Run (2 shared cores; state the schedule you used)::
 ``--train-stats batch`` (opt-in, with ``--norm frozen_bn``): the family trains with batch statistics and stores a
 per-α statistics table (``--calib-batches`` training batches at each grid α) before it is evaluated; ``--sort-channels``
 orders the checkpoint's channel groups by magnitude first (family and single models). The 2026-12-07 runs of
-``docs/lcs.md`` with both: ``benchmarks/lcs_table_run.sh SEED``.
+``docs/lcs.md`` with both: ``benchmarks/lcs_table_run.sh SEED``. ``--distill D`` (opt-in): in-place distillation of the
+narrow members from the α = 1 member (``train_lines(distill=...)``); ``benchmarks/lcs_kd_run.sh SEED [D]``.
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ def main() -> int:
                     "(the evidence harness's split; 0: validation = a random subset of the test set)")
     ap.add_argument("--split-seed", type=int, default=0, help="draws the held-out, training, validation and test subsets")
     ap.add_argument("--test-limit", type=int, default=None, help="random test images (default: all)")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="family: in-place distillation weight (0..1): members with alpha < 1 trained on "
+                         "(1-d)*CE + d*KL to the alpha=1 member's detached softmax (Yu & Huang 2019; 0: off)")
     ap.add_argument("--single-widths", default=",".join(map(str, WIDTHS)),
                     help="the widths of the models trained alone (comma list; run several processes to parallelise)")
     args = ap.parse_args()
@@ -200,7 +204,7 @@ def main() -> int:
             log(f"family before training (validation): {jload(out / 'start.json')}")
         log("family: training")
         h = train_lines(fam.net, fam.state, task.train, epochs=args.epochs, lr=args.lr, n_samples=args.n_samples,
-                        seed=args.seed, progress=False, clip_grad=args.clip_grad,
+                        seed=args.seed, progress=False, clip_grad=args.clip_grad, distill=args.distill,
                         on_epoch=lambda e, r: log(f"family epoch {e + 1}: loss {r['loss']:.3f} cos2 {r['cos2']:.2e} "
                                                   f"{r['seconds']:.0f} s"))
         if args.train_stats == "batch":

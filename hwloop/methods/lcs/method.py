@@ -56,6 +56,9 @@ class LcsConfig(MethodConfig):
             before training (function-preserving), so the fixed prefix order keeps the important channels.
         fold_start: ``frozen_bn`` only: before training, fold the width-``lo`` member's batch statistics on this many
             training batches into the α = 0 endpoint's γ/β (:meth:`LcsFamily.fold_statistics`; 0: off).
+        distill: ``width`` only, opt-in: in-place distillation (Yu & Huang 2019, not LCS's): each batch's α = 1
+            member is trained on the labels first and members with α < 1 on ``(1 − distill)·CE + distill·KL`` to its
+            detached softmax (:func:`~hwloop.methods.lcs.train.distill_loss`); 0 (default): cross-entropy at every α.
         epochs / lr / momentum / weight_decay / max_steps: the training schedule (cosine LR).
         beta / beta_norms: weight of the cos² endpoint regulariser, and whether norm weights are in it.
         lo / hi: the compression range over α ∈ [0, 1]: width factor (default 0.25..1) or kept fraction (0.05..1).
@@ -99,6 +102,7 @@ class LcsConfig(MethodConfig):
     train_stats: str = "frozen"
     calib_batches: int = 16
     sort_channels: bool = False
+    distill: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(key: str, allowed: str) -> SearchError:
@@ -129,6 +133,11 @@ class LcsConfig(MethodConfig):
         if self.sort_channels and (self.mode != "width" or self.init != "context" or self.norm != "frozen_bn"):
             raise bad("sort_channels", "false unless mode='width', init='context' and norm='frozen_bn' (the sort "
                       "permutes batch-norm channels)")
+        if (isinstance(self.distill, bool) or not isinstance(self.distill, (int, float))
+                or not (math.isfinite(self.distill) and 0 <= self.distill <= 1)):
+            raise bad("distill", "a number in [0, 1] (0: off)")
+        if self.distill > 0 and self.mode != "width":
+            raise bad("distill", "0 unless mode='width' (in-place distillation from the widest member)")
         if self.norm == "frozen_bn" and self.init != "context":
             raise SearchError("norm='frozen_bn' needs init='context' (the statistics are frozen at the context's "
                               "trained batch norms)")
@@ -235,7 +244,7 @@ class LcsMethod(CompressionMethod):
                         weight_decay=cfg.weight_decay, beta=cfg.beta, beta_norms=cfg.beta_norms,
                         n_samples=cfg.n_samples, endpoint_prob=cfg.endpoint_prob, warmup=cfg.warmup,
                         seed=context.seed, max_steps=cfg.max_steps, progress=context.progress,
-                        clip_grad=cfg.clip_grad)
+                        clip_grad=cfg.clip_grad, distill=cfg.distill)
         ledger.add("train", trial=context.trial, wall_s=time.perf_counter() - t0,
                    train_images=int(h["train_image_passes"]), epochs=float(cfg.epochs))
         context.say(f"lcs: trained the {cfg.mode} line for {cfg.epochs} epoch(s), {h['train_image_passes']:.0f} "
