@@ -177,3 +177,33 @@ def test_width_config_errors_are_one_line(widths, msg) -> None:
 def test_widths_need_the_rank_search() -> None:
     with pytest.raises(SearchError, match="needs ranks='search'"):
         make_method("haloc", {"widths": [0.5], "ranks": "uniform"})
+
+
+def test_the_band_pushes_up_below_the_target_and_lambda_grows_there() -> None:
+    from hwloop.methods.haloc.search import _latency_term, dual_error
+
+    class Exp:   # E[LAT] = 10·s, the argmax costs `hard`
+        original = 10.0
+
+        def __init__(self, hard: float) -> None:
+            self.s = torch.tensor(0.5, requires_grad=True)
+            self.hard = hard
+
+        def __call__(self):
+            return 10.0 * self.s
+
+        def argmax_choice(self):
+            return {}
+
+        def choice_cost(self, choice):
+            return self.hard
+
+    for hard, band, sign in [(8.0, 0.0, 1), (5.0, 0.0, 0), (5.0, 0.05, -1), (6.8, 0.05, 0), (8.0, 0.05, 1)]:
+        e = Exp(hard)
+        term, _, a = _latency_term(e, 2.0, 0.7, band)
+        if term.requires_grad:
+            term.backward()
+        g = 0.0 if e.s.grad is None else float(e.s.grad)
+        assert a == pytest.approx(hard / 10) and (g > 0) - (g < 0) == sign, (hard, band, g)
+        err = dual_error(hard / 10, 0.7, band)
+        assert (err > 0) == (sign != 0), (hard, band, err)   # λ grows exactly where the term pushes

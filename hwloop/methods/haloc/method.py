@@ -90,6 +90,9 @@ class HalocConfig(MethodConfig):
         widths: joint channel pruning (:mod:`~hwloop.methods.haloc.joint`): candidate widths of every coupled
             channel group as fractions of its channels (e.g. ``[0.25, 0.5, 0.75]``; the full width is always one),
             searched with the ranks, costed jointly; empty: ranks only (the paper's HALOC).
+        band: with a target, 0 is the one-sided hinge (push only while the argmax is above the target); ``> 0``
+            also pushes up while the argmax is below ``target·(1 − band)``, and λ grows there too.
+        width_lr: Adam learning rate of the width logits (None: ``arch_lr``).
     """
 
     search_epochs: int = 2
@@ -118,6 +121,8 @@ class HalocConfig(MethodConfig):
     ranks: str = "search"
     uniform_n: int = 64
     widths: tuple[float, ...] | list[float] = ()
+    band: float = 0.0
+    width_lr: float | None = None
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs", "step", "recalibrate_batches"):
@@ -144,6 +149,10 @@ class HalocConfig(MethodConfig):
             raise SearchError(f"ranks={self.ranks!r} is unknown; allowed: {', '.join(RANK_MODES)}")
         if self.cost_source not in COST_SOURCES:
             raise SearchError(f"cost_source={self.cost_source!r} is unknown; allowed: {', '.join(COST_SOURCES)}")
+        if not (isinstance(self.band, (int, float)) and 0 <= self.band < 1):
+            raise SearchError(f"band={self.band!r} must be in [0, 1)")
+        if self.width_lr is not None and not (math.isfinite(self.width_lr) and self.width_lr > 0):
+            raise SearchError(f"width_lr={self.width_lr!r} must be a finite number > 0 or none")
         ws = self.widths
         if not isinstance(ws, (list, tuple)) or any(isinstance(f, bool) or not isinstance(f, (int, float))
                                                     or not 0 < float(f) <= 1 for f in ws):
@@ -241,7 +250,8 @@ class HalocMethod(CompressionMethod):
                          momentum=cfg.momentum, weight_decay=cfg.weight_decay, lam=cfg.lam, dual_lr=cfg.dual_lr,
                          mu=cfg.mu, target=context.target, tau=cfg.tau, tau_end=cfg.tau_end,
                          max_steps=cfg.max_steps, progress=context.progress, log=context.log,
-                         init_scale=cfg.init_scale, arch_paths=cfg.arch_paths)
+                         init_scale=cfg.init_scale, arch_paths=cfg.arch_paths, band=cfg.band,
+                         width_lr=cfg.width_lr)
         seconds["search"] = slog.seconds
         images = slog.weight_images + slog.arch_images
         n_train = len(context.train.dataset) if hasattr(context.train, "dataset") else max(1, images)  # type: ignore[arg-type]

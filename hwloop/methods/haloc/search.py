@@ -95,17 +95,33 @@ def _params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     return weights, arch
 
 
-def _latency_term(exp: Expected, lam: float, target: float | None) -> tuple[torch.Tensor, float, float]:
+def _latency_term(exp: Expected, lam: float, target: float | None, band: float = 0.0
+                  ) -> tuple[torch.Tensor, float, float]:
     """``(term, E[LAT]/LAT₀, argmax ratio)``. With a target the hinge is on the ratio of the architecture that
     will be extracted (the argmax), with the gradient of ``E[LAT]`` (straight-through): the term pushes while the
-    argmax is above the target and is exactly zero (no gradient) once it is at or below it."""
+    argmax is above the target and is exactly zero (no gradient) once it is at or below it. With ``band > 0`` it
+    also pushes *up* while the argmax is below ``target·(1 − band)`` (two-sided: a search that fell far under its
+    target is brought back to spend the latency it may spend)."""
     ratio = exp() / exp.original
     if target is None:
         return lam * ratio, float(ratio.detach()), math.nan
     with torch.no_grad():
         hard = exp.choice_cost(exp.argmax_choice()) / exp.original
-    term = lam * torch.relu(hard + (ratio - ratio.detach()) - target)
+    st = hard + (ratio - ratio.detach())
+    floor = target * (1.0 - band)
+    if band > 0 and hard < floor:
+        return lam * torch.relu(floor - st), float(ratio.detach()), float(hard)
+    term = lam * torch.relu(st - target)
     return term, float(ratio.detach()), float(hard)
+
+
+def dual_error(hard: float, target: float, band: float = 0.0) -> float:
+    """The dual-ascent error of λ: ``hard/target − 1`` (λ grows above the target, decays under it); with
+    ``band > 0``, below ``target·(1 − band)`` the error is the relative shortfall, so λ grows there too."""
+    floor = target * (1.0 - band)
+    if band > 0 and hard < floor:
+        return (floor - hard) / target
+    return hard / target - 1.0
 
 
 @torch.no_grad()
@@ -179,10 +195,13 @@ def alternate(model: nn.Module, exp: Expected, loader: Any, *, epochs: int, lr: 
               momentum: float, weight_decay: float, lam: float, dual_lr: float, mu: float, target: float | None,
               tau: float = 1.0, tau_end: float = 1.0, max_steps: int | None = None, progress: bool = False,
               log: Callable[[str], None] | None = None, trace: list[dict[str, float]] | None = None,
-              init_scale: float = 0.0, arch_paths: int = 0) -> SearchLog:
+              init_scale: float = 0.0, arch_paths: int = 0, band: float = 0.0,
+              width_lr: float | None = None) -> SearchLog:
     """The alternating search (see the module docstring) over ``epochs`` passes of ``loader``: even batches are
     weight steps, odd batches architecture steps. ``τ`` goes geometrically from ``tau`` to ``tau_end``.
     ``arch_paths`` (gumbel): branches run in an architecture step (0: all; see ``MixedLowRank.st_paths``).
+    ``band`` (> 0): the latency term is two-sided, see :func:`_latency_term` and :func:`dual_error`.
+    ``width_lr``: Adam learning rate of the width logits (joint pruning; None: ``arch_lr``).
     ``init_scale > 0`` starts the logits with :func:`init_logits` on the first batch (0: uniform). ``trace`` (a
     list) receives one row per architecture step: ``E[LAT]/LAT₀``, the argmax ratio, ``λ`` and the norms of the
     logits' gradient from the task loss and from the latency term."""
@@ -193,7 +212,12 @@ def alternate(model: nn.Module, exp: Expected, loader: Any, *, epochs: int, lr: 
     set_mode(model, st_paths=arch_paths)
     weights, arch = _params(model)
     opt_w = make_optimizer(weights, lr, momentum, weight_decay)
-    opt_a = torch.optim.Adam(arch, lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
+    gate_ids = {id(g.alpha) for g in width_gates(model).values()}
+    groups: list[dict[str, Any]] = [{"params": [a for a in arch if id(a) not in gate_ids]}]
+    if gate_ids:   # joint pruning: the width logits may move at their own rate
+        groups.append({"params": [a for a in arch if id(a) in gate_ids],
+                       "lr": arch_lr if width_lr is None else width_lr})
+    opt_a = torch.optim.Adam(groups, lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
     per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
     total = max(1, epochs * per_epoch)
     out = SearchLog(lam=lam)
@@ -228,7 +252,7 @@ def alternate(model: nn.Module, exp: Expected, loader: Any, *, epochs: int, lr: 
                 out.weight_images += int(y.shape[0])
             else:            # architecture step on a batch the weights did not just see
                 set_mode(model, collect_fm=False, st_all=True)
-                term, ratio, hard = _latency_term(exp, out.lam, target)
+                term, ratio, hard = _latency_term(exp, out.lam, target, band)
                 ce = F.cross_entropy(model(x), y)
                 opt_a.zero_grad(set_to_none=True)
                 if trace is not None:   # the latency term's own gradient on the logits (cheap: no network)
@@ -244,7 +268,7 @@ def alternate(model: nn.Module, exp: Expected, loader: Any, *, epochs: int, lr: 
                                   "cos_ce_lat": float(F.cosine_similarity(gt - gl, gl, dim=0, eps=1e-12))})
                 opt_a.step()
                 if target is not None and dual_lr > 0:
-                    err = hard / target - 1.0   # the extracted architecture's ratio
+                    err = dual_error(hard, target, band)   # the extracted architecture's ratio
                     out.lam = min(_LAM_MAX, max(_LAM_MIN, out.lam * math.exp(max(-5.0, min(5.0, dual_lr * err)))))
                 ce_a += float(ce.detach())
                 n_a += 1
