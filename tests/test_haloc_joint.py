@@ -207,3 +207,45 @@ def test_the_band_pushes_up_below_the_target_and_lambda_grows_there() -> None:
         assert a == pytest.approx(hard / 10) and (g > 0) - (g < 0) == sign, (hard, band, g)
         err = dual_error(hard / 10, 0.7, band)
         assert (err > 0) == (sign != 0), (hard, band, err)   # λ grows exactly where the term pushes
+
+
+def test_original_weights_rebuild_the_chosen_architecture_from_the_trained_model() -> None:
+    """``weights = "original"``: the extracted model is the chosen ranks and widths applied to the trained
+    model's own weights (HOSVD, chosen channels), not the search's; with no fine-tune it equals that
+    extraction exactly, and it differs from the search-trained one."""
+    from hwloop.methods.base import MethodContext
+    from hwloop.methods.haloc.mixed import DENSE as D
+    from hwloop.search.latency import SurrogateLatency
+    from hwloop.search.space import SearchSpace
+
+    task = make_task("digits", "small_cnn", train_limit=256, val_limit=256, seed=0)
+    torch.manual_seed(0)
+    model = task.ref.build()
+    train_epochs(model, task.train, 1, 0.05)
+    model.eval()
+    space = SearchSpace.from_ref(task.ref, model=model)
+    x = task.ref.example_input()
+    xs = next(iter(task.train))[0]
+    outs = {}
+    for weights in ("search", "original"):
+        ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=None,
+                            latency=SurrogateLatency(space), target=0.5, device="asic-tpu32")
+        cfg = {"search_epochs": 1, "finetune_epochs": 0, "max_steps": 4, "max_candidates": 3, "recalibrate_batches": 0,
+               "sampling": "gumbel", "cost_source": "surrogate", "widths": [0.25, 0.5, 0.75], "weights": weights}
+        c = make_method("haloc", cfg).run(ctx).candidates[0]
+        with torch.no_grad():
+            outs[weights] = c.model.eval()(xs)
+    levels = {n: [D, *[lv for lv in map(tuple, c.extra["candidates"][n]) if lv != D]] for n in c.extra["candidates"]}
+    fresh = wrap_model(model, levels)
+    gates, _ = build_joint(fresh, model, x, mixed_layers(fresh), [0.25, 0.5, 0.75], _macs)
+    choice = {n: (D if r is None else rank_level(r)) for n, r in c.extra["ranks"].items()}
+    choice.update({WIDTH_PREFIX + k: ("w", w) for k, w in c.extra["widths"].items()})
+    ref_net, _ = extract_joint(fresh, x, choice)
+    with torch.no_grad():
+        torch.testing.assert_close(outs["original"], ref_net.eval()(xs))
+    assert not torch.allclose(outs["original"], outs["search"], atol=1e-3)
+
+
+def test_weights_must_be_search_or_original() -> None:
+    with pytest.raises(SearchError, match="weights='trained' is unknown; allowed: search, original"):
+        make_method("haloc", {"weights": "trained"})

@@ -47,7 +47,8 @@ from hwloop.compress.actions import Action, ChannelPrune, LowRank
 from hwloop.errors import SearchError
 from hwloop.methods.haloc.mixed import DENSE, Level, MixedLowRank, extract
 
-__all__ = ["WIDTH_PREFIX", "JointExpectedLatency", "WidthGate", "attach_gates", "build_joint", "extract_joint",
+__all__ = ["WIDTH_PREFIX", "JointExpectedLatency", "WidthGate", "attach_gates", "build_joint", "copy_gates",
+           "extract_joint",
            "group_widths", "init_width_logits", "strip_gates", "width_gates", "width_level", "width_sizes"]
 
 WIDTH_PREFIX = "width:"
@@ -214,6 +215,18 @@ def width_gates(model: nn.Module) -> dict[str, WidthGate]:
     if holder is None:
         return {}
     return {g.key: g for g in holder.gates}  # type: ignore[union-attr]
+
+
+def copy_gates(src: nn.Module, dst: nn.Module) -> None:
+    """Give ``dst`` (another mixed-layer copy of the same base model) a copy of ``src``'s width gates, without
+    hooks: enough for :func:`extract_joint` to prune the chosen channels (e.g. from the original weights)."""
+    import copy
+
+    holder = getattr(src, _ATTR, None)
+    if holder is not None:
+        for g in holder.gates:
+            g.new_pass()
+        setattr(dst, _ATTR, copy.deepcopy(holder))
 
 
 def strip_gates(model: nn.Module) -> None:

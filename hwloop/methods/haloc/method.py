@@ -43,7 +43,15 @@ from hwloop.methods.haloc.mixed import (
     rank_level,
     wrap_model,
 )
-from hwloop.methods.haloc.joint import WIDTH_PREFIX, JointExpectedLatency, build_joint, extract_joint, width_gates, width_sizes
+from hwloop.methods.haloc.joint import (
+    WIDTH_PREFIX,
+    JointExpectedLatency,
+    build_joint,
+    copy_gates,
+    extract_joint,
+    width_gates,
+    width_sizes,
+)
 from hwloop.methods.haloc.search import Expected, SearchLog, alternate, set_mode, step_down_to_budget
 from hwloop.methods.haloc.uniform import choose_uniform, uniform_ladder
 from hwloop.search.accounting import ComputeRecord
@@ -52,6 +60,7 @@ __all__ = ["COST_SOURCES", "HalocConfig", "HalocMethod"]
 
 COST_SOURCES = ("auto", "measure", "predictor", "surrogate", "context")
 RANK_MODES = ("search", "uniform")
+WEIGHTS = ("search", "original")
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,10 @@ class HalocConfig(MethodConfig):
         band: with a target, 0 is the one-sided hinge (push only while the argmax is above the target); ``> 0``
             also pushes up while the argmax is below ``target·(1 − band)``, and λ grows there too.
         width_lr: Adam learning rate of the width logits (None: ``arch_lr``).
+        weights: the extracted model's weights: ``search`` (the chosen branches as the search trained them, the
+            paper's way) or ``original`` (the chosen architecture rebuilt from the trained model: HOSVD of the
+            original layers at the chosen ranks, the chosen channels of the original weights), then the same
+            batch-norm re-estimation and fine-tune.
     """
 
     search_epochs: int = 2
@@ -123,6 +136,7 @@ class HalocConfig(MethodConfig):
     widths: tuple[float, ...] | list[float] = ()
     band: float = 0.0
     width_lr: float | None = None
+    weights: str = "search"
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs", "step", "recalibrate_batches"):
@@ -153,6 +167,8 @@ class HalocConfig(MethodConfig):
             raise SearchError(f"band={self.band!r} must be in [0, 1)")
         if self.width_lr is not None and not (math.isfinite(self.width_lr) and self.width_lr > 0):
             raise SearchError(f"width_lr={self.width_lr!r} must be a finite number > 0 or none")
+        if self.weights not in WEIGHTS:
+            raise SearchError(f"weights={self.weights!r} is unknown; allowed: {', '.join(WEIGHTS)}")
         ws = self.widths
         if not isinstance(ws, (list, tuple)) or any(isinstance(f, bool) or not isinstance(f, (int, float))
                                                     or not 0 < float(f) <= 1 for f in ws):
@@ -316,10 +332,14 @@ class HalocMethod(CompressionMethod):
                 repairs.append(Repair("step_down_ranks", "extraction", search_end, exp.choice_cost(choice)))
         predicted = exp.choice_cost(choice)
         gates = width_gates(wrapped)
+        src = wrapped
+        if cfg.weights == "original":   # the chosen architecture from the trained model's weights
+            src = wrap_model(base, levels)
+            copy_gates(wrapped, src)
         if gates:
-            net, actions = extract_joint(wrapped, context.example(), choice)
+            net, actions = extract_joint(src, context.example(), choice)
         else:
-            net, actions = extract(wrapped, choice)
+            net, actions = extract(src, choice)
         plan = CompressionPlan(base=context.ref.to_dict(), actions=actions,
                                meta={"method": "haloc" if cfg.ranks == "search" else "haloc-uniform",
                                      "unit": exp.unit, "predicted": predicted, "original": exp.original,
