@@ -56,7 +56,7 @@ def main() -> int:
     ax.set_ylim(30, 92)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("ResNet-20 LCS width family (batch stats + table, sorted, 3 α/batch, 10k images)", fontsize=9)
+    ax.set_title("ResNet-20 LCS width family (batch stats + table, sorted channels, 10k images, 1 epoch)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(out)
