@@ -249,3 +249,38 @@ def test_original_weights_rebuild_the_chosen_architecture_from_the_trained_model
 def test_weights_must_be_search_or_original() -> None:
     with pytest.raises(SearchError, match="weights='trained' is unknown; allowed: search, original"):
         make_method("haloc", {"weights": "trained"})
+
+
+def test_sensitivity_init_scales_each_width_by_its_output_error(resnet) -> None:
+    """``width_init = "sensitivity"``: gate g's logits are −scale·(output error with g alone at that width)/max
+    over all gates; the error is the physically pruned network's (extraction equals masking)."""
+    ref, model, wrapped, gates, exp = resnet
+    x = torch.randn(6, 3, 32, 32)
+    init_logits(wrapped, x, 2.0, "sensitivity")
+    lows = [float(g.alpha.detach().min()) for g in gates.values()]
+    assert min(lows) == pytest.approx(-2.0) and all(float(g.alpha[-1]) == 0.0 for g in gates.values())
+    assert max(lows) > -1.0   # some group is far less sensitive than the most sensitive one
+    g = gates["layers.3.conv1"]   # a block-internal group of stage 2
+
+    def run(level):   # the wrapped network with every layer dense and only g at `level`, physically pruned
+        choice = {n: DENSE for n in mixed_layers(wrapped)}
+        choice.update({WIDTH_PREFIX + k: (level if k == g.key else h.levels[-1]) for k, h in gates.items()})
+        net, _ = extract_joint(wrapped, ref.example_input(), choice)
+        return net.eval()(x)
+
+    with torch.no_grad():
+        y = run(g.levels[-1])
+        errs = [float((run(lv) - y).pow(2).mean() / y.pow(2).mean()) for lv in g.levels[:-1]]
+    a = g.alpha.detach()[:-1]
+    for i in range(len(errs)):
+        assert float(a[i]) / float(a[0]) == pytest.approx(errs[i] / errs[0], rel=1e-3)
+
+
+def test_finding_the_classifier_leaves_batch_norm_statistics_alone() -> None:
+    """``output_layers`` (used by ``analyze`` and the extraction) runs one forward pass; in training mode that pass
+    moved every batch norm's running statistics (found through the sensitivity test above)."""
+    torch.manual_seed(0)
+    net = ModelRef("resnet20").build().train()
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    assert output_layers(net, torch.randn(2, 3, 32, 32)) == ["fc"] and net.training
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())

@@ -128,10 +128,13 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
         if isinstance(m, _WEIGHTED):
             handles.append(m.register_forward_hook(
                 lambda mod, i, o, n=n: order.append((n, int(o.shape[1])))))
-    try:
+    was = model.training
+    try:   # eval: a forward in training mode would move the batch norms' running statistics
+        model.eval()
         with torch.no_grad():
             out = model(example)
     finally:
+        model.train(was)
         for h in handles:
             h.remove()
     if not isinstance(out, torch.Tensor) or out.dim() < 2:

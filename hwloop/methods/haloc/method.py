@@ -52,7 +52,14 @@ from hwloop.methods.haloc.joint import (
     width_gates,
     width_sizes,
 )
-from hwloop.methods.haloc.search import Expected, SearchLog, alternate, set_mode, step_down_to_budget
+from hwloop.methods.haloc.search import (
+    WIDTH_INITS,
+    Expected,
+    SearchLog,
+    alternate,
+    set_mode,
+    step_down_to_budget,
+)
 from hwloop.methods.haloc.uniform import choose_uniform, uniform_ladder
 from hwloop.search.accounting import ComputeRecord
 
@@ -106,6 +113,8 @@ class HalocConfig(MethodConfig):
             paper's way) or ``original`` (the chosen architecture rebuilt from the trained model: HOSVD of the
             original layers at the chosen ranks, the chosen channels of the original weights), then the same
             batch-norm re-estimation and fine-tune.
+        width_init: the width logits' start (with ``init_scale > 0``): ``linear`` in the width, or ``sensitivity``
+            (each group's output error when it alone is narrowed, scaled over all groups; ``init_logits``).
     """
 
     search_epochs: int = 2
@@ -137,6 +146,7 @@ class HalocConfig(MethodConfig):
     band: float = 0.0
     width_lr: float | None = None
     weights: str = "search"
+    width_init: str = "linear"
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs", "step", "recalibrate_batches"):
@@ -167,6 +177,8 @@ class HalocConfig(MethodConfig):
             raise SearchError(f"band={self.band!r} must be in [0, 1)")
         if self.width_lr is not None and not (math.isfinite(self.width_lr) and self.width_lr > 0):
             raise SearchError(f"width_lr={self.width_lr!r} must be a finite number > 0 or none")
+        if self.width_init not in WIDTH_INITS:
+            raise SearchError(f"width_init={self.width_init!r} is unknown; allowed: {', '.join(WIDTH_INITS)}")
         if self.weights not in WEIGHTS:
             raise SearchError(f"weights={self.weights!r} is unknown; allowed: {', '.join(WEIGHTS)}")
         ws = self.widths
@@ -267,7 +279,7 @@ class HalocMethod(CompressionMethod):
                          mu=cfg.mu, target=context.target, tau=cfg.tau, tau_end=cfg.tau_end,
                          max_steps=cfg.max_steps, progress=context.progress, log=context.log,
                          init_scale=cfg.init_scale, arch_paths=cfg.arch_paths, band=cfg.band,
-                         width_lr=cfg.width_lr)
+                         width_lr=cfg.width_lr, width_init=cfg.width_init)
         seconds["search"] = slog.seconds
         images = slog.weight_images + slog.arch_images
         n_train = len(context.train.dataset) if hasattr(context.train, "dataset") else max(1, images)  # type: ignore[arg-type]

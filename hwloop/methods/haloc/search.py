@@ -124,13 +124,24 @@ def dual_error(hard: float, target: float, band: float = 0.0) -> float:
     return hard / target - 1.0
 
 
+WIDTH_INITS = ("linear", "sensitivity")
+
+
 @torch.no_grad()
-def init_logits(model: nn.Module, x: torch.Tensor, scale: float) -> dict[str, list[float]]:
+def init_logits(model: nn.Module, x: torch.Tensor, scale: float, width_init: str = "linear"
+                ) -> dict[str, list[float]]:
     """Start each mixed layer's logits at ``−scale·e_k/max(e)`` with ``e_k`` branch k's feature-map error
     ``‖f_k(x) − W·x‖²/‖W·x‖²`` on the batch ``x`` (the inputs the original network gives each layer): the
     most faithful candidate (dense, the largest rank) starts on top and the latency term walks the argmax down
     the ladder one candidate at a time. Uniform logits instead put every layer's argmax at its cheapest
-    candidate after the first architecture step (the latency gradient ``p_k(T_k − E)`` is most negative there)."""
+    candidate after the first architecture step (the latency gradient ``p_k(T_k − E)`` is most negative there).
+
+    Width gates (joint pruning): ``linear`` puts the full width on top with logits linear in the width
+    (:func:`~hwloop.methods.haloc.joint.init_width_logits`); ``sensitivity`` starts gate g's width k at
+    ``−scale·s_{g,k}/max(s)``, ``s_{g,k}`` = the relative output error ``‖y_{g,k} − y‖²/‖y‖²`` of the original
+    network with group g alone at width k (eval mode), the maximum taken over **all** gates: a group whose
+    narrowing barely changes the output starts with nearly equal logits (the latency term narrows it first),
+    a sensitive one with the full width far on top."""
     layers = mixed_layers(model)
     gates = width_gates(model)
     inputs: dict[str, torch.Tensor] = {}
@@ -142,7 +153,19 @@ def init_logits(model: nn.Module, x: torch.Tensor, scale: float) -> dict[str, li
             m.forward = m.original.forward  # type: ignore[method-assign]
         for g in gates.values():
             g.bypass = True
-        model(x)
+        y_ref = model(x)
+        sens: dict[str, torch.Tensor] = {}
+        if width_init == "sensitivity":
+            denom = y_ref.pow(2).mean().clamp_min(1e-12)
+            for k, g in gates.items():
+                g.bypass = False
+                errs = []
+                for i in range(len(g.levels)):
+                    g.fixed = F.one_hot(torch.tensor(i), len(g.levels)).float()
+                    errs.append((model(x) - y_ref).pow(2).mean() / denom)
+                g.fixed = None
+                g.bypass = True
+                sens[k] = torch.stack(errs)
     finally:
         for m in layers.values():
             del m.forward
@@ -159,7 +182,12 @@ def init_logits(model: nn.Module, x: torch.Tensor, scale: float) -> dict[str, li
         a = -scale * err / err.max().clamp_min(1e-12)
         m.alpha.copy_(a)
         out[n] = a.tolist()
-    init_width_logits(gates, scale)   # joint pruning: full width on top, as the dense / largest-rank branch
+    if sens:
+        top = max(float(e.max()) for e in sens.values())
+        for k, g in gates.items():
+            g.alpha.copy_(-scale * sens[k] / max(top, 1e-12))
+    else:
+        init_width_logits(gates, scale)   # joint pruning: full width on top, as the dense / largest-rank branch
     for k, g in gates.items():
         out[f"width:{k}"] = g.alpha.tolist()
     return out
@@ -196,19 +224,20 @@ def alternate(model: nn.Module, exp: Expected, loader: Any, *, epochs: int, lr: 
               tau: float = 1.0, tau_end: float = 1.0, max_steps: int | None = None, progress: bool = False,
               log: Callable[[str], None] | None = None, trace: list[dict[str, float]] | None = None,
               init_scale: float = 0.0, arch_paths: int = 0, band: float = 0.0,
-              width_lr: float | None = None) -> SearchLog:
+              width_lr: float | None = None, width_init: str = "linear") -> SearchLog:
     """The alternating search (see the module docstring) over ``epochs`` passes of ``loader``: even batches are
     weight steps, odd batches architecture steps. ``τ`` goes geometrically from ``tau`` to ``tau_end``.
     ``arch_paths`` (gumbel): branches run in an architecture step (0: all; see ``MixedLowRank.st_paths``).
     ``band`` (> 0): the latency term is two-sided, see :func:`_latency_term` and :func:`dual_error`.
     ``width_lr``: Adam learning rate of the width logits (joint pruning; None: ``arch_lr``).
+    ``width_init``: how :func:`init_logits` starts the width logits (``linear`` or ``sensitivity``).
     ``init_scale > 0`` starts the logits with :func:`init_logits` on the first batch (0: uniform). ``trace`` (a
     list) receives one row per architecture step: ``E[LAT]/LAT₀``, the argmax ratio, ``λ`` and the norms of the
     logits' gradient from the task loss and from the latency term."""
     from tqdm.auto import tqdm
 
     if init_scale > 0:
-        init_logits(model, next(iter(loader))[0], init_scale)
+        init_logits(model, next(iter(loader))[0], init_scale, width_init)
     set_mode(model, st_paths=arch_paths)
     weights, arch = _params(model)
     opt_w = make_optimizer(weights, lr, momentum, weight_decay)
