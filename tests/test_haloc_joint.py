@@ -284,3 +284,27 @@ def test_finding_the_classifier_leaves_batch_norm_statistics_alone() -> None:
     before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
     assert output_layers(net, torch.randn(2, 3, 32, 32)) == ["fc"] and net.training
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+
+
+def test_clip_ranks_costs_and_extracts_a_rank_that_reduces_nothing_as_dense() -> None:
+    """``clip_ranks``: rank 8 of a conv whose input group is pruned to 4 channels is the dense (pruned) conv: the
+    table costs it as dense, ``effective_choice`` extracts it dense, and the one-hot cost is still the extracted
+    model's own."""
+    torch.manual_seed(0)
+    ref = ModelRef("resnet20")
+    model = ref.build().eval()
+    x = ref.example_input()
+    names = eligible_layers(model, output_layers(model, x))
+    wrapped = wrap_model(model, {n: [DENSE, rank_level(4), rank_level(8)] for n in names})
+    gates, exp = build_joint(wrapped, model, x, mixed_layers(wrapped), [0.25, 0.5, 0.75], _macs, clip_ranks=True)
+    choice = {n: rank_level(8) for n in mixed_layers(wrapped)}
+    choice.update({WIDTH_PREFIX + k: g.levels[-1] for k, g in gates.items()})
+    choice[WIDTH_PREFIX + "conv1"] = ("w", 4)           # the first stage's stream: 4 of 16 channels
+    eff = exp.effective_choice(choice)
+    assert eff["layers.0.conv1"] == DENSE and eff["layers.0.conv2"] == DENSE   # 4 in / 4 out: rank 8 >= 4
+    assert eff["layers.3.conv1"] == DENSE and eff["layers.4.conv1"] == rank_level(8)   # 4 in; 32 in and out
+    assert exp.choice_cost(eff) == pytest.approx(exp.choice_cost(choice), rel=1e-12)
+    net, actions = extract_joint(wrapped, x, eff)
+    assert "layers.0.conv1" not in {a.layer for a in actions if a.kind == "low_rank"}
+    specs = [s for s in layer_specs(net, x) if s.op != "other"]
+    assert exp.choice_cost(eff) == pytest.approx(_macs({"m": {DENSE: specs}}, []).model_cost({"m": DENSE}), rel=1e-9)

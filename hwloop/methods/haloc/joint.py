@@ -249,6 +249,13 @@ class _Op:
     gate_out: str | None
 
 
+def _channels(layer: nn.Module, side: str) -> int:
+    if isinstance(layer, nn.Conv2d):
+        return int(layer.in_channels if side == "in" else layer.out_channels)
+    assert isinstance(layer, nn.Linear)
+    return int(layer.in_features if side == "in" else layer.out_features)
+
+
 def _key(level: Level, c_in: int, c_out: int) -> Level:
     return (*level, "w", int(c_in), int(c_out))
 
@@ -262,8 +269,9 @@ class JointExpectedLatency:
     """
 
     def __init__(self, table: Any, layers: Mapping[str, MixedLowRank], gates: Mapping[str, WidthGate],
-                 ops: Sequence[_Op]) -> None:
+                 ops: Sequence[_Op], clip_ranks: bool = False) -> None:
         self.table = table
+        self.clip_ranks = clip_ranks
         self.layers = dict(layers)
         self.gates = dict(gates)
         self.ops = list(ops)
@@ -307,6 +315,22 @@ class JointExpectedLatency:
     def choice_cost(self, choice: Mapping[str, Level]) -> float:
         return float(self.table.model_cost(self._table_choice(choice)))
 
+    def effective_choice(self, choice: Mapping[str, Level]) -> dict[str, Level]:
+        """``choice`` with every rank at or above its pruned layer's ``min(c_in, c_out)`` replaced by the dense
+        layer (with ``clip_ranks``, and where the layer has a dense candidate); the table costs both alike."""
+        out = dict(choice)
+        if not self.clip_ranks:
+            return out
+        for op in self.ops:
+            if op.layer is None or out[op.layer] == DENSE or DENSE not in self.layers[op.layer].levels:
+                continue
+            m = self.layers[op.layer].original
+            c_in = int(out[WIDTH_PREFIX + op.gate_in][1]) if op.gate_in is not None else _channels(m, "in")
+            c_out = int(out[WIDTH_PREFIX + op.gate_out][1]) if op.gate_out is not None else _channels(m, "out")
+            if int(out[op.layer][1]) >= min(c_in, c_out):
+                out[op.layer] = DENSE
+        return out
+
     def __call__(self) -> torch.Tensor:
         one = torch.ones(1)
         e = torch.zeros(())
@@ -322,9 +346,12 @@ class JointExpectedLatency:
 
 
 def build_joint(wrapped: nn.Module, base: nn.Module, example: torch.Tensor, layers: Mapping[str, MixedLowRank],
-                fractions: Sequence[float], build: Any) -> tuple[dict[str, WidthGate], JointExpectedLatency]:
+                fractions: Sequence[float], build: Any, clip_ranks: bool = False
+                ) -> tuple[dict[str, WidthGate], JointExpectedLatency]:
     """Attach width gates to ``wrapped`` (the mixed-layer copy of ``base``) and build the joint cost table with
-    ``build(levels, passive)``; returns the gates and the joint expected latency."""
+    ``build(levels, passive)``; returns the gates and the joint expected latency. ``clip_ranks``: a rank at or
+    above ``min(c_in, c_out)`` of the pruned layer is the dense layer at those widths (costed and extracted as
+    dense, when the layer has a dense candidate): a factorisation that reduces no rank is never paid for."""
     from hwloop.methods.haloc.costs import level_specs
     from hwloop.search.space import SearchSpace, SpaceOptions
 
@@ -353,14 +380,20 @@ def build_joint(wrapped: nn.Module, base: nn.Module, example: torch.Tensor, laye
                         spec = slot.spec_at(ci or None, co or None).replace(name=slot.name)
                     else:
                         spec = slot.spec_at(None, co or None).replace(name=slot.spec.name)
-                    table_lv[_key(lv, ci, co)] = level_specs(spec, lv) if lv != DENSE else [spec]
+                    dense = lv == DENSE or (clip_ranks and DENSE in lvs and _clipped(lv, spec))
+                    table_lv[_key(lv, ci, co)] = [spec] if dense else level_specs(spec, lv)
         levels[slot.name] = table_lv
         ops.append(op)
     missing = sorted(set(layers) - {op.layer for op in ops if op.layer is not None})
     if missing:
         raise SearchError(f"[method] haloc widths: mixed layer(s) {missing} not found among the model's ops")
     table = build(levels, [])
-    return gates, JointExpectedLatency(table, layers, gates, ops)
+    return gates, JointExpectedLatency(table, layers, gates, ops, clip_ranks=clip_ranks)
+
+
+def _clipped(level: Level, spec: Any) -> bool:
+    """A rank level at or above the (pruned) layer's ``min(c_in, c_out)``."""
+    return level != DENSE and int(level[1]) >= min(int(spec.in_channels), int(spec.out_channels))
 
 
 def extract_joint(model: nn.Module, example: torch.Tensor, choice: Mapping[str, Level]

@@ -115,6 +115,8 @@ class HalocConfig(MethodConfig):
             batch-norm re-estimation and fine-tune.
         width_init: the width logits' start (with ``init_scale > 0``): ``linear`` in the width, or ``sensitivity``
             (each group's output error when it alone is narrowed, scaled over all groups; ``init_logits``).
+        clip_ranks: with ``widths``, a rank at or above the pruned layer's ``min(c_in, c_out)`` is the dense
+            layer at those widths (costed and extracted as dense): no factorisation that reduces no rank.
     """
 
     search_epochs: int = 2
@@ -147,6 +149,7 @@ class HalocConfig(MethodConfig):
     width_lr: float | None = None
     weights: str = "search"
     width_init: str = "linear"
+    clip_ranks: bool = False
 
     def __post_init__(self) -> None:
         for n in ("search_epochs", "finetune_epochs", "step", "recalibrate_batches"):
@@ -262,7 +265,7 @@ class HalocMethod(CompressionMethod):
         layers = mixed_layers(wrapped)
         exp: Expected
         if cfg.widths:   # joint pruning: width gates on every channel group, one table over ranks and widths
-            gates, exp = build_joint(wrapped, base, example, layers, cfg.widths, build)
+            gates, exp = build_joint(wrapped, base, example, layers, cfg.widths, build, clip_ranks=cfg.clip_ranks)
             table = exp.table
         else:
             table = build(*table_levels(specs, levels))
@@ -342,6 +345,8 @@ class HalocMethod(CompressionMethod):
             if moved != choice:   # nothing cheaper among the candidates: no repair happened
                 choice = moved
                 repairs.append(Repair("step_down_ranks", "extraction", search_end, exp.choice_cost(choice)))
+        if isinstance(exp, JointExpectedLatency):   # ranks that reduce nothing at the chosen widths → dense
+            choice = exp.effective_choice(choice)
         predicted = exp.choice_cost(choice)
         gates = width_gates(wrapped)
         src = wrapped
