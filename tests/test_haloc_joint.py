@@ -308,3 +308,13 @@ def test_clip_ranks_costs_and_extracts_a_rank_that_reduces_nothing_as_dense() ->
     assert "layers.0.conv1" not in {a.layer for a in actions if a.kind == "low_rank"}
     specs = [s for s in layer_specs(net, x) if s.op != "other"]
     assert exp.choice_cost(eff) == pytest.approx(_macs({"m": {DENSE: specs}}, []).model_cost({"m": DENSE}), rel=1e-9)
+
+
+@pytest.mark.parametrize("key,value,msg", [("width_init", "random", "width_init='random' is unknown"),
+                                           ("band", 1.0, r"band=1.0 must be in \[0, 1\)"),
+                                           ("band", -0.1, r"band=-0.1 must be in \[0, 1\)"),
+                                           ("width_lr", 0.0, "width_lr=0.0 must be a finite number > 0")])
+def test_joint_search_keys_are_checked(key, value, msg) -> None:
+    with pytest.raises(SearchError, match=msg) as e:
+        make_method("haloc", {"widths": [0.5], key: value})
+    assert "\n" not in str(e.value)
