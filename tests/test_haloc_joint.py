@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def _macs(levels, passive):
 
 
 @pytest.fixture(scope="module")
-def resnet():
+def resnet_built():
     """ResNet-20 with random batch-norm statistics (so a wrongly masked channel shows), wrapped with two ranks per
     conv and width gates at 1/4, 1/2, 3/4 of every group, costed in MACs."""
     torch.manual_seed(0)
@@ -46,6 +47,14 @@ def resnet():
     wrapped = wrap_model(model, {n: [DENSE, rank_level(4), rank_level(8)] for n in names})
     gates, exp = build_joint(wrapped, model, x, mixed_layers(wrapped), [0.25, 0.5, 0.75], _macs)
     return ref, model, wrapped, gates, exp
+
+
+@pytest.fixture
+def resnet(resnet_built):
+    """A fresh copy of the built fixture for each test (the tests train logits, change modes and batch-norm
+    statistics; one copy keeps the model, its gates and the expected latency wired to each other)."""
+    ref, *rest = resnet_built
+    return (ref, *copy.deepcopy(rest))
 
 
 def test_every_group_gets_a_gate_and_the_full_choice_is_the_original(resnet) -> None:
@@ -318,3 +327,64 @@ def test_joint_search_keys_are_checked(key, value, msg) -> None:
     with pytest.raises(SearchError, match=msg) as e:
         make_method("haloc", {"widths": [0.5], key: value})
     assert "\n" not in str(e.value)
+
+
+def test_width_logits_move_at_their_own_rate(resnet) -> None:
+    """``width_lr``: one architecture step moves every width logit by at most ~width_lr and the rank logits by
+    ~arch_lr (Adam), and the two groups hold every architecture logit."""
+    from hwloop.methods.haloc.search import _params, alternate
+
+    ref, model, wrapped, gates, exp = resnet
+    batch = (torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    before = {id(a): a.detach().clone() for a in _params(wrapped)[1]}
+    assert len(before) == len(mixed_layers(wrapped)) + len(gates)
+    set_mode(wrapped, mode="gumbel")
+    alternate(wrapped, exp, [batch, batch], epochs=1, lr=1e-3, arch_lr=0.1, momentum=0.9, weight_decay=0.0,
+              lam=1.0, dual_lr=0.0, mu=0.0, target=0.3, width_lr=1e-4)
+    gate_ids = {id(g.alpha) for g in gates.values()}
+    moves = {i: float((a.detach() - before[i]).abs().max()) for i, a in ((id(a), a) for a in _params(wrapped)[1])}
+    assert max(v for i, v in moves.items() if i in gate_ids) < 3e-4
+    assert max(v for i, v in moves.items() if i not in gate_ids) > 0.05
+
+
+def test_the_repair_steps_widths_down_and_never_raises_the_cost(resnet) -> None:
+    from hwloop.methods.haloc.search import step_down_to_budget
+
+    ref, model, wrapped, gates, exp = resnet
+    full = exp.full_choice()
+    out = step_down_to_budget(exp.units, exp, full, 0.5 * exp.original)
+    assert exp.choice_cost(out) <= 0.5 * exp.original
+    assert any(out[WIDTH_PREFIX + k] != g.levels[-1] for k, g in gates.items())
+    # every group at its narrowest and every layer dense: a rank is no cheaper at 4 channels (Tucker-2's two 1x1
+    # factors cost more than they save), so an unreachable budget must not move the cost up
+    floor = {**{n: DENSE for n in mixed_layers(wrapped)}, **{WIDTH_PREFIX + k: g.levels[0] for k, g in gates.items()}}
+    stuck = step_down_to_budget(exp.units, exp, floor, 1.0)
+    assert exp.choice_cost(stuck) <= exp.choice_cost(floor)
+
+
+def test_layers_without_a_dense_candidate_still_cost_the_original_model() -> None:
+    """``allow_dense = false``: the table still holds each layer's dense cost (the full choice, the original)."""
+    torch.manual_seed(0)
+    ref = ModelRef("resnet20")
+    model = ref.build().eval()
+    x = ref.example_input()
+    names = eligible_layers(model, output_layers(model, x))
+    wrapped = wrap_model(model, {n: [rank_level(4), rank_level(8)] for n in names})
+    gates, exp = build_joint(wrapped, model, x, mixed_layers(wrapped), [0.5], _macs)
+    whole = _macs({"m": {DENSE: [s for s in layer_specs(model, x) if s.op != "other"]}}, [])
+    assert exp.original == pytest.approx(whole.model_cost({"m": DENSE}), rel=1e-12)
+    for u in exp.units.values():   # one-hot on the last candidate: rank 8, full widths
+        u.fixed = torch.nn.functional.one_hot(torch.tensor(len(u.levels) - 1), len(u.levels)).float()
+    assert float(exp()) == pytest.approx(exp.choice_cost(exp.full_choice() | {n: rank_level(8) for n in names}))
+
+
+@pytest.mark.parametrize("cfg,msg", [({"clip_ranks": True}, "clip_ranks=True acts on width gates"),
+                                     ({"width_init": "sensitivity"}, "width_init='sensitivity' acts on width gates"),
+                                     ({"width_lr": 0.01}, "width_lr=0.01 acts on width gates"),
+                                     ({"widths": [0.5], "clip_ranks": True, "allow_dense": False},
+                                      "clip_ranks=true needs allow_dense=true"),
+                                     ({"widths": [0.5], "width_init": "sensitivity", "init_scale": 0.0},
+                                      "needs init_scale > 0")])
+def test_joint_keys_that_would_do_nothing_are_refused(cfg, msg) -> None:
+    with pytest.raises(SearchError, match=msg):
+        make_method("haloc", cfg)

@@ -99,6 +99,7 @@ def test_distill_1_step_is_ce_at_alpha_1_plus_kl_to_its_detached_output() -> Non
 
 
 def test_distill_0_is_bit_identical_to_the_default_loop() -> None:
+    # the first half only guards the default value (distill=0.0 is the default); the second half is the check
     base, zero = _family(), _family()
     kw = dict(epochs=1, lr=0.05, n_samples=3, seed=3, max_steps=2)
     loader = _loader(16)

@@ -3,7 +3,8 @@
 With ``widths`` set (fractions of each channel group), every coupled channel group of the model (the residual
 streams and the channels inside each block; not the classifier's output) gets a :class:`WidthGate`: architecture
 logits over its candidate widths, and one 0/1 mask per width over the group's channels, ordered by Torch-Pruning's
-group L2 magnitude on the trained model (the channels a ``channel_prune`` action keeps). The mask multiplies the
+group L2 magnitude on the trained model (a replayed ``channel_prune`` rebuilds the same structure; it keeps the same
+channels when no factorised layer touches the group, else it ranks them on the factorised model). The mask multiplies the
 group's *sites* (the batch norm after each conv producing those channels, :attr:`~hwloop.compress.extract.ChannelGroup.sites`)
 through a forward hook, sampled once per forward pass (every site of a group sees the same width); the gate mixes
 like :class:`~hwloop.methods.haloc.mixed.MixedLowRank` (softmax, or Gumbel straight-through where the forward value
@@ -16,9 +17,10 @@ cost over ``(its rank level, its input group's width, its output group's width)`
 
     E[LAT] = Σ_ops Σ_{l,i,o} p_op(l)·q_in(i)·q_out(o)·T_op(l, i, o)
 
-(independent gates, so the expectation is exact for the product distribution); ``choice_cost`` of a hard choice is
-the table's ``model_cost`` of exactly the ops the extracted model runs (a Tucker-2 rank above a pruned width is
-kept as chosen, and costed as such).
+(independent gates, so the expectation is exact for the product distribution of a table whose model cost is the
+sum of its ops' costs — measured or MACs tables; a calibrated or aggregating table's E is scaled to agree at the full
+choice); ``choice_cost`` of a hard choice is the table's ``model_cost`` of exactly the ops the extracted model runs
+(a Tucker-2 rank above a pruned width is kept as chosen, and costed as such, unless ``clip_ranks``).
 
 :func:`extract_joint` takes the argmax branch of every mixed layer, then removes the masked channels for real
 (:func:`~hwloop.compress.extract.prune_groups_` with the gate's boolean mask); the plan is the ``low_rank`` actions
@@ -232,9 +234,12 @@ def copy_gates(src: nn.Module, dst: nn.Module) -> None:
 def strip_gates(model: nn.Module) -> None:
     """Remove the gates, their site hooks and the model's pass hook (in place)."""
     for m in model.modules():
-        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+        for hooks, extra in ((m._forward_hooks, (m._forward_hooks_with_kwargs, m._forward_hooks_always_called)),
+                             (m._forward_pre_hooks, (m._forward_pre_hooks_with_kwargs,))):
             for k in [k for k, h in hooks.items() if isinstance(h, (_SiteHook, _PassHook))]:
                 del hooks[k]
+                for d in extra:
+                    d.pop(k, None)
     if hasattr(model, _ATTR):
         delattr(model, _ATTR)
 
@@ -287,6 +292,11 @@ class JointExpectedLatency:
             self._t.append(t)
         full = self.full_choice()
         self.original = self.choice_cost(full)
+        # E[LAT] sums the table's per-op costs; model_cost may scale them (a calibrated table) or aggregate them (a
+        # learned predictor): E is put on model_cost's scale at the full choice (1 for a plain sum, exact there)
+        tc = self._table_choice(full)
+        raw = sum(float(table.cost(op.name, tc[op.name])) for op in self.ops)
+        self._norm = self.original / raw if raw > 0 else 1.0
         self.costs: dict[str, torch.Tensor] = {}
         for n, m in self.layers.items():
             self.costs[n] = torch.tensor([self.choice_cost({**full, n: lv}) for lv in m.levels])
@@ -339,7 +349,7 @@ class JointExpectedLatency:
             qi = self.gates[op.gate_in].probs() if op.gate_in is not None else one
             qo = self.gates[op.gate_out].probs() if op.gate_out is not None else one
             e = e + torch.einsum("a,b,c,abc->", p, qi, qo, t)
-        return e
+        return e * self._norm
 
     def argmax_choice(self) -> dict[str, Level]:
         return {n: m.levels[m.argmax()] for n, m in self.units.items()}
@@ -369,7 +379,8 @@ def build_joint(wrapped: nn.Module, base: nn.Module, example: torch.Tensor, laye
         g_out = slot.out_key if slot.out_key in gates else None
         layer = slot.name if slot.name in layers else None
         op = _Op(slot.name, layer, g_in, g_out)
-        lvs = layers[layer].levels if layer is not None else (DENSE,)
+        # the table always holds the dense layer (the original model's cost, the full choice) besides the candidates
+        lvs = (DENSE, *(lv for lv in layers[layer].levels if lv != DENSE)) if layer is not None else (DENSE,)
         wi = [int(lv[1]) for lv in gates[g_in].levels] if g_in is not None else [0]
         wo = [int(lv[1]) for lv in gates[g_out].levels] if g_out is not None else [0]
         table_lv: dict[Level, list[Any]] = {}
@@ -380,10 +391,14 @@ def build_joint(wrapped: nn.Module, base: nn.Module, example: torch.Tensor, laye
                         spec = slot.spec_at(ci or None, co or None).replace(name=slot.name)
                     else:
                         spec = slot.spec_at(None, co or None).replace(name=slot.spec.name)
-                    dense = lv == DENSE or (clip_ranks and DENSE in lvs and _clipped(lv, spec))
+                    dense = lv == DENSE or (clip_ranks and layer is not None and DENSE in layers[layer].levels
+                                             and _clipped(lv, spec))
                     table_lv[_key(lv, ci, co)] = [spec] if dense else level_specs(spec, lv)
         levels[slot.name] = table_lv
         ops.append(op)
+    if not gates:
+        raise SearchError(f"[method] haloc widths={list(fractions)}: no channel group has a width below its full "
+                          "width (fractions too close to 1 for these group sizes)")
     missing = sorted(set(layers) - {op.layer for op in ops if op.layer is not None})
     if missing:
         raise SearchError(f"[method] haloc widths: mixed layer(s) {missing} not found among the model's ops")

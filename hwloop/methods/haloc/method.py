@@ -189,6 +189,14 @@ class HalocConfig(MethodConfig):
                                                     or not 0 < float(f) <= 1 for f in ws):
             raise SearchError(f"widths={ws!r} must be a list of fractions in (0, 1]")
         object.__setattr__(self, "widths", tuple(float(f) for f in ws))
+        if not self.widths:
+            for n, default in (("clip_ranks", False), ("width_lr", None), ("width_init", "linear")):
+                if getattr(self, n) != default:
+                    raise SearchError(f"{n}={getattr(self, n)!r} acts on width gates; it needs widths (fractions)")
+        if self.clip_ranks and not self.allow_dense:
+            raise SearchError("clip_ranks=true needs allow_dense=true (a clipped rank becomes the dense layer)")
+        if self.width_init == "sensitivity" and self.init_scale == 0:
+            raise SearchError("width_init='sensitivity' needs init_scale > 0 (it scales the width logits)")
         if self.widths and self.ranks != "search":
             raise SearchError(f"widths={list(self.widths)} needs ranks='search' (the uniform-rank control prunes "
                               "no channels)")
@@ -261,14 +269,16 @@ class HalocMethod(CompressionMethod):
                 levels[n] = ladder
         if not levels:
             raise SearchError(f"[method] haloc: no layer has a rank candidate at the latency steps {steps}")
-        wrapped = wrap_model(base, levels)
-        layers = mixed_layers(wrapped)
         exp: Expected
         if cfg.widths:   # joint pruning: width gates on every channel group, one table over ranks and widths
+            wrapped = wrap_model(base, levels)
+            layers = mixed_layers(wrapped)
             gates, exp = build_joint(wrapped, base, example, layers, cfg.widths, build, clip_ranks=cfg.clip_ranks)
             table = exp.table
         else:
             table = build(*table_levels(specs, levels))
+            wrapped = wrap_model(base, levels)
+            layers = mixed_layers(wrapped)
             exp = ExpectedLatency(table, layers)
             gates = {}
         set_mode(wrapped, mode=cfg.sampling)
@@ -343,8 +353,10 @@ class HalocMethod(CompressionMethod):
             units = exp.units if isinstance(exp, JointExpectedLatency) else layers
             moved = step_down_to_budget(units, exp, choice, context.target * exp.original)
             if moved != choice:   # nothing cheaper among the candidates: no repair happened
+                kind = ("step_down_ranks" if all(moved[n] == choice[n] for n in moved if n.startswith(WIDTH_PREFIX))
+                        else "step_down_ranks_widths")
                 choice = moved
-                repairs.append(Repair("step_down_ranks", "extraction", search_end, exp.choice_cost(choice)))
+                repairs.append(Repair(kind, "extraction", search_end, exp.choice_cost(choice)))
         if isinstance(exp, JointExpectedLatency):   # ranks that reduce nothing at the chosen widths → dense
             choice = exp.effective_choice(choice)
         predicted = exp.choice_cost(choice)
@@ -407,8 +419,10 @@ class HalocMethod(CompressionMethod):
                    "candidates": {n: [list(x) for x in lv] for n, lv in levels.items()},
                    "ranks": {n: (None if lv == DENSE else int(lv[1])) for n, lv in choice.items()
                              if not n.startswith(WIDTH_PREFIX)},
-                   "widths": {n[len(WIDTH_PREFIX):]: int(lv[1]) for n, lv in choice.items()
-                              if n.startswith(WIDTH_PREFIX)},
+                   **({"widths": {n[len(WIDTH_PREFIX):]: int(lv[1]) for n, lv in choice.items()
+                                  if n.startswith(WIDTH_PREFIX)},
+                       "width_candidates": {k: [int(lv[1]) for lv in g.levels] for k, g in gates.items()}}
+                      if gates else {}),
                    "cost_source": str(getattr(table, "source", cfg.cost_source)), "ranks_mode": cfg.ranks,
                    **extra})
         cand.judge(context.base_accuracy, context.max_repair_drop)

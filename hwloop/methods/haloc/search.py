@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwloop.errors import SearchError
 from hwloop.methods.haloc.costs import ExpectedLatency
 from hwloop.methods.haloc.joint import JointExpectedLatency, WidthGate, init_width_logits, width_gates
 from hwloop.methods.haloc.mixed import Level, MixedLowRank, mixed_layers
@@ -142,6 +143,8 @@ def init_logits(model: nn.Module, x: torch.Tensor, scale: float, width_init: str
     network with group g alone at width k (eval mode), the maximum taken over **all** gates: a group whose
     narrowing barely changes the output starts with nearly equal logits (the latency term narrows it first),
     a sensitive one with the full width far on top."""
+    if width_init not in WIDTH_INITS:
+        raise SearchError(f"width_init={width_init!r} is unknown; allowed: {', '.join(WIDTH_INITS)}")
     layers = mixed_layers(model)
     gates = width_gates(model)
     inputs: dict[str, torch.Tensor] = {}
@@ -154,6 +157,9 @@ def init_logits(model: nn.Module, x: torch.Tensor, scale: float, width_init: str
         for g in gates.values():
             g.bypass = True
         y_ref = model(x)
+        for h in hooks:   # the layers' inputs are the original network's (before any gate narrows a group)
+            h.remove()
+        hooks = []
         sens: dict[str, torch.Tensor] = {}
         if width_init == "sensitivity":
             denom = y_ref.pow(2).mean().clamp_min(1e-12)
@@ -171,6 +177,7 @@ def init_logits(model: nn.Module, x: torch.Tensor, scale: float, width_init: str
             del m.forward
         for g in gates.values():
             g.bypass = False
+            g.fixed = None
         for h in hooks:
             h.remove()
         model.train(was)
@@ -329,21 +336,29 @@ def ladder_down(levels: Sequence[Level], current: Level, cost: Mapping[Level, fl
 def step_down_to_budget(layers: Mapping[str, MixedLowRank | WidthGate], exp: Expected, choice: Mapping[str, Level],
                         budget: float, max_iters: int = 10_000) -> dict[str, Level]:
     """Move layers to cheaper candidates until ``exp.choice_cost(choice) <= budget`` (a repair): each step takes
-    the move with the largest cost saving per unit of logit given up (``α_current − α_next``)."""
+    the move with the largest cost saving per unit of logit given up (``α_current − α_next``). A unit's next
+    candidate is the most expensive one cheaper than its current one *at the current choice* (with width gates the
+    order of a layer's ranks depends on its widths); a move that saves nothing is never taken."""
     ch = dict(choice)
     cur = exp.choice_cost(ch)
+    joint = isinstance(exp, JointExpectedLatency)
     for _ in range(max_iters):
         if cur <= budget:
             break
         best: tuple[float, str, Level, float] | None = None
         for n, m in layers.items():
-            cost = {lv: float(c) for lv, c in zip(m.levels, exp.costs[n].tolist())}
+            if joint:   # costs in context: the other units as they are now
+                cost = {lv: exp.choice_cost({**ch, n: lv}) for lv in m.levels}
+            else:       # a rank-only table is separable: each layer's own costs order its candidates
+                cost = {lv: float(c) for lv, c in zip(m.levels, exp.costs[n].tolist())}
             nxt = ladder_down(m.levels, ch[n], cost)
             if nxt is None:
                 continue
             a = m.alpha.detach()
             lost = float(a[m.levels.index(ch[n])] - a[m.levels.index(nxt)])
-            new = exp.choice_cost({**ch, n: nxt})
+            new = cost[nxt] if joint else exp.choice_cost({**ch, n: nxt})
+            if new >= cur:
+                continue
             score = (cur - new) / (max(lost, 0.0) + 1e-3)
             if best is None or score > best[0]:
                 best = (score, n, nxt, new)

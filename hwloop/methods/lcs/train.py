@@ -24,11 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
-
-import math
 
 import torch
 import torch.nn.functional as F
