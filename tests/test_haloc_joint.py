@@ -148,9 +148,8 @@ def test_init_puts_full_width_on_top_and_a_large_lambda_narrows(resnet) -> None:
     assert e < 0.8 * start and any(w < gates[k].channels for k, w in widths.items()), (start, e, widths)
 
 
-def test_the_method_prunes_and_factorises_to_its_target() -> None:
-    from hwloop.methods.base import MethodContext
-    from hwloop.search.latency import SurrogateLatency
+def _digits():
+    """The digits task, a small CNN trained one epoch, its search space (the method tests' context)."""
     from hwloop.search.space import SearchSpace
 
     task = make_task("digits", "small_cnn", train_limit=256, val_limit=256, seed=0)
@@ -158,7 +157,14 @@ def test_the_method_prunes_and_factorises_to_its_target() -> None:
     model = task.ref.build()
     train_epochs(model, task.train, 1, 0.05)
     model.eval()
-    space = SearchSpace.from_ref(task.ref, model=model)
+    return task, model, SearchSpace.from_ref(task.ref, model=model)
+
+
+def test_the_method_prunes_and_factorises_to_its_target() -> None:
+    from hwloop.methods.base import MethodContext
+    from hwloop.search.latency import SurrogateLatency
+
+    task, model, space = _digits()
     ctx = MethodContext(model=model, ref=task.ref, space=space, train=task.train, eval_fn=None,
                         latency=SurrogateLatency(space), target=0.5, device="asic-tpu32")
     res = make_method("haloc", {"search_epochs": 1, "finetune_epochs": 0, "max_steps": 4, "max_candidates": 3,
@@ -225,14 +231,8 @@ def test_original_weights_rebuild_the_chosen_architecture_from_the_trained_model
     from hwloop.methods.base import MethodContext
     from hwloop.methods.haloc.mixed import DENSE as D
     from hwloop.search.latency import SurrogateLatency
-    from hwloop.search.space import SearchSpace
 
-    task = make_task("digits", "small_cnn", train_limit=256, val_limit=256, seed=0)
-    torch.manual_seed(0)
-    model = task.ref.build()
-    train_epochs(model, task.train, 1, 0.05)
-    model.eval()
-    space = SearchSpace.from_ref(task.ref, model=model)
+    task, model, space = _digits()
     x = task.ref.example_input()
     xs = next(iter(task.train))[0]
     outs = {}

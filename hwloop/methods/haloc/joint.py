@@ -47,7 +47,7 @@ from torch import nn
 
 from hwloop.compress.actions import Action, ChannelPrune, LowRank
 from hwloop.errors import SearchError
-from hwloop.methods.haloc.mixed import DENSE, Level, MixedLowRank, extract
+from hwloop.methods.haloc.mixed import DENSE, Level, LogitChoice, MixedLowRank, extract
 
 __all__ = ["WIDTH_PREFIX", "JointExpectedLatency", "WidthGate", "attach_gates", "build_joint", "copy_gates",
            "extract_joint",
@@ -66,7 +66,7 @@ def group_widths(channels: int, fractions: Sequence[float]) -> list[int]:
     return sorted({*(max(1, min(channels, round(float(f) * channels))) for f in fractions), int(channels)})
 
 
-class WidthGate(nn.Module):
+class WidthGate(LogitChoice):
     """One channel group's candidate widths (see the module docstring).
 
     Args:
@@ -97,14 +97,6 @@ class WidthGate(nn.Module):
         self._mask: torch.Tensor | None = None
         self.last_index: int | None = None
 
-    def probs(self) -> torch.Tensor:
-        if self.fixed is not None:
-            return self.fixed
-        return F.softmax(self.alpha / self.tau, dim=0)
-
-    def argmax(self) -> int:
-        return int(torch.argmax(self.alpha.detach()))
-
     def new_pass(self) -> None:
         """Forget the mask of the last forward pass (the next site draws a new one)."""
         self._mask = None
@@ -120,9 +112,7 @@ class WidthGate(nn.Module):
             m = self.fixed @ masks
             self.last_index = None
         elif self.mode == "gumbel" and self.training:
-            noisy = (self.alpha - torch.empty_like(self.alpha).exponential_().log()) / self.tau
-            soft = F.softmax(noisy, dim=0)
-            k = int(torch.argmax(soft.detach()))
+            _, soft, k = self.gumbel_draw()
             self.last_index = k
             if self.st_all:   # forward: width k; backward: every width (h = 1_k − q̃ + q̃)
                 h = F.one_hot(torch.tensor(k), len(self.levels)).to(soft) - soft.detach() + soft

@@ -48,7 +48,7 @@ from hwloop.compress.extract import get_module, set_module
 from hwloop.compress.lowrank import factorize, full_rank, is_factorizable, tucker2, tucker2_full_ranks
 from hwloop.errors import CompressionError, SearchError
 
-__all__ = ["DENSE", "MODES", "Level", "MixedLowRank", "eligible_layers", "extract", "max_equal_rank",
+__all__ = ["DENSE", "MODES", "Level", "LogitChoice", "MixedLowRank", "eligible_layers", "extract", "max_equal_rank",
            "mixed_layers", "rank_level", "wrap_model"]
 
 Level = tuple[Any, ...]
@@ -98,7 +98,33 @@ def _branch(layer: nn.Module, level: Level) -> nn.Module:
     return factorize(layer, r)[0]
 
 
-class MixedLowRank(nn.Module):
+class LogitChoice(nn.Module):
+    """Architecture logits ``alpha`` over candidate levels, shared by the rank choice (:class:`MixedLowRank`) and the
+    width choice (:class:`~hwloop.methods.haloc.joint.WidthGate`): :meth:`probs` (``softmax(α/τ)``, or
+    :attr:`fixed`), :meth:`argmax`, and :meth:`gumbel_draw` (the Gumbel-softmax sample ``F.gumbel_softmax`` makes).
+    Subclasses set ``alpha``, ``tau`` and ``fixed``."""
+
+    alpha: nn.Parameter
+    tau: float
+    fixed: torch.Tensor | None
+
+    def probs(self) -> torch.Tensor:
+        """The candidates' probabilities ``softmax(α/τ)`` (or :attr:`fixed`)."""
+        if self.fixed is not None:
+            return self.fixed
+        return F.softmax(self.alpha / self.tau, dim=0)
+
+    def argmax(self) -> int:
+        return int(torch.argmax(self.alpha.detach()))
+
+    def gumbel_draw(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(noisy logits / τ, their softmax, the drawn index)``."""
+        noisy = (self.alpha - torch.empty_like(self.alpha).exponential_().log()) / self.tau
+        soft = F.softmax(noisy, dim=0)
+        return noisy, soft, int(torch.argmax(soft.detach()))
+
+
+class MixedLowRank(LogitChoice):
     """One layer's candidate branches and architecture logits (see the module docstring).
 
     Args:
@@ -127,23 +153,13 @@ class MixedLowRank(nn.Module):
         self.fm_loss: torch.Tensor | None = None
         self.last_index: int | None = None
 
-    def probs(self) -> torch.Tensor:
-        """The candidates' probabilities ``softmax(α/τ)`` (or :attr:`fixed`)."""
-        if self.fixed is not None:
-            return self.fixed
-        return F.softmax(self.alpha / self.tau, dim=0)
-
-    def argmax(self) -> int:
-        return int(torch.argmax(self.alpha.detach()))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sampled: int | None = None
         if self.fixed is not None:
             weights = [(k, self.fixed[k]) for k in range(len(self.branches)) if float(self.fixed[k]) != 0.0]
         elif self.mode == "gumbel" and self.training:
-            noisy = (self.alpha - torch.empty_like(self.alpha).exponential_().log()) / self.tau  # as F.gumbel_softmax
-            soft = F.softmax(noisy, dim=0)
-            k = sampled = int(torch.argmax(soft.detach()))
+            noisy, soft, k = self.gumbel_draw()
+            sampled = k
             if self.st_all:   # forward = branch k; backward compares the branches (y = Σ_j h_j f_j, h = 1_k − q + q)
                 n = len(self.branches)
                 idx = list(range(n))
