@@ -275,14 +275,15 @@ class HalocMethod(CompressionMethod):
             layers = mixed_layers(wrapped)
             gates, exp = build_joint(wrapped, base, example, layers, cfg.widths, build, clip_ranks=cfg.clip_ranks)
             table = exp.table
+            seconds["cost_table"] = time.perf_counter() - t0   # the joint table needs the wrapped model's gates
         else:
             table = build(*table_levels(specs, levels))
+            seconds["cost_table"] = time.perf_counter() - t0   # the table alone, as before widths existed
             wrapped = wrap_model(base, levels)
             layers = mixed_layers(wrapped)
             exp = ExpectedLatency(table, layers)
             gates = {}
         set_mode(wrapped, mode=cfg.sampling)
-        seconds["cost_table"] = time.perf_counter() - t0
         ledger.add("cost_table", trial=context.trial, wall_s=seconds["cost_table"])
         context.say(f"haloc: {len(levels)} layers, steps {sorted(set(steps.values()))}"
                     + (f", {len(gates)} channel groups at widths {list(cfg.widths)}" if gates else "")
