@@ -21,7 +21,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ from hwloop.compress.actions import Sparsify
 from hwloop.compress.extract import get_module
 from hwloop.errors import CompressionError
 
-__all__ = ["SparsifyHandler", "sparsity_mask"]
+__all__ = ["SparsifyHandler", "sparsity_kept", "sparsity_mask"]
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -96,3 +97,50 @@ class SparsifyHandler:
                                            f"(groups=1), this one has groups={groups}")
                 mask = sparsity_mask(w, a.pattern, density=a.density, n=a.n, m=a.m, block=a.block)
                 w.copy_(torch.where(mask, w, torch.zeros_like(w)))
+
+
+@contextmanager
+def sparsity_kept(model: nn.Module, actions: Iterable[object]) -> Iterator[list[str]]:
+    """Inside the block, every layer a :class:`Sparsify` in ``actions`` keeps that action's zeros.
+
+    For fine-tuning a sparsified model: a plain optimizer step (momentum, weight decay, any gradient) regrows the
+    zeros, and the plan's replay would then zero different weights than the ones trained. Each layer's mask is the
+    action's own pattern on the current weight (what the replay keeps), held with
+    :func:`torch.nn.utils.prune.custom_from_mask` (``weight = weight_orig * weight_mask``, so the zeroed weights
+    get no update and stay zero); on exit the reparametrisation is removed and ``weight`` is a plain parameter again
+    (masked). Other actions are ignored. Yields the names of the held layers.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from hwloop.compress.actions import Sparsify
+        >>> net = nn.Sequential(nn.Linear(8, 4))
+        >>> a = Sparsify("0", "n:m", n=2, m=4)
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.where(sparsity_mask(net[0].weight, "n:m", n=2, m=4),
+        ...                                         net[0].weight, torch.zeros(())))
+        >>> with sparsity_kept(net, [a]) as held:
+        ...     opt = torch.optim.SGD(net.parameters(), lr=0.5, weight_decay=0.1)
+        ...     net(torch.randn(16, 8)).pow(2).sum().backward()
+        ...     opt.step()
+        >>> held, int((net[0].weight == 0).sum()), isinstance(net[0].weight, nn.Parameter)
+        (['0'], 16, True)
+    """
+    from torch.nn.utils import prune
+
+    held: list[str] = []
+    try:
+        for a in actions:
+            if not isinstance(a, Sparsify):
+                continue
+            mod = get_module(model, a.layer)
+            w = getattr(mod, "weight", None)
+            if not isinstance(w, torch.Tensor) or w.dim() < 2:
+                raise CompressionError(f"layer {a.layer!r} has no conv/linear weight to keep sparse")
+            prune.custom_from_mask(mod, "weight", sparsity_mask(w, a.pattern, density=a.density, n=a.n, m=a.m,
+                                                                block=a.block))
+            held.append(a.layer)
+        yield held
+    finally:
+        for name in held:
+            prune.remove(get_module(model, name), "weight")

@@ -219,6 +219,7 @@ class LcsMethod(CompressionMethod):
         import torch
 
         from hwloop.compress.plan import CompressionPlan
+        from hwloop.compress.sparsity import sparsity_kept
         from hwloop.methods.lcs.train import train_lines
         from hwloop.search.accounting import ComputeRecord
         from hwloop.search.train import train_epochs
@@ -262,8 +263,9 @@ class LcsMethod(CompressionMethod):
             m = fam.at(a)
             t1 = time.perf_counter()
             if cfg.finetune_epochs and m.plan is not None:
-                fh = train_epochs(m.model, context.train, cfg.finetune_epochs, cfg.lr * 0.1,
-                                  max_steps=cfg.max_steps)
+                with sparsity_kept(m.model, m.plan.actions):     # topk members keep their zeros
+                    fh = train_epochs(m.model, context.train, cfg.finetune_epochs, cfg.lr * 0.1,
+                                      max_steps=cfg.max_steps)
                 ledger.add("finetune", trial=context.trial, wall_s=fh["seconds"], train_images=int(fh["images"]),
                            epochs=float(cfg.finetune_epochs))
             cost_plan = m.plan

@@ -469,9 +469,12 @@ class ObcMethod(CompressionMethod):
             acc = acc_x = context.eval_fn(net) if context.eval_fn is not None else None
             if cfg.finetune_epochs:     # optional; OBC itself does not retrain (default 0)
                 from hwloop.compress.extract import apply_bits_
+                from hwloop.compress.sparsity import sparsity_kept
                 from hwloop.search.train import train_epochs
 
-                ft = train_epochs(net, context.train, cfg.finetune_epochs, cfg.finetune_lr, progress=context.progress)
+                with sparsity_kept(net, plan.actions):      # the zeros of every Sparsify stay zero
+                    ft = train_epochs(net, context.train, cfg.finetune_epochs, cfg.finetune_lr,
+                                      progress=context.progress)
                 apply_bits_(net, plan.w_bits)    # back onto a grid of each quantized layer's bits
                 net.eval()
                 ledger.add("finetune", trial=context.trial, wall_s=float(ft["seconds"]), train_images=int(ft["images"]),
