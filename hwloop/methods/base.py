@@ -29,6 +29,7 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar, Union
 
 from hwloop.errors import SearchError
@@ -314,6 +315,11 @@ class MethodResult:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "config": dict(self.config),
                 "candidates": [c.to_dict() for c in self.candidates]}
+
+    def save_artifacts(self, run_dir: Path) -> dict[str, str]:
+        """Write what the result holds beyond its candidates into ``run_dir`` (e.g. an LCS family); returns
+        name -> path relative to ``run_dir`` for the run's metrics. A plain result has none."""
+        return {}
 
 
 class CompressionMethod(ABC):

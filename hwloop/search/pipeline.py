@@ -120,6 +120,9 @@ def _run(spec: SearchSpec, out: Path, say: Callable[[str], None], progress: bool
     result = method.run(ctx)
     res = result.candidates[0]
     save_compressed(res.model, res.plan, out)
+    artifacts = result.save_artifacts(Path(out))     # e.g. an LCS family: every member, not only the pick
+    for what, rel in artifacts.items():
+        say(f"{result.method}: {what} written to {Path(out) / rel}")
 
     example = task.ref.example_input()
     metrics: dict[str, Any] = {
@@ -131,7 +134,7 @@ def _run(spec: SearchSpec, out: Path, say: Callable[[str], None], progress: bool
         "search_ratio": res.search_ratio, "repairs": [r.to_dict() for r in res.repairs],
         "budget_status": res.status, "budget_reason": res.status_reason,
         "params": sum(p.numel() for p in res.model.parameters()),
-        "original_params": sum(p.numel() for p in model.parameters()),
+        "original_params": sum(p.numel() for p in model.parameters()), "artifacts": artifacts,
     }
     from hwloop.workload import extract_layers
 

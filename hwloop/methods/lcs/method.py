@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from hwloop.errors import ConfigError, SearchError
@@ -178,6 +179,14 @@ class LcsResult(MethodResult):
     """A :class:`MethodResult` whose candidates are one family's members; ``family`` is the family."""
 
     family: LcsFamily | None = None
+
+    def save_artifacts(self, run_dir: Path) -> dict[str, str]:
+        """The family (``run_dir/family``: ``family.json`` + ``endpoints.safetensors``, :meth:`LcsFamily.save`), so a
+        run folder of ``hwloop search run`` holds every member, not only the pick."""
+        if self.family is None:
+            return {}
+        self.family.save(Path(run_dir) / "family")
+        return {"family": "family"}
 
     def select_ms(self, budget_ms: float, device: str) -> Selection:
         """The family's :meth:`~hwloop.methods.lcs.family.LcsFamily.select` (its α → latency table on ``device``)."""
