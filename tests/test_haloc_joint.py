@@ -293,6 +293,12 @@ def test_finding_the_classifier_leaves_batch_norm_statistics_alone() -> None:
     before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
     assert output_layers(net, torch.randn(2, 3, 32, 32)) == ["fc"] and net.training
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    net.layers[0].bn1.eval()           # a part frozen in eval mode stays so (each module gets its own mode back)
+    from hwloop.compress.extract import analyze
+
+    analyze(net, torch.randn(2, 3, 32, 32))
+    assert net.training and not net.layers[0].bn1.training and net.layers[0].bn2.training
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
 
 
 def test_clip_ranks_costs_and_extracts_a_rank_that_reduces_nothing_as_dense() -> None:

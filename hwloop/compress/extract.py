@@ -20,7 +20,8 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,19 @@ def group_key(name: str, lowrank: Iterable[str], tucker2: Iterable[str] = ()) ->
     return name
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The whole model in eval mode inside the block (a forward then moves no batch norm's running statistics);
+    on exit every submodule gets its own training flag back (a model with some parts frozen in eval stays so)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in modes:
+            m.training = flag
+
+
 def output_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Layers whose output channels are the model's output: the last conv/linear run whose
     output width equals the model output's width (the classifier)."""
@@ -128,13 +142,10 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
         if isinstance(m, _WEIGHTED):
             handles.append(m.register_forward_hook(
                 lambda mod, i, o, n=n: order.append((n, int(o.shape[1])))))
-    was = model.training
     try:   # eval: a forward in training mode would move the batch norms' running statistics
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = model(example)
     finally:
-        model.train(was)
         for h in handles:
             h.remove()
     if not isinstance(out, torch.Tensor) or out.dim() < 2:
@@ -166,15 +177,11 @@ def analyze(model: nn.Module, example: torch.Tensor, *, lowrank: Iterable[str] =
     names = {m: n for n, m in model.named_modules()}
     ignored_names = output_layers(model, example) if ignored is None else list(ignored)
     ignored_mods = [get_module(model, n) for n in ignored_names]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     except Exception as e:  # tracing failures come from many places
         raise CompressionError(f"cannot trace the model's channel dependencies: {type(e).__name__}: {e}") from e
-    finally:
-        model.train(was_training)
     order = {n: i for i, n in enumerate(names.values())}
     groups: list[ChannelGroup] = []
     roots: dict[str, nn.Module] = {}
