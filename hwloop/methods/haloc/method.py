@@ -32,6 +32,7 @@ from hwloop.compress.extract import get_module, output_layers
 from hwloop.compress.plan import CompressionPlan
 from hwloop.errors import SearchError
 from hwloop.methods.base import Candidate, CompressionMethod, MethodConfig, MethodContext, MethodResult, Repair
+from hwloop.methods.haloc.calibrate import calibrate_table, measure_choice
 from hwloop.methods.haloc.costs import ExpectedLatency, layer_specs, probe_steps, rank_ladder, table_levels
 from hwloop.methods.haloc.mixed import (
     DENSE,
@@ -61,6 +62,7 @@ from hwloop.methods.haloc.search import (
     step_down_to_budget,
 )
 from hwloop.methods.haloc.uniform import choose_uniform, uniform_ladder
+from hwloop.methods.wholemodel import RatioMap
 from hwloop.search.accounting import ComputeRecord
 
 __all__ = ["COST_SOURCES", "HalocConfig", "HalocMethod"]
@@ -115,6 +117,9 @@ class HalocConfig(MethodConfig):
             batch-norm re-estimation and fine-tune.
         width_init: the width logits' start (with ``init_scale > 0``): ``linear`` in the width, or ``sensitivity``
             (each group's output error when it alone is narrowed, scaled over all groups; ``init_logits``).
+        calibrate: whole-model probes measured on the device before the search (0: none): the table's sum against
+            the device's whole model (:mod:`~hwloop.methods.haloc.calibrate`); the search, the repair and the
+            uniform pick aim at the mapped target, the candidate's predicted ratio is the mapped one (for the CPU).
         clip_ranks: with ``widths``, a rank at or above the pruned layer's ``min(c_in, c_out)`` is the dense
             layer at those widths (costed and extracted as dense): no factorisation that reduces no rank.
     """
@@ -150,9 +155,10 @@ class HalocConfig(MethodConfig):
     weights: str = "search"
     width_init: str = "linear"
     clip_ranks: bool = False
+    calibrate: int = 0
 
     def __post_init__(self) -> None:
-        for n in ("search_epochs", "finetune_epochs", "step", "recalibrate_batches"):
+        for n in ("search_epochs", "finetune_epochs", "step", "recalibrate_batches", "calibrate"):
             if getattr(self, n) < 0:
                 raise SearchError(f"{n}={getattr(self, n)!r} must be >= 0")
         for n in ("max_candidates", "probe_stride", "uniform_n"):
@@ -200,6 +206,9 @@ class HalocConfig(MethodConfig):
         if self.widths and self.ranks != "search":
             raise SearchError(f"widths={list(self.widths)} needs ranks='search' (the uniform-rank control prunes "
                               "no channels)")
+        if self.calibrate and self.widths:
+            raise SearchError(f"calibrate={self.calibrate!r} maps the rank-only table; with widths (joint pruning) "
+                              "it is not built: set calibrate = 0 or drop widths")
         if self.max_steps is not None and self.max_steps < 2:
             raise SearchError(f"max_steps={self.max_steps!r} must be >= 2 (a weight and an architecture batch) or none")
 
@@ -226,6 +235,13 @@ def _build_table(context: MethodContext, source: str) -> Any:
         return build_cost_table(levels, device=context.device, source=source, progress=context.progress,
                                 passive=passive)
     return build
+
+
+def _table_target(target: float | None, tmap: RatioMap | None) -> float | None:
+    """The target as a ratio of the cost table's sum (the whole-model target read off ``tmap`` with calibrate)."""
+    if target is None or tmap is None:
+        return target
+    return tmap.budget(target)
 
 
 class HalocMethod(CompressionMethod):
@@ -258,8 +274,8 @@ class HalocMethod(CompressionMethod):
             raise SearchError("[method] haloc: the model has no conv (k > 1) or hidden linear layer to factorise")
         build = _build_table(context, cfg.cost_source)
         if cfg.ranks == "uniform":
-            w, ls, e, sl, st, lv, tb, ex = self._uniform(context, base, specs, names, build, seconds, t0)
-            return self._finish(context, base, w, ls, e, sl, st, lv, tb, ex, seconds, n0)
+            w, ls, e, sl, st, lv, tb, ex, tm = self._uniform(context, base, specs, names, build, seconds, t0)
+            return self._finish(context, base, w, ls, e, sl, st, lv, tb, ex, seconds, n0, tm)
         steps = {n: cfg.step for n in names} if cfg.step else probe_steps(base, specs, names, build, cfg.probe_stride)
         levels: dict[str, list[Any]] = {}
         for n in names:
@@ -285,12 +301,13 @@ class HalocMethod(CompressionMethod):
             gates = {}
         set_mode(wrapped, mode=cfg.sampling)
         ledger.add("cost_table", trial=context.trial, wall_s=seconds["cost_table"])
+        tmap, cal = self._calibrate(context, base, levels, table, list(levels), seconds)
         context.say(f"haloc: {len(levels)} layers, steps {sorted(set(steps.values()))}"
                     + (f", {len(gates)} channel groups at widths {list(cfg.widths)}" if gates else "")
                     + f", cost unit {table.unit}")
         slog = alternate(wrapped, exp, context.train, epochs=cfg.search_epochs, lr=cfg.lr, arch_lr=cfg.arch_lr,
                          momentum=cfg.momentum, weight_decay=cfg.weight_decay, lam=cfg.lam, dual_lr=cfg.dual_lr,
-                         mu=cfg.mu, target=context.target, tau=cfg.tau, tau_end=cfg.tau_end,
+                         mu=cfg.mu, target=_table_target(context.target, tmap), tau=cfg.tau, tau_end=cfg.tau_end,
                          max_steps=cfg.max_steps, progress=context.progress, log=context.log,
                          init_scale=cfg.init_scale, arch_paths=cfg.arch_paths, band=cfg.band,
                          width_lr=cfg.width_lr, width_init=cfg.width_init)
@@ -299,7 +316,7 @@ class HalocMethod(CompressionMethod):
         n_train = len(context.train.dataset) if hasattr(context.train, "dataset") else max(1, images)  # type: ignore[arg-type]
         ledger.add("search", trial=context.trial, wall_s=slog.seconds, train_images=images,
                    epochs=images / max(1, n_train))
-        return self._finish(context, base, wrapped, layers, exp, slog, steps, levels, table, {}, seconds, n0)
+        return self._finish(context, base, wrapped, layers, exp, slog, steps, levels, table, cal, seconds, n0, tmap)
 
     def _uniform(self, context: MethodContext, base: torch.nn.Module, specs: Any, names: list[str], build: Any,
                  seconds: dict[str, float], t0: float) -> tuple[Any, ...]:
@@ -322,7 +339,10 @@ class HalocMethod(CompressionMethod):
         def cost(r: dict[str, int]) -> float:
             return float(table.model_cost({n: rank_level(x) for n, x in r.items()}))
 
-        pick = choose_uniform(ladder, cost, context.target * original)
+        tmap, cal = self._calibrate(context, base, all_levels, table, names, seconds)
+        goal = _table_target(context.target, tmap)
+        assert goal is not None
+        pick = choose_uniform(ladder, cost, goal * original)
         if pick is None:   # even the smallest ranks are over the target: take them (judged as missed)
             f, r = ladder[0]
             pick = (f, r, cost(r))
@@ -335,11 +355,38 @@ class HalocMethod(CompressionMethod):
         slog.expected_ratio = exp.choice_cost(exp.argmax_choice()) / exp.original
         context.say(f"haloc uniform: rank fraction {f:.4f} ({len(ladder)} uniform points), "
                     f"{slog.expected_ratio:.3f}x in the cost table (target {context.target})")
-        return wrapped, layers, exp, slog, {n: 1 for n in names}, levels, table, {"uniform_frac": f}
+        return wrapped, layers, exp, slog, {n: 1 for n in names}, levels, table, {"uniform_frac": f, **cal}, tmap
+
+    def _calibrate(self, context: MethodContext, base: torch.nn.Module, levels: dict[str, list[Any]], table: Any,
+                   names: list[str], seconds: dict[str, float]) -> tuple[RatioMap | None, dict[str, Any]]:
+        """``calibrate = K``: the whole-model map from K probes measured on the device (None, {} without it or
+        without a target); ``{"calibration": info}`` for the candidate's extra."""
+        cfg = self.config
+        assert isinstance(cfg, HalocConfig)
+        if not cfg.calibrate or context.target is None:
+            return None, {}
+        t = time.perf_counter()
+        dense = {n: DENSE for n in names}
+        full = float(table.model_cost(dense))
+
+        def ratio(ch: Any) -> float:
+            return float(table.model_cost({**dense, **ch})) / full
+
+        rmap, info = calibrate_table(levels, ratio, cfg.calibrate, lambda ch: measure_choice(context, base, ch),
+                                     say=context.say)
+        info["table_target"] = rmap.budget(context.target)
+        seconds["calibrate"] = time.perf_counter() - t
+        assert context.ledger is not None
+        context.ledger.add("calibrate", trial=context.trial, wall_s=seconds["calibrate"],
+                           device_s=seconds["calibrate"], device_measurements=len(info["probes"]))
+        context.say(f"haloc: whole-model map from {len(info['probes'])} probes: target {context.target} is "
+                    f"{info['table_target']:.4f} x in the table")
+        return rmap, {"calibration": info}
 
     def _finish(self, context: MethodContext, base: torch.nn.Module, wrapped: torch.nn.Module, layers: Any,
                 exp: Expected, slog: SearchLog, steps: dict[str, int], levels: dict[str, list[Any]],
-                table: Any, extra: dict[str, Any], seconds: dict[str, float], n0: int) -> MethodResult:
+                table: Any, extra: dict[str, Any], seconds: dict[str, float], n0: int,
+                tmap: RatioMap | None = None) -> MethodResult:
         """Argmax (+ repair), extraction, batch-norm re-estimation, fine-tune, the candidate."""
         cfg = self.config
         assert isinstance(cfg, HalocConfig)
@@ -350,9 +397,10 @@ class HalocMethod(CompressionMethod):
         choice = exp.argmax_choice()
         search_end = exp.choice_cost(choice)
         repairs: list[Repair] = []
-        if context.target is not None and cfg.repair and search_end > context.target * exp.original:
+        goal = _table_target(context.target, tmap)     # the target in the table (mapped with calibrate)
+        if goal is not None and cfg.repair and search_end > goal * exp.original:
             units = exp.units if isinstance(exp, JointExpectedLatency) else layers
-            moved = step_down_to_budget(units, exp, choice, context.target * exp.original)
+            moved = step_down_to_budget(units, exp, choice, goal * exp.original)
             if moved != choice:   # nothing cheaper among the candidates: no repair happened
                 kind = ("step_down_ranks" if all(moved[n] == choice[n] for n in moved if n.startswith(WIDTH_PREFIX))
                         else "step_down_ranks_widths")
@@ -407,6 +455,14 @@ class HalocMethod(CompressionMethod):
         for r in ledger.records[n0:]:   # this run's records only
             cost = cost + r
         unit = exp.unit
+        table_predicted, table_end = predicted, search_end
+        if tmap is not None:   # the whole model's predicted cost: the table's ratio through the probes' map
+            predicted = exp.original * tmap.ratio(predicted / exp.original)
+            search_end = exp.original * tmap.ratio(search_end / exp.original)
+            repairs = [Repair(r.step, r.when, exp.original * tmap.ratio(r.before / exp.original),
+                              exp.original * tmap.ratio(r.after / exp.original)) for r in repairs]
+            extra = {**extra, "table_predicted_ratio": table_predicted / exp.original,
+                     "table_search_end_ratio": table_end / exp.original}
         cand = Candidate(
             setting=f"target={context.target}" if context.target is not None else f"lam={cfg.lam}",
             model=net, plan=plan, original=exp.original, predicted=predicted, unit=unit,
