@@ -173,9 +173,14 @@ def test_ratio_map_is_monotone_through_the_dense_point() -> None:
         assert m.budget(t) < 0.3 and m.ratio(m.budget(t)) == pytest.approx(t)
     grid = [0.05 * k for k in range(21)]
     assert all(m.ratio(b) >= m.ratio(a) for a, b in zip(grid, grid[1:]))
-    # a probe measured at or above the dense model is dropped; identical answers are one point
+    # a probe that measured at or above the dense model is capped at 1 (the map is flat there, not the optimistic
+    # line a dropped probe would leave); identical answers are one point
     m2 = RatioMap.fit([0.5, 0.5, 0.95], [0.6, 0.64, 1.03], alpha=0.1)
-    assert list(m2.s) == [0.5, 1.0] and list(m2.r) == [pytest.approx(0.62), 1.0]
+    assert list(m2.s) == [0.5, 0.95, 1.0] and list(m2.r) == [pytest.approx(0.62), 1.0, 1.0]
+    assert m2.ratio(0.95) == 1.0 and m2.budget(0.9) < 0.95
+    m3 = RatioMap.fit([0.3, 0.55, 0.8], [0.6, 0.9, 1.08], alpha=0.1)    # the reviewer's case: 0.8 measured 1.08
+    assert m3.ratio(0.8) == 1.0 and m3.budget(0.95) < 0.8
+    assert list(RatioMap.fit([0.5, 1.2], [0.6, 1.3], alpha=0.1).s) == [0.5, 1.0]   # costed above dense: no info
     assert ratio_of(0.25, 0.5) == pytest.approx(0.625) and budget_of(0.25, 0.625) == pytest.approx(0.5)
     assert fit_overhead([0.3, 0.8], [0.4, 0.85]) < 1
 

@@ -88,12 +88,14 @@ class RatioMap:
     @classmethod
     def fit(cls, s: Sequence[float], r: Sequence[float], alpha: float) -> RatioMap:
         """From probes ``(s, r)`` (not including the dense point) and the fallback ``alpha``."""
-        pts = sorted(zip([float(v) for v in s], [float(v) for v in r]))
-        pts = [p for p in pts if p[0] < 1.0 and p[1] < 1.0] + [(1.0, 1.0)]   # a probe at or above dense: no info
+        pts = sorted(zip([float(v) for v in s], [min(float(v), 1.0) for v in r]))
+        # a probe costed at or above the dense sum says nothing below it; one that *measured* at or above the dense
+        # model (s < 1) says the whole model is no faster there: kept, capped at 1 (a flat segment, not dropped)
+        pts = [p for p in pts if p[0] < 1.0] + [(1.0, 1.0)]
         blocks: list[list[float]] = []           # pool adjacent violators: [sum of s, sum of r, count]
         for a, b in pts:
             blocks.append([a, b, 1.0])
-            while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] >= blocks[-1][1] / blocks[-1][2]:
+            while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] > blocks[-1][1] / blocks[-1][2]:
                 x = blocks.pop()
                 blocks[-1] = [blocks[-1][0] + x[0], blocks[-1][1] + x[1], blocks[-1][2] + x[2]]
         merged: list[list[float]] = []           # identical DP answers (equal s): one point, r averaged

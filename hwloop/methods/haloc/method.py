@@ -372,8 +372,9 @@ class HalocMethod(CompressionMethod):
         def ratio(ch: Any) -> float:
             return float(table.model_cost({**dense, **ch})) / full
 
-        rmap, info = calibrate_table(levels, ratio, cfg.calibrate, lambda ch: measure_choice(context, base, ch),
-                                     say=context.say)
+        with torch.random.fork_rng(devices=[]):   # building the probes reseeds torch (ModelRef.build): keep the
+            rmap, info = calibrate_table(levels, ratio, cfg.calibrate,   # run's own random stream, seed by seed
+                                         lambda ch: measure_choice(context, base, ch), say=context.say)
         info["table_target"] = rmap.budget(context.target)
         seconds["calibrate"] = time.perf_counter() - t
         assert context.ledger is not None
