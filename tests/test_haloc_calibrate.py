@@ -93,8 +93,10 @@ def test_the_method_aims_at_the_mapped_target_and_predicts_through_the_map(digit
     assert cand.predicted_ratio == pytest.approx(0.3 + 0.7 * t)        # the whole-model prediction, not the table's
     assert t <= cal["table_target"] * (1 + 1e-6)                       # the table aimed at the mapped target
     assert cand.status in ("met", "met-by-repair") and cand.predicted_ratio <= 0.8 * (1 + 1e-6)
+    assert cand.plan.meta["calibrated_predicted"] / cand.plan.meta["original"] == pytest.approx(cand.predicted_ratio)
+    assert cand.plan.meta["predicted"] / cand.plan.meta["original"] == pytest.approx(t)   # the table's, kept
     rec = [r for r in ctx.ledger.records if r.phase == "calibrate"]
-    assert len(rec) == 1 and rec[0].device_measurements == len(cal["probes"]) >= 2
+    assert len(rec) == 1 and rec[0].device_measurements == len(cal["probes"]) >= 2   # the fake: 1 per probe
     plain = make_method("haloc", {**SMOKE, "ranks": ranks}).run(_ctx(digits, 0.8)).candidates[0]
     assert "calibration" not in plain.extra and "table_predicted_ratio" not in plain.extra
 
@@ -115,3 +117,30 @@ def test_calibrate_config_errors_are_one_line() -> None:
         make_method("haloc", {"calibrate": -1})
     with pytest.raises(SearchError, match="maps the rank-only table; with widths"):
         make_method("haloc", {"calibrate": 2, "widths": [0.5, 1.0]})
+
+
+def test_calibration_leaves_the_runs_random_stream_alone(digits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building a probe reseeds torch on the CPU path (``ModelRef.build``); the search after the calibration must
+    draw what it draws without it (else every seed's Gumbel draws would be seed 0's)."""
+    states: list[torch.Tensor] = []
+    real_alternate = haloc_method.alternate
+
+    def spy(*a: Any, **k: Any) -> Any:
+        states.append(torch.get_rng_state())
+        return real_alternate(*a, **k)
+
+    real = haloc_method.calibrate_table
+
+    def reseeding(levels: Any, table_ratio: Any, k: int, measure: Any, say: Any = None) -> Any:
+        def m(ch: Any) -> Any:
+            torch.manual_seed(0)           # what a probe build does on the CPU
+            return 0.3 + 0.7 * table_ratio(ch), {}
+        return real(levels, table_ratio, k, m, say)
+
+    monkeypatch.setattr(haloc_method, "alternate", spy)
+    monkeypatch.setattr(haloc_method, "calibrate_table", reseeding)
+    for cal in (0, 3):
+        ctx = _ctx(digits, 0.8)
+        ctx.seed = 5
+        make_method("haloc", {**SMOKE, "calibrate": cal}).run(ctx)
+    assert len(states) == 2 and torch.equal(states[0], states[1])

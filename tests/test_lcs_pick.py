@@ -49,12 +49,17 @@ def test_pick_measures_the_table_selects_within_the_budget_and_writes_the_member
     assert LcsFamily.load(run_dir / "family").latency == {}      # --no-save (the default) leaves the file alone
     budget = (ms[0] + ms[-1]) / 2                                   # above the narrowest, below the full member
     out = tmp_path / "member"
+    endpoints = (run_dir / "family" / "endpoints.safetensors").read_bytes()
     assert main(["search", "pick", str(run_dir / "family"), "--device", "asic-tpu32", "--budget-ms", str(budget),
                  "--out", str(out), "--json", "--save"]) == 0
     sel = json.loads(capsys.readouterr().out)["selection"]
     assert sel["met"] and sel["latency_ms"] <= budget and sel["alpha"] < 1.0
     fam = LcsFamily.load(run_dir / "family")
-    assert set(fam.latency) == {"asic-tpu32"}                       # --save wrote the table back
+    assert set(fam.latency) == {"asic-tpu32"}                       # --save wrote the table back ...
+    assert (run_dir / "family" / "endpoints.safetensors").read_bytes() == endpoints   # ... and only the table
+    profile = Path(__file__).resolve().parents[1] / "devices" / "asic-tpu32.toml"   # a profile path: its name
+    assert main(["search", "pick", str(run_dir), "--device", str(profile), "--json"]) == 0
+    assert not json.loads(capsys.readouterr().out)["measured"]      # the saved table, found under the name
     net, plan = load_compressed(out)
     member = fam.at(sel["alpha"])
     assert plan == member.plan
@@ -63,6 +68,16 @@ def test_pick_measures_the_table_selects_within_the_budget_and_writes_the_member
         assert torch.equal(net.eval()(x), member.model.eval()(x))
     assert main(["search", "pick", str(run_dir), "--device", "asic-tpu32", "--budget-ms", "1e-9"]) == 0
     assert "NO member meets the budget" in capsys.readouterr().out   # the fastest member, said so
+    assert main(["search", "pick", str(run_dir), "--device", "asic-tpu32", "--budget-ms", "1e-9",
+                 "--out", str(tmp_path / "over")]) == 1             # ... and not written as if it met it
+    assert "nothing written" in capsys.readouterr().err and not (tmp_path / "over").exists()
+    plan_before = (run_dir / "plan.json").read_bytes()
+    for bad_out in (run_dir, out, run_dir / "plan.json"):           # a model / family folder, a file: refused
+        assert main(["search", "pick", str(run_dir), "--device", "asic-tpu32", "--budget-ms", str(budget),
+                     "--out", str(bad_out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--out" in err and "\n" not in err
+    assert (run_dir / "plan.json").read_bytes() == plan_before
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -81,11 +96,28 @@ def test_bad_input_is_one_line(run_dir: Path, args: list[str], needle: str, caps
 
 def test_a_folder_without_a_family_or_a_tampered_one_is_refused(run_dir: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
     assert main(["search", "pick", str(tmp_path)]) == 2
     assert "holds no LCS family" in capsys.readouterr().err
-    bad = tmp_path / "bad"
-    bad.mkdir()
     desc = json.loads((run_dir / "family" / "family.json").read_text())
-    (bad / "family.json").write_text(json.dumps({**desc, "kind": "something-else"}))
-    assert main(["search", "pick", str(bad)]) == 2
-    assert "is not an hwloop LCS family" in capsys.readouterr().err
+    cases = [({"kind": "something-else"}, "is not an hwloop LCS family"),
+             ({"latency": {"asic-tpu32": {"0.5": -1.0}}}, "allowed: a finite number > 0 (ms)"),
+             ({"latency": {"asic-tpu32": {"0.5": float("nan")}}}, "allowed: a finite number > 0 (ms)"),
+             ({"accuracy": {"2.0": 50.0}}, "allowed: alphas in [0, 1]"),
+             ({"accuracy": {str(i / 1000): 1.0 for i in range(1000)}}, "allowed: at most 101")]
+    for i, (change, needle) in enumerate(cases):
+        bad = tmp_path / f"bad{i}"
+        bad.mkdir()
+        shutil.copy(run_dir / "family" / "endpoints.safetensors", bad)
+        (bad / "family.json").write_text(json.dumps({**desc, **change}))
+        assert main(["search", "pick", str(bad), "--budget-ms", "1"]) == 2, change
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, (change, err)
+    stale = tmp_path / "stale"                      # a run folder whose metrics.json lists no family
+    shutil.copytree(run_dir, stale)
+    m = json.loads((stale / "metrics.json").read_text())
+    m["metrics"]["artifacts"] = {}
+    (stale / "metrics.json").write_text(json.dumps(m))
+    assert main(["search", "pick", str(stale)]) == 2
+    assert "lists no family" in capsys.readouterr().err

@@ -67,6 +67,10 @@ def test_an_error_inside_the_block_leaves_a_plain_model_and_other_actions_are_ig
             assert held == ["0"] and hasattr(net[0], "weight_orig")
             raise RuntimeError("boom")
     assert not hasattr(net[0], "weight_orig") and isinstance(net[0].weight, nn.Parameter)
+    twice = [Sparsify("0", "unstructured", density=0.5), Sparsify("0", "n:m", n=2, m=4)]   # two on one layer
+    with sparsity_kept(net, twice) as held:
+        _train(net)
+    assert held == ["0", "0"] and not hasattr(net[0], "weight_orig")          # removed once, no error on exit
     with pytest.raises(CompressionError, match="'1' has no conv/linear weight"):
         with sparsity_kept(net, [Sparsify("1", "unstructured", density=0.5)]):
             pass

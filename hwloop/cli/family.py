@@ -5,7 +5,8 @@ A family is what an ``lcs`` run writes (``hwloop search run`` puts it in ``<run>
 ``pick`` lists the family's α → latency table on ``--device`` (measuring it first when the family has none for that
 device: ``--source table`` costs the members' layers through the shared cost table, ``measure`` measures each
 member whole), then with ``--budget-ms`` selects the most accurate α within the budget (no data, no retraining)
-and with ``--out`` writes that member as an ordinary compressed model (plan + weights).
+and with ``--out`` writes that member as an ordinary compressed model (plan + weights) into a new or empty folder
+(exit 1, nothing written, when no member meets the budget).
 
 Example::
 
@@ -54,14 +55,28 @@ def pick(
         raise SearchError(f"--budget-ms={budget_ms!r} must be a positive number of milliseconds")
     if not 2 <= alphas <= 101:
         raise SearchError(f"--alphas={alphas!r} must be an int in [2, 101]")
-    if out is not None and budget_ms is None:
-        raise SearchError("--out needs --budget-ms (which member to write)")
+    if out is not None:
+        if budget_ms is None:
+            raise SearchError("--out needs --budget-ms (which member to write)")
+        if out.exists() and not out.is_dir():
+            raise SearchError(f"--out {str(out)!r} is a file; allowed: a new or empty folder")
+        if out.is_dir() and any((out / f).exists() for f in ("plan.json", "weights.safetensors", "family.json")):
+            raise SearchError(f"--out {str(out)!r} already holds a model or a family; allowed: a new or empty folder "
+                              "(nothing there is overwritten)")
     from hwloop.devices.profiles import load_profile
 
-    load_profile(device)     # an unknown device: one line naming the known ones, before anything is read
+    device = load_profile(device).name   # an unknown device: one line naming the known ones; a path: its name
     where = family / "family" if (family / "family" / "family.json").is_file() else family
     if not (where / "family.json").is_file():
         raise SearchError(f"{str(family)!r} holds no LCS family (no family.json in it or in its family/ folder)")
+    if where != family and (family / "metrics.json").is_file():   # a run folder: is its family this run's?
+        try:
+            arts = json.loads((family / "metrics.json").read_text(encoding="utf-8")).get("metrics", {}).get("artifacts")
+        except (OSError, ValueError, AttributeError):
+            arts = None
+        if not (isinstance(arts, dict) and arts.get("family") == "family"):
+            raise SearchError(f"{str(family)!r}: its metrics.json lists no family (the family/ folder is from an "
+                              "earlier run into the same folder); give the family folder itself to use it")
     fam = LcsFamily.load(where)
     measured = False
     if not fam.latency.get(device):
@@ -71,9 +86,13 @@ def pick(
         fam.measure(device, grid, source=source)
         measured = True
         if save:
-            fam.save(where)
+            fam.save_description(where)     # family.json only, atomically; the endpoints are not rewritten
     table = fam.latency[device]
     sel = fam.select(budget_ms, device) if budget_ms is not None else None
+    if out is not None and sel is not None and not sel.met:
+        typer.echo(f"pick: NO member meets the budget of {sel.budget_ms:g} ms on {device} (the fastest, alpha "
+                   f"{sel.alpha:g}, takes {sel.latency_ms:.4g} ms); nothing written to {out}", err=True)
+        raise typer.Exit(1)
     if out is not None and sel is not None:
         m = fam.at(sel.alpha)
         if m.plan is None:

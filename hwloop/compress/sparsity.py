@@ -141,6 +141,6 @@ def sparsity_kept(model: nn.Module, actions: Iterable[object]) -> Iterator[list[
                                                                 block=a.block))
             held.append(a.layer)
         yield held
-    finally:
-        for name in held:
+    finally:   # one removal per layer (a second Sparsify on a layer was combined into its mask by torch's container)
+        for name in dict.fromkeys(held):
             prune.remove(get_module(model, name), "weight")

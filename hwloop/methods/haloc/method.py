@@ -379,7 +379,8 @@ class HalocMethod(CompressionMethod):
         seconds["calibrate"] = time.perf_counter() - t
         assert context.ledger is not None
         context.ledger.add("calibrate", trial=context.trial, wall_s=seconds["calibrate"],
-                           device_s=seconds["calibrate"], device_measurements=len(info["probes"]))
+                           device_s=sum(float(p.get("device_s", 0.0)) for p in info["probes"]),
+                           device_measurements=sum(int(p.get("device_measurements", 1)) for p in info["probes"]))
         context.say(f"haloc: whole-model map from {len(info['probes'])} probes: target {context.target} is "
                     f"{info['table_target']:.4f} x in the table")
         return rmap, {"calibration": info}
@@ -422,7 +423,10 @@ class HalocMethod(CompressionMethod):
         plan = CompressionPlan(base=context.ref.to_dict(), actions=actions,
                                meta={"method": "haloc" if cfg.ranks == "search" else "haloc-uniform",
                                      "unit": exp.unit, "predicted": predicted, "original": exp.original,
-                                     "search_end": search_end})
+                                     "search_end": search_end,
+                                     **({"calibrated_predicted": exp.original * tmap.ratio(predicted / exp.original),
+                                         "calibrated_search_end": exp.original * tmap.ratio(search_end / exp.original)}
+                                        if tmap is not None else {})})
         from hwloop.search.differentiable import recalibrate_batchnorm
         from hwloop.search.train import train_epochs
 
@@ -467,12 +471,12 @@ class HalocMethod(CompressionMethod):
         cand = Candidate(
             setting=f"target={context.target}" if context.target is not None else f"lam={cfg.lam}",
             model=net, plan=plan, original=exp.original, predicted=predicted, unit=unit,
-            predicted_ms=predicted if unit == "ms" else None, accuracy=acc, accuracy_extracted=acc_ex,
-            target=context.target, search_end=search_end, repairs=repairs,
+            predicted_ms=predicted if unit == "ms" and tmap is None else None,   # mapped: a ratio, not a time
+            accuracy=acc, accuracy_extracted=acc_ex, target=context.target, search_end=search_end, repairs=repairs,
             cost=ComputeRecord("total", context.trial, cost.wall_s, cost.device_s, cost.train_images, cost.epochs,
                                cost.device_measurements),
             history=slog.history, seconds=seconds, sizes=sizes,
-            extra={"expected_ratio": slog.expected_ratio, "argmax_ratio": search_end / exp.original,
+            extra={"expected_ratio": slog.expected_ratio, "argmax_ratio": table_end / exp.original,
                    "lam_final": slog.lam, "steps": dict(steps),
                    "candidates": {n: [list(x) for x in lv] for n, lv in levels.items()},
                    "ranks": {n: (None if lv == DENSE else int(lv[1])) for n, lv in choice.items()

@@ -74,6 +74,25 @@ class Selection:
     budget_ms: float
 
 
+MAX_TABLE_ALPHAS = 101   # entries of a family.json accuracy or latency table (a file from others is bounded)
+
+
+def _check_tables(d: Path, accuracy: Mapping[float, float], latency: Mapping[str, Mapping[float, float]]) -> None:
+    """A family.json's tables are data from someone else: alphas in [0, 1], accuracies finite, latencies finite and
+    > 0, at most :data:`MAX_TABLE_ALPHAS` entries each (one line naming the first bad value otherwise)."""
+    tables = [("accuracy", accuracy)] + [(f"latency[{k!r}]", t) for k, t in latency.items()]
+    for what, t in tables:
+        if len(t) > MAX_TABLE_ALPHAS:
+            raise SearchError(f"{d}/family.json: {what} has {len(t)} entries; allowed: at most {MAX_TABLE_ALPHAS}")
+        for a, v in t.items():
+            if not (math.isfinite(a) and 0.0 <= a <= 1.0):
+                raise SearchError(f"{d}/family.json: {what} has alpha {a!r}; allowed: alphas in [0, 1]")
+            ok = math.isfinite(v) and (v > 0 if what != "accuracy" else True)
+            if not ok:
+                raise SearchError(f"{d}/family.json: {what}[{a!r}] = {v!r}; allowed: a finite number"
+                                  + (" > 0 (ms)" if what != "accuracy" else ""))
+
+
 @dataclass
 class LcsFamily:
     """A trained line model plus its tables (see the module docstring)."""
@@ -347,6 +366,18 @@ class LcsFamily:
                 "latency": {d: {repr(a): v for a, v in sorted(t.items())} for d, t in self.latency.items()},
                 "latency_source": dict(self.latency_source)}
 
+    def save_description(self, directory: str | Path) -> Path:
+        """Rewrite only ``family.json`` (e.g. after :meth:`measure` added a latency table), atomically: the new
+        file is written beside it and moved over it, so an interrupted write leaves the old one; the endpoints are
+        not touched."""
+        import os
+
+        d = Path(directory)
+        tmp = d / "family.json.tmp"
+        tmp.write_text(json.dumps(self.describe(), indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, d / "family.json")
+        return d
+
     def save(self, directory: str | Path) -> Path:
         """Write ``family.json`` and ``endpoints.safetensors`` into ``directory``; returns it."""
         from safetensors.torch import save_file
@@ -385,6 +416,7 @@ class LcsFamily:
             fam.state.bits_lo, fam.state.bits_hi = int(desc["bits_lo"]), int(desc["bits_hi"])
             fam.accuracy = {float(a): float(v) for a, v in desc.get("accuracy", {}).items()}
             fam.latency = {str(k): {float(a): float(v) for a, v in t.items()} for k, t in desc.get("latency", {}).items()}
+            _check_tables(d, fam.accuracy, fam.latency)
             fam.latency_source = {str(k): str(v) for k, v in desc.get("latency_source", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise SearchError(f"{d}/family.json is malformed: {type(e).__name__}: {e}") from e
