@@ -63,9 +63,10 @@ def pick(
         if out.is_dir() and any((out / f).exists() for f in ("plan.json", "weights.safetensors", "family.json")):
             raise SearchError(f"--out {str(out)!r} already holds a model or a family; allowed: a new or empty folder "
                               "(nothing there is overwritten)")
-    from hwloop.devices.profiles import load_profile
+    from hwloop.devices.profiles import create_device, load_profile
 
-    device = load_profile(device).name   # an unknown device: one line naming the known ones; a path: its name
+    profile = load_profile(device)       # an unknown device: one line naming the known ones
+    device = profile.name                # a profile path: the table is kept under the profile's name
     where = family / "family" if (family / "family" / "family.json").is_file() else family
     if not (where / "family.json").is_file():
         raise SearchError(f"{str(family)!r} holds no LCS family (no family.json in it or in its family/ folder)")
@@ -83,7 +84,7 @@ def pick(
         grid = sorted(fam.accuracy) or default_grid(alphas)
         typer.echo(f"pick: no latency table for {device} in {where}; filling it at {len(grid)} alphas ({source})",
                    err=True)
-        fam.measure(device, grid, source=source)
+        fam.measure(create_device(profile), grid, source=source)
         measured = True
         if save:
             fam.save_description(where)     # family.json only, atomically; the endpoints are not rewritten
