@@ -15,18 +15,13 @@ from hwloop.methods import make_method
 from hwloop.methods.haloc import method as haloc_method
 from hwloop.methods.haloc.calibrate import calibrate_table, probe_choices
 from hwloop.methods.haloc.mixed import DENSE, rank_level
-from hwloop.search.train import make_task, train_epochs
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[Any, torch.nn.Module]:
-    task = make_task("digits", "small_cnn", train_limit=128, val_limit=64, seed=0)
-    torch.manual_seed(0)
-    model = task.ref.build()
-    train_epochs(model, task.train, 1, 0.05)
-    return task, model.eval()
+def digits(digits_pretrained: Any) -> Any:
+    return digits_pretrained  # tests/conftest.py: (task, model, space); _ctx copies the model
 
 
 def _ctx(digits: Any, target: float | None) -> Any:
@@ -34,7 +29,7 @@ def _ctx(digits: Any, target: float | None) -> Any:
     from hwloop.search.latency import SurrogateLatency
     from hwloop.search.space import SearchSpace
 
-    task, model = digits
+    task, model, _ = digits
     space = SearchSpace.from_ref(task.ref, model=model)
     return MethodContext(model=copy.deepcopy(model), ref=task.ref, space=space, train=task.train, eval_fn=None,
                          latency=SurrogateLatency(space), target=target, device="asic-tpu32", seed=0)

@@ -411,6 +411,10 @@ class HalocMethod(CompressionMethod):
         if isinstance(exp, JointExpectedLatency):   # ranks that reduce nothing at the chosen widths → dense
             choice = exp.effective_choice(choice)
         predicted = exp.choice_cost(choice)
+
+        def whole(v: float) -> float:   # a table cost as the whole model's, through the probes' map (calibrate)
+            return v if tmap is None else exp.original * tmap.ratio(v / exp.original)
+
         gates = width_gates(wrapped)
         src = wrapped
         if cfg.weights == "original":   # the chosen architecture from the trained model's weights
@@ -424,9 +428,8 @@ class HalocMethod(CompressionMethod):
                                meta={"method": "haloc" if cfg.ranks == "search" else "haloc-uniform",
                                      "unit": exp.unit, "predicted": predicted, "original": exp.original,
                                      "search_end": search_end,
-                                     **({"calibrated_predicted": exp.original * tmap.ratio(predicted / exp.original),
-                                         "calibrated_search_end": exp.original * tmap.ratio(search_end / exp.original)}
-                                        if tmap is not None else {})})
+                                     **({"calibrated_predicted": whole(predicted),
+                                         "calibrated_search_end": whole(search_end)} if tmap is not None else {})})
         from hwloop.search.differentiable import recalibrate_batchnorm
         from hwloop.search.train import train_epochs
 
@@ -462,10 +465,8 @@ class HalocMethod(CompressionMethod):
         unit = exp.unit
         table_predicted, table_end = predicted, search_end
         if tmap is not None:   # the whole model's predicted cost: the table's ratio through the probes' map
-            predicted = exp.original * tmap.ratio(predicted / exp.original)
-            search_end = exp.original * tmap.ratio(search_end / exp.original)
-            repairs = [Repair(r.step, r.when, exp.original * tmap.ratio(r.before / exp.original),
-                              exp.original * tmap.ratio(r.after / exp.original)) for r in repairs]
+            predicted, search_end = whole(predicted), whole(search_end)
+            repairs = [Repair(r.step, r.when, whole(r.before), whole(r.after)) for r in repairs]
             extra = {**extra, "table_predicted_ratio": table_predicted / exp.original,
                      "table_search_end_ratio": table_end / exp.original}
         cand = Candidate(

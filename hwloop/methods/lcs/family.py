@@ -386,8 +386,7 @@ class LcsFamily:
         d.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().clone() for k, v in self.net.state_dict().items()}
         save_file(tensors, str(d / "endpoints.safetensors"), metadata={"format": str(FAMILY_FORMAT)})
-        (d / "family.json").write_text(json.dumps(self.describe(), indent=1) + "\n", encoding="utf-8")
-        return d
+        return self.save_description(d)
 
     @classmethod
     def load(cls, directory: str | Path) -> LcsFamily:
