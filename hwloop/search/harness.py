@@ -77,7 +77,7 @@ def _subset(ds: Any, limit: int | None, seed: int) -> Any:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two queues may share one spec's folder
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=float) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
