@@ -271,7 +271,10 @@ def apply_bits_(model: nn.Module, w_bits: Mapping[str, int]) -> None:
             w = getattr(mod, "weight", None)
             if not isinstance(w, torch.Tensor):
                 raise CompressionError(f"layer {name!r} has no weight to quantize")
-            if bits < 32:
+            if bits <= 1:   # sign x mean magnitude, written exactly (the straight-through sum is an ulp off)
+                flat = w.reshape(w.shape[0], -1)
+                w.copy_((torch.sign(flat) * flat.abs().mean(1, keepdim=True)).reshape(w.shape))
+            elif bits < 32:
                 w.copy_(fake_quant(w, bits))
 
 
@@ -320,9 +323,11 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, directory: str | Pa
     """Write ``plan.json`` and ``weights.safetensors`` into ``directory``; returns it.
 
     With ``pack`` (default) the weight of every ``Quantize`` layer of at most 16 bits whose values lie exactly on
-    its grid (as after ``compress_`` or quantization-aware fine-tuning) is stored as integers (int4 packed two
-    per byte up to 4 bits, int8 up to 8, int16 up to 16) plus one float32 scale per output channel; loading
-    gives back the same float tensor bit for bit. Other tensors are stored as they are.
+    its grid (as after ``compress_`` or quantization-aware fine-tuning) is stored as integers (sign bits at 1 bit,
+    2 bits at 2, int4 packed two per byte up to 4 bits, int8 up to 8, int16 up to 16) plus one float32 scale per
+    output channel, and the weight of every ``Sparsify`` layer as a bitmask plus its kept values (or codes) when
+    that is smaller (:func:`hwloop.compress.quantstore.encode_weight`); loading gives back the same float tensor
+    bit for bit. Other tensors are stored as they are.
     """
     from hwloop.compress.quantstore import write_weights
 

@@ -1,13 +1,16 @@
-"""Low-bit weight storage: quantized layers go to safetensors as integers plus per-channel scales.
+"""Low-bit and sparse weight storage: quantized and sparsified layers go to safetensors physically smaller.
 
 A plan's ``Quantize(layer, w_bits)`` rounds the weight to ``q·s`` with integer ``q`` in ``[-qmax, qmax]``
 (``qmax = 2^(bits-1) - 1``, 1 for one bit) and one float32 scale ``s`` per output channel
 (:func:`~hwloop.compress.gates.fake_quant`). :func:`write_weights` stores such a weight as ``<name>:q``
-(int4 packed two per byte for ≤ 4 bits, int8 for ≤ 8, int16 for ≤ 16) and ``<name>:scale`` (float32, one per
-output channel), listed in the file's ``hwloop.packed`` metadata; :func:`read_weights` turns them back into
-``q·s``. A weight is packed only when ``q·s`` reproduces it bit for bit (it lies on its grid, as after
-``compress_`` or quantization-aware fine-tuning), so a saved model always loads with identical outputs; a weight
-that is not on its grid (or not float32) is stored as it is.
+(``bin1``: one sign bit per weight when every code is ±1 at one bit; ``int2``: four codes per byte at two bits;
+int4 packed two per byte for ≤ 4 bits, int8 for ≤ 8, int16 for ≤ 16) and ``<name>:scale`` (float32, one per
+output channel). A ``Sparsify`` layer may instead keep a bitmask of its nonzero weights (``<name>:mask``) and
+only those: their codes (``:q`` + ``:scale``) when quantized, else their float32 ``:values``. Each weight gets the
+smallest exact storage (:func:`encode_weight`), listed in the file's ``hwloop.packed`` metadata;
+:func:`read_weights` turns them back into float32. A weight is packed only when its storage reproduces it bit for
+bit (it lies on its grid, as after ``compress_`` or quantization-aware fine-tuning), so a saved model always loads
+with identical outputs; a weight that is not on its grid (or not float32), and not sparse, is stored as it is.
 
 The file is untrusted: the metadata is checked entry by entry (names, bits, shapes, sizes, integer range) and
 every problem is a one-line :class:`~hwloop.errors.CompressionError`.
@@ -34,7 +37,8 @@ from torch import nn
 
 from hwloop.errors import CompressionError
 
-__all__ = ["METADATA_KEY", "pack_weight", "read_weights", "storage_of", "unpack_weight", "write_weights"]
+__all__ = ["METADATA_KEY", "decode_weight", "encode_weight", "pack_weight", "read_weights", "storage_of", "unpack_weight",
+           "write_weights"]
 
 #: safetensors metadata key listing the packed tensors
 METADATA_KEY = "hwloop.packed"
@@ -46,15 +50,26 @@ def storage_of(bits: int) -> str | None:
     return "int4" if bits <= 4 else "int8" if bits <= 8 else "int16" if bits <= 16 else None
 
 
+def _storages(bits: int, sparse: bool) -> set[str]:
+    """The storages a table entry may name for ``bits`` (32: float values, sparse entries only)."""
+    if bits == 32:
+        return {"float32"} if sparse else set()
+    return {s for s in (storage_of(bits), "bin1" if bits == 1 else "int2" if bits == 2 else None) if s}
+
+
+def _nbytes(storage: str, count: int) -> int:
+    return {"int2": (count + 3) // 4, "int4": (count + 1) // 2, "int8": count, "int16": 2 * count, "bin1": (count + 7) // 8,
+            "float32": 4 * count}[storage]
+
+
 def _qmax(bits: int) -> int:
     return max(1, 2 ** (bits - 1) - 1)
 
 
-def pack_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(q, scale)`` that give back ``w`` exactly (``q`` packed for its storage), or None when ``w`` is not on a
-    ``bits``-bit grid (or not float32, or more than 16 bits)."""
-    storage = storage_of(bits)
-    if storage is None or w.dtype != torch.float32 or w.dim() < 1 or w.numel() == 0:
+def _grid(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(q, scale)``: int16 codes of shape ``(out, rest)`` and a float32 ``(out, 1)`` scale with ``q·scale == w``
+    exactly, or None when ``w`` is not on a ``bits``-bit grid (or not float32, or more than 16 bits)."""
+    if storage_of(bits) is None or w.dtype != torch.float32 or w.dim() < 1 or w.numel() == 0:
         return None
     flat = w.detach().reshape(w.shape[0], -1)
     qmax = _qmax(bits)
@@ -77,70 +92,209 @@ def pack_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]
             break
     if not bool(done.all()):
         return None
-    q = q.reshape(-1)
+    return q, scale
+
+
+def _bits_to_bytes(b: torch.Tensor) -> torch.Tensor:
+    """Booleans packed eight per byte, element ``8j+i`` in bit ``i`` of byte ``j`` (the last byte zero-padded)."""
+    u = b.reshape(-1).to(torch.uint8)
+    u = torch.cat([u, torch.zeros((-u.numel()) % 8, dtype=torch.uint8)]).reshape(-1, 8)
+    return (u << torch.arange(8, dtype=torch.uint8)).sum(1, dtype=torch.uint8).contiguous()
+
+
+def _bytes_to_bits(t: torch.Tensor, n: int, where: str) -> torch.Tensor:
+    if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != (n + 7) // 8:
+        raise CompressionError(f"{where} has {t.dtype} x {t.numel()}; {n} bits need uint8 x {(n + 7) // 8}")
+    bits = ((t.reshape(-1, 1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1).bool()
+    if bool(bits[n:].any()):
+        raise CompressionError(f"{where} sets padding bits past its {n} elements")
+    return bits[:n]
+
+
+def _encode(vals: torch.Tensor, storage: str) -> torch.Tensor:
+    """Integer codes (1-D int16) in ``storage`` (``bin1``: codes ±1 as one sign bit each)."""
     if storage == "int4":
-        u = (q & 0xF).to(torch.uint8)
+        u = (vals & 0xF).to(torch.uint8)
         if u.numel() % 2:
             u = torch.cat([u, torch.zeros(1, dtype=torch.uint8)])
-        packed = u[0::2] | (u[1::2] << 4)
-    elif storage == "int8":
-        packed = q.to(torch.int8)
+        return (u[0::2] | (u[1::2] << 4)).contiguous()
+    if storage == "int2":
+        u = (vals & 0x3).to(torch.uint8)
+        u = torch.cat([u, torch.zeros((-u.numel()) % 4, dtype=torch.uint8)]).reshape(-1, 4)
+        return (u << torch.tensor([0, 2, 4, 6], dtype=torch.uint8)).sum(1, dtype=torch.uint8).contiguous()
+    if storage == "int8":
+        return vals.to(torch.int8).contiguous()
+    if storage == "bin1":
+        return _bits_to_bytes(vals > 0)
+    return vals.to(torch.int16).contiguous()
+
+
+def _decode(t: torch.Tensor, storage: str, n: int, bits: int, where: str) -> torch.Tensor:
+    """The ``n`` int16 codes :func:`_encode` stored in ``t``, checked against ``bits``."""
+    if storage == "bin1":
+        return torch.where(_bytes_to_bits(t, n, where), 1, -1).to(torch.int16)
+    dtype = {"int2": torch.uint8, "int4": torch.uint8, "int8": torch.int8, "int16": torch.int16}[storage]
+    size = _nbytes(storage, n) // (2 if storage == "int16" else 1)
+    if t.dtype != dtype or t.dim() != 1 or t.numel() != size:
+        raise CompressionError(f"{where} has {t.dtype} x {t.numel()}; {n} codes of {bits} bits need {dtype} x {size}")
+    if storage == "int4":
+        lo, hi = (t & 0xF).to(torch.int16), (t >> 4).to(torch.int16)
+        vals = torch.stack([lo, hi], 1).reshape(-1)[:n]
+        vals = torch.where(vals >= 8, vals - 16, vals)
+    elif storage == "int2":
+        vals = ((t.reshape(-1, 1) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8)) & 0x3).to(torch.int16).reshape(-1)
+        if bool(vals[n:].any()):
+            raise CompressionError(f"{where} sets padding bits past its {n} codes")
+        vals = torch.where(vals[:n] >= 2, vals[:n] - 4, vals[:n])
     else:
-        packed = q
-    return packed.contiguous(), scale.reshape(-1).contiguous()
+        vals = t.to(torch.int16)
+    qmax = _qmax(bits)
+    if vals.numel() and int(vals.abs().max()) > qmax:
+        raise CompressionError(f"{where} holds {int(vals.abs().max())}; {bits} bits allow at most {qmax}")
+    return vals
+
+
+def pack_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(q, scale)`` that give back ``w`` exactly (``q`` packed for its storage), or None when ``w`` is not on a
+    ``bits``-bit grid (or not float32, or more than 16 bits)."""
+    got = _grid(w, bits)
+    storage = storage_of(bits)
+    if got is None or storage is None:
+        return None
+    q, scale = got
+    return _encode(q.reshape(-1), storage), scale.reshape(-1).contiguous()
 
 
 def unpack_weight(q: torch.Tensor, scale: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
     """The float32 weight of ``shape`` that ``q`` (as :func:`pack_weight` stores it) and ``scale`` encode."""
     storage = storage_of(bits)
+    if storage is None:
+        raise CompressionError(f"packed weight of {bits} bits: packing stores at most 16 bits")
     n = 1
     for d in shape:
         n *= d
-    want = {"int4": (torch.uint8, (n + 1) // 2), "int8": (torch.int8, n), "int16": (torch.int16, n)}.get(storage or "")
-    if want is None or q.dtype != want[0] or q.dim() != 1 or q.numel() != want[1]:
-        raise CompressionError(f"packed weight has {q.dtype} x {q.numel()}; {bits} bits of shape {list(shape)} "
-                               f"need {want[0] if want else 'no packing'} x {want[1] if want else 0}")
+    vals = _decode(q, storage, n, bits, "packed weight")
+    return _dequant(vals, scale, shape)
+
+
+def _dequant(vals: torch.Tensor, scale: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     if scale.dtype != torch.float32 or scale.dim() != 1 or scale.numel() != shape[0]:
         raise CompressionError(f"packed weight scale has {scale.dtype} x {scale.numel()}; need float32 x {shape[0]}")
-    if storage == "int4":
-        lo = (q & 0xF).to(torch.int16)
-        hi = (q >> 4).to(torch.int16)
-        vals = torch.stack([lo, hi], 1).reshape(-1)[:n]
-        vals = torch.where(vals >= 8, vals - 16, vals)
-    else:
-        vals = q.to(torch.int16)
-    qmax = _qmax(bits)
-    if vals.numel() and int(vals.abs().max()) > qmax:
-        raise CompressionError(f"packed weight holds {int(vals.abs().max())}; {bits} bits allow at most {qmax}")
-    flat = vals.to(torch.float32).reshape(shape[0], -1) * scale.reshape(-1, 1)
-    return flat.reshape(shape)
+    return (vals.to(torch.float32).reshape(shape[0], -1) * scale.reshape(-1, 1)).reshape(shape)
+
+
+def _codes_storage(bits: int, codes: torch.Tensor) -> str:
+    """``bin1`` for codes that are all ±1 at one bit, ``int2`` at two bits (codes -1..1), else the dense storage."""
+    if bits == 1 and bool((codes != 0).all()):
+        return "bin1"
+    if bits == 2:
+        return "int2"
+    st = storage_of(bits)
+    assert st is not None
+    return st
+
+
+def encode_weight(w: torch.Tensor, bits: int | None, sparse: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The smallest exact storage of ``w`` — tensors (suffixes ``q``, ``scale``, ``mask``, ``values``) and the table
+    entry — or None when no storage beats float32 or gives ``w`` back exactly.
+
+    ``bits``: the plan's weight bits (None: not quantized); ``sparse``: the plan sparsifies the layer, so a bitmask
+    of the nonzero weights plus their values alone is tried too. Codes of ±1 only (one bit, no zeros among the
+    stored values) take one sign bit each (``bin1``); two-bit codes (-1, 0, 1 on the symmetric grid) two bits
+    (``int2``, four per byte).
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([[0.0, 1.5, 0.0, -1.5], [2.0, 0.0, 0.0, 0.0]] * 8)
+        >>> tensors, entry = encode_weight(w, 1, sparse=True)
+        >>> entry["storage"], entry["sparse"], {k: t.numel() for k, t in sorted(tensors.items())}
+        ('bin1', True, {'mask': 8, 'q': 3, 'scale': 16})
+        >>> torch.equal(decode_weight(tensors, entry, "w"), w)
+        True
+    """
+    if w.dtype != torch.float32 or w.dim() < 1 or w.numel() == 0:
+        return None
+    shape, n = list(w.shape), w.numel()
+    best: tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None = None
+
+    def consider(size: int, tensors: dict[str, torch.Tensor], entry: dict[str, Any]) -> None:
+        nonlocal best
+        if size < 4 * n and (best is None or size < best[0]):
+            best = (size, tensors, entry)
+
+    got = _grid(w, bits) if bits is not None else None
+    if got is not None and bits is not None:
+        q, scale = got
+        flat_q = q.reshape(-1)
+        st = _codes_storage(bits, flat_q)
+        consider(_nbytes(st, n) + 4 * shape[0], {"q": _encode(flat_q, st), "scale": scale.reshape(-1).contiguous()},
+                 {"bits": bits, "shape": shape, "storage": st})
+        if sparse:
+            keep = flat_q != 0
+            nz = flat_q[keep]
+            st = _codes_storage(bits, nz)
+            consider(_nbytes("bin1", n) + _nbytes(st, nz.numel()) + 4 * shape[0],
+                     {"mask": _bits_to_bytes(keep), "q": _encode(nz, st), "scale": scale.reshape(-1).contiguous()},
+                     {"bits": bits, "shape": shape, "storage": st, "sparse": True})
+    if sparse and got is None:
+        flat = w.detach().reshape(-1)
+        keep = flat != 0
+        consider(_nbytes("bin1", n) + 4 * int(keep.sum()), {"mask": _bits_to_bytes(keep),
+                 "values": flat[keep].contiguous()}, {"bits": 32, "shape": shape, "storage": "float32", "sparse": True})
+    return None if best is None else (best[1], best[2])
+
+
+def decode_weight(tensors: Mapping[str, torch.Tensor], entry: Mapping[str, Any], where: str) -> torch.Tensor:
+    """The float32 weight an :func:`encode_weight` entry and its tensors stand for (both checked: untrusted)."""
+    bits, shape, storage = entry["bits"], tuple(entry["shape"]), entry["storage"]
+    sparse = bool(entry.get("sparse", False))
+    n = 1
+    for d in shape:
+        n *= d
+    want = {"mask", "values"} if storage == "float32" else {"mask", "q", "scale"} if sparse else {"q", "scale"}
+    if set(tensors) != want:
+        raise CompressionError(f"{where}: the file must hold {', '.join(sorted(want))} for it, got "
+                               f"{', '.join(sorted(tensors)) or 'none'}")
+    if not sparse:
+        return _dequant(_decode(tensors["q"], storage, n, bits, where), tensors["scale"], shape)
+    keep = _bytes_to_bits(tensors["mask"], n, f"{where} mask")
+    count = int(keep.sum())
+    if storage == "float32":
+        vals_f = tensors["values"]
+        if vals_f.dtype != torch.float32 or vals_f.dim() != 1 or vals_f.numel() != count:
+            raise CompressionError(f"{where} values have {vals_f.dtype} x {vals_f.numel()}; its mask keeps {count}")
+        out = torch.zeros(n, dtype=torch.float32)
+        out[keep] = vals_f
+        return out.reshape(shape)
+    codes = torch.zeros(n, dtype=torch.int16)
+    codes[keep] = _decode(tensors["q"], storage, count, bits, where)
+    return _dequant(codes, tensors["scale"], shape)
 
 
 def write_weights(model: nn.Module, plan: Any, path: str | Path, *, pack: bool = True,
                   metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Save ``model``'s state dict to safetensors, packing its plan's quantized weights; returns the packed
-    tensors' table (name → bits, shape, storage)."""
+    """Save ``model``'s state dict to safetensors, each weight of its plan's ``Quantize`` and ``Sparsify`` layers in
+    its smallest exact storage (:func:`encode_weight`); returns the table of those (name → entry)."""
     from safetensors.torch import save_file
 
-    from hwloop.compress.actions import Quantize
+    from hwloop.compress.actions import Quantize, Sparsify
 
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     table: dict[str, Any] = {}
     if pack:
-        for a in plan.actions:
-            if not isinstance(a, Quantize):
-                continue
-            name = f"{a.layer}.weight"
+        bits = {f"{a.layer}.weight": a.w_bits for a in plan.actions if isinstance(a, Quantize)}
+        sparse = {f"{a.layer}.weight" for a in plan.actions if isinstance(a, Sparsify)}
+        for name in sorted(set(bits) | sparse):
             w = state.get(name)
             if w is None:
                 continue
-            got = pack_weight(w, a.w_bits)
+            got = encode_weight(w, bits.get(name), name in sparse)
             if got is None:
                 continue
-            q, s = got
+            tensors, entry = got
             del state[name]
-            state[f"{name}:q"], state[f"{name}:scale"] = q, s
-            table[name] = {"bits": a.w_bits, "shape": list(w.shape), "storage": storage_of(a.w_bits)}
+            state.update({f"{name}:{k}": t for k, t in tensors.items()})
+            table[name] = entry
     meta = dict(metadata or {})
     meta[METADATA_KEY] = json.dumps(table, sort_keys=True)
     save_file(state, str(path), metadata=meta)
@@ -148,7 +302,7 @@ def write_weights(model: nn.Module, plan: Any, path: str | Path, *, pack: bool =
 
 
 def read_weights(path: str | Path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file, packed weights dequantized (``model``, when given, must have each
+    """A state dict from a safetensors file, packed weights decoded (``model``, when given, must have each
     packed weight with the recorded shape)."""
     from safetensors import safe_open
 
@@ -170,20 +324,26 @@ def read_weights(path: str | Path, model: nn.Module | None = None) -> dict[str, 
     own = dict(model.state_dict()) if model is not None else {}
     for name, info in table.items():
         where = f"weights {str(path)!r}: packed {name!r}"
-        if not isinstance(info, dict) or set(info) != {"bits", "shape", "storage"}:
-            raise CompressionError(f"{where} needs exactly bits, shape and storage")
-        bits, shape = info["bits"], info["shape"]
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16 or info["storage"] != storage_of(bits):
+        if (not isinstance(info, dict) or not {"bits", "shape", "storage"} <= set(info)
+                or not set(info) <= {"bits", "shape", "storage", "sparse"}):
+            raise CompressionError(f"{where} needs exactly bits, shape and storage (and sparse: true when sparse)")
+        bits, shape, sparse = info["bits"], info["shape"], info.get("sparse", False)
+        if sparse is not True and "sparse" in info:
+            raise CompressionError(f"{where}: sparse={sparse!r} must be true when given")
+        if (isinstance(bits, bool) or not isinstance(bits, int) or not (1 <= bits <= 16 or bits == 32)
+                or info["storage"] not in _storages(bits, bool(sparse))):
             raise CompressionError(f"{where}: bits={bits!r} storage={info['storage']!r} do not match "
-                                   "(int4 up to 4 bits, int8 up to 8, int16 up to 16)")
+                                   "(int4 up to 4 bits, bin1 for 1, int2 for 2, int8 up to 8, int16 up to 16; "
+                                   "float32 for bits 32, sparse only)")
         if (not isinstance(shape, list) or not shape or len(shape) > 8
                 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)):
             raise CompressionError(f"{where}: shape {shape!r} must be a list of positive ints")
         if name in own and list(own[name].shape) != shape:
             raise CompressionError(f"{where} has shape {shape}; the plan's model has {list(own[name].shape)}")
-        if f"{name}:q" not in state or f"{name}:scale" not in state or name in state:
-            raise CompressionError(f"{where}: the file must hold {name}:q and {name}:scale and not {name}")
-        state[name] = unpack_weight(state.pop(f"{name}:q"), state.pop(f"{name}:scale"), bits, tuple(shape))
+        if name in state:
+            raise CompressionError(f"{where}: the file must not hold {name} itself beside its packed form")
+        parts = {k.rsplit(":", 1)[1]: state.pop(k) for k in [k for k in state if k.rsplit(":", 1)[0] == name]}
+        state[name] = decode_weight(parts, info, where)
     stray = [k for k in state if ":" in k]
     if stray:
         raise CompressionError(f"weights {str(path)!r}: tensors {stray[:3]} are not listed in {METADATA_KEY}")
