@@ -60,7 +60,9 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 g[f"{f}_n"] = len(vals)
         counts = Counter(str(r.get("status")) for r in rs)
         g["status"] = ", ".join(f"{k} {v}/{len(rs)}" for k, v in sorted(counts.items()))
-        if rs[0].get("kind") == "method":   # a method's status is its own cost model's verdict: say what the device says
+        # a method's status, and a budgeted control's (random search, TPE: "met"), is its own cost model's verdict:
+        # say what the device says
+        if rs[0].get("kind") == "method" or any(str(r.get("status")) in ("met", "missed") for r in rs):
             over = [m for r in rs if (m := _num(r.get("measured_ratio"))) is not None and m > t * (1 + MEASURED_SLACK)]
             if over:
                 g["status"] += (f"; MEASURED above the target by more than {MEASURED_SLACK:.0%}: {len(over)}/{len(rs)} "
