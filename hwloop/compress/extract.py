@@ -271,10 +271,7 @@ def apply_bits_(model: nn.Module, w_bits: Mapping[str, int]) -> None:
             w = getattr(mod, "weight", None)
             if not isinstance(w, torch.Tensor):
                 raise CompressionError(f"layer {name!r} has no weight to quantize")
-            if bits <= 1:   # sign x mean magnitude, written exactly (the straight-through sum is an ulp off)
-                flat = w.reshape(w.shape[0], -1)
-                w.copy_((torch.sign(flat) * flat.abs().mean(1, keepdim=True)).reshape(w.shape))
-            elif bits < 32:
+            if bits < 32:
                 w.copy_(fake_quant(w, bits))
 
 

@@ -262,6 +262,9 @@ def fake_quant(w: torch.Tensor, bits: int) -> torch.Tensor:
     if bits <= 1:
         scale = flat.abs().mean(1, keepdim=True)
         q = torch.sign(flat) * scale
+        # exactly sign x mean in the forward (the straight-through sum below is an ulp off at one bit, which
+        # would keep the weight off its grid and out of packed storage); the gradient is the same identity
+        return (q.detach() + (flat - flat.detach())).reshape(w.shape)
     else:
         qmax = 2 ** (bits - 1) - 1
         scale = (flat.abs().amax(1, keepdim=True) / qmax).clamp_min(1e-12)

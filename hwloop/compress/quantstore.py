@@ -10,7 +10,8 @@ only those: their codes (``:q`` + ``:scale``) when quantized, else their float32
 smallest exact storage (:func:`encode_weight`), listed in the file's ``hwloop.packed`` metadata;
 :func:`read_weights` turns them back into float32. A weight is packed only when its storage reproduces it bit for
 bit (it lies on its grid, as after ``compress_`` or quantization-aware fine-tuning), so a saved model always loads
-with identical outputs; a weight that is not on its grid (or not float32), and not sparse, is stored as it is.
+with identical outputs; a weight that no storage gives back exactly in fewer bytes (not on its grid and not
+sparse, or not float32) is stored as it is.
 
 The file is untrusted: the metadata is checked entry by entry (names, bits, shapes, sizes, integer range) and
 every problem is a one-line :class:`~hwloop.errors.CompressionError`.
@@ -28,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,8 @@ __all__ = ["METADATA_KEY", "decode_weight", "encode_weight", "pack_weight", "rea
 
 #: safetensors metadata key listing the packed tensors
 METADATA_KEY = "hwloop.packed"
+_MAX_DIMS = 8              # a packed weight's dimensions (reader and writer agree)
+_MAX_ELEMENTS = 2 ** 40    # a packed weight's elements, as a file may claim them
 _STEPS = 3   # scales tried: the formula's and up to this many float32 neighbours on each side
 
 
@@ -132,14 +136,18 @@ def _encode(vals: torch.Tensor, storage: str) -> torch.Tensor:
 def _decode(t: torch.Tensor, storage: str, n: int, bits: int, where: str) -> torch.Tensor:
     """The ``n`` int16 codes :func:`_encode` stored in ``t``, checked against ``bits``."""
     if storage == "bin1":
-        return torch.where(_bytes_to_bits(t, n, where), 1, -1).to(torch.int16)
+        one = torch.ones((), dtype=torch.int16)
+        return torch.where(_bytes_to_bits(t, n, where), one, -one)
     dtype = {"int2": torch.uint8, "int4": torch.uint8, "int8": torch.int8, "int16": torch.int16}[storage]
     size = _nbytes(storage, n) // (2 if storage == "int16" else 1)
     if t.dtype != dtype or t.dim() != 1 or t.numel() != size:
         raise CompressionError(f"{where} has {t.dtype} x {t.numel()}; {n} codes of {bits} bits need {dtype} x {size}")
     if storage == "int4":
         lo, hi = (t & 0xF).to(torch.int16), (t >> 4).to(torch.int16)
-        vals = torch.stack([lo, hi], 1).reshape(-1)[:n]
+        vals = torch.stack([lo, hi], 1).reshape(-1)
+        if bool(vals[n:].any()):
+            raise CompressionError(f"{where} sets padding bits past its {n} codes")
+        vals = vals[:n]
         vals = torch.where(vals >= 8, vals - 16, vals)
     elif storage == "int2":
         vals = ((t.reshape(-1, 1) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8)) & 0x3).to(torch.int16).reshape(-1)
@@ -149,8 +157,9 @@ def _decode(t: torch.Tensor, storage: str, n: int, bits: int, where: str) -> tor
     else:
         vals = t.to(torch.int16)
     qmax = _qmax(bits)
-    if vals.numel() and int(vals.abs().max()) > qmax:
-        raise CompressionError(f"{where} holds {int(vals.abs().max())}; {bits} bits allow at most {qmax}")
+    if vals.numel() and int(vals.to(torch.int32).abs().max()) > qmax:   # int32: abs(-32768) overflows int16
+        raise CompressionError(f"{where} holds {int(vals.to(torch.int32).abs().max())}; {bits} bits allow at most "
+                               f"{qmax}")
     return vals
 
 
@@ -177,9 +186,12 @@ def unpack_weight(q: torch.Tensor, scale: torch.Tensor, bits: int, shape: tuple[
     return _dequant(vals, scale, shape)
 
 
-def _dequant(vals: torch.Tensor, scale: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def _dequant(vals: torch.Tensor, scale: torch.Tensor, shape: tuple[int, ...], where: str = "packed weight"
+             ) -> torch.Tensor:
     if scale.dtype != torch.float32 or scale.dim() != 1 or scale.numel() != shape[0]:
-        raise CompressionError(f"packed weight scale has {scale.dtype} x {scale.numel()}; need float32 x {shape[0]}")
+        raise CompressionError(f"{where} scale has {scale.dtype} x {scale.numel()}; need float32 x {shape[0]}")
+    if scale.numel() and not bool((torch.isfinite(scale) & (scale > 0)).all()):
+        raise CompressionError(f"{where} scale must be finite and positive (one per output channel)")
     return (vals.to(torch.float32).reshape(shape[0], -1) * scale.reshape(-1, 1)).reshape(shape)
 
 
@@ -212,7 +224,7 @@ def encode_weight(w: torch.Tensor, bits: int | None, sparse: bool) -> tuple[dict
         >>> torch.equal(decode_weight(tensors, entry, "w"), w)
         True
     """
-    if w.dtype != torch.float32 or w.dim() < 1 or w.numel() == 0:
+    if w.dtype != torch.float32 or not 1 <= w.dim() <= _MAX_DIMS or w.numel() == 0:
         return None
     shape, n = list(w.shape), w.numel()
     best: tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None = None
@@ -238,7 +250,7 @@ def encode_weight(w: torch.Tensor, bits: int | None, sparse: bool) -> tuple[dict
                      {"bits": bits, "shape": shape, "storage": st, "sparse": True})
     if sparse and got is None:
         flat = w.detach().reshape(-1)
-        keep = flat != 0
+        keep = (flat != 0) | torch.signbit(flat)   # -0.0 is kept as a value, so it loads back as -0.0
         consider(_nbytes("bin1", n) + 4 * int(keep.sum()), {"mask": _bits_to_bytes(keep),
                  "values": flat[keep].contiguous()}, {"bits": 32, "shape": shape, "storage": "float32", "sparse": True})
     return None if best is None else (best[1], best[2])
@@ -256,7 +268,7 @@ def decode_weight(tensors: Mapping[str, torch.Tensor], entry: Mapping[str, Any],
         raise CompressionError(f"{where}: the file must hold {', '.join(sorted(want))} for it, got "
                                f"{', '.join(sorted(tensors)) or 'none'}")
     if not sparse:
-        return _dequant(_decode(tensors["q"], storage, n, bits, where), tensors["scale"], shape)
+        return _dequant(_decode(tensors["q"], storage, n, bits, where), tensors["scale"], shape, where)
     keep = _bytes_to_bits(tensors["mask"], n, f"{where} mask")
     count = int(keep.sum())
     if storage == "float32":
@@ -268,7 +280,7 @@ def decode_weight(tensors: Mapping[str, torch.Tensor], entry: Mapping[str, Any],
         return out.reshape(shape)
     codes = torch.zeros(n, dtype=torch.int16)
     codes[keep] = _decode(tensors["q"], storage, count, bits, where)
-    return _dequant(codes, tensors["scale"], shape)
+    return _dequant(codes, tensors["scale"], shape, where)
 
 
 def write_weights(model: nn.Module, plan: Any, path: str | Path, *, pack: bool = True,
@@ -317,34 +329,51 @@ def read_weights(path: str | Path, model: nn.Module | None = None) -> dict[str, 
         return state
     try:
         table = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise CompressionError(f"weights {str(path)!r}: metadata {METADATA_KEY} is not JSON: {e}") from e
+    except (ValueError, RecursionError) as e:   # JSONDecodeError is a ValueError; so is a 5,000-digit integer
+        raise CompressionError(f"weights {str(path)!r}: metadata {METADATA_KEY} is not JSON: "
+                               f"{str(e)[:200]}") from e
     if not isinstance(table, dict):
         raise CompressionError(f"weights {str(path)!r}: metadata {METADATA_KEY} must be a JSON object")
     own = dict(model.state_dict()) if model is not None else {}
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for k in [k for k in state if ":" in k]:
+        prefix, _, suffix = k.rpartition(":")
+        groups.setdefault(prefix, {})[suffix] = state.pop(k)
     for name, info in table.items():
-        where = f"weights {str(path)!r}: packed {name!r}"
+        where = f"weights {str(path)!r}: packed {name[:200]!r}"
+        if ":" in name:
+            raise CompressionError(f"{where}: a packed tensor's name must not contain ':'")
         if (not isinstance(info, dict) or not {"bits", "shape", "storage"} <= set(info)
                 or not set(info) <= {"bits", "shape", "storage", "sparse"}):
             raise CompressionError(f"{where} needs exactly bits, shape and storage (and sparse: true when sparse)")
-        bits, shape, sparse = info["bits"], info["shape"], info.get("sparse", False)
+        bits, shape, sparse, storage = info["bits"], info["shape"], info.get("sparse", False), info["storage"]
         if sparse is not True and "sparse" in info:
             raise CompressionError(f"{where}: sparse={sparse!r} must be true when given")
         if (isinstance(bits, bool) or not isinstance(bits, int) or not (1 <= bits <= 16 or bits == 32)
-                or info["storage"] not in _storages(bits, bool(sparse))):
-            raise CompressionError(f"{where}: bits={bits!r} storage={info['storage']!r} do not match "
+                or not isinstance(storage, str) or storage not in _storages(bits, bool(sparse))):
+            raise CompressionError(f"{where}: bits={_short(bits)} storage={_short(storage)} do not match "
                                    "(int4 up to 4 bits, bin1 for 1, int2 for 2, int8 up to 8, int16 up to 16; "
                                    "float32 for bits 32, sparse only)")
-        if (not isinstance(shape, list) or not shape or len(shape) > 8
-                or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)):
-            raise CompressionError(f"{where}: shape {shape!r} must be a list of positive ints")
+        if (not isinstance(shape, list) or not shape or len(shape) > _MAX_DIMS
+                or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= _MAX_ELEMENTS for d in shape)
+                or math.prod(shape) > _MAX_ELEMENTS):
+            raise CompressionError(f"{where}: shape {_short(shape)} must be a list of at most {_MAX_DIMS} positive "
+                                   f"ints, at most 2**40 elements in all")
         if name in own and list(own[name].shape) != shape:
             raise CompressionError(f"{where} has shape {shape}; the plan's model has {list(own[name].shape)}")
         if name in state:
             raise CompressionError(f"{where}: the file must not hold {name} itself beside its packed form")
-        parts = {k.rsplit(":", 1)[1]: state.pop(k) for k in [k for k in state if k.rsplit(":", 1)[0] == name]}
-        state[name] = decode_weight(parts, info, where)
-    stray = [k for k in state if ":" in k]
-    if stray:
-        raise CompressionError(f"weights {str(path)!r}: tensors {stray[:3]} are not listed in {METADATA_KEY}")
+        state[name] = decode_weight(groups.pop(name, {}), info, where)
+    if groups:
+        stray = [f"{p}:{s}" for p, parts in groups.items() for s in parts][:3]
+        raise CompressionError(f"weights {str(path)!r}: tensors {stray} are not listed in {METADATA_KEY}")
     return state
+
+
+def _short(v: Any) -> str:
+    """``repr`` of an untrusted value, cut to 60 characters (and safe for huge integers)."""
+    try:
+        r = repr(v)
+    except ValueError:   # an integer past Python's 4,300-digit limit
+        r = f"<{type(v).__name__} too large to print>"
+    return r if len(r) <= 60 else r[:57] + "..."
