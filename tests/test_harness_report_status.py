@@ -25,3 +25,27 @@ def test_a_control_budgeted_by_its_own_cost_model_is_flagged_too() -> None:
     """Random search and TPE stop at the target by the predictor ("met"); the device may say otherwise."""
     rows = [{**_row(s, m, kind="control", entry="random")} for s, m in ((0, 0.579), (1, 0.52), (2, 0.49))]
     assert summarize(rows)[0]["status"] == "met 3/3; MEASURED above the target by more than 5%: 1/3 (up to +16%)"
+
+
+def test_paired_uses_the_interpolated_accuracy_and_says_when_the_method_is_ahead_beyond_the_spread() -> None:
+    from hwloop.search.harness_report import paired
+
+    method = [_row(s, 0.50) | {"test_accuracy": a, "val_accuracy": a} for s, a in ((0, 80.0), (1, 81.0), (2, 79.0))]
+    flops = [{**_row(s, 0.52, kind="control", entry="flops-matched"), "ref": "l1l2", "status": "matched",
+              "test_accuracy": 70.0, "val_accuracy": 70.0, "interp_test_accuracy": i, "interp_val_accuracy": i}
+             for s, i in ((0, 79.0), (1, 79.5), (2, 77.0))]
+    uniform = [{**_row(s, 0.48, kind="control", entry="uniform"), "ref": "l1l2", "status": "matched",
+                "test_accuracy": a, "val_accuracy": a} for s, a in ((0, 82.0), (1, 78.0), (2, 79.0))]
+    other = [{**_row(0, 0.5, kind="control", entry="uniform"), "ref": "sbs", "status": "matched"}]   # no sbs rows
+    by = {p["entry"]: p for p in paired(method + flops + uniform + other)}
+    assert set(by) == {"flops-matched", "uniform"}
+    f = by["flops-matched"]
+    assert f["d_test"] == [1.0, 1.5, 2.0] and f["ahead"] == "ahead, beyond the spread"   # interpolated, not 70.0
+    assert abs(f["d_ratio_mean"] - 0.02) < 1e-12
+    u = by["uniform"]
+    assert u["d_test"] == [-2.0, 3.0, 0.0] and u["ahead"] == "ahead, inside the spread"
+    assert paired(method + [uniform[0] | {"test_accuracy": 90.0}])[0]["ahead"] == "behind (one seed)"
+    mixed = [u | {"test_accuracy": a} for u, a in zip(uniform, (70.0, 90.0, 85.0))]
+    assert paired(method + mixed)[0]["ahead"] == "behind, inside the spread"
+    behind = [u | {"test_accuracy": 90.0 + u["seed"] * 0.1} for u in uniform]
+    assert paired(method + behind)[0]["ahead"] == "behind, beyond the spread"

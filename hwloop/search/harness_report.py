@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["summarize", "write_table"]
+__all__ = ["paired", "summarize", "write_table"]
 
 _STATS = ("measured_ratio", "test_accuracy", "val_accuracy", "predicted_ratio", "train_images", "cell_wall_s",
           "measure_s", "interp_test_accuracy", "interp_val_accuracy")
@@ -69,6 +69,87 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                                 f"(up to {max(over) / t - 1:+.0%})")
         out.append(g)
     return out
+
+
+def paired(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each control against the method it ran for (its ``ref``), seed by seed at the same device and target.
+
+    One dict per (control, method, device, target) with the seeds both finished: ``d_test`` / ``d_val`` = the
+    method's accuracy minus the control's (the control's interpolated accuracy at the method's measured latency
+    where it has one, as flops-matched does; else its own), ``d_ratio`` = the control's measured latency ratio
+    minus the method's (> 0: the control was given more latency), each as a per-seed list with ``*_mean`` and
+    ``*_std`` (sample std; 0 with one seed), and ``ahead``: ``"ahead"`` (mean test difference ≥ 0) or ``"behind"``,
+    with ``", beyond the spread"`` when its size exceeds its std over ≥ 2 seeds, else ``", inside the spread"``
+    (``" (one seed)"`` with one).
+
+    Example:
+        >>> m = [{"entry": "m", "kind": "method", "device": "d", "target": 0.5, "seed": s, "test_accuracy": a,
+        ...       "val_accuracy": a, "measured_ratio": 0.5} for s, a in [(0, 80.0), (1, 81.0)]]
+        >>> c = [{"entry": "u", "kind": "control", "ref": "m", "device": "d", "target": 0.5, "seed": s,
+        ...       "test_accuracy": a, "val_accuracy": a, "measured_ratio": 0.52} for s, a in [(0, 78.0), (1, 80.0)]]
+        >>> p = paired(m + c)[0]
+        >>> p["d_test"], p["d_test_mean"], p["ahead"]
+        ([2.0, 1.0], 1.5, 'ahead, beyond the spread')
+    """
+    methods = {(r["entry"], r["device"], float(r["target"]), int(r["seed"])): r for r in rows
+               if r.get("kind") == "method"}
+    groups: dict[tuple[str, str, str, float], list[tuple[Mapping[str, Any], Mapping[str, Any]]]] = {}
+    for r in rows:
+        if r.get("kind") != "control" or not r.get("ref"):
+            continue
+        m = methods.get((str(r["ref"]), r["device"], float(r["target"]), int(r["seed"])))
+        if m is not None:
+            groups.setdefault((r["entry"], str(r["ref"]), r["device"], float(r["target"])), []).append((m, r))
+    out = []
+    for (entry, ref, dev, t), pairs in groups.items():
+        pairs.sort(key=lambda mc: int(mc[1]["seed"]))
+        g: dict[str, Any] = {"entry": entry, "ref": ref, "device": dev, "target": t,
+                             "seeds": [int(c["seed"]) for _, c in pairs]}
+        for key, mf, cf in (("d_test", "test_accuracy", "interp_test_accuracy"),
+                            ("d_val", "val_accuracy", "interp_val_accuracy")):
+            diffs = [(_num(m.get(mf)), _first_num(c.get(cf), c.get(mf))) for m, c in pairs]
+            vals = [a - b for a, b in diffs if a is not None and b is not None]
+            g[key] = vals
+            g[f"{key}_mean"] = statistics.fmean(vals) if vals else None
+            g[f"{key}_std"] = (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
+        lat = [b - a for m, c in pairs if (a := _num(m.get("measured_ratio"))) is not None
+               and (b := _num(c.get("measured_ratio"))) is not None]
+        g["d_ratio"] = lat
+        g["d_ratio_mean"] = statistics.fmean(lat) if lat else None
+        mean, sd = g["d_test_mean"], g["d_test_std"]
+        g["ahead"] = ("–" if mean is None else ("ahead" if mean >= 0 else "behind") + (
+            " (one seed)" if len(g["d_test"]) == 1 else ", beyond the spread" if abs(mean) > (sd or 0.0)
+            else ", inside the spread"))
+        out.append(g)
+    return out
+
+
+def _first_num(*vs: Any) -> float | None:
+    return next((x for v in vs if (x := _num(v)) is not None), None)
+
+
+def _paired_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    ps = paired(rows)
+    if not ps:
+        return []
+    lines = ["", "## Paired: the method minus each control, seed by seed", "",
+             ("Same device, target and seed; the control's interpolated accuracy at the method's measured latency "
+              "where it has one (flops-matched), else its own. Δ ratio = the control's measured latency ratio minus "
+              "the method's (> 0: the control had more latency). Ahead / behind: the sign of the mean test difference; "
+              "\"beyond the spread\": its size is larger than its std over seeds."), "",
+             "| control | method | device | target | seeds | Δ test (per seed) | Δ test mean ± std | Δ val mean ± std | "
+             "Δ ratio mean | method ahead? |", "|---" * 10 + "|"]
+
+    def pm(p: Mapping[str, Any], key: str) -> str:
+        m, sd, n = p[f"{key}_mean"], p[f"{key}_std"], len(p[key])
+        return "–" if m is None else f"{m:+.2f}" if n == 1 else f"{m:+.2f} ± {sd or 0.0:.2f}"
+
+    for p in ps:
+        lines.append(f"| {p['entry']} | {p['ref']} | {p['device']} | {p['target']:g} | "
+                     f"{','.join(map(str, p['seeds']))} | {' / '.join(f'{v:+.2f}' for v in p['d_test'])} | "
+                     f"{pm(p, 'd_test')} | {pm(p, 'd_val')} | "
+                     + ("–" if p["d_ratio_mean"] is None else f"{p['d_ratio_mean']:+.3f}") + f" | {p['ahead']} |")
+    return lines
 
 
 def _pm(g: Mapping[str, Any], f: str, fmt: str) -> str:
@@ -136,6 +217,7 @@ def write_table(out: str | Path, rows: Sequence[Mapping[str, Any]], shared: Mapp
                      f"{_pm(g, 'val_accuracy', '.2f')} | {''.join(_pm_k(g, f) + ' | ' for f in opt)}"
                      f"{_pm(g, 'train_images', '.0f')} | "
                      f"{_pm(g, 'cell_wall_s', '.0f')} | {_pm(g, 'measure_s', '.0f')} | {g['status']} |")
+    lines += _paired_lines(rows)
     md = d / "results.md"
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot_pareto(d / "pareto.png", groups, shared, title=spec.name)
