@@ -41,7 +41,7 @@ def test_paired_uses_the_interpolated_accuracy_and_says_when_the_method_is_ahead
     assert set(by) == {"flops-matched", "uniform"}
     f = by["flops-matched"]
     assert f["d_test"] == [1.0, 1.5, 2.0] and f["ahead"] == "ahead, beyond the spread"   # interpolated, not 70.0
-    assert abs(f["d_ratio_mean"] - 0.02) < 1e-12
+    assert f["d_ratio"] == [0.0, 0.0, 0.0] and f["interp"] == [0, 1, 2]   # compared at the method's own latency
     u = by["uniform"]
     assert u["d_test"] == [-2.0, 3.0, 0.0] and u["ahead"] == "ahead, inside the spread"
     assert paired(method + [uniform[0] | {"test_accuracy": 90.0}])[0]["ahead"] == "behind (one seed)"
@@ -49,3 +49,26 @@ def test_paired_uses_the_interpolated_accuracy_and_says_when_the_method_is_ahead
     assert paired(method + mixed)[0]["ahead"] == "behind, inside the spread"
     behind = [u | {"test_accuracy": 90.0 + u["seed"] * 0.1} for u in uniform]
     assert paired(method + behind)[0]["ahead"] == "behind, beyond the spread"
+
+
+def test_paired_lists_seeds_without_a_control_result_and_marks_partly_interpolated_groups() -> None:
+    from hwloop.search.harness_report import _paired_lines, paired
+
+    method = [_row(s, 0.50) | {"test_accuracy": 80.0, "val_accuracy": 80.0} for s in (0, 1, 2)]
+    rnd = [{**_row(s, 0.52, kind="control", entry="random"), "ref": "l1l2", "test_accuracy": a, "val_accuracy": a,
+            "status": st} for s, a, st in ((0, None, "missed"), (1, 70.0, "met"), (2, 71.0, "met"))]
+    p = paired(method + rnd + [rnd[2]])[0]                   # a repeated row counts once
+    assert p["seeds"] == [1, 2] and p["no_result"] == [0] and p["d_test"] == [10.0, 9.0]
+    assert abs(p["d_ratio_mean"] - 0.02) < 1e-12
+    fm = [{**_row(s, 0.55, kind="control", entry="flops-matched"), "ref": "l1l2", "status": "matched",
+           "test_accuracy": 70.0, "val_accuracy": 70.0, **({"interp_test_accuracy": 79.0,
+                                                            "interp_val_accuracy": 78.0} if s else {})}
+          for s in (0, 1, 2)]
+    q = paired(method + fm)[0]
+    assert q["interp"] == [1, 2] and q["d_test"] == [10.0, 1.0, 1.0] and q["d_val"] == [10.0, 2.0, 2.0]
+    assert abs(q["d_ratio"][0] - 0.05) < 1e-12 and q["d_ratio"][1:] == [0.0, 0.0]   # seed 0: its own run's latency
+    tie = [{**_row(s, 0.5, kind="control", entry="uniform"), "ref": "l1l2", "status": "matched",
+            "test_accuracy": 80.0, "val_accuracy": 80.0} for s in (0, 1)]
+    assert paired(method + tie)[0]["ahead"] == "level, inside the spread"
+    text = "\n".join(_paired_lines(method + rnd + fm))
+    assert "no control result at seeds 0" in text and "interpolated at seeds 1,2 only" in text

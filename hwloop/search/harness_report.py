@@ -74,13 +74,16 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def paired(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Each control against the method it ran for (its ``ref``), seed by seed at the same device and target.
 
-    One dict per (control, method, device, target) with the seeds both finished: ``d_test`` / ``d_val`` = the
-    method's accuracy minus the control's (the control's interpolated accuracy at the method's measured latency
-    where it has one, as flops-matched does; else its own), ``d_ratio`` = the control's measured latency ratio
-    minus the method's (> 0: the control was given more latency), each as a per-seed list with ``*_mean`` and
-    ``*_std`` (sample std; 0 with one seed), and ``ahead``: ``"ahead"`` (mean test difference ≥ 0) or ``"behind"``,
-    with ``", beyond the spread"`` when its size exceeds its std over ≥ 2 seeds, else ``", inside the spread"``
-    (``" (one seed)"`` with one).
+    One dict per (control, method, device, target). ``seeds``: the seeds where both have a test accuracy;
+    ``no_result``: seeds where the method has one and the control none (e.g. a random search that found nothing
+    within the budget: left out of the means, listed). Per seed in ``seeds``: ``d_test`` / ``d_val`` = the method's
+    accuracy minus the control's — the control's accuracy interpolated at the method's measured latency where it
+    has one (flops-matched with a bracket; ``interp`` lists those seeds), else its own — and ``d_ratio`` = the
+    control's measured latency ratio minus the method's (0 for an interpolated seed: that comparison is at the
+    method's own latency; > 0: the control had more latency). Each with ``*_mean`` and ``*_std`` (sample std; 0
+    with one seed). ``ahead``: ``"ahead"`` / ``"behind"`` / ``"level"`` by the sign of the mean test difference,
+    with ``", beyond the spread"`` when its size exceeds the std of the per-seed differences (≥ 2 seeds; a plain
+    yardstick, not a significance test), else ``", inside the spread"`` (``" (one seed)"`` with one).
 
     Example:
         >>> m = [{"entry": "m", "kind": "method", "device": "d", "target": 0.5, "seed": s, "test_accuracy": a,
@@ -91,33 +94,48 @@ def paired(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         >>> p["d_test"], p["d_test_mean"], p["ahead"]
         ([2.0, 1.0], 1.5, 'ahead, beyond the spread')
     """
-    methods = {(r["entry"], r["device"], float(r["target"]), int(r["seed"])): r for r in rows
-               if r.get("kind") == "method"}
-    groups: dict[tuple[str, str, str, float], list[tuple[Mapping[str, Any], Mapping[str, Any]]]] = {}
+    def key(r: Mapping[str, Any], entry: str) -> tuple[str, str, float, int]:
+        return entry, str(r["device"]), round(float(r["target"]), 9), int(r["seed"])
+
+    methods = {key(r, str(r["entry"])): r for r in rows if r.get("kind") == "method"}
+    groups: dict[tuple[str, str, str, float], dict[int, tuple[Mapping[str, Any], Mapping[str, Any]]]] = {}
     for r in rows:
         if r.get("kind") != "control" or not r.get("ref"):
             continue
-        m = methods.get((str(r["ref"]), r["device"], float(r["target"]), int(r["seed"])))
-        if m is not None:
-            groups.setdefault((r["entry"], str(r["ref"]), r["device"], float(r["target"])), []).append((m, r))
+        k = key(r, str(r["ref"]))
+        if k in methods:   # one pair per seed (a repeated row replaces the earlier one)
+            groups.setdefault((str(r["entry"]), str(r["ref"]), k[1], k[2]), {})[k[3]] = (methods[k], r)
     out = []
-    for (entry, ref, dev, t), pairs in groups.items():
-        pairs.sort(key=lambda mc: int(mc[1]["seed"]))
-        g: dict[str, Any] = {"entry": entry, "ref": ref, "device": dev, "target": t,
-                             "seeds": [int(c["seed"]) for _, c in pairs]}
-        for key, mf, cf in (("d_test", "test_accuracy", "interp_test_accuracy"),
-                            ("d_val", "val_accuracy", "interp_val_accuracy")):
-            diffs = [(_num(m.get(mf)), _first_num(c.get(cf), c.get(mf))) for m, c in pairs]
-            vals = [a - b for a, b in diffs if a is not None and b is not None]
-            g[key] = vals
-            g[f"{key}_mean"] = statistics.fmean(vals) if vals else None
-            g[f"{key}_std"] = (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
-        lat = [b - a for m, c in pairs if (a := _num(m.get("measured_ratio"))) is not None
-               and (b := _num(c.get("measured_ratio"))) is not None]
-        g["d_ratio"] = lat
-        g["d_ratio_mean"] = statistics.fmean(lat) if lat else None
+    for (entry, ref, dev, t), by_seed in groups.items():
+        g: dict[str, Any] = {"entry": entry, "ref": ref, "device": dev, "target": t, "seeds": [], "no_result": [],
+                             "interp": [], "d_test": [], "d_val": [], "d_ratio": []}
+        for seed, (m, c) in sorted(by_seed.items()):
+            mt, it = _num(m.get("test_accuracy")), _num(c.get("interp_test_accuracy"))
+            ct = it if it is not None else _num(c.get("test_accuracy"))
+            if mt is None:
+                continue
+            if ct is None:
+                g["no_result"].append(seed)
+                continue
+            g["seeds"].append(seed)
+            g["d_test"].append(mt - ct)
+            if it is not None:
+                g["interp"].append(seed)
+            mv = _num(m.get("val_accuracy"))
+            cv = _num(c.get("interp_val_accuracy")) if it is not None else _num(c.get("val_accuracy"))
+            if mv is not None and cv is not None:
+                g["d_val"].append(mv - cv)
+            mr, cr = _num(m.get("measured_ratio")), _num(c.get("measured_ratio"))
+            if it is not None:
+                g["d_ratio"].append(0.0)
+            elif mr is not None and cr is not None:
+                g["d_ratio"].append(cr - mr)
+        for f in ("d_test", "d_val", "d_ratio"):
+            vals = g[f]
+            g[f"{f}_mean"] = statistics.fmean(vals) if vals else None
+            g[f"{f}_std"] = (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
         mean, sd = g["d_test_mean"], g["d_test_std"]
-        g["ahead"] = ("–" if mean is None else ("ahead" if mean >= 0 else "behind") + (
+        g["ahead"] = ("–" if mean is None else ("ahead" if mean > 0 else "behind" if mean < 0 else "level") + (
             " (one seed)" if len(g["d_test"]) == 1 else ", beyond the spread" if abs(mean) > (sd or 0.0)
             else ", inside the spread"))
         out.append(g)
@@ -135,8 +153,10 @@ def _paired_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["", "## Paired: the method minus each control, seed by seed", "",
              ("Same device, target and seed; the control's interpolated accuracy at the method's measured latency "
               "where it has one (flops-matched), else its own. Δ ratio = the control's measured latency ratio minus "
-              "the method's (> 0: the control had more latency). Ahead / behind: the sign of the mean test difference; "
-              "\"beyond the spread\": its size is larger than its std over seeds."), "",
+              "the method's (> 0: the control had more latency; 0 where the accuracy is interpolated at the method's "
+              "latency). Ahead / behind: the sign of the mean test difference; \"beyond the spread\": its size is "
+              "larger than the std of the per-seed differences (a plain yardstick, not a significance test). Seeds "
+              "where the control has no result are listed, not averaged."), "",
              "| control | method | device | target | seeds | Δ test (per seed) | Δ test mean ± std | Δ val mean ± std | "
              "Δ ratio mean | method ahead? |", "|---" * 10 + "|"]
 
@@ -145,10 +165,16 @@ def _paired_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         return "–" if m is None else f"{m:+.2f}" if n == 1 else f"{m:+.2f} ± {sd or 0.0:.2f}"
 
     for p in ps:
+        notes = []
+        if p["interp"] and len(p["interp"]) < len(p["seeds"]):
+            notes.append(f"interpolated at seeds {','.join(map(str, p['interp']))} only")
+        if p["no_result"]:
+            notes.append(f"no control result at seeds {','.join(map(str, p['no_result']))}")
         lines.append(f"| {p['entry']} | {p['ref']} | {p['device']} | {p['target']:g} | "
-                     f"{','.join(map(str, p['seeds']))} | {' / '.join(f'{v:+.2f}' for v in p['d_test'])} | "
+                     f"{','.join(map(str, p['seeds'])) or '–'} | {' / '.join(f'{v:+.2f}' for v in p['d_test'])} | "
                      f"{pm(p, 'd_test')} | {pm(p, 'd_val')} | "
-                     + ("–" if p["d_ratio_mean"] is None else f"{p['d_ratio_mean']:+.3f}") + f" | {p['ahead']} |")
+                     + ("–" if p["d_ratio_mean"] is None else f"{p['d_ratio_mean']:+.3f}")
+                     + f" | {p['ahead']}{' (' + '; '.join(notes) + ')' if notes else ''} |")
     return lines
 
 
