@@ -324,7 +324,7 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, directory: str | Pa
     2 bits at 2, int4 packed two per byte up to 4 bits, int8 up to 8, int16 up to 16) plus one float32 scale per
     output channel, and the weight of every ``Sparsify`` layer as a bitmask plus its kept values (or codes) when
     that is smaller (:func:`hwloop.compress.quantstore.encode_weight`); loading gives back the same float tensor
-    bit for bit. Other tensors are stored as they are.
+    (bit for bit, but for the sign of a zero stored as an integer code). Other tensors are stored as they are.
     """
     from hwloop.compress.quantstore import write_weights
 
