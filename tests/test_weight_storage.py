@@ -172,6 +172,8 @@ def test_mask_padding_bits_are_refused() -> None:
     bad["mask"][-1] |= 0x80                                # the 16th bit: past the 15 weights
     with pytest.raises(CompressionError, match="padding bits"):
         decode_weight(bad, entry, "w")
+    with pytest.raises(CompressionError, match="do not match"):  # float32 values without the sparse flag
+        decode_weight(tensors, {k: v for k, v in entry.items() if k != "sparse"}, "w")
 
 
 def test_two_bit_codes_take_two_bits_and_their_padding_is_checked(tmp_path: Path) -> None:

@@ -260,6 +260,8 @@ def decode_weight(tensors: Mapping[str, torch.Tensor], entry: Mapping[str, Any],
     """The float32 weight an :func:`encode_weight` entry and its tensors stand for (both checked: untrusted)."""
     bits, shape, storage = entry["bits"], tuple(entry["shape"]), entry["storage"]
     sparse = bool(entry.get("sparse", False))
+    if not isinstance(storage, str) or storage not in _storages(bits, sparse):
+        raise CompressionError(f"{where}: bits={_short(bits)} storage={_short(storage)} sparse={sparse} do not match")
     n = 1
     for d in shape:
         n *= d
