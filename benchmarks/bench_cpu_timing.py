@@ -158,13 +158,14 @@ def run_neighbour(ck: Checkpoint, args: argparse.Namespace) -> dict[str, Any]:
     sec = ck.section("neighbour")
     pairs = model_pairs(args.quick)
     profiles = args.profiles.split(",")
-    for phase in ("quiet", "loaded"):
+    phases = ("quiet", "loaded", "quiet2") if args.recheck else ("quiet", "loaded")
+    for phase in phases:
         todo = [(p, lab, a, b) for p in profiles for lab, a, b in pairs if f"{phase}|{p}|{lab}" not in sec]
         if not todo:
             continue
         meta = sec.setdefault(f"_{phase}", {})
         ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext([])
-        if phase == "quiet":
+        if phase in ("quiet", "quiet2"):
             meta.setdefault("load_before", wait_quiet(args.wait_quiet, args.quiet_max, args.quiet_hold))
         else:
             ctx = busy_load(args.busy)
@@ -196,6 +197,7 @@ def run_neighbour(ck: Checkpoint, args: argparse.Namespace) -> dict[str, Any]:
                            "loaded_load_before": sec.get("_loaded", {}).get("load_before"),
                            "busy_processes": sec.get("_loaded", {}).get("busy_processes"), "passes": args.passes,
                            "max_passes": max(args.passes, args.max_passes),
+                           "quiet2_load_before": sec.get("_quiet2", {}).get("load_before"),
                            "profiles": {}}
     for prof in profiles:
         rows = []
@@ -213,6 +215,19 @@ def run_neighbour(ck: Checkpoint, args: argparse.Namespace) -> dict[str, Any]:
             "unstable_quiet": sum(r["unstable"][0] for r in rows), "unstable_loaded": sum(r["unstable"][1] for r in rows)}
         p = out["profiles"][prof]
         p["pass"] = bool(rows) and len(rows) == len(pairs) and p["median_dev"] <= 0.03 and p["max_dev"] <= 0.10
+        # --recheck: a second quiet phase after the loaded one (quiet, loaded, quiet). quiet2 vs quiet is the
+        # comparison's own drift over the run (no neighbour in either); loaded vs the mean of the two quiet phases
+        # cancels a linear drift. Context only: the target above is judged as the issue states it.
+        drift, dev_mid = [], []
+        for r in rows:
+            q2 = sec.get(f"quiet2|{prof}|{r['pair']}")
+            if q2 and q2["ok"]:
+                r["quiet2"] = q2["ratio"]
+                drift.append(abs(q2["ratio"] / r["quiet"] - 1))
+                dev_mid.append(abs(r["loaded"] / ((r["quiet"] + q2["ratio"]) / 2) - 1))
+        if drift:
+            p.update(median_quiet_drift=statistics.median(drift), max_quiet_drift=max(drift),
+                     median_dev_vs_quiet_mean=statistics.median(dev_mid), max_dev_vs_quiet_mean=max(dev_mid))
     q = out["quiet_load_before"]
     out["quiet_was_quiet"] = q is not None and q < args.quiet_max
     return out
@@ -422,6 +437,12 @@ def print_report(rep: dict[str, Any]) -> None:
                       f"{100 * (p['max_dev'] or 0):.2f}%", f"{p['unstable_quiet']}/{p['unstable_loaded']}",
                       "met" if p["pass"] else "MISSED")
         con.print(t)
+        for prof, p in nb["profiles"].items():
+            if p.get("median_quiet_drift") is not None:
+                con.print(f"{prof}: second quiet phase vs the first (drift, no neighbour in either): median "
+                          f"{100 * p['median_quiet_drift']:.2f}%, max {100 * p['max_quiet_drift']:.2f}%; loaded vs the "
+                          f"mean of the two quiet phases: median {100 * p['median_dev_vs_quiet_mean']:.2f}%, max "
+                          f"{100 * p['max_dev_vs_quiet_mean']:.2f}%")
         if not nb["quiet_was_quiet"]:
             con.print(f"[red]the quiet phase started at load average {nb['quiet_load_before']} (>= the quiet limit): "
                       "its ratios are not from a quiet machine[/red]")
@@ -457,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--busy", type=int, default=2, help="busy background processes of the loaded phase")
     ap.add_argument("--wait-quiet", type=float, default=0.0, help="seconds to wait for load average < --quiet-max")
     ap.add_argument("--quiet-max", type=float, default=0.5)
+    ap.add_argument("--recheck", action="store_true",
+                    help="neighbour: a second quiet phase after the loaded one (the comparison's own drift, as context)")
     ap.add_argument("--quiet-hold", type=float, default=30.0, help="seconds the load must stay below --quiet-max")
     ap.add_argument("--families", default="small_cnn,resnet20,mobilenetv2")
     ap.add_argument("--rounds", type=int, default=3, help="round-robin measurements per model and pass")
