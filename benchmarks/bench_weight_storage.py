@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=str(ROOT / "search/checkpoints/resnet20_cifar10_converged.safetensors"))
     ap.add_argument("--out", help="write the table as JSON here")
     args = ap.parse_args(argv)
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     ref = ModelRef("resnet20", {"num_classes": 10}, input_shape=(3, 32, 32))
@@ -66,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
             loaded, _ = load_compressed(d / "packed")
             with torch.no_grad():
                 exact = bool(torch.equal(loaded(x), net(x)))
-            from safetensors import safe_open
             with safe_open(str(d / "packed" / "weights.safetensors"), "pt") as f:
                 table = json.loads(f.metadata()[METADATA_KEY])
             kinds = collections.Counter(f"{e['storage']}{' sparse' if e.get('sparse') else ''}" for e in table.values())

@@ -179,9 +179,7 @@ def unpack_weight(q: torch.Tensor, scale: torch.Tensor, bits: int, shape: tuple[
     storage = storage_of(bits)
     if storage is None:
         raise CompressionError(f"packed weight of {bits} bits: packing stores at most 16 bits")
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     vals = _decode(q, storage, n, bits, "packed weight")
     return _dequant(vals, scale, shape)
 
@@ -262,9 +260,7 @@ def decode_weight(tensors: Mapping[str, torch.Tensor], entry: Mapping[str, Any],
     sparse = bool(entry.get("sparse", False))
     if not isinstance(storage, str) or storage not in _storages(bits, sparse):
         raise CompressionError(f"{where}: bits={_short(bits)} storage={_short(storage)} sparse={sparse} do not match")
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     want = {"mask", "values"} if storage == "float32" else {"mask", "q", "scale"} if sparse else {"q", "scale"}
     if set(tensors) != want:
         raise CompressionError(f"{where}: the file must hold {', '.join(sorted(want))} for it, got "

@@ -42,6 +42,13 @@ def _num(v: Any) -> float | None:
 MEASURED_SLACK = 0.05
 
 
+def _mean_std(vals: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (0 with one value; both None without values)."""
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One dict per (entry, device, target), in first-seen order: ``<field>_mean`` / ``<field>_std`` (sample
     std; 0 with one seed; None without values), ``n`` seeds, ``seeds`` and ``status`` counts."""
@@ -54,8 +61,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                              "seeds": sorted(int(r["seed"]) for r in rs)}
         for f in _STATS:
             vals = [v for r in rs if (v := _num(r.get(f))) is not None]
-            g[f"{f}_mean"] = statistics.fmean(vals) if vals else None
-            g[f"{f}_std"] = (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
+            g[f"{f}_mean"], g[f"{f}_std"] = _mean_std(vals)
             if f in _OPTIONAL:
                 g[f"{f}_n"] = len(vals)
         counts = Counter(str(r.get("status")) for r in rs)
@@ -131,19 +137,13 @@ def paired(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             elif mr is not None and cr is not None:
                 g["d_ratio"].append(cr - mr)
         for f in ("d_test", "d_val", "d_ratio"):
-            vals = g[f]
-            g[f"{f}_mean"] = statistics.fmean(vals) if vals else None
-            g[f"{f}_std"] = (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
+            g[f"{f}_mean"], g[f"{f}_std"] = _mean_std(g[f])
         mean, sd = g["d_test_mean"], g["d_test_std"]
         g["ahead"] = ("–" if mean is None else ("ahead" if mean > 0 else "behind" if mean < 0 else "level") + (
             " (one seed)" if len(g["d_test"]) == 1 else ", beyond the spread" if abs(mean) > (sd or 0.0)
             else ", inside the spread"))
         out.append(g)
     return out
-
-
-def _first_num(*vs: Any) -> float | None:
-    return next((x for v in vs if (x := _num(v)) is not None), None)
 
 
 def _paired_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
